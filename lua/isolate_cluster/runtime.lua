@@ -1,0 +1,418 @@
+-- The runtime every isolate runs. It is compiled into the C library and
+-- loaded into each new isolate state with the `core` functions of that state;
+-- it returns the dispatch function the C scheduler calls for every message,
+-- reply, timer and event.
+--
+-- Model: handlers run one at a time, each in a coroutine (a "job"). A job that
+-- waits (request, receive, sleep, lookup with a wait) yields back here; while
+-- it waits, no other handler starts: ordinary messages stay in the mailbox
+-- (receive takes the next one), and timer callbacks and up/down events are
+-- queued here and run when the waiting handler has finished. Replies and
+-- timers reach a waiting job through the isolate's system queue.
+
+local core = ...
+
+local K_USER, K_REQUEST, K_REPLY, K_REPLY_ERROR, K_TIMER = 1, 2, 3, 4, 5
+local K_EVENTS, K_RESUME, K_SHUTDOWN, K_START = 10, 11, 12, 13
+local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
+local EVENT_UP = 1
+
+local cocreate, coresume, coyield, corunning = coroutine.create, coroutine.resume, coroutine.yield,
+  coroutine.running
+local traceback = debug.traceback
+local pack, unpack, remove = table.pack, table.unpack, table.remove
+local type, tostring, error, xpcall, pcall, select = type, tostring, error, xpcall, pcall, select
+local fmt = string.format
+
+local DONE, WAIT, TIMEOUT = {}, {}, {}
+local CONTEXT -- the context handed to the entry function, made at the end
+
+local self_ref = core.self()
+local handlers = {}       -- message, up, down, shutdown
+local current = nil       -- the job that waits or was preempted
+local jobs = setmetatable({}, { __mode = "k" }) -- coroutine -> job
+core.set_jobs(jobs)
+local pool = {}           -- finished job coroutines, for reuse
+local queue, qhead, qtail = {}, 1, 0 -- handler runs deferred while a job waits
+local timers = {}         -- user timers: id -> { fn =, every = }
+local next_timer, next_corr = 0, 0
+local failed = false      -- this isolate is going down: run nothing more
+
+local function fail(reason)
+  if not failed then
+    failed = true
+    core.stop(reason)
+  end
+end
+
+-- Error values get their traceback where they are raised.
+local function on_error(e)
+  return { err = e, trace = traceback(tostring(e), 2) }
+end
+
+local function body(fn, a, b, c, d)
+  while true do
+    local r = pack(xpcall(fn, on_error, a, b, c, d))
+    fn, a, b, c, d = coyield(DONE, r)
+  end
+end
+
+local step
+
+local function resume(job, ...)
+  jobs[job.co] = job
+  return step(job, coresume(job.co, ...))
+end
+
+-- What to do after a job's coroutine has yielded or finished.
+step = function(job, ok, tag, r)
+  if not ok then
+    -- body never raises; only an interrupt (kill, shutdown) gets here.
+    error(tag, 0)
+  end
+  if tag == DONE then
+    jobs[job.co] = nil
+    if #pool < 16 then pool[#pool + 1] = job.co end
+    if current == job then current = nil end
+    job.done(r, job)
+  elseif tag == WAIT then
+    current = job
+    if job.entry then
+      job.entry = nil
+      core.up() -- "up" also means: the entry function waits
+    end
+  else
+    -- A yield with no values comes from the count hook: out of time slice.
+    job.kind = "preempted"
+    current = job
+  end
+end
+
+local function start(fn, done, a, b, c, d, request, entry)
+  local co = remove(pool) or cocreate(body)
+  local job = { co = co, done = done, request = request, entry = entry }
+  jobs[co] = job
+  return step(job, coresume(co, fn, a, b, c, d))
+end
+
+local function fail_with(r)
+  local e = r[2]
+  fail("error: " .. (type(e) == "table" and e.trace or tostring(e)))
+end
+
+local function done_plain(r)
+  if not r[1] then fail_with(r) end
+end
+
+-- Runs fn now if no job waits, else after the waiting job has finished.
+local function enqueue(fn, a, b, c)
+  qtail = qtail + 1
+  queue[qtail] = { fn, a, b, c }
+end
+
+local function drain()
+  while not current and not failed and qhead <= qtail do
+    local item = queue[qhead]
+    queue[qhead] = nil
+    qhead = qhead + 1
+    start(item[1], done_plain, item[2], item[3], item[4])
+  end
+  if qhead > qtail then qhead, qtail = 1, 0 end
+end
+
+local function reply_done(sender, corr)
+  return function(r, job)
+    -- reply_later: the answer comes from elsewhere, unless the handler failed.
+    if job.deferred and (r[1] or job.deferred.used) then return end
+    local ok, why
+    if r[1] then
+      ok, why = pcall(core.reply, sender, corr, true, r[2])
+      if not ok then
+        core.reply(sender, corr, false, "cannot send the reply: " .. tostring(why))
+      end
+    else
+      local e = r[2].err
+      ok = pcall(core.reply, sender, corr, false, e)
+      if not ok then core.reply(sender, corr, false, tostring(e)) end
+    end
+  end
+end
+
+-- A job that waits: records what for, arms the timeout, yields to step().
+local function wait(kind, token, timeout, what)
+  local co = corunning()
+  local job = jobs[co]
+  if not job then
+    error(fmt("%s can only wait in a handler or entry function of this isolate, "
+      .. "not inside a coroutine of its own", what), 3)
+  end
+  job.kind, job.token, job.timer = kind, token, nil
+  if timeout then
+    next_timer = next_timer + 1
+    job.timer = next_timer
+    core.timer(next_timer, timeout)
+  end
+  return coyield(WAIT)
+end
+
+local function wake(job, ...)
+  current = nil
+  job.kind, job.token, job.timer = nil, nil, nil
+  return resume(job, ...)
+end
+
+local function reply_function(sender, corr, state)
+  state = state or {}
+  return function(value)
+    if state.used then error("this request has already been answered", 2) end
+    state.used = true
+    return core.reply(sender, corr, true, value)
+  end
+end
+
+local function handle_message(msg, sender, corr)
+  local h = handlers.message
+  if corr then
+    if not h then
+      core.reply(sender, corr, false, "isolate " .. tostring(self_ref) .. " has no message handler")
+      return
+    end
+    start(h, reply_done(sender, corr), msg, sender, nil, nil, { sender = sender, corr = corr })
+  elseif h then
+    start(h, done_plain, msg, sender)
+  end
+  -- With no handler a plain message is dropped, as in an event emitter
+  -- without listeners.
+end
+
+local function check_events()
+  local ev = core.events()
+  for i = 1, #ev, 3 do
+    local kind, ref, reason = ev[i], ev[i + 1], ev[i + 2]
+    if kind == EVENT_UP then
+      if current and current.kind == "lookup" and ref.path == current.token then
+        wake(current, ref)
+      end
+      if handlers.up then enqueue(handlers.up, ref) end
+    elseif handlers.down then
+      enqueue(handlers.down, ref, reason)
+    end
+  end
+end
+
+local function mode()
+  if not current then return WAIT_NONE end
+  local k = current.kind
+  if k == "receive" then return WAIT_RECEIVE end
+  if k == "preempted" then return WAIT_PREEMPTED end
+  return WAIT_BLOCKED
+end
+
+local function dispatch(kind, value, sender, corr)
+  if failed then return WAIT_BLOCKED end
+  if kind == K_USER or kind == K_REQUEST then
+    local c = kind == K_REQUEST and corr or nil
+    if current and current.kind == "receive" then
+      wake(current, value, sender, c and reply_function(sender, c) or nil)
+    else
+      handle_message(value, sender, c)
+    end
+  elseif kind == K_REPLY or kind == K_REPLY_ERROR then
+    if current and current.kind == "reply" and current.token == corr then
+      wake(current, kind == K_REPLY, value)
+    end
+    -- Otherwise a late reply to a request that timed out: dropped.
+  elseif kind == K_TIMER then
+    if current and current.timer == corr then
+      wake(current, TIMEOUT)
+    else
+      local t = timers[corr]
+      if t then
+        if t.every then core.timer(corr, t.every) else timers[corr] = nil end
+        enqueue(t.fn, t.handle)
+      end
+    end
+  elseif kind == K_EVENTS then
+    check_events()
+  elseif kind == K_RESUME then
+    if current and current.kind == "preempted" then wake(current) end
+  elseif kind == K_SHUTDOWN then
+    local h = handlers.shutdown
+    if h then
+      -- Runs to completion or to its first wait; the isolate stops after.
+      local ok, e = xpcall(h, on_error)
+      if not ok then core.log("on_shutdown handler of " .. tostring(self_ref) .. " failed: " .. e.trace) end
+    end
+    return WAIT_BLOCKED
+  elseif kind == K_START then
+    start(value, function(r)
+      if not r[1] then return fail_with(r) end
+      core.up()
+    end, CONTEXT, nil, nil, nil, nil, true)
+  end
+  drain()
+  return mode()
+end
+
+-- ---- the context handed to the entry function --------------------------------
+
+local Timer = {}
+Timer.__index = Timer
+function Timer:cancel()
+  timers[self.id] = nil
+end
+
+local function check_self(ctx, name)
+  if ctx ~= CONTEXT then error(fmt("context:%s must be called with ':'", name), 3) end
+end
+
+local context = {}
+context.__index = context
+
+function context:property(key)
+  check_self(self, "property")
+  return self_ref:property(key)
+end
+
+function context:properties()
+  check_self(self, "properties")
+  return self_ref:properties()
+end
+
+local function check_fn(fn, what)
+  if type(fn) ~= "function" then error(fmt("%s expects a function, got %s", what, type(fn)), 3) end
+end
+
+function context:on_message(fn)
+  check_self(self, "on_message")
+  check_fn(fn, "on_message")
+  handlers.message = fn
+end
+
+function context:on_isolate_up(fn, opts)
+  check_self(self, "on_isolate_up")
+  check_fn(fn, "on_isolate_up")
+  handlers.up = fn
+  local existing = core.subscribe(opts and opts.existing or false)
+  if existing then
+    for i = 1, #existing do enqueue(fn, existing[i]) end
+  end
+end
+
+function context:on_isolate_down(fn)
+  check_self(self, "on_isolate_down")
+  check_fn(fn, "on_isolate_down")
+  handlers.down = fn
+  core.subscribe(false)
+end
+
+function context:on_shutdown(fn)
+  check_self(self, "on_shutdown")
+  check_fn(fn, "on_shutdown")
+  handlers.shutdown = fn
+end
+
+function context:spawn_isolate(entry, properties, opts)
+  check_self(self, "spawn_isolate")
+  return core.spawn(entry, properties, opts)
+end
+
+function context:lookup_isolate(path, wait_s)
+  check_self(self, "lookup_isolate")
+  local ref = core.lookup(path)
+  if ref or not wait_s or wait_s <= 0 then return ref end
+  core.subscribe(false)
+  ref = core.lookup(path) -- it may have come up while subscribing
+  if ref then return ref end
+  local r = wait("lookup", path, wait_s, "context:lookup_isolate")
+  if r == TIMEOUT then return core.lookup(path) end
+  return r
+end
+
+function context:lookup_isolates(prefix)
+  check_self(self, "lookup_isolates")
+  return core.lookup_prefix(prefix)
+end
+
+function context:receive(timeout_s)
+  check_self(self, "receive")
+  if timeout_s ~= nil and type(timeout_s) ~= "number" then
+    error("receive expects a timeout in seconds or nil", 2)
+  end
+  local msg, sender, reply = wait("receive", nil, timeout_s, "context:receive")
+  if msg == TIMEOUT then return nil end
+  return msg, sender, reply
+end
+
+function context:sleep(seconds)
+  check_self(self, "sleep")
+  if type(seconds) ~= "number" then error("sleep expects a number of seconds", 2) end
+  wait("sleep", nil, seconds, "context:sleep")
+end
+
+local function add_timer(seconds, fn, every, name)
+  if type(seconds) ~= "number" then error(name .. " expects a number of seconds", 3) end
+  check_fn(fn, name)
+  next_timer = next_timer + 1
+  local t = setmetatable({ id = next_timer }, Timer)
+  timers[next_timer] = { fn = fn, every = every and seconds or nil, handle = t }
+  core.timer(next_timer, seconds)
+  return t
+end
+
+function context:after(seconds, fn)
+  check_self(self, "after")
+  return add_timer(seconds, fn, false, "after")
+end
+
+function context:every(seconds, fn)
+  check_self(self, "every")
+  if type(seconds) == "number" and seconds <= 0 then error("every expects a positive interval", 2) end
+  return add_timer(seconds, fn, true, "every")
+end
+
+function context:stop(reason)
+  check_self(self, "stop")
+  fail(reason and tostring(reason) or "normal")
+end
+
+function context:shutdown_cluster(timeout_s)
+  check_self(self, "shutdown_cluster")
+  core.shutdown_cluster(timeout_s)
+end
+
+-- Deferred reply: inside a request handler, returns a function that answers
+-- the request later (from a timer, another handler...). The handler's own
+-- return value is then ignored.
+function context:reply_later()
+  check_self(self, "reply_later")
+  local job = jobs[corunning()]
+  local req = job and job.request
+  if not req then error("reply_later can only be called in a handler of a request", 2) end
+  job.request = nil
+  job.deferred = {}
+  return reply_function(req.sender, req.corr, job.deferred)
+end
+
+-- ref:request inside an isolate: suspends only this isolate's job.
+local function request(ref, msg, timeout_s)
+  if timeout_s == nil then timeout_s = 5 end
+  if type(timeout_s) ~= "number" or timeout_s <= 0 then
+    error("request timeout must be a positive number of seconds", 2)
+  end
+  next_corr = next_corr + 1
+  local corr = next_corr
+  local ok, why = core.request(ref, msg, corr)
+  if not ok then error(fmt("request to %s failed: %s", tostring(ref), why), 2) end
+  local okr, value = wait("reply", corr, timeout_s, "request")
+  if okr == TIMEOUT then
+    error(fmt("timeout: no reply from %s within %g s", tostring(ref), timeout_s), 2)
+  end
+  if okr then return value end
+  error(value, 0)
+end
+core.set_request(request)
+
+CONTEXT = setmetatable({ isolate_ref = self_ref }, context)
+
+return dispatch

@@ -1,0 +1,716 @@
+#include "cluster.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "runtime.h"
+
+#define TOMB ((ic_isolate *)(uintptr_t)1)
+#define DEFAULT_MAILBOX 1000000u
+#define DEFAULT_SLICE 0.002
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static uint64_t mix64(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+static uint64_t hash_str(const char *s) {
+  uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h;
+}
+
+static void default_log(void *ud, const char *text) {
+  (void)ud;
+  fprintf(stderr, "%s\n", text);
+  fflush(stderr);
+}
+
+void cluster_log(ic_cluster *c, const char *fmt, ...) {
+  char stackbuf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(stackbuf, sizeof stackbuf, fmt, ap);
+  va_end(ap);
+  char *text = stackbuf;
+  if (n >= (int)sizeof stackbuf) {
+    char *big = malloc((size_t)n + 1);
+    if (big) {
+      va_start(ap, fmt);
+      vsnprintf(big, (size_t)n + 1, fmt, ap);
+      va_end(ap);
+      text = big;
+    }
+  }
+  plat_mutex_lock(&c->log_lock);
+  c->log_fn(c->log_ud, text);
+  plat_mutex_unlock(&c->log_lock);
+  if (text != stackbuf) free(text);
+}
+
+/* ---- creation and lifetime --------------------------------------------- */
+
+ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
+  ic_cluster *c = calloc(1, sizeof *c);
+  if (!c) { *err = "out of memory"; return NULL; }
+  atomic_init(&c->refs, 1);
+  atomic_init(&c->state, CLUSTER_RUNNING);
+  c->nworkers = o && o->workers > 0 ? o->workers : plat_ncpu();
+  c->default_mailbox = o && o->mailbox ? o->mailbox : DEFAULT_MAILBOX;
+  c->slice_seconds = o && o->slice_seconds > 0 ? o->slice_seconds : DEFAULT_SLICE;
+  c->log_fn = default_log;
+  c->next_id = 1;
+  /* A node part unlikely to collide with another node's, so a ref that
+   * wanders into the wrong cluster is recognised as foreign. */
+  c->node_id = (uint32_t)mix64(plat_now_ns() ^ (uintptr_t)c) | 1u;
+  plat_mutex_init(&c->lock);
+  plat_mutex_init(&c->log_lock);
+  plat_cond_init(&c->live_cond);
+  c->by_id_cap = 64;
+  c->by_id = calloc(c->by_id_cap, sizeof *c->by_id);
+  c->by_path_cap = 64;
+  c->by_path = calloc(c->by_path_cap, sizeof *c->by_path);
+  c->log_trim_at = 1024;
+  if (!c->by_id || !c->by_path) goto oom;
+  c->runtime_code = runtime_compile(&c->boot_error);
+  if (!c->runtime_code) { *err = c->boot_error ? c->boot_error : "cannot compile the isolate runtime"; goto fail; }
+  if (timer_init(&c->timers)) goto oom;
+  if (sched_init(&c->sched, c, c->nworkers)) { timer_fini(&c->timers); goto oom; }
+  c->main = isolate_new(c, ISO_MAIN, c->default_mailbox);
+  if (!c->main) goto oom_all;
+  {
+    char e[128];
+    if (cluster_register(c, c->main, NULL, e, sizeof e)) goto oom_all;
+    /* The main state is not an isolate: it is never "up" in the log. */
+    c->main->up = 1;
+    c->live--;
+  }
+  if (timer_start(&c->timers) || sched_start(&c->sched)) {
+    *err = "cannot start threads";
+    sched_stop(&c->sched);
+    timer_stop(&c->timers);
+    goto fail_all;
+  }
+  return c;
+oom_all:
+  *err = "out of memory";
+fail_all:
+  sched_fini(&c->sched);
+  timer_fini(&c->timers);
+  if (c->main) isolate_release(c->main);
+  goto fail;
+oom:
+  *err = "out of memory";
+fail:
+  blob_release(c->runtime_code);
+  free(c->by_id);
+  free(c->by_path);
+  plat_cond_destroy(&c->live_cond);
+  plat_mutex_destroy(&c->log_lock);
+  plat_mutex_destroy(&c->lock);
+  free(c);
+  return NULL;
+}
+
+void cluster_retain(ic_cluster *c) { atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); }
+
+void cluster_release(ic_cluster *c) {
+  if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) return;
+  /* Only reached after shutdown: every isolate has let go. */
+  for (size_t i = 0; i < c->log_len; i++) {
+    isolate_release(c->log[i].iso);
+    free(c->log[i].reason);
+  }
+  free(c->log);
+  free(c->subs);
+  free(c->by_id);
+  free(c->by_path);
+  sched_fini(&c->sched);
+  timer_fini(&c->timers);
+  blob_release(c->runtime_code);
+  free(c->boot_error);
+  plat_cond_destroy(&c->live_cond);
+  plat_mutex_destroy(&c->log_lock);
+  plat_mutex_destroy(&c->lock);
+  free(c);
+}
+
+/* ---- registry (c->lock held) ------------------------------------------- */
+
+static int id_table_grow(ic_cluster *c) {
+  size_t cap = c->by_id_cap * 2;
+  ic_isolate **t = calloc(cap, sizeof *t);
+  if (!t) return ENOMEM;
+  for (size_t i = 0; i < c->by_id_cap; i++) {
+    ic_isolate *iso = c->by_id[i];
+    if (!iso || iso == TOMB) continue;
+    size_t j = mix64(iso->id) & (cap - 1);
+    while (t[j]) j = (j + 1) & (cap - 1);
+    t[j] = iso;
+  }
+  free(c->by_id);
+  c->by_id = t;
+  c->by_id_cap = cap;
+  c->by_id_tomb = 0;
+  return 0;
+}
+
+static int path_table_grow(ic_cluster *c) {
+  size_t cap = c->by_path_cap * 2;
+  ic_isolate **t = calloc(cap, sizeof *t);
+  if (!t) return ENOMEM;
+  for (size_t i = 0; i < c->by_path_cap; i++) {
+    ic_isolate *iso = c->by_path[i];
+    if (!iso || iso == TOMB) continue;
+    size_t j = hash_str(iso->path) & (cap - 1);
+    while (t[j]) j = (j + 1) & (cap - 1);
+    t[j] = iso;
+  }
+  free(c->by_path);
+  c->by_path = t;
+  c->by_path_cap = cap;
+  c->by_path_tomb = 0;
+  return 0;
+}
+
+static size_t path_slot(ic_cluster *c, const char *path) {
+  size_t mask = c->by_path_cap - 1, j = hash_str(path) & mask;
+  for (;;) {
+    ic_isolate *iso = c->by_path[j];
+    if (!iso) return SIZE_MAX;
+    if (iso != TOMB && strcmp(iso->path, path) == 0) return j;
+    j = (j + 1) & mask;
+  }
+}
+
+static size_t id_slot(ic_cluster *c, uint64_t id) {
+  size_t mask = c->by_id_cap - 1, j = mix64(id) & mask;
+  for (;;) {
+    ic_isolate *iso = c->by_id[j];
+    if (!iso) return SIZE_MAX;
+    if (iso != TOMB && iso->id == id) return j;
+    j = (j + 1) & mask;
+  }
+}
+
+static int valid_path(const char *p) {
+  if (p[0] != '/' || p[1] == '\0') return 0;
+  for (const char *s = p; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch < 0x20 || ch == 0x7f) return 0;
+    if (ch == '/' && s[1] == '/') return 0;
+  }
+  return 1;
+}
+
+int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *errbuf, size_t errlen) {
+  char *own = NULL;
+  if (path) {
+    if (!valid_path(path)) {
+      snprintf(errbuf, errlen, "invalid path \"%s\" (a path is \"/name\" or \"/dir/\", without empty segments)", path);
+      return EINVAL;
+    }
+  }
+  plat_mutex_lock(&c->lock);
+  if (path) {
+    size_t n = strlen(path);
+    if (path[n - 1] == '/') {
+      /* "/dir/": append a segment no other isolate of this cluster has had. */
+      own = malloc(n + 24);
+      if (own) snprintf(own, n + 24, "%s%llu", path, (unsigned long long)++c->path_seq);
+    } else {
+      if (path_slot(c, path) != SIZE_MAX) {
+        plat_mutex_unlock(&c->lock);
+        snprintf(errbuf, errlen, "path \"%s\" is already in use", path);
+        return EEXIST;
+      }
+      own = strdup(path);
+    }
+    if (!own) goto oom;
+  }
+  if ((c->by_id_len + c->by_id_tomb + 1) * 2 > c->by_id_cap && id_table_grow(c)) goto oom;
+  if (own && (c->by_path_len + c->by_path_tomb + 1) * 2 > c->by_path_cap && path_table_grow(c)) goto oom;
+  iso->id = c->next_id++;
+  iso->path = own;
+  {
+    size_t mask = c->by_id_cap - 1, j = mix64(iso->id) & mask;
+    while (c->by_id[j] && c->by_id[j] != TOMB) j = (j + 1) & mask;
+    if (c->by_id[j] == TOMB) c->by_id_tomb--;
+    c->by_id[j] = iso;
+    c->by_id_len++;
+  }
+  if (own) {
+    size_t mask = c->by_path_cap - 1, j = hash_str(own) & mask;
+    while (c->by_path[j] && c->by_path[j] != TOMB) j = (j + 1) & mask;
+    if (c->by_path[j] == TOMB) c->by_path_tomb--;
+    c->by_path[j] = iso;
+    c->by_path_len++;
+  }
+  iso->spawn_cursor = c->log_base + c->log_len;
+  iso->event_cursor = iso->spawn_cursor;
+  c->live++;
+  isolate_retain(iso);
+  plat_cond_broadcast(&c->live_cond); /* waiting lookups */
+  plat_mutex_unlock(&c->lock);
+  return 0;
+oom:
+  plat_mutex_unlock(&c->lock);
+  free(own);
+  snprintf(errbuf, errlen, "out of memory");
+  return ENOMEM;
+}
+
+ic_isolate *cluster_find_id(ic_cluster *c, uint64_t id) {
+  plat_mutex_lock(&c->lock);
+  size_t j = id_slot(c, id);
+  ic_isolate *iso = j == SIZE_MAX ? NULL : c->by_id[j];
+  if (iso) isolate_retain(iso);
+  plat_mutex_unlock(&c->lock);
+  return iso;
+}
+
+ic_isolate *cluster_find_path(ic_cluster *c, const char *path) {
+  plat_mutex_lock(&c->lock);
+  size_t j = path_slot(c, path);
+  ic_isolate *iso = j == SIZE_MAX ? NULL : c->by_path[j];
+  if (iso) isolate_retain(iso);
+  plat_mutex_unlock(&c->lock);
+  return iso;
+}
+
+ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline) {
+  ic_isolate *iso = NULL;
+  plat_mutex_lock(&c->lock);
+  for (;;) {
+    size_t j = path_slot(c, path);
+    if (j != SIZE_MAX) {
+      iso = c->by_path[j];
+      isolate_retain(iso);
+      break;
+    }
+    if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
+    if (plat_cond_wait_until(&c->live_cond, &c->lock, deadline) == ETIMEDOUT) {
+      j = path_slot(c, path);
+      if (j != SIZE_MAX) {
+        iso = c->by_path[j];
+        isolate_retain(iso);
+      }
+      break;
+    }
+  }
+  plat_mutex_unlock(&c->lock);
+  return iso;
+}
+
+static int by_id_order(const void *a, const void *b) {
+  uint64_t x = (*(ic_isolate *const *)a)->id, y = (*(ic_isolate *const *)b)->id;
+  return x < y ? -1 : x > y;
+}
+
+ic_isolate **cluster_find_prefix(ic_cluster *c, const char *prefix, size_t *n) {
+  size_t plen = strlen(prefix), k = 0;
+  plat_mutex_lock(&c->lock);
+  ic_isolate **out = malloc((c->by_path_len + 1) * sizeof *out);
+  if (out) {
+    for (size_t i = 0; i < c->by_path_cap; i++) {
+      ic_isolate *iso = c->by_path[i];
+      if (!iso || iso == TOMB || strncmp(iso->path, prefix, plen) != 0) continue;
+      isolate_retain(iso);
+      out[k++] = iso;
+    }
+  }
+  plat_mutex_unlock(&c->lock);
+  if (out) qsort(out, k, sizeof *out, by_id_order);
+  *n = k;
+  return out;
+}
+
+/* ---- event log (c->lock held) ------------------------------------------ */
+
+static void log_trim(ic_cluster *c) {
+  uint64_t keep = c->log_base + c->log_len;
+  for (size_t i = 0; i < c->nsubs; i++)
+    if (c->subs[i]->event_cursor < keep) keep = c->subs[i]->event_cursor;
+  /* Isolates whose entry has not finished may still subscribe from spawn. */
+  for (size_t i = 0; i < c->by_id_cap; i++) {
+    ic_isolate *iso = c->by_id[i];
+    if (iso && iso != TOMB && !iso->up && iso->spawn_cursor < keep) keep = iso->spawn_cursor;
+  }
+  if (keep <= c->log_base) return;
+  size_t drop = (size_t)(keep - c->log_base);
+  for (size_t i = 0; i < drop; i++) {
+    isolate_release(c->log[i].iso);
+    free(c->log[i].reason);
+  }
+  memmove(c->log, c->log + drop, (c->log_len - drop) * sizeof *c->log);
+  c->log_len -= drop;
+  c->log_base = keep;
+}
+
+static void log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *reason) {
+  if (c->log_len >= c->log_trim_at) {
+    log_trim(c);
+    c->log_trim_at = c->log_len * 2 > 1024 ? c->log_len * 2 : 1024;
+  }
+  if (c->log_len == c->log_cap) {
+    size_t cap = c->log_cap ? c->log_cap * 2 : 64;
+    cluster_event *l = realloc(c->log, cap * sizeof *l);
+    if (!l) {
+      cluster_log(c, "isolate_cluster: out of memory: an isolate %s event was lost",
+                  kind == EVENT_UP ? "up" : "down");
+      return;
+    }
+    c->log = l;
+    c->log_cap = cap;
+  }
+  cluster_event *e = &c->log[c->log_len++];
+  e->kind = kind;
+  e->iso = iso;
+  isolate_retain(iso);
+  e->reason = reason ? strdup(reason) : NULL;
+  for (size_t i = 0; i < c->nsubs; i++) {
+    ic_isolate *s = c->subs[i];
+    if (s == iso) continue;
+    atomic_store(&s->events_pending, 1);
+    isolate_wake(s, NULL);
+  }
+}
+
+void cluster_announce_up(ic_cluster *c, ic_isolate *iso) {
+  plat_mutex_lock(&c->lock);
+  iso->up = 1;
+  log_append(c, EVENT_UP, iso, NULL);
+  plat_mutex_unlock(&c->lock);
+}
+
+ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, size_t *n) {
+  ic_isolate **out = NULL;
+  *n = 0;
+  plat_mutex_lock(&c->lock);
+  if (!iso->subscribed) {
+    if (c->nsubs == c->subs_cap) {
+      size_t cap = c->subs_cap ? c->subs_cap * 2 : 16;
+      ic_isolate **s = realloc(c->subs, cap * sizeof *s);
+      if (!s) { plat_mutex_unlock(&c->lock); return NULL; }
+      c->subs = s;
+      c->subs_cap = cap;
+    }
+    c->subs[c->nsubs++] = iso;
+    iso->subscribed = 1;
+    if (iso->event_cursor < c->log_base) iso->event_cursor = c->log_base;
+    if (iso->event_cursor < c->log_base + c->log_len) atomic_store(&iso->events_pending, 1);
+  }
+  if (existing) {
+    /* Snapshot of what is up now, and only later events from the log. */
+    iso->event_cursor = c->log_base + c->log_len;
+    out = malloc((c->by_id_len + 1) * sizeof *out);
+    if (out) {
+      size_t k = 0;
+      for (size_t i = 0; i < c->by_id_cap; i++) {
+        ic_isolate *x = c->by_id[i];
+        if (!x || x == TOMB || x == iso || !x->up || x->kind == ISO_MAIN) continue;
+        isolate_retain(x);
+        out[k++] = x;
+      }
+      *n = k;
+    }
+  }
+  plat_mutex_unlock(&c->lock);
+  if (out) qsort(out, *n, sizeof *out, by_id_order);
+  return out;
+}
+
+cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n) {
+  plat_mutex_lock(&c->lock);
+  if (iso->event_cursor < c->log_base) iso->event_cursor = c->log_base;
+  uint64_t end = c->log_base + c->log_len;
+  size_t k = 0;
+  cluster_event *out = NULL;
+  if (iso->event_cursor < end) {
+    out = malloc((size_t)(end - iso->event_cursor) * sizeof *out);
+    if (out) {
+      for (uint64_t p = iso->event_cursor; p < end; p++) {
+        cluster_event *e = &c->log[p - c->log_base];
+        if (e->iso == iso) continue;
+        out[k] = *e;
+        isolate_retain(e->iso);
+        out[k].reason = e->reason ? strdup(e->reason) : NULL;
+        k++;
+      }
+      iso->event_cursor = end;
+    }
+  }
+  plat_mutex_unlock(&c->lock);
+  *n = k;
+  return out;
+}
+
+void cluster_free_events(cluster_event *ev, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    isolate_release(ev[i].iso);
+    free(ev[i].reason);
+  }
+  free(ev);
+}
+
+void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
+  plat_mutex_lock(&c->lock);
+  size_t j = id_slot(c, iso->id);
+  if (j == SIZE_MAX) { plat_mutex_unlock(&c->lock); return; }
+  c->by_id[j] = TOMB;
+  c->by_id_len--;
+  c->by_id_tomb++;
+  if (iso->path) {
+    size_t k = path_slot(c, iso->path);
+    if (k != SIZE_MAX && c->by_path[k] == iso) {
+      c->by_path[k] = TOMB;
+      c->by_path_len--;
+      c->by_path_tomb++;
+    }
+  }
+  if (iso->subscribed) {
+    for (size_t i = 0; i < c->nsubs; i++)
+      if (c->subs[i] == iso) { c->subs[i] = c->subs[--c->nsubs]; break; }
+    iso->subscribed = 0;
+  }
+  if (iso->kind != ISO_MAIN) {
+    if (iso->up) log_append(c, EVENT_DOWN, iso, reason);
+    c->live--;
+    plat_cond_broadcast(&c->live_cond);
+  }
+  iso->up = 1; /* no longer holds the log back */
+  plat_mutex_unlock(&c->lock);
+  isolate_release(iso);
+}
+
+/* ---- drain and shutdown ------------------------------------------------- */
+
+static int isolate_busy(ic_isolate *iso) {
+  return atomic_load(&iso->sched) == SCHED_SCHEDULED || mailbox_count(&iso->sysq) > 0 ||
+         (mailbox_count(&iso->mbox) > 0 && iso->wait != WAIT_BLOCKED) ||
+         atomic_load(&iso->events_pending);
+}
+
+static int cluster_quiet(ic_cluster *c, uint64_t deadline) {
+  int quiet = 1;
+  plat_mutex_lock(&c->lock);
+  for (size_t i = 0; i < c->by_id_cap && quiet; i++) {
+    ic_isolate *iso = c->by_id[i];
+    if (!iso || iso == TOMB || iso->kind == ISO_MAIN) continue;
+    if (isolate_busy(iso)) quiet = 0;
+  }
+  plat_mutex_unlock(&c->lock);
+  /* A timer that fires before the deadline is work still to come. */
+  if (quiet && timer_next_deadline(&c->timers) < deadline) quiet = 0;
+  return quiet;
+}
+
+int cluster_drain(ic_cluster *c, double timeout) {
+  uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(timeout);
+  int calm = 0;
+  /* Polls: draining happens once, at the end of a program, and polling keeps
+   * the hot paths free of any drain bookkeeping. Two quiet looks in a row
+   * rule out a message in flight between two isolates. */
+  for (;;) {
+    if (atomic_load(&c->state) != CLUSTER_RUNNING) return 1;
+    if (cluster_quiet(c, deadline)) {
+      if (++calm >= 2) return 1;
+    } else {
+      calm = 0;
+    }
+    if (plat_now_ns() >= deadline) return 0;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+void cluster_broadcast_control(ic_cluster *c, int code) {
+  plat_mutex_lock(&c->lock);
+  size_t n = 0;
+  ic_isolate **all = malloc((c->by_id_len + 1) * sizeof *all);
+  if (all) {
+    for (size_t i = 0; i < c->by_id_cap; i++) {
+      ic_isolate *iso = c->by_id[i];
+      if (!iso || iso == TOMB || iso->kind == ISO_MAIN) continue;
+      isolate_retain(iso);
+      all[n++] = iso;
+    }
+  }
+  plat_mutex_unlock(&c->lock);
+  for (size_t i = 0; i < n; i++) {
+    ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
+    if (m) {
+      m->corr = (uint64_t)code;
+      isolate_post_sys(all[i], m, NULL);
+    }
+    if (code == CONTROL_KILL) atomic_store(&all[i]->interrupt, 1);
+    isolate_release(all[i]);
+  }
+  free(all);
+}
+
+static int wait_live_zero(ic_cluster *c, uint64_t deadline) {
+  plat_mutex_lock(&c->lock);
+  while (c->live > 0) {
+    if (plat_cond_wait_until(&c->live_cond, &c->lock, deadline) == ETIMEDOUT) break;
+  }
+  int done = c->live == 0;
+  plat_mutex_unlock(&c->lock);
+  return done;
+}
+
+/* Isolates left in the registry after the threads have stopped: close them
+ * here, on the only thread left. */
+static void reap_leftovers(ic_cluster *c) {
+  for (;;) {
+    ic_isolate *iso = NULL;
+    plat_mutex_lock(&c->lock);
+    for (size_t i = 0; i < c->by_id_cap; i++) {
+      ic_isolate *x = c->by_id[i];
+      if (x && x != TOMB && x->kind != ISO_MAIN) { iso = x; isolate_retain(iso); break; }
+    }
+    plat_mutex_unlock(&c->lock);
+    if (!iso) return;
+    isolate_abandon(iso, "shutdown");
+    isolate_release(iso);
+  }
+}
+
+/* Joins the threads of dedicated isolates that have gone down; one still
+ * stuck (in a blocking C call, beyond the reach of the count hook) is
+ * detached rather than allowed to hang the shutdown. */
+static void join_dedicated(ic_cluster *c, int in_time) {
+  (void)in_time;
+  plat_mutex_lock(&c->lock);
+  ic_isolate **d = c->dedicated;
+  size_t n = c->ndedicated;
+  c->dedicated = NULL;
+  c->ndedicated = c->dedicated_cap = 0;
+  plat_mutex_unlock(&c->lock);
+  for (size_t i = 0; i < n; i++) {
+    ic_isolate *iso = d[i];
+    if (atomic_load(&iso->alive)) {
+      /* Give it the time to notice the kill that was sent. */
+      uint64_t until = plat_now_ns() + plat_seconds_to_ns(0.5);
+      while (atomic_load(&iso->alive) && plat_now_ns() < until) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+      }
+    }
+    if (atomic_load(&iso->alive)) {
+      cluster_log(c, "isolate_cluster: dedicated isolate %s did not stop; its thread is left running",
+                  iso->path ? iso->path : "(no path)");
+      pthread_detach(iso->thread);
+      /* Its hold stays with the thread: the struct must outlive it. */
+      continue;
+    }
+    plat_thread_join(iso->thread);
+    isolate_release(iso);
+  }
+  free(d);
+}
+
+int cluster_start_isolate(ic_cluster *c, ic_isolate *iso, worker *from) {
+  atomic_store(&iso->sched, SCHED_SCHEDULED);
+  if (iso->kind == ISO_POOL) {
+    isolate_retain(iso); /* the run queue's hold */
+    sched_push(&c->sched, iso, from);
+    return 0;
+  }
+  plat_mutex_lock(&c->lock);
+  if (c->ndedicated == c->dedicated_cap) {
+    size_t cap = c->dedicated_cap ? c->dedicated_cap * 2 : 8;
+    ic_isolate **d = realloc(c->dedicated, cap * sizeof *d);
+    if (!d) {
+      plat_mutex_unlock(&c->lock);
+      isolate_abandon(iso, "error: out of memory starting a dedicated isolate");
+      return ENOMEM;
+    }
+    c->dedicated = d;
+    c->dedicated_cap = cap;
+  }
+  isolate_retain(iso); /* the thread's hold, released by whoever joins it */
+  int rc = isolate_start_thread(iso);
+  if (rc) {
+    plat_mutex_unlock(&c->lock);
+    isolate_release(iso);
+    isolate_abandon(iso, "error: cannot start a thread for a dedicated isolate");
+    return rc;
+  }
+  c->dedicated[c->ndedicated++] = iso;
+  plat_mutex_unlock(&c->lock);
+  return 0;
+}
+
+static void *stopper_main(void *arg) {
+  ic_cluster *c = arg;
+  cluster_shutdown(c, c->stopper_timeout);
+  return NULL;
+}
+
+void cluster_request_shutdown(ic_cluster *c, double timeout) {
+  plat_mutex_lock(&c->lock);
+  if (!c->has_stopper && atomic_load(&c->state) == CLUSTER_RUNNING) {
+    c->stopper_timeout = timeout;
+    if (plat_thread_start(&c->stopper, stopper_main, c, 256u << 10) == 0) c->has_stopper = 1;
+  }
+  plat_mutex_unlock(&c->lock);
+}
+
+/* Waits for a shutdown started by cluster_request_shutdown, if any. Main
+ * thread only (the helper thread is joined here, or when the cluster is
+ * closed). */
+void cluster_join_stopper(ic_cluster *c) {
+  plat_mutex_lock(&c->lock);
+  int has = c->has_stopper;
+  c->has_stopper = 0;
+  plat_mutex_unlock(&c->lock);
+  if (has) plat_thread_join(c->stopper);
+}
+
+int cluster_shutdown(ic_cluster *c, double timeout) {
+  int expected = CLUSTER_RUNNING;
+  if (!atomic_compare_exchange_strong(&c->state, &expected, CLUSTER_STOPPING)) {
+    /* Already stopping or down: wait for whoever is doing it. */
+    return atomic_load(&c->state) == CLUSTER_DOWN ? 1 : 0;
+  }
+  uint64_t start = plat_now_ns();
+  uint64_t deadline = start + plat_seconds_to_ns(timeout);
+  cluster_broadcast_control(c, CONTROL_SHUTDOWN);
+  plat_mutex_lock(&c->main->wlock);
+  atomic_store(&c->main->sched, SCHED_SCHEDULED);
+  plat_cond_broadcast(&c->main->wcond);
+  plat_mutex_unlock(&c->main->wlock);
+  int in_time = wait_live_zero(c, deadline);
+  if (!in_time) {
+    /* Interrupt what still runs: handlers stuck in Lua code are stopped by
+     * the count hook within a few thousand instructions. */
+    cluster_broadcast_control(c, CONTROL_KILL);
+    wait_live_zero(c, plat_now_ns() + plat_seconds_to_ns(1.0));
+  }
+  sched_stop(&c->sched);
+  timer_stop(&c->timers);
+  join_dedicated(c, in_time);
+  reap_leftovers(c);
+  /* The main state's ref may be held by Lua values beyond this point; take
+   * it out of the registry so the cluster owns nothing. */
+  cluster_unregister(c, c->main, "shutdown");
+  atomic_store(&c->main->alive, 0);
+  atomic_store(&c->state, CLUSTER_DOWN);
+  /* A main thread blocked in receive/run returns now. */
+  plat_mutex_lock(&c->main->wlock);
+  atomic_store(&c->main->sched, SCHED_SCHEDULED);
+  plat_cond_broadcast(&c->main->wcond);
+  plat_mutex_unlock(&c->main->wlock);
+  return in_time;
+}

@@ -1,0 +1,145 @@
+/*
+ * cluster — the set of isolates of one node: the registry (ids and paths),
+ * the event log (isolate up/down), the scheduler, the timers, and shutdown.
+ *
+ * Locks: c->lock guards the registry, the paths, the event log and the
+ * subscriber list. It may be held while taking the scheduler's lock or an
+ * isolate's wlock (to wake it); never the other way round.
+ */
+#ifndef IC_CLUSTER_H
+#define IC_CLUSTER_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "isolate.h"
+#include "platform.h"
+#include "scheduler.h"
+#include "timer.h"
+
+typedef void (*ic_log_fn)(void *ud, const char *text);
+
+enum { CLUSTER_RUNNING = 0, CLUSTER_STOPPING = 1, CLUSTER_DOWN = 2 };
+enum { EVENT_UP = 1, EVENT_DOWN = 2 };
+
+typedef struct cluster_event {
+  int kind;
+  ic_isolate *iso;  /* strong reference */
+  char *reason;     /* EVENT_DOWN only */
+} cluster_event;
+
+typedef struct ic_cluster {
+  atomic_int refs;
+  atomic_int state;           /* CLUSTER_* */
+  uint32_t node_id;           /* the node part of every ref */
+  int nworkers;
+  size_t default_mailbox;
+  double slice_seconds;       /* preemption time slice */
+
+  plat_mutex lock;
+  uint64_t next_id;
+  /* id -> isolate, open addressing, guarded by lock */
+  ic_isolate **by_id;
+  size_t by_id_cap, by_id_len, by_id_tomb;
+  /* path -> isolate, open addressing on the path hash */
+  ic_isolate **by_path;
+  size_t by_path_cap, by_path_len, by_path_tomb;
+  uint64_t path_seq;          /* unique segments for "/dir/" paths */
+  size_t live;                /* isolates registered and not yet down */
+  plat_cond live_cond;        /* signalled when live drops */
+
+  /* The event log: entries [log_base, log_base + log_len). */
+  cluster_event *log;
+  size_t log_len, log_cap;
+  uint64_t log_base;
+  size_t log_trim_at;
+  ic_isolate **subs;          /* isolates that read the log */
+  size_t nsubs, subs_cap;
+
+  sched sched;
+  timer_wheel timers;
+  ic_isolate *main;           /* the main state's isolate */
+  ic_isolate **dedicated;     /* isolates with a thread of their own, to join */
+  size_t ndedicated, dedicated_cap;
+  plat_thread stopper;        /* runs a shutdown asked for by an isolate */
+  int has_stopper;
+  double stopper_timeout;
+
+  ic_log_fn log_fn;
+  void *log_ud;
+  plat_mutex log_lock;        /* serialises log_fn calls */
+
+  atomic_ullong dead_letters;
+  atomic_ullong sent;
+  atomic_ullong spawned;
+
+  /* Bytecode of the isolate runtime, compiled once. */
+  ic_blob *runtime_code;
+  char *boot_error;
+} ic_cluster;
+
+typedef struct cluster_opts {
+  int workers;                /* 0 = number of cores */
+  size_t mailbox;             /* default capacity; 0 = built-in default */
+  double slice_seconds;       /* 0 = default */
+} cluster_opts;
+
+/* Creates a cluster with its threads running; NULL and *err set on failure. */
+ic_cluster *cluster_new(const cluster_opts *o, const char **err);
+void cluster_retain(ic_cluster *c);
+void cluster_release(ic_cluster *c);
+
+/* Registers iso under path (NULL = no path; "/dir/" = unique segment appended).
+ * Returns 0 or an error text in errbuf. Takes a registry hold on success. */
+int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *errbuf, size_t errlen);
+/* Removes iso from the registry, appends its down event; releases the hold. */
+void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason);
+/* Appends iso's up event. */
+void cluster_announce_up(ic_cluster *c, ic_isolate *iso);
+
+/* Retained isolate or NULL. */
+ic_isolate *cluster_find_id(ic_cluster *c, uint64_t id);
+ic_isolate *cluster_find_path(ic_cluster *c, const char *path);
+/* Like cluster_find_path, waiting until deadline (monotonic ns) for the path
+ * to be registered. */
+ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline);
+/* Retained isolates whose path starts with prefix, in spawn order; *n set.
+ * Caller frees the array and releases each. */
+ic_isolate **cluster_find_prefix(ic_cluster *c, const char *prefix, size_t *n);
+
+/* Subscribes iso to the event log. existing != 0: cursor = now and the
+ * isolates already up are returned (retained, *n set); otherwise the cursor is
+ * the isolate's spawn position and NULL is returned. */
+ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, size_t *n);
+/* Copies out the events from iso's cursor on (retained isos, dup'ed reasons)
+ * and advances the cursor. */
+cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n);
+void cluster_free_events(cluster_event *ev, size_t n);
+
+/* Writes a line through the cluster's log function. Any thread. */
+void cluster_log(ic_cluster *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Waits until no isolate has work (all mailboxes empty, nothing running, no
+ * timer armed for less than the deadline), at most timeout seconds.
+ * Returns 1 when quiet. Called by the main thread. */
+int cluster_drain(ic_cluster *c, double timeout);
+
+/* Stops every isolate (running on_shutdown handlers), joins every thread.
+ * Returns 1 if all of it finished within timeout seconds. Idempotent. */
+int cluster_shutdown(ic_cluster *c, double timeout);
+
+/* Starts iso (already registered): queues it, or starts its own thread.
+ * Returns 0 or an errno value (then iso is taken down). */
+int cluster_start_isolate(ic_cluster *c, ic_isolate *iso, struct worker *from);
+
+/* Asks for a shutdown from inside an isolate: a helper thread runs it, since
+ * the isolate's own worker must be joined. */
+void cluster_request_shutdown(ic_cluster *c, double timeout);
+
+void cluster_join_stopper(ic_cluster *c);
+
+/* Sends control code to every live isolate. */
+void cluster_broadcast_control(ic_cluster *c, int code);
+
+#endif

@@ -1,0 +1,100 @@
+/*
+ * codec — Lua values <-> MessagePack bytes (the wire format of every message,
+ * property set and spawned entry function). See docs/wire-format.md.
+ *
+ * The codec knows nothing of isolates: refs are recognised and rebuilt through
+ * the hooks the caller passes in. Only this file pair and the binding touch
+ * MessagePack.
+ *
+ * Threads: every function works on the lua_State it is given and must be
+ * called by the thread that runs that state. Nothing here is shared.
+ */
+#ifndef IC_CODEC_H
+#define IC_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+/* MessagePack ext type numbers used on the wire (documented in docs/). */
+enum {
+  CODEC_EXT_REF = 1,      /* payload: u32 node (big endian) + u64 isolate id (big endian) */
+  CODEC_EXT_FUNC = 2,     /* payload: Lua bytecode; appears as element 1 of an array [func, upvalue1, ...] */
+  CODEC_EXT_BACKREF = 3,  /* payload: u32 index of an already-seen table or Lua function
+                             (numbered in pre-order of first appearance, 0-based) */
+  CODEC_EXT_CFUNC = 4,    /* payload: standard library name, e.g. "table.insert" */
+  CODEC_EXT_GLOBALS = 5,  /* payload: empty; the receiving state's globals table (_ENV) */
+};
+
+/* A growable byte buffer. It must be owned by something that frees it even
+ * when an encode raises (e.g. a userdata with __gc kept in the registry), so a
+ * Lua error never leaks it. data is malloc'ed; codec_buf_free releases it. */
+typedef struct codec_buf {
+  char *data;
+  size_t len;
+  size_t cap;
+} codec_buf;
+
+void codec_buf_reset(codec_buf *b);   /* len = 0, keeps the memory */
+void codec_buf_free(codec_buf *b);    /* frees data, leaves an empty buffer */
+
+/* How refs cross the codec. Both hooks run on the thread that owns L. */
+typedef struct codec_hooks {
+  /* Encode side: if the value at index idx is a ref, store its wire identity
+   * and return 1; return 0 for any other userdata (which is then refused). */
+  int (*ref_to_wire)(lua_State *L, int idx, void *ud, uint32_t *node, uint64_t *id);
+  /* Decode side: push a ref for (node, id) onto L. May raise. */
+  void (*ref_push)(lua_State *L, uint32_t node, uint64_t id, void *ud);
+  void *ud;
+} codec_hooks;
+
+/* Hard cap on max_depth: encode and decode recurse on the C stack, which
+ * may be small on worker threads. Larger settings are clamped to it. */
+#define CODEC_MAX_DEPTH_CAP 1000
+
+typedef struct codec_limits {
+  int max_depth;            /* nested tables/functions; encode and decode; clamped to
+                               [1, CODEC_MAX_DEPTH_CAP] */
+  size_t max_bytes;         /* largest encoded message */
+  int allow_functions;      /* decode: accept CODEC_EXT_FUNC, and also CODEC_EXT_CFUNC and
+                               CODEC_EXT_GLOBALS, which hand the receiver's own functions and
+                               globals to the message. Bytecode is trusted only from this
+                               process or authenticated cluster nodes: lua_load does not
+                               verify bytecode, and hostile bytecode can crash the process
+                               even before it runs. Set 0 for any other peer. */
+} codec_limits;
+
+/* Defaults: depth 200, 256 MiB, functions allowed. lim may be NULL in
+ * codec_encode / codec_decode to mean these defaults. */
+void codec_limits_default(codec_limits *lim);
+
+/*
+ * Appends the MessagePack encoding of the value at index idx of L to b.
+ * Raises a Lua error (after leaving b consistent) when the value cannot be
+ * copied; the message names the path inside the value, rooted at `root`
+ * (e.g. root "msg" gives "cannot copy a userdata at msg.conn",
+ * "cannot copy a thread at msg[3].co"). Pushes nothing; uses a few stack
+ * slots temporarily. hooks may be NULL (then refs are refused like other userdata).
+ * On error b->len is back to its value on entry (the memory is kept); the
+ * error is also raised for "not enough memory" and for a message larger than
+ * lim->max_bytes. Only `b` is allocated (malloc/realloc), never freed here.
+ */
+void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *hooks,
+                  const codec_limits *lim, codec_buf *b);
+
+/*
+ * Decodes exactly one value from data[0..len) and pushes it onto L.
+ * Never trusts its input: every length is checked against the end, depth and
+ * size are limited, trailing bytes are an error. On malformed input raises a
+ * Lua error "malformed message: <what> at byte <offset>". Must run in
+ * protected mode. Pushes exactly one value on success; on error the stack
+ * is unwound by the error as usual. data must stay valid during the call
+ * (it is not kept afterwards). A uint64 above math.maxinteger decodes to
+ * the nearest float; float32 decodes to a float; str and bin both decode to
+ * strings.
+ */
+void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks *hooks,
+                  const codec_limits *lim);
+
+#endif

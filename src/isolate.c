@@ -1,0 +1,212 @@
+#include "isolate.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster.h"
+#include "lstate.h"
+
+/* Messages one turn may handle before the isolate goes to the back of the
+ * run queue (fairness between isolates, as skynet's weighted batches). */
+#define TURN_BATCH 256
+
+ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
+  ic_isolate *iso = calloc(1, sizeof *iso);
+  if (!iso) return NULL;
+  if (plat_mutex_init(&iso->wlock)) { free(iso); return NULL; }
+  if (plat_cond_init(&iso->wcond)) { plat_mutex_destroy(&iso->wlock); free(iso); return NULL; }
+  atomic_init(&iso->refs, 1);
+  atomic_init(&iso->sched, SCHED_IDLE);
+  atomic_init(&iso->alive, 1);
+  atomic_init(&iso->events_pending, 0);
+  atomic_init(&iso->interrupt, 0);
+  iso->kind = kind;
+  iso->cluster = c;
+  cluster_retain(c);
+  mailbox_init(&iso->mbox, mailbox_capacity);
+  mailbox_init(&iso->sysq, 0);
+  return iso;
+}
+
+void isolate_retain(ic_isolate *iso) { atomic_fetch_add_explicit(&iso->refs, 1, memory_order_relaxed); }
+
+/* Answers a request that will never be handled, so the requester fails fast. */
+static void refuse_request(ic_isolate *iso, ic_msg *m, const char *why) {
+  if (m->kind != MSG_REQUEST || !m->sender) return;
+  ic_msg *r = msg_new(MSG_REPLY_ERROR, why, strlen(why));
+  if (!r) return;
+  r->corr = m->corr;
+  isolate_post_sys(m->sender, r, iso->worker);
+}
+
+static size_t drain_dead_letters(ic_isolate *iso) {
+  size_t n = 0;
+  ic_msg *m;
+  while ((m = mailbox_pop(&iso->mbox)) != NULL) {
+    refuse_request(iso, m, "isolate down");
+    msg_free(m);
+    n++;
+  }
+  while ((m = mailbox_pop(&iso->sysq)) != NULL) msg_free(m);
+  return n;
+}
+
+void isolate_release(ic_isolate *iso) {
+  if (atomic_fetch_sub_explicit(&iso->refs, 1, memory_order_acq_rel) != 1) return;
+  ic_cluster *c = iso->cluster;
+  /* Messages that raced in after the isolate went down. */
+  size_t dead = drain_dead_letters(iso);
+  if (dead) atomic_fetch_add(&c->dead_letters, dead);
+  if (iso->L) lstate_close(iso);
+  free(iso->path);
+  free(iso->reason);
+  blob_release(iso->props);
+  blob_release(iso->boot);
+  free(iso->lua_path);
+  free(iso->lua_cpath);
+  plat_cond_destroy(&iso->wcond);
+  plat_mutex_destroy(&iso->wlock);
+  free(iso);
+  cluster_release(c);
+}
+
+void isolate_wake(ic_isolate *iso, worker *from) {
+  int expected = SCHED_IDLE;
+  if (atomic_load_explicit(&iso->sched, memory_order_acquire) != SCHED_IDLE) return;
+  if (!atomic_compare_exchange_strong(&iso->sched, &expected, SCHED_SCHEDULED)) return;
+  if (iso->kind == ISO_POOL) {
+    isolate_retain(iso); /* the run queue's hold */
+    sched_push(&iso->cluster->sched, iso, from);
+  } else {
+    plat_mutex_lock(&iso->wlock);
+    plat_cond_signal(&iso->wcond);
+    plat_mutex_unlock(&iso->wlock);
+  }
+}
+
+const char *isolate_post(ic_isolate *to, ic_msg *m, worker *from) {
+  if (!atomic_load_explicit(&to->alive, memory_order_acquire)) {
+    msg_free(m);
+    return "isolate down";
+  }
+  if (!mailbox_reserve(&to->mbox)) {
+    msg_free(m);
+    return "mailbox full";
+  }
+  mailbox_push(&to->mbox, m);
+  isolate_wake(to, from);
+  return NULL;
+}
+
+const char *isolate_post_sys(ic_isolate *to, ic_msg *m, worker *from) {
+  if (!atomic_load_explicit(&to->alive, memory_order_acquire)) {
+    msg_free(m);
+    return "isolate down";
+  }
+  mailbox_reserve(&to->sysq); /* unbounded */
+  mailbox_push(&to->sysq, m);
+  isolate_wake(to, from);
+  return NULL;
+}
+
+void isolate_set_ending(ic_isolate *iso, const char *reason) {
+  if (iso->ending) return;
+  iso->ending = 1;
+  iso->reason = strdup(reason ? reason : "normal");
+}
+
+/* Goes down: no more messages accepted, state closed, registry entry and
+ * path freed, down event published, queued messages counted as dead letters.
+ * Runs on the thread that owns the isolate. */
+static void isolate_finish(ic_isolate *iso) {
+  ic_cluster *c = iso->cluster;
+  atomic_store(&iso->alive, 0);
+  atomic_store(&iso->sched, SCHED_DEAD);
+  const char *reason = iso->reason ? iso->reason : "normal";
+  if (strncmp(reason, "error", 5) == 0)
+    cluster_log(c, "isolate_cluster: isolate %s (id %llu) went down: %s",
+                iso->path ? iso->path : "(no path)", (unsigned long long)iso->id, reason);
+  if (iso->L) lstate_close(iso);
+  size_t dead = drain_dead_letters(iso);
+  if (dead) atomic_fetch_add(&c->dead_letters, dead);
+  cluster_unregister(c, iso, reason);
+}
+
+void isolate_abandon(ic_isolate *iso, const char *reason) {
+  isolate_set_ending(iso, reason);
+  isolate_finish(iso);
+}
+
+static int isolate_has_work(ic_isolate *iso) {
+  if (mailbox_count(&iso->sysq) > 0 || atomic_load(&iso->events_pending)) return 1;
+  if (iso->wait == WAIT_PREEMPTED) return 1;
+  return iso->wait != WAIT_BLOCKED && mailbox_count(&iso->mbox) > 0;
+}
+
+static void handle_control(ic_isolate *iso, int code) {
+  switch (code) {
+  case CONTROL_SHUTDOWN:
+    if (iso->L) lstate_dispatch(iso, LSTATE_SHUTDOWN, NULL);
+    isolate_set_ending(iso, "shutdown");
+    break;
+  case CONTROL_KILL:
+    isolate_set_ending(iso, "killed");
+    break;
+  default:
+    break;
+  }
+}
+
+int isolate_run(ic_isolate *iso, worker *w) {
+  ic_cluster *c = iso->cluster;
+  iso->worker = w;
+  iso->slice_deadline = plat_now_ns() + plat_seconds_to_ns(c->slice_seconds);
+  if (!iso->L && !iso->ending) lstate_boot(iso);
+
+  ic_msg *m;
+  while (!iso->ending && (m = mailbox_pop(&iso->sysq)) != NULL) {
+    if (m->kind == MSG_CONTROL) handle_control(iso, (int)m->corr);
+    else lstate_dispatch(iso, m->kind, m);
+    msg_free(m);
+  }
+  if (!iso->ending && atomic_exchange(&iso->events_pending, 0))
+    lstate_dispatch(iso, LSTATE_EVENTS, NULL);
+  if (!iso->ending && iso->wait == WAIT_PREEMPTED)
+    lstate_dispatch(iso, LSTATE_RESUME, NULL);
+  for (int n = 0; n < TURN_BATCH && !iso->ending; n++) {
+    if (iso->wait == WAIT_BLOCKED || iso->wait == WAIT_PREEMPTED) break;
+    if ((n & 15) == 15 && plat_now_ns() > iso->slice_deadline) break;
+    if ((m = mailbox_pop(&iso->mbox)) == NULL) break;
+    lstate_dispatch(iso, m->kind, m);
+    msg_free(m);
+  }
+  iso->worker = NULL;
+  if (iso->ending) {
+    isolate_finish(iso);
+    return RUN_DONE;
+  }
+  atomic_store(&iso->sched, SCHED_IDLE);
+  /* A producer that saw SCHEDULED did not wake us: look again. */
+  if (isolate_has_work(iso)) {
+    int expected = SCHED_IDLE;
+    if (atomic_compare_exchange_strong(&iso->sched, &expected, SCHED_SCHEDULED)) return RUN_AGAIN;
+  }
+  return RUN_IDLE;
+}
+
+static void *dedicated_main(void *arg) {
+  ic_isolate *iso = arg;
+  for (;;) {
+    plat_mutex_lock(&iso->wlock);
+    while (atomic_load(&iso->sched) == SCHED_IDLE) plat_cond_wait(&iso->wcond, &iso->wlock);
+    plat_mutex_unlock(&iso->wlock);
+    if (isolate_run(iso, NULL) == RUN_DONE) break;
+  }
+  return NULL;
+}
+
+int isolate_start_thread(ic_isolate *iso) {
+  int rc = plat_thread_start(&iso->thread, dedicated_main, iso, 8u << 20);
+  if (!rc) iso->has_thread = 1;
+  return rc;
+}

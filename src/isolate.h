@@ -1,0 +1,113 @@
+/*
+ * isolate — one Lua state with its mailboxes, run one turn at a time by a
+ * worker thread (or by its own thread when dedicated).
+ *
+ * Lifetime: an ic_isolate is reference counted. Holders: the cluster registry
+ * while the isolate is alive, the run queue while it is scheduled, every ref
+ * userdata, every message naming it as sender, every armed timer. The Lua
+ * state is closed when the isolate goes down; the struct is freed when the
+ * last holder lets go, and frees whatever is still queued (dead letters).
+ */
+#ifndef IC_ISOLATE_H
+#define IC_ISOLATE_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "mailbox.h"
+#include "platform.h"
+
+struct ic_cluster;
+struct worker;
+struct lua_State;
+
+/* sched states: who may touch the Lua state right now. */
+enum {
+  SCHED_IDLE = 0,      /* nobody runs it; the first waker schedules it */
+  SCHED_SCHEDULED = 1, /* queued or running; wakers do nothing */
+  SCHED_DEAD = 2,      /* down for good; wakers do nothing */
+};
+
+/* How the isolate runs. */
+enum { ISO_POOL = 0, ISO_DEDICATED = 1, ISO_MAIN = 2 };
+
+/* What the Lua side is waiting for (returned by the runtime's dispatch). */
+enum {
+  WAIT_NONE = 0,    /* idle: the next message runs the message handler */
+  WAIT_RECEIVE = 1, /* a handler waits in receive: the next message goes to it */
+  WAIT_BLOCKED = 2, /* a handler waits for a reply/timer/lookup: messages stay queued */
+  WAIT_PREEMPTED = 3, /* a handler used up its time slice: resume it next turn */
+};
+
+/* Results of isolate_run. */
+enum { RUN_IDLE = 0, RUN_AGAIN = 1, RUN_DONE = 2 };
+
+typedef struct ic_isolate {
+  struct ic_cluster *cluster;   /* strong reference */
+  atomic_int refs;
+  atomic_int sched;
+  atomic_int alive;             /* 1 until it goes down */
+  atomic_int events_pending;    /* the cluster event log grew */
+  atomic_int interrupt;         /* asks the running handler to stop (kill, shutdown) */
+  uint64_t id;
+  int kind;                     /* ISO_* */
+  char *path;                   /* immutable after spawn */
+  ic_blob *props;               /* MessagePack map, immutable; NULL = no properties */
+  mailbox mbox;                 /* user messages and requests, bounded */
+  mailbox sysq;                 /* replies, timers, control: unbounded but each
+                                   entry answers something this isolate started */
+  struct ic_isolate *runq_next; /* run-queue link, owned by the scheduler lock */
+
+  /* Owned by the thread running the isolate. */
+  struct lua_State *L;
+  ic_blob *boot;                /* the encoded entry; consumed by the first run */
+  char *lua_path, *lua_cpath;   /* the creator's package.path/cpath, or NULL */
+  uint64_t next_corr;           /* request ids (main state) */
+  int wait;                     /* WAIT_* */
+  int ending;                   /* 1 once stop/kill/error decided; reason set */
+  char *reason;                 /* down reason, malloc'ed */
+  uint64_t event_cursor;        /* next cluster event to read */
+  uint64_t spawn_cursor;        /* event log position at spawn */
+  int subscribed;
+  int up;                       /* announced up */
+  struct worker *worker;        /* the pool worker running it now, or NULL */
+  size_t mem_used, mem_limit;   /* bytes of Lua heap; limit 0 = none */
+  uint64_t slice_deadline;      /* preemption: the current turn's end */
+
+  /* Dedicated isolates and the main state wait on these. */
+  plat_mutex wlock;
+  plat_cond wcond;
+  plat_thread thread;
+  int has_thread;
+} ic_isolate;
+
+/* Allocates an isolate in the IDLE state with refs = 1 (the caller's hold). */
+ic_isolate *isolate_new(struct ic_cluster *c, int kind, size_t mailbox_capacity);
+void isolate_retain(ic_isolate *iso);
+void isolate_release(ic_isolate *iso);
+
+/* Schedules iso if it is idle. Any thread. `from` is the worker the caller
+ * runs on (for the LIFO hand-off) or NULL. */
+void isolate_wake(ic_isolate *iso, struct worker *from);
+
+/* Runs one turn on the calling thread, which must own iso (sched ==
+ * SCHEDULED). Returns RUN_IDLE, RUN_AGAIN or RUN_DONE. */
+int isolate_run(ic_isolate *iso, struct worker *w);
+
+/* Sends a message: reserves, pushes, wakes. Takes ownership of m on success
+ * and on failure. Returns 0, or an error text ("isolate down", "mailbox full"). */
+const char *isolate_post(ic_isolate *to, ic_msg *m, struct worker *from);
+/* Same for the system queue (never full). */
+const char *isolate_post_sys(ic_isolate *to, ic_msg *m, struct worker *from);
+
+/* Starts the thread of a dedicated isolate. 0 or an errno value. */
+int isolate_start_thread(ic_isolate *iso);
+
+/* Takes iso down at once on the calling thread, which must own it or be the
+ * only thread left (shutdown). */
+void isolate_abandon(ic_isolate *iso, const char *reason);
+
+/* Decides that iso goes down with reason (copied) once its current turn ends. */
+void isolate_set_ending(ic_isolate *iso, const char *reason);
+
+#endif

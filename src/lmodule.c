@@ -1,0 +1,350 @@
+/*
+ * lmodule — the Lua module isolate_cluster.core, loaded into a main state
+ * (a plain lua5.4 interpreter, busted, or any host). It creates clusters and
+ * gives the main state its blocking operations: receive, request, waiting
+ * lookup, run, shutdown.
+ *
+ * Threads: every function here runs on the thread of the main state.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "cluster.h"
+#include "lstate.h"
+
+#define LCLUSTER_MT "isolate_cluster.cluster"
+#define DEFAULT_REQUEST_TIMEOUT 5.0
+#define CLOSE_DRAIN_SECONDS 5.0
+#define CLOSE_SHUTDOWN_SECONDS 5.0
+
+typedef struct lcluster {
+  ic_cluster *c; /* NULL once closed */
+} lcluster;
+
+static ic_cluster *check_cluster(lua_State *L, int idx) {
+  lcluster *lc = luaL_checkudata(L, idx, LCLUSTER_MT);
+  if (!lc->c) luaL_error(L, "the cluster is closed");
+  return lc->c;
+}
+
+static uint64_t deadline_from(lua_State *L, int idx) {
+  if (lua_isnoneornil(L, idx)) return UINT64_MAX;
+  lua_Number t = luaL_checknumber(L, idx);
+  if (t != t) luaL_argerror(L, idx, "timeout is NaN");
+  if (t == HUGE_VAL) return UINT64_MAX;
+  return plat_now_ns() + plat_seconds_to_ns(t);
+}
+
+/* Blocks until something is posted to the main state, the cluster stops, or
+ * the deadline passes. Returns 0 on timeout. */
+static int main_wait(ic_cluster *c, mailbox *q, uint64_t deadline) {
+  ic_isolate *m = c->main;
+  int in_time = 1;
+  plat_mutex_lock(&m->wlock);
+  atomic_store(&m->sched, SCHED_IDLE);
+  while (atomic_load(&m->sched) == SCHED_IDLE && mailbox_count(q) == 0 &&
+         atomic_load(&c->state) == CLUSTER_RUNNING) {
+    if (deadline == UINT64_MAX) {
+      plat_cond_wait(&m->wcond, &m->wlock);
+    } else if (plat_cond_wait_until(&m->wcond, &m->wlock, deadline) == ETIMEDOUT) {
+      in_time = 0;
+      break;
+    }
+  }
+  plat_mutex_unlock(&m->wlock);
+  return in_time;
+}
+
+/* ---- replies from the main state ----------------------------------------- */
+
+static int l_main_reply(lua_State *L) {
+  if (lua_toboolean(L, lua_upvalueindex(3))) return luaL_error(L, "this request has already been answered");
+  lref *r = lref_check(L, lua_upvalueindex(1));
+  uint64_t corr = (uint64_t)lua_tointeger(L, lua_upvalueindex(2));
+  lua_settop(L, 1);
+  size_t len;
+  const char *data = lstate_encode(L, 1, "reply", &len);
+  lua_pushboolean(L, 1);
+  lua_replace(L, lua_upvalueindex(3));
+  if (!r->iso) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "isolate down");
+    return 2;
+  }
+  ic_msg *m = msg_new(MSG_REPLY, data, len);
+  if (!m) return luaL_error(L, "out of memory");
+  m->corr = corr;
+  const char *why = isolate_post_sys(r->iso, m, NULL);
+  if (why) {
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, why);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Protected: pushes msg, sender and (for a request) a reply function. */
+static int push_received(lua_State *L) {
+  const ic_msg *m = lua_touserdata(L, 1);
+  ic_cluster *c = lua_touserdata(L, 2);
+  if (lstate_decode_msg(L, c, m) != LUA_OK) return lua_error(L);
+  if (m->sender) lref_push(L, m->sender);
+  else lua_pushnil(L);
+  if (m->kind != MSG_REQUEST || !m->sender) return 2;
+  lua_pushvalue(L, -1);
+  lua_pushinteger(L, (lua_Integer)m->corr);
+  lua_pushboolean(L, 0);
+  lua_pushcclosure(L, l_main_reply, 3);
+  return 3;
+}
+
+static int l_receive(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  uint64_t deadline = deadline_from(L, 2);
+  ic_isolate *main = c->main;
+  for (;;) {
+    ic_msg *m;
+    while ((m = mailbox_pop(&main->sysq)) != NULL) msg_free(m); /* late replies */
+    m = mailbox_pop(&main->mbox);
+    if (m) {
+      int top = lua_gettop(L);
+      lua_pushcfunction(L, push_received);
+      lua_pushlightuserdata(L, m);
+      lua_pushlightuserdata(L, c);
+      int st = lua_pcall(L, 2, LUA_MULTRET, 0);
+      msg_free(m);
+      if (st != LUA_OK) return lua_error(L);
+      return lua_gettop(L) - top;
+    }
+    if (mailbox_count(&main->mbox) > 0) continue; /* a push half done */
+    if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
+    if (!main_wait(c, &main->mbox, deadline)) {
+      if (mailbox_count(&main->mbox) > 0) continue;
+      break;
+    }
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
+/* ref:request in the main state: blocks this thread until the reply. */
+static int l_main_request(lua_State *L) {
+  lref *r = lref_check(L, 1);
+  luaL_checkany(L, 2);
+  double t = luaL_optnumber(L, 3, DEFAULT_REQUEST_TIMEOUT);
+  if (!(t > 0)) return luaL_argerror(L, 3, "timeout must be a positive number of seconds");
+  if (!r->iso || !atomic_load(&r->iso->alive)) {
+    lua_settop(L, 1);
+    return luaL_error(L, "request to %s failed: isolate down", luaL_tolstring(L, 1, NULL));
+  }
+  ic_cluster *c = r->iso->cluster;
+  ic_isolate *main = c->main;
+  size_t len;
+  const char *data = lstate_encode(L, 2, "msg", &len);
+  ic_msg *m = msg_new(MSG_REQUEST, data, len);
+  if (!m) return luaL_error(L, "out of memory");
+  uint64_t corr = ++main->next_corr;
+  isolate_retain(main);
+  m->sender = main;
+  m->corr = corr;
+  /* Replies to earlier requests that timed out are of no use now. */
+  ic_msg *x;
+  while ((x = mailbox_pop(&main->sysq)) != NULL) msg_free(x);
+  const char *why = isolate_post(r->iso, m, NULL);
+  if (why) {
+    lua_settop(L, 1);
+    return luaL_error(L, "request to %s failed: %s", luaL_tolstring(L, 1, NULL), why);
+  }
+  uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(t);
+  for (;;) {
+    x = mailbox_pop(&main->sysq);
+    if (x) {
+      if ((x->kind == MSG_REPLY || x->kind == MSG_REPLY_ERROR) && x->corr == corr) {
+        int is_error = x->kind == MSG_REPLY_ERROR;
+        int st = lstate_decode_msg(L, c, x);
+        msg_free(x);
+        if (st != LUA_OK || is_error) return lua_error(L);
+        return 1;
+      }
+      msg_free(x);
+      continue;
+    }
+    if (mailbox_count(&main->sysq) > 0) continue;
+    if (atomic_load(&c->state) == CLUSTER_DOWN) {
+      lua_settop(L, 1);
+      return luaL_error(L, "request to %s failed: the cluster has shut down", luaL_tolstring(L, 1, NULL));
+    }
+    if (!main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0) {
+      lua_settop(L, 1);
+      return luaL_error(L, "timeout: no reply from %s within %f s", luaL_tolstring(L, 1, NULL), t);
+    }
+  }
+}
+
+/* ---- cluster methods ------------------------------------------------------- */
+
+static int l_spawn(lua_State *L) { return lstate_spawn(L, check_cluster(L, 1), 2, NULL); }
+
+static int l_lookup(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  const char *path = luaL_checkstring(L, 2);
+  uint64_t deadline = lua_isnoneornil(L, 3) ? 0 : deadline_from(L, 3);
+  if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "lookup_isolate after shutdown");
+  ic_isolate *iso = deadline ? cluster_wait_path(c, path, deadline) : cluster_find_path(c, path);
+  if (!iso) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lref_push(L, iso);
+  isolate_release(iso);
+  return 1;
+}
+
+static int l_lookup_prefix(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "lookup_isolates after shutdown");
+  return lstate_lookup_prefix(L, c, 2);
+}
+
+static int l_run(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  uint64_t deadline = deadline_from(L, 2);
+  ic_isolate *m = c->main;
+  plat_mutex_lock(&m->wlock);
+  while (atomic_load(&c->state) == CLUSTER_RUNNING) {
+    if (deadline == UINT64_MAX) plat_cond_wait(&m->wcond, &m->wlock);
+    else if (plat_cond_wait_until(&m->wcond, &m->wlock, deadline) == ETIMEDOUT) break;
+  }
+  plat_mutex_unlock(&m->wlock);
+  int stopped = atomic_load(&c->state) != CLUSTER_RUNNING;
+  if (stopped) cluster_join_stopper(c);
+  lua_pushboolean(L, stopped);
+  return 1;
+}
+
+static int l_shutdown(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  double t = luaL_optnumber(L, 2, 5.0);
+  cluster_join_stopper(c);
+  lua_pushboolean(L, cluster_shutdown(c, t));
+  return 1;
+}
+
+static int l_drain(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  lua_pushboolean(L, cluster_drain(c, luaL_optnumber(L, 2, CLOSE_DRAIN_SECONDS)));
+  return 1;
+}
+
+static int l_stats(lua_State *L) { return lstate_stats(L, check_cluster(L, 1)); }
+
+/* __gc and __close: a cluster left running at the end of a script delivers
+ * what was already sent (bounded), then shuts down, so the process exits. */
+static int l_close(lua_State *L) {
+  lcluster *lc = luaL_checkudata(L, 1, LCLUSTER_MT);
+  ic_cluster *c = lc->c;
+  if (!c) return 0;
+  lc->c = NULL;
+  if (atomic_load(&c->state) == CLUSTER_RUNNING) cluster_drain(c, CLOSE_DRAIN_SECONDS);
+  cluster_join_stopper(c);
+  cluster_shutdown(c, CLOSE_SHUTDOWN_SECONDS);
+  cluster_release(c);
+  return 0;
+}
+
+static int l_cluster_index(lua_State *L) {
+  lcluster *lc = luaL_checkudata(L, 1, LCLUSTER_MT);
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "main") == 0) {
+    if (!lc->c) return luaL_error(L, "the cluster is closed");
+    lref_push(L, lc->c->main);
+    return 1;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  return 1;
+}
+
+static int l_cluster_tostring(lua_State *L) {
+  lcluster *lc = luaL_checkudata(L, 1, LCLUSTER_MT);
+  if (!lc->c) lua_pushliteral(L, "isolate_cluster(closed)");
+  else lua_pushfstring(L, "isolate_cluster(node %d, %d workers)", (int)lc->c->node_id, lc->c->nworkers);
+  return 1;
+}
+
+static lua_Integer opt_int_field(lua_State *L, int t, const char *k, lua_Integer dflt, lua_Integer min) {
+  lua_Integer v = dflt;
+  if (lua_getfield(L, t, k) != LUA_TNIL) {
+    int ok;
+    v = lua_tointegerx(L, -1, &ok);
+    if (!ok || v < min) luaL_error(L, "opts.%s must be an integer >= %d", k, (int)min);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static int l_new(lua_State *L) {
+  cluster_opts o = {0, 0, 0};
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    o.workers = (int)opt_int_field(L, 1, "workers", 0, 1);
+    o.mailbox = (size_t)opt_int_field(L, 1, "mailbox", 0, 1);
+    if (lua_getfield(L, 1, "time_slice") != LUA_TNIL) {
+      o.slice_seconds = lua_tonumber(L, -1);
+      if (!(o.slice_seconds > 0)) return luaL_error(L, "opts.time_slice must be a positive number of seconds");
+    }
+    lua_pop(L, 1);
+  }
+  lstate_open(L);
+  lcluster *lc = lua_newuserdatauv(L, sizeof *lc, 0);
+  lc->c = NULL; /* safe to collect before the cluster exists */
+  luaL_setmetatable(L, LCLUSTER_MT);
+  const char *err = "unknown error";
+  lc->c = cluster_new(&o, &err);
+  if (!lc->c) return luaL_error(L, "cannot create the cluster: %s", err);
+  return 1;
+}
+
+int luaopen_isolate_cluster_core(lua_State *L);
+
+__attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_State *L) {
+  lstate_open(L);
+  /* The main state's own request and kill. */
+  luaL_getmetatable(L, LREF_MT);
+  lua_getfield(L, -1, "methods");
+  lua_pushcfunction(L, l_main_request);
+  lua_setfield(L, -2, "request");
+  lua_pop(L, 2);
+
+  if (luaL_newmetatable(L, LCLUSTER_MT)) {
+    static const luaL_Reg methods[] = {
+        {"spawn_isolate", l_spawn}, {"lookup_isolate", l_lookup}, {"lookup_isolates", l_lookup_prefix},
+        {"receive", l_receive},     {"run", l_run},               {"shutdown", l_shutdown},
+        {"drain", l_drain},         {"stats", l_stats},           {"close", l_close},
+        {NULL, NULL}};
+    luaL_newlib(L, methods);
+    lua_pushcclosure(L, l_cluster_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, l_cluster_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "isolate_cluster");
+    lua_setfield(L, -2, "__name");
+  }
+  lua_pop(L, 1);
+
+  static const luaL_Reg funcs[] = {{"new", l_new}, {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  lua_pushliteral(L, "0.1.0");
+  lua_setfield(L, -2, "_VERSION");
+  return 1;
+}

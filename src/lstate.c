@@ -1,0 +1,787 @@
+#include "lstate.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "runtime.h"
+
+/* Registry keys: the addresses of these constants. */
+static const char CTX_KEY = 'c';
+static const char CACHE_KEY = 'r';
+static const char JOBS_KEY = 'j';
+
+/* Instructions between two looks at the interrupt flag and the slice clock. */
+#define HOOK_COUNT 1000
+
+/* ---- per-state data ------------------------------------------------------ */
+
+static int ctx_gc(lua_State *L) {
+  lstate_ctx *ctx = lua_touserdata(L, 1);
+  codec_buf_free(&ctx->buf);
+  return 0;
+}
+
+lstate_ctx *lstate_ctx_of(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
+  lstate_ctx *ctx = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return ctx;
+}
+
+/* ---- refs ---------------------------------------------------------------- */
+
+lref *lref_check(lua_State *L, int idx) { return luaL_checkudata(L, idx, LREF_MT); }
+
+/* Pushes the cached ref for (node, id), or nothing and returns 0. */
+static int ref_cache_get(lua_State *L, uint32_t node, uint64_t id) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CACHE_KEY);
+  if (lua_rawgeti(L, -1, (lua_Integer)node) == LUA_TTABLE &&
+      lua_rawgeti(L, -1, (lua_Integer)id) == LUA_TUSERDATA) {
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    return 1;
+  }
+  lua_settop(L, lua_gettop(L) - (lua_type(L, -1) == LUA_TTABLE ? 2 : 3));
+  return 0;
+}
+
+/* Value on top is a new ref userdata: remember it (weakly). */
+static void ref_cache_put(lua_State *L, uint32_t node, uint64_t id) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CACHE_KEY);
+  if (lua_rawgeti(L, -1, (lua_Integer)node) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, (lua_Integer)node);
+  }
+  lua_pushvalue(L, -3);
+  lua_rawseti(L, -2, (lua_Integer)id);
+  lua_pop(L, 2);
+}
+
+static void ref_new(lua_State *L, ic_isolate *iso, uint32_t node, uint64_t id) {
+  lref *r = lua_newuserdatauv(L, sizeof *r, 0);
+  r->iso = NULL;
+  r->node = node;
+  r->id = id;
+  luaL_setmetatable(L, LREF_MT);
+  if (iso) {
+    isolate_retain(iso);
+    r->iso = iso;
+  }
+  ref_cache_put(L, node, id);
+}
+
+void lref_push(lua_State *L, ic_isolate *iso) {
+  uint32_t node = iso->cluster->node_id;
+  if (ref_cache_get(L, node, iso->id)) return;
+  ref_new(L, iso, node, iso->id);
+}
+
+void lref_push_wire(lua_State *L, ic_cluster *c, uint32_t node, uint64_t id) {
+  if (ref_cache_get(L, node, id)) return;
+  ic_isolate *iso = NULL;
+  if (c && node == c->node_id) iso = cluster_find_id(c, id);
+  /* An isolate already gone (or of another node) gives a ref that refuses
+   * messages with "isolate down" but still compares and prints. */
+  ref_new(L, iso, node, id);
+  if (iso) isolate_release(iso);
+}
+
+static int ref_to_wire(lua_State *L, int idx, void *ud, uint32_t *node, uint64_t *id) {
+  (void)ud;
+  lref *r = luaL_testudata(L, idx, LREF_MT);
+  if (!r) return 0;
+  *node = r->node;
+  *id = r->id;
+  return 1;
+}
+
+static void ref_from_wire(lua_State *L, uint32_t node, uint64_t id, void *ud) {
+  lref_push_wire(L, ud, node, id);
+}
+
+codec_hooks lstate_hooks(ic_cluster *c) {
+  codec_hooks h = {ref_to_wire, ref_from_wire, c};
+  return h;
+}
+
+static ic_cluster *ref_cluster(lua_State *L, lref *r) {
+  (void)L;
+  return r->iso ? r->iso->cluster : NULL;
+}
+
+/* The isolate that sends from this state: itself, or the main state of the
+ * receiving isolate's cluster. */
+static ic_isolate *state_sender(lstate_ctx *ctx, ic_isolate *to) {
+  return ctx->self ? ctx->self : to->cluster->main;
+}
+
+static worker *state_worker(lstate_ctx *ctx) { return ctx->self ? ctx->self->worker : NULL; }
+
+const char *lstate_encode(lua_State *L, int idx, const char *root, size_t *len) {
+  lstate_ctx *ctx = lstate_ctx_of(L);
+  codec_hooks h = lstate_hooks(NULL);
+  codec_buf_reset(&ctx->buf);
+  codec_encode(L, idx, root, &h, &ctx->lim, &ctx->buf);
+  *len = ctx->buf.len;
+  return ctx->buf.data;
+}
+
+static int decode_protected(lua_State *L) {
+  const ic_msg *m = lua_touserdata(L, 1);
+  ic_cluster *c = lua_touserdata(L, 2);
+  lstate_ctx *ctx = lstate_ctx_of(L);
+  codec_hooks h = lstate_hooks(c);
+  codec_decode(L, m->data, m->len, &h, &ctx->lim);
+  return 1;
+}
+
+int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m) {
+  if (m->len == 0) {
+    lua_pushnil(L);
+    return LUA_OK;
+  }
+  lua_pushcfunction(L, decode_protected);
+  lua_pushlightuserdata(L, (void *)m);
+  lua_pushlightuserdata(L, c);
+  return lua_pcall(L, 2, 1, 0);
+}
+
+static int push_send_result(lua_State *L, const char *why) {
+  if (why) {
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, why);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Builds and posts a message of kind to r. Returns NULL or why it failed. */
+static const char *post_value(lua_State *L, lref *r, int kind, int idx, uint64_t corr) {
+  if (!r->iso) return "isolate down";
+  if (!atomic_load_explicit(&r->iso->alive, memory_order_acquire)) return "isolate down";
+  lstate_ctx *ctx = lstate_ctx_of(L);
+  size_t len;
+  const char *data = lstate_encode(L, idx, "msg", &len);
+  ic_msg *m = msg_new(kind, data, len);
+  if (!m) return "out of memory";
+  ic_isolate *from = state_sender(ctx, r->iso);
+  isolate_retain(from);
+  m->sender = from;
+  m->corr = corr;
+  return isolate_post(r->iso, m, state_worker(ctx));
+}
+
+static int l_ref_send(lua_State *L) {
+  lref *r = lref_check(L, 1);
+  luaL_checkany(L, 2);
+  return push_send_result(L, post_value(L, r, MSG_USER, 2, 0));
+}
+
+static int l_ref_kill(lua_State *L) {
+  lref *r = lref_check(L, 1);
+  if (!r->iso || !atomic_load(&r->iso->alive) || r->iso->kind == ISO_MAIN) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "isolate down");
+    return 2;
+  }
+  atomic_store(&r->iso->interrupt, INTERRUPT_KILL);
+  ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
+  if (!m) return luaL_error(L, "out of memory");
+  m->corr = CONTROL_KILL;
+  const char *why = isolate_post_sys(r->iso, m, NULL);
+  if (why) {
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, why);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Pushes the decoded property map of r, or nil. */
+static void push_props(lua_State *L, lref *r) {
+  if (!r->iso || !r->iso->props) {
+    lua_pushnil(L);
+    return;
+  }
+  lstate_ctx *ctx = lstate_ctx_of(L);
+  codec_hooks h = lstate_hooks(ref_cluster(L, r));
+  codec_decode(L, r->iso->props->data, r->iso->props->len, &h, &ctx->lim);
+}
+
+static int l_ref_property(lua_State *L) {
+  lref *r = lref_check(L, 1);
+  luaL_checkany(L, 2);
+  push_props(L, r);
+  if (lua_isnil(L, -1)) return 1;
+  lua_pushvalue(L, 2);
+  lua_gettable(L, -2);
+  return 1;
+}
+
+static int l_ref_properties(lua_State *L) {
+  lref *r = lref_check(L, 1);
+  push_props(L, r);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+  }
+  return 1;
+}
+
+static int l_ref_index(lua_State *L) {
+  lref *r = lref_check(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "path") == 0) {
+    if (r->iso && r->iso->path) lua_pushstring(L, r->iso->path);
+    else lua_pushnil(L);
+    return 1;
+  }
+  if (k && strcmp(k, "id") == 0) {
+    lua_pushinteger(L, (lua_Integer)r->id);
+    return 1;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1)); /* methods */
+  return 1;
+}
+
+static int l_ref_eq(lua_State *L) {
+  lref *a = luaL_testudata(L, 1, LREF_MT), *b = luaL_testudata(L, 2, LREF_MT);
+  lua_pushboolean(L, a && b && a->node == b->node && a->id == b->id);
+  return 1;
+}
+
+static int l_ref_tostring(lua_State *L) {
+  lref *r = lref_check(L, 1);
+  if (r->iso && r->iso->path)
+    lua_pushfstring(L, "isolate_ref(%s, %d:%d)", r->iso->path, (int)r->node, (int)r->id);
+  else if (r->iso && r->iso->kind == ISO_MAIN)
+    lua_pushfstring(L, "isolate_ref(main, %d:%d)", (int)r->node, (int)r->id);
+  else
+    lua_pushfstring(L, "isolate_ref(%d:%d)", (int)r->node, (int)r->id);
+  return 1;
+}
+
+static int l_ref_gc(lua_State *L) {
+  lref *r = lua_touserdata(L, 1);
+  if (r->iso) {
+    ic_isolate *iso = r->iso;
+    r->iso = NULL;
+    isolate_release(iso);
+  }
+  return 0;
+}
+
+lstate_ctx *lstate_open(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
+  if (lua_type(L, -1) == LUA_TUSERDATA) {
+    lstate_ctx *ctx = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return ctx;
+  }
+  lua_pop(L, 1);
+  lstate_ctx *ctx = lua_newuserdatauv(L, sizeof *ctx, 0);
+  memset(ctx, 0, sizeof *ctx);
+  codec_limits_default(&ctx->lim);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, ctx_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
+
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &CACHE_KEY);
+
+  if (luaL_newmetatable(L, LREF_MT)) {
+    static const luaL_Reg methods[] = {
+        {"send", l_ref_send}, {"kill", l_ref_kill}, {"property", l_ref_property}, {"properties", l_ref_properties}, {NULL, NULL}};
+    luaL_newlib(L, methods);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "methods"); /* the state sets methods.request itself */
+    lua_pushcclosure(L, l_ref_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_ref_eq);
+    lua_setfield(L, -2, "__eq");
+    lua_pushcfunction(L, l_ref_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, l_ref_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushliteral(L, "isolate_ref");
+    lua_setfield(L, -2, "__name");
+    lua_pushliteral(L, "isolate_ref");
+    lua_setfield(L, -2, "__metatable");
+  }
+  lua_pop(L, 1);
+  return ctx;
+}
+
+/* ---- spawn and lookup ------------------------------------------------------ */
+
+static char *dup_field(lua_State *L, int t, const char *k) {
+  char *s = NULL;
+  if (lua_getfield(L, t, k) == LUA_TSTRING) s = strdup(lua_tostring(L, -1));
+  lua_pop(L, 1);
+  return s;
+}
+
+int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator) {
+  if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "spawn_isolate after shutdown");
+  int et = lua_type(L, arg);
+  if (et != LUA_TFUNCTION && et != LUA_TSTRING)
+    return luaL_argerror(L, arg, "entry must be a function or a module name");
+  int has_props = !lua_isnoneornil(L, arg + 1);
+  if (has_props) luaL_checktype(L, arg + 1, LUA_TTABLE);
+  const char *path = NULL;
+  int dedicated = 0;
+  lua_Integer mbox = (lua_Integer)c->default_mailbox, memlimit = 0;
+  if (!lua_isnoneornil(L, arg + 2)) {
+    luaL_checktype(L, arg + 2, LUA_TTABLE);
+    int o = arg + 2;
+    if (lua_getfield(L, o, "path") != LUA_TNIL) {
+      if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "opts.path must be a string");
+      path = lua_tostring(L, -1); /* stays referenced by opts */
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, o, "dedicated");
+    dedicated = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (lua_getfield(L, o, "mailbox") != LUA_TNIL) {
+      int ok;
+      mbox = lua_tointegerx(L, -1, &ok);
+      if (!ok || mbox <= 0) return luaL_error(L, "opts.mailbox must be a positive integer");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, o, "memory_limit") != LUA_TNIL) {
+      int ok;
+      memlimit = lua_tointegerx(L, -1, &ok);
+      if (!ok || memlimit < 0) return luaL_error(L, "opts.memory_limit must be a number of bytes");
+    }
+    lua_pop(L, 1);
+  }
+  /* Encode everything first: the encodes may raise, and nothing is
+   * allocated outside Lua until they have succeeded. */
+  lstate_ctx *ctx = lstate_ctx_of(L);
+  codec_hooks h = lstate_hooks(NULL);
+  codec_buf_reset(&ctx->buf);
+  size_t props_len = 0;
+  if (has_props) {
+    codec_encode(L, arg + 1, "properties", &h, &ctx->lim, &ctx->buf);
+    props_len = ctx->buf.len;
+  }
+  codec_encode(L, arg, "entry", &h, &ctx->lim, &ctx->buf);
+
+  ic_isolate *iso = isolate_new(c, dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox);
+  if (!iso) return luaL_error(L, "out of memory");
+  iso->mem_limit = (size_t)memlimit;
+  iso->props = has_props ? blob_new(ctx->buf.data, props_len) : NULL;
+  iso->boot = blob_new(ctx->buf.data + props_len, ctx->buf.len - props_len);
+  lua_getglobal(L, "package");
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    iso->lua_path = dup_field(L, -1, "path");
+    iso->lua_cpath = dup_field(L, -1, "cpath");
+  }
+  lua_pop(L, 1);
+  char err[256];
+  if ((has_props && !iso->props) || !iso->boot) {
+    isolate_release(iso);
+    return luaL_error(L, "out of memory");
+  }
+  if (cluster_register(c, iso, path, err, sizeof err)) {
+    isolate_release(iso);
+    return luaL_error(L, "%s", err);
+  }
+  atomic_fetch_add(&c->spawned, 1);
+  int rc = cluster_start_isolate(c, iso, creator ? creator->worker : NULL);
+  if (rc) {
+    isolate_release(iso);
+    return luaL_error(L, "cannot start isolate: %s", strerror(rc));
+  }
+  lref_push(L, iso);
+  isolate_release(iso); /* the ref and the registry hold it now */
+  return 1;
+}
+
+int lstate_lookup(lua_State *L, ic_cluster *c, int arg) {
+  const char *path = luaL_checkstring(L, arg);
+  ic_isolate *iso = cluster_find_path(c, path);
+  if (!iso) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lref_push(L, iso);
+  isolate_release(iso);
+  return 1;
+}
+
+int lstate_lookup_prefix(lua_State *L, ic_cluster *c, int arg) {
+  const char *prefix = luaL_checkstring(L, arg);
+  size_t n;
+  ic_isolate **all = cluster_find_prefix(c, prefix, &n);
+  if (!all) return luaL_error(L, "out of memory");
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lref_push(L, all[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  for (size_t i = 0; i < n; i++) isolate_release(all[i]);
+  free(all);
+  return 1;
+}
+
+int lstate_stats(lua_State *L, ic_cluster *c) {
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, (lua_Integer)atomic_load(&c->dead_letters));
+  lua_setfield(L, -2, "dead_letters");
+  lua_pushinteger(L, (lua_Integer)atomic_load(&c->spawned));
+  lua_setfield(L, -2, "spawned");
+  plat_mutex_lock(&c->lock);
+  lua_Integer live = (lua_Integer)c->live;
+  plat_mutex_unlock(&c->lock);
+  lua_pushinteger(L, live);
+  lua_setfield(L, -2, "isolates");
+  lua_pushinteger(L, c->nworkers);
+  lua_setfield(L, -2, "workers");
+  return 1;
+}
+
+/* ---- core functions of an isolate state ------------------------------------ */
+
+static ic_isolate *self_of(lua_State *L) { return *(ic_isolate **)lua_getextraspace(L); }
+
+static int l_core_self(lua_State *L) {
+  lref_push(L, self_of(L));
+  return 1;
+}
+
+static int l_core_main(lua_State *L) {
+  lref_push(L, self_of(L)->cluster->main);
+  return 1;
+}
+
+/* core.request(ref, msg, corr) -> true | false, why */
+static int l_core_request(lua_State *L) {
+  lref *r = lref_check(L, 1);
+  lua_Integer corr = luaL_checkinteger(L, 3);
+  return push_send_result(L, post_value(L, r, MSG_REQUEST, 2, (uint64_t)corr));
+}
+
+/* core.reply(ref, corr, ok, value) -> true | false, why. The value is
+ * encoded before anything is allocated, so an uncopyable reply raises. */
+static int l_core_reply(lua_State *L) {
+  lref *r = lref_check(L, 1);
+  lua_Integer corr = luaL_checkinteger(L, 2);
+  int ok = lua_toboolean(L, 3);
+  if (!r->iso) return push_send_result(L, "isolate down");
+  size_t len;
+  const char *data = lstate_encode(L, 4, ok ? "reply" : "error", &len);
+  ic_msg *m = msg_new(ok ? MSG_REPLY : MSG_REPLY_ERROR, data, len);
+  if (!m) return push_send_result(L, "out of memory");
+  m->corr = (uint64_t)corr;
+  ic_isolate *self = self_of(L);
+  return push_send_result(L, isolate_post_sys(r->iso, m, self->worker));
+}
+
+static int l_core_timer(lua_State *L) {
+  lua_Integer id = luaL_checkinteger(L, 1);
+  lua_Number s = luaL_checknumber(L, 2);
+  ic_isolate *self = self_of(L);
+  if (timer_arm(&self->cluster->timers, self, (uint64_t)id, plat_seconds_to_ns(s)))
+    return luaL_error(L, "out of memory arming a timer");
+  return 0;
+}
+
+static int l_core_spawn(lua_State *L) {
+  ic_isolate *self = self_of(L);
+  return lstate_spawn(L, self->cluster, 1, self);
+}
+
+static int l_core_lookup(lua_State *L) { return lstate_lookup(L, self_of(L)->cluster, 1); }
+static int l_core_lookup_prefix(lua_State *L) { return lstate_lookup_prefix(L, self_of(L)->cluster, 1); }
+
+static int l_core_subscribe(lua_State *L) {
+  ic_isolate *self = self_of(L);
+  int existing = lua_toboolean(L, 1);
+  size_t n;
+  ic_isolate **up = cluster_subscribe(self->cluster, self, existing, &n);
+  if (!existing) return 0;
+  if (!up) return luaL_error(L, "out of memory");
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lref_push(L, up[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  for (size_t i = 0; i < n; i++) isolate_release(up[i]);
+  free(up);
+  return 1;
+}
+
+/* core.events() -> { kind, ref, reason, kind, ref, reason, ... } */
+static int l_core_events(lua_State *L) {
+  ic_isolate *self = self_of(L);
+  size_t n;
+  cluster_event *ev = cluster_read_events(self->cluster, self, &n);
+  /* Copy into C-owned memory first; pushing may raise, so build the table
+   * in a protected-enough way: retain order, then free after. */
+  lua_createtable(L, (int)(n * 3), 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_pushinteger(L, ev[i].kind);
+    lua_rawseti(L, -2, (lua_Integer)(3 * i + 1));
+    lref_push(L, ev[i].iso);
+    lua_rawseti(L, -2, (lua_Integer)(3 * i + 2));
+    if (ev[i].reason) lua_pushstring(L, ev[i].reason);
+    else lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, (lua_Integer)(3 * i + 3));
+  }
+  cluster_free_events(ev, n);
+  return 1;
+}
+
+static int l_core_up(lua_State *L) {
+  ic_isolate *self = self_of(L);
+  if (!self->up) cluster_announce_up(self->cluster, self);
+  return 0;
+}
+
+static const char *interrupt_reason(ic_isolate *iso) {
+  switch (atomic_load(&iso->interrupt)) {
+  case INTERRUPT_KILL: return "killed";
+  case INTERRUPT_SHUTDOWN: return "shutdown";
+  default: return NULL;
+  }
+}
+
+/* core.stop(reason): this isolate goes down once the current dispatch ends. */
+static int l_core_stop(lua_State *L) {
+  ic_isolate *self = self_of(L);
+  const char *why = interrupt_reason(self);
+  isolate_set_ending(self, why ? why : luaL_optstring(L, 1, "normal"));
+  return 0;
+}
+
+static int l_core_shutdown_cluster(lua_State *L) {
+  ic_isolate *self = self_of(L);
+  cluster_request_shutdown(self->cluster, luaL_optnumber(L, 1, 5.0));
+  return 0;
+}
+
+static int l_core_log(lua_State *L) {
+  cluster_log(self_of(L)->cluster, "%s", luaL_checkstring(L, 1));
+  return 0;
+}
+
+static int l_core_set_jobs(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &JOBS_KEY);
+  return 0;
+}
+
+static int l_core_set_request(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_getmetatable(L, LREF_MT);
+  lua_getfield(L, -1, "methods");
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "request");
+  return 0;
+}
+
+static int l_core_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)plat_now_ns() / 1e9);
+  return 1;
+}
+
+/* ---- the count hook: interrupts and preemption ----------------------------- */
+
+static int running_job(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &JOBS_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pushthread(L);
+  int is_job = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return is_job;
+}
+
+static void count_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  ic_isolate *iso = self_of(L);
+  int irq = atomic_load_explicit(&iso->interrupt, memory_order_relaxed);
+  if (irq) luaL_error(L, "%s", irq == INTERRUPT_KILL ? "killed" : "interrupted by shutdown");
+  /* Out of time: a handler coroutine yields back to the runtime, which
+   * resumes it on the isolate's next turn (like Erlang's reductions). */
+  if (plat_now_ns() > iso->slice_deadline && lua_isyieldable(L) && running_job(L)) lua_yield(L, 0);
+}
+
+/* ---- boot, dispatch, close ---------------------------------------------------- */
+
+static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  ic_isolate *iso = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    iso->mem_used -= old;
+    return NULL;
+  }
+  if (iso->mem_limit && nsize > old && iso->mem_used + (nsize - old) > iso->mem_limit) return NULL;
+  void *p = realloc(ptr, nsize);
+  if (!p) return NULL;
+  iso->mem_used = iso->mem_used - old + nsize;
+  return p;
+}
+
+/* Upvalue 1: the runtime's dispatch function. Arguments: message (light
+ * userdata or nil), kind. Decodes the message here, inside the protected call. */
+static int l_trampoline(lua_State *L) {
+  const ic_msg *m = lua_touserdata(L, 1);
+  lua_Integer kind = lua_tointeger(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushinteger(L, kind);
+  if (m) {
+    if (m->len) {
+      ic_isolate *self = self_of(L);
+      lstate_ctx *ctx = lstate_ctx_of(L);
+      codec_hooks h = lstate_hooks(self->cluster);
+      codec_decode(L, m->data, m->len, &h, &ctx->lim);
+    } else {
+      lua_pushnil(L);
+    }
+    if (m->sender) lref_push(L, m->sender);
+    else lua_pushnil(L);
+    lua_pushinteger(L, (lua_Integer)m->corr);
+  } else {
+    lua_pushnil(L);
+    lua_pushnil(L);
+    lua_pushnil(L);
+  }
+  lua_call(L, 4, 1);
+  return 1;
+}
+
+static int l_boot(lua_State *L) {
+  ic_isolate *iso = lua_touserdata(L, 1);
+  ic_cluster *c = iso->cluster;
+  luaL_openlibs(L);
+  if (iso->lua_path || iso->lua_cpath) {
+    lua_getglobal(L, "package");
+    if (iso->lua_path) {
+      lua_pushstring(L, iso->lua_path);
+      lua_setfield(L, -2, "path");
+    }
+    if (iso->lua_cpath) {
+      lua_pushstring(L, iso->lua_cpath);
+      lua_setfield(L, -2, "cpath");
+    }
+    lua_pop(L, 1);
+  }
+  lstate_ctx *ctx = lstate_open(L);
+  ctx->self = iso;
+
+  static const luaL_Reg core[] = {
+      {"self", l_core_self}, {"main", l_core_main}, {"request", l_core_request},
+      {"reply", l_core_reply}, {"timer", l_core_timer}, {"spawn", l_core_spawn},
+      {"lookup", l_core_lookup}, {"lookup_prefix", l_core_lookup_prefix},
+      {"subscribe", l_core_subscribe}, {"events", l_core_events}, {"up", l_core_up},
+      {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
+      {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
+      {"now", l_core_now}, {NULL, NULL}};
+  if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
+    return lua_error(L);
+  luaL_newlib(L, core);
+  lua_call(L, 1, 1); /* -> dispatch */
+  lua_pushcclosure(L, l_trampoline, 1);
+
+  /* The entry: a function, or a module name whose module returns one. */
+  codec_hooks h = lstate_hooks(c);
+  codec_decode(L, iso->boot->data, iso->boot->len, &h, &ctx->lim);
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *name = lua_tostring(L, -1);
+    lua_getglobal(L, "require");
+    lua_pushvalue(L, -2);
+    lua_call(L, 1, 1);
+    if (lua_type(L, -1) != LUA_TFUNCTION)
+      return luaL_error(L, "module '%s' must return the entry function (it returned a %s)", name,
+                        luaL_typename(L, -1));
+    lua_remove(L, -2);
+  }
+  blob_release(iso->boot);
+  iso->boot = NULL;
+  /* Start the entry through the runtime: dispatch(START, entry). */
+  lua_getupvalue(L, -2, 1);
+  lua_pushinteger(L, LSTATE_START);
+  lua_pushvalue(L, -3);
+  lua_call(L, 2, 1);
+  lua_remove(L, -2); /* the entry */
+  return 2;          /* trampoline, wait mode */
+}
+
+static void fail_from_status(ic_isolate *iso, lua_State *L) {
+  const char *why = interrupt_reason(iso);
+  if (why) {
+    isolate_set_ending(iso, why);
+    return;
+  }
+  const char *msg = lua_tostring(L, -1);
+  size_t n = strlen(msg ? msg : "") + 8;
+  char *r = malloc(n);
+  if (r) snprintf(r, n, "error: %s", msg ? msg : "(error object is not a string)");
+  isolate_set_ending(iso, r ? r : "error: not enough memory");
+  free(r);
+}
+
+void lstate_boot(ic_isolate *iso) {
+  lua_State *L = lua_newstate(isolate_alloc, iso);
+  if (!L) {
+    isolate_set_ending(iso, "error: not enough memory to create the isolate's Lua state");
+    return;
+  }
+  iso->L = L;
+  *(ic_isolate **)lua_getextraspace(L) = iso;
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_COUNT);
+  lua_pushcfunction(L, l_boot);
+  lua_pushlightuserdata(L, iso);
+  if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+    fail_from_status(iso, L);
+    lua_settop(L, 0);
+    return;
+  }
+  iso->wait = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1); /* the trampoline stays at index 1 for good */
+}
+
+void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
+  lua_State *L = iso->L;
+  if (!L || lua_gettop(L) < 1) {
+    isolate_set_ending(iso, "error: isolate state unavailable");
+    return;
+  }
+  lua_pushvalue(L, 1);
+  lua_pushlightuserdata(L, m);
+  lua_pushinteger(L, kind);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    fail_from_status(iso, L);
+    lua_settop(L, 1);
+    return;
+  }
+  iso->wait = (int)lua_tointeger(L, -1);
+  lua_settop(L, 1);
+}
+
+void lstate_close(ic_isolate *iso) {
+  lua_State *L = iso->L;
+  iso->L = NULL;
+  if (L) lua_close(L);
+}

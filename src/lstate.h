@@ -1,0 +1,70 @@
+/*
+ * lstate — everything that touches a lua_State: the ref userdata shared by
+ * the main state and the isolates, the `core` functions the isolate runtime
+ * calls, and booting, dispatching into and closing an isolate's state.
+ *
+ * Threads: each function runs on the thread that owns the lua_State it is
+ * given (an isolate's worker, or the thread of the main state).
+ */
+#ifndef IC_LSTATE_H
+#define IC_LSTATE_H
+
+#include <lua.h>
+
+#include "cluster.h"
+#include "codec.h"
+#include "isolate.h"
+
+#define LREF_MT "isolate_cluster.ref"
+
+/* Kinds passed to the runtime's dispatch beyond the MSG_* message kinds. */
+enum { LSTATE_EVENTS = 10, LSTATE_RESUME = 11, LSTATE_SHUTDOWN = 12, LSTATE_START = 13 };
+
+/* interrupt codes (ic_isolate.interrupt) */
+enum { INTERRUPT_KILL = 1, INTERRUPT_SHUTDOWN = 2 };
+
+typedef struct lref {
+  ic_isolate *iso;   /* strong reference, or NULL for an isolate not of this node */
+  uint32_t node;
+  uint64_t id;
+} lref;
+
+/* Per-state data, kept in a userdata in the registry. */
+typedef struct lstate_ctx {
+  ic_isolate *self;  /* the isolate this state is, or NULL in a main state */
+  codec_buf buf;     /* scratch for encoding; freed by the userdata's __gc */
+  codec_limits lim;
+} lstate_ctx;
+
+/* Sets up refs and the per-state data in L (idempotent). May raise. */
+lstate_ctx *lstate_open(lua_State *L);
+lstate_ctx *lstate_ctx_of(lua_State *L);
+
+void lref_push(lua_State *L, ic_isolate *iso);
+void lref_push_wire(lua_State *L, ic_cluster *c, uint32_t node, uint64_t id);
+lref *lref_check(lua_State *L, int idx);
+codec_hooks lstate_hooks(ic_cluster *c);
+
+/* Encodes the value at idx into the state's scratch buffer (valid until the
+ * next encode in this state). Raises on an uncopyable value. */
+const char *lstate_encode(lua_State *L, int idx, const char *root, size_t *len);
+
+/* Decodes m's payload and pushes it, in protected mode; on failure pushes
+ * the error message and returns the Lua status. m stays owned by the caller. */
+int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m);
+
+/* The spawn_isolate behind both cluster:spawn_isolate and
+ * context:spawn_isolate: arguments entry, properties, opts at arg..arg+2.
+ * Pushes the new ref. Raises on misuse. */
+int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator);
+int lstate_lookup(lua_State *L, ic_cluster *c, int arg);
+int lstate_lookup_prefix(lua_State *L, ic_cluster *c, int arg);
+/* Pushes a table with the cluster's counters. */
+int lstate_stats(lua_State *L, ic_cluster *c);
+
+/* Isolate side. */
+void lstate_boot(ic_isolate *iso);
+void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m);
+void lstate_close(ic_isolate *iso);
+
+#endif

@@ -1,0 +1,109 @@
+#include "mailbox.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "isolate.h"
+
+ic_blob *blob_new(const char *data, size_t len) {
+  ic_blob *b = malloc(sizeof *b + len);
+  if (!b) return NULL;
+  atomic_init(&b->refs, 1);
+  b->len = len;
+  if (len) memcpy(b->data, data, len);
+  return b;
+}
+
+void blob_retain(ic_blob *b) { atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed); }
+
+void blob_release(ic_blob *b) {
+  if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) free(b);
+}
+
+ic_msg *msg_new(int kind, const char *data, size_t len) {
+  ic_msg *m = malloc(sizeof *m + len);
+  if (!m) return NULL;
+  atomic_init(&m->next, NULL);
+  m->sender = NULL;
+  m->corr = 0;
+  m->shared = NULL;
+  m->kind = (uint8_t)kind;
+  m->len = len;
+  if (len) memcpy(m->inline_data, data, len);
+  m->data = m->inline_data;
+  return m;
+}
+
+ic_msg *msg_new_shared(int kind, ic_blob *b) {
+  ic_msg *m = malloc(sizeof *m);
+  if (!m) return NULL;
+  atomic_init(&m->next, NULL);
+  m->sender = NULL;
+  m->corr = 0;
+  blob_retain(b);
+  m->shared = b;
+  m->kind = (uint8_t)kind;
+  m->data = b->data;
+  m->len = b->len;
+  return m;
+}
+
+void msg_free(ic_msg *m) {
+  if (!m) return;
+  if (m->shared) blob_release(m->shared);
+  if (m->sender) isolate_release(m->sender);
+  free(m);
+}
+
+void mailbox_init(mailbox *q, size_t capacity) {
+  atomic_init(&q->stub.next, NULL);
+  atomic_init(&q->head, &q->stub);
+  q->tail = &q->stub;
+  atomic_init(&q->count, 0);
+  q->capacity = capacity;
+}
+
+int mailbox_reserve(mailbox *q) {
+  size_t n = atomic_fetch_add_explicit(&q->count, 1, memory_order_acq_rel);
+  if (q->capacity && n >= q->capacity) {
+    atomic_fetch_sub_explicit(&q->count, 1, memory_order_acq_rel);
+    return 0;
+  }
+  return 1;
+}
+
+void mailbox_unreserve(mailbox *q) { atomic_fetch_sub_explicit(&q->count, 1, memory_order_acq_rel); }
+
+static void mailbox_link(mailbox *q, ic_msg *m) {
+  atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+  ic_msg *prev = atomic_exchange_explicit(&q->head, m, memory_order_acq_rel);
+  atomic_store_explicit(&prev->next, m, memory_order_release);
+}
+
+void mailbox_push(mailbox *q, ic_msg *m) { mailbox_link(q, m); }
+
+ic_msg *mailbox_pop(mailbox *q) {
+  ic_msg *tail = q->tail;
+  ic_msg *next = atomic_load_explicit(&tail->next, memory_order_acquire);
+  if (tail == &q->stub) {
+    if (!next) return NULL;
+    q->tail = next;
+    tail = next;
+    next = atomic_load_explicit(&next->next, memory_order_acquire);
+  }
+  if (next) {
+    q->tail = next;
+    atomic_fetch_sub_explicit(&q->count, 1, memory_order_acq_rel);
+    return tail;
+  }
+  /* tail is the last linked message; a producer may be mid-push behind it. */
+  if (tail != atomic_load_explicit(&q->head, memory_order_acquire)) return NULL;
+  mailbox_link(q, &q->stub);
+  next = atomic_load_explicit(&tail->next, memory_order_acquire);
+  if (next) {
+    q->tail = next;
+    atomic_fetch_sub_explicit(&q->count, 1, memory_order_acq_rel);
+    return tail;
+  }
+  return NULL;
+}

@@ -1,0 +1,89 @@
+/*
+ * mailbox — the messages in flight to one isolate.
+ *
+ * A mailbox is an intrusive multi-producer / single-consumer queue (the
+ * Vyukov design): push is one atomic exchange and one store, pop needs no
+ * atomic read-modify-write at all, and neither ever takes a lock. The bound
+ * is kept by a separate counter that producers reserve a slot in before they
+ * push, so a full mailbox refuses a message instead of growing.
+ *
+ * Threads: mailbox_push and mailbox_reserve from any thread; mailbox_pop only
+ * from the one thread that currently runs the owning isolate.
+ */
+#ifndef IC_MAILBOX_H
+#define IC_MAILBOX_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct ic_isolate;
+
+/* Bytes shared by several messages (one encode, many receivers). */
+typedef struct ic_blob {
+  atomic_size_t refs;
+  size_t len;
+  char data[];
+} ic_blob;
+
+ic_blob *blob_new(const char *data, size_t len); /* refs = 1; NULL when out of memory */
+void blob_retain(ic_blob *b);
+void blob_release(ic_blob *b);
+
+/* What a message is for; the receiving pump dispatches on it. */
+enum {
+  MSG_USER = 1,    /* ref:send */
+  MSG_REQUEST,     /* ref:request; corr names the request */
+  MSG_REPLY,       /* the answer to request corr */
+  MSG_REPLY_ERROR, /* the handler of request corr raised; data is the error text */
+  MSG_TIMER,       /* timer corr fired */
+  MSG_CONTROL,     /* corr is one of the CONTROL_* codes below */
+};
+enum { CONTROL_SHUTDOWN = 1, CONTROL_KILL, CONTROL_STOP };
+
+typedef struct ic_msg {
+  _Atomic(struct ic_msg *) next;
+  struct ic_isolate *sender; /* strong reference (isolate_retain) or NULL */
+  uint64_t corr;
+  ic_blob *shared;           /* set when data points into a shared blob */
+  const char *data;          /* MessagePack bytes */
+  size_t len;
+  uint8_t kind;
+  char inline_data[];
+} ic_msg;
+
+/* A message owning a private copy of data[0..len). NULL when out of memory. */
+ic_msg *msg_new(int kind, const char *data, size_t len);
+/* A message pointing into b (retained). NULL when out of memory. */
+ic_msg *msg_new_shared(int kind, ic_blob *b);
+/* Frees the message, its bytes (or its hold on the blob) and its sender hold. */
+void msg_free(ic_msg *m);
+
+typedef struct mailbox {
+  _Atomic(ic_msg *) head;   /* producers' end */
+  ic_msg *tail;             /* consumer's end */
+  atomic_size_t count;      /* reserved + queued messages */
+  size_t capacity;          /* 0 = unbounded (system queues) */
+  ic_msg stub;
+} mailbox;
+
+void mailbox_init(mailbox *q, size_t capacity);
+
+/* Reserves room for one message: 1 on success, 0 when the mailbox is full.
+ * Every successful reserve must be followed by mailbox_push (or unreserve). */
+int mailbox_reserve(mailbox *q);
+void mailbox_unreserve(mailbox *q);
+
+/* Appends m. The slot must have been reserved. Never fails. */
+void mailbox_push(mailbox *q, ic_msg *m);
+
+/* Takes the oldest message, or NULL when there is none or a producer is
+ * half-way through a push (then mailbox_count() is still > 0: try later).
+ * Releases the message's slot. Owning consumer only. */
+ic_msg *mailbox_pop(mailbox *q);
+
+static inline size_t mailbox_count(mailbox *q) {
+  return atomic_load_explicit(&q->count, memory_order_acquire);
+}
+
+#endif

@@ -1,0 +1,57 @@
+#include "platform.h"
+
+#include <errno.h>
+#include <time.h>
+#include <unistd.h>
+
+uint64_t plat_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t plat_seconds_to_ns(double seconds) {
+  if (!(seconds > 0)) return 0; /* also NaN */
+  if (seconds > 1e9) return (uint64_t)1e18;
+  return (uint64_t)(seconds * 1e9);
+}
+
+int plat_mutex_init(plat_mutex *m) { return pthread_mutex_init(m, NULL); }
+void plat_mutex_destroy(plat_mutex *m) { pthread_mutex_destroy(m); }
+
+int plat_cond_init(plat_cond *c) {
+  pthread_condattr_t a;
+  int rc = pthread_condattr_init(&a);
+  if (rc) return rc;
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  rc = pthread_cond_init(c, &a);
+  pthread_condattr_destroy(&a);
+  return rc;
+}
+
+void plat_cond_destroy(plat_cond *c) { pthread_cond_destroy(c); }
+
+int plat_cond_wait_until(plat_cond *c, plat_mutex *m, uint64_t deadline_ns) {
+  struct timespec ts;
+  ts.tv_sec = (time_t)(deadline_ns / 1000000000u);
+  ts.tv_nsec = (long)(deadline_ns % 1000000000u);
+  int rc = pthread_cond_timedwait(c, m, &ts);
+  return rc == ETIMEDOUT ? ETIMEDOUT : 0;
+}
+
+int plat_thread_start(plat_thread *t, void *(*fn)(void *), void *arg, size_t stack_bytes) {
+  pthread_attr_t a;
+  int rc = pthread_attr_init(&a);
+  if (rc) return rc;
+  if (stack_bytes) pthread_attr_setstacksize(&a, stack_bytes);
+  rc = pthread_create(t, &a, fn, arg);
+  pthread_attr_destroy(&a);
+  return rc;
+}
+
+int plat_thread_join(plat_thread t) { return pthread_join(t, NULL); }
+
+int plat_ncpu(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}

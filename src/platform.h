@@ -1,0 +1,44 @@
+/*
+ * platform — the few OS services the runtime needs: monotonic time, threads,
+ * locks. Everything else in src/ uses these names, so a port only touches here.
+ */
+#ifndef IC_PLATFORM_H
+#define IC_PLATFORM_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+typedef pthread_mutex_t plat_mutex;
+typedef pthread_cond_t plat_cond;
+typedef pthread_t plat_thread;
+
+/* Monotonic clock in nanoseconds. Any thread. */
+uint64_t plat_now_ns(void);
+
+/* Seconds (may be fractional, negative = 0) to nanoseconds, saturating. */
+uint64_t plat_seconds_to_ns(double seconds);
+
+int plat_mutex_init(plat_mutex *m);
+void plat_mutex_destroy(plat_mutex *m);
+#define plat_mutex_lock(m) pthread_mutex_lock(m)
+#define plat_mutex_unlock(m) pthread_mutex_unlock(m)
+
+/* Condition variables use the monotonic clock, so waits survive clock steps. */
+int plat_cond_init(plat_cond *c);
+void plat_cond_destroy(plat_cond *c);
+#define plat_cond_signal(c) pthread_cond_signal(c)
+#define plat_cond_broadcast(c) pthread_cond_broadcast(c)
+#define plat_cond_wait(c, m) pthread_cond_wait(c, m)
+/* Waits until the absolute monotonic time deadline_ns; returns 0 when
+ * signalled (or spuriously woken), ETIMEDOUT when the deadline passed. */
+int plat_cond_wait_until(plat_cond *c, plat_mutex *m, uint64_t deadline_ns);
+
+/* Starts a joinable thread with a stack of stack_bytes (0 = default). */
+int plat_thread_start(plat_thread *t, void *(*fn)(void *), void *arg, size_t stack_bytes);
+int plat_thread_join(plat_thread t);
+
+/* Number of online processors, at least 1. */
+int plat_ncpu(void);
+
+#endif

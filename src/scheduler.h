@@ -1,0 +1,51 @@
+/*
+ * scheduler — the worker pool that runs pooled isolates M:N.
+ *
+ * Two levels, as in skynet: a run queue of isolates that have work, and each
+ * isolate's own mailbox. An isolate is in the run queue at most once (its
+ * sched flag) so it runs on one worker at a time. A worker that wakes an idle
+ * isolate while running another keeps it in its LIFO slot and runs it next,
+ * on the same thread, without waking anybody (the hand-off Go and Tokio use
+ * for ping-pong patterns); the slot is bounded by a streak limit so the
+ * global queue is never starved.
+ */
+#ifndef IC_SCHED_H
+#define IC_SCHED_H
+
+#include "platform.h"
+
+struct ic_isolate;
+struct ic_cluster;
+struct sched;
+
+typedef struct worker {
+  struct sched *sched;
+  plat_thread thread;
+  struct ic_isolate *lifo;   /* next isolate to run on this worker */
+  unsigned lifo_streak;      /* consecutive LIFO runs */
+  int index;
+  int started;
+} worker;
+
+typedef struct sched {
+  struct ic_cluster *cluster;
+  worker *workers;
+  int nworkers;
+  plat_mutex lock;           /* guards the queue, nidle, stopping */
+  plat_cond cond;
+  struct ic_isolate *head, *tail;
+  int nidle;
+  int stopping;
+} sched;
+
+int sched_init(sched *s, struct ic_cluster *c, int nworkers);
+/* Starts the worker threads. 0 or errno. */
+int sched_start(sched *s);
+/* Queues iso (already marked SCHEDULED, with a run-queue hold). `from` is the
+ * caller's worker or NULL. Any thread. */
+void sched_push(sched *s, struct ic_isolate *iso, worker *from);
+/* Stops and joins the workers; isolates still queued are released. */
+void sched_stop(sched *s);
+void sched_fini(sched *s);
+
+#endif
