@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <msgpuck.h>
+
 #include "runtime.h"
 
 #define TOMB ((ic_isolate *)(uintptr_t)1)
@@ -34,6 +36,42 @@ static void default_log(void *ud, const char *text) {
   (void)ud;
   fprintf(stderr, "%s\n", text);
   fflush(stderr);
+}
+
+static void discard_log(void *ud, const char *text) {
+  (void)ud;
+  (void)text;
+}
+
+/* Lines go as MessagePack strings to the logger isolate; when it is gone or
+ * its mailbox is full they go to stderr rather than nowhere. */
+static void isolate_log(void *ud, const char *text) {
+  ic_cluster *c = ud;
+  size_t n = strlen(text);
+  ic_msg *m = msg_new(MSG_USER, NULL, n + 5);
+  if (m) {
+    char *w = mp_encode_str(m->inline_data, text, (uint32_t)n);
+    m->len = (size_t)(w - m->inline_data);
+    if (!isolate_post(c->logger, m, NULL)) return;
+  }
+  default_log(NULL, text);
+}
+
+void cluster_set_logger(ic_cluster *c, ic_isolate *logger, int discard) {
+  plat_mutex_lock(&c->log_lock);
+  ic_isolate *old = c->logger;
+  c->logger = logger;
+  if (logger) {
+    isolate_retain(logger);
+    logger->hidden = 1;
+    c->log_fn = isolate_log;
+    c->log_ud = c;
+  } else {
+    c->log_fn = discard ? discard_log : default_log;
+    c->log_ud = NULL;
+  }
+  plat_mutex_unlock(&c->log_lock);
+  if (old) isolate_release(old);
 }
 
 void cluster_log(ic_cluster *c, const char *fmt, ...) {
@@ -324,7 +362,7 @@ ic_isolate **cluster_find_prefix(ic_cluster *c, const char *prefix, size_t *n) {
   if (out) {
     for (size_t i = 0; i < c->by_path_cap; i++) {
       ic_isolate *iso = c->by_path[i];
-      if (!iso || iso == TOMB || strncmp(iso->path, prefix, plen) != 0) continue;
+      if (!iso || iso == TOMB || iso->hidden || strncmp(iso->path, prefix, plen) != 0) continue;
       isolate_retain(iso);
       out[k++] = iso;
     }
@@ -389,7 +427,7 @@ static void log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *rea
 void cluster_announce_up(ic_cluster *c, ic_isolate *iso) {
   plat_mutex_lock(&c->lock);
   iso->up = 1;
-  log_append(c, EVENT_UP, iso, NULL);
+  if (!iso->hidden) log_append(c, EVENT_UP, iso, NULL);
   plat_mutex_unlock(&c->lock);
 }
 
@@ -418,7 +456,7 @@ ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, siz
       size_t k = 0;
       for (size_t i = 0; i < c->by_id_cap; i++) {
         ic_isolate *x = c->by_id[i];
-        if (!x || x == TOMB || x == iso || !x->up || x->kind == ISO_MAIN) continue;
+        if (!x || x == TOMB || x == iso || !x->up || x->kind == ISO_MAIN || x->hidden) continue;
         isolate_retain(x);
         out[k++] = x;
       }
@@ -484,7 +522,9 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
     iso->subscribed = 0;
   }
   if (iso->kind != ISO_MAIN) {
-    if (iso->up) log_append(c, EVENT_DOWN, iso, reason);
+    /* Every isolate's end is published, also one that failed before it
+     * came up: supervisors must hear of it. */
+    if (!iso->hidden) log_append(c, EVENT_DOWN, iso, reason);
     c->live--;
     plat_cond_broadcast(&c->live_cond);
   }
@@ -706,6 +746,11 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
    * it out of the registry so the cluster owns nothing. */
   cluster_unregister(c, c->main, "shutdown");
   atomic_store(&c->main->alive, 0);
+  /* The logger isolate holds the cluster: let go of it (and back to stderr). */
+  plat_mutex_lock(&c->log_lock);
+  int discard = c->log_fn == discard_log;
+  plat_mutex_unlock(&c->log_lock);
+  cluster_set_logger(c, NULL, discard);
   atomic_store(&c->state, CLUSTER_DOWN);
   /* A main thread blocked in receive/run returns now. */
   plat_mutex_lock(&c->main->wlock);

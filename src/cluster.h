@@ -68,6 +68,7 @@ typedef struct ic_cluster {
 
   ic_log_fn log_fn;
   void *log_ud;
+  ic_isolate *logger;         /* the isolate log lines go to, or NULL */
   plat_mutex log_lock;        /* serialises log_fn calls */
 
   atomic_ullong dead_letters;
@@ -116,6 +117,10 @@ ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, siz
  * and advances the cursor. */
 cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n);
 void cluster_free_events(cluster_event *ev, size_t n);
+
+/* Routes log lines to logger (an isolate; it becomes hidden: never
+ * announced nor listed), or, with logger NULL, to stderr or (discard) nowhere. */
+void cluster_set_logger(ic_cluster *c, ic_isolate *logger, int discard);
 
 /* Writes a line through the cluster's log function. Any thread. */
 void cluster_log(ic_cluster *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -1,5 +1,6 @@
 #include "isolate.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,8 @@ ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
 
 void isolate_retain(ic_isolate *iso) { atomic_fetch_add_explicit(&iso->refs, 1, memory_order_relaxed); }
 
+static void stop_children(ic_isolate *iso);
+
 /* Answers a request that will never be handled, so the requester fails fast. */
 static void refuse_request(ic_isolate *iso, ic_msg *m, const char *why) {
   if (m->kind != MSG_REQUEST || !m->sender) return;
@@ -58,6 +61,7 @@ void isolate_release(ic_isolate *iso) {
   size_t dead = drain_dead_letters(iso);
   if (dead) atomic_fetch_add(&c->dead_letters, dead);
   if (iso->L) lstate_close(iso);
+  stop_children(iso);
   free(iso->path);
   free(iso->reason);
   blob_release(iso->props);
@@ -123,18 +127,60 @@ static void isolate_finish(ic_isolate *iso) {
   atomic_store(&iso->alive, 0);
   atomic_store(&iso->sched, SCHED_DEAD);
   const char *reason = iso->reason ? iso->reason : "normal";
-  if (strncmp(reason, "error", 5) == 0)
+  if (strncmp(reason, "error", 5) == 0 && !iso->hidden)
     cluster_log(c, "isolate_cluster: isolate %s (id %llu) went down: %s",
                 iso->path ? iso->path : "(no path)", (unsigned long long)iso->id, reason);
   if (iso->L) lstate_close(iso);
   size_t dead = drain_dead_letters(iso);
   if (dead) atomic_fetch_add(&c->dead_letters, dead);
+  stop_children(iso);
   cluster_unregister(c, iso, reason);
 }
 
 void isolate_abandon(ic_isolate *iso, const char *reason) {
   isolate_set_ending(iso, reason);
   isolate_finish(iso);
+}
+
+int isolate_link_child(ic_isolate *parent, ic_isolate *child) {
+  if (parent->nchildren == parent->children_cap) {
+    /* Forget children already down before growing. */
+    size_t k = 0;
+    for (size_t i = 0; i < parent->nchildren; i++) {
+      if (atomic_load(&parent->children[i]->alive)) parent->children[k++] = parent->children[i];
+      else isolate_release(parent->children[i]);
+    }
+    parent->nchildren = k;
+    if (k * 2 > parent->children_cap || parent->children_cap == 0) {
+      size_t cap = parent->children_cap ? parent->children_cap * 2 : 8;
+      ic_isolate **c = realloc(parent->children, cap * sizeof *c);
+      if (!c) return ENOMEM;
+      parent->children = c;
+      parent->children_cap = cap;
+    }
+  }
+  isolate_retain(child);
+  parent->children[parent->nchildren++] = child;
+  return 0;
+}
+
+/* The children of an isolate that goes down are shut down with it (their
+ * on_shutdown handlers run; their reason is "shutdown"). */
+static void stop_children(ic_isolate *iso) {
+  for (size_t i = 0; i < iso->nchildren; i++) {
+    ic_isolate *child = iso->children[i];
+    if (atomic_load(&child->alive)) {
+      ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
+      if (m) {
+        m->corr = CONTROL_SHUTDOWN;
+        isolate_post_sys(child, m, iso->worker);
+      }
+    }
+    isolate_release(child);
+  }
+  free(iso->children);
+  iso->children = NULL;
+  iso->nchildren = iso->children_cap = 0;
 }
 
 static int isolate_has_work(ic_isolate *iso) {

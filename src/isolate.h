@@ -72,6 +72,9 @@ typedef struct ic_isolate {
   int up;                       /* announced up */
   struct worker *worker;        /* the pool worker running it now, or NULL */
   size_t mem_used, mem_limit;   /* bytes of Lua heap; limit 0 = none */
+  struct ic_isolate **children; /* spawned by this isolate and linked to it */
+  size_t nchildren, children_cap;
+  int hidden;                   /* a runtime isolate (logger): never announced */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
 
   /* Dedicated isolates and the main state wait on these. */
@@ -106,6 +109,10 @@ int isolate_start_thread(ic_isolate *iso);
 /* Takes iso down at once on the calling thread, which must own it or be the
  * only thread left (shutdown). */
 void isolate_abandon(ic_isolate *iso, const char *reason);
+
+/* Links child to parent: the child is shut down when the parent goes down.
+ * Parent's thread only. 0 or ENOMEM. */
+int isolate_link_child(ic_isolate *parent, ic_isolate *child);
 
 /* Decides that iso goes down with reason (copied) once its current turn ends. */
 void isolate_set_ending(ic_isolate *iso, const char *reason);

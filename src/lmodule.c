@@ -189,7 +189,28 @@ static int l_main_request(lua_State *L) {
 
 /* ---- cluster methods ------------------------------------------------------- */
 
-static int l_spawn(lua_State *L) { return lstate_spawn(L, check_cluster(L, 1), 2, NULL); }
+static int l_spawn(lua_State *L) { return lstate_spawn(L, check_cluster(L, 1), 2, NULL, 0); }
+
+/* core.set_logger(cluster, entry | false | nil): entry runs in a hidden
+ * isolate of its own that receives every log line as a message. */
+static int l_set_logger(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  if (lua_isfunction(L, 2)) {
+    lua_settop(L, 2);
+    lua_pushnil(L); /* properties */
+    lua_createtable(L, 0, 2);
+    lua_pushliteral(L, "/isolate_cluster/logger");
+    lua_setfield(L, -2, "path");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "dedicated");
+    lstate_spawn(L, c, 2, NULL, 1);
+    lref *r = lref_check(L, -1);
+    cluster_set_logger(c, r->iso, 0);
+    return 1;
+  }
+  cluster_set_logger(c, NULL, lua_isboolean(L, 2) && !lua_toboolean(L, 2));
+  return 0;
+}
 
 static int l_lookup(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
@@ -342,7 +363,7 @@ __attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_Stat
   }
   lua_pop(L, 1);
 
-  static const luaL_Reg funcs[] = {{"new", l_new}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"new", l_new}, {"set_logger", l_set_logger}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");

@@ -337,7 +337,7 @@ static char *dup_field(lua_State *L, int t, const char *k) {
   return s;
 }
 
-int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator) {
+int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden) {
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "spawn_isolate after shutdown");
   int et = lua_type(L, arg);
   if (et != LUA_TFUNCTION && et != LUA_TSTRING)
@@ -345,7 +345,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator) {
   int has_props = !lua_isnoneornil(L, arg + 1);
   if (has_props) luaL_checktype(L, arg + 1, LUA_TTABLE);
   const char *path = NULL;
-  int dedicated = 0;
+  int dedicated = 0, detached = 0;
   lua_Integer mbox = (lua_Integer)c->default_mailbox, memlimit = 0;
   if (!lua_isnoneornil(L, arg + 2)) {
     luaL_checktype(L, arg + 2, LUA_TTABLE);
@@ -357,6 +357,9 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator) {
     lua_pop(L, 1);
     lua_getfield(L, o, "dedicated");
     dedicated = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, o, "detached");
+    detached = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (lua_getfield(L, o, "mailbox") != LUA_TNIL) {
       int ok;
@@ -399,6 +402,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator) {
     isolate_release(iso);
     return luaL_error(L, "out of memory");
   }
+  iso->hidden = hidden;
   if (cluster_register(c, iso, path, err, sizeof err)) {
     isolate_release(iso);
     return luaL_error(L, "%s", err);
@@ -409,6 +413,9 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator) {
     isolate_release(iso);
     return luaL_error(L, "cannot start isolate: %s", strerror(rc));
   }
+  if (creator && !detached && isolate_link_child(creator, iso))
+    cluster_log(c, "isolate_cluster: out of memory: isolate %llu is not linked to its parent",
+                (unsigned long long)iso->id);
   lref_push(L, iso);
   isolate_release(iso); /* the ref and the registry hold it now */
   return 1;
@@ -505,7 +512,7 @@ static int l_core_timer(lua_State *L) {
 
 static int l_core_spawn(lua_State *L) {
   ic_isolate *self = self_of(L);
-  return lstate_spawn(L, self->cluster, 1, self);
+  return lstate_spawn(L, self->cluster, 1, self, 0);
 }
 
 static int l_core_lookup(lua_State *L) { return lstate_lookup(L, self_of(L)->cluster, 1); }

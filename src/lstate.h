@@ -56,7 +56,7 @@ int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m);
 /* The spawn_isolate behind both cluster:spawn_isolate and
  * context:spawn_isolate: arguments entry, properties, opts at arg..arg+2.
  * Pushes the new ref. Raises on misuse. */
-int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator);
+int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden);
 int lstate_lookup(lua_State *L, ic_cluster *c, int arg);
 int lstate_lookup_prefix(lua_State *L, ic_cluster *c, int arg);
 /* Pushes a table with the cluster's counters. */

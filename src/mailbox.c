@@ -29,7 +29,7 @@ ic_msg *msg_new(int kind, const char *data, size_t len) {
   m->shared = NULL;
   m->kind = (uint8_t)kind;
   m->len = len;
-  if (len) memcpy(m->inline_data, data, len);
+  if (len && data) memcpy(m->inline_data, data, len); /* data NULL: room to fill */
   m->data = m->inline_data;
   return m;
 }

@@ -52,7 +52,8 @@ typedef struct ic_msg {
   char inline_data[];
 } ic_msg;
 
-/* A message owning a private copy of data[0..len). NULL when out of memory. */
+/* A message owning a private copy of data[0..len) (or, with data NULL, room
+ * for len bytes to fill in). NULL when out of memory. */
 ic_msg *msg_new(int kind, const char *data, size_t len);
 /* A message pointing into b (retained). NULL when out of memory. */
 ic_msg *msg_new_shared(int kind, ic_blob *b);

@@ -8,11 +8,36 @@ local M = { _VERSION = core._VERSION }
 --- threads. opts.workers (default: number of cores), opts.mailbox (default
 --- mailbox capacity), opts.time_slice (seconds a handler runs before it is
 --- preempted, default 0.002).
+--- opts.logger: where the runtime's log lines go (an isolate's error with
+--- its traceback, a failed on_shutdown handler...): nil = stderr, false =
+--- nowhere, or a function(text, main_ref) that runs in a logger isolate of
+--- its own (path "/isolate_cluster/logger", never announced) and gets each
+--- line; main_ref is cluster.main, so a test can forward lines to itself.
 function M.single_node(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("single_node expects an options table or nothing", 2)
   end
-  return core.new(opts)
+  local logger = opts and opts.logger
+  if logger ~= nil and logger ~= false and type(logger) ~= "function" then
+    error("opts.logger must be a function, false or nil", 2)
+  end
+  local cluster = core.new(opts)
+  if logger ~= nil then M.set_logger(cluster, logger) end
+  return cluster
+end
+
+--- Replaces the log function of a cluster (see single_node's opts.logger).
+function M.set_logger(cluster, logger)
+  if type(logger) == "function" then
+    local main = cluster.main
+    core.set_logger(cluster, function(context)
+      context:on_message(function(text) logger(text, main) end)
+    end)
+  elseif logger == nil or logger == false then
+    core.set_logger(cluster, logger)
+  else
+    error("the logger must be a function, false or nil", 2)
+  end
 end
 
 --- Multi-node clusters meet through a NATS server; this build has no NATS
