@@ -123,7 +123,7 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   c->runtime_code = runtime_compile(&c->boot_error);
   if (!c->runtime_code) { *err = c->boot_error ? c->boot_error : "cannot compile the isolate runtime"; goto fail; }
   if (timer_init(&c->timers)) goto oom;
-  if (sched_init(&c->sched, c, c->nworkers)) { timer_fini(&c->timers); goto oom; }
+  if (sched_init(&c->sched, c, c->nworkers, c->slice_seconds)) { timer_fini(&c->timers); goto oom; }
   c->main = isolate_new(c, ISO_MAIN, c->default_mailbox);
   if (!c->main) goto oom_all;
   {
@@ -593,7 +593,7 @@ void cluster_broadcast_control(ic_cluster *c, int code) {
       m->corr = (uint64_t)code;
       isolate_post_sys(all[i], m, NULL);
     }
-    if (code == CONTROL_KILL) atomic_store(&all[i]->interrupt, 1);
+    if (code == CONTROL_KILL) isolate_interrupt(all[i], INTERRUPT_SHUTDOWN);
     isolate_release(all[i]);
   }
   free(all);

@@ -16,11 +16,18 @@ ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
   if (!iso) return NULL;
   if (plat_mutex_init(&iso->wlock)) { free(iso); return NULL; }
   if (plat_cond_init(&iso->wcond)) { plat_mutex_destroy(&iso->wlock); free(iso); return NULL; }
+  if (plat_mutex_init(&iso->hook_lock)) {
+    plat_cond_destroy(&iso->wcond);
+    plat_mutex_destroy(&iso->wlock);
+    free(iso);
+    return NULL;
+  }
   atomic_init(&iso->refs, 1);
   atomic_init(&iso->sched, SCHED_IDLE);
   atomic_init(&iso->alive, 1);
   atomic_init(&iso->events_pending, 0);
   atomic_init(&iso->interrupt, 0);
+  atomic_init(&iso->preempt, 0);
   iso->kind = kind;
   iso->cluster = c;
   cluster_retain(c);
@@ -70,6 +77,7 @@ void isolate_release(ic_isolate *iso) {
   free(iso->lua_cpath);
   plat_cond_destroy(&iso->wcond);
   plat_mutex_destroy(&iso->wlock);
+  plat_mutex_destroy(&iso->hook_lock);
   free(iso);
   cluster_release(c);
 }
@@ -111,6 +119,21 @@ const char *isolate_post_sys(ic_isolate *to, ic_msg *m, worker *from) {
   mailbox_push(&to->sysq, m);
   isolate_wake(to, from);
   return NULL;
+}
+
+void isolate_interrupt(ic_isolate *iso, int code) {
+  int expected = 0;
+  atomic_compare_exchange_strong(&iso->interrupt, &expected, code);
+  plat_mutex_lock(&iso->hook_lock);
+  lstate_arm_hook(iso);
+  plat_mutex_unlock(&iso->hook_lock);
+}
+
+void isolate_preempt(ic_isolate *iso) {
+  atomic_store(&iso->preempt, 1);
+  plat_mutex_lock(&iso->hook_lock);
+  lstate_arm_hook(iso);
+  plat_mutex_unlock(&iso->hook_lock);
 }
 
 void isolate_set_ending(ic_isolate *iso, const char *reason) {
@@ -192,11 +215,18 @@ static int isolate_has_work(ic_isolate *iso) {
 static void handle_control(ic_isolate *iso, int code) {
   switch (code) {
   case CONTROL_SHUTDOWN:
+    /* A graceful shutdown lets a handler that is still computing finish
+     * (until the shutdown's deadline interrupts it); a handler that only
+     * waits (receive, sleep, request) is not waited for. */
+    if (iso->wait == WAIT_PREEMPTED) {
+      iso->shutdown_pending = 1;
+      break;
+    }
     if (iso->L) lstate_dispatch(iso, LSTATE_SHUTDOWN, NULL);
     isolate_set_ending(iso, "shutdown");
     break;
   case CONTROL_KILL:
-    isolate_set_ending(iso, "killed");
+    isolate_set_ending(iso, atomic_load(&iso->interrupt) == INTERRUPT_SHUTDOWN ? "shutdown" : "killed");
     break;
   default:
     break;
@@ -205,9 +235,16 @@ static void handle_control(ic_isolate *iso, int code) {
 
 int isolate_run(ic_isolate *iso, worker *w) {
   ic_cluster *c = iso->cluster;
+  uint64_t now = plat_now_ns();
   iso->worker = w;
-  iso->slice_deadline = plat_now_ns() + plat_seconds_to_ns(c->slice_seconds);
+  iso->slice_deadline = now + plat_seconds_to_ns(c->slice_seconds);
+  atomic_store_explicit(&iso->preempt, 0, memory_order_relaxed);
+  if (w) worker_begin_turn(w, iso, now);
   if (!iso->L && !iso->ending) lstate_boot(iso);
+  if (atomic_load(&iso->interrupt) && !iso->ending) {
+    /* Killed (or shut down past its time) between two turns. */
+    isolate_set_ending(iso, atomic_load(&iso->interrupt) == INTERRUPT_KILL ? "killed" : "shutdown");
+  }
 
   ic_msg *m;
   while (!iso->ending && (m = mailbox_pop(&iso->sysq)) != NULL) {
@@ -219,13 +256,15 @@ int isolate_run(ic_isolate *iso, worker *w) {
     lstate_dispatch(iso, LSTATE_EVENTS, NULL);
   if (!iso->ending && iso->wait == WAIT_PREEMPTED)
     lstate_dispatch(iso, LSTATE_RESUME, NULL);
-  for (int n = 0; n < TURN_BATCH && !iso->ending; n++) {
+  if (!iso->ending && iso->shutdown_pending && iso->wait != WAIT_PREEMPTED) handle_control(iso, CONTROL_SHUTDOWN);
+  for (int n = 0; n < TURN_BATCH && !iso->ending && !iso->shutdown_pending; n++) {
     if (iso->wait == WAIT_BLOCKED || iso->wait == WAIT_PREEMPTED) break;
     if ((n & 15) == 15 && plat_now_ns() > iso->slice_deadline) break;
     if ((m = mailbox_pop(&iso->mbox)) == NULL) break;
     lstate_dispatch(iso, m->kind, m);
     msg_free(m);
   }
+  if (w) worker_end_turn(w);
   iso->worker = NULL;
   if (iso->ending) {
     isolate_finish(iso);

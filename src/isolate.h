@@ -48,7 +48,13 @@ typedef struct ic_isolate {
   atomic_int sched;
   atomic_int alive;             /* 1 until it goes down */
   atomic_int events_pending;    /* the cluster event log grew */
-  atomic_int interrupt;         /* asks the running handler to stop (kill, shutdown) */
+  atomic_int interrupt;         /* asks the running handler to stop (INTERRUPT_*) */
+  atomic_int preempt;           /* asks the running handler to yield (slice over) */
+  /* hook_lock guards running_L: the Lua thread (coroutine or main) running
+   * now, or NULL. Another thread (the monitor, a killer) installs a one-shot
+   * hook on it, so the interpreter traces nothing while all is well. */
+  plat_mutex hook_lock;
+  struct lua_State *running_L;
   uint64_t id;
   int kind;                     /* ISO_* */
   char *path;                   /* immutable after spawn */
@@ -65,6 +71,7 @@ typedef struct ic_isolate {
   uint64_t next_corr;           /* request ids (main state) */
   int wait;                     /* WAIT_* */
   int ending;                   /* 1 once stop/kill/error decided; reason set */
+  int shutdown_pending;         /* shutdown asked while a handler still computes */
   char *reason;                 /* down reason, malloc'ed */
   uint64_t event_cursor;        /* next cluster event to read */
   uint64_t spawn_cursor;        /* event log position at spawn */
@@ -113,6 +120,16 @@ void isolate_abandon(ic_isolate *iso, const char *reason);
 /* Links child to parent: the child is shut down when the parent goes down.
  * Parent's thread only. 0 or ENOMEM. */
 int isolate_link_child(ic_isolate *parent, ic_isolate *child);
+
+/* interrupt codes */
+enum { INTERRUPT_KILL = 1, INTERRUPT_SHUTDOWN = 2 };
+
+/* Stops the Lua code iso runs now (kill: INTERRUPT_KILL, shutdown timeout:
+ * INTERRUPT_SHUTDOWN) within a few instructions. Any thread. */
+void isolate_interrupt(ic_isolate *iso, int code);
+/* Asks the handler iso runs now to yield at the next instruction it can.
+ * Any thread. */
+void isolate_preempt(ic_isolate *iso);
 
 /* Decides that iso goes down with reason (copied) once its current turn ends. */
 void isolate_set_ending(ic_isolate *iso, const char *reason);

@@ -15,7 +15,8 @@ static const char CTX_KEY = 'c';
 static const char CACHE_KEY = 'r';
 static const char JOBS_KEY = 'j';
 
-/* Instructions between two looks at the interrupt flag and the slice clock. */
+/* Instructions between two looks at the interrupt flag and the slice clock
+ * when a hook stays set (TSan builds, or a handler not yet able to yield). */
 #define HOOK_COUNT 1000
 
 /* ---- per-state data ------------------------------------------------------ */
@@ -196,7 +197,7 @@ static int l_ref_kill(lua_State *L) {
     lua_pushliteral(L, "isolate down");
     return 2;
   }
-  atomic_store(&r->iso->interrupt, INTERRUPT_KILL);
+  isolate_interrupt(r->iso, INTERRUPT_KILL);
   ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
   if (!m) return luaL_error(L, "out of memory");
   m->corr = CONTROL_KILL;
@@ -610,8 +611,20 @@ static int l_core_now(lua_State *L) {
   return 1;
 }
 
-/* ---- the count hook: interrupts and preemption ----------------------------- */
+/* ---- interrupts and preemption ------------------------------------------------ */
 
+/*
+ * Lua traces every instruction while any hook is set on a thread, which
+ * roughly halves the speed of the interpreter. So no hook is set while all
+ * is well: the monitor (slice over) or a killer installs a one-shot count
+ * hook on the Lua thread the isolate runs right now (running_L, kept up to
+ * date by the runtime through core.running), the same asynchronous use of
+ * lua_sethook that lua.c makes from its SIGINT handler.
+ *
+ * ThreadSanitizer rightly sees that asynchronous store as a race, so the
+ * TSan build (IC_SYNC_HOOK) keeps a permanent count hook instead and
+ * installs nothing from other threads.
+ */
 static int running_job(lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &JOBS_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
@@ -623,14 +636,51 @@ static int running_job(lua_State *L) {
   return is_job;
 }
 
-static void count_hook(lua_State *L, lua_Debug *ar) {
+static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   ic_isolate *iso = self_of(L);
-  int irq = atomic_load_explicit(&iso->interrupt, memory_order_relaxed);
+#ifndef IC_SYNC_HOOK
+  lua_sethook(L, NULL, 0, 0); /* one shot */
+#endif
+  int irq = atomic_load(&iso->interrupt);
   if (irq) luaL_error(L, "%s", irq == INTERRUPT_KILL ? "killed" : "interrupted by shutdown");
-  /* Out of time: a handler coroutine yields back to the runtime, which
-   * resumes it on the isolate's next turn (like Erlang's reductions). */
-  if (plat_now_ns() > iso->slice_deadline && lua_isyieldable(L) && running_job(L)) lua_yield(L, 0);
+#ifdef IC_SYNC_HOOK
+  if (plat_now_ns() > iso->slice_deadline) atomic_store(&iso->preempt, 1);
+#endif
+  if (atomic_load(&iso->preempt)) {
+    /* Out of time: a handler's coroutine yields back to the runtime, which
+     * resumes it on the isolate's next turn (like Erlang's reductions). */
+    if (lua_isyieldable(L) && running_job(L)) {
+      atomic_store(&iso->preempt, 0);
+      lua_yield(L, 0);
+    }
+#ifndef IC_SYNC_HOOK
+    /* Not at a point where it can yield (inside a C call): look again soon. */
+    lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, HOOK_COUNT);
+#endif
+  }
+}
+
+void lstate_arm_hook(ic_isolate *iso) {
+#ifndef IC_SYNC_HOOK
+  if (iso->running_L) lua_sethook(iso->running_L, interrupt_hook, LUA_MASKCOUNT, 1);
+#else
+  (void)iso;
+#endif
+}
+
+/* core.running(co | nil): the runtime says which Lua thread runs now. */
+static int l_core_running(lua_State *L) {
+  ic_isolate *iso = self_of(L);
+  lua_State *co = lua_tothread(L, 1);
+  plat_mutex_lock(&iso->hook_lock);
+  iso->running_L = co ? co : iso->L;
+  /* An interrupt or preemption asked for while nothing was tracked. */
+  if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
+      atomic_load_explicit(&iso->preempt, memory_order_relaxed))
+    lstate_arm_hook(iso);
+  plat_mutex_unlock(&iso->hook_lock);
+  return 0;
 }
 
 /* ---- boot, dispatch, close ---------------------------------------------------- */
@@ -704,7 +754,7 @@ static int l_boot(lua_State *L) {
       {"subscribe", l_core_subscribe}, {"events", l_core_events}, {"up", l_core_up},
       {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
       {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
-      {"now", l_core_now}, {NULL, NULL}};
+      {"now", l_core_now}, {"running", l_core_running}, {NULL, NULL}};
   if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core);
@@ -757,7 +807,12 @@ void lstate_boot(ic_isolate *iso) {
   }
   iso->L = L;
   *(ic_isolate **)lua_getextraspace(L) = iso;
-  lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_COUNT);
+#ifdef IC_SYNC_HOOK
+  lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, HOOK_COUNT);
+#endif
+  plat_mutex_lock(&iso->hook_lock);
+  iso->running_L = L;
+  plat_mutex_unlock(&iso->hook_lock);
   lua_pushcfunction(L, l_boot);
   lua_pushlightuserdata(L, iso);
   if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
@@ -789,6 +844,9 @@ void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
 
 void lstate_close(ic_isolate *iso) {
   lua_State *L = iso->L;
+  plat_mutex_lock(&iso->hook_lock);
+  iso->running_L = NULL;
+  plat_mutex_unlock(&iso->hook_lock);
   iso->L = NULL;
   if (L) lua_close(L);
 }

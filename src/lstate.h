@@ -20,8 +20,10 @@
 /* Kinds passed to the runtime's dispatch beyond the MSG_* message kinds. */
 enum { LSTATE_EVENTS = 10, LSTATE_RESUME = 11, LSTATE_SHUTDOWN = 12, LSTATE_START = 13 };
 
-/* interrupt codes (ic_isolate.interrupt) */
-enum { INTERRUPT_KILL = 1, INTERRUPT_SHUTDOWN = 2 };
+/* Installs the one-shot interrupt/preemption hook on iso's running Lua
+ * thread, if any. Caller holds iso->hook_lock. Any thread: this is the
+ * asynchronous use lua_sethook is made for (lua.c does it from SIGINT). */
+void lstate_arm_hook(ic_isolate *iso);
 
 typedef struct lref {
   ic_isolate *iso;   /* strong reference, or NULL for an isolate not of this node */

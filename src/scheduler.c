@@ -10,8 +10,10 @@
  * from the shared queue instead, so a ping-pong pair cannot starve others. */
 #define LIFO_STREAK_MAX 64
 
-int sched_init(sched *s, struct ic_cluster *c, int nworkers) {
+int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_seconds) {
   s->cluster = c;
+  s->slice_ns = plat_seconds_to_ns(slice_seconds);
+  s->monitor_started = s->monitor_sleeping = 0;
   s->nworkers = nworkers;
   s->head = s->tail = NULL;
   s->nidle = 0;
@@ -20,11 +22,60 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers) {
   if (!s->workers) return ENOMEM;
   if (plat_mutex_init(&s->lock)) { free(s->workers); return ENOMEM; }
   if (plat_cond_init(&s->cond)) { plat_mutex_destroy(&s->lock); free(s->workers); return ENOMEM; }
+  if (plat_cond_init(&s->monitor_cond)) {
+    plat_cond_destroy(&s->cond);
+    plat_mutex_destroy(&s->lock);
+    free(s->workers);
+    return ENOMEM;
+  }
   for (int i = 0; i < nworkers; i++) {
     s->workers[i].sched = s;
     s->workers[i].index = i;
+    plat_mutex_init(&s->workers[i].cur_lock);
   }
   return 0;
+}
+
+void worker_begin_turn(worker *w, ic_isolate *iso, uint64_t now) {
+  plat_mutex_lock(&w->cur_lock);
+  w->current = iso;
+  w->turn_start = now;
+  w->preempted = 0;
+  plat_mutex_unlock(&w->cur_lock);
+}
+
+void worker_end_turn(worker *w) {
+  plat_mutex_lock(&w->cur_lock);
+  w->current = NULL;
+  plat_mutex_unlock(&w->cur_lock);
+}
+
+static void *monitor_main(void *arg) {
+  sched *s = arg;
+  plat_mutex_lock(&s->lock);
+  while (!s->stopping) {
+    if (s->nidle == s->nworkers && !s->head) {
+      s->monitor_sleeping = 1;
+      plat_cond_wait(&s->monitor_cond, &s->lock);
+      s->monitor_sleeping = 0;
+      continue;
+    }
+    plat_mutex_unlock(&s->lock);
+    uint64_t now = plat_now_ns();
+    for (int i = 0; i < s->nworkers; i++) {
+      worker *w = &s->workers[i];
+      plat_mutex_lock(&w->cur_lock);
+      if (w->current && !w->preempted && now - w->turn_start > s->slice_ns) {
+        w->preempted = 1;
+        isolate_preempt(w->current);
+      }
+      plat_mutex_unlock(&w->cur_lock);
+    }
+    plat_mutex_lock(&s->lock);
+    if (!s->stopping) plat_cond_wait_until(&s->monitor_cond, &s->lock, now + s->slice_ns);
+  }
+  plat_mutex_unlock(&s->lock);
+  return NULL;
 }
 
 static void queue_append_locked(sched *s, ic_isolate *iso) {
@@ -87,6 +138,8 @@ static ic_isolate *sched_next(sched *s, worker *w) {
     s->nidle++;
     plat_cond_wait(&s->cond, &s->lock);
     s->nidle--;
+    /* Busy again: the monitor watches while anyone works. */
+    if (s->monitor_sleeping) plat_cond_signal(&s->monitor_cond);
   }
 }
 
@@ -108,6 +161,9 @@ static void *worker_main(void *arg) {
 }
 
 int sched_start(sched *s) {
+  int mrc = plat_thread_start(&s->monitor, monitor_main, s, 256u << 10);
+  if (mrc) return mrc;
+  s->monitor_started = 1;
   for (int i = 0; i < s->nworkers; i++) {
     /* Deep Lua recursion in handlers and in the codec runs on this stack. */
     int rc = plat_thread_start(&s->workers[i].thread, worker_main, &s->workers[i], 8u << 20);
@@ -121,7 +177,12 @@ void sched_stop(sched *s) {
   plat_mutex_lock(&s->lock);
   s->stopping = 1;
   plat_cond_broadcast(&s->cond);
+  plat_cond_signal(&s->monitor_cond);
   plat_mutex_unlock(&s->lock);
+  if (s->monitor_started) {
+    plat_thread_join(s->monitor);
+    s->monitor_started = 0;
+  }
   for (int i = 0; i < s->nworkers; i++) {
     if (s->workers[i].started) {
       plat_thread_join(s->workers[i].thread);
@@ -145,6 +206,8 @@ void sched_stop(sched *s) {
 }
 
 void sched_fini(sched *s) {
+  for (int i = 0; i < s->nworkers; i++) plat_mutex_destroy(&s->workers[i].cur_lock);
+  plat_cond_destroy(&s->monitor_cond);
   plat_cond_destroy(&s->cond);
   plat_mutex_destroy(&s->lock);
   free(s->workers);

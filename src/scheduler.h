@@ -25,6 +25,13 @@ typedef struct worker {
   unsigned lifo_streak;      /* consecutive LIFO runs */
   int index;
   int started;
+  /* What the worker runs now, for the monitor. cur_lock is held only to
+   * switch `current` and by the monitor while it touches that isolate, so
+   * the isolate cannot end its turn (and go away) under the monitor. */
+  plat_mutex cur_lock;
+  struct ic_isolate *current;
+  uint64_t turn_start;
+  int preempted;             /* the monitor already asked this turn to yield */
 } worker;
 
 typedef struct sched {
@@ -36,9 +43,19 @@ typedef struct sched {
   struct ic_isolate *head, *tail;
   int nidle;
   int stopping;
+  /* The monitor (like Go's sysmon) preempts a turn that has run longer
+   * than the time slice. It sleeps while every worker is idle. */
+  plat_thread monitor;
+  plat_cond monitor_cond;
+  int monitor_started, monitor_sleeping;
+  uint64_t slice_ns;
 } sched;
 
-int sched_init(sched *s, struct ic_cluster *c, int nworkers);
+int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_seconds);
+
+/* Called by a worker around each turn of an isolate. */
+void worker_begin_turn(worker *w, struct ic_isolate *iso, uint64_t now);
+void worker_end_turn(worker *w);
 /* Starts the worker threads. 0 or errno. */
 int sched_start(sched *s);
 /* Queues iso (already marked SCHEDULED, with a run-queue hold). `from` is the

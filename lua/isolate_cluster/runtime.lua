@@ -20,7 +20,6 @@ local EVENT_UP = 1
 local cocreate, coresume, coyield, corunning = coroutine.create, coroutine.resume, coroutine.yield,
   coroutine.running
 local traceback = debug.traceback
-local pack, unpack, remove = table.pack, table.unpack, table.remove
 local type, tostring, error, xpcall, pcall, select = type, tostring, error, xpcall, pcall, select
 local fmt = string.format
 
@@ -30,11 +29,15 @@ local CONTEXT -- the context handed to the entry function, made at the end
 local self_ref = core.self()
 local handlers = {}       -- message, up, down, shutdown
 local current = nil       -- the job that waits or was preempted
+-- A job is a handler run: { co, done, reply_to, corr, deferred, entry, kind,
+-- token, timer }. Finished jobs are kept with their coroutine for reuse, so
+-- a plain message costs no allocation here.
 local jobs = setmetatable({}, { __mode = "k" }) -- coroutine -> job
 core.set_jobs(jobs)
-local pool = {}           -- finished job coroutines, for reuse
+local pool, npool = {}, 0
+local POOL_MAX = 16
 local queue, qhead, qtail = {}, 1, 0 -- handler runs deferred while a job waits
-local timers = {}         -- user timers: id -> { fn =, every = }
+local timers = {}         -- user timers: id -> { fn =, every =, handle = }
 local next_timer, next_corr = 0, 0
 local failed = false      -- this isolate is going down: run nothing more
 
@@ -52,33 +55,42 @@ end
 
 local function body(fn, a, b, c, d)
   while true do
-    local r = pack(xpcall(fn, on_error, a, b, c, d))
-    fn, a, b, c, d = coyield(DONE, r)
+    local ok, r = xpcall(fn, on_error, a, b, c, d)
+    fn, a, b, c, d = coyield(DONE, ok, r)
   end
 end
 
 local step
 
+-- core.running tells the C side which Lua thread runs, so an interrupt or
+-- preemption can be aimed at it.
+local running = core.running
+
 local function resume(job, ...)
-  jobs[job.co] = job
+  running(job.co)
   return step(job, coresume(job.co, ...))
 end
 
 -- What to do after a job's coroutine has yielded or finished.
-step = function(job, ok, tag, r)
-  if not ok then
+step = function(job, resumed, tag, ok, r)
+  running(nil)
+  if not resumed then
     -- body never raises; only an interrupt (kill, shutdown) gets here.
     error(tag, 0)
   end
   if tag == DONE then
-    jobs[job.co] = nil
-    if #pool < 16 then pool[#pool + 1] = job.co end
     if current == job then current = nil end
-    job.done(r, job)
+    job.done(job, ok, r)
+    -- false, not nil: the fields keep their slots, reuse allocates nothing
+    job.done, job.reply_to, job.corr, job.deferred = false, false, false, false
+    if npool < POOL_MAX then
+      npool = npool + 1
+      pool[npool] = job
+    end
   elseif tag == WAIT then
     current = job
     if job.entry then
-      job.entry = nil
+      job.entry = false
       core.up() -- "up" also means: the entry function waits
     end
   else
@@ -88,23 +100,35 @@ step = function(job, ok, tag, r)
   end
 end
 
-local function start(fn, done, a, b, c, d, request, entry)
-  local co = remove(pool) or cocreate(body)
-  local job = { co = co, done = done, request = request, entry = entry }
-  jobs[co] = job
-  return step(job, coresume(co, fn, a, b, c, d))
+local function start(fn, done, a, b, c, d, reply_to, corr, entry)
+  local job
+  if npool > 0 then
+    job = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+  else
+    job = { co = cocreate(body) }
+    jobs[job.co] = job
+  end
+  job.done, job.reply_to, job.corr, job.entry = done, reply_to, corr, entry or false
+  running(job.co)
+  return step(job, coresume(job.co, fn, a, b, c, d))
 end
 
 local function fail_with(r)
-  local e = r[2]
-  fail("error: " .. (type(e) == "table" and e.trace or tostring(e)))
+  fail("error: " .. (type(r) == "table" and r.trace or tostring(r)))
 end
 
-local function done_plain(r)
-  if not r[1] then fail_with(r) end
+local function done_plain(_, ok, r)
+  if not ok then fail_with(r) end
 end
 
--- Runs fn now if no job waits, else after the waiting job has finished.
+local function done_entry(_, ok, r)
+  if not ok then return fail_with(r) end
+  core.up()
+end
+
+-- Runs fn after the waiting job (if any) has finished.
 local function enqueue(fn, a, b, c)
   qtail = qtail + 1
   queue[qtail] = { fn, a, b, c }
@@ -120,21 +144,18 @@ local function drain()
   if qhead > qtail then qhead, qtail = 1, 0 end
 end
 
-local function reply_done(sender, corr)
-  return function(r, job)
-    -- reply_later: the answer comes from elsewhere, unless the handler failed.
-    if job.deferred and (r[1] or job.deferred.used) then return end
-    local ok, why
-    if r[1] then
-      ok, why = pcall(core.reply, sender, corr, true, r[2])
-      if not ok then
-        core.reply(sender, corr, false, "cannot send the reply: " .. tostring(why))
-      end
-    else
-      local e = r[2].err
-      ok = pcall(core.reply, sender, corr, false, e)
-      if not ok then core.reply(sender, corr, false, tostring(e)) end
-    end
+-- The end of a request handler: its first return value is the reply, its
+-- error is raised at the requester. With reply_later the answer comes from
+-- elsewhere, unless the handler failed before giving it.
+local function done_reply(job, ok, r)
+  local sender, corr, deferred = job.reply_to, job.corr, job.deferred
+  if deferred and (ok or deferred.used) then return end
+  if ok then
+    local sent, why = pcall(core.reply, sender, corr, true, r)
+    if not sent then core.reply(sender, corr, false, "cannot send the reply: " .. tostring(why)) end
+  else
+    local e = r.err
+    if not pcall(core.reply, sender, corr, false, e) then core.reply(sender, corr, false, tostring(e)) end
   end
 end
 
@@ -146,7 +167,7 @@ local function wait(kind, token, timeout, what)
     error(fmt("%s can only wait in a handler or entry function of this isolate, "
       .. "not inside a coroutine of its own", what), 3)
   end
-  job.kind, job.token, job.timer = kind, token, nil
+  job.kind, job.token, job.timer = kind, token, false
   if timeout then
     next_timer = next_timer + 1
     job.timer = next_timer
@@ -157,7 +178,7 @@ end
 
 local function wake(job, ...)
   current = nil
-  job.kind, job.token, job.timer = nil, nil, nil
+  job.kind, job.token, job.timer = false, false, false
   return resume(job, ...)
 end
 
@@ -177,7 +198,7 @@ local function handle_message(msg, sender, corr)
       core.reply(sender, corr, false, "isolate " .. tostring(self_ref) .. " has no message handler")
       return
     end
-    start(h, reply_done(sender, corr), msg, sender, nil, nil, { sender = sender, corr = corr })
+    start(h, done_reply, msg, sender, nil, nil, sender, corr)
   elseif h then
     start(h, done_plain, msg, sender)
   end
@@ -245,10 +266,7 @@ local function dispatch(kind, value, sender, corr)
     end
     return WAIT_BLOCKED
   elseif kind == K_START then
-    start(value, function(r)
-      if not r[1] then return fail_with(r) end
-      core.up()
-    end, CONTEXT, nil, nil, nil, nil, true)
+    start(value, done_entry, CONTEXT, nil, nil, nil, nil, nil, true)
   end
   drain()
   return mode()
@@ -371,6 +389,11 @@ function context:every(seconds, fn)
   return add_timer(seconds, fn, true, "every")
 end
 
+-- Monotonic seconds (for measuring intervals; not wall-clock time).
+function context:now()
+  return core.now()
+end
+
 function context:stop(reason)
   check_self(self, "stop")
   fail(reason and tostring(reason) or "normal")
@@ -387,11 +410,12 @@ end
 function context:reply_later()
   check_self(self, "reply_later")
   local job = jobs[corunning()]
-  local req = job and job.request
-  if not req then error("reply_later can only be called in a handler of a request", 2) end
-  job.request = nil
+  if not job or job.done ~= done_reply then
+    error("reply_later can only be called in a handler of a request", 2)
+  end
+  if job.deferred then error("reply_later was already called for this request", 2) end
   job.deferred = {}
-  return reply_function(req.sender, req.corr, job.deferred)
+  return reply_function(job.reply_to, job.corr, job.deferred)
 end
 
 -- ref:request inside an isolate: suspends only this isolate's job.
