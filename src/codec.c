@@ -903,6 +903,7 @@ typedef struct dec {
   int depth;
   int objs; /* stack index: { [index + 1] = table or function }, nil until needed */
   lua_Integer nobjs;
+  size_t presize_budget; /* table slots left to pre-size, see presize() */
 } dec;
 
 typedef struct ext_view {
@@ -1131,14 +1132,21 @@ static void dec_function(dec *d, uint32_t n)
   }
 }
 
-/* Never pre-size a table beyond what the remaining bytes could hold:
- * every element takes at least one byte. */
+/* How many slots to pre-size a table with for a claimed n items of at least
+ * bytes_per_item bytes each. Never more than the remaining bytes could hold,
+ * and never more in total than the message has bytes (d->presize_budget):
+ * a valid message needs no more, and so a hostile one cannot make nested
+ * headers each claim the rest of the message and multiply the memory. */
 static int presize(dec *d, uint32_t n, size_t bytes_per_item)
 {
   size_t most = (size_t)(d->end - d->p) / bytes_per_item;
+  if (most > d->presize_budget)
+    most = d->presize_budget;
   if (most > (size_t)INT_MAX)
     most = INT_MAX;
-  return (int)((size_t)n < most ? (size_t)n : most);
+  size_t k = (size_t)n < most ? (size_t)n : most;
+  d->presize_budget -= k;
+  return (int)k;
 }
 
 static int at_func_ext(dec *d)
@@ -1294,6 +1302,7 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
   d.max_depth = clamp_depth(lim->max_depth);
   d.depth = 0;
   d.nobjs = 0;
+  d.presize_budget = len;
   if (len > lim->max_bytes) {
     lua_pushfstring(L, "malformed message: larger than %I bytes", (lua_Integer)lim->max_bytes);
     lua_error(L);

@@ -66,6 +66,8 @@ typedef struct ic_isolate {
 
   /* Owned by the thread running the isolate. */
   struct lua_State *L;
+  struct lua_State *pump;       /* the coroutine messages are resumed into */
+  int pump_ref;                 /* keeps it alive (registry reference) */
   ic_blob *boot;                /* the encoded entry; consumed by the first run */
   char *lua_path, *lua_cpath;   /* the creator's package.path/cpath, or NULL */
   uint64_t next_corr;           /* request ids (main state) */

@@ -625,13 +625,20 @@ static int l_core_now(lua_State *L) {
  * TSan build (IC_SYNC_HOOK) keeps a permanent count hook instead and
  * installs nothing from other threads.
  */
+/* Is L a coroutine running a handler (a job, or the pump inside a handler)? */
 static int running_job(lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &JOBS_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     return 0;
   }
   lua_pushthread(L);
-  int is_job = lua_rawget(L, -2) != LUA_TNIL;
+  int is_job = 0;
+  if (lua_rawget(L, -2) == LUA_TTABLE) {
+    lua_getfield(L, -1, "pump");
+    lua_getfield(L, -2, "active");
+    is_job = !lua_toboolean(L, -2) || lua_toboolean(L, -1);
+    lua_pop(L, 2);
+  }
   lua_pop(L, 2);
   return is_job;
 }
@@ -669,12 +676,13 @@ void lstate_arm_hook(ic_isolate *iso) {
 #endif
 }
 
-/* core.running(co | nil): the runtime says which Lua thread runs now. */
+/* core.running([co]): the runtime says which Lua thread runs now: co, or
+ * the caller itself. */
 static int l_core_running(lua_State *L) {
   ic_isolate *iso = self_of(L);
   lua_State *co = lua_tothread(L, 1);
   plat_mutex_lock(&iso->hook_lock);
-  iso->running_L = co ? co : iso->L;
+  iso->running_L = co ? co : L;
   /* An interrupt or preemption asked for while nothing was tracked. */
   if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
       atomic_load_explicit(&iso->preempt, memory_order_relaxed))
@@ -700,32 +708,24 @@ static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return p;
 }
 
-/* Upvalue 1: the runtime's dispatch function. Arguments: message (light
- * userdata or nil), kind. Decodes the message here, inside the protected call. */
-static int l_trampoline(lua_State *L) {
+/* core.take(m) -> value, sender, corr: decodes a message handed to the pump
+ * as a light userdata. Runs inside the pump: a malformed message (or no
+ * memory for it) raises there and takes the isolate down. */
+static int l_core_take(lua_State *L) {
   const ic_msg *m = lua_touserdata(L, 1);
-  lua_Integer kind = lua_tointeger(L, 2);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_pushinteger(L, kind);
-  if (m) {
-    if (m->len) {
-      ic_isolate *self = self_of(L);
-      lstate_ctx *ctx = lstate_ctx_of(L);
-      codec_hooks h = lstate_hooks(self->cluster);
-      codec_decode(L, m->data, m->len, &h, &ctx->lim);
-    } else {
-      lua_pushnil(L);
-    }
-    if (m->sender) lref_push(L, m->sender);
-    else lua_pushnil(L);
-    lua_pushinteger(L, (lua_Integer)m->corr);
+  if (!m) return luaL_error(L, "take: no message");
+  if (m->len) {
+    ic_isolate *self = self_of(L);
+    lstate_ctx *ctx = lstate_ctx_of(L);
+    codec_hooks h = lstate_hooks(self->cluster);
+    codec_decode(L, m->data, m->len, &h, &ctx->lim);
   } else {
     lua_pushnil(L);
-    lua_pushnil(L);
-    lua_pushnil(L);
   }
-  lua_call(L, 4, 1);
-  return 1;
+  if (m->sender) lref_push(L, m->sender);
+  else lua_pushnil(L);
+  lua_pushinteger(L, (lua_Integer)m->corr);
+  return 3;
 }
 
 static int l_boot(lua_State *L) {
@@ -754,12 +754,11 @@ static int l_boot(lua_State *L) {
       {"subscribe", l_core_subscribe}, {"events", l_core_events}, {"up", l_core_up},
       {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
       {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
-      {"now", l_core_now}, {"running", l_core_running}, {NULL, NULL}};
+      {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take}, {NULL, NULL}};
   if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core);
-  lua_call(L, 1, 1); /* -> dispatch */
-  lua_pushcclosure(L, l_trampoline, 1);
+  lua_call(L, 1, 2); /* -> spawn_pump, adopt */
 
   /* The entry: a function, or a module name whose module returns one. */
   codec_hooks h = lstate_hooks(c);
@@ -776,13 +775,7 @@ static int l_boot(lua_State *L) {
   }
   blob_release(iso->boot);
   iso->boot = NULL;
-  /* Start the entry through the runtime: dispatch(START, entry). */
-  lua_getupvalue(L, -2, 1);
-  lua_pushinteger(L, LSTATE_START);
-  lua_pushvalue(L, -3);
-  lua_call(L, 2, 1);
-  lua_remove(L, -2); /* the entry */
-  return 2;          /* trampoline, wait mode */
+  return 3; /* spawn_pump, adopt, entry */
 }
 
 static void fail_from_status(ic_isolate *iso, lua_State *L) {
@@ -799,6 +792,62 @@ static void fail_from_status(ic_isolate *iso, lua_State *L) {
   free(r);
 }
 
+static void set_running(ic_isolate *iso, lua_State *T) {
+  plat_mutex_lock(&iso->hook_lock);
+  iso->running_L = T;
+  if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed)) lstate_arm_hook(iso);
+  plat_mutex_unlock(&iso->hook_lock);
+}
+
+/* Stack of the isolate's main thread: [1] spawn_pump, [2] adopt. */
+#define SPAWN_PUMP_IDX 1
+#define ADOPT_IDX 2
+
+/* Pops a new pump coroutine from L's top and makes it the isolate's pump. */
+static void set_pump(ic_isolate *iso, lua_State *L) {
+  lua_State *P = lua_tothread(L, -1);
+  if (iso->pump_ref) luaL_unref(L, LUA_REGISTRYINDEX, iso->pump_ref);
+  iso->pump_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  iso->pump = P;
+}
+
+/* Resumes the pump with nargs values already pushed on it. */
+static void pump_resume(ic_isolate *iso, int nargs) {
+  lua_State *L = iso->L, *P = iso->pump;
+  int nres = 0;
+  set_running(iso, P);
+  int st = lua_resume(P, L, nargs, &nres);
+  set_running(iso, L);
+  if (st == LUA_YIELD) {
+    if (nres == 1 && lua_isinteger(P, -1)) {
+      iso->wait = (int)lua_tointeger(P, -1);
+      lua_pop(P, 1);
+      return;
+    }
+    /* A handler running in the pump waits (it yielded a marker) or was
+     * preempted (the hook yielded nothing): the pump becomes a job and the
+     * runtime hands over a new pump. */
+    lua_pop(P, nres);
+    lua_pushvalue(L, ADOPT_IDX);
+    lua_pushboolean(L, nres == 0);
+    if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+      fail_from_status(iso, L);
+      lua_settop(L, ADOPT_IDX);
+      return;
+    }
+    iso->wait = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    set_pump(iso, L);
+    return;
+  }
+  if (st == LUA_OK) {
+    lua_settop(P, 0);
+    isolate_set_ending(iso, "error: the isolate's pump ended");
+    return;
+  }
+  fail_from_status(iso, P);
+}
+
 void lstate_boot(ic_isolate *iso) {
   lua_State *L = lua_newstate(isolate_alloc, iso);
   if (!L) {
@@ -810,36 +859,41 @@ void lstate_boot(ic_isolate *iso) {
 #ifdef IC_SYNC_HOOK
   lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, HOOK_COUNT);
 #endif
-  plat_mutex_lock(&iso->hook_lock);
-  iso->running_L = L;
-  plat_mutex_unlock(&iso->hook_lock);
+  set_running(iso, L);
   lua_pushcfunction(L, l_boot);
   lua_pushlightuserdata(L, iso);
-  if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+  if (lua_pcall(L, 1, 3, 0) != LUA_OK) {
     fail_from_status(iso, L);
     lua_settop(L, 0);
     return;
   }
-  iso->wait = (int)lua_tointeger(L, -1);
-  lua_pop(L, 1); /* the trampoline stays at index 1 for good */
+  /* [spawn_pump, adopt, entry] */
+  lua_pushvalue(L, SPAWN_PUMP_IDX);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    fail_from_status(iso, L);
+    lua_settop(L, 0);
+    return;
+  }
+  set_pump(iso, L);
+  lua_xmove(L, iso->pump, 1); /* the entry */
+  lua_pushinteger(iso->pump, LSTATE_START);
+  pump_resume(iso, 2);
 }
 
 void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
-  lua_State *L = iso->L;
-  if (!L || lua_gettop(L) < 1) {
+  lua_State *P = iso->pump;
+  if (!P) {
     isolate_set_ending(iso, "error: isolate state unavailable");
     return;
   }
-  lua_pushvalue(L, 1);
-  lua_pushlightuserdata(L, m);
-  lua_pushinteger(L, kind);
-  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
-    fail_from_status(iso, L);
-    lua_settop(L, 1);
+  if (!lua_checkstack(P, 2)) {
+    isolate_set_ending(iso, "error: not enough memory");
     return;
   }
-  iso->wait = (int)lua_tointeger(L, -1);
-  lua_settop(L, 1);
+  if (m) lua_pushlightuserdata(P, m);
+  else lua_pushnil(P);
+  lua_pushinteger(P, kind);
+  pump_resume(iso, 2);
 }
 
 void lstate_close(ic_isolate *iso) {
@@ -848,5 +902,6 @@ void lstate_close(ic_isolate *iso) {
   iso->running_L = NULL;
   plat_mutex_unlock(&iso->hook_lock);
   iso->L = NULL;
+  iso->pump = NULL;
   if (L) lua_close(L);
 }

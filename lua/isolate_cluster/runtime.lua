@@ -73,7 +73,7 @@ end
 
 -- What to do after a job's coroutine has yielded or finished.
 step = function(job, resumed, tag, ok, r)
-  running(nil)
+  running() -- back in the calling coroutine
   if not resumed then
     -- body never raises; only an interrupt (kill, shutdown) gets here.
     error(tag, 0)
@@ -83,7 +83,7 @@ step = function(job, resumed, tag, ok, r)
     job.done(job, ok, r)
     -- false, not nil: the fields keep their slots, reuse allocates nothing
     job.done, job.reply_to, job.corr, job.deferred = false, false, false, false
-    if npool < POOL_MAX then
+    if npool < POOL_MAX and not job.pump then
       npool = npool + 1
       pool[npool] = job
     end
@@ -163,7 +163,7 @@ end
 local function wait(kind, token, timeout, what)
   local co = corunning()
   local job = jobs[co]
-  if not job then
+  if not job or (job.pump and not job.active) then
     error(fmt("%s can only wait in a handler or entry function of this isolate, "
       .. "not inside a coroutine of its own", what), 3)
   end
@@ -229,8 +229,17 @@ local function mode()
   return WAIT_BLOCKED
 end
 
-local function dispatch(kind, value, sender, corr)
-  if failed then return WAIT_BLOCKED end
+local function noop() end
+
+local function done_shutdown(_, ok, r)
+  if not ok then
+    core.log("isolate_cluster: on_shutdown handler of " .. tostring(self_ref) .. " failed: "
+      .. (type(r) == "table" and r.trace or tostring(r)))
+  end
+end
+
+-- Everything but a message for an idle isolate.
+local function dispatch_other(kind, value, sender, corr)
   if kind == K_USER or kind == K_REQUEST then
     local c = kind == K_REQUEST and corr or nil
     if current and current.kind == "receive" then
@@ -259,17 +268,90 @@ local function dispatch(kind, value, sender, corr)
     if current and current.kind == "preempted" then wake(current) end
   elseif kind == K_SHUTDOWN then
     local h = handlers.shutdown
-    if h then
-      -- Runs to completion or to its first wait; the isolate stops after.
-      local ok, e = xpcall(h, on_error)
-      if not ok then core.log("on_shutdown handler of " .. tostring(self_ref) .. " failed: " .. e.trace) end
-    end
-    return WAIT_BLOCKED
+    -- Runs to completion or to its first wait; the isolate stops after.
+    if h then start(h, done_shutdown) end
   elseif kind == K_START then
     start(value, done_entry, CONTEXT, nil, nil, nil, nil, nil, true)
   end
-  drain()
-  return mode()
+end
+
+--[[ The pump.
+The C scheduler resumes one coroutine, the pump, with each message (as a
+light userdata that `take` decodes) and event. A message for an idle isolate
+runs its handler right here, inside the pump, without any job bookkeeping:
+the fast path. If that handler waits (or is preempted), the pump itself
+becomes the waiting job: it yields to C, C asks `adopt` for a fresh pump,
+and the old one, once resumed and finished, ends as a job does. ]]
+local take = core.take
+local pump_job = nil
+
+local function new_job_record(co)
+  return { co = co, pump = true, adopted = false, active = false, done = noop,
+    reply_to = false, corr = false, deferred = false, kind = false, token = false,
+    timer = false, entry = false }
+end
+
+local function pump_body(m, kind)
+  local pjob = pump_job
+  while true do
+    if failed then
+      -- going down: nothing more runs
+    elseif kind == K_USER or kind == K_REQUEST then
+      local value, sender, corr = take(m)
+      local h = handlers.message
+      if h and not current and qhead > qtail then
+        if kind == K_REQUEST then
+          pjob.reply_to, pjob.corr, pjob.deferred = sender, corr, false
+          pjob.active = true
+          local ok, r = xpcall(h, on_error, value, sender)
+          pjob.active = false
+          done_reply(pjob, ok, r)
+          pjob.reply_to, pjob.corr, pjob.deferred = false, false, false
+        else
+          pjob.active = true
+          local ok, r = xpcall(h, on_error, value, sender)
+          pjob.active = false
+          if not ok then fail_with(r) end
+        end
+        if pjob.adopted then break end
+      else
+        dispatch_other(kind, value, sender, kind == K_REQUEST and corr or nil)
+      end
+    elseif kind == K_START then
+      dispatch_other(kind, m)
+    else
+      local value, sender, corr
+      if m then value, sender, corr = take(m) end
+      dispatch_other(kind, value, sender, corr)
+    end
+    if not failed then drain() end
+    m, kind = coyield(failed and WAIT_BLOCKED or mode())
+  end
+  -- Adopted: this coroutine waited as a job and has now finished; it ends
+  -- and whoever resumed it (step) sees DONE.
+  return DONE, true
+end
+
+local function spawn_pump()
+  local co = cocreate(pump_body)
+  pump_job = new_job_record(co)
+  jobs[co] = pump_job
+  return co
+end
+
+-- Called by C when the pump yielded from inside a handler: waiting (the
+-- handler called a waiting function) or preempted (no values).
+local function adopt(preempted)
+  local old = pump_job
+  old.adopted = true
+  old.done = noop
+  if preempted then old.kind = "preempted" end
+  current = old
+  if old.entry then
+    old.entry = false
+    core.up()
+  end
+  return spawn_pump(), mode()
 end
 
 -- ---- the context handed to the entry function --------------------------------
@@ -410,7 +492,7 @@ end
 function context:reply_later()
   check_self(self, "reply_later")
   local job = jobs[corunning()]
-  if not job or job.done ~= done_reply then
+  if not job or not job.corr then
     error("reply_later can only be called in a handler of a request", 2)
   end
   if job.deferred then error("reply_later was already called for this request", 2) end
@@ -439,4 +521,4 @@ core.set_request(request)
 
 CONTEXT = setmetatable({ isolate_ref = self_ref }, context)
 
-return dispatch
+return spawn_pump, adopt
