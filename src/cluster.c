@@ -120,8 +120,14 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   c->by_path = calloc(c->by_path_cap, sizeof *c->by_path);
   c->log_trim_at = 1024;
   if (!c->by_id || !c->by_path) goto oom;
-  c->runtime_code = runtime_compile(&c->boot_error);
-  if (!c->runtime_code) { *err = c->boot_error ? c->boot_error : "cannot compile the isolate runtime"; goto fail; }
+  c->runtime_code = runtime_compile(ic_runtime_lua, ic_runtime_lua_len, "=isolate_cluster.runtime", &c->boot_error);
+  if (c->runtime_code)
+    c->runtime_extras = runtime_compile(ic_runtime_extras_lua, ic_runtime_extras_lua_len,
+                                        "=isolate_cluster.runtime_extras", &c->boot_error);
+  if (!c->runtime_code || !c->runtime_extras) {
+    *err = c->boot_error ? c->boot_error : "cannot compile the isolate runtime";
+    goto fail;
+  }
   if (timer_init(&c->timers)) goto oom;
   if (sched_init(&c->sched, c, c->nworkers, c->slice_seconds)) { timer_fini(&c->timers); goto oom; }
   c->main = isolate_new(c, ISO_MAIN, c->default_mailbox);
@@ -151,6 +157,7 @@ oom:
   *err = "out of memory";
 fail:
   blob_release(c->runtime_code);
+  blob_release(c->runtime_extras);
   free(c->by_id);
   free(c->by_path);
   plat_cond_destroy(&c->live_cond);
@@ -176,6 +183,7 @@ void cluster_release(ic_cluster *c) {
   sched_fini(&c->sched);
   timer_fini(&c->timers);
   blob_release(c->runtime_code);
+  blob_release(c->runtime_extras);
   free(c->boot_error);
   plat_cond_destroy(&c->live_cond);
   plat_mutex_destroy(&c->log_lock);

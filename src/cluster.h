@@ -77,6 +77,7 @@ typedef struct ic_cluster {
 
   /* Bytecode of the isolate runtime, compiled once. */
   ic_blob *runtime_code;
+  ic_blob *runtime_extras;
   char *boot_error;
 } ic_cluster;
 

@@ -103,11 +103,11 @@ static int in_list(const char *const *list, const char *s, size_t len)
 
 /* Returns 1 when s[0..n) is well-formed UTF-8 as RFC 3629 defines it (no
  * overlong forms, no surrogates, nothing above U+10FFFF): exactly what strict
- * decoders such as Python's accept. ASCII is skipped 8 bytes at a time. */
+ * decoders such as Python's accept. ASCII runs are skipped 8 bytes at a time. */
 static int is_utf8(const unsigned char *s, size_t n)
 {
   size_t i = 0;
-  while (i < n) {
+  for (;;) {
     while (n - i >= 8) {
       uint64_t w;
       memcpy(&w, s + i, 8);
@@ -115,13 +115,17 @@ static int is_utf8(const unsigned char *s, size_t n)
         break;
       i += 8;
     }
-    if (i >= n)
-      break;
-    unsigned c = s[i];
-    if (c < 0x80) {
-      i++;
-      continue;
+    if (n - i >= 4) {
+      uint32_t w;
+      memcpy(&w, s + i, 4);
+      if (!(w & UINT32_C(0x80808080)))
+        i += 4;
     }
+    while (i < n && s[i] < 0x80)
+      i++;
+    if (i >= n)
+      return 1;
+    unsigned c = s[i];
     if (c < 0xc2 || c > 0xf4)
       return 0; /* stray continuation byte, overlong 2-byte lead, or > U+10FFFF */
     size_t extra = c < 0xe0 ? 1 : c < 0xf0 ? 2 : 3;
@@ -145,7 +149,6 @@ static int is_utf8(const unsigned char *s, size_t n)
     }
     i += extra + 1;
   }
-  return 1;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -207,6 +210,8 @@ typedef struct enc {
   codec_buf *b;
   size_t start; /* b->len when codec_encode began; restored on error */
   size_t max_bytes;
+  size_t limit;  /* b->len may not pass this: start + max_bytes */
+  size_t room;   /* min(b->cap, limit): below it, writing needs no check */
   const codec_hooks *hooks;
   const char *root;
   int max_depth;
@@ -425,33 +430,37 @@ static CODEC_NORETURN void enc_no_memory(enc *e)
 static int enc_grow(enc *e, size_t n)
 {
   codec_buf *b = e->b;
-  if (n > e->max_bytes - (b->len - e->start))
+  if (n > e->limit - b->len)
     return 0;
-  if (n <= b->cap - b->len)
-    return 1;
-  size_t need = b->len + n;
-  size_t cap = b->cap < 256 ? 256 : b->cap;
-  while (cap < need) {
-    if (cap > SIZE_MAX / 2)
+  if (n > b->cap - b->len) {
+    size_t need = b->len + n;
+    size_t cap = b->cap < 256 ? 256 : b->cap;
+    while (cap < need) {
+      if (cap > SIZE_MAX / 2)
+        return -1;
+      cap *= 2;
+    }
+    char *data = realloc(b->data, cap);
+    if (data == NULL)
       return -1;
-    cap *= 2;
+    b->data = data;
+    b->cap = cap;
   }
-  char *data = realloc(b->data, cap);
-  if (data == NULL)
-    return -1;
-  b->data = data;
-  b->cap = cap;
+  e->room = b->cap < e->limit ? b->cap : e->limit;
   return 1;
 }
 
-/* Makes room for exactly n more bytes and returns where they go. */
+/* Makes room for exactly n more bytes and returns where they go. The common
+ * case is one comparison. */
 static char *enc_reserve(enc *e, size_t n)
 {
-  int r = enc_grow(e, n);
-  if (r == 0)
-    enc_too_big(e);
-  else if (r < 0)
-    enc_no_memory(e);
+  if (n > e->room - e->b->len) {
+    int r = enc_grow(e, n);
+    if (r == 0)
+      enc_too_big(e);
+    else if (r < 0)
+      enc_no_memory(e);
+  }
   return e->b->data + e->b->len;
 }
 
@@ -504,7 +513,8 @@ static void put_ext(enc *e, int8_t type, const char *payload, uint32_t len)
 {
   char *w = enc_reserve(e, ext_header_size(len) + len);
   w = write_ext_header(w, type, len);
-  memcpy(w, payload, len);
+  if (len > 0) /* payload may be NULL then, and memcpy must not see NULL */
+    memcpy(w, payload, len);
   enc_commit(e, w + len);
 }
 
@@ -869,6 +879,8 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
   e.b = b;
   e.start = b->len;
   e.max_bytes = lim->max_bytes;
+  e.limit = b->len + lim->max_bytes < b->len ? SIZE_MAX : b->len + lim->max_bytes;
+  e.room = b->cap < e.limit ? b->cap : e.limit;
   e.hooks = hooks;
   e.root = root != NULL ? root : "value";
   e.max_depth = clamp_depth(lim->max_depth);
@@ -1317,4 +1329,10 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
   if (d.p != d.end)
     dec_fail(&d, d.p, "%I trailing bytes", (lua_Integer)(d.end - d.p));
   lua_replace(L, d.objs); /* the value takes the back-reference list's slot */
+}
+
+void codec_forget_names(lua_State *L)
+{
+  lua_pushnil(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, CODEC_CFUNC_NAMES_KEY);
 }

@@ -97,4 +97,8 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
 void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks *hooks,
                   const codec_limits *lim);
 
+/* Drops the state's cached names of standard library C functions; call it
+ * after opening another standard library in L. */
+void codec_forget_names(lua_State *L);
+
 #endif

@@ -728,10 +728,76 @@ static int l_core_take(lua_State *L) {
   return 3;
 }
 
+/* core.traceback(msg, level): debug.traceback without loading the debug
+ * library into every isolate. */
+static int l_core_traceback(lua_State *L) {
+  const char *msg = luaL_optstring(L, 1, NULL);
+  int level = (int)luaL_optinteger(L, 2, 1);
+  luaL_traceback(L, L, msg, level);
+  return 1;
+}
+
+/* core.load_extras() -> chunk: the second part of the runtime. */
+static int l_core_load_extras(lua_State *L) {
+  ic_cluster *c = self_of(L)->cluster;
+  if (luaL_loadbufferx(L, c->runtime_extras->data, c->runtime_extras->len, "=isolate_cluster.runtime_extras",
+                       "b") != LUA_OK)
+    return lua_error(L);
+  return 1;
+}
+
+/*
+ * Standard libraries. Every isolate gets all of them, but only these are
+ * opened at once; the others are opened the first time a global of that name
+ * is read (an __index on _G) or they are required (package.preload). They are
+ * about half of what a fresh Lua state costs, and most isolates never touch
+ * io, os, math, utf8 or debug. The difference shows only to code that
+ * inspects _G's metatable.
+ */
+static const luaL_Reg eager_libs[] = {
+    {LUA_GNAME, luaopen_base},         {LUA_LOADLIBNAME, luaopen_package}, {LUA_COLIBNAME, luaopen_coroutine},
+    {LUA_TABLIBNAME, luaopen_table},   {LUA_STRLIBNAME, luaopen_string},   {NULL, NULL}};
+static const luaL_Reg lazy_libs[] = {
+    {LUA_IOLIBNAME, luaopen_io},     {LUA_OSLIBNAME, luaopen_os}, {LUA_MATHLIBNAME, luaopen_math},
+    {LUA_UTF8LIBNAME, luaopen_utf8}, {LUA_DBLIBNAME, luaopen_debug}, {NULL, NULL}};
+
+static int lazy_global(lua_State *L) {
+  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  if (k) {
+    for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
+      if (strcmp(k, lib->name) == 0) {
+        luaL_requiref(L, lib->name, lib->func, 1);
+        codec_forget_names(L); /* new standard functions to name */
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+
+static void open_libs(lua_State *L) {
+  for (const luaL_Reg *lib = eager_libs; lib->func; lib++) {
+    luaL_requiref(L, lib->name, lib->func, 1);
+    lua_pop(L, 1);
+  }
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
+    lua_pushcfunction(L, lib->func);
+    lua_setfield(L, -2, lib->name);
+  }
+  lua_pop(L, 1);
+  lua_pushglobaltable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, lazy_global);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+}
+
 static int l_boot(lua_State *L) {
   ic_isolate *iso = lua_touserdata(L, 1);
   ic_cluster *c = iso->cluster;
-  luaL_openlibs(L);
+  open_libs(L);
   if (iso->lua_path || iso->lua_cpath) {
     lua_getglobal(L, "package");
     if (iso->lua_path) {
@@ -754,7 +820,8 @@ static int l_boot(lua_State *L) {
       {"subscribe", l_core_subscribe}, {"events", l_core_events}, {"up", l_core_up},
       {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
       {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
-      {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take}, {NULL, NULL}};
+      {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},
+      {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras}, {NULL, NULL}};
   if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core);

@@ -28,18 +28,19 @@ static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
   return 0;
 }
 
-ic_blob *runtime_compile(char **err) {
+ic_blob *runtime_compile(const char *src, size_t len, const char *name, char **err) {
   *err = NULL;
   lua_State *L = luaL_newstate();
   if (!L) return NULL;
   ic_blob *out = NULL;
-  if (luaL_loadbufferx(L, ic_runtime_lua, ic_runtime_lua_len, "=isolate_cluster.runtime", "t") != LUA_OK) {
+  if (luaL_loadbufferx(L, src, len, name, "t") != LUA_OK) {
     const char *m = lua_tostring(L, -1);
     *err = strdup(m ? m : "cannot load the isolate runtime");
   } else {
     dump_buf b = {NULL, 0, 0, 0};
-    /* Not stripped: tracebacks through the runtime keep their line numbers. */
-    if (lua_dump(L, dump_writer, &b, 0) == 0 && !b.failed) out = blob_new(b.data, b.len);
+    /* Stripped: the debug information would be most of each isolate's copy,
+     * and a traceback only needs the user's own frames. */
+    if (lua_dump(L, dump_writer, &b, 1) == 0 && !b.failed) out = blob_new(b.data, b.len);
     free(b.data);
   }
   lua_close(L);

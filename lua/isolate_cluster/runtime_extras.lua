@@ -1,0 +1,379 @@
+-- The runtime every isolate runs, part two: waiting, timers, up/down events
+-- and the rest of the context. Loaded by runtime.lua the first time an
+-- isolate needs any of it; gets the state runtime.lua shares (S).
+--
+-- While a handler waits, no other handler starts: ordinary messages stay in
+-- the mailbox (receive takes the next one), and timer callbacks and up/down
+-- events are queued here and run when the waiting handler has finished.
+-- Replies and timers reach a waiting handler through the isolate's system
+-- queue, which the C side delivers even while the isolate is blocked.
+
+local S = ...
+local core, handlers, jobs, DONE = S.core, S.handlers, S.jobs, S.DONE
+local self_ref, CONTEXT, methods, check_self = S.self_ref, S.CONTEXT, S.methods, S.check_self
+local on_error, fail_with, done_reply, noop = S.on_error, S.fail_with, S.done_reply, S.noop
+
+local K_USER, K_REQUEST, K_REPLY, K_REPLY_ERROR, K_TIMER = 1, 2, 3, 4, 5
+local K_EVENTS, K_RESUME, K_SHUTDOWN = 10, 11, 12
+local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
+local EVENT_UP = 1
+
+local cocreate, coresume, coyield, corunning = coroutine.create, coroutine.resume, coroutine.yield,
+  coroutine.running
+local type, tostring, error, xpcall, setmetatable = type, tostring, error, xpcall, setmetatable
+local fmt = string.format
+local running, take = core.running, core.take
+
+local WAIT, TIMEOUT = {}, {}
+local pool, npool, POOL_MAX = {}, 0, 16
+local queue, qhead, qtail = {}, 1, 0 -- handler runs deferred while a job waits
+local timers = {}                    -- user timers: id -> { fn =, every =, handle = }
+local next_timer, next_corr = 0, 0
+
+-- ---- jobs: handler runs in coroutines of their own -------------------------
+
+local function body(fn, a, b, c, d)
+  while true do
+    local ok, r = xpcall(fn, on_error, a, b, c, d)
+    fn, a, b, c, d = coyield(DONE, ok, r)
+  end
+end
+
+local step
+
+local function resume(job, ...)
+  running(job.co)
+  return step(job, coresume(job.co, ...))
+end
+
+-- What to do after a job's coroutine has yielded or finished.
+step = function(job, resumed, tag, ok, r)
+  running() -- back in the calling coroutine
+  if not resumed then
+    -- body never raises; only an interrupt (kill, shutdown) gets here.
+    error(tag, 0)
+  end
+  if tag == DONE then
+    if S.current == job then S.current = false end
+    job.done(job, ok, r)
+    -- false, not nil: the fields keep their slots, reuse allocates nothing
+    job.done, job.reply_to, job.corr, job.deferred = false, false, false, false
+    if npool < POOL_MAX and not job.pump then
+      npool = npool + 1
+      pool[npool] = job
+    end
+  elseif tag == WAIT then
+    S.current = job
+    if job.entry then
+      job.entry = false
+      core.up()
+    end
+  else
+    -- A yield with no values comes from the hook: out of time slice.
+    job.kind = "preempted"
+    S.current = job
+  end
+end
+
+local function start(fn, done, a, b, c, d, reply_to, corr)
+  local job
+  if npool > 0 then
+    job = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+  else
+    job = { co = cocreate(body), kind = false, token = false, timer = false, entry = false }
+    jobs[job.co] = job
+  end
+  job.done, job.reply_to, job.corr = done, reply_to or false, corr or false
+  running(job.co)
+  return step(job, coresume(job.co, fn, a, b, c, d))
+end
+
+local function done_plain(_, ok, r)
+  if not ok then fail_with(r) end
+end
+
+local function done_shutdown(_, ok, r)
+  if not ok then
+    core.log("isolate_cluster: on_shutdown handler of " .. tostring(self_ref) .. " failed: "
+      .. (type(r) == "table" and r.trace or tostring(r)))
+  end
+end
+
+-- Runs fn after the waiting job (if any) has finished.
+local function enqueue(fn, a, b, c)
+  qtail = qtail + 1
+  queue[qtail] = { fn, a, b, c }
+end
+
+local function drain()
+  while not S.current and not S.failed and qhead <= qtail do
+    local item = queue[qhead]
+    queue[qhead] = nil
+    qhead = qhead + 1
+    start(item[1], done_plain, item[2], item[3], item[4])
+  end
+  if qhead > qtail then qhead, qtail = 1, 0 end
+end
+
+-- A job waits: records what for, arms the timeout, yields (to step, or to C
+-- when the job is a pump).
+local function wait(kind, token, timeout, what)
+  local job = jobs[corunning()]
+  if not job or (job.pump and not job.active) then
+    error(fmt("%s can only wait in a handler or entry function of this isolate, "
+      .. "not inside a coroutine of its own", what), 3)
+  end
+  job.kind, job.token, job.timer = kind, token, false
+  if timeout then
+    next_timer = next_timer + 1
+    job.timer = next_timer
+    core.timer(next_timer, timeout)
+  end
+  return coyield(WAIT)
+end
+
+local function wake(job, ...)
+  S.current = false
+  job.kind, job.token, job.timer = false, false, false
+  return resume(job, ...)
+end
+
+local function reply_function(sender, corr, state)
+  state = state or {}
+  return function(value)
+    if state.used then error("this request has already been answered", 2) end
+    state.used = true
+    return core.reply(sender, corr, true, value)
+  end
+end
+
+-- ---- dispatch ----------------------------------------------------------------
+
+local function mode()
+  local cur = S.current
+  if not cur then return WAIT_NONE end
+  local k = cur.kind
+  if k == "receive" then return WAIT_RECEIVE end
+  if k == "preempted" then return WAIT_PREEMPTED end
+  return WAIT_BLOCKED
+end
+
+local function check_events()
+  local ev = core.events()
+  for i = 1, #ev, 3 do
+    local kind, ref, reason = ev[i], ev[i + 1], ev[i + 2]
+    if kind == EVENT_UP then
+      local cur = S.current
+      if cur and cur.kind == "lookup" and ref.path == cur.token then wake(cur, ref) end
+      if handlers.up then enqueue(handlers.up, ref) end
+    elseif handlers.down then
+      enqueue(handlers.down, ref, reason)
+    end
+  end
+end
+
+-- Everything the pump's fast path does not handle itself.
+local function dispatch(kind, m)
+  local value, sender, corr
+  if m then value, sender, corr = take(m) end
+  local cur = S.current
+  if kind == K_USER or kind == K_REQUEST then
+    local c = kind == K_REQUEST and corr or nil
+    if cur and cur.kind == "receive" then
+      wake(cur, value, sender, c and reply_function(sender, c) or nil)
+    elseif handlers.message then
+      if c then
+        start(handlers.message, done_reply, value, sender, nil, nil, sender, c)
+      else
+        start(handlers.message, done_plain, value, sender)
+      end
+    elseif c then
+      core.reply(sender, c, false, "isolate " .. tostring(self_ref) .. " has no message handler")
+    end
+  elseif kind == K_REPLY or kind == K_REPLY_ERROR then
+    if cur and cur.kind == "reply" and cur.token == corr then
+      wake(cur, kind == K_REPLY, value)
+    end
+    -- Otherwise a late reply to a request that timed out: dropped.
+  elseif kind == K_TIMER then
+    if cur and cur.timer == corr then
+      wake(cur, TIMEOUT)
+    else
+      local t = timers[corr]
+      if t then
+        if t.every then core.timer(corr, t.every) else timers[corr] = nil end
+        enqueue(t.fn, t.handle)
+      end
+    end
+  elseif kind == K_EVENTS then
+    check_events()
+  elseif kind == K_RESUME then
+    if cur and cur.kind == "preempted" then wake(cur) end
+  elseif kind == K_SHUTDOWN then
+    -- Runs to completion or to its first wait; the isolate stops after.
+    if handlers.shutdown then start(handlers.shutdown, done_shutdown) end
+  end
+end
+
+-- After each dispatch: run what was deferred, if nothing waits now.
+local function settle()
+  if not S.failed then drain() end
+  return mode()
+end
+
+local function adopt(pjob, preempted)
+  pjob.adopted = true
+  pjob.done = noop
+  if preempted then pjob.kind = "preempted" end
+  S.current = pjob
+  if pjob.entry then
+    pjob.entry = false
+    core.up() -- "up" also means: the entry function waits
+  end
+  return S.new_pump(), mode()
+end
+
+-- ---- the rest of the context ---------------------------------------------------
+
+local Timer = {}
+Timer.__index = Timer
+function Timer:cancel()
+  timers[self.id] = nil
+end
+
+local function check_fn(fn, what)
+  if type(fn) ~= "function" then error(fmt("%s expects a function, got %s", what, type(fn)), 3) end
+end
+
+function methods:on_isolate_up(fn, opts)
+  check_self(self, "on_isolate_up")
+  check_fn(fn, "on_isolate_up")
+  handlers.up = fn
+  local existing = core.subscribe(opts and opts.existing or false)
+  if existing then
+    for i = 1, #existing do enqueue(fn, existing[i]) end
+  end
+end
+
+function methods:on_isolate_down(fn)
+  check_self(self, "on_isolate_down")
+  check_fn(fn, "on_isolate_down")
+  handlers.down = fn
+  core.subscribe(false)
+end
+
+function methods:on_shutdown(fn)
+  check_self(self, "on_shutdown")
+  check_fn(fn, "on_shutdown")
+  handlers.shutdown = fn
+end
+
+function methods:spawn_isolate(entry, properties, opts)
+  check_self(self, "spawn_isolate")
+  return core.spawn(entry, properties, opts)
+end
+
+function methods:lookup_isolate(path, wait_s)
+  check_self(self, "lookup_isolate")
+  local ref = core.lookup(path)
+  if ref or not wait_s or wait_s <= 0 then return ref end
+  core.subscribe(false)
+  ref = core.lookup(path) -- it may have come up while subscribing
+  if ref then return ref end
+  local r = wait("lookup", path, wait_s, "context:lookup_isolate")
+  if r == TIMEOUT then return core.lookup(path) end
+  return r
+end
+
+function methods:lookup_isolates(prefix)
+  check_self(self, "lookup_isolates")
+  return core.lookup_prefix(prefix)
+end
+
+function methods:receive(timeout_s)
+  check_self(self, "receive")
+  if timeout_s ~= nil and type(timeout_s) ~= "number" then
+    error("receive expects a timeout in seconds or nil", 2)
+  end
+  local msg, sender, reply = wait("receive", nil, timeout_s, "context:receive")
+  if msg == TIMEOUT then return nil end
+  return msg, sender, reply
+end
+
+function methods:sleep(seconds)
+  check_self(self, "sleep")
+  if type(seconds) ~= "number" then error("sleep expects a number of seconds", 2) end
+  wait("sleep", nil, seconds, "context:sleep")
+end
+
+local function add_timer(seconds, fn, every, name)
+  if type(seconds) ~= "number" then error(name .. " expects a number of seconds", 3) end
+  check_fn(fn, name)
+  next_timer = next_timer + 1
+  local t = setmetatable({ id = next_timer }, Timer)
+  timers[next_timer] = { fn = fn, every = every and seconds or nil, handle = t }
+  core.timer(next_timer, seconds)
+  return t
+end
+
+function methods:after(seconds, fn)
+  check_self(self, "after")
+  return add_timer(seconds, fn, false, "after")
+end
+
+function methods:every(seconds, fn)
+  check_self(self, "every")
+  if type(seconds) == "number" and seconds <= 0 then error("every expects a positive interval", 2) end
+  return add_timer(seconds, fn, true, "every")
+end
+
+-- Monotonic seconds (for measuring intervals; not wall-clock time).
+function methods:now()
+  return core.now()
+end
+
+function methods:stop(reason)
+  check_self(self, "stop")
+  S.fail(reason and tostring(reason) or "normal")
+end
+
+function methods:shutdown_cluster(timeout_s)
+  check_self(self, "shutdown_cluster")
+  core.shutdown_cluster(timeout_s)
+end
+
+-- Deferred reply: inside a request handler, returns a function that answers
+-- the request later (from a timer, another handler...). The handler's own
+-- return value is then ignored.
+function methods:reply_later()
+  check_self(self, "reply_later")
+  local job = jobs[corunning()]
+  if not job or not job.corr then
+    error("reply_later can only be called in a handler of a request", 2)
+  end
+  if job.deferred then error("reply_later was already called for this request", 2) end
+  job.deferred = {}
+  return reply_function(job.reply_to, job.corr, job.deferred)
+end
+
+-- ref:request inside an isolate: suspends only this isolate's handler.
+local function request(ref, msg, timeout_s)
+  if timeout_s == nil then timeout_s = 5 end
+  if type(timeout_s) ~= "number" or timeout_s <= 0 then
+    error("request timeout must be a positive number of seconds", 2)
+  end
+  next_corr = next_corr + 1
+  local corr = next_corr
+  local ok, why = core.request(ref, msg, corr)
+  if not ok then error(fmt("request to %s failed: %s", tostring(ref), why), 2) end
+  local okr, value = wait("reply", corr, timeout_s, "request")
+  if okr == TIMEOUT then
+    error(fmt("timeout: no reply from %s within %g s", tostring(ref), timeout_s), 2)
+  end
+  if okr then return value end
+  error(value, 0)
+end
+
+return { dispatch = dispatch, settle = settle, adopt = adopt, request = request }
