@@ -699,7 +699,13 @@ static void enc_function(enc *e, int fn, const enc_frame *at)
   for (int i = 1; i <= ar.nups; i++) {
     f.index = i;
     f.name = lua_getupvalue(L, fn, i);
-    enc_value(e, lua_gettop(L), &f);
+    /* SPEC §2: a copied function's _ENV is the receiver's globals, whatever
+     * table it held here (busted, for one, runs spec files in an _ENV of
+     * their own). */
+    if (f.name && strcmp(f.name, "_ENV") == 0 && lua_type(L, -1) == LUA_TTABLE)
+      put_ext(e, CODEC_EXT_GLOBALS, NULL, 0);
+    else
+      enc_value(e, lua_gettop(L), &f);
     lua_pop(L, 1);
   }
   e->depth--;
@@ -1043,7 +1049,16 @@ static void dec_cfunc(dec *d, const char *at, const char *name, uint32_t len)
     lua_getfield(L, LUA_REGISTRYINDEX, CODEC_LOADED_KEY);
     if (lua_type(L, -1) == LUA_TTABLE) {
       lua_pushlstring(L, lib, liblen);
-      if (lua_rawget(L, -2) == LUA_TTABLE) {
+      if (lua_rawget(L, -2) != LUA_TTABLE) {
+        /* Not opened yet: isolates open some standard libraries on first
+         * use (src/lstate.c), and reading the global opens it. */
+        lua_pop(L, 1);
+        lua_pushglobaltable(L);
+        lua_pushlstring(L, lib, liblen);
+        lua_gettable(L, -2);
+        lua_remove(L, -2);
+      }
+      if (lua_type(L, -1) == LUA_TTABLE) {
         lua_pushlstring(L, fname, flen);
         lua_rawget(L, -2);
         if (lua_iscfunction(L, -1)) {
@@ -1201,11 +1216,14 @@ static void dec_map(dec *d, const char *at, uint32_t n)
   lua_createtable(L, 0, presize(d, n, 2));
   dec_register(d);
   for (uint32_t i = 0; i < n; i++) {
+    /* Lua tables cannot hold a nil or NaN key. Only the nil marker and
+     * the two float markers can produce one, so other keys skip the checks. */
     const char *kat = d->p;
-    dec_value(d);
-    if (lua_isnil(L, -1))
+    uint8_t kc = kat < d->end ? (uint8_t)*kat : 0;
+    if (kc == 0xc0)
       dec_fail(d, kat, "nil map key");
-    if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+    dec_value(d);
+    if (kc == 0xca || kc == 0xcb) {
       lua_Number k = lua_tonumber(L, -1);
       if (k != k)
         dec_fail(d, kat, "NaN map key");

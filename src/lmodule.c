@@ -332,6 +332,12 @@ static int l_new(lua_State *L) {
   return 1;
 }
 
+/* core.now(): monotonic seconds, for measuring intervals in the main state. */
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)plat_now_ns() / 1e9);
+  return 1;
+}
+
 int luaopen_isolate_cluster_core(lua_State *L);
 
 __attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_State *L) {
@@ -363,7 +369,7 @@ __attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_Stat
   }
   lua_pop(L, 1);
 
-  static const luaL_Reg funcs[] = {{"new", l_new}, {"set_logger", l_set_logger}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"new", l_new}, {"set_logger", l_set_logger}, {"now", l_now}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");

@@ -4,6 +4,9 @@ local core = require("isolate_cluster.core")
 
 local M = { _VERSION = core._VERSION }
 
+--- Monotonic seconds (for measuring intervals; not wall-clock time).
+M.now = core.now
+
 --- Creates a single-node cluster: one process, isolates on a pool of worker
 --- threads. opts.workers (default: number of cores), opts.mailbox (default
 --- mailbox capacity), opts.time_slice (seconds a handler runs before it is
