@@ -767,3 +767,64 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   plat_mutex_unlock(&c->main->wlock);
   return in_time;
 }
+
+/* ---- spawning ------------------------------------------------------------ */
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *errbuf, size_t errlen) {
+  *out = NULL;
+  if (atomic_load(&c->state) != CLUSTER_RUNNING) {
+    snprintf(errbuf, errlen, "spawn_isolate after shutdown");
+    return ECANCELED;
+  }
+  ic_isolate *iso = isolate_new(c, a->kind, a->mailbox ? a->mailbox : c->default_mailbox);
+  if (!iso) goto oom;
+  iso->mem_limit = a->memory_limit;
+  iso->hidden = a->hidden;
+  if (a->props && !(iso->props = blob_new(a->props, a->props_len))) goto oom_iso;
+  if (!(iso->boot = blob_new(a->boot, a->boot_len))) goto oom_iso;
+  if ((a->lua_path && !(iso->lua_path = dup_or_null(a->lua_path))) ||
+      (a->lua_cpath && !(iso->lua_cpath = dup_or_null(a->lua_cpath))))
+    goto oom_iso;
+  int rc = cluster_register(c, iso, a->path, errbuf, errlen);
+  if (rc) {
+    isolate_release(iso);
+    return rc;
+  }
+  atomic_fetch_add(&c->spawned, 1);
+  rc = cluster_start_isolate(c, iso, a->creator ? a->creator->worker : NULL);
+  if (rc) {
+    snprintf(errbuf, errlen, "cannot start the isolate: %s", strerror(rc));
+    isolate_release(iso);
+    return rc;
+  }
+  if (a->creator && !a->detached && isolate_link_child(a->creator, iso))
+    cluster_log(c, "isolate_cluster: out of memory: isolate %llu is not linked to its parent",
+                (unsigned long long)iso->id);
+  *out = iso;
+  return 0;
+oom_iso:
+  isolate_release(iso);
+oom:
+  snprintf(errbuf, errlen, "out of memory");
+  return ENOMEM;
+}
+
+int cluster_main_wait(ic_cluster *c, mailbox *q, uint64_t deadline) {
+  ic_isolate *m = c->main;
+  int in_time = 1;
+  plat_mutex_lock(&m->wlock);
+  atomic_store(&m->sched, SCHED_IDLE);
+  while (atomic_load(&m->sched) == SCHED_IDLE && mailbox_count(q) == 0 &&
+         atomic_load(&c->state) == CLUSTER_RUNNING) {
+    if (deadline == UINT64_MAX) {
+      plat_cond_wait(&m->wcond, &m->wlock);
+    } else if (plat_cond_wait_until(&m->wcond, &m->wlock, deadline) == ETIMEDOUT) {
+      in_time = 0;
+      break;
+    }
+  }
+  plat_mutex_unlock(&m->wlock);
+  return in_time;
+}

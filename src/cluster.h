@@ -135,6 +135,33 @@ int cluster_drain(ic_cluster *c, double timeout);
  * Returns 1 if all of it finished within timeout seconds. Idempotent. */
 int cluster_shutdown(ic_cluster *c, double timeout);
 
+/* What a new isolate is made of; every buffer is copied. */
+typedef struct spawn_args {
+  int kind;                   /* ISO_POOL or ISO_DEDICATED */
+  size_t mailbox;             /* 0 = the cluster's default */
+  size_t memory_limit;        /* 0 = none */
+  const char *props;          /* MessagePack map, or NULL */
+  size_t props_len;
+  const char *boot;           /* the encoded entry (see lstate_boot) */
+  size_t boot_len;
+  const char *lua_path, *lua_cpath; /* package.path/cpath, or NULL for Lua's defaults */
+  const char *path;           /* "/name", "/dir/" or NULL */
+  int hidden;                 /* a runtime isolate: never announced nor listed */
+  ic_isolate *creator;        /* the spawning isolate (its thread), or NULL */
+  int detached;               /* not linked to the creator */
+} spawn_args;
+
+/* Creates, registers and starts an isolate. Returns 0 with *out retained
+ * (the caller releases it), or an errno code with a message in errbuf:
+ * ECANCELED (after shutdown), EINVAL / EEXIST (path), ENOMEM, or a thread
+ * error. Any thread. */
+int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *errbuf, size_t errlen);
+
+/* Blocks the thread of the main state until something is posted to it, the
+ * cluster stops, or deadline (monotonic ns; UINT64_MAX = none). Returns 0 on
+ * timeout. q is the queue the caller looks at. */
+int cluster_main_wait(ic_cluster *c, mailbox *q, uint64_t deadline);
+
 /* Starts iso (already registered): queues it, or starts its own thread.
  * Returns 0 or an errno value (then iso is taken down). */
 int cluster_start_isolate(ic_cluster *c, ic_isolate *iso, struct worker *from);

@@ -40,26 +40,6 @@ static uint64_t deadline_from(lua_State *L, int idx) {
   return plat_now_ns() + plat_seconds_to_ns(t);
 }
 
-/* Blocks until something is posted to the main state, the cluster stops, or
- * the deadline passes. Returns 0 on timeout. */
-static int main_wait(ic_cluster *c, mailbox *q, uint64_t deadline) {
-  ic_isolate *m = c->main;
-  int in_time = 1;
-  plat_mutex_lock(&m->wlock);
-  atomic_store(&m->sched, SCHED_IDLE);
-  while (atomic_load(&m->sched) == SCHED_IDLE && mailbox_count(q) == 0 &&
-         atomic_load(&c->state) == CLUSTER_RUNNING) {
-    if (deadline == UINT64_MAX) {
-      plat_cond_wait(&m->wcond, &m->wlock);
-    } else if (plat_cond_wait_until(&m->wcond, &m->wlock, deadline) == ETIMEDOUT) {
-      in_time = 0;
-      break;
-    }
-  }
-  plat_mutex_unlock(&m->wlock);
-  return in_time;
-}
-
 /* ---- replies from the main state ----------------------------------------- */
 
 static int l_main_reply(lua_State *L) {
@@ -124,7 +104,7 @@ static int l_receive(lua_State *L) {
     }
     if (mailbox_count(&main->mbox) > 0) continue; /* a push half done */
     if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
-    if (!main_wait(c, &main->mbox, deadline)) {
+    if (!cluster_main_wait(c, &main->mbox, deadline)) {
       if (mailbox_count(&main->mbox) > 0) continue;
       break;
     }
@@ -180,7 +160,7 @@ static int l_main_request(lua_State *L) {
       lua_settop(L, 1);
       return luaL_error(L, "request to %s failed: the cluster has shut down", luaL_tolstring(L, 1, NULL));
     }
-    if (!main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0) {
+    if (!cluster_main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0) {
       lua_settop(L, 1);
       return luaL_error(L, "timeout: no reply from %s within %f s", luaL_tolstring(L, 1, NULL), t);
     }

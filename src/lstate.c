@@ -331,12 +331,6 @@ lstate_ctx *lstate_open(lua_State *L) {
 
 /* ---- spawn and lookup ------------------------------------------------------ */
 
-static char *dup_field(lua_State *L, int t, const char *k) {
-  char *s = NULL;
-  if (lua_getfield(L, t, k) == LUA_TSTRING) s = strdup(lua_tostring(L, -1));
-  lua_pop(L, 1);
-  return s;
-}
 
 int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden) {
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "spawn_isolate after shutdown");
@@ -387,36 +381,20 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   }
   codec_encode(L, arg, "entry", &h, &ctx->lim, &ctx->buf);
 
-  ic_isolate *iso = isolate_new(c, dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox);
-  if (!iso) return luaL_error(L, "out of memory");
-  iso->mem_limit = (size_t)memlimit;
-  iso->props = has_props ? blob_new(ctx->buf.data, props_len) : NULL;
-  iso->boot = blob_new(ctx->buf.data + props_len, ctx->buf.len - props_len);
-  lua_getglobal(L, "package");
+  const char *lua_path = NULL, *lua_cpath = NULL;
+  lua_getglobal(L, "package"); /* stays on the stack: keeps the strings alive */
   if (lua_type(L, -1) == LUA_TTABLE) {
-    iso->lua_path = dup_field(L, -1, "path");
-    iso->lua_cpath = dup_field(L, -1, "cpath");
+    if (lua_getfield(L, -1, "path") == LUA_TSTRING) lua_path = lua_tostring(L, -1);
+    if (lua_getfield(L, -2, "cpath") == LUA_TSTRING) lua_cpath = lua_tostring(L, -1);
   }
-  lua_pop(L, 1);
+  /* From here on nothing raises until the isolate is started. */
+  spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox, (size_t)memlimit,
+                  has_props ? ctx->buf.data : NULL, props_len,
+                  ctx->buf.data + props_len, ctx->buf.len - props_len,
+                  lua_path, lua_cpath, path, hidden, creator, detached};
+  ic_isolate *iso;
   char err[256];
-  if ((has_props && !iso->props) || !iso->boot) {
-    isolate_release(iso);
-    return luaL_error(L, "out of memory");
-  }
-  iso->hidden = hidden;
-  if (cluster_register(c, iso, path, err, sizeof err)) {
-    isolate_release(iso);
-    return luaL_error(L, "%s", err);
-  }
-  atomic_fetch_add(&c->spawned, 1);
-  int rc = cluster_start_isolate(c, iso, creator ? creator->worker : NULL);
-  if (rc) {
-    isolate_release(iso);
-    return luaL_error(L, "cannot start isolate: %s", strerror(rc));
-  }
-  if (creator && !detached && isolate_link_child(creator, iso))
-    cluster_log(c, "isolate_cluster: out of memory: isolate %llu is not linked to its parent",
-                (unsigned long long)iso->id);
+  if (cluster_spawn(c, &a, &iso, err, sizeof err)) return luaL_error(L, "%s", err);
   lref_push(L, iso);
   isolate_release(iso); /* the ref and the registry hold it now */
   return 1;
@@ -839,7 +817,23 @@ static int l_boot(lua_State *L) {
       return luaL_error(L, "module '%s' must return the entry function (it returned a %s)", name,
                         luaL_typename(L, -1));
     lua_remove(L, -2);
+  } else if (lua_type(L, -1) == LUA_TTABLE) {
+    /* { source = chunk, name = chunkname }: from ic_spawn_lua. */
+    size_t len;
+    lua_getfield(L, -1, "source");
+    lua_getfield(L, -2, "name");
+    const char *src = lua_tolstring(L, -2, &len);
+    const char *name = lua_tostring(L, -1);
+    if (!src) return luaL_error(L, "the entry chunk is missing");
+    if (luaL_loadbufferx(L, src, len, name ? name : "=entry", "t") != LUA_OK) return lua_error(L);
+    lua_call(L, 0, 1);
+    if (lua_type(L, -1) != LUA_TFUNCTION)
+      return luaL_error(L, "the entry chunk must return the entry function (it returned a %s)",
+                        luaL_typename(L, -1));
+    lua_replace(L, -4);
+    lua_pop(L, 2);
   }
+  if (lua_type(L, -1) != LUA_TFUNCTION) return luaL_error(L, "the entry is not a function");
   blob_release(iso->boot);
   iso->boot = NULL;
   return 3; /* spawn_pump, adopt, entry */

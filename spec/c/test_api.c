@@ -1,0 +1,107 @@
+/* The public C interface, used the way a C program would use it. */
+#include <msgpuck.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "isolate_cluster.h"
+
+static int passed, failed;
+
+#define CHECK(cond)                                                                \
+  do {                                                                             \
+    if (cond) {                                                                    \
+      passed++;                                                                    \
+    } else {                                                                       \
+      failed++;                                                                    \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);     \
+    }                                                                              \
+  } while (0)
+
+static const char ECHO[] =
+    "return function(context)\n"
+    "  context:on_message(function(msg, sender)\n"
+    "    sender:send({ echo = msg, prefix = context:property('prefix') })\n"
+    "  end)\n"
+    "end\n";
+
+int main(void) {
+  ic_cluster *c = NULL;
+  ic_cluster_options o = {2, 0, 0};
+  CHECK(ic_cluster_create(&o, &c) == IC_OK && c != NULL);
+
+  /* properties: { prefix = "p" } */
+  char props[32];
+  char *w = mp_encode_map(props, 1);
+  w = mp_encode_str(w, "prefix", 6);
+  w = mp_encode_str(w, "p", 1);
+  ic_spawn_options so = {"/echo", 0, 0, 0};
+  ic_ref echo;
+  CHECK(ic_spawn_lua(c, ECHO, strlen(ECHO), "=echo", props, (size_t)(w - props), &so, &echo) == IC_OK);
+  CHECK(ic_spawn_lua(c, ECHO, strlen(ECHO), "=echo", NULL, 0, &so, NULL) == IC_EEXIST);
+  CHECK(ic_spawn_lua(c, ECHO, strlen(ECHO), "=echo", "\x01", 1, NULL, NULL) == IC_EINVAL);
+  ic_spawn_options bad = {"no-slash", 0, 0, 0};
+  CHECK(ic_spawn_lua(c, ECHO, strlen(ECHO), "=echo", NULL, 0, &bad, NULL) == IC_EINVAL);
+
+  ic_ref found;
+  CHECK(ic_lookup(c, "/echo", 0, &found) == IC_OK && found.id == echo.id && found.node == echo.node);
+  CHECK(ic_lookup(c, "/nobody", 0.01, &found) == IC_ETIMEDOUT);
+
+  /* 100 messages, in order */
+  for (int i = 0; i < 100; i++) {
+    char msg[16];
+    char *e = mp_encode_uint(msg, (uint64_t)i);
+    CHECK(ic_send(c, echo, msg, (size_t)(e - msg)) == IC_OK);
+  }
+  CHECK(ic_send(c, echo, "\xc1", 1) == IC_EINVAL); /* never used byte */
+  CHECK(ic_send(c, echo, "\x92\x01", 2) == IC_EINVAL); /* truncated */
+  int in_order = 1;
+  for (int i = 0; i < 100; i++) {
+    char *data = NULL;
+    size_t len = 0;
+    ic_ref from;
+    int rc = ic_receive(c, 10, &data, &len, &from);
+    CHECK(rc == IC_OK);
+    if (rc != IC_OK) break;
+    const char *p = data;
+    CHECK(mp_typeof(*p) == MP_MAP);
+    uint32_t n = mp_decode_map(&p);
+    int64_t echoed = -1;
+    for (uint32_t k = 0; k < n; k++) {
+      uint32_t klen;
+      const char *key = mp_decode_str(&p, &klen);
+      if (klen == 4 && memcmp(key, "echo", 4) == 0) echoed = (int64_t)mp_decode_uint(&p);
+      else mp_next(&p);
+    }
+    if (echoed != i) in_order = 0;
+    if (i == 0) CHECK(from.id == echo.id);
+    ic_free(data);
+  }
+  CHECK(in_order);
+
+  char *data;
+  size_t len;
+  CHECK(ic_receive(c, 0.05, &data, &len, NULL) == IC_ETIMEDOUT);
+
+  /* a module entry that does not exist: the isolate goes down, sends fail */
+  ic_ref ghost;
+  CHECK(ic_spawn_module(c, "no.such.module", NULL, 0, NULL, &ghost) == IC_OK);
+  int down = 0;
+  for (int i = 0; i < 2000 && !down; i++) {
+    char msg[1] = {(char)0xc0};
+    down = ic_send(c, ghost, msg, 1) == IC_EDOWN;
+    if (!down) ic_receive(c, 0.005, &data, &len, NULL);
+  }
+  CHECK(down);
+
+  ic_ref main_ref = ic_cluster_main(c);
+  CHECK(main_ref.node == echo.node && main_ref.id != echo.id);
+  CHECK(ic_cluster_shutdown(c, 5) == 1);
+  CHECK(ic_spawn_module(c, "x", NULL, 0, NULL, NULL) == IC_ESHUTDOWN);
+  CHECK(ic_receive(c, 1, &data, &len, NULL) == IC_ESHUTDOWN);
+  ic_cluster_destroy(c);
+  CHECK(strcmp(ic_strerror(IC_EDOWN), "isolate down") == 0);
+
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
