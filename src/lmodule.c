@@ -245,6 +245,11 @@ static int l_drain(lua_State *L) {
 
 static int l_stats(lua_State *L) { return lstate_stats(L, check_cluster(L, 1)); }
 
+static int l_send_all(lua_State *L) {
+  check_cluster(L, 1);
+  return lstate_send_all(L, 2, 3);
+}
+
 /* __gc and __close: a cluster left running at the end of a script delivers
  * what was already sent (bounded), then shuts down, so the process exits. */
 static int l_close(lua_State *L) {
@@ -334,6 +339,7 @@ __attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_Stat
         {"spawn_isolate", l_spawn}, {"lookup_isolate", l_lookup}, {"lookup_isolates", l_lookup_prefix},
         {"receive", l_receive},     {"run", l_run},               {"shutdown", l_shutdown},
         {"drain", l_drain},         {"stats", l_stats},           {"close", l_close},
+        {"send_all", l_send_all},
         {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_pushcclosure(L, l_cluster_index, 1);

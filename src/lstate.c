@@ -184,6 +184,58 @@ static const char *post_value(lua_State *L, lref *r, int kind, int idx, uint64_t
   return isolate_post(r->iso, m, state_worker(ctx));
 }
 
+/* send_all(refs, msg) -> number accepted, { [i] = reason } | nil.
+ * The message is encoded once; every receiver's message points into the same
+ * reference-counted bytes. */
+int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
+  luaL_checktype(L, refs_idx, LUA_TTABLE);
+  luaL_checkany(L, msg_idx);
+  lua_Integer n = luaL_len(L, refs_idx);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, refs_idx, i);
+    if (!luaL_testudata(L, -1, LREF_MT)) return luaL_error(L, "send_all: refs[%d] is not a ref", (int)i);
+    lua_pop(L, 1);
+  }
+  lstate_ctx *ctx = lstate_ctx_of(L);
+  size_t len;
+  const char *data = lstate_encode(L, msg_idx, "msg", &len);
+  ic_blob *blob = blob_new(data, len);
+  if (!blob) return luaL_error(L, "out of memory");
+  lua_Integer sent = 0;
+  int failures = 0;
+  lua_newtable(L); /* may raise: the blob is then lost for good, so keep it */
+  int fail_idx = lua_gettop(L);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, refs_idx, i);
+    lref *r = lua_touserdata(L, -1);
+    lua_pop(L, 1); /* still referenced by refs */
+    const char *why = "isolate down";
+    if (r->iso) {
+      ic_msg *m = msg_new_shared(MSG_USER, blob);
+      if (!m) {
+        why = "out of memory";
+      } else {
+        ic_isolate *from = state_sender(ctx, r->iso);
+        isolate_retain(from);
+        m->sender = from;
+        why = isolate_post(r->iso, m, state_worker(ctx));
+      }
+    }
+    if (why) {
+      failures++;
+      lua_pushstring(L, why);
+      lua_rawseti(L, fail_idx, i);
+    } else {
+      sent++;
+    }
+  }
+  blob_release(blob);
+  lua_pushinteger(L, sent);
+  if (failures) lua_pushvalue(L, fail_idx);
+  else lua_pushnil(L);
+  return 2;
+}
+
 static int l_ref_send(lua_State *L) {
   lref *r = lref_check(L, 1);
   luaL_checkany(L, 2);
@@ -488,6 +540,8 @@ static int l_core_timer(lua_State *L) {
     return luaL_error(L, "out of memory arming a timer");
   return 0;
 }
+
+static int l_core_send_all(lua_State *L) { return lstate_send_all(L, 1, 2); }
 
 static int l_core_spawn(lua_State *L) {
   ic_isolate *self = self_of(L);
@@ -799,7 +853,8 @@ static int l_boot(lua_State *L) {
       {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
       {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
       {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},
-      {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras}, {NULL, NULL}};
+      {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras},
+      {"send_all", l_core_send_all}, {NULL, NULL}};
   if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core);

@@ -60,6 +60,9 @@ int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m);
  * Pushes the new ref. Raises on misuse. */
 int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden);
 int lstate_lookup(lua_State *L, ic_cluster *c, int arg);
+/* send_all(refs, msg): pushes the number accepted and a table of reasons by
+ * index (or nil). Encodes msg once. */
+int lstate_send_all(lua_State *L, int refs_idx, int msg_idx);
 int lstate_lookup_prefix(lua_State *L, ic_cluster *c, int arg);
 /* Pushes a table with the cluster's counters. */
 int lstate_stats(lua_State *L, ic_cluster *c);

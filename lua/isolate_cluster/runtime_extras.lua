@@ -287,6 +287,12 @@ function methods:lookup_isolate(path, wait_s)
   return r
 end
 
+-- Sends one message to many isolates, encoding it once.
+function methods:send_all(refs, msg)
+  check_self(self, "send_all")
+  return core.send_all(refs, msg)
+end
+
 function methods:lookup_isolates(prefix)
   check_self(self, "lookup_isolates")
   return core.lookup_prefix(prefix)
