@@ -296,7 +296,11 @@ static int l_ref_properties(lua_State *L) {
 
 static int l_ref_index(lua_State *L) {
   lref *r = lref_check(L, 1);
-  const char *k = lua_tostring(L, 2);
+  /* Methods first: ref:send is the hot path. */
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  lua_pop(L, 1);
+  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k && strcmp(k, "path") == 0) {
     if (r->iso && r->iso->path) lua_pushstring(L, r->iso->path);
     else lua_pushnil(L);
@@ -306,8 +310,7 @@ static int l_ref_index(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)r->id);
     return 1;
   }
-  lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(1)); /* methods */
+  lua_pushnil(L);
   return 1;
 }
 

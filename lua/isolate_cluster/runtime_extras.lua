@@ -219,7 +219,9 @@ end
 
 -- After each dispatch: run what was deferred, if nothing waits now.
 local function settle()
-  if not S.failed then drain() end
+  if qhead <= qtail and not S.failed then drain() end
+  local cur = S.current
+  if not cur then return WAIT_NONE end
   return mode()
 end
 
