@@ -10,15 +10,14 @@ local ic = require("isolate_cluster")
 local W = require("support.wait")
 
 -- An entry function written the way a busted spec naturally writes one: in
--- busted's own file environment (see the BUG test at the end of this file).
+-- busted's own file environment (see the test at the end of this file).
 local function entry_in_busted_env(ctx)
   ctx:on_message(function(m) return type(m) .. ":" .. tostring(math.type(1)) end)
 end
 
 local describe, it, before_each, after_each, assert = describe, it, before_each, after_each, assert
--- Busted runs a spec file with its own _ENV table (not _G). Functions defined
--- below see the real globals, so their _ENV upvalue is copied as "the new
--- isolate's globals" (see the BUG test at the end for what happens otherwise).
+-- Busted runs a spec file with its own _ENV table (not _G); the rest of this
+-- file uses the real globals.
 local _ENV = _G
 
 local function error_of(fn, ...)
@@ -535,13 +534,10 @@ describe("single-node cluster", function()
   end)
 
   describe("entry functions written in busted's environment", function()
-    -- BUG: SPEC §2 says an entry's `_ENV` "is the new isolate's globals". The codec
-    -- only maps the creator's *global table* (registry _G) to the new isolate's
-    -- globals; any other table in the `_ENV` upvalue is copied by value, without
-    -- its metatable. Busted (and any sandbox / module using a custom _ENV) runs
-    -- spec files with such an _ENV, so an entry function written plainly in a
-    -- spec sees an empty globals table in the isolate: `type`, `math`... are nil
-    -- and the isolate dies with "attempt to call a nil value (global 'type')".
+    -- SPEC §2: an entry's `_ENV` is the new isolate's globals, whatever table
+    -- it held in the creator. Busted (and any sandbox or module with an _ENV
+    -- of its own) runs spec files with such an _ENV; a regression here makes
+    -- `type`, `math`... nil in the isolate.
     it("an entry whose _ENV is not _G still sees the isolate's globals", function()
       with_cluster({ workers = 1 }, function(c)
         local r = c:spawn_isolate(entry_in_busted_env)

@@ -12,7 +12,7 @@ local W = require("support.wait")
 
 local describe, it, before_each, after_each, assert = describe, it, before_each, after_each, assert
 -- Busted gives spec files their own _ENV; entries defined below must see the
--- real globals (see the BUG test at the end of cluster_spec.lua).
+-- real globals.
 local _ENV = _G
 
 local function with_cluster(opts, fn)

@@ -328,7 +328,7 @@ ic_isolate *cluster_find_id(ic_cluster *c, uint64_t id) {
 ic_isolate *cluster_find_path(ic_cluster *c, const char *path) {
   plat_mutex_lock(&c->lock);
   size_t j = path_slot(c, path);
-  ic_isolate *iso = j == SIZE_MAX ? NULL : c->by_path[j];
+  ic_isolate *iso = j == SIZE_MAX || c->by_path[j]->hidden ? NULL : c->by_path[j];
   if (iso) isolate_retain(iso);
   plat_mutex_unlock(&c->lock);
   return iso;
@@ -339,7 +339,7 @@ ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline
   plat_mutex_lock(&c->lock);
   for (;;) {
     size_t j = path_slot(c, path);
-    if (j != SIZE_MAX) {
+    if (j != SIZE_MAX && !c->by_path[j]->hidden) {
       iso = c->by_path[j];
       isolate_retain(iso);
       break;
@@ -347,7 +347,7 @@ ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline
     if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
     if (plat_cond_wait_until(&c->live_cond, &c->lock, deadline) == ETIMEDOUT) {
       j = path_slot(c, path);
-      if (j != SIZE_MAX) {
+      if (j != SIZE_MAX && !c->by_path[j]->hidden) {
         iso = c->by_path[j];
         isolate_retain(iso);
       }
@@ -669,7 +669,8 @@ static void join_dedicated(ic_cluster *c, int in_time) {
 }
 
 int cluster_start_isolate(ic_cluster *c, ic_isolate *iso, worker *from) {
-  atomic_store(&iso->sched, SCHED_SCHEDULED);
+  /* iso->sched is SCHEDULED since before it was registered: this call owns
+   * the first turn. */
   if (iso->kind == ISO_POOL) {
     isolate_retain(iso); /* the run queue's hold */
     sched_push(&c->sched, iso, from);
@@ -787,6 +788,10 @@ int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *er
   if ((a->lua_path && !(iso->lua_path = dup_or_null(a->lua_path))) ||
       (a->lua_cpath && !(iso->lua_cpath = dup_or_null(a->lua_cpath))))
     goto oom_iso;
+  /* Scheduled before anyone can see it: a message sent the moment its path
+   * is registered must not queue it a second time (cluster_start_isolate
+   * queues it). */
+  atomic_store(&iso->sched, SCHED_SCHEDULED);
   int rc = cluster_register(c, iso, a->path, errbuf, errlen);
   if (rc) {
     isolate_release(iso);

@@ -3,10 +3,12 @@
  * docs/wire-format.md; this file is its only implementation.
  *
  * Encoding walks the value recursively and appends to a codec_buf that the
- * caller owns, so a Lua error raised half-way leaks nothing: the buffer is
- * cut back to where it was and every other temporary is a Lua value on the
- * stack. Decoding reads a byte range it never trusts: every length is checked
- * against the end before anything is read or allocated.
+ * caller owns. It runs inside a lua_pcall, so any error raised half-way (a
+ * refusal, or a memory error from a Lua API call) first cuts the buffer back
+ * to where it was and is then passed on; every other temporary is a Lua value
+ * on the stack, so nothing leaks. Decoding reads a byte range it never
+ * trusts: every length is checked against the end before anything is read
+ * or allocated.
  *
  * msgpuck supplies the MessagePack primitives. Its mp_decode_* functions do
  * not check bounds, so each is called only after a bounds check (mp_check_*

@@ -236,6 +236,9 @@ static void handle_control(ic_isolate *iso, int code) {
 int isolate_run(ic_isolate *iso, worker *w) {
   ic_cluster *c = iso->cluster;
   uint64_t now = plat_now_ns();
+  /* Only a handler preempted in an earlier turn is resumed in this one; one
+   * preempted during this turn waits for the next (after the others). */
+  int resume_preempted = iso->wait == WAIT_PREEMPTED;
   iso->worker = w;
   iso->slice_deadline = now + plat_seconds_to_ns(c->slice_seconds);
   atomic_store_explicit(&iso->preempt, 0, memory_order_relaxed);
@@ -248,13 +251,16 @@ int isolate_run(ic_isolate *iso, worker *w) {
 
   ic_msg *m;
   while (!iso->ending && (m = mailbox_pop(&iso->sysq)) != NULL) {
+    int was_preempted = iso->wait == WAIT_PREEMPTED;
     if (m->kind == MSG_CONTROL) handle_control(iso, (int)m->corr);
     else lstate_dispatch(iso, m->kind, m);
     msg_free(m);
+    if (!was_preempted && iso->wait == WAIT_PREEMPTED) resume_preempted = 0; /* out of time */
   }
+  if (!resume_preempted && iso->wait == WAIT_PREEMPTED) goto end_turn;
   if (!iso->ending && atomic_exchange(&iso->events_pending, 0))
     lstate_dispatch(iso, LSTATE_EVENTS, NULL);
-  if (!iso->ending && iso->wait == WAIT_PREEMPTED)
+  if (!iso->ending && iso->wait == WAIT_PREEMPTED && resume_preempted)
     lstate_dispatch(iso, LSTATE_RESUME, NULL);
   if (!iso->ending && iso->shutdown_pending && iso->wait != WAIT_PREEMPTED) handle_control(iso, CONTROL_SHUTDOWN);
   for (int n = 0; n < TURN_BATCH && !iso->ending && !iso->shutdown_pending; n++) {
@@ -264,6 +270,7 @@ int isolate_run(ic_isolate *iso, worker *w) {
     lstate_dispatch(iso, m->kind, m);
     msg_free(m);
   }
+end_turn:
   if (w) worker_end_turn(w);
   iso->worker = NULL;
   if (iso->ending) {

@@ -317,6 +317,29 @@ static int l_new(lua_State *L) {
   return 1;
 }
 
+/* core.encode(value) -> MessagePack bytes, as messages are encoded. */
+static int l_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  size_t len;
+  const char *data = lstate_encode(L, 1, "value", &len);
+  lua_pushlstring(L, data, len);
+  return 1;
+}
+
+/* core.decode(bytes [, allow_functions]) -> value. Bytes from outside are
+ * not trusted: functions (bytecode) are refused unless asked for; refs come
+ * back as refs that no isolate of this process answers to. */
+static int l_decode(lua_State *L) {
+  size_t len;
+  const char *data = luaL_checklstring(L, 1, &len);
+  lstate_ctx *ctx = lstate_open(L);
+  codec_limits lim = ctx->lim;
+  lim.allow_functions = lua_toboolean(L, 2);
+  codec_hooks h = lstate_hooks(NULL);
+  codec_decode(L, data, len, &h, &lim);
+  return 1;
+}
+
 /* core.now(): monotonic seconds, for measuring intervals in the main state. */
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)plat_now_ns() / 1e9);
@@ -355,7 +378,8 @@ __attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_Stat
   }
   lua_pop(L, 1);
 
-  static const luaL_Reg funcs[] = {{"new", l_new}, {"set_logger", l_set_logger}, {"now", l_now}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"new", l_new}, {"set_logger", l_set_logger}, {"now", l_now},
+                                   {"encode", l_encode}, {"decode", l_decode}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");

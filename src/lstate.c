@@ -244,7 +244,8 @@ static int l_ref_send(lua_State *L) {
 
 static int l_ref_kill(lua_State *L) {
   lref *r = lref_check(L, 1);
-  if (!r->iso || !atomic_load(&r->iso->alive) || r->iso->kind == ISO_MAIN) {
+  if (r->iso && r->iso->kind == ISO_MAIN) return luaL_error(L, "the main state's ref cannot be killed");
+  if (!r->iso || !atomic_load(&r->iso->alive)) {
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "isolate down");
     return 2;

@@ -7,6 +7,17 @@ local M = { _VERSION = core._VERSION }
 --- Monotonic seconds (for measuring intervals; not wall-clock time).
 M.now = core.now
 
+--- The wire format, for other transports and for storing values:
+--- ic.encode(value) -> MessagePack bytes (exactly what a message carries);
+--- ic.decode(bytes [, {functions = true}]) -> value. Decoding checks every
+--- length and limits depth and size; functions (bytecode) are accepted only
+--- when asked for, since loading bytecode from an untrusted source is unsafe.
+M.encode = core.encode
+function M.decode(bytes, opts)
+  if opts ~= nil and type(opts) ~= "table" then error("decode: opts must be a table", 2) end
+  return core.decode(bytes, opts and opts.functions or false)
+end
+
 --- Creates a single-node cluster: one process, isolates on a pool of worker
 --- threads. opts.workers (default: number of cores), opts.mailbox (default
 --- mailbox capacity), opts.time_slice (seconds a handler runs before it is

@@ -1,0 +1,281 @@
+-- Values (SPEC §4): every kind of copyable value survives a trip through an
+-- isolate exactly; what cannot be copied is refused with the path inside the
+-- value, before anything is queued.
+local ic = require("isolate_cluster")
+
+local describe, it, before_each, after_each, assert = describe, it, before_each, after_each, assert
+local _ENV = _G
+
+-- An isolate that answers every request with the value it received.
+local function echo_entry(ctx)
+  ctx:on_message(function(v) return v end)
+end
+
+local function is_neg_zero(x)
+  return x == 0 and 1 / x == -math.huge
+end
+
+describe("values", function()
+  local c, echo
+
+  before_each(function()
+    c = ic.single_node({ workers = 2 })
+    echo = c:spawn_isolate(echo_entry, nil, { path = "/echo" })
+  end)
+
+  after_each(function()
+    assert.is_true(c:shutdown())
+  end)
+
+  local function trip(v)
+    return echo:request(v, 30)
+  end
+
+  describe("round trips", function()
+    it("nil and booleans", function()
+      assert.is_nil(trip(nil))
+      assert.is_true(trip(true))
+      assert.is_false(trip(false))
+    end)
+
+    it("integers, all 64 bits, staying integers", function()
+      for _, v in ipairs({ 0, 1, -1, 127, 128, 255, 256, -32, -33, -128, -129, 65535, 65536,
+        2147483647, -2147483648, 4294967295, 4294967296, math.maxinteger, math.mininteger }) do
+        local r = trip(v)
+        assert.equal(v, r)
+        assert.equal("integer", math.type(r))
+      end
+    end)
+
+    it("floats, bit-exact, staying floats", function()
+      for _, v in ipairs({ 0.5, -1.25, 1.0, 2.0 ^ 60, 1e308, 5e-324, math.pi, -math.huge, math.huge }) do
+        local r = trip(v)
+        assert.equal(v, r)
+        assert.equal("float", math.type(r))
+      end
+      assert.is_true(is_neg_zero(trip(-0.0)))
+      local nan = trip(0 / 0)
+      assert.is_true(nan ~= nan)
+      assert.equal(string.pack("<d", 0.1), string.pack("<d", trip(0.1)))
+    end)
+
+    it("strings, binary-safe, including a 1 MiB string of every byte value", function()
+      assert.equal("", trip(""))
+      assert.equal("h\195\169llo", trip("h\195\169llo"))
+      assert.equal("a\0b\255", trip("a\0b\255"))
+      local bytes = {}
+      for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+      local mib = string.rep(table.concat(bytes), 4096)
+      assert.equal(1024 * 1024, #mib)
+      assert.is_true(mib == trip(mib))
+    end)
+
+    it("nested tables, holes, mixed keys", function()
+      local v = { 1, "two", { 3, { 4 } }, x = { y = { z = true } }, [10] = "ten", [1.5] = "f",
+        [true] = "t", [-1] = "neg" }
+      assert.same(v, trip(v))
+      assert.same({ 1, nil, 3 }, trip({ 1, nil, 3 }))
+      assert.same({}, trip({}))
+    end)
+
+    it("a 100,000-entry table", function()
+      local t = {}
+      for i = 1, 100000 do t[i] = i * 2 end
+      local r = trip(t)
+      assert.equal(100000, #r)
+      assert.equal(200000, r[100000])
+      local h = {}
+      for i = 1, 100000 do h["k" .. i] = i end
+      local rh = trip(h)
+      assert.equal(100000, rh.k100000)
+    end)
+
+    it("keeps shared sub-tables shared", function()
+      local shared = { n = 1 }
+      local r = trip({ a = shared, b = shared, list = { shared } })
+      assert.is_true(rawequal(r.a, r.b))
+      assert.is_true(rawequal(r.a, r.list[1]))
+    end)
+
+    it("keeps cycles", function()
+      local t = { name = "t" }
+      t.self = t
+      t.child = { parent = t }
+      local r = trip(t)
+      assert.is_true(rawequal(r, r.self))
+      assert.is_true(rawequal(r, r.child.parent))
+      assert.equal("t", r.self.child.parent.name)
+    end)
+
+    it("does not copy metatables", function()
+      local r = trip(setmetatable({ 1 }, { __index = function() return "meta" end }))
+      assert.is_nil(getmetatable(r))
+      assert.is_nil(r.missing)
+    end)
+
+    it("refs stay refs", function()
+      local r = trip({ who = echo, main = c.main })
+      assert.equal(echo, r.who)
+      assert.equal(c.main, r.main)
+      assert.equal("/echo", r.who.path)
+    end)
+
+    it("a function with upvalues runs in the receiver", function()
+      local base, insert, fmt = 40, table.insert, string.format
+      local function f(x)
+        local t = {}
+        insert(t, x)
+        return fmt("%d", base + t[1])
+      end
+      local runner = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(fn) return fn(2) end)
+      end)
+      assert.equal("42", runner:request(f))
+    end)
+
+    it("a copied function uses the receiver's globals", function()
+      local g = c:spawn_isolate(function(ctx)
+        WHERE = "receiver" -- a global of the receiving isolate
+        ctx:on_message(function(fn) return fn() end)
+      end)
+      WHERE = "sender"
+      assert.equal("receiver", g:request(function() return WHERE end))
+      WHERE = nil
+    end)
+
+    it("functions that share tables keep them shared", function()
+      local state = { n = 0 }
+      local function inc() state.n = state.n + 1 return state.n end
+      local function get() return state.n end
+      local runner = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(m) m.inc(); m.inc(); return m.get() end)
+      end)
+      assert.equal(2, runner:request({ inc = inc, get = get }))
+      assert.equal(0, state.n) -- the sender's copy is untouched
+    end)
+
+    it("standard library functions as values", function()
+      local r = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(m) return m.floor(2.5) + #m.rep("a", 3) end)
+      end)
+      assert.equal(5, r:request({ floor = math.floor, rep = string.rep }))
+    end)
+  end)
+
+  describe("refusals", function()
+    it("names the path of a userdata", function()
+      local ok, err = pcall(echo.send, echo, { conn = io.stdout })
+      assert.is_false(ok)
+      assert.matches("cannot copy a userdata at msg.conn", err, 1, true)
+    end)
+
+    it("names the path of a coroutine inside an array", function()
+      local ok, err = pcall(echo.send, echo, { 1, 2, { co = coroutine.create(print) } })
+      assert.is_false(ok)
+      assert.matches("cannot copy a thread at msg[3].co", err, 1, true)
+    end)
+
+    it("refuses C functions that are not from the standard library", function()
+      local lpeg_like = require("isolate_cluster.core").new -- a C function of this module
+      local ok, err = pcall(echo.send, echo, { f = lpeg_like })
+      assert.is_false(ok)
+      assert.matches("msg.f", err, 1, true)
+    end)
+
+    it("names upvalues", function()
+      local conn = io.stderr
+      local ok, err = pcall(echo.send, echo, function() return conn end)
+      assert.is_false(ok)
+      assert.matches("conn", err, 1, true)
+    end)
+
+    it("refuses properties and entries at spawn, registering nothing", function()
+      local ok, err = pcall(c.spawn_isolate, c, echo_entry, { file = io.stdout }, { path = "/p" })
+      assert.is_false(ok)
+      assert.matches("properties.file", err, 1, true)
+      assert.is_nil(c:lookup_isolate("/p"))
+    end)
+
+    it("raises a clear error for 100,000 levels of nesting, and the sender goes on", function()
+      local deep = {}
+      local t = deep
+      for _ = 1, 100000 do
+        t[1] = {}
+        t = t[1]
+      end
+      local ok, err = pcall(echo.send, echo, deep)
+      assert.is_false(ok)
+      assert.matches("nested deeper than", err, 1, true)
+      assert.equal("still fine", trip("still fine"))
+    end)
+
+    it("queues nothing when a value is refused", function()
+      local counter = c:spawn_isolate(function(ctx)
+        local n = 0
+        ctx:on_message(function(m) if m == "count" then return n end n = n + 1 end)
+      end)
+      for _ = 1, 10 do pcall(counter.send, counter, { bad = io.stdout }) end
+      assert.equal(0, counter:request("count"))
+    end)
+  end)
+
+  describe("one message to many", function()
+    it("send_all delivers one encoding to every ref and reports refusals", function()
+      local refs = {}
+      for i = 1, 5 do
+        refs[i] = c:spawn_isolate(function(ctx)
+          ctx:on_message(function(m, sender) sender:send(m.x + ctx:property("k")) end)
+        end, { k = i })
+      end
+      assert.is_true(refs[3]:kill())
+      local sent, failures
+      for _ = 1, 200 do -- until the kill has landed
+        if not refs[3]:send("probe") then break end
+        c:receive(0.01)
+      end
+      sent, failures = c:send_all(refs, { x = 100 })
+      assert.equal(4, sent)
+      assert.same({ [3] = "isolate down" }, failures)
+      local got = {}
+      for _ = 1, 4 do got[#got + 1] = c:receive(10) end
+      table.sort(got)
+      assert.same({ 101, 102, 104, 105 }, got)
+    end)
+  end)
+end)
+
+describe("ic.encode / ic.decode", function()
+  it("are the wire format of messages", function()
+    local v = { 1, "two", { x = 3.5 }, [true] = false }
+    assert.same(v, ic.decode(ic.encode(v)))
+  end)
+
+  it("refuse malformed input with a clear error and never crash", function()
+    local samples = { "", "\xc1", "\x92\x01", "\xdb\xff\xff\xff\xff", "\x81\xc0\x01", ic.encode({ 1, 2, 3 }) .. "x" }
+    for _, s in ipairs(samples) do
+      local ok, err = pcall(ic.decode, s)
+      assert.is_false(ok)
+      assert.matches("malformed message", err, 1, true)
+    end
+    -- every prefix of a valid encoding, and random bytes
+    local good = ic.encode({ a = { 1, 2.5, "x" }, b = true, c = string.rep("z", 100) })
+    for i = 0, #good - 1 do
+      assert.is_false((pcall(ic.decode, good:sub(1, i))))
+    end
+    local rnd = 12345
+    for _ = 1, 2000 do
+      local bytes = {}
+      for k = 1, 1 + rnd % 40 do
+        rnd = (rnd * 1103515245 + 12345) % 2147483648
+        bytes[k] = string.char(rnd % 256)
+      end
+      pcall(ic.decode, table.concat(bytes)) -- must not crash
+    end
+  end)
+
+  it("accepts functions only when asked", function()
+    local bytes = ic.encode(function() return 7 end)
+    assert.is_false((pcall(ic.decode, bytes)))
+    assert.equal(7, ic.decode(bytes, { functions = true })())
+  end)
+end)
