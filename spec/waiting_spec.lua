@@ -397,10 +397,14 @@ describe("waiting", function()
     it("a busy isolate (an endless loop in a handler) does not hold up others, even on one worker", function()
       local c1 = ic.single_node({ workers = 1 })
       local spinner = c1:spawn_isolate(function(ctx)
-        ctx:on_message(function() while true do end end)
+        ctx:on_message(function(main)
+          main:send("spinning")
+          while true do end
+        end)
       end)
       local other = c1:spawn_isolate(echo_entry)
-      assert.is_true(spinner:send("spin"))
+      assert.is_true(spinner:send(c1.main))
+      assert.equal("spinning", W.receive(c1)) -- it computes from now on
       for i = 1, 3 do
         assert.equal(i, other:request(i, W.TIMEOUT))
       end

@@ -679,8 +679,15 @@ static int running_job(lua_State *L) {
   return is_job;
 }
 
+/* Is the function the hook interrupted part of the runtime? Its own code
+ * (waiting, request, dispatch) must never be cut in the middle: a wait
+ * half-recorded would miss its reply or timer. */
+static int in_runtime(lua_State *L, lua_Debug *ar) {
+  if (!lua_getinfo(L, "S", ar)) return 0;
+  return strncmp(ar->source, "=isolate_cluster.runtime", 24) == 0;
+}
+
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
   ic_isolate *iso = self_of(L);
 #ifndef IC_SYNC_HOOK
   lua_sethook(L, NULL, 0, 0); /* one shot */
@@ -693,13 +700,14 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   if (atomic_load(&iso->preempt)) {
     /* Out of time: a handler's coroutine yields back to the runtime, which
      * resumes it on the isolate's next turn (like Erlang's reductions). */
-    if (lua_isyieldable(L) && running_job(L)) {
+    if (lua_isyieldable(L) && !in_runtime(L, ar) && running_job(L)) {
       atomic_store(&iso->preempt, 0);
       lua_yield(L, 0);
     }
 #ifndef IC_SYNC_HOOK
-    /* Not at a point where it can yield (inside a C call): look again soon. */
-    lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    /* Not at a point where it can yield (inside a C call, or in the
+     * runtime's own code): look again soon. */
+    lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 100);
 #endif
   }
 }
