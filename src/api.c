@@ -70,19 +70,53 @@ ic_ref ic_cluster_main(ic_cluster *c) {
   return r;
 }
 
-/* Checks one value at p, every length against end; returns the byte after
- * it, or NULL. Also refuses 0xc1 (never used), which mp_check lets through,
- * and nesting deeper than the decoder takes. */
+/* Big-endian reads of n bytes at p (the caller checked they are there). */
+static uint64_t load_be(const char *p, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; i++) v = (v << 8) | (unsigned char)p[i];
+  return v;
+}
+
+/* Checks one value at p, every length against end, without msgpuck's
+ * checkers (which assert on some truncated inputs); returns the byte after
+ * it, or NULL. Refuses 0xc1 (never used) and nesting deeper than the
+ * decoder takes. */
 static const char *check_value(const char *p, const char *end, int depth) {
-  if (depth > 512 || p >= end || (unsigned char)*p == 0xc1) return NULL;
-  enum mp_type t = mp_typeof(*p);
-  if (t == MP_ARRAY || t == MP_MAP) {
-    if ((t == MP_ARRAY ? mp_check_array(p, end) : mp_check_map(p, end)) > 0) return NULL;
-    uint64_t n = t == MP_ARRAY ? mp_decode_array(&p) : 2 * (uint64_t)mp_decode_map(&p);
-    for (uint64_t i = 0; i < n && p; i++) p = check_value(p, end, depth + 1);
-    return p;
+  if (depth > 512 || p >= end) return NULL;
+  unsigned char c = (unsigned char)*p++;
+  size_t left = (size_t)(end - p);
+  uint64_t n = 0, skip = 0, children = 0;
+  if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) return p;
+  if ((c & 0xe0) == 0xa0) skip = c & 0x1f;                 /* fixstr */
+  else if ((c & 0xf0) == 0x90) children = c & 0x0f;        /* fixarray */
+  else if ((c & 0xf0) == 0x80) children = 2u * (c & 0x0f); /* fixmap */
+  else {
+    static const signed char lenbytes[] = {
+        /* c4 bin8 */ 1, 2, 4, /* c7 ext8 */ 1, 2, 4, /* ca float */ -4, -8,
+        /* cc uint8 */ -1, -2, -4, -8, /* d0 int8 */ -1, -2, -4, -8,
+        /* d4 fixext */ -2, -3, -5, -9, -17, /* d9 str8 */ 1, 2, 4,
+        /* dc array16 */ 2, 4, /* de map16 */ 2, 4};
+    if (c < 0xc4 || c > 0xdf) return NULL; /* 0xc1 */
+    int lb = lenbytes[c - 0xc4];
+    if (lb < 0) { /* fixed size */
+      if (left < (size_t)-lb) return NULL;
+      return p + -lb;
+    }
+    if (left < (size_t)lb) return NULL;
+    n = load_be(p, lb);
+    p += lb;
+    left -= (size_t)lb;
+    if (c >= 0xdc) children = c >= 0xde ? 2 * n : n;
+    else if (c >= 0xc7 && c <= 0xc9) skip = n + 1; /* ext: type byte + data */
+    else skip = n;
   }
-  return mp_check(&p, end) == 0 ? p : NULL;
+  if (skip) {
+    if (skip > left) return NULL;
+    return p + skip;
+  }
+  if (children > left) return NULL; /* every child takes at least one byte */
+  for (uint64_t i = 0; i < children && p; i++) p = check_value(p, end, depth + 1);
+  return p;
 }
 
 /* Exactly one well-formed MessagePack value of the given type (or any type
