@@ -62,6 +62,7 @@ void ic_cluster_destroy(ic_cluster *c) {
   if (!c) return;
   cluster_join_stopper(c);
   cluster_shutdown(c, 5.0);
+  cluster_close(c);
   cluster_release(c);
 }
 

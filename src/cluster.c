@@ -172,6 +172,9 @@ void cluster_retain(ic_cluster *c) { atomic_fetch_add_explicit(&c->refs, 1, memo
 void cluster_release(ic_cluster *c) {
   if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) return;
   /* Only reached after shutdown: every isolate has let go. */
+  ic_isolate *main = c->main;
+  c->main = NULL;
+  if (main) isolate_release(main);
   for (size_t i = 0; i < c->log_len; i++) {
     isolate_release(c->log[i].iso);
     free(c->log[i].reason);
@@ -545,7 +548,8 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
 
 static int isolate_busy(ic_isolate *iso) {
   return atomic_load(&iso->sched) == SCHED_SCHEDULED || mailbox_count(&iso->sysq) > 0 ||
-         (mailbox_count(&iso->mbox) > 0 && iso->wait != WAIT_BLOCKED) ||
+         (mailbox_count(&iso->mbox) > 0 &&
+          atomic_load_explicit(&iso->wait_seen, memory_order_relaxed) != WAIT_BLOCKED) ||
          atomic_load(&iso->events_pending);
 }
 
@@ -755,6 +759,19 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
    * it out of the registry so the cluster owns nothing. */
   cluster_unregister(c, c->main, "shutdown");
   atomic_store(&c->main->alive, 0);
+  /* The event log holds isolates (which hold the cluster): it goes now. */
+  plat_mutex_lock(&c->lock);
+  cluster_event *log = c->log;
+  size_t nlog = c->log_len;
+  c->log = NULL;
+  c->log_len = c->log_cap = 0;
+  c->log_base += nlog;
+  plat_mutex_unlock(&c->lock);
+  for (size_t i = 0; i < nlog; i++) {
+    isolate_release(log[i].iso);
+    free(log[i].reason);
+  }
+  free(log);
   /* The logger isolate holds the cluster: let go of it (and back to stderr). */
   plat_mutex_lock(&c->log_lock);
   int discard = c->log_fn == discard_log;
@@ -832,4 +849,16 @@ int cluster_main_wait(ic_cluster *c, mailbox *q, uint64_t deadline) {
   }
   plat_mutex_unlock(&m->wlock);
   return in_time;
+}
+
+void cluster_close(ic_cluster *c) {
+  /* Messages to the main state that nobody received hold their senders
+   * (which hold the cluster). Only the main state's thread pops its queues,
+   * so this is done here and not in a shutdown run by another thread. */
+  ic_msg *m;
+  while ((m = mailbox_pop(&c->main->mbox)) != NULL) {
+    atomic_fetch_add(&c->dead_letters, 1);
+    msg_free(m);
+  }
+  while ((m = mailbox_pop(&c->main->sysq)) != NULL) msg_free(m);
 }

@@ -172,6 +172,10 @@ void cluster_request_shutdown(ic_cluster *c, double timeout);
 
 void cluster_join_stopper(ic_cluster *c);
 
+/* After shutdown, on the main state's thread, before the owner's last
+ * cluster_release: drops what was sent to the main state and never received. */
+void cluster_close(ic_cluster *c);
+
 /* Sends control code to every live isolate. */
 void cluster_broadcast_control(ic_cluster *c, int code);
 

@@ -31,7 +31,9 @@ ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
   atomic_init(&iso->preempt, 0);
   iso->kind = kind;
   iso->cluster = c;
-  cluster_retain(c);
+  /* The cluster owns its main isolate (c->main); a hold the other way round
+   * would be a cycle. Every other isolate keeps its cluster alive. */
+  if (kind != ISO_MAIN) cluster_retain(c);
   mailbox_init(&iso->mbox, mailbox_capacity);
   mailbox_init(&iso->sysq, 0);
   return iso;
@@ -64,10 +66,11 @@ static size_t drain_dead_letters(ic_isolate *iso) {
 
 void isolate_release(ic_isolate *iso) {
   if (atomic_fetch_sub_explicit(&iso->refs, 1, memory_order_acq_rel) != 1) return;
-  ic_cluster *c = iso->cluster;
-  /* Messages that raced in after the isolate went down. */
+  ic_cluster *c = iso->kind == ISO_MAIN ? NULL : iso->cluster;
+  /* Messages that raced in after the isolate went down. (The main isolate
+   * may outlive its cluster: it counts nothing there.) */
   size_t dead = drain_dead_letters(iso);
-  if (dead) atomic_fetch_add(&c->dead_letters, dead);
+  if (dead && c) atomic_fetch_add(&c->dead_letters, dead);
   if (iso->L) lstate_close(iso);
   stop_children(iso);
   free(iso->path);
@@ -80,7 +83,7 @@ void isolate_release(ic_isolate *iso) {
   plat_mutex_destroy(&iso->wlock);
   plat_mutex_destroy(&iso->hook_lock);
   free(iso);
-  cluster_release(c);
+  if (c) cluster_release(c);
 }
 
 void isolate_wake(ic_isolate *iso, worker *from) {
@@ -207,10 +210,11 @@ static void stop_children(ic_isolate *iso) {
   iso->nchildren = iso->children_cap = 0;
 }
 
-static int isolate_has_work(ic_isolate *iso) {
+/* wait: the isolate's wait mode, read by its owner before letting go. */
+static int isolate_has_work(ic_isolate *iso, int wait) {
   if (mailbox_count(&iso->sysq) > 0 || atomic_load(&iso->events_pending)) return 1;
-  if (iso->wait == WAIT_PREEMPTED) return 1;
-  return iso->wait != WAIT_BLOCKED && mailbox_count(&iso->mbox) > 0;
+  if (wait == WAIT_PREEMPTED) return 1;
+  return wait != WAIT_BLOCKED && mailbox_count(&iso->mbox) > 0;
 }
 
 static void handle_control(ic_isolate *iso, int code) {
@@ -278,9 +282,13 @@ end_turn:
     isolate_finish(iso);
     return RUN_DONE;
   }
+  /* After the store below another worker may own the isolate: read what
+   * this turn left before it. */
+  int wait = iso->wait;
+  atomic_store_explicit(&iso->wait_seen, wait, memory_order_relaxed);
   atomic_store(&iso->sched, SCHED_IDLE);
   /* A producer that saw SCHEDULED did not wake us: look again. */
-  if (isolate_has_work(iso)) {
+  if (isolate_has_work(iso, wait)) {
     int expected = SCHED_IDLE;
     if (atomic_compare_exchange_strong(&iso->sched, &expected, SCHED_SCHEDULED)) return RUN_AGAIN;
   }

@@ -72,6 +72,8 @@ typedef struct ic_isolate {
   char *lua_path, *lua_cpath;   /* the creator's package.path/cpath, or NULL */
   uint64_t next_corr;           /* request ids (main state) */
   int wait;                     /* WAIT_* */
+  atomic_int wait_seen;         /* `wait` as of the end of the last turn, for
+                                   other threads (drain) */
   int ending;                   /* 1 once stop/kill/error decided; reason set */
   int shutdown_pending;         /* shutdown asked while a handler still computes */
   char *reason;                 /* down reason, malloc'ed */

@@ -260,6 +260,7 @@ static int l_close(lua_State *L) {
   if (atomic_load(&c->state) == CLUSTER_RUNNING) cluster_drain(c, CLOSE_DRAIN_SECONDS);
   cluster_join_stopper(c);
   cluster_shutdown(c, CLOSE_SHUTDOWN_SECONDS);
+  cluster_close(c);
   cluster_release(c);
   return 0;
 }
