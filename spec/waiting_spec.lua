@@ -553,6 +553,41 @@ describe("waiting", function()
     end)
   end)
 
+  describe("many timers", function()
+    local function threads()
+      local f = io.open("/proc/self/status")
+      if not f then return nil end
+      local n = tonumber(f:read("a"):match("Threads:%s+(%d+)"))
+      f:close()
+      return n
+    end
+
+    it("100,000 armed timers cost no thread each, and all fire", function()
+      with_cluster({ workers = 2 }, function(c1)
+        local before = threads()
+        local r = c1:spawn_isolate(function(ctx)
+          local main, fired, N = ctx:property("main"), 0, 100000
+          ctx:on_message(function()
+            for i = 1, N do
+              -- spread over 0.3 .. 0.8 s
+              ctx:after(0.3 + (i % 500) / 1000, function()
+                fired = fired + 1
+                if fired == N then main:send("all fired") end
+              end)
+            end
+            return "armed"
+          end)
+        end, { main = c1.main })
+        assert.equal("armed", r:request("arm", 60))
+        local during = threads()
+        if before and during then
+          assert.equal(before, during, "threads before and with 100,000 timers armed")
+        end
+        assert.equal("all fired", W.receive(c1, 60))
+      end)
+    end)
+  end)
+
   describe("many waiting isolates", function()
     it("with workers = 1, 200 isolates that each sleep 0.5 s all report well under 3 s", function()
       with_cluster({ workers = 1 }, function(c1)
