@@ -26,6 +26,14 @@ typedef struct lcluster {
   ic_cluster *c; /* NULL once closed */
 } lcluster;
 
+ic_cluster *lmodule_cluster(lua_State *L, int idx);
+
+/* The cluster behind a cluster userdata (for a host program), or NULL. */
+ic_cluster *lmodule_cluster(lua_State *L, int idx) {
+  lcluster *lc = luaL_testudata(L, idx, LCLUSTER_MT);
+  return lc ? lc->c : NULL;
+}
+
 static ic_cluster *check_cluster(lua_State *L, int idx) {
   lcluster *lc = luaL_checkudata(L, idx, LCLUSTER_MT);
   if (!lc->c) luaL_error(L, "the cluster is closed");
