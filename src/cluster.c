@@ -62,8 +62,7 @@ void cluster_set_logger(ic_cluster *c, ic_isolate *logger, int discard) {
   ic_isolate *old = c->logger;
   c->logger = logger;
   if (logger) {
-    isolate_retain(logger);
-    logger->hidden = 1;
+    isolate_retain(logger); /* spawned hidden: lstate_spawn(..., hidden = 1) */
     c->log_fn = isolate_log;
     c->log_ud = c;
   } else {

@@ -119,8 +119,8 @@ ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, siz
 cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n);
 void cluster_free_events(cluster_event *ev, size_t n);
 
-/* Routes log lines to logger (an isolate; it becomes hidden: never
- * announced nor listed), or, with logger NULL, to stderr or (discard) nowhere. */
+/* Routes log lines to logger (an isolate spawned hidden: never announced
+ * nor listed), or, with logger NULL, to stderr or (discard) nowhere. */
 void cluster_set_logger(ic_cluster *c, ic_isolate *logger, int discard);
 
 /* Writes a line through the cluster's log function. Any thread. */

@@ -923,7 +923,10 @@ static void fail_from_status(ic_isolate *iso, lua_State *L) {
 static void set_running(ic_isolate *iso, lua_State *T) {
   plat_mutex_lock(&iso->hook_lock);
   iso->running_L = T;
-  if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed)) lstate_arm_hook(iso);
+  /* Asked for while another Lua thread ran: aim at this one too. */
+  if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
+      atomic_load_explicit(&iso->preempt, memory_order_relaxed))
+    lstate_arm_hook(iso);
   plat_mutex_unlock(&iso->hook_lock);
 }
 

@@ -65,7 +65,10 @@ static void *monitor_main(void *arg) {
     for (int i = 0; i < s->nworkers; i++) {
       worker *w = &s->workers[i];
       plat_mutex_lock(&w->cur_lock);
-      if (w->current && !w->preempted && now - w->turn_start > s->slice_ns) {
+      /* turn_start may be later than `now` (read before the lock). Asked
+       * again at every tick while the turn goes on: the Lua thread that
+       * runs may have changed since the last ask. */
+      if (w->current && now > w->turn_start && now - w->turn_start > s->slice_ns) {
         w->preempted = 1;
         isolate_preempt(w->current);
       }

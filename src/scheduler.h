@@ -31,7 +31,7 @@ typedef struct worker {
   plat_mutex cur_lock;
   struct ic_isolate *current;
   uint64_t turn_start;
-  int preempted;             /* the monitor already asked this turn to yield */
+  int preempted;             /* the monitor asked this turn to yield */
 } worker;
 
 typedef struct sched {
