@@ -28,6 +28,42 @@ static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
   return 0;
 }
 
+/* Offset of the main function's source in a Lua 5.4 binary chunk: the
+ * header (signature 4, version 1, format 1, LUAC_DATA 6, three sizes,
+ * LUAC_INT 8, LUAC_NUM 8) and the upvalue count (1). */
+#define DUMP_SOURCE_AT (4 + 1 + 1 + 6 + 3 + sizeof(lua_Integer) + sizeof(lua_Number) + 1)
+
+/* A stripped dump drops the source name too, but the preemption hook must
+ * recognise the runtime's own functions by it (src/lstate.c, in_runtime).
+ * Nested functions inherit the main function's source when loaded, so the
+ * name is put back for the main function only (as an unstripped dump
+ * writes it: size + 1 as Lua's varint, then the bytes). */
+static char *restore_source(const dump_buf *b, const char *name, size_t *len) {
+  size_t n = strlen(name);
+  if (b->len <= DUMP_SOURCE_AT || (unsigned char)b->data[DUMP_SOURCE_AT] != 0x80 || n + 1 >= 0x80) return NULL;
+  char *out = malloc(b->len + n + 1);
+  if (!out) return NULL;
+  memcpy(out, b->data, DUMP_SOURCE_AT);
+  out[DUMP_SOURCE_AT] = (char)(0x80 | (n + 1));
+  memcpy(out + DUMP_SOURCE_AT + 1, name, n);
+  memcpy(out + DUMP_SOURCE_AT + 1 + n, b->data + DUMP_SOURCE_AT + 1, b->len - DUMP_SOURCE_AT - 1);
+  *len = b->len + n;
+  return out;
+}
+
+/* Does the binary chunk load, with `name` as its source? */
+static int chunk_has_source(lua_State *L, const char *code, size_t len, const char *name) {
+  int ok = 0;
+  if (luaL_loadbufferx(L, code, len, name, "b") == LUA_OK) {
+    lua_Debug ar;
+    lua_getinfo(L, ">S", &ar);
+    ok = strcmp(ar.source, name) == 0;
+  } else {
+    lua_pop(L, 1);
+  }
+  return ok;
+}
+
 ic_blob *runtime_compile(const char *src, size_t len, const char *name, char **err) {
   *err = NULL;
   lua_State *L = luaL_newstate();
@@ -40,7 +76,19 @@ ic_blob *runtime_compile(const char *src, size_t len, const char *name, char **e
     dump_buf b = {NULL, 0, 0, 0};
     /* Stripped: the debug information would be most of each isolate's copy,
      * and a traceback only needs the user's own frames. */
-    if (lua_dump(L, dump_writer, &b, 1) == 0 && !b.failed) out = blob_new(b.data, b.len);
+    if (lua_dump(L, dump_writer, &b, 1) == 0 && !b.failed) {
+      size_t named_len;
+      char *named = restore_source(&b, name, &named_len);
+      if (named && chunk_has_source(L, named, named_len, name)) {
+        out = blob_new(named, named_len);
+      } else {
+        /* Not the layout expected: keep everything rather than guess. */
+        lua_settop(L, 1);
+        b.len = 0;
+        if (lua_dump(L, dump_writer, &b, 0) == 0 && !b.failed) out = blob_new(b.data, b.len);
+      }
+      free(named);
+    }
     free(b.data);
   }
   lua_close(L);
