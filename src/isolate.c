@@ -227,7 +227,15 @@ static void handle_control(ic_isolate *iso, int code) {
       iso->shutdown_pending = 1;
       break;
     }
-    if (iso->L) lstate_dispatch(iso, LSTATE_SHUTDOWN, NULL);
+    if (!iso->shutdown_handled) {
+      iso->shutdown_handled = 1;
+      if (iso->L) lstate_dispatch(iso, LSTATE_SHUTDOWN, NULL);
+      /* on_shutdown itself may run past its slice: it is finished too. */
+      if (iso->wait == WAIT_PREEMPTED) {
+        iso->shutdown_pending = 1;
+        break;
+      }
+    }
     isolate_set_ending(iso, "shutdown");
     break;
   case CONTROL_KILL:

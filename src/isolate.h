@@ -76,6 +76,7 @@ typedef struct ic_isolate {
                                    other threads (drain) */
   int ending;                   /* 1 once stop/kill/error decided; reason set */
   int shutdown_pending;         /* shutdown asked while a handler still computes */
+  int shutdown_handled;         /* on_shutdown was started */
   char *reason;                 /* down reason, malloc'ed */
   uint64_t event_cursor;        /* next cluster event to read */
   uint64_t spawn_cursor;        /* event log position at spawn */
