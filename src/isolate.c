@@ -111,6 +111,7 @@ const char *isolate_post(ic_isolate *to, ic_msg *m, worker *from) {
   }
   mailbox_push(&to->mbox, m);
   isolate_wake(to, from);
+  if (from) sched_check_lifo(from);
   return NULL;
 }
 

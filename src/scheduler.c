@@ -6,6 +6,8 @@
 #include "cluster.h"
 #include "isolate.h"
 
+static void queue_append(sched *s, ic_isolate *iso);
+
 /* After this many back-to-back LIFO hand-offs a worker takes the next isolate
  * from the shared queue instead, so a ping-pong pair cannot starve others. */
 #define LIFO_STREAK_MAX 64
@@ -34,6 +36,21 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
     plat_mutex_init(&s->workers[i].cur_lock);
   }
   return 0;
+}
+
+/* How long an isolate may wait in the LIFO slot while the sender goes on
+ * sending before an idle worker may take it. */
+#define LIFO_WAIT_NS 50000u
+
+void sched_check_lifo(worker *w) {
+  if (!atomic_load_explicit(&w->lifo, memory_order_relaxed)) return;
+  uint64_t now = plat_now_ns();
+  if (w->lifo_since == 0) {
+    w->lifo_since = now;
+  } else if (now - w->lifo_since > LIFO_WAIT_NS) {
+    ic_isolate *waiting = atomic_exchange(&w->lifo, NULL);
+    if (waiting) queue_append(w->sched, waiting);
+  }
 }
 
 void worker_begin_turn(worker *w, ic_isolate *iso, uint64_t now) {
@@ -72,6 +89,12 @@ static void *monitor_main(void *arg) {
         w->preempted = 1;
         isolate_preempt(w->current);
       }
+      /* A turn that goes on while an isolate waits in the LIFO slot: the
+       * shared queue (and an idle worker) take it. */
+      if (w->current) {
+        ic_isolate *waiting = atomic_exchange(&w->lifo, NULL);
+        if (waiting) queue_append(s, waiting);
+      }
       plat_mutex_unlock(&w->cur_lock);
     }
     plat_mutex_lock(&s->lock);
@@ -98,8 +121,8 @@ void sched_push(sched *s, ic_isolate *iso, worker *from) {
   if (from && from->sched == s) {
     /* Hand-off: run it next on this thread. The previous occupant goes to
      * the shared queue, where an idle worker can pick it up. */
-    ic_isolate *prev = from->lifo;
-    from->lifo = iso;
+    ic_isolate *prev = atomic_exchange(&from->lifo, iso);
+    from->lifo_since = 0;
     if (prev) queue_append(s, prev);
     return;
   }
@@ -108,15 +131,13 @@ void sched_push(sched *s, ic_isolate *iso, worker *from) {
 
 /* Next isolate for w, blocking while there is none; NULL when stopping. */
 static ic_isolate *sched_next(sched *s, worker *w) {
-  if (w->lifo) {
-    ic_isolate *iso = w->lifo;
+  ic_isolate *iso = atomic_exchange(&w->lifo, NULL);
+  if (iso) {
     if (w->lifo_streak < LIFO_STREAK_MAX) {
-      w->lifo = NULL;
       w->lifo_streak++;
       return iso;
     }
     /* Streak over: let the queue go first, the slot joins its tail. */
-    w->lifo = NULL;
     w->lifo_streak = 0;
     plat_mutex_lock(&s->lock);
     queue_append_locked(s, iso);
@@ -126,13 +147,13 @@ static ic_isolate *sched_next(sched *s, worker *w) {
   }
   for (;;) {
     if (s->head) {
-      ic_isolate *iso = s->head;
-      s->head = iso->runq_next;
+      ic_isolate *next = s->head;
+      s->head = next->runq_next;
       if (!s->head) s->tail = NULL;
       /* More waiting and others asleep: pass the baton. */
       if (s->head && s->nidle > 0) plat_cond_signal(&s->cond);
       plat_mutex_unlock(&s->lock);
-      return iso;
+      return next;
     }
     if (s->stopping) {
       plat_mutex_unlock(&s->lock);
@@ -191,11 +212,8 @@ void sched_stop(sched *s) {
       plat_thread_join(s->workers[i].thread);
       s->workers[i].started = 0;
     }
-    if (s->workers[i].lifo) {
-      ic_isolate *iso = s->workers[i].lifo;
-      s->workers[i].lifo = NULL;
-      isolate_release(iso);
-    }
+    ic_isolate *left = atomic_exchange(&s->workers[i].lifo, NULL);
+    if (left) isolate_release(left);
   }
   plat_mutex_lock(&s->lock);
   ic_isolate *iso = s->head;

@@ -12,6 +12,9 @@
 #ifndef IC_SCHED_H
 #define IC_SCHED_H
 
+#include <stdatomic.h>
+#include <stdint.h>
+
 #include "platform.h"
 
 struct ic_isolate;
@@ -21,7 +24,11 @@ struct sched;
 typedef struct worker {
   struct sched *sched;
   plat_thread thread;
-  struct ic_isolate *lifo;   /* next isolate to run on this worker */
+  /* Next isolate to run on this worker. Taken with an atomic exchange:
+   * the monitor (or a send that finds it waiting too long) moves it to the
+   * shared queue so an idle worker runs it, when the current turn goes on. */
+  _Atomic(struct ic_isolate *) lifo;
+  uint64_t lifo_since;       /* when a send first found the slot taken (owner only) */
   unsigned lifo_streak;      /* consecutive LIFO runs */
   int index;
   int started;
@@ -52,6 +59,11 @@ typedef struct sched {
 } sched;
 
 int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_seconds);
+
+/* Called on a send from an isolate running on w: if the LIFO slot has
+ * waited long (the sender keeps running), hands it to the shared queue so an
+ * idle worker can take it. Owner thread only. */
+void sched_check_lifo(worker *w);
 
 /* Called by a worker around each turn of an isolate. */
 void worker_begin_turn(worker *w, struct ic_isolate *iso, uint64_t now);
