@@ -36,7 +36,24 @@ lstate_ctx *lstate_ctx_of(lua_State *L) {
 
 /* ---- refs ---------------------------------------------------------------- */
 
-lref *lref_check(lua_State *L, int idx) { return luaL_checkudata(L, idx, LREF_MT); }
+/* The ref metatable is also kept under a light-userdata key: checking a ref
+ * (every send) then costs no string lookup, unlike luaL_testudata. */
+static const char REF_MT_KEY = 'm';
+
+lref *lref_test(lua_State *L, int idx) {
+  lref *r = lua_touserdata(L, idx);
+  if (!r || !lua_getmetatable(L, idx)) return NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &REF_MT_KEY);
+  int same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return same ? r : NULL;
+}
+
+lref *lref_check(lua_State *L, int idx) {
+  lref *r = lref_test(L, idx);
+  if (!r) luaL_typeerror(L, idx, "isolate_ref");
+  return r;
+}
 
 /* Pushes the cached ref for (node, id), or nothing and returns 0. */
 static int ref_cache_get(lua_State *L, uint32_t node, uint64_t id) {
@@ -100,7 +117,7 @@ void lref_push_wire(lua_State *L, ic_cluster *c, uint32_t node, uint64_t id) {
 
 static int ref_to_wire(lua_State *L, int idx, void *ud, uint32_t *node, uint64_t *id) {
   (void)ud;
-  lref *r = luaL_testudata(L, idx, LREF_MT);
+  lref *r = lref_test(L, idx);
   if (!r) return 0;
   *node = r->node;
   *id = r->id;
@@ -193,7 +210,7 @@ int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
   lua_Integer n = luaL_len(L, refs_idx);
   for (lua_Integer i = 1; i <= n; i++) {
     lua_geti(L, refs_idx, i);
-    if (!luaL_testudata(L, -1, LREF_MT)) return luaL_error(L, "send_all: refs[%d] is not a ref", (int)i);
+    if (!lref_test(L, -1)) return luaL_error(L, "send_all: refs[%d] is not a ref", (int)i);
     lua_pop(L, 1);
   }
   lstate_ctx *ctx = lstate_ctx_of(L);
@@ -317,7 +334,7 @@ static int l_ref_index(lua_State *L) {
 }
 
 static int l_ref_eq(lua_State *L) {
-  lref *a = luaL_testudata(L, 1, LREF_MT), *b = luaL_testudata(L, 2, LREF_MT);
+  lref *a = lref_test(L, 1), *b = lref_test(L, 2);
   lua_pushboolean(L, a && b && a->node == b->node && a->id == b->id);
   return 1;
 }
@@ -364,6 +381,8 @@ lstate_ctx *lstate_open(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CACHE_KEY);
 
   if (luaL_newmetatable(L, LREF_MT)) {
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &REF_MT_KEY);
     static const luaL_Reg methods[] = {
         {"send", l_ref_send}, {"kill", l_ref_kill}, {"property", l_ref_property}, {"properties", l_ref_properties}, {NULL, NULL}};
     luaL_newlib(L, methods);

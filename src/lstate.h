@@ -44,7 +44,8 @@ lstate_ctx *lstate_ctx_of(lua_State *L);
 
 void lref_push(lua_State *L, ic_isolate *iso);
 void lref_push_wire(lua_State *L, ic_cluster *c, uint32_t node, uint64_t id);
-lref *lref_check(lua_State *L, int idx);
+lref *lref_check(lua_State *L, int idx);   /* raises unless a ref */
+lref *lref_test(lua_State *L, int idx);    /* the ref, or NULL */
 codec_hooks lstate_hooks(ic_cluster *c);
 
 /* Encodes the value at idx into the state's scratch buffer (valid until the
