@@ -19,31 +19,12 @@ local describe, it, before_each, after_each, assert = describe, it, before_each,
 -- Busted runs a spec file with its own _ENV table (not _G); the rest of this
 -- file uses the real globals.
 local _ENV = _G
-
-local function error_of(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local with_cluster, error_of, echo_entry = W.with_cluster, W.error_of, W.echo_entry
 
 local function assert_error_contains(text, fn, ...)
   local err = error_of(fn, ...)
   assert(err:find(text, 1, true), ("expected an error containing %q, got %q"):format(text, err))
   return err
-end
-
--- Runs fn(cluster) on a new cluster and always shuts it down; the test fails
--- if shutdown does not report that every isolate stopped in time.
-local function with_cluster(opts, fn)
-  local c = ic.single_node(opts)
-  local ok, err = pcall(fn, c)
-  local down = c:shutdown()
-  if not ok then error(err, 0) end
-  assert.is_true(down, "shutdown did not finish in time")
-end
-
-local function echo_entry(ctx)
-  ctx:on_message(function(m) return m end)
 end
 
 local function set_of(list, key)

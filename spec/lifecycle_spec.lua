@@ -17,29 +17,10 @@ local describe, it, before_each, after_each, assert = describe, it, before_each,
 -- Busted gives spec files their own _ENV; entries defined below must see the
 -- real globals.
 local _ENV = _G
+local with_cluster, error_of, echo_entry = W.with_cluster, W.error_of, W.echo_entry
 
 local function contains(s, part)
   return type(s) == "string" and s:find(part, 1, true) ~= nil
-end
-
-local function error_of(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
-
--- Runs fn(cluster) on a new cluster and always shuts it down; the test fails
--- if shutdown does not report that every isolate stopped in time.
-local function with_cluster(opts, fn)
-  local c = ic.single_node(opts)
-  local ok, err = pcall(fn, c)
-  local down = c:shutdown()
-  if not ok then error(err, 0) end
-  assert.is_true(down, "shutdown did not finish in time")
-end
-
-local function echo_entry(ctx)
-  ctx:on_message(function(m) return m end)
 end
 
 -- Answers requests; "stop" stops it normally, "crash" raises in the handler.

@@ -14,18 +14,7 @@ local describe, it, before_each, after_each, assert = describe, it, before_each,
 -- Busted gives spec files their own _ENV; entries defined below must see the
 -- real globals.
 local _ENV = _G
-
-local function with_cluster(opts, fn)
-  local c = ic.single_node(opts)
-  local ok, err = pcall(fn, c)
-  local down = c:shutdown()
-  if not ok then error(err, 0) end
-  assert.is_true(down, "shutdown did not finish in time")
-end
-
-local function echo_entry(ctx)
-  ctx:on_message(function(m) return m end)
-end
+local with_cluster, echo_entry = W.with_cluster, W.echo_entry
 
 -- Answers "never" requests with nothing at all (a deferred reply that is
 -- dropped), anything else at once.

@@ -131,4 +131,26 @@ function M.run_lua(code, timeout)
   return out, status
 end
 
+--- Runs fn(cluster) on a new cluster and always shuts it down; fails if
+--- fn fails or if shutdown does not report that every isolate stopped in time.
+function M.with_cluster(opts, fn)
+  local c = require("isolate_cluster").single_node(opts)
+  local ok, err = pcall(fn, c)
+  local down = c:shutdown()
+  if not ok then error(err, 0) end
+  if not down then error("shutdown did not finish in time", 2) end
+end
+
+--- The error fn(...) raises, as a string; fails if it raises none.
+function M.error_of(fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then error("expected an error", 2) end
+  return tostring(err)
+end
+
+--- An entry function that answers every request with what it got.
+function M.echo_entry(ctx)
+  ctx:on_message(function(m) return m end)
+end
+
 return M
