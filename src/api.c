@@ -55,13 +55,16 @@ int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out) {
 
 int ic_cluster_shutdown(ic_cluster *c, double timeout_s) {
   cluster_join_stopper(c);
-  return cluster_shutdown(c, timeout_s);
+  int in_time = cluster_shutdown(c, timeout_s);
+  cluster_join_stopper(c);
+  return in_time;
 }
 
 void ic_cluster_destroy(ic_cluster *c) {
   if (!c) return;
   cluster_join_stopper(c);
   cluster_shutdown(c, 5.0);
+  cluster_join_stopper(c);
   cluster_close(c);
   cluster_release(c);
 }

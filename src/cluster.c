@@ -195,8 +195,14 @@ void cluster_release(ic_cluster *c) {
 
 /* ---- registry (c->lock held) ------------------------------------------- */
 
+/* Rebuilds a table that is half full (live entries and tombstones of
+ * isolates gone): twice as large when the live entries need it, else the
+ * same size, which only clears the tombstones (spawn/exit churn must not
+ * grow it for ever). */
+static size_t table_new_cap(size_t live, size_t cap) { return (live + 1) * 4 > cap ? cap * 2 : cap; }
+
 static int id_table_grow(ic_cluster *c) {
-  size_t cap = c->by_id_cap * 2;
+  size_t cap = table_new_cap(c->by_id_len, c->by_id_cap);
   ic_isolate **t = calloc(cap, sizeof *t);
   if (!t) return ENOMEM;
   for (size_t i = 0; i < c->by_id_cap; i++) {
@@ -214,7 +220,7 @@ static int id_table_grow(ic_cluster *c) {
 }
 
 static int path_table_grow(ic_cluster *c) {
-  size_t cap = c->by_path_cap * 2;
+  size_t cap = table_new_cap(c->by_path_len, c->by_path_cap);
   ic_isolate **t = calloc(cap, sizeof *t);
   if (!t) return ENOMEM;
   for (size_t i = 0; i < c->by_path_cap; i++) {
@@ -662,7 +668,10 @@ static void join_dedicated(ic_cluster *c, int in_time) {
       cluster_log(c, "isolate_cluster: dedicated isolate %s did not stop; its thread is left running",
                   iso->path ? iso->path : "(no path)");
       pthread_detach(iso->thread);
-      /* Its hold stays with the thread: the struct must outlive it. */
+      /* Its hold stays with the thread: the struct must outlive it. Out of
+       * the registry, so nothing else closes the state the thread still
+       * runs; the thread closes it if its C call ever returns. */
+      cluster_unregister(c, iso, "shutdown");
       continue;
     }
     plat_thread_join(iso->thread);
@@ -733,8 +742,13 @@ void cluster_join_stopper(ic_cluster *c) {
 int cluster_shutdown(ic_cluster *c, double timeout) {
   int expected = CLUSTER_RUNNING;
   if (!atomic_compare_exchange_strong(&c->state, &expected, CLUSTER_STOPPING)) {
-    /* Already stopping or down: wait for whoever is doing it. */
-    return atomic_load(&c->state) == CLUSTER_DOWN ? 1 : 0;
+    /* Already stopping or down: wait for whoever is doing it (another
+     * thread: a shutdown asked for by an isolate), then report its result. */
+    while (atomic_load(&c->state) != CLUSTER_DOWN) {
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
+    }
+    return atomic_load(&c->shutdown_in_time);
   }
   uint64_t start = plat_now_ns();
   uint64_t deadline = start + plat_seconds_to_ns(timeout);
@@ -776,6 +790,7 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   int discard = c->log_fn == discard_log;
   plat_mutex_unlock(&c->log_lock);
   cluster_set_logger(c, NULL, discard);
+  atomic_store(&c->shutdown_in_time, in_time);
   atomic_store(&c->state, CLUSTER_DOWN);
   /* A main thread blocked in receive/run returns now. */
   plat_mutex_lock(&c->main->wlock);

@@ -32,6 +32,7 @@ typedef struct cluster_event {
 typedef struct ic_cluster {
   atomic_int refs;
   atomic_int state;           /* CLUSTER_* */
+  atomic_int shutdown_in_time; /* the result of the shutdown, once DOWN */
   uint32_t node_id;           /* the node part of every ref */
   int nworkers;
   size_t default_mailbox;

@@ -241,7 +241,9 @@ static int l_shutdown(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   double t = luaL_optnumber(L, 2, 5.0);
   cluster_join_stopper(c);
-  lua_pushboolean(L, cluster_shutdown(c, t));
+  int in_time = cluster_shutdown(c, t);
+  cluster_join_stopper(c);
+  lua_pushboolean(L, in_time);
   return 1;
 }
 
@@ -268,6 +270,7 @@ static int l_close(lua_State *L) {
   if (atomic_load(&c->state) == CLUSTER_RUNNING) cluster_drain(c, CLOSE_DRAIN_SECONDS);
   cluster_join_stopper(c);
   cluster_shutdown(c, CLOSE_SHUTDOWN_SECONDS);
+  cluster_join_stopper(c); /* one that started meanwhile */
   cluster_close(c);
   cluster_release(c);
   return 0;

@@ -713,7 +713,14 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   lua_sethook(L, NULL, 0, 0); /* one shot */
 #endif
   int irq = atomic_load(&iso->interrupt);
-  if (irq) luaL_error(L, "%s", irq == INTERRUPT_KILL ? "killed" : "interrupted by shutdown");
+  if (irq) {
+#ifndef IC_SYNC_HOOK
+    /* Stays armed: user code that catches the error (a pcall in a loop)
+     * meets it again at its next instruction, until the isolate is down. */
+    lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
+#endif
+    luaL_error(L, "%s", irq == INTERRUPT_KILL ? "killed" : "interrupted by shutdown");
+  }
 #ifdef IC_SYNC_HOOK
   if (plat_now_ns() > iso->slice_deadline) atomic_store(&iso->preempt, 1);
 #endif

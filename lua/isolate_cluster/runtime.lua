@@ -18,7 +18,8 @@ local core = ...
 local K_USER, K_REQUEST, K_START = 1, 2, 13
 local WAIT_NONE, WAIT_BLOCKED = 0, 2
 
-local cocreate, coyield = coroutine.create, coroutine.yield
+local cocreate, coyield, coresume, corunning = coroutine.create, coroutine.yield, coroutine.resume,
+  coroutine.running
 local xpcall, tostring, type, error, setmetatable, rawget = xpcall, tostring, type, error, setmetatable,
   rawget
 local traceback, take, up, reply = core.traceback, core.take, core.up, core.reply
@@ -28,6 +29,9 @@ local DONE = {}
 local S = {
   core = core,
   DONE = DONE,
+  -- the coroutine functions as Lua made them (the isolate's own are wrapped
+  -- below)
+  cocreate = cocreate, coyield = coyield, coresume = coresume, corunning = corunning,
   handlers = {},   -- message, up, down, shutdown
   current = false, -- the job that waits or was preempted (managed by the extras)
   failed = false,  -- going down: nothing more runs
@@ -193,6 +197,39 @@ setmetatable(methods, {
     return rawget(methods, k)
   end,
 })
+
+-- ---- coroutines the user makes ---------------------------------------------
+-- A handler's own coroutine.yield would reach the runtime (the handler runs in
+-- one of its coroutines), which would take it for a wait: refused. Resumes
+-- are followed (core.running), so a kill or a shutdown reaches code that
+-- runs inside the user's coroutines too.
+local running = core.running
+local function back(...)
+  running()
+  return ...
+end
+
+local function tracked_resume(co, ...)
+  if type(co) == "thread" then running(co) end
+  return back(coresume(co, ...))
+end
+
+local function unwrap(ok, ...)
+  if ok then return ... end
+  error((...), 0)
+end
+
+coroutine.resume = tracked_resume
+coroutine.wrap = function(f)
+  local co = cocreate(f)
+  return function(...) return unwrap(tracked_resume(co, ...)) end
+end
+coroutine.yield = function(...)
+  if jobs[corunning()] then
+    error("coroutine.yield cannot suspend a handler: use context:sleep, context:receive or ref:request", 2)
+  end
+  return coyield(...)
+end
 
 -- ref:request inside an isolate (a tail call keeps error levels right).
 core.set_request(function(ref, msg, timeout_s)

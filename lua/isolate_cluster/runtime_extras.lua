@@ -18,8 +18,7 @@ local K_EVENTS, K_RESUME, K_SHUTDOWN = 10, 11, 12
 local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
 local EVENT_UP = 1
 
-local cocreate, coresume, coyield, corunning = coroutine.create, coroutine.resume, coroutine.yield,
-  coroutine.running
+local cocreate, coresume, coyield, corunning = S.cocreate, S.coresume, S.coyield, S.corunning
 local type, tostring, error, xpcall, setmetatable = type, tostring, error, xpcall, setmetatable
 local fmt = string.format
 local running, take = core.running, core.take
