@@ -714,11 +714,9 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar) {
 #endif
   int irq = atomic_load(&iso->interrupt);
   if (irq) {
-#ifndef IC_SYNC_HOOK
-    /* Stays armed: user code that catches the error (a pcall in a loop)
-     * meets it again at its next instruction, until the isolate is down. */
+    /* Stays armed, at every instruction: user code that catches the error
+     * (a pcall in a loop) meets it again at once, until the isolate is down. */
     lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
-#endif
     luaL_error(L, "%s", irq == INTERRUPT_KILL ? "killed" : "interrupted by shutdown");
   }
 #ifdef IC_SYNC_HOOK
