@@ -88,7 +88,9 @@ void isolate_release(ic_isolate *iso) {
 
 void isolate_wake(ic_isolate *iso, worker *from) {
   int expected = SCHED_IDLE;
-  if (atomic_load_explicit(&iso->sched, memory_order_acquire) != SCHED_IDLE) return;
+  /* seq_cst: pairs with the owner's store of IDLE followed by its look at
+   * the queues (isolate_run), so one of the two always sees the other. */
+  if (atomic_load(&iso->sched) != SCHED_IDLE) return;
   if (!atomic_compare_exchange_strong(&iso->sched, &expected, SCHED_SCHEDULED)) return;
   if (iso->kind == ISO_POOL) {
     isolate_retain(iso); /* the run queue's hold */

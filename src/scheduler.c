@@ -112,6 +112,13 @@ static void queue_append_locked(sched *s, ic_isolate *iso) {
 
 static void queue_append(sched *s, ic_isolate *iso) {
   plat_mutex_lock(&s->lock);
+  if (s->stopping) {
+    /* The workers are gone or going: shutdown closes what is left
+     * (reap_leftovers); only the run queue's hold is given back. */
+    plat_mutex_unlock(&s->lock);
+    isolate_release(iso);
+    return;
+  }
   queue_append_locked(s, iso);
   if (s->nidle > 0) plat_cond_signal(&s->cond);
   plat_mutex_unlock(&s->lock);
