@@ -146,13 +146,16 @@ static ic_isolate *state_sender(lstate_ctx *ctx, ic_isolate *to) {
 
 static worker *state_worker(lstate_ctx *ctx) { return ctx->self ? ctx->self->worker : NULL; }
 
-const char *lstate_encode(lua_State *L, int idx, const char *root, size_t *len) {
-  lstate_ctx *ctx = lstate_ctx_of(L);
+static const char *encode_with(lstate_ctx *ctx, lua_State *L, int idx, const char *root, size_t *len) {
   codec_hooks h = lstate_hooks(NULL);
   codec_buf_reset(&ctx->buf);
   codec_encode(L, idx, root, &h, &ctx->lim, &ctx->buf);
   *len = ctx->buf.len;
   return ctx->buf.data;
+}
+
+const char *lstate_encode(lua_State *L, int idx, const char *root, size_t *len) {
+  return encode_with(lstate_ctx_of(L), L, idx, root, len);
 }
 
 static int decode_protected(lua_State *L) {
@@ -185,20 +188,26 @@ static int push_send_result(lua_State *L, const char *why) {
   return 1;
 }
 
+/* Posts m (owned by the call from here on) to `to` with this state as its
+ * sender. Returns NULL or why it failed. */
+static const char *post_from(lstate_ctx *ctx, ic_isolate *to, ic_msg *m) {
+  ic_isolate *from = state_sender(ctx, to);
+  isolate_retain(from);
+  m->sender = from;
+  return isolate_post(to, m, state_worker(ctx));
+}
+
 /* Builds and posts a message of kind to r. Returns NULL or why it failed. */
 static const char *post_value(lua_State *L, lref *r, int kind, int idx, uint64_t corr) {
   if (!r->iso) return "isolate down";
   if (!atomic_load_explicit(&r->iso->alive, memory_order_acquire)) return "isolate down";
   lstate_ctx *ctx = lstate_ctx_of(L);
   size_t len;
-  const char *data = lstate_encode(L, idx, "msg", &len);
+  const char *data = encode_with(ctx, L, idx, "msg", &len);
   ic_msg *m = msg_new(kind, data, len);
   if (!m) return "out of memory";
-  ic_isolate *from = state_sender(ctx, r->iso);
-  isolate_retain(from);
-  m->sender = from;
   m->corr = corr;
-  return isolate_post(r->iso, m, state_worker(ctx));
+  return post_from(ctx, r->iso, m);
 }
 
 /* send_all(refs, msg) -> number accepted, { [i] = reason } | nil.
@@ -207,49 +216,45 @@ static const char *post_value(lua_State *L, lref *r, int kind, int idx, uint64_t
 int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
   luaL_checktype(L, refs_idx, LUA_TTABLE);
   luaL_checkany(L, msg_idx);
-  lua_Integer n = luaL_len(L, refs_idx);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, refs_idx);
   for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, refs_idx, i);
+    lua_rawgeti(L, refs_idx, i);
     if (!lref_test(L, -1)) return luaL_error(L, "send_all: refs[%d] is not a ref", (int)i);
     lua_pop(L, 1);
   }
   lstate_ctx *ctx = lstate_ctx_of(L);
+  /* Each receiver's outcome, in memory Lua owns: nothing may raise while the
+   * shared bytes exist. */
+  const char **whys = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *whys, 0);
   size_t len;
-  const char *data = lstate_encode(L, msg_idx, "msg", &len);
+  const char *data = encode_with(ctx, L, msg_idx, "msg", &len);
   ic_blob *blob = blob_new(data, len);
   if (!blob) return luaL_error(L, "out of memory");
   lua_Integer sent = 0;
-  int failures = 0;
-  lua_newtable(L); /* may raise: the blob is then lost for good, so keep it */
-  int fail_idx = lua_gettop(L);
   for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, refs_idx, i);
+    lua_rawgeti(L, refs_idx, i);
     lref *r = lua_touserdata(L, -1);
     lua_pop(L, 1); /* still referenced by refs */
     const char *why = "isolate down";
     if (r->iso) {
       ic_msg *m = msg_new_shared(MSG_USER, blob);
-      if (!m) {
-        why = "out of memory";
-      } else {
-        ic_isolate *from = state_sender(ctx, r->iso);
-        isolate_retain(from);
-        m->sender = from;
-        why = isolate_post(r->iso, m, state_worker(ctx));
-      }
+      why = m ? post_from(ctx, r->iso, m) : "out of memory";
     }
-    if (why) {
-      failures++;
-      lua_pushstring(L, why);
-      lua_rawseti(L, fail_idx, i);
-    } else {
-      sent++;
-    }
+    whys[i - 1] = why;
+    if (!why) sent++;
   }
   blob_release(blob);
   lua_pushinteger(L, sent);
-  if (failures) lua_pushvalue(L, fail_idx);
-  else lua_pushnil(L);
+  if (sent == n) {
+    lua_pushnil(L);
+    return 2;
+  }
+  lua_createtable(L, 0, (int)(n - sent));
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (!whys[i - 1]) continue;
+    lua_pushstring(L, whys[i - 1]);
+    lua_rawseti(L, -2, i);
+  }
   return 2;
 }
 
