@@ -2,12 +2,13 @@
 -- in the same run (bench_baseline, built with the project).
 --
 --   lua5.4 bench/bench.lua [--quick] [--workers N] [--baseline path/to/bench_baseline]
+--                          [--only pingpong|mpsc|spawns|copy]
 --
 -- With LUA_PATH/LUA_CPATH pointing at a build (see README). Figures depend on
 -- the machine and its load; compare ratios between runs, not absolutes.
 local ic = require("isolate_cluster")
 
-local opts = { quick = false, workers = nil, baseline = nil }
+local opts = { quick = false, workers = nil, baseline = nil, only = nil }
 do
   local i = 1
   while arg[i] do
@@ -15,6 +16,7 @@ do
     if a == "--quick" then opts.quick = true
     elseif a == "--workers" then i = i + 1; opts.workers = tonumber(arg[i])
     elseif a == "--baseline" then i = i + 1; opts.baseline = arg[i]
+    elseif a == "--only" then i = i + 1; opts.only = arg[i]
     else error("unknown argument " .. a) end
     i = i + 1
   end
@@ -168,14 +170,25 @@ end
 print(string.format("isolate_cluster %s benchmarks, %s workers%s", ic._VERSION,
   opts.workers or "default", opts.quick and " (quick: tiny counts, figures meaningless)" or ""))
 
-local n = count(300000)
-report("ping-pong round trips/s", pingpong(n), "rt/s", baseline("pingpong", n), true)
-n = count(1000000)
-report("2 producers -> 1 consumer", mpsc(n), "msg/s", baseline("mpsc", n), true)
-n = count(20000)
-local rate, per, down, shutdown_s = spawns(n)
-report("spawns/s (up and answering)", rate, "spawns/s")
-if per then report("resident memory per idle isolate", per, "KB") end
-report(string.format("shutdown of %d idle isolates", n), shutdown_s * 1000, down and "ms" or "ms (late!)")
-n = count(300)
-report("copy 10,000-entry table", copy(n), "ms/message", baseline("copy", n), false)
+local function wanted(name) return opts.only == nil or opts.only == name end
+
+local n
+if wanted("pingpong") then
+  n = count(300000)
+  report("ping-pong round trips/s", pingpong(n), "rt/s", baseline("pingpong", n), true)
+end
+if wanted("mpsc") then
+  n = count(1000000)
+  report("2 producers -> 1 consumer", mpsc(n), "msg/s", baseline("mpsc", n), true)
+end
+if wanted("spawns") then
+  n = count(20000)
+  local rate, per, down, shutdown_s = spawns(n)
+  report("spawns/s (up and answering)", rate, "spawns/s")
+  if per then report("resident memory per idle isolate", per, "KB") end
+  report(string.format("shutdown of %d idle isolates", n), shutdown_s * 1000, down and "ms" or "ms (late!)")
+end
+if wanted("copy") then
+  n = count(300)
+  report("copy 10,000-entry table", copy(n), "ms/message", baseline("copy", n), false)
+end

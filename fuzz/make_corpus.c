@@ -76,6 +76,8 @@ static const struct {
   { "deep_maps_50", "local t = {leaf = true} for i = 1, 50 do t = {x = t} end return t" },
   { "array_300", "local t = {} for i = 1, 300 do t[i] = i end return t" },
   { "map_100", "local t = {} for i = 1, 100 do t['k' .. i] = i + 0.5 end return t" },
+  { "maps_large_mixed", "local a, b = {}, {} for i = 1, 80 do a['a' .. i] = i b[i * 3] = 'v' .. i "
+                        "b['s' .. i] = {i} b[('x'):rep(i)] = i end return {a = a, b = b, c = a}" },
   { "message", "return {type = 'request', id = 42, from = ref(1, 9), "
                "body = {path = '/workers/7', args = {1, 'two', {three = 3}}}}" },
 };

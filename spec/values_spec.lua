@@ -273,6 +273,129 @@ describe("ic.encode / ic.decode", function()
     end
   end)
 
+  describe("large maps, message after message", function()
+    -- A map in the given key order (keys as MessagePack str, or bin when
+    -- given as { bin = "..." }), each key's value its position.
+    local function map_bytes(keys)
+      local out = { "\xde", string.pack(">I2", #keys) }
+      for i, k in ipairs(keys) do
+        local bytes, bin = k, false
+        if type(k) == "table" then bytes, bin = k.bin, true end
+        if type(bytes) == "number" then
+          out[#out + 1] = string.pack(">B i8", 0xd3, bytes)
+        elseif bin then
+          out[#out + 1] = string.pack(">B s1", 0xc4, bytes)
+        elseif #bytes < 32 then
+          out[#out + 1] = string.char(0xa0 + #bytes) .. bytes
+        else
+          out[#out + 1] = string.pack(">B s1", 0xd9, bytes)
+        end
+        out[#out + 1] = string.pack(">B I2", 0xcd, i)
+      end
+      return table.concat(out)
+    end
+
+    local function check(keys)
+      local t = ic.decode(map_bytes(keys))
+      local n = 0
+      for _ in pairs(t) do n = n + 1 end
+      assert.equal(#keys, n)
+      for i, k in ipairs(keys) do
+        if type(k) == "table" then k = k.bin end
+        assert.equal(i, t[k], "key " .. i)
+      end
+    end
+
+    local function keys_of(n, f)
+      local keys = {}
+      for i = 1, n do keys[i] = f(i) end
+      return keys
+    end
+
+    it("decode each key exactly when keys repeat, change, or change length at a position", function()
+      local base = keys_of(200, function(i) return "k" .. i end)
+      check(base)
+      check(base)
+      -- same lengths, other bytes; then every other key replaced
+      check(keys_of(200, function(i) return "j" .. i end))
+      check(keys_of(200, function(i) return i % 2 == 0 and "k" .. i or "x" .. i end))
+      -- a key that extends, or is cut from, the one remembered at its position
+      check(keys_of(200, function(i) return "k" .. i .. "\0" end))
+      check(keys_of(200, function(i) return ("k" .. i):sub(1, -2) .. "#" .. i end))
+      check(base)
+    end)
+
+    it("mix keys the cache keeps with others: numbers, binary, long and empty strings", function()
+      local long = string.rep("L", 41)
+      local keys = keys_of(300, function(i)
+        local m = i % 5
+        if m == 0 then return i * 1000 end
+        if m == 1 then return { bin = "\xff\xfe" .. i } end
+        if m == 2 then return long .. i end
+        return "s" .. i
+      end)
+      keys[7] = ""
+      check(keys)
+      check(keys)
+      -- the same positions now hold short strings, and back again
+      check(keys_of(300, function(i) return "s" .. i end))
+      check(keys)
+    end)
+
+    it("decode maps larger than the cache, nested large maps and small maps", function()
+      local big = {}
+      for i = 1, 20000 do big["key" .. i] = i end
+      local r = ic.decode(ic.encode(big))
+      assert.same(big, r)
+      assert.same(big, ic.decode(ic.encode(big)))
+      local a, b = {}, {}
+      for i = 1, 100 do a["a" .. i] = i; b["b" .. i] = -i end
+      local nested = { a = a, b = b, list = { a, b } }
+      for _ = 1, 3 do
+        local got = ic.decode(ic.encode(nested))
+        assert.same(nested, got)
+        assert.equal(got.a, got.list[1])
+      end
+      for _, n in ipairs({ 63, 64, 65 }) do
+        check(keys_of(n, function(i) return "n" .. i end))
+        check(keys_of(n, function(i) return "m" .. i end))
+      end
+    end)
+
+    it("survive a full collection between messages", function()
+      local keys = keys_of(500, function(i) return "gc" .. i end)
+      check(keys)
+      collectgarbage()
+      collectgarbage()
+      check(keys)
+    end)
+
+    it("decode exactly in an isolate, message after message", function()
+      local c = ic.single_node({ workers = 2 })
+      local echo = c:spawn_isolate(echo_entry)
+      for round = 1, 3 do
+        local t = {}
+        for i = 1, 1000 do t[(round == 2 and "r" or "k") .. i] = i + round end
+        assert.same(t, echo:request(t, 30))
+      end
+      assert.is_true(c:shutdown())
+    end)
+
+    it("refuse a truncated or lying large map without a crash", function()
+      local good = map_bytes(keys_of(100, function(i) return "t" .. i end))
+      for _, cut in ipairs({ 3, 4, 10, #good // 2, #good - 1 }) do
+        local ok, err = pcall(ic.decode, good:sub(1, cut))
+        assert.is_false(ok)
+        assert.matches("malformed message", err, 1, true)
+      end
+      -- claims 65535 entries, holds one
+      local ok, err = pcall(ic.decode, "\xde\xff\xff\xa1k\x01")
+      assert.is_false(ok)
+      assert.matches("truncated", err, 1, true)
+      check(keys_of(100, function(i) return "t" .. i end))
+    end)
+  end)
+
   it("accepts functions only when asked", function()
     local bytes = ic.encode(function() return 7 end)
     assert.is_false((pcall(ic.decode, bytes)))

@@ -16,8 +16,9 @@
  * lengths. msgpuck 1.0.3 has no ext API, so ext headers are written and read
  * here with its mp_store_* / mp_load_* helpers.
  *
- * There is no static mutable state. The one per-state cache (the reverse map
- * from standard C functions to their names) lives in that state's registry.
+ * There is no static mutable state. The per-state caches (the reverse map
+ * from standard C functions to their names, and the decoder's key cache)
+ * live in that state's registry.
  */
 #define MP_SOURCE 1 /* compile msgpuck's implementation into this file only */
 #include <msgpuck.h>
@@ -37,12 +38,15 @@
 /* Registry key of the per-state map { [C function] = "lib.name" }. */
 #define CODEC_CFUNC_NAMES_KEY "isolate_cluster.codec.cfunc_names"
 
+/* Registry key of the decoder's key cache (see keycache below). */
+#define CODEC_KEYS_KEY "isolate_cluster.codec.keys"
+
 /* Paths in error messages are cut to about this many characters. */
 #define CODEC_PATH_MAX 120
 
 /* Lua stack slots one level of recursion may use (table/function, key,
  * value, scratch). Checked at each level so deep values cannot overflow. */
-#define CODEC_STACK_PER_LEVEL 5
+#define CODEC_STACK_PER_LEVEL 6
 
 /* The largest ext header: 0xc9, u32 length, type byte. */
 #define EXT_HEADER_MAX 6
@@ -923,6 +927,7 @@ typedef struct dec {
   int depth;
   int objs; /* stack index: { [index + 1] = table or function }, nil until needed */
   lua_Integer nobjs;
+  int keycache_used; /* a map of this message has had the key cache */
   size_t presize_budget; /* table slots left to pre-size, see presize() */
 } dec;
 
@@ -1211,27 +1216,164 @@ static void dec_array(dec *d, const char *at, uint32_t n)
   d->depth--;
 }
 
+/*
+ * The key cache. A receiver that gets the same large map again and again
+ * (a dictionary, a snapshot of state) would otherwise build every key string
+ * afresh for each message, and collect it again afterwards: for a map of
+ * short keys that costs as much as the rest of the decode together. The cache
+ * remembers, in order, the keys of the first large map of a message (at least
+ * KEYCACHE_MIN entries), and keeps those strings alive from a table. When the
+ * next such map has the same key at the same position, that string is pushed
+ * as is, with neither allocation nor interning. A different key just takes
+ * the position. Only keys of at most KEYCACHE_KEYLEN bytes (Lua's short,
+ * interned strings) are kept, and at most KEYCACHE_MAX of them, so what the
+ * cache holds stays below about 1 MiB; states that never see a large map
+ * never create it. The userdata is anchored in the registry and on the stack
+ * while a map uses it.
+ */
+#define KEYCACHE_MIN 64
+#define KEYCACHE_MAX 16384
+#define KEYCACHE_KEYLEN 40
+
+typedef struct keyslot {
+  const char *s; /* bytes of the string at anchor[i + 1], or NULL */
+  size_t len;
+} keyslot;
+
+typedef struct keycache {
+  uint32_t cap;
+  keyslot slot[];
+} keycache;
+
+/* Pushes the cache userdata and its anchor table, and returns the cache,
+ * with room for min(n, KEYCACHE_MAX) keys (n already bounded by what the
+ * message's bytes can hold). */
+static keycache *keycache_push(lua_State *L, uint32_t n)
+{
+  uint32_t want = n < KEYCACHE_MAX ? n : KEYCACHE_MAX;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_KEYS_KEY) == LUA_TUSERDATA) {
+    keycache *kc = lua_touserdata(L, -1);
+    if (kc->cap >= want) {
+      lua_getiuservalue(L, -1, 1);
+      return kc;
+    }
+  }
+  lua_pop(L, 1);
+  uint32_t cap = KEYCACHE_MIN;
+  while (cap < want)
+    cap *= 2;
+  if (cap > KEYCACHE_MAX)
+    cap = KEYCACHE_MAX;
+  keycache *kc = lua_newuserdatauv(L, sizeof(keycache) + (size_t)cap * sizeof(keyslot), 1);
+  kc->cap = cap;
+  memset(kc->slot, 0, (size_t)cap * sizeof(keyslot));
+  /* Pre-sized, so that storing into it never allocates (nor raises). */
+  lua_createtable(L, (int)cap, 0);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, -3, 1);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, CODEC_KEYS_KEY);
+  return kc;
+}
+
+/* If d->p is a string of at most KEYCACHE_KEYLEN bytes, returns its length
+ * and sets *bytes (bounds checked); otherwise returns -1. */
+static int short_string_at(dec *d, const char **bytes)
+{
+  const char *p = d->p;
+  if (p >= d->end)
+    return -1;
+  uint8_t c = (uint8_t)*p;
+  size_t hdr, len;
+  if (c >= 0xa0 && c <= 0xbf) {
+    hdr = 1;
+    len = c & 0x1f;
+  } else if ((c == 0xd9 || c == 0xc4) && d->end - p >= 2) {
+    hdr = 2;
+    len = (uint8_t)p[1];
+  } else {
+    return -1;
+  }
+  if (len > KEYCACHE_KEYLEN || (size_t)(d->end - p) - hdr < len)
+    return -1;
+  *bytes = p + hdr;
+  return (int)len;
+}
+
+/* Decodes a map key. Lua tables cannot hold a nil or NaN key; only the nil
+ * marker and the two float markers can produce one, so other keys skip the
+ * checks. */
+static void dec_key(dec *d)
+{
+  const char *at = d->p;
+  uint8_t c = at < d->end ? (uint8_t)*at : 0;
+  if (c == 0xc0)
+    dec_fail(d, at, "nil map key");
+  dec_value(d);
+  if (c == 0xca || c == 0xcb) {
+    lua_Number k = lua_tonumber(d->L, -1);
+    if (k != k)
+      dec_fail(d, at, "NaN map key");
+  }
+}
+
+/* Decodes the n entries of a map into the table at the top of the stack. */
+static void dec_entries(dec *d, uint32_t n)
+{
+  for (uint32_t i = 0; i < n; i++) {
+    dec_key(d);
+    dec_value(d);
+    lua_rawset(d->L, -3);
+  }
+}
+
+/* As dec_entries, for a map of at least KEYCACHE_MIN entries, with the key
+ * cache. The table is at the top of the stack. */
+static void dec_entries_cached(dec *d, uint32_t n)
+{
+  lua_State *L = d->L;
+  /* An entry takes at least 2 bytes: a hostile count cannot size the cache. */
+  size_t most = (size_t)(d->end - d->p) / 2;
+  keycache *kc = keycache_push(L, (size_t)n < most ? n : (uint32_t)most);
+  int anchor = lua_gettop(L);
+  int t = anchor - 2;
+  uint32_t cached = n < kc->cap ? n : kc->cap;
+  for (uint32_t i = 0; i < cached; i++) {
+    const char *bytes;
+    int len = short_string_at(d, &bytes);
+    if (len < 0) {
+      dec_key(d);
+    } else {
+      keyslot *ks = &kc->slot[i];
+      if (ks->s != NULL && ks->len == (size_t)len && memcmp(ks->s, bytes, (size_t)len) == 0) {
+        lua_rawgeti(L, anchor, (lua_Integer)i + 1);
+      } else {
+        lua_pushlstring(L, bytes, (size_t)len);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, anchor, (lua_Integer)i + 1); /* pre-sized: cannot raise */
+        ks->s = lua_tostring(L, -1);
+        ks->len = (size_t)len;
+      }
+      d->p = bytes + len;
+    }
+    dec_value(d);
+    lua_rawset(L, t);
+  }
+  lua_pop(L, 2);
+  dec_entries(d, n - cached);
+}
+
 static void dec_map(dec *d, const char *at, uint32_t n)
 {
   lua_State *L = d->L;
   dec_enter(d, at);
   lua_createtable(L, 0, presize(d, n, 2));
   dec_register(d);
-  for (uint32_t i = 0; i < n; i++) {
-    /* Lua tables cannot hold a nil or NaN key. Only the nil marker and
-     * the two float markers can produce one, so other keys skip the checks. */
-    const char *kat = d->p;
-    uint8_t kc = kat < d->end ? (uint8_t)*kat : 0;
-    if (kc == 0xc0)
-      dec_fail(d, kat, "nil map key");
-    dec_value(d);
-    if (kc == 0xca || kc == 0xcb) {
-      lua_Number k = lua_tonumber(L, -1);
-      if (k != k)
-        dec_fail(d, kat, "NaN map key");
-    }
-    dec_value(d);
-    lua_rawset(L, -3);
+  if (n >= KEYCACHE_MIN && !d->keycache_used) {
+    d->keycache_used = 1;
+    dec_entries_cached(d, n);
+  } else {
+    dec_entries(d, n);
   }
   d->depth--;
 }
@@ -1334,6 +1476,7 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
   d.max_depth = clamp_depth(lim->max_depth);
   d.depth = 0;
   d.nobjs = 0;
+  d.keycache_used = 0;
   d.presize_budget = len;
   if (len > lim->max_bytes) {
     lua_pushfstring(L, "malformed message: larger than %I bytes", (lua_Integer)lim->max_bytes);

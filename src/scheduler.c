@@ -16,9 +16,10 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
   s->cluster = c;
   s->slice_ns = plat_seconds_to_ns(slice_seconds);
   s->monitor_started = s->monitor_sleeping = 0;
+  atomic_init(&s->lifo_watch, 0);
   s->nworkers = nworkers;
   s->head = s->tail = NULL;
-  s->nidle = 0;
+  atomic_init(&s->nidle, 0);
   s->stopping = 0;
   s->workers = calloc((size_t)nworkers, sizeof *s->workers);
   if (!s->workers) return ENOMEM;
@@ -33,6 +34,8 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
   for (int i = 0; i < nworkers; i++) {
     s->workers[i].sched = s;
     s->workers[i].index = i;
+    atomic_init(&s->workers[i].lifo, NULL);
+    atomic_init(&s->workers[i].lifo_pushes, 0);
     plat_mutex_init(&s->workers[i].cur_lock);
   }
   return 0;
@@ -67,18 +70,25 @@ void worker_end_turn(worker *w) {
   plat_mutex_unlock(&w->cur_lock);
 }
 
+/* Ticks of the fast watch that find every LIFO slot empty before it ends. */
+#define LIFO_WATCH_IDLE_TICKS 40
+
 static void *monitor_main(void *arg) {
   sched *s = arg;
+  int quiet = 0; /* fast ticks in a row that saw no slot taken */
   plat_mutex_lock(&s->lock);
   while (!s->stopping) {
-    if (s->nidle == s->nworkers && !s->head) {
+    if (atomic_load_explicit(&s->nidle, memory_order_relaxed) == s->nworkers && !s->head) {
+      atomic_store(&s->lifo_watch, 0);
       s->monitor_sleeping = 1;
       plat_cond_wait(&s->monitor_cond, &s->lock);
       s->monitor_sleeping = 0;
       continue;
     }
+    int watch = atomic_load(&s->lifo_watch);
     plat_mutex_unlock(&s->lock);
     uint64_t now = plat_now_ns();
+    int taken = 0;
     for (int i = 0; i < s->nworkers; i++) {
       worker *w = &s->workers[i];
       plat_mutex_lock(&w->cur_lock);
@@ -89,16 +99,29 @@ static void *monitor_main(void *arg) {
         w->preempted = 1;
         isolate_preempt(w->current);
       }
-      /* A turn that goes on while an isolate waits in the LIFO slot: the
-       * shared queue (and an idle worker) take it. */
-      if (w->current) {
-        ic_isolate *waiting = atomic_exchange(&w->lifo, NULL);
-        if (waiting) queue_append(s, waiting);
+      /* An isolate that has waited in the LIFO slot since the last look
+       * (no hand-off in between) while a turn goes on: the shared queue
+       * (and an idle worker) take it. The slot is pushed to only by its
+       * owner, so an unchanged count means the same occupant. */
+      uint64_t pushes = atomic_load_explicit(&w->lifo_pushes, memory_order_relaxed);
+      if (atomic_load_explicit(&w->lifo, memory_order_relaxed)) {
+        taken = 1;
+        if (w->current && pushes == w->lifo_seen) {
+          ic_isolate *waiting = atomic_exchange(&w->lifo, NULL);
+          if (waiting) queue_append(s, waiting);
+        }
       }
+      w->lifo_seen = pushes;
       plat_mutex_unlock(&w->cur_lock);
     }
+    quiet = taken ? 0 : quiet + 1;
     plat_mutex_lock(&s->lock);
-    if (!s->stopping) plat_cond_wait_until(&s->monitor_cond, &s->lock, now + s->slice_ns);
+    /* A hand-off racing this clear may go unwatched until the next one
+     * sets the flag again: the slow tick below still moves it, a slice later. */
+    if (watch && quiet >= LIFO_WATCH_IDLE_TICKS) atomic_store(&s->lifo_watch, 0);
+    watch = atomic_load(&s->lifo_watch);
+    if (!s->stopping)
+      plat_cond_wait_until(&s->monitor_cond, &s->lock, now + (watch ? LIFO_WAIT_NS : s->slice_ns));
   }
   plat_mutex_unlock(&s->lock);
   return NULL;
@@ -120,7 +143,7 @@ static void queue_append(sched *s, ic_isolate *iso) {
     return;
   }
   queue_append_locked(s, iso);
-  if (s->nidle > 0) plat_cond_signal(&s->cond);
+  if (atomic_load_explicit(&s->nidle, memory_order_relaxed) > 0) plat_cond_signal(&s->cond);
   plat_mutex_unlock(&s->lock);
 }
 
@@ -130,7 +153,19 @@ void sched_push(sched *s, ic_isolate *iso, worker *from) {
      * the shared queue, where an idle worker can pick it up. */
     ic_isolate *prev = atomic_exchange(&from->lifo, iso);
     from->lifo_since = 0;
+    atomic_store_explicit(&from->lifo_pushes,
+                          atomic_load_explicit(&from->lifo_pushes, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     if (prev) queue_append(s, prev);
+    /* Someone idle could run it if this turn goes on: make sure the
+     * monitor watches the slot (a flag test on the fast path). */
+    if (!atomic_load_explicit(&s->lifo_watch, memory_order_relaxed) &&
+        atomic_load_explicit(&s->nidle, memory_order_relaxed) > 0 &&
+        !atomic_exchange(&s->lifo_watch, 1)) {
+      plat_mutex_lock(&s->lock);
+      plat_cond_signal(&s->monitor_cond);
+      plat_mutex_unlock(&s->lock);
+    }
     return;
   }
   queue_append(s, iso);
@@ -158,7 +193,8 @@ static ic_isolate *sched_next(sched *s, worker *w) {
       s->head = next->runq_next;
       if (!s->head) s->tail = NULL;
       /* More waiting and others asleep: pass the baton. */
-      if (s->head && s->nidle > 0) plat_cond_signal(&s->cond);
+      if (s->head && atomic_load_explicit(&s->nidle, memory_order_relaxed) > 0)
+        plat_cond_signal(&s->cond);
       plat_mutex_unlock(&s->lock);
       return next;
     }
@@ -166,9 +202,9 @@ static ic_isolate *sched_next(sched *s, worker *w) {
       plat_mutex_unlock(&s->lock);
       return NULL;
     }
-    s->nidle++;
+    atomic_fetch_add_explicit(&s->nidle, 1, memory_order_relaxed);
     plat_cond_wait(&s->cond, &s->lock);
-    s->nidle--;
+    atomic_fetch_sub_explicit(&s->nidle, 1, memory_order_relaxed);
     /* Busy again: the monitor watches while anyone works. */
     if (s->monitor_sleeping) plat_cond_signal(&s->monitor_cond);
   }

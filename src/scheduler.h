@@ -28,6 +28,8 @@ typedef struct worker {
    * the monitor (or a send that finds it waiting too long) moves it to the
    * shared queue so an idle worker runs it, when the current turn goes on. */
   _Atomic(struct ic_isolate *) lifo;
+  _Atomic uint64_t lifo_pushes; /* hand-offs into the slot, counted by the owner */
+  uint64_t lifo_seen;        /* lifo_pushes at the monitor's last look (monitor only) */
   uint64_t lifo_since;       /* when a send first found the slot taken (owner only) */
   unsigned lifo_streak;      /* consecutive LIFO runs */
   int index;
@@ -48,13 +50,18 @@ typedef struct sched {
   plat_mutex lock;           /* guards the queue, nidle, stopping */
   plat_cond cond;
   struct ic_isolate *head, *tail;
-  int nidle;
+  _Atomic int nidle;         /* written under lock; read without it as a hint */
   int stopping;
   /* The monitor (like Go's sysmon) preempts a turn that has run longer
-   * than the time slice. It sleeps while every worker is idle. */
+   * than the time slice. It sleeps while every worker is idle. While an
+   * isolate waits in a LIFO slot and a worker is idle, it watches the slots
+   * every LIFO_WAIT and moves an isolate that waited a whole look to the
+   * shared queue, so a sender that computes on after its send does not hold
+   * the receiver back (lifo_watch set, guarded by lock for the wake-up). */
   plat_thread monitor;
   plat_cond monitor_cond;
   int monitor_started, monitor_sleeping;
+  atomic_int lifo_watch;
   uint64_t slice_ns;
 } sched;
 

@@ -1157,6 +1157,7 @@ static void test_alloc_failure(void)
     "f = function(x) return shared[x] end, p = print, ins = table.insert, g = _G, "
     "r = ref(1, 2), list = {}} "
     "for i = 1, 50 do t.list[i] = {i, tostring(i)} end "
+    "t.big = {} for i = 1, 100 do t.big['k' .. i] = i end "
     "t.self = t return t";
   if (luaL_dostring(L, src) != LUA_OK) {
     ok_if(0, "allocation failure", "setup: %s", lua_tostring(L, -1));
