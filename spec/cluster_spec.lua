@@ -106,12 +106,22 @@ describe("single-node cluster", function()
       assert.is_nil(anon.path)
     end)
 
-    it("tostring(ref) mentions the path", function()
+    it("tostring(ref) mentions the path, and node and id as unsigned numbers", function()
       local r = c:spawn_isolate(echo_entry, nil, { path = "/printable" })
-      assert.is_string(tostring(r))
-      assert.truthy(tostring(r):find("/printable", 1, true))
-      assert.is_string(tostring(c:spawn_isolate(echo_entry)))
-      assert.is_string(tostring(c.main))
+      assert.matches("^isolate_ref%(/printable, %d+:%d+%)$", tostring(r))
+      assert.matches("^isolate_ref%(%d+:%d+%)$", tostring(c:spawn_isolate(echo_entry)))
+      assert.matches("^isolate_ref%(main, %d+:%d+%)$", tostring(c.main))
+      -- the node part is a u32: spawn clusters until one has the high bit set
+      local seen_high = false
+      for _ = 1, 64 do
+        local k = ic.single_node({ workers = 1 })
+        local node = tonumber(tostring(k.main):match("(%d+):%d+%)$"))
+        assert.is_true(node >= 0 and node <= 0xffffffff)
+        seen_high = seen_high or node >= 0x80000000
+        k:shutdown()
+        if seen_high then break end
+      end
+      assert.is_true(seen_high)
     end)
 
     it("ref:property and ref:properties return copies", function()

@@ -635,12 +635,12 @@ static void enc_table(enc *e, int t, const enc_frame *at)
     enc_frame kf = { at, AT_MAPKEY, 0, 0, NULL };
     enc_frame vf = { at, AT_KEY, 0, 0, NULL };
     lua_pushnil(L);
+    int k = lua_gettop(L);
+    vf.key = k;
     while (lua_next(L, t)) {
-      int top = lua_gettop(L);
-      vf.key = top - 1;
-      enc_value(e, top - 1, &kf);
-      enc_value(e, top, &vf);
-      lua_pop(L, 1);
+      enc_value(e, k, &kf);
+      enc_value(e, k + 1, &vf);
+      lua_settop(L, k);
       count++;
     }
     if (count > UINT32_MAX)

@@ -347,11 +347,12 @@ static int l_ref_eq(lua_State *L) {
 static int l_ref_tostring(lua_State *L) {
   lref *r = lref_check(L, 1);
   if (r->iso && r->iso->path)
-    lua_pushfstring(L, "isolate_ref(%s, %d:%d)", r->iso->path, (int)r->node, (int)r->id);
+    lua_pushfstring(L, "isolate_ref(%s, %I:%I)", r->iso->path, (lua_Integer)r->node,
+                    (lua_Integer)r->id);
   else if (r->iso && r->iso->kind == ISO_MAIN)
-    lua_pushfstring(L, "isolate_ref(main, %d:%d)", (int)r->node, (int)r->id);
+    lua_pushfstring(L, "isolate_ref(main, %I:%I)", (lua_Integer)r->node, (lua_Integer)r->id);
   else
-    lua_pushfstring(L, "isolate_ref(%d:%d)", (int)r->node, (int)r->id);
+    lua_pushfstring(L, "isolate_ref(%I:%I)", (lua_Integer)r->node, (lua_Integer)r->id);
   return 1;
 }
 
