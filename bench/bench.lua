@@ -40,10 +40,12 @@ local function baseline(name, n)
 end
 
 local function report(name, value, unit, base, higher_is_better)
-  local line = string.format("%-34s %14.1f %-14s", name, value, unit)
+  local fmt = value < 100 and "%14.2f" or "%14.1f"
+  local line = string.format("%-34s " .. fmt .. " %-14s", name, value, unit)
   if base then
     local ratio = higher_is_better and value / base or base / value
-    line = line .. string.format(" C baseline %12.1f  ratio %.2fx", base, ratio)
+    line = line .. string.format(" C baseline " .. (base < 100 and "%12.2f" or "%12.1f") .. "  ratio %.2fx",
+      base, ratio)
   end
   print(line)
 end
