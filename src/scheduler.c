@@ -16,7 +16,7 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
   s->cluster = c;
   s->slice_ns = plat_seconds_to_ns(slice_seconds);
   s->monitor_started = s->monitor_sleeping = 0;
-  atomic_init(&s->lifo_watch, 0);
+  atomic_init(&s->lifo_watch, LIFO_WATCH_OFF);
   s->nworkers = nworkers;
   s->head = s->tail = NULL;
   atomic_init(&s->nidle, 0);
@@ -70,16 +70,23 @@ void worker_end_turn(worker *w) {
   plat_mutex_unlock(&w->cur_lock);
 }
 
-/* Ticks of the fast watch that find every LIFO slot empty before it ends. */
-#define LIFO_WATCH_IDLE_TICKS 40
+/* The fast watch ends after this many looks that moved nothing (the slots
+ * were empty, or their occupants changed in between, as in a ping-pong on
+ * one worker), and then rests for LIFO_WATCH_REST slow ticks before a
+ * hand-off may start it again, so a pattern that never needs it does not
+ * keep the monitor waking every LIFO_WAIT. */
+#define LIFO_WATCH_USELESS_TICKS 40
+#define LIFO_WATCH_REST 8
 
 static void *monitor_main(void *arg) {
   sched *s = arg;
-  int quiet = 0; /* fast ticks in a row that saw no slot taken */
+  int useless = 0; /* fast looks in a row that moved nothing */
+  int rest = 0;    /* slow ticks left before the watch may start again */
   plat_mutex_lock(&s->lock);
   while (!s->stopping) {
     if (atomic_load_explicit(&s->nidle, memory_order_relaxed) == s->nworkers && !s->head) {
-      atomic_store(&s->lifo_watch, 0);
+      atomic_store(&s->lifo_watch, LIFO_WATCH_OFF);
+      useless = rest = 0;
       s->monitor_sleeping = 1;
       plat_cond_wait(&s->monitor_cond, &s->lock);
       s->monitor_sleeping = 0;
@@ -88,7 +95,7 @@ static void *monitor_main(void *arg) {
     int watch = atomic_load(&s->lifo_watch);
     plat_mutex_unlock(&s->lock);
     uint64_t now = plat_now_ns();
-    int taken = 0;
+    int moved = 0;
     for (int i = 0; i < s->nworkers; i++) {
       worker *w = &s->workers[i];
       plat_mutex_lock(&w->cur_lock);
@@ -104,24 +111,34 @@ static void *monitor_main(void *arg) {
        * (and an idle worker) take it. The slot is pushed to only by its
        * owner, so an unchanged count means the same occupant. */
       uint64_t pushes = atomic_load_explicit(&w->lifo_pushes, memory_order_relaxed);
-      if (atomic_load_explicit(&w->lifo, memory_order_relaxed)) {
-        taken = 1;
-        if (w->current && pushes == w->lifo_seen) {
-          ic_isolate *waiting = atomic_exchange(&w->lifo, NULL);
-          if (waiting) queue_append(s, waiting);
+      if (w->current && pushes == w->lifo_seen &&
+          atomic_load_explicit(&w->lifo, memory_order_relaxed)) {
+        ic_isolate *waiting = atomic_exchange(&w->lifo, NULL);
+        if (waiting) {
+          queue_append(s, waiting);
+          moved = 1;
         }
       }
       w->lifo_seen = pushes;
       plat_mutex_unlock(&w->cur_lock);
     }
-    quiet = taken ? 0 : quiet + 1;
     plat_mutex_lock(&s->lock);
-    /* A hand-off racing this clear may go unwatched until the next one
-     * sets the flag again: the slow tick below still moves it, a slice later. */
-    if (watch && quiet >= LIFO_WATCH_IDLE_TICKS) atomic_store(&s->lifo_watch, 0);
+    if (watch == LIFO_WATCH_ON) {
+      useless = moved ? 0 : useless + 1;
+      /* A hand-off racing this store finds the watch resting: the slow
+       * tick still moves what it left, a slice later. */
+      if (useless >= LIFO_WATCH_USELESS_TICKS) {
+        atomic_store(&s->lifo_watch, LIFO_WATCH_RESTING);
+        useless = 0;
+        rest = LIFO_WATCH_REST;
+      }
+    } else if (watch == LIFO_WATCH_RESTING && --rest <= 0) {
+      atomic_store(&s->lifo_watch, LIFO_WATCH_OFF);
+    }
     watch = atomic_load(&s->lifo_watch);
     if (!s->stopping)
-      plat_cond_wait_until(&s->monitor_cond, &s->lock, now + (watch ? LIFO_WAIT_NS : s->slice_ns));
+      plat_cond_wait_until(&s->monitor_cond, &s->lock,
+                           now + (watch == LIFO_WATCH_ON ? LIFO_WAIT_NS : s->slice_ns));
   }
   plat_mutex_unlock(&s->lock);
   return NULL;
@@ -159,9 +176,10 @@ void sched_push(sched *s, ic_isolate *iso, worker *from) {
     if (prev) queue_append(s, prev);
     /* Someone idle could run it if this turn goes on: make sure the
      * monitor watches the slot (a flag test on the fast path). */
-    if (!atomic_load_explicit(&s->lifo_watch, memory_order_relaxed) &&
+    int off = LIFO_WATCH_OFF;
+    if (atomic_load_explicit(&s->lifo_watch, memory_order_relaxed) == LIFO_WATCH_OFF &&
         atomic_load_explicit(&s->nidle, memory_order_relaxed) > 0 &&
-        !atomic_exchange(&s->lifo_watch, 1)) {
+        atomic_compare_exchange_strong(&s->lifo_watch, &off, LIFO_WATCH_ON)) {
       plat_mutex_lock(&s->lock);
       plat_cond_signal(&s->monitor_cond);
       plat_mutex_unlock(&s->lock);

@@ -43,6 +43,8 @@ typedef struct worker {
   int preempted;             /* the monitor asked this turn to yield */
 } worker;
 
+enum { LIFO_WATCH_OFF, LIFO_WATCH_ON, LIFO_WATCH_RESTING };
+
 typedef struct sched {
   struct ic_cluster *cluster;
   worker *workers;
@@ -57,7 +59,8 @@ typedef struct sched {
    * isolate waits in a LIFO slot and a worker is idle, it watches the slots
    * every LIFO_WAIT and moves an isolate that waited a whole look to the
    * shared queue, so a sender that computes on after its send does not hold
-   * the receiver back (lifo_watch set, guarded by lock for the wake-up). */
+   * the receiver back (lifo_watch ON; a hand-off turns it on from OFF and
+   * wakes the monitor under lock; see monitor_main for RESTING). */
   plat_thread monitor;
   plat_cond monitor_cond;
   int monitor_started, monitor_sleeping;
