@@ -58,6 +58,7 @@ void codec_limits_default(codec_limits *lim)
   lim->max_depth = 200;
   lim->max_bytes = (size_t)256 << 20;
   lim->allow_functions = 1;
+  lim->key_cache = 1;
 }
 
 void codec_buf_reset(codec_buf *b)
@@ -927,7 +928,7 @@ typedef struct dec {
   int depth;
   int objs; /* stack index: { [index + 1] = table or function }, nil until needed */
   lua_Integer nobjs;
-  int keycache_used; /* a map of this message has had the key cache */
+  int keycache_used; /* a map of this message has had the key cache (or it is off) */
   size_t presize_budget; /* table slots left to pre-size, see presize() */
 } dec;
 
@@ -1476,7 +1477,7 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
   d.max_depth = clamp_depth(lim->max_depth);
   d.depth = 0;
   d.nobjs = 0;
-  d.keycache_used = 0;
+  d.keycache_used = !lim->key_cache;
   d.presize_budget = len;
   if (len > lim->max_bytes) {
     lua_pushfstring(L, "malformed message: larger than %I bytes", (lua_Integer)lim->max_bytes);

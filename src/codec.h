@@ -63,9 +63,12 @@ typedef struct codec_limits {
                                process or authenticated cluster nodes: lua_load does not
                                verify bytecode, and hostile bytecode can crash the process
                                even before it runs. Set 0 for any other peer. */
+  int key_cache;            /* decode: remember the keys of large maps from one message to
+                               the next (see "The key cache" in src/codec.c); it keeps up
+                               to about 1 MiB of the state's memory while the state lives */
 } codec_limits;
 
-/* Defaults: depth 200, 256 MiB, functions allowed. lim may be NULL in
+/* Defaults: depth 200, 256 MiB, functions allowed, key cache on. lim may be NULL in
  * codec_encode / codec_decode to mean these defaults. */
 void codec_limits_default(codec_limits *lim);
 

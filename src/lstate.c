@@ -887,6 +887,9 @@ static int l_boot(lua_State *L) {
   }
   lstate_ctx *ctx = lstate_open(L);
   ctx->self = iso;
+  /* Under a memory limit the key cache would hold memory the isolate's own
+   * values may need. */
+  if (iso->mem_limit) ctx->lim.key_cache = 0;
 
   static const luaL_Reg core[] = {
       {"self", l_core_self}, {"main", l_core_main}, {"request", l_core_request},

@@ -155,6 +155,7 @@ static void read_limits(lua_State *L, int opts, codec_limits *lim)
   lim->max_depth = (int)opt_int(L, opts, "max_depth", lim->max_depth);
   lim->max_bytes = (size_t)opt_int(L, opts, "max_bytes", (lua_Integer)lim->max_bytes);
   lim->allow_functions = opt_bool(L, opts, "allow_functions", 1);
+  lim->key_cache = opt_bool(L, opts, "key_cache", 1);
 }
 
 /* encode(value [, {root=, max_depth=, max_bytes=, hooks=, append=}]) -> bytes.
@@ -686,6 +687,49 @@ static void test_tables(void)
                  "local t = {'leaf'} for i = 1, 499 do t = {t} end return t", NULL,
                  "local v = ... for i = 1, 499 do v = v[1] end return v[1] == 'leaf'",
                  "{max_depth = 500}", "{max_depth = 500}");
+}
+
+/* The decoder's key cache (src/codec.c): large maps decode exactly whether
+ * their keys repeat, change, or change length at a position. In the GC
+ * stress passes a key the cache failed to keep alive would be read after it
+ * was collected, which ASan reports. */
+static void test_key_cache(void)
+{
+  static const char *const maps[][2] = {
+    { "key cache: a first large map",
+      "local t = {} for i = 1, 300 do t['k' .. i] = i end return t" },
+    { "key cache: the same keys again",
+      "local t = {} for i = 1, 300 do t['k' .. i] = -i end return t" },
+    { "key cache: other bytes, same lengths",
+      "local t = {} for i = 1, 300 do t['j' .. i] = i end return t" },
+    { "key cache: keys one byte longer",
+      "local t = {} for i = 1, 300 do t['j' .. i .. '\\0'] = i end return t" },
+    { "key cache: numbers, long and binary keys among them",
+      "local t = {} for i = 1, 300 do local m = i % 4 "
+      "if m == 0 then t[i] = i elseif m == 1 then t[('x'):rep(41) .. i] = i "
+      "elseif m == 2 then t['\\255' .. i] = i else t['k' .. i] = i end end return t" },
+    { "key cache: the first keys once more",
+      "local t = {} for i = 1, 300 do t['k' .. i] = i end return t" },
+    { "key cache: two large maps in one message",
+      "local a, b = {}, {} for i = 1, 100 do a['a' .. i] = i b['b' .. i] = {i} end "
+      "return {a = a, b = b, again = a}" },
+  };
+  for (size_t i = 0; i < sizeof maps / sizeof maps[0]; i++)
+    roundtrip(maps[i][0], maps[i][1], NULL);
+  roundtrip_opts("key cache: off", maps[0][1], NULL, NULL, NULL, "{key_cache = false}");
+
+  /* A state decoding with the cache off makes none; with it on, one. */
+  lua_State *L = new_state();
+  int made = eval(L, "local t = {} for i = 1, 100 do t['k' .. i] = i end "
+                     "local bytes = encode(t) t = nil collectgarbage() "
+                     "local reg = debug.getregistry() "
+                     "decode(bytes, {key_cache = false}) "
+                     "local before = reg['isolate_cluster.codec.keys'] "
+                     "decode(bytes) "
+                     "return before == nil and type(reg['isolate_cluster.codec.keys']) == 'userdata'");
+  ok_if(made && lua_toboolean(L, -1), "key cache: made only when on", "%s",
+        made ? "registry entry wrong" : lua_tostring(L, -1));
+  lua_close(L);
 }
 
 static void test_functions(void)
@@ -1280,6 +1324,7 @@ static void run_all(void)
   test_plain_values();
   test_exact_bytes();
   test_tables();
+  test_key_cache();
   test_functions();
   test_refs();
 }
