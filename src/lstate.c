@@ -319,11 +319,12 @@ static int l_ref_properties(lua_State *L) {
 }
 
 static int l_ref_index(lua_State *L) {
-  lref *r = lref_check(L, 1);
-  /* Methods first: ref:send is the hot path. */
+  /* Methods first: ref:send is the hot path, and each method checks its
+   * own receiver. */
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
   lua_pop(L, 1);
+  lref *r = lref_check(L, 1);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k && strcmp(k, "path") == 0) {
     if (r->iso && r->iso->path) lua_pushstring(L, r->iso->path);

@@ -30,7 +30,8 @@ typedef struct worker {
   _Atomic(struct ic_isolate *) lifo;
   _Atomic uint64_t lifo_pushes; /* hand-offs into the slot, counted by the owner */
   uint64_t lifo_seen;        /* lifo_pushes at the monitor's last look (monitor only) */
-  uint64_t lifo_since;       /* when a send first found the slot taken (owner only) */
+  uint64_t lifo_mark;        /* lifo_pushes when a send last looked (owner only) */
+  uint64_t lifo_since;       /* when a later send first found that occupant (owner only) */
   unsigned lifo_streak;      /* consecutive LIFO runs */
   int index;
   int started;
