@@ -4,6 +4,8 @@
 --   lua5.4 bench/bench.lua [--quick] [--workers N] [--baseline path/to/bench_baseline]
 --                          [--only pingpong|mpsc|spawns|copy]
 --
+-- Each benchmark runs in a fresh process (the script runs itself with --only).
+--
 -- With LUA_PATH/LUA_CPATH pointing at a build (see README). Figures depend on
 -- the machine and its load; compare ratios between runs, not absolutes.
 local ic = require("isolate_cluster")
@@ -172,7 +174,26 @@ end
 print(string.format("isolate_cluster %s benchmarks, %s workers%s", ic._VERSION,
   opts.workers or "default", opts.quick and " (quick: tiny counts, figures meaningless)" or ""))
 
-local function wanted(name) return opts.only == nil or opts.only == name end
+-- Without --only, each benchmark runs in a process of its own, so none of
+-- them inherits another's threads and allocator arenas (the memory figure
+-- in particular would otherwise count memory an earlier one freed).
+if opts.only == nil then
+  local lua = arg[-1] or "lua5.4"
+  local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+  local common = (opts.quick and " --quick" or "") ..
+    (opts.workers and " --workers " .. opts.workers or "") ..
+    (opts.baseline and " --baseline " .. q(opts.baseline) or "")
+  for _, name in ipairs({ "pingpong", "mpsc", "spawns", "copy" }) do
+    local p = io.popen(q(lua) .. " " .. q(arg[0]) .. " --only " .. name .. common)
+    local out = p:read("a")
+    local ok = p:close()
+    io.write((out:gsub("^[^\n]*\n", ""))) -- each child's title line
+    if not ok then error("benchmark " .. name .. " failed") end
+  end
+  return
+end
+
+local function wanted(name) return opts.only == name end
 
 local n
 if wanted("pingpong") then
