@@ -501,6 +501,14 @@ static void put_float(enc *e, lua_Number v)
   enc_commit(e, mp_encode_double(w, v));
 }
 
+static void put_number(enc *e, lua_State *L, int idx)
+{
+  if (lua_isinteger(L, idx))
+    put_integer(e, lua_tointeger(L, idx));
+  else
+    put_float(e, lua_tonumber(L, idx));
+}
+
 static void put_string(enc *e, const char *s, size_t len, const enc_frame *at)
 {
   if (len > UINT32_MAX)
@@ -639,8 +647,18 @@ static void enc_table(enc *e, int t, const enc_frame *at)
     int k = lua_gettop(L);
     vf.key = k;
     while (lua_next(L, t)) {
-      enc_value(e, k, &kf);
-      enc_value(e, k + 1, &vf);
+      /* String keys and number values, the common entries, inline. */
+      if (lua_type(L, k) == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, k, &len);
+        put_string(e, s, len, &kf);
+      } else {
+        enc_value(e, k, &kf);
+      }
+      if (lua_type(L, k + 1) == LUA_TNUMBER)
+        put_number(e, L, k + 1);
+      else
+        enc_value(e, k + 1, &vf);
       lua_settop(L, k);
       count++;
     }
@@ -814,10 +832,7 @@ static void enc_value(enc *e, int idx, const enc_frame *at)
     put_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2);
     break;
   case LUA_TNUMBER:
-    if (lua_isinteger(L, idx))
-      put_integer(e, lua_tointeger(L, idx));
-    else
-      put_float(e, lua_tonumber(L, idx));
+    put_number(e, L, idx);
     break;
   case LUA_TSTRING: {
     size_t len;
