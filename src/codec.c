@@ -1316,6 +1316,27 @@ static int short_string_at(dec *d, const char **bytes)
   return (int)len;
 }
 
+/* dec_value, with the commonest map values (a float64, a small
+ * non-negative integer) decoded inline. */
+static inline void dec_map_value(dec *d)
+{
+  const char *p = d->p;
+  if (p < d->end) {
+    uint8_t c = (uint8_t)*p;
+    if (c <= 0x7f) {
+      d->p = p + 1;
+      lua_pushinteger(d->L, (lua_Integer)c);
+      return;
+    }
+    if (c == 0xcb && d->end - p >= 9) {
+      d->p = p + 1;
+      lua_pushnumber(d->L, (lua_Number)mp_load_double(&d->p));
+      return;
+    }
+  }
+  dec_value(d);
+}
+
 /* Decodes a map key. Lua tables cannot hold a nil or NaN key; only the nil
  * marker and the two float markers can produce one, so other keys skip the
  * checks. */
@@ -1338,7 +1359,7 @@ static void dec_entries(dec *d, uint32_t n)
 {
   for (uint32_t i = 0; i < n; i++) {
     dec_key(d);
-    dec_value(d);
+    dec_map_value(d);
     lua_rawset(d->L, -3);
   }
 }
@@ -1372,7 +1393,7 @@ static void dec_entries_cached(dec *d, uint32_t n)
       }
       d->p = bytes + len;
     }
-    dec_value(d);
+    dec_map_value(d);
     lua_rawset(L, t);
   }
   lua_pop(L, 2);
