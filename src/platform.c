@@ -3,6 +3,9 @@
 #include <errno.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 uint64_t plat_now_ns(void) {
   struct timespec ts;
@@ -37,6 +40,12 @@ int plat_cond_wait_until(plat_cond *c, plat_mutex *m, uint64_t deadline_ns) {
   ts.tv_nsec = (long)(deadline_ns % 1000000000u);
   int rc = pthread_cond_timedwait(c, m, &ts);
   return rc == ETIMEDOUT ? ETIMEDOUT : 0;
+}
+
+void plat_thread_precise_timers(void) {
+#ifdef __linux__
+  (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL); /* 1 us */
+#endif
 }
 
 int plat_thread_start(plat_thread *t, void *(*fn)(void *), void *arg, size_t stack_bytes) {

@@ -34,6 +34,10 @@ void plat_cond_destroy(plat_cond *c);
  * signalled (or spuriously woken), ETIMEDOUT when the deadline passed. */
 int plat_cond_wait_until(plat_cond *c, plat_mutex *m, uint64_t deadline_ns);
 
+/* Asks that the calling thread's timed waits end close to their deadline
+ * (Linux otherwise lets them run up to 50 us late). Best effort. */
+void plat_thread_precise_timers(void);
+
 /* Starts a joinable thread with a stack of stack_bytes (0 = default). */
 int plat_thread_start(plat_thread *t, void *(*fn)(void *), void *arg, size_t stack_bytes);
 int plat_thread_join(plat_thread t);

@@ -91,6 +91,7 @@ static void *monitor_main(void *arg) {
   sched *s = arg;
   int useless = 0; /* fast looks in a row that moved nothing */
   int rest = 0;    /* slow ticks left before the watch may start again */
+  plat_thread_precise_timers(); /* a LIFO_WAIT look, not twice that */
   plat_mutex_lock(&s->lock);
   while (!s->stopping) {
     if (atomic_load_explicit(&s->nidle, memory_order_relaxed) == s->nworkers && !s->head) {
