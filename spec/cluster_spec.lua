@@ -106,6 +106,22 @@ describe("single-node cluster", function()
       assert.is_nil(anon.path)
     end)
 
+    it("ref methods called on something else raise a clear error, in the main state and in isolates", function()
+      local r = c:spawn_isolate(echo_entry)
+      for _, bad in ipairs({ {}, 1, "x", io.stdout }) do
+        local ok, err = pcall(r.send, bad, 1)
+        assert.is_false(ok)
+        assert.matches("isolate_ref expected", err, 1, true)
+      end
+      local probe = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(target)
+          local ok, err = pcall(target.send, io.stdout, 1)
+          return not ok and err or "no error"
+        end)
+      end)
+      assert.matches("isolate_ref expected", probe:request(r, 10), 1, true)
+    end)
+
     it("tostring(ref) mentions the path, and node and id as unsigned numbers", function()
       local r = c:spawn_isolate(echo_entry, nil, { path = "/printable" })
       assert.matches("^isolate_ref%(/printable, %d+:%d+%)$", tostring(r))

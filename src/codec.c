@@ -915,6 +915,22 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
   e.depth = 0;
   e.nseen = 0;
   idx = lua_absindex(L, idx);
+  /* A number, boolean, nil or string (most small messages) cannot fail
+   * once its bytes fit: written directly, without the protected call. */
+  int t = lua_type(L, idx);
+  size_t room = e.room - b->len;
+  if ((t == LUA_TNUMBER || t == LUA_TBOOLEAN || t == LUA_TNIL) && room >= 9) {
+    enc_value(&e, idx, NULL);
+    return;
+  }
+  if (t == LUA_TSTRING) {
+    size_t len;
+    const char *str = lua_tolstring(L, idx, &len); /* a string: no allocation */
+    if (len <= UINT32_MAX && room >= 5 && room - 5 >= len) {
+      put_string(&e, str, len, NULL);
+      return;
+    }
+  }
   if (!lua_checkstack(L, 3)) {
     lua_pushfstring(L, "not enough memory to copy %s", e.root);
     raise_error(L);

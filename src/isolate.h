@@ -69,6 +69,7 @@ typedef struct ic_isolate {
   struct lua_State *pump;       /* the coroutine messages are resumed into */
   int pump_ref;                 /* keeps it alive (registry reference) */
   ic_blob *boot;                /* the encoded entry; consumed by the first run */
+  struct lstate_ctx *lctx;      /* the Lua state's per-state data (owned by the state) */
   char *lua_path, *lua_cpath;   /* the creator's package.path/cpath, or NULL */
   uint64_t next_corr;           /* request ids (main state) */
   int wait;                     /* WAIT_* */

@@ -12,7 +12,6 @@
 
 /* Registry keys: the addresses of these constants. */
 static const char CTX_KEY = 'c';
-static const char CACHE_KEY = 'r';
 static const char JOBS_KEY = 'j';
 
 /* Instructions between two looks at the interrupt flag and the slice clock
@@ -55,9 +54,21 @@ lref *lref_check(lua_State *L, int idx) {
   return r;
 }
 
+/* lref_check with the state's ctx at hand: the metatable by identity. */
+static lref *lref_check_ctx(lua_State *L, int idx, const lstate_ctx *ctx) {
+  lref *r = lua_touserdata(L, idx);
+  if (r && lua_getmetatable(L, idx)) {
+    int same = lua_topointer(L, -1) == ctx->ref_mt;
+    lua_pop(L, 1);
+    if (same) return r;
+  }
+  luaL_typeerror(L, idx, "isolate_ref");
+  return NULL;
+}
+
 /* Pushes the cached ref for (node, id), or nothing and returns 0. */
-static int ref_cache_get(lua_State *L, uint32_t node, uint64_t id) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &CACHE_KEY);
+static int ref_cache_get(lua_State *L, const lstate_ctx *ctx, uint32_t node, uint64_t id) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->cache_ref);
   if (lua_rawgeti(L, -1, (lua_Integer)node) == LUA_TTABLE &&
       lua_rawgeti(L, -1, (lua_Integer)id) == LUA_TUSERDATA) {
     lua_replace(L, -3);
@@ -69,8 +80,8 @@ static int ref_cache_get(lua_State *L, uint32_t node, uint64_t id) {
 }
 
 /* Value on top is a new ref userdata: remember it (weakly). */
-static void ref_cache_put(lua_State *L, uint32_t node, uint64_t id) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &CACHE_KEY);
+static void ref_cache_put(lua_State *L, const lstate_ctx *ctx, uint32_t node, uint64_t id) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->cache_ref);
   if (lua_rawgeti(L, -1, (lua_Integer)node) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_createtable(L, 0, 4);
@@ -86,7 +97,8 @@ static void ref_cache_put(lua_State *L, uint32_t node, uint64_t id) {
   lua_pop(L, 2);
 }
 
-static void ref_new(lua_State *L, ic_isolate *iso, uint32_t node, uint64_t id) {
+static void ref_new(lua_State *L, const lstate_ctx *ctx, ic_isolate *iso, uint32_t node,
+                    uint64_t id) {
   lref *r = lua_newuserdatauv(L, sizeof *r, 0);
   r->iso = NULL;
   r->node = node;
@@ -96,22 +108,25 @@ static void ref_new(lua_State *L, ic_isolate *iso, uint32_t node, uint64_t id) {
     isolate_retain(iso);
     r->iso = iso;
   }
-  ref_cache_put(L, node, id);
+  ref_cache_put(L, ctx, node, id);
 }
 
-void lref_push(lua_State *L, ic_isolate *iso) {
+static void lref_push_ctx(lua_State *L, const lstate_ctx *ctx, ic_isolate *iso) {
   uint32_t node = iso->cluster->node_id;
-  if (ref_cache_get(L, node, iso->id)) return;
-  ref_new(L, iso, node, iso->id);
+  if (ref_cache_get(L, ctx, node, iso->id)) return;
+  ref_new(L, ctx, iso, node, iso->id);
 }
+
+void lref_push(lua_State *L, ic_isolate *iso) { lref_push_ctx(L, lstate_ctx_of(L), iso); }
 
 void lref_push_wire(lua_State *L, ic_cluster *c, uint32_t node, uint64_t id) {
-  if (ref_cache_get(L, node, id)) return;
+  const lstate_ctx *ctx = lstate_ctx_of(L);
+  if (ref_cache_get(L, ctx, node, id)) return;
   ic_isolate *iso = NULL;
   if (c && node == c->node_id) iso = cluster_find_id(c, id);
   /* An isolate already gone (or of another node) gives a ref that refuses
    * messages with "isolate down" but still compares and prints. */
-  ref_new(L, iso, node, id);
+  ref_new(L, ctx, iso, node, id);
   if (iso) isolate_release(iso);
 }
 
@@ -198,10 +213,10 @@ static const char *post_from(lstate_ctx *ctx, ic_isolate *to, ic_msg *m) {
 }
 
 /* Builds and posts a message of kind to r. Returns NULL or why it failed. */
-static const char *post_value(lua_State *L, lref *r, int kind, int idx, uint64_t corr) {
+static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, int idx,
+                              uint64_t corr) {
   if (!r->iso) return "isolate down";
   if (!atomic_load_explicit(&r->iso->alive, memory_order_acquire)) return "isolate down";
-  lstate_ctx *ctx = lstate_ctx_of(L);
   size_t len;
   const char *data = encode_with(ctx, L, idx, "msg", &len);
   ic_msg *m = msg_new(kind, data, len);
@@ -258,10 +273,12 @@ int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
   return 2;
 }
 
+/* ref:send(msg). The state's ctx is upvalue 1 (as of every ref method). */
 static int l_ref_send(lua_State *L) {
-  lref *r = lref_check(L, 1);
+  lstate_ctx *ctx = lua_touserdata(L, lua_upvalueindex(1));
+  lref *r = lref_check_ctx(L, 1, ctx);
   luaL_checkany(L, 2);
-  return push_send_result(L, post_value(L, r, MSG_USER, 2, 0));
+  return push_send_result(L, post_value(L, ctx, r, MSG_USER, 2, 0));
 }
 
 static int l_ref_kill(lua_State *L) {
@@ -385,14 +402,16 @@ lstate_ctx *lstate_open(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
 
   lua_newtable(L);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &CACHE_KEY);
+  ctx->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   if (luaL_newmetatable(L, LREF_MT)) {
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &REF_MT_KEY);
     static const luaL_Reg methods[] = {
         {"send", l_ref_send}, {"kill", l_ref_kill}, {"property", l_ref_property}, {"properties", l_ref_properties}, {NULL, NULL}};
-    luaL_newlib(L, methods);
+    luaL_newlibtable(L, methods);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
+    luaL_setfuncs(L, methods, 1);
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "methods"); /* the state sets methods.request itself */
     lua_pushcclosure(L, l_ref_index, 1);
@@ -408,6 +427,7 @@ lstate_ctx *lstate_open(lua_State *L) {
     lua_pushliteral(L, "isolate_ref");
     lua_setfield(L, -2, "__metatable");
   }
+  ctx->ref_mt = lua_topointer(L, -1);
   lua_pop(L, 1);
   return ctx;
 }
@@ -544,7 +564,7 @@ static int l_core_main(lua_State *L) {
 static int l_core_request(lua_State *L) {
   lref *r = lref_check(L, 1);
   lua_Integer corr = luaL_checkinteger(L, 3);
-  return push_send_result(L, post_value(L, r, MSG_REQUEST, 2, (uint64_t)corr));
+  return push_send_result(L, post_value(L, lstate_ctx_of(L), r, MSG_REQUEST, 2, (uint64_t)corr));
 }
 
 /* core.reply(ref, corr, ok, value) -> true | false, why. The value is
@@ -790,15 +810,15 @@ static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 static int l_core_take(lua_State *L) {
   const ic_msg *m = lua_touserdata(L, 1);
   if (!m) return luaL_error(L, "take: no message");
+  ic_isolate *self = self_of(L);
+  lstate_ctx *ctx = self->lctx;
   if (m->len) {
-    ic_isolate *self = self_of(L);
-    lstate_ctx *ctx = lstate_ctx_of(L);
     codec_hooks h = lstate_hooks(self->cluster);
     codec_decode(L, m->data, m->len, &h, &ctx->lim);
   } else {
     lua_pushnil(L);
   }
-  if (m->sender) lref_push(L, m->sender);
+  if (m->sender) lref_push_ctx(L, ctx, m->sender);
   else lua_pushnil(L);
   lua_pushinteger(L, (lua_Integer)m->corr);
   return 3;
@@ -888,6 +908,7 @@ static int l_boot(lua_State *L) {
   }
   lstate_ctx *ctx = lstate_open(L);
   ctx->self = iso;
+  iso->lctx = ctx;
   /* Under a memory limit the key cache would hold memory the isolate's own
    * values may need. */
   if (iso->mem_limit) ctx->lim.key_cache = 0;
@@ -1069,5 +1090,6 @@ void lstate_close(ic_isolate *iso) {
   plat_mutex_unlock(&iso->hook_lock);
   iso->L = NULL;
   iso->pump = NULL;
+  iso->lctx = NULL;
   if (L) lua_close(L);
 }

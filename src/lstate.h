@@ -36,6 +36,10 @@ typedef struct lstate_ctx {
   ic_isolate *self;  /* the isolate this state is, or NULL in a main state */
   codec_buf buf;     /* scratch for encoding; freed by the userdata's __gc */
   codec_limits lim;
+  /* For the hot paths, which get the ctx as an upvalue (ref methods) or
+   * from their isolate rather than by a registry lookup: */
+  const void *ref_mt; /* the ref metatable (anchored in the registry) */
+  int cache_ref;      /* registry index of the ref cache table */
 } lstate_ctx;
 
 /* Sets up refs and the per-state data in L (idempotent). May raise. */
