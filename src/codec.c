@@ -1274,21 +1274,39 @@ typedef struct keyslot {
 
 typedef struct keycache {
   uint32_t cap;
+  int fresh; /* not used yet: its first map finds nothing, and proves nothing */
   keyslot slot[];
 } keycache;
 
+/* A map whose keys were mostly new (fewer than half found) drops the cache,
+ * and the next KEYCACHE_REST large maps go without one: keys that never
+ * repeat would only cost its upkeep, and the strings it kept alive would
+ * crowd the string table. The registry then holds the count of maps left. */
+#define KEYCACHE_REST 15
+
 /* Pushes the cache userdata and its anchor table, and returns the cache,
  * with room for min(n, KEYCACHE_MAX) keys (n already bounded by what the
- * message's bytes can hold). */
+ * message's bytes can hold). Returns NULL, pushing nothing, while the cache
+ * rests (see KEYCACHE_REST). */
 static keycache *keycache_push(lua_State *L, uint32_t n)
 {
   uint32_t want = n < KEYCACHE_MAX ? n : KEYCACHE_MAX;
-  if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_KEYS_KEY) == LUA_TUSERDATA) {
+  int type = lua_getfield(L, LUA_REGISTRYINDEX, CODEC_KEYS_KEY);
+  if (type == LUA_TUSERDATA) {
     keycache *kc = lua_touserdata(L, -1);
     if (kc->cap >= want) {
       lua_getiuservalue(L, -1, 1);
       return kc;
     }
+  } else if (type == LUA_TNUMBER) {
+    lua_Integer rest = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (rest > 0) {
+      lua_pushinteger(L, rest - 1);
+      lua_setfield(L, LUA_REGISTRYINDEX, CODEC_KEYS_KEY);
+      return NULL;
+    }
+    lua_pushnil(L); /* for the pop below */
   }
   lua_pop(L, 1);
   uint32_t cap = KEYCACHE_MIN;
@@ -1298,6 +1316,7 @@ static keycache *keycache_push(lua_State *L, uint32_t n)
     cap = KEYCACHE_MAX;
   keycache *kc = lua_newuserdatauv(L, sizeof(keycache) + (size_t)cap * sizeof(keyslot), 1);
   kc->cap = cap;
+  kc->fresh = 1;
   memset(kc->slot, 0, (size_t)cap * sizeof(keyslot));
   /* Pre-sized, so that storing into it never allocates (nor raises). */
   lua_createtable(L, (int)cap, 0);
@@ -1388,9 +1407,13 @@ static void dec_entries_cached(dec *d, uint32_t n)
   /* An entry takes at least 2 bytes: a hostile count cannot size the cache. */
   size_t most = (size_t)(d->end - d->p) / 2;
   keycache *kc = keycache_push(L, (size_t)n < most ? n : (uint32_t)most);
+  if (kc == NULL) {
+    dec_entries(d, n);
+    return;
+  }
   int anchor = lua_gettop(L);
   int t = anchor - 2;
-  uint32_t cached = n < kc->cap ? n : kc->cap;
+  uint32_t cached = n < kc->cap ? n : kc->cap, hits = 0;
   for (uint32_t i = 0; i < cached; i++) {
     const char *bytes;
     int len = short_string_at(d, &bytes);
@@ -1400,6 +1423,7 @@ static void dec_entries_cached(dec *d, uint32_t n)
       keyslot *ks = &kc->slot[i];
       if (ks->s != NULL && ks->len == (size_t)len && memcmp(ks->s, bytes, (size_t)len) == 0) {
         lua_rawgeti(L, anchor, (lua_Integer)i + 1);
+        hits++;
       } else {
         lua_pushlstring(L, bytes, (size_t)len);
         lua_pushvalue(L, -1);
@@ -1412,7 +1436,13 @@ static void dec_entries_cached(dec *d, uint32_t n)
     dec_map_value(d);
     lua_rawset(L, t);
   }
+  int fresh = kc->fresh;
+  kc->fresh = 0;
   lua_pop(L, 2);
+  if (!fresh && hits < cached / 2) {
+    lua_pushinteger(L, KEYCACHE_REST);
+    lua_setfield(L, LUA_REGISTRYINDEX, CODEC_KEYS_KEY);
+  }
   dec_entries(d, n - cached);
 }
 

@@ -729,6 +729,23 @@ static void test_key_cache(void)
                      "return before == nil and type(reg['isolate_cluster.codec.keys']) == 'userdata'");
   ok_if(made && lua_toboolean(L, -1), "key cache: made only when on", "%s",
         made ? "registry entry wrong" : lua_tostring(L, -1));
+  /* Keys that never repeat: after its first two maps the cache rests for
+   * KEYCACHE_REST (15) maps, then starts afresh; every map decodes exactly. */
+  int rested = eval(L, "local reg = debug.getregistry() reg['isolate_cluster.codec.keys'] = nil "
+                       "local kinds = {} "
+                       "for m = 1, 20 do "
+                       "  local t = {} for i = 1, 100 do t['m' .. m .. '_' .. i] = i end "
+                       "  local bytes = encode(t) "
+                       "  if not deep_equal(t, decode(bytes)) then return 'map ' .. m end "
+                       "  kinds[m] = type(reg['isolate_cluster.codec.keys']) "
+                       "end "
+                       "if kinds[1] ~= 'userdata' or kinds[2] ~= 'number' or kinds[17] ~= 'number' "
+                       "   or kinds[18] ~= 'userdata' then return table.concat(kinds, ' ') end "
+                       "local t = {} for i = 1, 100 do t['again' .. i] = i end "
+                       "for _ = 1, 20 do if not deep_equal(t, decode(encode(t))) then return 'again' end end "
+                       "return reg['isolate_cluster.codec.keys'] ~= nil and type(reg['isolate_cluster.codec.keys']) == 'userdata' and 'ok' or 'no cache'");
+  ok_if(rested && lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "ok") == 0,
+        "key cache: rests while keys do not repeat", "%s", lua_tostring(L, -1));
   lua_close(L);
 }
 
