@@ -72,6 +72,7 @@ void isolate_release(ic_isolate *iso) {
   size_t dead = drain_dead_letters(iso);
   if (dead && c) atomic_fetch_add(&c->dead_letters, dead);
   if (iso->L) lstate_close(iso);
+  pool_release(&iso->pool); /* also after a state that failed to open */
   stop_children(iso);
   free(iso->path);
   free(iso->reason);

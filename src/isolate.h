@@ -16,6 +16,7 @@
 
 #include "mailbox.h"
 #include "platform.h"
+#include "pool.h"
 
 struct ic_cluster;
 struct worker;
@@ -85,6 +86,7 @@ typedef struct ic_isolate {
   int up;                       /* announced up */
   struct worker *worker;        /* the pool worker running it now, or NULL */
   size_t mem_used, mem_limit;   /* bytes of Lua heap; limit 0 = none */
+  pool pool;                    /* the Lua state's small blocks (see lstate.c) */
   struct ic_isolate **children; /* spawned by this isolate and linked to it */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */

@@ -8,6 +8,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "pool.h"
 #include "runtime.h"
 
 /* Registry keys: the addresses of these constants. */
@@ -789,16 +790,43 @@ static int l_core_running(lua_State *L) {
 
 /* ---- boot, dispatch, close ---------------------------------------------------- */
 
+/* Where a block of Lua's of `size` bytes lives: small ones in the
+ * isolate's pool (src/pool.h), the others with malloc. A block moves when a
+ * resize crosses POOL_MAX, so that rule always holds and a free needs no
+ * lookup. Sanitizer builds use malloc for everything, so that ASan and LSan
+ * see each Lua object. */
+#ifdef IC_NO_POOL
+#define IN_POOL(size) 0
+#else
+#define IN_POOL(size) ((size) <= POOL_MAX)
+#endif
+
 static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   ic_isolate *iso = ud;
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
-    free(ptr);
+    if (ptr && IN_POOL(osize)) pool_free(&iso->pool, ptr, osize);
+    else free(ptr);
     iso->mem_used -= old;
     return NULL;
   }
   if (iso->mem_limit && nsize > old && iso->mem_used + (nsize - old) > iso->mem_limit) return NULL;
-  void *p = realloc(ptr, nsize);
+  void *p;
+  if (!ptr) {
+    p = IN_POOL(nsize) ? pool_alloc(&iso->pool, nsize) : malloc(nsize);
+  } else if (IN_POOL(osize) && IN_POOL(nsize) && pool_same_class(osize, nsize)) {
+    p = ptr;
+  } else if (!IN_POOL(osize) && !IN_POOL(nsize)) {
+    p = realloc(ptr, nsize);
+  } else {
+    /* Into or out of the pool, or to another class: copy. A failure leaves
+     * the old block as it was, which Lua expects. */
+    p = IN_POOL(nsize) ? pool_alloc(&iso->pool, nsize) : malloc(nsize);
+    if (!p) return NULL;
+    memcpy(p, ptr, osize < nsize ? osize : nsize);
+    if (IN_POOL(osize)) pool_free(&iso->pool, ptr, osize);
+    else free(ptr);
+  }
   if (!p) return NULL;
   iso->mem_used = iso->mem_used - old + nsize;
   return p;
@@ -1092,4 +1120,5 @@ void lstate_close(ic_isolate *iso) {
   iso->pump = NULL;
   iso->lctx = NULL;
   if (L) lua_close(L);
+  pool_release(&iso->pool); /* after lua_close: its last frees go to the pool */
 }
