@@ -337,6 +337,25 @@ describe("single-node cluster", function()
       assert.equal("echo: 7", plain:request(7, W.TIMEOUT))
     end)
 
+    it("isolates get the spawner's package.path and cpath, and every standard library, when first used", function()
+      local r = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(what)
+          if what == "paths" then return { package.path, package.cpath } end
+          -- each library answers on first use, in any order
+          return table.concat({ type(require), string.format("%d", math.floor(2.5)), utf8.char(65),
+            type(os.time()), type(io.write), type(debug.traceback), type(coroutine.wrap) }, " ")
+        end)
+        -- a grandchild inherits them too
+        ctx:spawn_isolate(function(gctx)
+          gctx:on_message(function() return { package.path, package.cpath } end)
+        end, nil, { path = "/grandchild" })
+      end)
+      assert.same({ package.path, package.cpath }, r:request("paths", W.TIMEOUT))
+      assert.equal("function 2 A number function function function", r:request("libs", W.TIMEOUT))
+      local g = c:lookup_isolate("/grandchild", W.TIMEOUT)
+      assert.same({ package.path, package.cpath }, g:request("paths", W.TIMEOUT))
+    end)
+
     it("uncopyable properties or entry upvalues raise at spawn, naming the path, and register nothing", function()
       local err = error_of(c.spawn_isolate, c, echo_entry, { conn = io.stdout }, { path = "/p" })
       assert.truthy(err:find("cannot copy a userdata at properties.conn", 1, true), err)

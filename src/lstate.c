@@ -873,25 +873,47 @@ static int l_core_load_extras(lua_State *L) {
 /*
  * Standard libraries. Every isolate gets all of them, but only these are
  * opened at once; the others are opened the first time a global of that name
- * is read (an __index on _G) or they are required (package.preload). They are
- * about half of what a fresh Lua state costs, and most isolates never touch
- * io, os, math, utf8 or debug. The difference shows only to code that
- * inspects _G's metatable.
+ * is read (an __index on _G; `require` opens package) or they are required
+ * (package.preload). They are about half of what a fresh Lua state costs, and
+ * most isolates never touch package, table, io, os, math, utf8 or debug. The
+ * difference shows only to code that inspects _G's metatable or uses rawget.
  */
 static const luaL_Reg eager_libs[] = {
-    {LUA_GNAME, luaopen_base},         {LUA_LOADLIBNAME, luaopen_package}, {LUA_COLIBNAME, luaopen_coroutine},
-    {LUA_TABLIBNAME, luaopen_table},   {LUA_STRLIBNAME, luaopen_string},   {NULL, NULL}};
+    {LUA_GNAME, luaopen_base}, {LUA_COLIBNAME, luaopen_coroutine}, {LUA_STRLIBNAME, luaopen_string},
+    {NULL, NULL}};
 static const luaL_Reg lazy_libs[] = {
-    {LUA_IOLIBNAME, luaopen_io},     {LUA_OSLIBNAME, luaopen_os}, {LUA_MATHLIBNAME, luaopen_math},
-    {LUA_UTF8LIBNAME, luaopen_utf8}, {LUA_DBLIBNAME, luaopen_debug}, {NULL, NULL}};
+    {LUA_LOADLIBNAME, luaopen_package}, {LUA_TABLIBNAME, luaopen_table}, {LUA_IOLIBNAME, luaopen_io},
+    {LUA_OSLIBNAME, luaopen_os},        {LUA_MATHLIBNAME, luaopen_math}, {LUA_UTF8LIBNAME, luaopen_utf8},
+    {LUA_DBLIBNAME, luaopen_debug},     {NULL, NULL}};
+
+/* package.path and cpath as the isolate was given them (see spawn). The
+ * package library is on the top of the stack. */
+static void set_paths(lua_State *L, const ic_isolate *iso) {
+  if (iso->lua_path) {
+    lua_pushstring(L, iso->lua_path);
+    lua_setfield(L, -2, "path");
+  }
+  if (iso->lua_cpath) {
+    lua_pushstring(L, iso->lua_cpath);
+    lua_setfield(L, -2, "cpath");
+  }
+}
 
 static int lazy_global(lua_State *L) {
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k) {
+    /* require is the package library's only global function. */
+    int req = strcmp(k, "require") == 0;
     for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
-      if (strcmp(k, lib->name) == 0) {
+      if (strcmp(k, lib->name) == 0 || (req && lib->func == luaopen_package)) {
         luaL_requiref(L, lib->name, lib->func, 1);
+        if (lib->func == luaopen_package) set_paths(L, self_of(L));
         codec_forget_names(L); /* new standard functions to name */
+        if (req) {
+          lua_pop(L, 1);
+          lua_pushvalue(L, 2);
+          lua_rawget(L, 1);
+        }
         return 1;
       }
     }
@@ -921,19 +943,7 @@ static void open_libs(lua_State *L) {
 static int l_boot(lua_State *L) {
   ic_isolate *iso = lua_touserdata(L, 1);
   ic_cluster *c = iso->cluster;
-  open_libs(L);
-  if (iso->lua_path || iso->lua_cpath) {
-    lua_getglobal(L, "package");
-    if (iso->lua_path) {
-      lua_pushstring(L, iso->lua_path);
-      lua_setfield(L, -2, "path");
-    }
-    if (iso->lua_cpath) {
-      lua_pushstring(L, iso->lua_cpath);
-      lua_setfield(L, -2, "cpath");
-    }
-    lua_pop(L, 1);
-  }
+  open_libs(L); /* package, opened on first use, takes iso's paths then */
   lstate_ctx *ctx = lstate_open(L);
   ctx->self = iso;
   iso->lctx = ctx;
