@@ -793,13 +793,9 @@ static int l_core_running(lua_State *L) {
 /* Where a block of Lua's of `size` bytes lives: small ones in the
  * isolate's pool (src/pool.h), the others with malloc. A block moves when a
  * resize crosses POOL_MAX, so that rule always holds and a free needs no
- * lookup. Sanitizer builds use malloc for everything, so that ASan and LSan
- * see each Lua object. */
-#ifdef IC_NO_POOL
-#define IN_POOL(size) 0
-#else
+ * lookup. Under ASan the pool poisons what it has not handed out, so the
+ * sanitizer builds check this allocator as it ships. */
 #define IN_POOL(size) ((size) <= POOL_MAX)
-#endif
 
 static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   ic_isolate *iso = ud;

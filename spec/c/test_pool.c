@@ -8,8 +8,64 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "pool.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+
+#ifdef TEST_ASAN
+/* Runs what in a child process; 1 when the child died (ASan aborted it). */
+static int dies(void (*what)(void))
+{
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* ASan's report would only be noise in the test's output. */
+    if (freopen("/dev/null", "w", stderr) == NULL) _exit(3);
+    what();
+    _exit(0);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return 0;
+  return !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static volatile char sink;
+
+static void use_after_free(void)
+{
+  pool p;
+  pool_init(&p);
+  char *b = pool_alloc(&p, 24);
+  pool_free(&p, b, 24);
+  sink = b[12];
+}
+
+static void past_the_end(void)
+{
+  pool p;
+  pool_init(&p);
+  char *b = pool_alloc(&p, 20);
+  sink = b[20]; /* inside the 32-byte class, past the 20 asked for */
+}
+
+static void double_free(void)
+{
+  pool p;
+  pool_init(&p);
+  char *b = pool_alloc(&p, 24);
+  pool_free(&p, b, 24);
+  pool_free(&p, b, 24);
+}
+#endif
 
 static int passed, failed;
 
@@ -90,6 +146,12 @@ int main(void)
   check(again != NULL, "a released pool serves again");
   pool_release(&p);
   pool_release(&p); /* idempotent */
+
+#ifdef TEST_ASAN
+  check(dies(use_after_free), "ASan: a read after free aborts");
+  check(dies(past_the_end), "ASan: a read past the size asked for aborts");
+  check(dies(double_free), "ASan: a double free aborts");
+#endif
 
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
