@@ -811,6 +811,7 @@ static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (!ptr) {
     p = IN_POOL(nsize) ? pool_alloc(&iso->pool, nsize) : malloc(nsize);
   } else if (IN_POOL(osize) && IN_POOL(nsize) && pool_same_class(osize, nsize)) {
+    pool_resize(ptr, osize, nsize);
     p = ptr;
   } else if (!IN_POOL(osize) && !IN_POOL(nsize)) {
     p = realloc(ptr, nsize);

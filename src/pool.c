@@ -35,6 +35,11 @@ void pool_init(pool *p) { memset(p, 0, sizeof *p); }
 
 int pool_same_class(size_t a, size_t b) { return class_of(a) == class_of(b); }
 
+void pool_resize(void *block, size_t n, size_t m) {
+  POISON(block, (class_of(n) + 1) * 16);
+  UNPOISON(block, m);
+}
+
 void *pool_alloc(pool *p, size_t n) {
   size_t c = class_of(n);
   void *block = p->free[c];

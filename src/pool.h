@@ -36,6 +36,9 @@ void *pool_alloc(pool *p, size_t n);
 void pool_free(pool *p, void *block, size_t n);
 /* 1 when blocks of sizes a and b come from the same class. */
 int pool_same_class(size_t a, size_t b);
+/* A block of n bytes now holds m bytes of the same class, in place (only
+ * the sanitizer's view of it changes). */
+void pool_resize(void *block, size_t n, size_t m);
 /* Frees every chunk: all blocks become invalid at once. */
 void pool_release(pool *p);
 

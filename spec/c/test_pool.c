@@ -57,6 +57,15 @@ static void past_the_end(void)
   sink = b[20]; /* inside the 32-byte class, past the 20 asked for */
 }
 
+static void past_a_shrink(void)
+{
+  pool p;
+  pool_init(&p);
+  char *b = pool_alloc(&p, 30);
+  pool_resize(b, 30, 18);
+  sink = b[18];
+}
+
 static void double_free(void)
 {
   pool p;
@@ -151,6 +160,17 @@ int main(void)
   check(dies(use_after_free), "ASan: a read after free aborts");
   check(dies(past_the_end), "ASan: a read past the size asked for aborts");
   check(dies(double_free), "ASan: a double free aborts");
+  check(dies(past_a_shrink), "ASan: a read past a block shrunk in place aborts");
+  {
+    /* ...and a block grown in place may be used to its new size. */
+    pool q;
+    pool_init(&q);
+    char *g = pool_alloc(&q, 17);
+    pool_resize(g, 17, 32);
+    memset(g, 1, 32);
+    check(g[31] == 1, "a block grown in place is usable to its new size");
+    pool_release(&q);
+  }
 #endif
 
   printf("%d passed, %d failed\n", passed, failed);
