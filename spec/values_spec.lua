@@ -160,6 +160,31 @@ describe("values", function()
       end)
       assert.equal(5, r:request({ floor = math.floor, rep = string.rep }))
     end)
+
+    it("every standard library's functions reach an isolate that has not opened that library yet", function()
+      -- isolates open package (require), table, io, os, math, utf8 and
+      -- debug on first use; a function from each still resolves by name
+      local fns = { require, table.insert, io.write, os.time, math.floor, utf8.char, debug.traceback,
+        print, string.rep, coroutine.create }
+      for i, f in ipairs(fns) do
+        local fresh = c:spawn_isolate(function(ctx)
+          ctx:on_message(function(m) return m end)
+        end)
+        assert.equal(f, fresh:request(f, 30), "function " .. i)
+      end
+      -- and as an upvalue of an entry function (local require = require)
+      local req = require
+      local r = c:spawn_isolate(function(ctx)
+        ctx:on_message(function() return req == require and type(req) end)
+      end)
+      assert.equal("function", r:request("which", 30))
+      -- a name the receiver has replaced resolves to its own function
+      -- (isolates wrap coroutine.wrap, resume and yield)
+      local user = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(m) return m.wrap(function() return 7 end)() + select(2, m.resume(coroutine.create(function() return 1 end))) end)
+      end)
+      assert.equal(8, user:request({ wrap = coroutine.wrap, resume = coroutine.resume }, 30))
+    end)
   end)
 
   describe("refusals", function()

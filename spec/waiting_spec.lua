@@ -118,6 +118,19 @@ describe("waiting", function()
       if W.precise_clock then assert.is_true(elapsed < 1, "took " .. elapsed .. " s") end
     end)
 
+    it("a request queued to an isolate that then goes down fails with 'isolate down'", function()
+      -- the entry runs a while, then fails: the request waits in its
+      -- mailbox and is answered as a dead letter
+      local r = c:spawn_isolate(function()
+        local t = os.clock()
+        while os.clock() - t < 0.2 do end
+        error("boom at boot")
+      end)
+      local ok, err = pcall(r.request, r, "x", W.TIMEOUT)
+      assert.is_false(ok)
+      assert.truthy(contains(err, "isolate down"), tostring(err))
+    end)
+
     it("fails at once, not at its timeout, when the cluster shuts down meanwhile", function()
       local r = c:spawn_isolate(function(ctx)
         ctx:on_message(function()

@@ -61,6 +61,11 @@ void codec_limits_default(codec_limits *lim)
   lim->key_cache = 1;
 }
 
+size_t codec_put_str(char *out, const char *s, uint32_t len)
+{
+  return (size_t)(mp_encode_str(out, s, len) - out);
+}
+
 void codec_buf_reset(codec_buf *b)
 {
   b->len = 0;
@@ -1099,8 +1104,16 @@ static void dec_cfunc(dec *d, const char *at, const char *name, uint32_t len)
       }
       if (lua_type(L, -1) == LUA_TTABLE) {
         lua_pushlstring(L, fname, flen);
-        lua_rawget(L, -2);
-        if (lua_iscfunction(L, -1)) {
+        /* A base function another library installs (require, from
+         * package) may not be there yet in a state that opens libraries
+         * on first use: for _G a plain lookup lets its __index open it. */
+        if (dot == NULL)
+          lua_gettable(L, -2);
+        else
+          lua_rawget(L, -2);
+        /* The receiver's own function of that name, even if it replaced
+         * the C one (isolates wrap coroutine.resume, wrap and yield). */
+        if (lua_isfunction(L, -1)) {
           lua_replace(L, -3);
           lua_pop(L, 1);
           return;

@@ -68,6 +68,11 @@ typedef struct codec_limits {
                                to about 1 MiB of the state's memory while the state lives */
 } codec_limits;
 
+/* Writes the MessagePack string s[0..len) to out, which has room for at
+ * least len + 5 bytes; returns the number of bytes written. For messages C
+ * composes itself (an error reply, say). */
+size_t codec_put_str(char *out, const char *s, uint32_t len);
+
 /* Defaults: depth 200, 256 MiB, functions allowed, key cache on. lim may be NULL in
  * codec_encode / codec_decode to mean these defaults. */
 void codec_limits_default(codec_limits *lim);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cluster.h"
+#include "codec.h"
 #include "lstate.h"
 
 /* Messages one turn may handle before the isolate goes to the back of the
@@ -43,10 +44,14 @@ void isolate_retain(ic_isolate *iso) { atomic_fetch_add_explicit(&iso->refs, 1, 
 
 static void stop_children(ic_isolate *iso);
 
-/* Answers a request that will never be handled, so the requester fails fast. */
+/* Answers a request that will never be handled, so the requester fails fast.
+ * The error value is a MessagePack string, as every reply's value is. */
 static void refuse_request(ic_isolate *iso, ic_msg *m, const char *why) {
   if (m->kind != MSG_REQUEST || !m->sender) return;
-  ic_msg *r = msg_new(MSG_REPLY_ERROR, why, strlen(why));
+  char bytes[64];
+  size_t len = strlen(why);
+  if (len > sizeof bytes - 5) len = sizeof bytes - 5;
+  ic_msg *r = msg_new(MSG_REPLY_ERROR, bytes, codec_put_str(bytes, why, (uint32_t)len));
   if (!r) return;
   r->corr = m->corr;
   isolate_post_sys(m->sender, r, iso->worker);

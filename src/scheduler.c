@@ -116,12 +116,13 @@ static void *monitor_main(void *arg) {
         w->preempted = 1;
         isolate_preempt(w->current);
       }
-      /* An isolate that has waited in the LIFO slot since the last look
-       * (no hand-off in between) while a turn goes on: the shared queue
-       * (and an idle worker) take it. The slot is pushed to only by its
-       * owner, so an unchanged count means the same occupant. */
+      /* An isolate waiting in the LIFO slot while a turn goes on: the
+       * shared queue (and an idle worker) take it. At the fast pace only
+       * one that has waited since the last look (no hand-off in between:
+       * the slot is pushed to only by its owner, so an unchanged count
+       * means the same occupant); at the slow pace, a slice apart, any. */
       uint64_t pushes = atomic_load_explicit(&w->lifo_pushes, memory_order_relaxed);
-      if (w->current && pushes == w->lifo_seen &&
+      if (w->current && (watch != LIFO_WATCH_ON || pushes == w->lifo_seen) &&
           atomic_load_explicit(&w->lifo, memory_order_relaxed)) {
         ic_isolate *waiting = atomic_exchange(&w->lifo, NULL);
         if (waiting) {
