@@ -399,12 +399,18 @@ describe("ic.encode / ic.decode", function()
       local c = ic.single_node({ workers = 2 })
       -- under a memory limit the isolate keeps no key cache (docs/design.md)
       for _, opts in ipairs({ {}, { memory_limit = 64 * 1024 * 1024 } }) do
-        local echo = c:spawn_isolate(echo_entry, nil, opts)
+        local echo = c:spawn_isolate(function(ctx)
+          ctx:on_message(function(v)
+            if v == "cache?" then return debug.getregistry()["isolate_cluster.codec.keys"] ~= nil end
+            return v
+          end)
+        end, nil, opts)
         for round = 1, 3 do
           local t = {}
           for i = 1, 1000 do t[(round == 2 and "r" or "k") .. i] = i + round end
           assert.same(t, echo:request(t, 30))
         end
+        assert.equal(opts.memory_limit == nil, echo:request("cache?", 30))
       end
       assert.is_true(c:shutdown())
     end)

@@ -506,12 +506,12 @@ static void put_float(enc *e, lua_Number v)
   enc_commit(e, mp_encode_double(w, v));
 }
 
-static void put_number(enc *e, lua_State *L, int idx)
+static void put_number(enc *e, int idx)
 {
-  if (lua_isinteger(L, idx))
-    put_integer(e, lua_tointeger(L, idx));
+  if (lua_isinteger(e->L, idx))
+    put_integer(e, lua_tointeger(e->L, idx));
   else
-    put_float(e, lua_tonumber(L, idx));
+    put_float(e, lua_tonumber(e->L, idx));
 }
 
 static void put_string(enc *e, const char *s, size_t len, const enc_frame *at)
@@ -661,7 +661,7 @@ static void enc_table(enc *e, int t, const enc_frame *at)
         enc_value(e, k, &kf);
       }
       if (lua_type(L, k + 1) == LUA_TNUMBER)
-        put_number(e, L, k + 1);
+        put_number(e, k + 1);
       else
         enc_value(e, k + 1, &vf);
       lua_settop(L, k);
@@ -837,7 +837,7 @@ static void enc_value(enc *e, int idx, const enc_frame *at)
     put_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2);
     break;
   case LUA_TNUMBER:
-    put_number(e, L, idx);
+    put_number(e, idx);
     break;
   case LUA_TSTRING: {
     size_t len;

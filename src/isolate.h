@@ -86,7 +86,9 @@ typedef struct ic_isolate {
   int up;                       /* announced up */
   struct worker *worker;        /* the pool worker running it now, or NULL */
   size_t mem_used, mem_limit;   /* bytes of Lua heap; limit 0 = none */
-  pool pool;                    /* the Lua state's small blocks (see lstate.c) */
+  pool pool;                    /* the Lua state's small blocks (isolate_alloc in lstate.c):
+                                   touched only by the thread running the state, released
+                                   by lstate_close or isolate_release */
   struct ic_isolate **children; /* spawned by this isolate and linked to it */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */

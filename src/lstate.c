@@ -36,36 +36,26 @@ lstate_ctx *lstate_ctx_of(lua_State *L) {
 
 /* ---- refs ---------------------------------------------------------------- */
 
-/* The ref metatable is also kept under a light-userdata key: checking a ref
- * (every send) then costs no string lookup, unlike luaL_testudata. */
-static const char REF_MT_KEY = 'm';
-
-lref *lref_test(lua_State *L, int idx) {
+/* A ref is a userdata whose metatable is this state's ref metatable, known
+ * by identity (ctx->ref_mt): checking one (every send) costs no string
+ * lookup, unlike luaL_testudata. */
+static lref *ref_test_ctx(lua_State *L, int idx, const lstate_ctx *ctx) {
   lref *r = lua_touserdata(L, idx);
-  if (!r || !lua_getmetatable(L, idx)) return NULL;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &REF_MT_KEY);
-  int same = lua_rawequal(L, -1, -2);
-  lua_pop(L, 2);
+  if (!r || !ctx || !lua_getmetatable(L, idx)) return NULL;
+  int same = lua_topointer(L, -1) == ctx->ref_mt;
+  lua_pop(L, 1);
   return same ? r : NULL;
 }
 
-lref *lref_check(lua_State *L, int idx) {
-  lref *r = lref_test(L, idx);
+static lref *lref_check_ctx(lua_State *L, int idx, const lstate_ctx *ctx) {
+  lref *r = ref_test_ctx(L, idx, ctx);
   if (!r) luaL_typeerror(L, idx, "isolate_ref");
   return r;
 }
 
-/* lref_check with the state's ctx at hand: the metatable by identity. */
-static lref *lref_check_ctx(lua_State *L, int idx, const lstate_ctx *ctx) {
-  lref *r = lua_touserdata(L, idx);
-  if (r && lua_getmetatable(L, idx)) {
-    int same = lua_topointer(L, -1) == ctx->ref_mt;
-    lua_pop(L, 1);
-    if (same) return r;
-  }
-  luaL_typeerror(L, idx, "isolate_ref");
-  return NULL;
-}
+lref *lref_test(lua_State *L, int idx) { return ref_test_ctx(L, idx, lstate_ctx_of(L)); }
+
+lref *lref_check(lua_State *L, int idx) { return lref_check_ctx(L, idx, lstate_ctx_of(L)); }
 
 /* Pushes the cached ref for (node, id), or nothing and returns 0. */
 static int ref_cache_get(lua_State *L, const lstate_ctx *ctx, uint32_t node, uint64_t id) {
@@ -406,8 +396,6 @@ lstate_ctx *lstate_open(lua_State *L) {
   ctx->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   if (luaL_newmetatable(L, LREF_MT)) {
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &REF_MT_KEY);
     static const luaL_Reg methods[] = {
         {"send", l_ref_send}, {"kill", l_ref_kill}, {"property", l_ref_property}, {"properties", l_ref_properties}, {NULL, NULL}};
     luaL_newlibtable(L, methods);
@@ -563,9 +551,10 @@ static int l_core_main(lua_State *L) {
 
 /* core.request(ref, msg, corr) -> true | false, why */
 static int l_core_request(lua_State *L) {
-  lref *r = lref_check(L, 1);
+  lstate_ctx *ctx = self_of(L)->lctx;
+  lref *r = lref_check_ctx(L, 1, ctx);
   lua_Integer corr = luaL_checkinteger(L, 3);
-  return push_send_result(L, post_value(L, lstate_ctx_of(L), r, MSG_REQUEST, 2, (uint64_t)corr));
+  return push_send_result(L, post_value(L, ctx, r, MSG_REQUEST, 2, (uint64_t)corr));
 }
 
 /* core.reply(ref, corr, ok, value) -> true | false, why. The value is
