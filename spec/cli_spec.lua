@@ -33,16 +33,23 @@ local function read(path)
   return s
 end
 
--- Runs the host on a script (with a time limit); returns output and status.
-local function host(script, args)
-  local file = os.tmpname()
-  write(file, script)
+-- Runs the host with these command-line words (with a time limit, in
+-- seconds); returns its output and exit status (124: the limit ran out).
+local function host_args(words, limit)
   local out = os.tmpname()
-  local ok, how, code = os.execute(("timeout 60 %s %s %s > %s 2>&1"):format(HOST, file, args or "", out))
+  local _, how, code = os.execute(("timeout %d %s %s > %s 2>&1"):format(limit or 60, HOST, words, out))
   local text = read(out)
-  os.remove(file)
   os.remove(out)
   return text, how == "exit" and code or -1
+end
+
+-- Runs the host on a script; returns output and status.
+local function host(script, args, limit, options)
+  local file = os.tmpname()
+  write(file, script)
+  local text, code = host_args(("%s %s %s"):format(options or "", file, args or ""), limit)
+  os.remove(file)
+  return text, code
 end
 
 describe("isolate-cluster", function()
@@ -71,6 +78,58 @@ describe("isolate-cluster", function()
     assert.equal(1, status)
     assert.truthy(out:find("boom", 1, true), out)
     assert.truthy(out:find("stack traceback", 1, true), out)
+  end)
+
+  it("exits 1 at once when the script raises while isolates still have timers", function()
+    -- Nothing is drained after a script error: a ticking isolate must not hold
+    -- the exit back (it used to wait out the 5 s drain). `timeout 4` turns a
+    -- stall into status 124 rather than timing the run here.
+    local out, status = host([[
+      cluster:spawn_isolate(function(ctx) ctx:every(0.1, function() end) end)
+      error("boom")
+    ]], nil, 4)
+    assert.equal(1, status, out)
+    assert.truthy(out:find("boom", 1, true), out)
+  end)
+
+  it("exits 3 when a SIGTERM shutdown does not finish within --shutdown-timeout", function()
+    local script, out, mark, pidf, statusf = os.tmpname(), os.tmpname(), os.tmpname(), os.tmpname(), os.tmpname()
+    os.remove(mark)
+    os.remove(statusf)
+    write(script, ([[
+      cluster:spawn_isolate(function(ctx)
+        ctx:on_shutdown(function() while true do end end)
+        local f = io.open(%q, "w") f:write("up") f:close()
+      end)
+    ]]):format(mark))
+    -- The shell reports the host's exit status; the host's own pid gets the signal.
+    os.execute(("sh -c '%s --shutdown-timeout 0.2 %s > %s 2>&1 & echo $! > %s; wait $!; echo $? > %s' &")
+      :format(HOST, script, out, pidf, statusf))
+    assert.truthy(W.wait_until(function() return read(mark) == "up" end, 30), "the isolate never came up")
+    local pid = assert(tonumber(read(pidf)))
+    os.execute("kill -TERM " .. pid)
+    assert.truthy(W.wait_until(function() return read(statusf) ~= "" end, 30), "the host did not exit")
+    assert.equal("3", read(statusf):match("%d+"), read(out))
+    for _, f in ipairs({ script, out, mark, pidf, statusf }) do os.remove(f) end
+  end)
+
+  it("prints its version and its options", function()
+    local out, status = host_args("--version")
+    assert.equal(0, status, out)
+    assert.truthy(out:match("^isolate%-cluster %d+%.%d+%.%d+"), out)
+    out, status = host_args("--help")
+    assert.equal(0, status, out)
+    for _, flag in ipairs({ "--workers", "--shutdown-timeout", "--version", "--nats" }) do
+      assert.truthy(out:find(flag, 1, true), flag .. " missing from --help: " .. out)
+    end
+  end)
+
+  it("refuses a bad --shutdown-timeout with status 2", function()
+    for _, v in ipairs({ "-1", "abc", "nan", "" }) do
+      local out, status = host_args("--shutdown-timeout '" .. v .. "' x.lua")
+      assert.equal(2, status, v .. ": " .. out)
+      assert.truthy(out:find("--shutdown-timeout", 1, true), out)
+    end
   end)
 
   it("refuses bad usage with status 2", function()

@@ -1,7 +1,7 @@
 /*
  * isolate-cluster — runs a Lua script as the main state of a cluster.
  *
- *   isolate-cluster [--workers N] script.lua [args...]
+ *   isolate-cluster [--workers N] [--shutdown-timeout S] script.lua [args...]
  *
  * The script finds a global `cluster` (a single-node cluster, already
  * running) and `arg` (arg[0] = script, arg[1..] = args), as lua5.4 gives it.
@@ -10,7 +10,10 @@
  * cluster:shutdown()); SIGINT and SIGTERM shut it down gracefully. The Lua
  * module is built in: no LUA_PATH is needed for require("isolate_cluster").
  *
- * Exit status: 0, 1 when the script raised an error, 2 on bad usage.
+ * Exit status: 0 when the script ran and every isolate stopped in time; 1
+ * when the script raised (the cluster is then shut down at once, without
+ * draining); 2 on bad usage; 3 when the shutdown did not finish within
+ * --shutdown-timeout (an isolate was still computing or stuck in C).
  */
 #include <errno.h>
 #include <signal.h>
@@ -33,15 +36,26 @@ int luaopen_isolate_cluster_core(lua_State *L);
 ic_cluster *lmodule_cluster(lua_State *L, int idx);
 
 #define SHUTDOWN_SECONDS 5.0
+#define EXIT_SCRIPT_ERROR 1
+#define EXIT_USAGE 2
+#define EXIT_SHUTDOWN_LATE 3
+
+#ifndef IC_VERSION
+#define IC_VERSION "unknown"
+#endif
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: isolate-cluster [--workers N] script.lua [args...]\n"
+          "usage: isolate-cluster [options] script.lua [args...]\n"
           "  Runs script.lua as the main state of a cluster (global `cluster`), then serves\n"
           "  until the cluster shuts down. SIGINT/SIGTERM shut it down gracefully.\n"
-          "  --workers N   worker threads (default: number of cores)\n"
+          "  --workers N            worker threads (default: number of cores)\n"
+          "  --shutdown-timeout S   seconds the final shutdown may take (default 5)\n"
           "  --nats URL --cluster NAME --node NAME\n"
-          "                multi-node clusters (not part of this build)\n");
+          "                         multi-node clusters (not part of this build)\n"
+          "  --version              print the version and exit\n"
+          "  --help                 print this text and exit\n"
+          "Exit status: 0; 1 the script raised; 2 bad usage; 3 the shutdown timed out.\n");
 }
 
 static int load_embedded(lua_State *L, const char *src, size_t len, const char *name) {
@@ -71,6 +85,7 @@ typedef struct host {
   char **argv;
   int script;    /* index of the script in argv */
   int workers;
+  double shutdown_seconds;
   sigset_t signals;
   ic_cluster *cluster;
 } host;
@@ -82,7 +97,7 @@ static void *signal_main(void *arg) {
   int sig;
   while (sigwait(&h->signals, &sig) == 0) {
     if (sig == SIGINT || sig == SIGTERM) {
-      cluster_request_shutdown(h->cluster, SHUTDOWN_SECONDS);
+      cluster_request_shutdown(h->cluster, h->shutdown_seconds);
     } else if (sig == SIGUSR2) {
       break; /* the host is done */
     }
@@ -149,8 +164,17 @@ static int run(lua_State *L) {
     lua_call(L, 1, 1);
     lua_pop(L, 1);
   }
-  /* Close the cluster here, while the signal thread can still ask it to
-   * hurry, then let that thread go. */
+  /* Shut down here, while the signal thread can still ask it to hurry. After
+   * a script error nothing is drained: the script did not get to finish what
+   * it meant to do, so waiting for its isolates' timers would only delay the
+   * exit. A shutdown already done (by an isolate, a signal or the script)
+   * reports its own result. */
+  lua_getfield(L, cl, "shutdown");
+  lua_pushvalue(L, cl);
+  lua_pushnumber(L, h->shutdown_seconds);
+  lua_call(L, 2, 1);
+  int in_time = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, cl, "close");
   lua_pushvalue(L, cl);
   lua_call(L, 1, 0);
@@ -158,42 +182,53 @@ static int run(lua_State *L) {
     pthread_kill(sig_thread, SIGUSR2);
     pthread_join(sig_thread, NULL);
   }
-  lua_pushboolean(L, status == LUA_OK);
+  lua_pushinteger(L, status != LUA_OK ? EXIT_SCRIPT_ERROR : in_time ? 0 : EXIT_SHUTDOWN_LATE);
   return 1;
 }
 
 int main(int argc, char **argv) {
-  host h = {argc, argv, 0, 0, {{0}}, NULL};
+  host h = {argc, argv, 0, 0, SHUTDOWN_SECONDS, {{0}}, NULL};
   int i = 1;
   for (; i < argc && argv[i][0] == '-'; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       usage(stdout);
       return 0;
+    } else if (strcmp(argv[i], "--version") == 0) {
+      printf("isolate-cluster %s (Lua %s.%s)\n", IC_VERSION, LUA_VERSION_MAJOR, LUA_VERSION_MINOR);
+      return 0;
+    } else if (strcmp(argv[i], "--shutdown-timeout") == 0 && i + 1 < argc) {
+      char *end;
+      double t = strtod(argv[++i], &end);
+      if (end == argv[i] || *end || !(t >= 0 && t <= 86400)) {
+        fprintf(stderr, "isolate-cluster: --shutdown-timeout needs seconds from 0 to 86400\n");
+        return EXIT_USAGE;
+      }
+      h.shutdown_seconds = t;
     } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
       char *end;
       long n = strtol(argv[++i], &end, 10);
       if (*end || n < 1 || n > 1024) {
         fprintf(stderr, "isolate-cluster: --workers needs a number from 1 to 1024\n");
-        return 2;
+        return EXIT_USAGE;
       }
       h.workers = (int)n;
     } else if (strcmp(argv[i], "--nats") == 0 || strcmp(argv[i], "--cluster") == 0 ||
                strcmp(argv[i], "--node") == 0) {
       fprintf(stderr, "isolate-cluster: %s: multi-node clusters need the NATS transport, "
                       "which is not part of this build\n", argv[i]);
-      return 2;
+      return EXIT_USAGE;
     } else if (strcmp(argv[i], "--") == 0) {
       i++;
       break;
     } else {
       fprintf(stderr, "isolate-cluster: unknown option %s\n", argv[i]);
       usage(stderr);
-      return 2;
+      return EXIT_USAGE;
     }
   }
   if (i >= argc) {
     usage(stderr);
-    return 2;
+    return EXIT_USAGE;
   }
   h.script = i;
 
@@ -212,9 +247,9 @@ int main(int argc, char **argv) {
   }
   lua_pushcfunction(L, run);
   lua_pushlightuserdata(L, &h);
-  int ok = 0;
+  int code = EXIT_SCRIPT_ERROR;
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) fprintf(stderr, "isolate-cluster: %s\n", lua_tostring(L, -1));
-  else ok = lua_toboolean(L, -1);
+  else code = (int)lua_tointeger(L, -1);
   lua_close(L);
-  return ok ? 0 : 1;
+  return code;
 }
