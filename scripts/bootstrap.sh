@@ -12,8 +12,11 @@
 #                                                       with the GC stressed, quickstart)
 #         build-asan/   -DIC_SANITIZE=address,undefined the same ctest suite
 #         build-tsan/   -DIC_SANITIZE=thread            the same ctest suite
+#         build/ again  valgrind memcheck               the C tests and three busted
+#                                                       specs, no leaks, no errors
 #       A failing step does not stop the others; a summary comes at the end,
-#       then a line "N passed, M failed" (ctest tests over all three builds),
+#       then a line "N passed, M failed" (ctest tests over all three builds
+#       plus the valgrind runs),
 #       and the exit status is non-zero if anything failed.
 #
 # Environment knobs (all optional):
@@ -268,6 +271,59 @@ else
   record "tsan" "FAILED (ThreadSanitizer does not work on this machine)" 0
 fi
 SAN_PREFIX=()
+
+# (d) valgrind memcheck over a representative subset, on the normal build:
+# the C tests and the message/value/cluster specs. Zero definite or indirect
+# leaks and zero errors, or the step fails. (The sanitizer builds run
+# everything; this catches what needs no instrumentation to see, in the
+# binaries as they ship.) IC_TEST_QUICK trims test_codec's random rounds.
+run_valgrind() {
+  local t0 failed=0 total=0 log name
+  t0=$(now)
+  say "valgrind memcheck on build/"
+  if ! command -v valgrind >/dev/null 2>&1 || [ ! -x "$ROOT/build/test_api" ]; then
+    TOTAL_FAILED=$((TOTAL_FAILED + 1))
+    record valgrind "FAILED (no valgrind, or build/ was not built)" 0
+    return
+  fi
+  local vg=(valgrind -q --error-exitcode=99 --leak-check=full
+    --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect)
+  local b="$ROOT/build"
+  local lpath="$b/share/lua/5.4/?.lua;$b/share/lua/5.4/?/init.lua;$ROOT/spec/?.lua;;"
+  local cpath="$b/lib/lua/5.4/?.so;;"
+  local runs=("c:test_api" "c:test_pool" "c:test_codec"
+    "lua:messaging_spec" "lua:values_spec" "lua:cluster_spec")
+  local r
+  for r in "${runs[@]}"; do
+    name=${r#*:}
+    log="$b/valgrind-$name.log"
+    total=$((total + 1))
+    local rc
+    if [ "${r%%:*}" = c ]; then
+      (cd "$ROOT" && IC_TEST_QUICK=1 "${vg[@]}" "$b/$name") >"$log" 2>&1
+      rc=$?
+    else
+      (cd "$ROOT" && LUA_PATH="$lpath" LUA_CPATH="$cpath" IC_TEST_QUICK=1 \
+        "${vg[@]}" lua5.4 "$(command -v busted)" -o utfTerminal "spec/$name.lua") >"$log" 2>&1
+      rc=$?
+    fi
+    if [ "$rc" -eq 0 ]; then
+      echo "valgrind: $name ok"
+    else
+      failed=$((failed + 1))
+      echo "valgrind: $name FAILED (exit $rc); the end of $log:"
+      tail -n 40 "$log"
+    fi
+  done
+  TOTAL_PASSED=$((TOTAL_PASSED + total - failed))
+  TOTAL_FAILED=$((TOTAL_FAILED + failed))
+  if [ "$failed" -eq 0 ]; then
+    record valgrind "ok ($total runs)" $(($(now) - t0))
+  else
+    record valgrind "FAILED ($failed of $total runs)" $(($(now) - t0))
+  fi
+}
+run_valgrind
 
 # ---- summary --------------------------------------------------------------------
 

@@ -580,7 +580,7 @@ describe("lifecycle", function()
       assert.has_error(function() c:spawn_isolate(echo_entry) end)
     end)
 
-    it("10,000 idle isolates: spawned quickly, shut down in well under a second", function()
+    it("10,000 idle isolates: all come up, and all stop in one shutdown", function()
       local N = 10000
       local c = ic.single_node({ workers = 2 })
       local t_spawn, ok, err = W.timed(function()
@@ -600,14 +600,10 @@ describe("lifecycle", function()
       local t_down, sok, down = W.timed(c.shutdown, c, 10)
       print(("\n  10,000 isolates: spawn calls %.2f s, all up %.2f s later, shutdown %.2f s (stats: %d isolates)")
         :format(t_spawn, t_up, t_down, stats.isolates))
+      -- The times are printed, not asserted: speed is bench/'s business (a
+      -- loaded machine, a sanitizer or valgrind make any bound a coin toss).
       assert.is_true(sok, tostring(down))
       assert.is_true(down)
-      if W.precise_clock then
-        -- Loose bounds (a loaded 2-core machine); sanitized builds run slower.
-        local slow = (os.getenv("IC_SANITIZE") or "") ~= "" and 6 or 1
-        assert.is_true(t_spawn < 5 * slow, "spawning took " .. t_spawn)
-        assert.is_true(t_down < 2 * slow, "shutdown took " .. t_down)
-      end
     end)
   end)
 

@@ -1130,12 +1130,15 @@ static uint64_t xorshift(uint64_t *s)
  * because mutated bytecode is exactly what lua_load must never be given. */
 static void test_random(void)
 {
+  /* IC_TEST_QUICK (set for the valgrind run, ~50x slower) trims the rounds. */
+  const int quick = getenv("IC_TEST_QUICK") != NULL;
+  const int rounds = quick ? 5000 : 100000, mutations = quick ? 100 : 2000;
   uint64_t seed = 0x9e3779b97f4a7c15u;
   int btop = lua_gettop(B);
   int bad = 0, ok = 0;
   char why[300] = "";
   char buf[96];
-  for (int i = 0; i < 100000 && !bad; i++) {
+  for (int i = 0; i < rounds && !bad; i++) {
     size_t len = xorshift(&seed) % sizeof buf;
     for (size_t k = 0; k < len; k++)
       buf[k] = (char)xorshift(&seed);
@@ -1148,7 +1151,7 @@ static void test_random(void)
     lua_settop(B, btop);
   }
   ok_if(!bad, "random bytes", "%s", why);
-  printf("random bytes: %d of 100000 inputs decoded\n", ok);
+  printf("random bytes: %d of %d inputs decoded\n", ok, rounds);
 
   ok = 0;
   int tried = 0;
@@ -1157,7 +1160,7 @@ static void test_random(void)
     if (e->len > 16384)
       continue;
     char *m = malloc(e->len);
-    for (int i = 0; i < 2000 && !bad; i++) {
+    for (int i = 0; i < mutations && !bad; i++) {
       memcpy(m, e->bytes, e->len);
       int flips = 1 + (int)(xorshift(&seed) % 4);
       for (int f = 0; f < flips; f++)
@@ -1306,6 +1309,8 @@ static int bench_decode(lua_State *L)
 
 static void measure(const char *what, const char *src, int rounds)
 {
+  if (getenv("IC_TEST_QUICK"))
+    rounds = 2;
   codec_buf b = { NULL, 0, 0 };
   bench enc = { &b, rounds, 0 }, dec = { &b, rounds, 0 };
   int atop = lua_gettop(A), btop = lua_gettop(B);
