@@ -121,6 +121,42 @@ IC_EXTERN int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *l
  * Errors: IC_ETIMEDOUT (not there), IC_EINVAL, IC_ESHUTDOWN. */
 IC_EXTERN int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out);
 
+/* The refs of the isolates whose path starts with prefix ("/workers/"), in
+ * spawn order ("" lists every isolate with a path). On success *refs (the
+ * caller's: ic_free; NULL when *n is 0) and *n are set; on failure neither is
+ * touched. Errors: IC_EINVAL (a NULL argument), IC_ESHUTDOWN, IC_ENOMEM. */
+IC_EXTERN int ic_lookup_prefix(ic_cluster *c, const char *prefix, ic_ref **refs, size_t *n);
+
+/* Kills the isolate: it goes down with reason "killed" (at once if it runs
+ * Lua code now, else at its next turn), its queued messages become dead
+ * letters. Errors: IC_EINVAL (NULL, or the program's own ref), IC_EDOWN
+ * (already down, or of another node). Does not block. */
+IC_EXTERN int ic_kill(ic_cluster *c, ic_ref r);
+
+/* A cluster's counters, as cluster:stats() in Lua. */
+typedef struct ic_stats {
+  uint64_t isolates;     /* registered and not yet down (the program's own ref excluded) */
+  uint64_t spawned;      /* since the cluster was created */
+  uint64_t dead_letters; /* messages that reached no handler: queued to an isolate that went down */
+  int workers;
+} ic_stats;
+
+/* Fills *out. Errors: IC_EINVAL. Does not block (one short lock). */
+IC_EXTERN int ic_cluster_stats(ic_cluster *c, ic_stats *out);
+
+/* Bytes of a ref as a MessagePack value (the ext type Lua isolates read as a
+ * ref): put them where a value goes in a message, e.g. as a map value. */
+#define IC_REF_MSGPACK_SIZE 15
+
+/* Writes r as a MessagePack value into buf (at least IC_REF_MSGPACK_SIZE
+ * bytes); returns the number of bytes written (IC_REF_MSGPACK_SIZE). */
+IC_EXTERN size_t ic_ref_encode(char *buf, ic_ref r);
+
+/* Reads a ref value at data[0..len) (as ic_ref_encode writes it, or any
+ * MessagePack ext encoding of type 1 with a 12-byte payload). Returns the
+ * number of bytes it took, or 0 when data does not start with a ref. */
+IC_EXTERN size_t ic_ref_decode(const char *data, size_t len, ic_ref *out);
+
 /* Releases a buffer handed out by this library. */
 IC_EXTERN void ic_free(void *p);
 

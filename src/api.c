@@ -245,4 +245,79 @@ int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out) {
   return IC_OK;
 }
 
+int ic_lookup_prefix(ic_cluster *c, const char *prefix, ic_ref **refs, size_t *n) {
+  if (!c || !prefix || !refs || !n) return IC_EINVAL;
+  if (atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
+  size_t count = 0;
+  ic_isolate **all = cluster_find_prefix(c, prefix, &count);
+  if (!all) return IC_ENOMEM;
+  ic_ref *out = NULL;
+  if (count) {
+    out = malloc(count * sizeof *out);
+    if (!out) {
+      for (size_t i = 0; i < count; i++) isolate_release(all[i]);
+      free(all);
+      return IC_ENOMEM;
+    }
+  }
+  for (size_t i = 0; i < count; i++) {
+    out[i].node = c->node_id;
+    out[i].id = all[i]->id;
+    isolate_release(all[i]);
+  }
+  free(all);
+  *refs = out;
+  *n = count;
+  return IC_OK;
+}
+
+int ic_kill(ic_cluster *c, ic_ref r) {
+  if (!c) return IC_EINVAL;
+  if (r.node == c->node_id && r.id == c->main->id) return IC_EINVAL;
+  if (r.node != c->node_id) return IC_EDOWN;
+  ic_isolate *iso = cluster_find_id(c, r.id);
+  if (!iso) return IC_EDOWN;
+  int rc = isolate_kill(iso) == 0 ? IC_OK : IC_EDOWN;
+  isolate_release(iso);
+  return rc;
+}
+
+int ic_cluster_stats(ic_cluster *c, ic_stats *out) {
+  if (!c || !out) return IC_EINVAL;
+  plat_mutex_lock(&c->lock);
+  out->isolates = c->live;
+  plat_mutex_unlock(&c->lock);
+  out->spawned = atomic_load(&c->spawned);
+  out->dead_letters = atomic_load(&c->dead_letters);
+  out->workers = c->nworkers;
+  return IC_OK;
+}
+
+size_t ic_ref_encode(char *buf, ic_ref r) {
+  /* ext 8 (0xc7), 12 bytes, type 1: the node and the id, big endian (the
+   * wire format of docs/wire-format.md; msgpuck's mp_encode_ext is not in
+   * every packaged version). */
+  char *w = mp_store_u8(buf, 0xc7);
+  w = mp_store_u8(w, 12);
+  w = mp_store_u8(w, 1);
+  w = mp_store_u32(w, r.node);
+  w = mp_store_u64(w, r.id);
+  return (size_t)(w - buf);
+}
+
+size_t ic_ref_decode(const char *data, size_t len, ic_ref *out) {
+  if (!data || !out || len < 1) return 0;
+  size_t hdr; /* bytes before the type byte */
+  switch ((unsigned char)data[0]) {
+  case 0xc7: hdr = 2; break; /* ext 8 */
+  case 0xc8: hdr = 3; break; /* ext 16 */
+  case 0xc9: hdr = 5; break; /* ext 32 */
+  default: return 0;         /* fixext has no 12-byte size */
+  }
+  if (len < hdr + 1 + 12 || load_be(data + 1, (int)hdr - 1) != 12 || data[hdr] != 1) return 0;
+  out->node = (uint32_t)load_be(data + hdr + 1, 4);
+  out->id = load_be(data + hdr + 5, 8);
+  return hdr + 1 + 12;
+}
+
 void ic_free(void *p) { free(p); }

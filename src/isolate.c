@@ -328,3 +328,19 @@ int isolate_start_thread(ic_isolate *iso) {
   if (!rc) iso->has_thread = 1;
   return rc;
 }
+
+int isolate_kill(ic_isolate *iso) {
+  if (!atomic_load(&iso->alive)) return -1;
+  /* The interrupt alone ends it at its next turn (or, running, within a few
+   * instructions); the control message makes sure an idle isolate gets that
+   * turn. Either may find it already gone: killed all the same. */
+  isolate_interrupt(iso, INTERRUPT_KILL);
+  ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
+  if (m) {
+    m->corr = CONTROL_KILL;
+    isolate_post_sys(iso, m, NULL);
+  } else {
+    isolate_wake(iso, NULL);
+  }
+  return 0;
+}

@@ -141,6 +141,11 @@ void isolate_interrupt(ic_isolate *iso, int code);
  * Any thread. */
 void isolate_preempt(ic_isolate *iso);
 
+/* Kills iso (reason "killed"): at once if it runs Lua code now, else at its
+ * next turn. Returns 0, or -1 when it is already down. Any thread; not for
+ * the main state's isolate. */
+int isolate_kill(ic_isolate *iso);
+
 /* Decides that iso goes down with reason (copied) once its current turn ends. */
 void isolate_set_ending(ic_isolate *iso, const char *reason);
 

@@ -275,21 +275,10 @@ static int l_ref_send(lua_State *L) {
 static int l_ref_kill(lua_State *L) {
   lref *r = lref_check(L, 1);
   if (r->iso && r->iso->kind == ISO_MAIN) return luaL_error(L, "the main state's ref cannot be killed");
-  if (!r->iso || !atomic_load(&r->iso->alive)) {
+  if (!r->iso || isolate_kill(r->iso) != 0) {
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "isolate down");
     return 2;
-  }
-  /* The interrupt alone ends it at its next turn (or, running, within a few
-   * instructions); the control message makes sure an idle isolate gets that
-   * turn. Either may find it already gone: killed all the same. */
-  isolate_interrupt(r->iso, INTERRUPT_KILL);
-  ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
-  if (m) {
-    m->corr = CONTROL_KILL;
-    isolate_post_sys(r->iso, m, NULL);
-  } else {
-    isolate_wake(r->iso, NULL);
   }
   lua_pushboolean(L, 1);
   return 1;
