@@ -247,6 +247,19 @@ static size_t path_slot(ic_cluster *c, const char *path) {
   }
 }
 
+/* The slot that holds iso itself. Deleting by identity, not by name: the
+ * entry found by name could be another isolate's, and the one left behind
+ * would dangle once iso is freed. */
+static size_t path_slot_of(ic_cluster *c, const ic_isolate *iso) {
+  size_t mask = c->by_path_cap - 1, j = hash_str(iso->path) & mask;
+  for (;;) {
+    ic_isolate *x = c->by_path[j];
+    if (!x) return SIZE_MAX;
+    if (x == iso) return j;
+    j = (j + 1) & mask;
+  }
+}
+
 static size_t id_slot(ic_cluster *c, uint64_t id) {
   size_t mask = c->by_id_cap - 1, j = mix64(id) & mask;
   for (;;) {
@@ -279,9 +292,13 @@ int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *err
   if (path) {
     size_t n = strlen(path);
     if (path[n - 1] == '/') {
-      /* "/dir/": append a segment no other isolate of this cluster has had. */
+      /* "/dir/": append a number no isolate of this cluster has had as a
+       * segment there, skipping any "/dir/N" a user took by name. */
       own = malloc(n + 24);
-      if (own) snprintf(own, n + 24, "%s%llu", path, (unsigned long long)++c->path_seq);
+      if (own) {
+        do snprintf(own, n + 24, "%s%llu", path, (unsigned long long)++c->path_seq);
+        while (path_slot(c, own) != SIZE_MAX);
+      }
     } else {
       if (path_slot(c, path) != SIZE_MAX) {
         plat_mutex_unlock(&c->lock);
@@ -525,8 +542,8 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
   c->by_id_len--;
   c->by_id_tomb++;
   if (iso->path) {
-    size_t k = path_slot(c, iso->path);
-    if (k != SIZE_MAX && c->by_path[k] == iso) {
+    size_t k = path_slot_of(c, iso);
+    if (k != SIZE_MAX) {
       c->by_path[k] = TOMB;
       c->by_path_len--;
       c->by_path_tomb++;
