@@ -76,3 +76,43 @@ describe("paths", function()
     end)
   end)
 end)
+
+describe("isolate up/down subscriptions", function()
+  it("on_isolate_up{existing = true} after on_isolate_down loses no down event", function()
+    -- A long time slice: the entry's busy wait is not preempted, so the down
+    -- event is still unread when on_isolate_up subscribes.
+    with_cluster({ workers = 2, time_slice = 30 }, function(c)
+      local victim = c:spawn_isolate(stoppable, nil, { path = "/victim" })
+      assert.equal("up?", victim:request("up?", W.TIMEOUT))
+      local other = c:spawn_isolate(stoppable, nil, { path = "/other" })
+      assert.equal("up?", other:request("up?", W.TIMEOUT))
+      c:spawn_isolate(function(ctx)
+        local main, v = ctx:property("main"), ctx:property("victim")
+        ctx:on_isolate_down(function(ref, reason) main:send({ "down", ref.path or tostring(ref), reason }) end)
+        v:send("stop")
+        local t0 = ctx:now()
+        while ctx:lookup_isolate("/victim") and ctx:now() - t0 < 20 do end
+        local ups = {}
+        ctx:on_isolate_up(function(ref) ups[#ups + 1] = ref.path; main:send({ "up", ref.path }) end,
+          { existing = true })
+      end, { main = c.main, victim = victim })
+      local seen, victim_down = {}, nil
+      W.receive_match(c, function(m)
+        seen[#seen + 1] = m[1] .. " " .. tostring(m[2])
+        if m[1] == "down" and m[2] == "/victim" then victim_down = m end
+        return victim_down and m[1] == "up" or (victim_down and #seen >= 2)
+      end)
+      assert(victim_down, "the down event of /victim was lost; got: " .. table.concat(seen, ", "))
+      assert.equal("normal", victim_down[3])
+      other:request("stop", W.TIMEOUT)
+      W.receive_match(c, function(m)
+        seen[#seen + 1] = m[1] .. " " .. tostring(m[2])
+        return m[1] == "down" and m[2] == "/other"
+      end)
+      local ups = 0
+      for _, s in ipairs(seen) do if s == "up /other" then ups = ups + 1 end end
+      assert.equal(1, ups, "/other must be replayed exactly once; got: " .. table.concat(seen, ", "))
+      assert.equal("down /other", seen[#seen])
+    end)
+  end)
+end)

@@ -482,10 +482,12 @@ ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, siz
     if (iso->event_cursor < c->log_base + c->log_len) atomic_store(&iso->events_pending, 1);
   }
   if (existing) {
-    /* Snapshot of what is up now, and only later events from the log. */
-    iso->event_cursor = c->log_base + c->log_len;
+    /* Snapshot of what is up now; the up events already in the log are
+     * covered by it. The read position stays: it is shared with the down
+     * events, which are all still to be heard. */
     out = malloc((c->by_id_len + 1) * sizeof *out);
     if (out) {
+      iso->up_replayed = c->log_base + c->log_len;
       size_t k = 0;
       for (size_t i = 0; i < c->by_id_cap; i++) {
         ic_isolate *x = c->by_id[i];
@@ -512,7 +514,7 @@ cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n) {
     if (out) {
       for (uint64_t p = iso->event_cursor; p < end; p++) {
         cluster_event *e = &c->log[p - c->log_base];
-        if (e->iso == iso) continue;
+        if (e->iso == iso || (e->kind == EVENT_UP && p < iso->up_replayed)) continue;
         out[k] = *e;
         isolate_retain(e->iso);
         out[k].reason = e->reason ? strdup(e->reason) : NULL;

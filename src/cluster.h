@@ -111,9 +111,11 @@ ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline
  * Caller frees the array and releases each. */
 ic_isolate **cluster_find_prefix(ic_cluster *c, const char *prefix, size_t *n);
 
-/* Subscribes iso to the event log. existing != 0: cursor = now and the
- * isolates already up are returned (retained, *n set); otherwise the cursor is
- * the isolate's spawn position and NULL is returned. */
+/* Subscribes iso to the event log, from its spawn position on (or, already
+ * subscribed, from where it is). existing != 0: the isolates already up are
+ * returned too (retained, *n set), and the up events now in the log are no
+ * longer reported to iso (the list covers them); down events are. Otherwise
+ * NULL is returned. */
 ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, size_t *n);
 /* Copies out the events from iso's cursor on (retained isos, dup'ed reasons)
  * and advances the cursor. */

@@ -82,6 +82,8 @@ typedef struct ic_isolate {
   char *reason;                 /* down reason, malloc'ed */
   uint64_t event_cursor;        /* next cluster event to read */
   uint64_t spawn_cursor;        /* event log position at spawn */
+  uint64_t up_replayed;         /* up events before this log position were
+                                   replayed by on_isolate_up{existing = true} */
   int subscribed;
   int up;                       /* announced up */
   struct worker *worker;        /* the pool worker running it now, or NULL */
