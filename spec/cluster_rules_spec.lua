@@ -116,3 +116,166 @@ describe("isolate up/down subscriptions", function()
     end)
   end)
 end)
+
+describe("memory errors in calls that hand out lists", function()
+  -- Under ASan/LSan a leak of the C array (and, through the isolates it
+  -- holds, of the whole cluster) fails this file at exit; in every build
+  -- the isolate must go down with a memory error and the rest stay up.
+  local function starve(list_call)
+    with_cluster({ workers = 2, logger = false }, function(c)
+      for i = 1, 200 do c:spawn_isolate(echo_entry, nil, { path = "/p/" .. i }) end
+      assert.truthy(c:lookup_isolate("/p/200", W.TIMEOUT))
+      local hog = c:spawn_isolate(function(ctx)
+        ctx:on_message(function() end)
+        local keep, call = {}, ctx:property("call")
+        ctx:on_isolate_down(function() end)
+        while true do
+          if call == "lookup_isolates" then
+            keep[#keep + 1] = ctx:lookup_isolates("/p/")
+          else
+            ctx:on_isolate_up(function() end, { existing = true })
+            keep[#keep + 1] = {}
+          end
+        end
+      end, { call = list_call }, { memory_limit = 256 * 1024, path = "/hog" })
+      local watcher = c:spawn_isolate(function(ctx)
+        local main = ctx:property("main")
+        ctx:on_isolate_down(function(ref, reason) if ref.path == "/hog" then main:send(reason) end end)
+        main:send("watching")
+      end, { main = c.main })
+      local reason = W.receive_match(c, function(m) return m ~= "watching" end)
+      assert.is_string(reason)
+      assert.matches("memory", reason)
+      assert.equal(1, c:lookup_isolate("/p/1"):request(1, W.TIMEOUT))
+      assert.is_nil(c:lookup_isolate("/hog"))
+      assert.truthy(watcher)
+    end)
+  end
+
+  it("lookup_isolates in an isolate past its memory limit", function() starve("lookup_isolates") end)
+  it("on_isolate_up{existing = true} in an isolate past its memory limit", function() starve("on_isolate_up") end)
+end)
+
+describe("values refused alike everywhere", function()
+  local NUL_PATHS = { "/other\0tail", "/nul\0", "\0/x" }
+
+  it("a path with a NUL byte is refused by spawn, lookup_isolate and lookup_isolates, in the main state", function()
+    with_cluster({ workers = 1 }, function(c)
+      local nul = c:spawn_isolate(echo_entry, nil, { path = "/nul" })
+      for _, p in ipairs(NUL_PATHS) do
+        assert_error_contains("cannot contain a NUL byte", function() c:spawn_isolate(echo_entry, nil, { path = p }) end)
+        assert_error_contains("cannot contain a NUL byte", function() c:lookup_isolate(p) end)
+        assert_error_contains("cannot contain a NUL byte", function() c:lookup_isolate(p, 0.01) end)
+        assert_error_contains("cannot contain a NUL byte", function() c:lookup_isolates(p) end)
+      end
+      local err = assert_error_contains("spawn_isolate: invalid path", function()
+        c:spawn_isolate(echo_entry, nil, { path = "/other\0tail" })
+      end)
+      assert.truthy(err:find("/other\\0tail", 1, true))
+      assert.is_nil(c:lookup_isolate("/other"))
+      assert.equal(nul, c:lookup_isolate("/nul"))
+      assert_error_contains("lookup_isolate: invalid path", function() c:lookup_isolate("/nul\0zzz") end)
+    end)
+  end)
+
+  it("a path with a NUL byte is refused inside isolates too", function()
+    with_cluster({ workers = 1 }, function(c)
+      c:spawn_isolate(echo_entry, nil, { path = "/nul" })
+      local r = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(p)
+          local out = {}
+          for _, f in ipairs({
+            function() return ctx:spawn_isolate(function() end, nil, { path = p }) end,
+            function() return ctx:lookup_isolate(p) end,
+            function() return ctx:lookup_isolate(p, 0.01) end,
+            function() return ctx:lookup_isolates(p) end,
+          }) do
+            local ok, e = pcall(f)
+            out[#out + 1] = ok and "accepted" or tostring(e)
+          end
+          return out
+        end)
+      end)
+      local out = r:request("/nul\0zzz", W.TIMEOUT)
+      assert.equal(4, #out)
+      for _, e in ipairs(out) do assert.matches("cannot contain a NUL byte", e) end
+    end)
+  end)
+
+  -- Every call that takes a time, with the value to try in place of `T`.
+  local MAIN_CALLS = {
+    { "receive", function(c, t) return c:receive(t) end },
+    { "run", function(c, t) return c:run(t) end },
+    { "lookup_isolate", function(c, t) return c:lookup_isolate("/none", t) end },
+    { "request", function(c, t, r) return r:request(1, t) end },
+    { "drain", function(c, t) return c:drain(t) end },
+    { "shutdown", function(c, t) return c:shutdown(t) end },
+  }
+
+  it("NaN and negative times are refused by every call of the main state, with the message isolates give", function()
+    with_cluster({ workers = 1 }, function(c)
+      local r = c:spawn_isolate(echo_entry)
+      local iso_errors = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(t)
+          local calls = {
+            receive = function() return ctx:receive(t) end,
+            lookup_isolate = function() return ctx:lookup_isolate("/none", t) end,
+            request = function() return ctx.isolate_ref:request(1, t) end,
+            sleep = function() return ctx:sleep(t) end,
+            after = function() return ctx:after(t, function() end) end,
+            every = function() return ctx:every(t, function() end) end,
+            shutdown_cluster = function() return ctx:shutdown_cluster(t) end,
+          }
+          if t == 0 then calls.shutdown_cluster = nil end -- valid: it would stop the cluster
+          local out = {}
+          for name, f in pairs(calls) do
+            local ok, e = pcall(f)
+            out[name] = ok and "accepted" or tostring(e)
+          end
+          return out
+        end)
+      end)
+      for _, t in ipairs({ 0 / 0, -1, -0.5, -math.huge }) do
+        local got = iso_errors:request(t, W.TIMEOUT)
+        for name, e in pairs(got) do
+          assert(e:find(name .. ": ", 1, true) == 1 and e:find("number of seconds", 1, true),
+            ("%s(%s) in an isolate: %s"):format(name, tostring(t), e))
+        end
+        for _, call in ipairs(MAIN_CALLS) do
+          local name, f = call[1], call[2]
+          local e = error_of(f, c, t, r)
+          assert(e:find(name .. ": ", 1, true) == 1 and e:find("number of seconds", 1, true),
+            ("%s(%s) in the main state: %s"):format(name, tostring(t), e))
+          if got[name] then assert.equal(got[name], e) end
+        end
+      end
+      -- zero: a positive interval or timeout is needed for every and request only
+      local got = iso_errors:request(0, W.TIMEOUT)
+      assert.equal("every: interval must be a positive number of seconds, got 0", got.every)
+      assert.equal("request: timeout must be a positive number of seconds, got 0", got.request)
+      assert.equal(got.request, error_of(function() r:request(1, 0) end))
+      assert.is_nil(c:receive(0))
+      assert.equal("accepted", got.sleep)
+    end)
+  end)
+
+  it("a request timeout reads the same in the main state and in isolates", function()
+    with_cluster({ workers = 2 }, function(c)
+      local silent = c:spawn_isolate(function(ctx) ctx:on_message(function() ctx:reply_later() end) end)
+      local asker = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(m)
+          local ok, e = pcall(m.to.request, m.to, "hi", m.t)
+          return tostring(e)
+        end)
+      end)
+      for _, t in ipairs({ 0.3, 0.25 }) do
+        local main_err = error_of(function() silent:request("hi", t) end)
+        local iso_err = asker:request({ to = silent, t = t }, W.TIMEOUT)
+        local shown = ("within %g s"):format(t)
+        assert.truthy(main_err:find(shown, 1, true), main_err)
+        assert.truthy(iso_err:find(shown, 1, true), iso_err)
+        assert.equal(main_err:match("timeout: .*"), iso_err:match("timeout: .*"))
+      end
+    end)
+  end)
+end)

@@ -21,7 +21,7 @@ local EVENT_UP = 1
 local cocreate, coresume, coyield, corunning = S.cocreate, S.coresume, S.coyield, S.corunning
 local type, tostring, error, xpcall, setmetatable = type, tostring, error, xpcall, setmetatable
 local fmt = string.format
-local running, take = core.running, core.take
+local running, take, check_seconds = core.running, core.take, core.check_seconds
 
 local WAIT, TIMEOUT = {}, {}
 local pool, npool, POOL_MAX = {}, 0, 16
@@ -278,6 +278,7 @@ end
 
 function methods:lookup_isolate(path, wait_s)
   check_self(self, "lookup_isolate")
+  if wait_s ~= nil then check_seconds(wait_s, "lookup_isolate", "wait") end
   local ref = core.lookup(path)
   if ref or not wait_s or wait_s <= 0 then return ref end
   core.subscribe(false)
@@ -301,9 +302,7 @@ end
 
 function methods:receive(timeout_s)
   check_self(self, "receive")
-  if timeout_s ~= nil and type(timeout_s) ~= "number" then
-    error("receive expects a timeout in seconds or nil", 2)
-  end
+  if timeout_s ~= nil then check_seconds(timeout_s, "receive", "timeout") end
   local msg, sender, reply = wait("receive", nil, timeout_s, "context:receive")
   if msg == TIMEOUT then return nil end
   return msg, sender, reply
@@ -311,12 +310,12 @@ end
 
 function methods:sleep(seconds)
   check_self(self, "sleep")
-  if type(seconds) ~= "number" then error("sleep expects a number of seconds", 2) end
+  check_seconds(seconds, "sleep", "seconds")
   wait("sleep", nil, seconds, "context:sleep")
 end
 
 local function add_timer(seconds, fn, every, name)
-  if type(seconds) ~= "number" then error(name .. " expects a number of seconds", 3) end
+  check_seconds(seconds, name, every and "interval" or "seconds", every)
   check_fn(fn, name)
   next_timer = next_timer + 1
   local t = setmetatable({ id = next_timer }, Timer)
@@ -332,7 +331,6 @@ end
 
 function methods:every(seconds, fn)
   check_self(self, "every")
-  if type(seconds) == "number" and seconds <= 0 then error("every expects a positive interval", 2) end
   return add_timer(seconds, fn, true, "every")
 end
 
@@ -367,10 +365,7 @@ end
 
 -- ref:request inside an isolate: suspends only this isolate's handler.
 local function request(ref, msg, timeout_s)
-  if timeout_s == nil then timeout_s = 5 end
-  if type(timeout_s) ~= "number" or timeout_s <= 0 then
-    error("request timeout must be a positive number of seconds", 2)
-  end
+  if timeout_s == nil then timeout_s = 5 else check_seconds(timeout_s, "request", "timeout", true) end
   next_corr = next_corr + 1
   local corr = next_corr
   local ok, why = core.request(ref, msg, corr)
