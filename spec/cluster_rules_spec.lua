@@ -87,15 +87,17 @@ describe("isolate up/down subscriptions", function()
       local other = c:spawn_isolate(stoppable, nil, { path = "/other" })
       assert.equal("up?", other:request("up?", W.TIMEOUT))
       c:spawn_isolate(function(ctx)
-        local main, v = ctx:property("main"), ctx:property("victim")
+        local main = ctx:property("main")
         ctx:on_isolate_down(function(ref, reason) main:send({ "down", ref.path or tostring(ref), reason }) end)
-        v:send("stop")
+        main:send({ "spinning" })
         local t0 = ctx:now()
         while ctx:lookup_isolate("/victim") and ctx:now() - t0 < 20 do end
         local ups = {}
         ctx:on_isolate_up(function(ref) ups[#ups + 1] = ref.path; main:send({ "up", ref.path }) end,
           { existing = true })
       end, { main = c.main, victim = victim })
+      assert.same({ "spinning" }, c:receive(W.TIMEOUT))
+      victim:send("stop")
       local seen, victim_down = {}, nil
       W.receive_match(c, function(m)
         seen[#seen + 1] = m[1] .. " " .. tostring(m[2])
@@ -277,5 +279,63 @@ describe("values refused alike everywhere", function()
         assert.equal(main_err:match("timeout: .*"), iso_err:match("timeout: .*"))
       end
     end)
+  end)
+end)
+
+describe("deadlines while an isolate shuts the cluster down", function()
+  -- An isolate asks for shutdown_cluster(6) and its on_shutdown handler
+  -- computes for longer: that shutdown takes its full 6 s. Calls of the main
+  -- state with shorter deadlines must return by theirs. (The bound asserted,
+  -- 3 s, is far from both the 0.5 s asked for and the 6 s of the helper.)
+  local function slow_stopper(c)
+    c:spawn_isolate(function(ctx)
+      local main = ctx:property("main")
+      ctx:on_shutdown(function()
+        main:send("busy")
+        local t0 = ctx:now()
+        while ctx:now() - t0 < 60 do end
+      end)
+      ctx:on_message(function() ctx:shutdown_cluster(6) end)
+      main:send("up")
+    end, { main = c.main }):send("go")
+    assert.equal("up", c:receive(W.TIMEOUT))
+    assert.truthy(W.wait_until(function() return c:receive(0) == "busy" end))
+  end
+
+  local function check(call)
+    local c = ic.single_node({ workers = 2, logger = false })
+    slow_stopper(c)
+    local elapsed, ok, result = W.timed(call, c)
+    assert.is_true(ok, tostring(result))
+    assert.is_false(result)
+    if W.precise_clock then assert(elapsed < 3, ("returned after %.2f s"):format(elapsed)) end
+    -- the shutdown under way still finishes: a longer wait sees it
+    assert.is_false(c:shutdown(30))
+    assert.is_true(c:run(0))
+    c:close()
+  end
+
+  it("cluster:shutdown(0.5) returns false by its own deadline", function()
+    check(function(c) return c:shutdown(0.5) end)
+  end)
+
+  it("cluster:run(0.5) returns false by its own deadline", function()
+    check(function(c) return c:run(0.5) end)
+  end)
+
+  it("a script that ends meanwhile exits without waiting for more than its close bound", function()
+    local out, status = W.run_lua([[
+      local ic = require("isolate_cluster")
+      local c = ic.single_node({ workers = 2, logger = false })
+      c:spawn_isolate(function(ctx)
+        ctx:on_shutdown(function() while true do end end)
+        ctx:on_message(function() ctx:shutdown_cluster(60) end)
+        ctx:property("main"):send("up")
+      end, { main = c.main }):send("go")
+      assert(c:receive(5) == "up")
+      print("ending")
+    ]], 30)
+    assert.equal(0, status, out)
+    assert.matches("ending", out)
   end)
 end)

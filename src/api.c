@@ -55,7 +55,6 @@ int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out) {
 
 int ic_cluster_shutdown(ic_cluster *c, double timeout_s) {
   if (!c || !(timeout_s >= 0)) return IC_EINVAL; /* also NaN */
-  cluster_join_stopper(c);
   int in_time = cluster_shutdown(c, timeout_s);
   cluster_join_stopper(c);
   return in_time;
@@ -63,9 +62,8 @@ int ic_cluster_shutdown(ic_cluster *c, double timeout_s) {
 
 void ic_cluster_destroy(ic_cluster *c) {
   if (!c) return;
-  cluster_join_stopper(c);
   cluster_shutdown(c, 5.0);
-  cluster_join_stopper(c);
+  if (!cluster_join_stopper(c)) cluster_detach_stopper(c); /* still stopping: it holds the cluster */
   cluster_close(c);
   cluster_release(c);
 }

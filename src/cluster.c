@@ -14,6 +14,7 @@
 #define TOMB ((ic_isolate *)(uintptr_t)1)
 #define DEFAULT_MAILBOX 1000000u
 #define DEFAULT_SLICE 0.002
+#define SHUTDOWN_GRACE 1.0 /* seconds after a missed shutdown deadline */
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -665,8 +666,7 @@ static void reap_leftovers(ic_cluster *c) {
 /* Joins the threads of dedicated isolates that have gone down; one still
  * stuck (in a blocking C call, beyond the reach of the count hook) is
  * detached rather than allowed to hang the shutdown. */
-static void join_dedicated(ic_cluster *c, int in_time) {
-  (void)in_time;
+static void join_dedicated(ic_cluster *c, uint64_t grace_until) {
   plat_mutex_lock(&c->lock);
   ic_isolate **d = c->dedicated;
   size_t n = c->ndedicated;
@@ -676,9 +676,9 @@ static void join_dedicated(ic_cluster *c, int in_time) {
   for (size_t i = 0; i < n; i++) {
     ic_isolate *iso = d[i];
     if (atomic_load(&iso->alive)) {
-      /* Give it the time to notice the kill that was sent. */
-      uint64_t until = plat_now_ns() + plat_seconds_to_ns(0.5);
-      while (atomic_load(&iso->alive) && plat_now_ns() < until) {
+      /* Give it the time to notice the kill that was sent: one grace period
+       * shared by all, so that many stuck threads cost no more than one. */
+      while (atomic_load(&iso->alive) && plat_now_ns() < grace_until) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
       }
@@ -732,9 +732,12 @@ int cluster_start_isolate(ic_cluster *c, ic_isolate *iso, worker *from) {
   return 0;
 }
 
+/* The stopper holds the cluster (the main state may close its handle while
+ * this shutdown still runs) and lets go as its last act. */
 static void *stopper_main(void *arg) {
   ic_cluster *c = arg;
   cluster_shutdown(c, c->stopper_timeout);
+  cluster_release(c);
   return NULL;
 }
 
@@ -742,32 +745,45 @@ void cluster_request_shutdown(ic_cluster *c, double timeout) {
   plat_mutex_lock(&c->lock);
   if (!c->has_stopper && atomic_load(&c->state) == CLUSTER_RUNNING) {
     c->stopper_timeout = timeout;
+    cluster_retain(c);
     if (plat_thread_start(&c->stopper, stopper_main, c, 256u << 10) == 0) c->has_stopper = 1;
+    else cluster_release(c); /* not the last hold: the asking isolate has one */
   }
   plat_mutex_unlock(&c->lock);
 }
 
-/* Waits for a shutdown started by cluster_request_shutdown, if any. Main
- * thread only (the helper thread is joined here, or when the cluster is
- * closed). */
-void cluster_join_stopper(ic_cluster *c) {
+int cluster_join_stopper(ic_cluster *c) {
   plat_mutex_lock(&c->lock);
-  int has = c->has_stopper;
+  /* Once the cluster is down the stopper's work is done: joining it waits
+   * for no more than the end of its function. Before, it is not waited for. */
+  int join = c->has_stopper && atomic_load(&c->state) == CLUSTER_DOWN;
+  if (join) c->has_stopper = 0;
+  int left = c->has_stopper;
+  plat_mutex_unlock(&c->lock);
+  if (join) plat_thread_join(c->stopper);
+  return !left;
+}
+
+void cluster_detach_stopper(ic_cluster *c) {
+  plat_mutex_lock(&c->lock);
+  if (c->has_stopper) pthread_detach(c->stopper);
   c->has_stopper = 0;
   plat_mutex_unlock(&c->lock);
-  if (has) plat_thread_join(c->stopper);
 }
 
 int cluster_shutdown(ic_cluster *c, double timeout) {
   int expected = CLUSTER_RUNNING;
   if (!atomic_compare_exchange_strong(&c->state, &expected, CLUSTER_STOPPING)) {
     /* Already stopping or down: wait for whoever is doing it (another
-     * thread: a shutdown asked for by an isolate), then report its result. */
-    while (atomic_load(&c->state) != CLUSTER_DOWN) {
-      struct timespec ts = {0, 1000000};
-      nanosleep(&ts, NULL);
-    }
-    return atomic_load(&c->shutdown_in_time);
+     * thread: a shutdown asked for by an isolate), within this call's own
+     * deadline, then report its result; not down by then: not in time. */
+    uint64_t until = plat_now_ns() + plat_seconds_to_ns(timeout);
+    plat_mutex_lock(&c->lock);
+    while (atomic_load(&c->state) != CLUSTER_DOWN)
+      if (plat_cond_wait_until(&c->live_cond, &c->lock, until) == ETIMEDOUT) break;
+    int down = atomic_load(&c->state) == CLUSTER_DOWN;
+    plat_mutex_unlock(&c->lock);
+    return down && atomic_load(&c->shutdown_in_time);
   }
   uint64_t start = plat_now_ns();
   uint64_t deadline = start + plat_seconds_to_ns(timeout);
@@ -777,15 +793,18 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   plat_cond_broadcast(&c->main->wcond);
   plat_mutex_unlock(&c->main->wlock);
   int in_time = wait_live_zero(c, deadline);
+  /* Past the deadline, one grace period (the "small margin") for the kill
+   * to take effect and the dedicated threads to end. */
+  uint64_t grace_until = plat_now_ns() + plat_seconds_to_ns(in_time ? 0.5 : SHUTDOWN_GRACE);
   if (!in_time) {
     /* Interrupt what still runs: handlers stuck in Lua code are stopped by
      * the count hook within a few thousand instructions. */
     cluster_broadcast_control(c, CONTROL_KILL);
-    wait_live_zero(c, plat_now_ns() + plat_seconds_to_ns(1.0));
+    wait_live_zero(c, grace_until);
   }
   sched_stop(&c->sched);
   timer_stop(&c->timers);
-  join_dedicated(c, in_time);
+  join_dedicated(c, grace_until);
   reap_leftovers(c);
   /* The main state's ref may be held by Lua values beyond this point; take
    * it out of the registry so the cluster owns nothing. */
@@ -810,7 +829,10 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   plat_mutex_unlock(&c->log_lock);
   cluster_set_logger(c, NULL, discard);
   atomic_store(&c->shutdown_in_time, in_time);
+  plat_mutex_lock(&c->lock);
   atomic_store(&c->state, CLUSTER_DOWN);
+  plat_cond_broadcast(&c->live_cond); /* other callers of cluster_shutdown */
+  plat_mutex_unlock(&c->lock);
   /* A main thread blocked in receive/run returns now. */
   plat_mutex_lock(&c->main->wlock);
   atomic_store(&c->main->sched, SCHED_SCHEDULED);

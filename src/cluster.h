@@ -48,7 +48,8 @@ typedef struct ic_cluster {
   size_t by_path_cap, by_path_len, by_path_tomb;
   uint64_t path_seq;          /* unique segments for "/dir/" paths */
   size_t live;                /* isolates registered and not yet down */
-  plat_cond live_cond;        /* signalled when live drops */
+  plat_cond live_cond;        /* signalled when live drops, a path is taken,
+                                 or the cluster is down */
 
   /* The event log: entries [log_base, log_base + log_len). */
   cluster_event *log;
@@ -135,7 +136,9 @@ void cluster_log(ic_cluster *c, const char *fmt, ...) __attribute__((format(prin
 int cluster_drain(ic_cluster *c, double timeout);
 
 /* Stops every isolate (running on_shutdown handlers), joins every thread.
- * Returns 1 if all of it finished within timeout seconds. Idempotent. */
+ * Returns 1 if all of it finished within timeout seconds. Idempotent: while
+ * another thread shuts the cluster down, waits for that up to timeout and
+ * returns 0 if it has not finished by then. */
 int cluster_shutdown(ic_cluster *c, double timeout);
 
 /* What a new isolate is made of; every buffer is copied. */
@@ -173,7 +176,12 @@ int cluster_start_isolate(ic_cluster *c, ic_isolate *iso, struct worker *from);
  * the isolate's own worker must be joined. */
 void cluster_request_shutdown(ic_cluster *c, double timeout);
 
-void cluster_join_stopper(ic_cluster *c);
+/* Joins the thread of a shutdown asked for by an isolate if that shutdown
+ * has finished (never waits for it to). Returns 1 when no such thread is
+ * left. Main thread only. */
+int cluster_join_stopper(ic_cluster *c);
+/* Leaves a stopper still running to itself (it holds the cluster). */
+void cluster_detach_stopper(ic_cluster *c);
 
 /* After shutdown, on the main state's thread, before the owner's last
  * cluster_release: drops what was sent to the main state and never received. */

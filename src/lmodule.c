@@ -221,13 +221,15 @@ static int l_run(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   uint64_t deadline = deadline_from(L, 2, "run", "timeout");
   ic_isolate *m = c->main;
+  /* Until the cluster is down: a shutdown under way (asked for by an
+   * isolate, run by the stopper) is waited for within this deadline only. */
   plat_mutex_lock(&m->wlock);
-  while (atomic_load(&c->state) == CLUSTER_RUNNING) {
+  while (atomic_load(&c->state) != CLUSTER_DOWN) {
     if (deadline == UINT64_MAX) plat_cond_wait(&m->wcond, &m->wlock);
     else if (plat_cond_wait_until(&m->wcond, &m->wlock, deadline) == ETIMEDOUT) break;
   }
   plat_mutex_unlock(&m->wlock);
-  int stopped = atomic_load(&c->state) != CLUSTER_RUNNING;
+  int stopped = atomic_load(&c->state) == CLUSTER_DOWN;
   if (stopped) cluster_join_stopper(c);
   lua_pushboolean(L, stopped);
   return 1;
@@ -236,7 +238,6 @@ static int l_run(lua_State *L) {
 static int l_shutdown(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   double t = lua_isnoneornil(L, 2) ? CLOSE_SHUTDOWN_SECONDS : lstate_check_seconds(L, 2, "shutdown", "timeout", 0);
-  cluster_join_stopper(c);
   int in_time = cluster_shutdown(c, t);
   cluster_join_stopper(c);
   lua_pushboolean(L, in_time);
@@ -265,9 +266,8 @@ static int l_close(lua_State *L) {
   if (!c) return 0;
   lc->c = NULL;
   if (atomic_load(&c->state) == CLUSTER_RUNNING) cluster_drain(c, CLOSE_DRAIN_SECONDS);
-  cluster_join_stopper(c);
   cluster_shutdown(c, CLOSE_SHUTDOWN_SECONDS);
-  cluster_join_stopper(c); /* one that started meanwhile */
+  if (!cluster_join_stopper(c)) cluster_detach_stopper(c); /* still stopping: it holds the cluster */
   cluster_close(c);
   cluster_release(c);
   return 0;
