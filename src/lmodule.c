@@ -308,6 +308,8 @@ static int l_new(lua_State *L) {
   cluster_opts o = {0, 0, 0};
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
+    static const char *const known[] = {"workers", "mailbox", "time_slice", "logger", NULL};
+    lstate_check_options(L, 1, "single_node", known);
     o.workers = (int)opt_int_field(L, 1, "workers", 0, 1);
     o.mailbox = (size_t)opt_int_field(L, 1, "mailbox", 0, 1);
     if (lua_getfield(L, 1, "time_slice") != LUA_TNIL) {
@@ -388,7 +390,8 @@ __attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_Stat
   lua_pop(L, 1);
 
   static const luaL_Reg funcs[] = {{"new", l_new}, {"set_logger", l_set_logger}, {"now", l_now},
-                                   {"encode", l_encode}, {"decode", l_decode}, {NULL, NULL}};
+                                   {"encode", l_encode}, {"decode", l_decode},
+                                   {"check_options", lstate_core_check_options}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");

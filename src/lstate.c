@@ -522,6 +522,38 @@ double lstate_check_seconds(lua_State *L, int idx, const char *fname, const char
   return lua_error(L);
 }
 
+void lstate_check_options(lua_State *L, int idx, const char *fname, const char *const *allowed) {
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -1);
+      const char *const *a = allowed;
+      while (*a && strcmp(*a, k) != 0) a++;
+      if (*a) continue;
+      lua_pushfstring(L, "%s: unknown option \"%s\"", fname, k);
+    } else {
+      lua_pushfstring(L, "%s: unknown option %s (option names are strings)", fname, luaL_tolstring(L, -1, NULL));
+    }
+    lua_error(L);
+  }
+}
+
+/* core.check_options(opts, fname, name...): lstate_check_options for the
+ * option tables the Lua side reads. */
+int lstate_core_check_options(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  const char *fname = luaL_checkstring(L, 2);
+  const char *allowed[16];
+  int n = lua_gettop(L) - 2;
+  if (n > 15) return luaL_error(L, "check_options: too many names");
+  for (int i = 0; i < n; i++) allowed[i] = luaL_checkstring(L, i + 3);
+  allowed[n] = NULL;
+  lstate_check_options(L, 1, fname, allowed);
+  return 0;
+}
+
 /* core.check_seconds(value, fname, what [, positive]) -> value: the runtime
  * checks its times here, so that isolates raise what the main state does. */
 static int l_core_check_seconds(lua_State *L) {
@@ -546,6 +578,8 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   if (!lua_isnoneornil(L, arg + 2)) {
     luaL_checktype(L, arg + 2, LUA_TTABLE);
     int o = arg + 2;
+    static const char *const known[] = {"path", "dedicated", "detached", "mailbox", "memory_limit", NULL};
+    lstate_check_options(L, o, "spawn_isolate", known);
     if (lua_getfield(L, o, "path") != LUA_TNIL) {
       if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "opts.path must be a string");
       path = lstate_check_path(L, -1, "spawn_isolate"); /* stays referenced by opts */
@@ -1065,7 +1099,8 @@ static int l_boot(lua_State *L) {
       {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
       {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},
       {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras},
-      {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds}, {NULL, NULL}};
+      {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
+      {"check_options", lstate_core_check_options}, {NULL, NULL}};
   if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core);

@@ -69,6 +69,12 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
 int lstate_lookup(lua_State *L, ic_cluster *c, int arg, uint64_t deadline);
 /* The path at idx, a string without NUL bytes; raises naming fname. */
 const char *lstate_check_path(lua_State *L, int idx, const char *fname);
+/* Raises `<fname>: unknown option "KEY"` for a key of the options table at
+ * idx that is not in allowed (NULL-terminated), or that is not a string. */
+void lstate_check_options(lua_State *L, int idx, const char *fname, const char *const *allowed);
+/* core.check_options(opts, fname, name...), in the main module and in
+ * every isolate's core. */
+int lstate_core_check_options(lua_State *L);
 /* The time in seconds at idx: a number, not NaN, >= 0 (> 0 with positive).
  * Raises "<fname>: <what> must be ..." otherwise; the main state and the
  * isolates' runtime check every time they take with it. */

@@ -12,9 +12,18 @@ M.now = core.now
 --- ic.decode(bytes [, {functions = true}]) -> value. Decoding checks every
 --- length and limits depth and size; functions (bytecode) are accepted only
 --- when asked for, since loading bytecode from an untrusted source is unsafe.
-M.encode = core.encode
+function M.encode(value, opts)
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("encode: opts must be a table", 2) end
+    core.check_options(opts, "encode") -- none yet: any key is a typo
+  end
+  return core.encode(value)
+end
 function M.decode(bytes, opts)
-  if opts ~= nil and type(opts) ~= "table" then error("decode: opts must be a table", 2) end
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("decode: opts must be a table", 2) end
+    core.check_options(opts, "decode", "functions")
+  end
   return core.decode(bytes, opts and opts.functions or false)
 end
 

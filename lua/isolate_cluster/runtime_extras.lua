@@ -251,6 +251,10 @@ end
 function methods:on_isolate_up(fn, opts)
   check_self(self, "on_isolate_up")
   check_fn(fn, "on_isolate_up")
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("on_isolate_up: opts must be a table", 2) end
+    core.check_options(opts, "on_isolate_up", "existing")
+  end
   handlers.up = fn
   local existing = core.subscribe(opts and opts.existing or false)
   if existing then
