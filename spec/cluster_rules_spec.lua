@@ -403,3 +403,43 @@ describe("options tables", function()
     end)
   end)
 end)
+
+describe("a logger function that raises", function()
+  local function failing_logger(text, main)
+    if text:find("first failure", 1, true) then error("logger boom") end
+    main:send({ log = text })
+  end
+
+  local function crash(c, what)
+    c:spawn_isolate(function(ctx) error(ctx:property("what")) end, { what = what })
+  end
+
+  it("stays the logger: the next lines still reach it", function()
+    with_cluster({ workers = 1, logger = failing_logger }, function(c)
+      crash(c, "first failure")
+      crash(c, "second failure")
+      local m = W.receive_match(c, function(m) return type(m) == "table" and m.log end)
+      assert(m, "the line after the one the logger failed on never reached it")
+      assert.matches("second failure", m.log, 1, true)
+    end)
+  end)
+
+  it("reports its error and the line on stderr", function()
+    local out, status = W.run_lua([[
+      local ic = require("isolate_cluster")
+      local c = ic.single_node({ workers = 1, logger = function(text, main)
+        if text:find("first failure", 1, true) then error("logger boom") end
+        main:send(text)
+      end })
+      c:spawn_isolate(function() error("first failure") end)
+      c:spawn_isolate(function() error("second failure") end)
+      local line = c:receive(10)
+      print("forwarded: " .. tostring(line and line:match("second failure")))
+      assert(c:shutdown(5))
+    ]], 30)
+    assert.equal(0, status, out)
+    assert.matches("the logger function raised: [^\n]*logger boom", out)
+    assert.matches("%(the line: [^\n]*first failure", out)
+    assert.matches("forwarded: second failure", out, 1, true)
+  end)
+end)

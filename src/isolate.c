@@ -163,7 +163,9 @@ static void isolate_finish(ic_isolate *iso) {
   atomic_store(&iso->alive, 0);
   atomic_store(&iso->sched, SCHED_DEAD);
   const char *reason = iso->reason ? iso->reason : "normal";
-  if (strncmp(reason, "error", 5) == 0 && !iso->hidden)
+  /* Also the logger's own end: it is not up any more, so the line goes to
+   * stderr. */
+  if (strncmp(reason, "error", 5) == 0)
     cluster_log(c, "isolate_cluster: isolate %s (id %llu) went down: %s",
                 iso->path ? iso->path : "(no path)", (unsigned long long)iso->id, reason);
   if (iso->L) lstate_close(iso);

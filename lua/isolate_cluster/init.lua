@@ -54,7 +54,18 @@ function M.set_logger(cluster, logger)
   if type(logger) == "function" then
     local main = cluster.main
     core.set_logger(cluster, function(context)
-      context:on_message(function(text) logger(text, main) end)
+      -- A logger that raises stays the logger: the line it failed on and
+      -- its error go to stderr (never back to itself), and the next lines
+      -- come to it as before.
+      context:on_message(function(text)
+        local ok, err = pcall(logger, text, main)
+        if not ok then
+          local shown = select(2, pcall(tostring, err))
+          io.stderr:write(("isolate_cluster: the logger function raised: %s\n(the line: %s)\n")
+            :format(tostring(shown), text))
+          io.stderr:flush()
+        end
+      end)
     end)
   elseif logger == nil or logger == false then
     core.set_logger(cluster, logger)
