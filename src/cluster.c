@@ -566,6 +566,9 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
   }
   iso->up = 1; /* no longer holds the log back */
   plat_mutex_unlock(&c->lock);
+  /* Its monitors hear of it with the same reason, once it is out of the
+   * registry: a lookup no longer finds what a monitor reported down. */
+  monitor_fire(&iso->monitors, reason ? reason : "normal");
   isolate_release(iso);
 }
 

@@ -24,6 +24,13 @@ ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
     free(iso);
     return NULL;
   }
+  if (monitor_set_init(&iso->monitors)) {
+    plat_mutex_destroy(&iso->hook_lock);
+    plat_cond_destroy(&iso->wcond);
+    plat_mutex_destroy(&iso->wlock);
+    free(iso);
+    return NULL;
+  }
   atomic_init(&iso->refs, 1);
   atomic_init(&iso->sched, SCHED_IDLE);
   atomic_init(&iso->alive, 1);
@@ -88,6 +95,7 @@ void isolate_release(ic_isolate *iso) {
   plat_cond_destroy(&iso->wcond);
   plat_mutex_destroy(&iso->wlock);
   plat_mutex_destroy(&iso->hook_lock);
+  monitor_set_fini(&iso->monitors);
   free(iso);
   if (c) cluster_release(c);
 }

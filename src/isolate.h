@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "mailbox.h"
+#include "monitor.h"
 #include "platform.h"
 #include "pool.h"
 
@@ -94,6 +95,7 @@ typedef struct ic_isolate {
   struct ic_isolate **children; /* spawned by this isolate and linked to it */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */
+  monitor_set monitors;         /* who watches this isolate go down (monitor.h) */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
 
   /* Dedicated isolates and the main state wait on these. */

@@ -782,6 +782,28 @@ static int l_core_events(lua_State *L) {
   return 1;
 }
 
+/* core.monitor(ref, id): ref's monitor set gets (this isolate, id); a ref
+ * already down, or not of this node, is answered "noproc" through the same
+ * kind of notice, so the function runs later as any other event. */
+static int l_core_monitor(lua_State *L) {
+  ic_isolate *self = self_of(L);
+  lref *r = lref_check_ctx(L, 1, self->lctx);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 2);
+  int rc = r->iso ? monitor_add(&r->iso->monitors, self, id) : ESRCH;
+  if (rc == ENOMEM) return luaL_error(L, "monitor: out of memory");
+  if (rc) monitor_notify(self, id, "noproc");
+  return 0;
+}
+
+/* core.demonitor(ref, id): takes the entry out of ref's set, if there. */
+static int l_core_demonitor(lua_State *L) {
+  ic_isolate *self = self_of(L);
+  lref *r = lref_check_ctx(L, 1, self->lctx);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 2);
+  if (r->iso) monitor_remove(&r->iso->monitors, self, id);
+  return 0;
+}
+
 static int l_core_up(lua_State *L) {
   ic_isolate *self = self_of(L);
   if (!self->up) cluster_announce_up(self->cluster, self);
@@ -1100,7 +1122,8 @@ static int l_boot(lua_State *L) {
       {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},
       {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras},
       {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
-      {"check_options", lstate_core_check_options}, {NULL, NULL}};
+      {"check_options", lstate_core_check_options}, {"monitor", l_core_monitor},
+      {"demonitor", l_core_demonitor}, {NULL, NULL}};
   if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core);

@@ -13,7 +13,7 @@ local core, handlers, jobs, DONE = S.core, S.handlers, S.jobs, S.DONE
 local self_ref, CONTEXT, methods, check_self = S.self_ref, S.CONTEXT, S.methods, S.check_self
 local on_error, fail_with, done_reply, noop = S.on_error, S.fail_with, S.done_reply, S.noop
 
-local K_USER, K_REQUEST, K_REPLY, K_REPLY_ERROR, K_TIMER = 1, 2, 3, 4, 5
+local K_USER, K_REQUEST, K_REPLY, K_REPLY_ERROR, K_TIMER, K_DOWN = 1, 2, 3, 4, 5, 7
 local K_EVENTS, K_RESUME, K_SHUTDOWN = 10, 11, 12
 local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
 local EVENT_UP = 1
@@ -27,7 +27,9 @@ local WAIT, TIMEOUT = {}, {}
 local pool, npool, POOL_MAX = {}, 0, 16
 local queue, qhead, qtail = {}, 1, 0 -- handler runs deferred while a job waits
 local timers = {}                    -- user timers: id -> { fn =, every =, handle = }
-local next_timer, next_corr = 0, 0
+local monitors = {}                  -- armed monitors: id -> { fn =, ref = }
+S.monitors = monitors                -- empty once every monitor fired or was cancelled
+local next_timer, next_corr, next_monitor = 0, 0, 0
 
 -- ---- jobs: handler runs in coroutines of their own -------------------------
 
@@ -206,6 +208,14 @@ local function dispatch(kind, m)
         enqueue(t.fn, t.handle)
       end
     end
+  elseif kind == K_DOWN then
+    -- A monitor fired (corr = its number; value = the reason): at most once,
+    -- and not after a cancel.
+    local mon = monitors[corr]
+    if mon then
+      monitors[corr] = nil
+      enqueue(mon.fn, mon.ref, value)
+    end
   elseif kind == K_EVENTS then
     check_events()
   elseif kind == K_RESUME then
@@ -269,6 +279,29 @@ function methods:on_isolate_down(fn)
   core.subscribe(false)
 end
 
+local Monitor = {}
+Monitor.__index = Monitor
+-- Cancelling a monitor that fired (or was cancelled) does nothing.
+function Monitor:cancel()
+  local mon = monitors[self.id]
+  if mon then
+    monitors[self.id] = nil
+    core.demonitor(mon.ref, self.id)
+  end
+end
+
+-- Watches one isolate: fn(ref, reason) runs once, as a handler of its own,
+-- when it goes down; with reason "noproc" if it is down already.
+function methods:monitor(ref, fn)
+  check_self(self, "monitor")
+  check_fn(fn, "monitor")
+  next_monitor = next_monitor + 1
+  local id = next_monitor
+  core.monitor(ref, id) -- checks ref; a notice comes later, even for "noproc"
+  monitors[id] = { fn = fn, ref = ref }
+  return setmetatable({ id = id }, Monitor)
+end
+
 function methods:on_shutdown(fn)
   check_self(self, "on_shutdown")
   check_fn(fn, "on_shutdown")
@@ -314,12 +347,12 @@ end
 
 function methods:sleep(seconds)
   check_self(self, "sleep")
-  check_seconds(seconds, "sleep", "seconds")
+  check_seconds(seconds, "sleep", "duration")
   wait("sleep", nil, seconds, "context:sleep")
 end
 
 local function add_timer(seconds, fn, every, name)
-  check_seconds(seconds, name, every and "interval" or "seconds", every)
+  check_seconds(seconds, name, every and "interval" or "delay", every)
   check_fn(fn, name)
   next_timer = next_timer + 1
   local t = setmetatable({ id = next_timer }, Timer)
