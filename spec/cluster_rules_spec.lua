@@ -443,3 +443,19 @@ describe("a logger function that raises", function()
     assert.matches("forwarded: second failure", out, 1, true)
   end)
 end)
+
+describe("times in options", function()
+  it("single_node's time_slice and a supervisor's period refuse NaN and negative values", function()
+    for _, t in ipairs({ 0 / 0, -1, 0 }) do
+      assert_error_contains("single_node: opts.time_slice must be a positive number of seconds",
+        function() ic.single_node({ time_slice = t }) end)
+    end
+    local supervisor = require("isolate_cluster.supervisor")
+    with_cluster({ workers = 1 }, function(c)
+      for _, t in ipairs({ 0 / 0, -1 }) do
+        assert_error_contains("period must be a positive number of seconds",
+          function() supervisor.spawn(c, { period = t, children = {} }) end)
+      end
+    end)
+  end)
+end)

@@ -313,8 +313,7 @@ static int l_new(lua_State *L) {
     o.workers = (int)opt_int_field(L, 1, "workers", 0, 1);
     o.mailbox = (size_t)opt_int_field(L, 1, "mailbox", 0, 1);
     if (lua_getfield(L, 1, "time_slice") != LUA_TNIL) {
-      o.slice_seconds = lua_tonumber(L, -1);
-      if (!(o.slice_seconds > 0)) return luaL_error(L, "opts.time_slice must be a positive number of seconds");
+      o.slice_seconds = lstate_check_seconds(L, -1, "single_node", "opts.time_slice", 1);
     }
     lua_pop(L, 1);
   }

@@ -114,7 +114,7 @@ function M.check(spec)
   if spec.intensity ~= nil and (math.type(spec.intensity) ~= "integer" or spec.intensity < 0) then
     error("supervisor spec: intensity must be an integer >= 0", 3)
   end
-  if spec.period ~= nil and (type(spec.period) ~= "number" or spec.period <= 0) then
+  if spec.period ~= nil and (type(spec.period) ~= "number" or not (spec.period > 0)) then -- NaN too
     error("supervisor spec: period must be a positive number of seconds", 3)
   end
   for i, c in ipairs(spec.children) do
