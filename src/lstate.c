@@ -604,6 +604,9 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     }
     lua_pop(L, 1);
   }
+  /* The caller's hold on the new isolate, while its ref is made; made
+   * before the encodes, whose bytes no allocation may come between. */
+  guard *g = guard_push(L, release_isolate);
   /* Encode everything first: the encodes may raise, and nothing is
    * allocated outside Lua until they have succeeded. */
   lstate_ctx *ctx = lstate_ctx_of(L);
@@ -627,7 +630,6 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
                   has_props ? ctx->buf.data : NULL, props_len,
                   ctx->buf.data + props_len, ctx->buf.len - props_len,
                   lua_path, lua_cpath, path, hidden, creator, detached};
-  guard *g = guard_push(L, release_isolate); /* the caller's hold, while the ref is made */
   ic_isolate *iso;
   char err[256];
   if (cluster_spawn(c, &a, &iso, err, sizeof err)) return luaL_error(L, "%s", err);
