@@ -454,3 +454,36 @@ describe("times in options", function()
     end)
   end)
 end)
+
+describe("shutdown while an isolate is stuck in a blocking C call", function()
+  -- os.execute("sleep 8") cannot be interrupted by the hook: shutdown(0.5)
+  -- must still return (false) by its deadline plus its grace period, and the
+  -- script exit normally. In a child process: the stuck thread is left to it.
+  for _, dedicated in ipairs({ false, true }) do
+    it(("returns by its deadline (%s isolate)"):format(dedicated and "dedicated" or "pooled"), function()
+      local out, status = W.run_lua(([[
+        local ic = require("isolate_cluster")
+        local c = ic.single_node({ workers = 2 })
+        local r = c:spawn_isolate(function(ctx)
+          ctx:on_message(function()
+            ctx:property("main"):send("blocking")
+            os.execute("exec sleep 8 </dev/null >/dev/null 2>&1")
+          end)
+        end, { main = c.main }, { dedicated = %s })
+        r:send("go")
+        assert(c:receive(5) == "blocking")
+        local t0 = ic.now()
+        local ok = c:shutdown(0.5)
+        print(("shutdown: %%s after %%.2f s"):format(tostring(ok), ic.now() - t0))
+        -- the cluster is down for the main state all the same
+        print("after: " .. tostring(select(2, pcall(c.spawn_isolate, c, function() end))))
+      ]]):format(tostring(dedicated)), 30)
+      assert.equal(0, status, out)
+      local ok, secs = out:match("shutdown: (%a+) after ([%d.]+) s")
+      assert.equal("false", ok, out)
+      if W.precise_clock then assert(tonumber(secs) < 5, out) end
+      assert.matches("did not stop", out)
+      assert.matches("after: [^\n]*spawn_isolate after shutdown", out)
+    end)
+  end
+end)

@@ -141,7 +141,7 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   }
   if (timer_start(&c->timers) || sched_start(&c->sched)) {
     *err = "cannot start threads";
-    sched_stop(&c->sched);
+    sched_stop(&c->sched, UINT64_MAX, NULL, NULL);
     timer_stop(&c->timers);
     goto fail_all;
   }
@@ -774,6 +774,17 @@ void cluster_detach_stopper(ic_cluster *c) {
   plat_mutex_unlock(&c->lock);
 }
 
+/* A pool worker stuck in a blocking C call past the shutdown's grace period
+ * is left running (sched_stop); the isolate it runs leaves the registry, so
+ * nothing closes the state that thread is in. It closes it itself if its C
+ * call ever returns. */
+static void leave_stuck(ic_isolate *iso, void *ud) {
+  ic_cluster *c = ud;
+  cluster_log(c, "isolate_cluster: isolate %s did not stop; its worker thread is left running",
+              iso->path ? iso->path : "(no path)");
+  cluster_unregister(c, iso, "shutdown");
+}
+
 int cluster_shutdown(ic_cluster *c, double timeout) {
   int expected = CLUSTER_RUNNING;
   if (!atomic_compare_exchange_strong(&c->state, &expected, CLUSTER_STOPPING)) {
@@ -805,7 +816,7 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
     cluster_broadcast_control(c, CONTROL_KILL);
     wait_live_zero(c, grace_until);
   }
-  sched_stop(&c->sched);
+  sched_stop(&c->sched, grace_until, leave_stuck, c);
   timer_stop(&c->timers);
   join_dedicated(c, grace_until);
   reap_leftovers(c);
