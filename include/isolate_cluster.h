@@ -77,7 +77,9 @@ IC_EXTERN int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out
 
 /* Shuts the cluster down: runs on_shutdown handlers, stops every isolate,
  * joins every thread. Returns 1 if everything finished within timeout_s,
- * 0 if not (handlers still computing were interrupted). Blocks the caller.
+ * 0 if not (handlers still computing were interrupted), IC_EINVAL for a
+ * negative or NaN timeout. Blocks the caller, never past its own deadline
+ * (plus a small margin), also while a shutdown asked for by an isolate runs.
  * Must not be called from inside an isolate. */
 IC_EXTERN int ic_cluster_shutdown(ic_cluster *c, double timeout_s);
 
@@ -113,12 +115,13 @@ IC_EXTERN int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len)
 /* Takes the next message sent to the program's ref, waiting up to timeout_s
  * (negative: until one comes or the cluster shuts down). On success *data
  * (MessagePack, the caller's: ic_free) and *len are set, and *sender if not
- * NULL. Errors: IC_ETIMEDOUT, IC_ESHUTDOWN, IC_ENOMEM. Call it from one
- * thread at a time. */
+ * NULL. Errors: IC_ETIMEDOUT, IC_ESHUTDOWN, IC_ENOMEM, IC_EINVAL (a NaN
+ * timeout). Call it from one thread at a time. */
 IC_EXTERN int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *len, ic_ref *sender);
 
 /* The ref at path, waiting up to wait_s (0: no wait) for it to be taken.
- * Errors: IC_ETIMEDOUT (not there), IC_EINVAL, IC_ESHUTDOWN. */
+ * Errors: IC_ETIMEDOUT (not there), IC_EINVAL (also a negative or NaN
+ * wait_s), IC_ESHUTDOWN. */
 IC_EXTERN int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out);
 
 /* The refs of the isolates whose path starts with prefix ("/workers/"), in

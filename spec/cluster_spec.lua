@@ -21,11 +21,7 @@ local describe, it, before_each, after_each, assert = describe, it, before_each,
 local _ENV = _G
 local with_cluster, error_of, echo_entry = W.with_cluster, W.error_of, W.echo_entry
 
-local function assert_error_contains(text, fn, ...)
-  local err = error_of(fn, ...)
-  assert(err:find(text, 1, true), ("expected an error containing %q, got %q"):format(text, err))
-  return err
-end
+local assert_error_contains = W.error_containing
 
 local function set_of(list, key)
   local s = {}

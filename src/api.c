@@ -54,7 +54,7 @@ int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out) {
 }
 
 int ic_cluster_shutdown(ic_cluster *c, double timeout_s) {
-  cluster_join_stopper(c);
+  if (!c || !(timeout_s >= 0)) return IC_EINVAL; /* also NaN */
   int in_time = cluster_shutdown(c, timeout_s);
   cluster_join_stopper(c);
   return in_time;
@@ -62,9 +62,8 @@ int ic_cluster_shutdown(ic_cluster *c, double timeout_s) {
 
 void ic_cluster_destroy(ic_cluster *c) {
   if (!c) return;
-  cluster_join_stopper(c);
   cluster_shutdown(c, 5.0);
-  cluster_join_stopper(c);
+  if (!cluster_join_stopper(c)) cluster_detach_stopper(c); /* still stopping: it holds the cluster */
   cluster_close(c);
   cluster_release(c);
 }
@@ -204,7 +203,7 @@ int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len) {
 }
 
 int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *len, ic_ref *sender) {
-  if (!c || !data || !len) return IC_EINVAL;
+  if (!c || !data || !len || timeout_s != timeout_s) return IC_EINVAL;
   uint64_t deadline = timeout_s < 0 ? UINT64_MAX : plat_now_ns() + plat_seconds_to_ns(timeout_s);
   ic_isolate *main = c->main;
   for (;;) {
@@ -234,7 +233,7 @@ int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *len, ic_ref
 }
 
 int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out) {
-  if (!c || !path || !out) return IC_EINVAL;
+  if (!c || !path || !out || !(wait_s >= 0)) return IC_EINVAL;
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
   ic_isolate *iso = wait_s > 0 ? cluster_wait_path(c, path, plat_now_ns() + plat_seconds_to_ns(wait_s))
                                : cluster_find_path(c, path);

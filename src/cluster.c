@@ -14,6 +14,7 @@
 #define TOMB ((ic_isolate *)(uintptr_t)1)
 #define DEFAULT_MAILBOX 1000000u
 #define DEFAULT_SLICE 0.002
+#define SHUTDOWN_GRACE 1.0 /* seconds after a missed shutdown deadline */
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -140,7 +141,7 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   }
   if (timer_start(&c->timers) || sched_start(&c->sched)) {
     *err = "cannot start threads";
-    sched_stop(&c->sched);
+    sched_stop(&c->sched, UINT64_MAX, NULL, NULL);
     timer_stop(&c->timers);
     goto fail_all;
   }
@@ -247,6 +248,19 @@ static size_t path_slot(ic_cluster *c, const char *path) {
   }
 }
 
+/* The slot that holds iso itself. Deleting by identity, not by name: the
+ * entry found by name could be another isolate's, and the one left behind
+ * would dangle once iso is freed. */
+static size_t path_slot_of(ic_cluster *c, const ic_isolate *iso) {
+  size_t mask = c->by_path_cap - 1, j = hash_str(iso->path) & mask;
+  for (;;) {
+    ic_isolate *x = c->by_path[j];
+    if (!x) return SIZE_MAX;
+    if (x == iso) return j;
+    j = (j + 1) & mask;
+  }
+}
+
 static size_t id_slot(ic_cluster *c, uint64_t id) {
   size_t mask = c->by_id_cap - 1, j = mix64(id) & mask;
   for (;;) {
@@ -279,9 +293,13 @@ int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *err
   if (path) {
     size_t n = strlen(path);
     if (path[n - 1] == '/') {
-      /* "/dir/": append a segment no other isolate of this cluster has had. */
+      /* "/dir/": append a number no isolate of this cluster has had as a
+       * segment there, skipping any "/dir/N" a user took by name. */
       own = malloc(n + 24);
-      if (own) snprintf(own, n + 24, "%s%llu", path, (unsigned long long)++c->path_seq);
+      if (own) {
+        do snprintf(own, n + 24, "%s%llu", path, (unsigned long long)++c->path_seq);
+        while (path_slot(c, own) != SIZE_MAX);
+      }
     } else {
       if (path_slot(c, path) != SIZE_MAX) {
         plat_mutex_unlock(&c->lock);
@@ -465,10 +483,12 @@ ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, siz
     if (iso->event_cursor < c->log_base + c->log_len) atomic_store(&iso->events_pending, 1);
   }
   if (existing) {
-    /* Snapshot of what is up now, and only later events from the log. */
-    iso->event_cursor = c->log_base + c->log_len;
+    /* Snapshot of what is up now; the up events already in the log are
+     * covered by it. The read position stays: it is shared with the down
+     * events, which are all still to be heard. */
     out = malloc((c->by_id_len + 1) * sizeof *out);
     if (out) {
+      iso->up_replayed = c->log_base + c->log_len;
       size_t k = 0;
       for (size_t i = 0; i < c->by_id_cap; i++) {
         ic_isolate *x = c->by_id[i];
@@ -495,7 +515,7 @@ cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n) {
     if (out) {
       for (uint64_t p = iso->event_cursor; p < end; p++) {
         cluster_event *e = &c->log[p - c->log_base];
-        if (e->iso == iso) continue;
+        if (e->iso == iso || (e->kind == EVENT_UP && p < iso->up_replayed)) continue;
         out[k] = *e;
         isolate_retain(e->iso);
         out[k].reason = e->reason ? strdup(e->reason) : NULL;
@@ -525,8 +545,8 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
   c->by_id_len--;
   c->by_id_tomb++;
   if (iso->path) {
-    size_t k = path_slot(c, iso->path);
-    if (k != SIZE_MAX && c->by_path[k] == iso) {
+    size_t k = path_slot_of(c, iso);
+    if (k != SIZE_MAX) {
       c->by_path[k] = TOMB;
       c->by_path_len--;
       c->by_path_tomb++;
@@ -546,6 +566,9 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
   }
   iso->up = 1; /* no longer holds the log back */
   plat_mutex_unlock(&c->lock);
+  /* Its monitors hear of it with the same reason, once it is out of the
+   * registry: a lookup no longer finds what a monitor reported down. */
+  monitor_fire(&iso->monitors, reason ? reason : "normal");
   isolate_release(iso);
 }
 
@@ -646,8 +669,7 @@ static void reap_leftovers(ic_cluster *c) {
 /* Joins the threads of dedicated isolates that have gone down; one still
  * stuck (in a blocking C call, beyond the reach of the count hook) is
  * detached rather than allowed to hang the shutdown. */
-static void join_dedicated(ic_cluster *c, int in_time) {
-  (void)in_time;
+static void join_dedicated(ic_cluster *c, uint64_t grace_until) {
   plat_mutex_lock(&c->lock);
   ic_isolate **d = c->dedicated;
   size_t n = c->ndedicated;
@@ -657,9 +679,9 @@ static void join_dedicated(ic_cluster *c, int in_time) {
   for (size_t i = 0; i < n; i++) {
     ic_isolate *iso = d[i];
     if (atomic_load(&iso->alive)) {
-      /* Give it the time to notice the kill that was sent. */
-      uint64_t until = plat_now_ns() + plat_seconds_to_ns(0.5);
-      while (atomic_load(&iso->alive) && plat_now_ns() < until) {
+      /* Give it the time to notice the kill that was sent: one grace period
+       * shared by all, so that many stuck threads cost no more than one. */
+      while (atomic_load(&iso->alive) && plat_now_ns() < grace_until) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
       }
@@ -713,9 +735,12 @@ int cluster_start_isolate(ic_cluster *c, ic_isolate *iso, worker *from) {
   return 0;
 }
 
+/* The stopper holds the cluster (the main state may close its handle while
+ * this shutdown still runs) and lets go as its last act. */
 static void *stopper_main(void *arg) {
   ic_cluster *c = arg;
   cluster_shutdown(c, c->stopper_timeout);
+  cluster_release(c);
   return NULL;
 }
 
@@ -723,32 +748,56 @@ void cluster_request_shutdown(ic_cluster *c, double timeout) {
   plat_mutex_lock(&c->lock);
   if (!c->has_stopper && atomic_load(&c->state) == CLUSTER_RUNNING) {
     c->stopper_timeout = timeout;
+    cluster_retain(c);
     if (plat_thread_start(&c->stopper, stopper_main, c, 256u << 10) == 0) c->has_stopper = 1;
+    else cluster_release(c); /* not the last hold: the asking isolate has one */
   }
   plat_mutex_unlock(&c->lock);
 }
 
-/* Waits for a shutdown started by cluster_request_shutdown, if any. Main
- * thread only (the helper thread is joined here, or when the cluster is
- * closed). */
-void cluster_join_stopper(ic_cluster *c) {
+int cluster_join_stopper(ic_cluster *c) {
   plat_mutex_lock(&c->lock);
-  int has = c->has_stopper;
+  /* Once the cluster is down the stopper's work is done: joining it waits
+   * for no more than the end of its function. Before, it is not waited for. */
+  int join = c->has_stopper && atomic_load(&c->state) == CLUSTER_DOWN;
+  if (join) c->has_stopper = 0;
+  int left = c->has_stopper;
+  plat_mutex_unlock(&c->lock);
+  if (join) plat_thread_join(c->stopper);
+  return !left;
+}
+
+void cluster_detach_stopper(ic_cluster *c) {
+  plat_mutex_lock(&c->lock);
+  if (c->has_stopper) pthread_detach(c->stopper);
   c->has_stopper = 0;
   plat_mutex_unlock(&c->lock);
-  if (has) plat_thread_join(c->stopper);
+}
+
+/* A pool worker stuck in a blocking C call past the shutdown's grace period
+ * is left running (sched_stop); the isolate it runs leaves the registry, so
+ * nothing closes the state that thread is in. It closes it itself if its C
+ * call ever returns. */
+static void leave_stuck(ic_isolate *iso, void *ud) {
+  ic_cluster *c = ud;
+  cluster_log(c, "isolate_cluster: isolate %s did not stop; its worker thread is left running",
+              iso->path ? iso->path : "(no path)");
+  cluster_unregister(c, iso, "shutdown");
 }
 
 int cluster_shutdown(ic_cluster *c, double timeout) {
   int expected = CLUSTER_RUNNING;
   if (!atomic_compare_exchange_strong(&c->state, &expected, CLUSTER_STOPPING)) {
     /* Already stopping or down: wait for whoever is doing it (another
-     * thread: a shutdown asked for by an isolate), then report its result. */
-    while (atomic_load(&c->state) != CLUSTER_DOWN) {
-      struct timespec ts = {0, 1000000};
-      nanosleep(&ts, NULL);
-    }
-    return atomic_load(&c->shutdown_in_time);
+     * thread: a shutdown asked for by an isolate), within this call's own
+     * deadline, then report its result; not down by then: not in time. */
+    uint64_t until = plat_now_ns() + plat_seconds_to_ns(timeout);
+    plat_mutex_lock(&c->lock);
+    while (atomic_load(&c->state) != CLUSTER_DOWN)
+      if (plat_cond_wait_until(&c->live_cond, &c->lock, until) == ETIMEDOUT) break;
+    int down = atomic_load(&c->state) == CLUSTER_DOWN;
+    plat_mutex_unlock(&c->lock);
+    return down && atomic_load(&c->shutdown_in_time);
   }
   uint64_t start = plat_now_ns();
   uint64_t deadline = start + plat_seconds_to_ns(timeout);
@@ -758,15 +807,18 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   plat_cond_broadcast(&c->main->wcond);
   plat_mutex_unlock(&c->main->wlock);
   int in_time = wait_live_zero(c, deadline);
+  /* Past the deadline, one grace period (the "small margin") for the kill
+   * to take effect and the dedicated threads to end. */
+  uint64_t grace_until = plat_now_ns() + plat_seconds_to_ns(in_time ? 0.5 : SHUTDOWN_GRACE);
   if (!in_time) {
     /* Interrupt what still runs: handlers stuck in Lua code are stopped by
      * the count hook within a few thousand instructions. */
     cluster_broadcast_control(c, CONTROL_KILL);
-    wait_live_zero(c, plat_now_ns() + plat_seconds_to_ns(1.0));
+    wait_live_zero(c, grace_until);
   }
-  sched_stop(&c->sched);
+  sched_stop(&c->sched, grace_until, leave_stuck, c);
   timer_stop(&c->timers);
-  join_dedicated(c, in_time);
+  join_dedicated(c, grace_until);
   reap_leftovers(c);
   /* The main state's ref may be held by Lua values beyond this point; take
    * it out of the registry so the cluster owns nothing. */
@@ -791,7 +843,10 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   plat_mutex_unlock(&c->log_lock);
   cluster_set_logger(c, NULL, discard);
   atomic_store(&c->shutdown_in_time, in_time);
+  plat_mutex_lock(&c->lock);
   atomic_store(&c->state, CLUSTER_DOWN);
+  plat_cond_broadcast(&c->live_cond); /* other callers of cluster_shutdown */
+  plat_mutex_unlock(&c->lock);
   /* A main thread blocked in receive/run returns now. */
   plat_mutex_lock(&c->main->wlock);
   atomic_store(&c->main->sched, SCHED_SCHEDULED);

@@ -48,7 +48,8 @@ typedef struct ic_cluster {
   size_t by_path_cap, by_path_len, by_path_tomb;
   uint64_t path_seq;          /* unique segments for "/dir/" paths */
   size_t live;                /* isolates registered and not yet down */
-  plat_cond live_cond;        /* signalled when live drops */
+  plat_cond live_cond;        /* signalled when live drops, a path is taken,
+                                 or the cluster is down */
 
   /* The event log: entries [log_base, log_base + log_len). */
   cluster_event *log;
@@ -111,9 +112,11 @@ ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline
  * Caller frees the array and releases each. */
 ic_isolate **cluster_find_prefix(ic_cluster *c, const char *prefix, size_t *n);
 
-/* Subscribes iso to the event log. existing != 0: cursor = now and the
- * isolates already up are returned (retained, *n set); otherwise the cursor is
- * the isolate's spawn position and NULL is returned. */
+/* Subscribes iso to the event log, from its spawn position on (or, already
+ * subscribed, from where it is). existing != 0: the isolates already up are
+ * returned too (retained, *n set), and the up events now in the log are no
+ * longer reported to iso (the list covers them); down events are. Otherwise
+ * NULL is returned. */
 ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, size_t *n);
 /* Copies out the events from iso's cursor on (retained isos, dup'ed reasons)
  * and advances the cursor. */
@@ -133,7 +136,9 @@ void cluster_log(ic_cluster *c, const char *fmt, ...) __attribute__((format(prin
 int cluster_drain(ic_cluster *c, double timeout);
 
 /* Stops every isolate (running on_shutdown handlers), joins every thread.
- * Returns 1 if all of it finished within timeout seconds. Idempotent. */
+ * Returns 1 if all of it finished within timeout seconds. Idempotent: while
+ * another thread shuts the cluster down, waits for that up to timeout and
+ * returns 0 if it has not finished by then. */
 int cluster_shutdown(ic_cluster *c, double timeout);
 
 /* What a new isolate is made of; every buffer is copied. */
@@ -171,7 +176,12 @@ int cluster_start_isolate(ic_cluster *c, ic_isolate *iso, struct worker *from);
  * the isolate's own worker must be joined. */
 void cluster_request_shutdown(ic_cluster *c, double timeout);
 
-void cluster_join_stopper(ic_cluster *c);
+/* Joins the thread of a shutdown asked for by an isolate if that shutdown
+ * has finished (never waits for it to). Returns 1 when no such thread is
+ * left. Main thread only. */
+int cluster_join_stopper(ic_cluster *c);
+/* Leaves a stopper still running to itself (it holds the cluster). */
+void cluster_detach_stopper(ic_cluster *c);
 
 /* After shutdown, on the main state's thread, before the owner's last
  * cluster_release: drops what was sent to the main state and never received. */

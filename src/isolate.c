@@ -24,6 +24,13 @@ ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
     free(iso);
     return NULL;
   }
+  if (monitor_set_init(&iso->monitors)) {
+    plat_mutex_destroy(&iso->hook_lock);
+    plat_cond_destroy(&iso->wcond);
+    plat_mutex_destroy(&iso->wlock);
+    free(iso);
+    return NULL;
+  }
   atomic_init(&iso->refs, 1);
   atomic_init(&iso->sched, SCHED_IDLE);
   atomic_init(&iso->alive, 1);
@@ -88,6 +95,7 @@ void isolate_release(ic_isolate *iso) {
   plat_cond_destroy(&iso->wcond);
   plat_mutex_destroy(&iso->wlock);
   plat_mutex_destroy(&iso->hook_lock);
+  monitor_set_fini(&iso->monitors);
   free(iso);
   if (c) cluster_release(c);
 }
@@ -163,7 +171,9 @@ static void isolate_finish(ic_isolate *iso) {
   atomic_store(&iso->alive, 0);
   atomic_store(&iso->sched, SCHED_DEAD);
   const char *reason = iso->reason ? iso->reason : "normal";
-  if (strncmp(reason, "error", 5) == 0 && !iso->hidden)
+  /* Also the logger's own end: it is not up any more, so the line goes to
+   * stderr. */
+  if (strncmp(reason, "error", 5) == 0)
     cluster_log(c, "isolate_cluster: isolate %s (id %llu) went down: %s",
                 iso->path ? iso->path : "(no path)", (unsigned long long)iso->id, reason);
   if (iso->L) lstate_close(iso);

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "mailbox.h"
+#include "monitor.h"
 #include "platform.h"
 #include "pool.h"
 
@@ -82,6 +83,8 @@ typedef struct ic_isolate {
   char *reason;                 /* down reason, malloc'ed */
   uint64_t event_cursor;        /* next cluster event to read */
   uint64_t spawn_cursor;        /* event log position at spawn */
+  uint64_t up_replayed;         /* up events before this log position were
+                                   replayed by on_isolate_up{existing = true} */
   int subscribed;
   int up;                       /* announced up */
   struct worker *worker;        /* the pool worker running it now, or NULL */
@@ -92,6 +95,7 @@ typedef struct ic_isolate {
   struct ic_isolate **children; /* spawned by this isolate and linked to it */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */
+  monitor_set monitors;         /* who watches this isolate go down (monitor.h) */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
 
   /* Dedicated isolates and the main state wait on these. */

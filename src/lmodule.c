@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,10 +41,11 @@ static ic_cluster *check_cluster(lua_State *L, int idx) {
   return lc->c;
 }
 
-static uint64_t deadline_from(lua_State *L, int idx) {
+/* The deadline of a wait of the seconds at idx (nil: none), checked as the
+ * isolates check theirs. */
+static uint64_t deadline_from(lua_State *L, int idx, const char *fname, const char *what) {
   if (lua_isnoneornil(L, idx)) return UINT64_MAX;
-  lua_Number t = luaL_checknumber(L, idx);
-  if (t != t) luaL_argerror(L, idx, "timeout is NaN");
+  double t = lstate_check_seconds(L, idx, fname, what, 0);
   if (t == HUGE_VAL) return UINT64_MAX;
   return plat_now_ns() + plat_seconds_to_ns(t);
 }
@@ -94,7 +96,7 @@ static int push_received(lua_State *L) {
 
 static int l_receive(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
-  uint64_t deadline = deadline_from(L, 2);
+  uint64_t deadline = deadline_from(L, 2, "receive", "timeout");
   ic_isolate *main = c->main;
   for (;;) {
     ic_msg *m;
@@ -125,8 +127,7 @@ static int l_receive(lua_State *L) {
 static int l_main_request(lua_State *L) {
   lref *r = lref_check(L, 1);
   luaL_checkany(L, 2);
-  double t = luaL_optnumber(L, 3, DEFAULT_REQUEST_TIMEOUT);
-  if (!(t > 0)) return luaL_argerror(L, 3, "timeout must be a positive number of seconds");
+  double t = lua_isnoneornil(L, 3) ? DEFAULT_REQUEST_TIMEOUT : lstate_check_seconds(L, 3, "request", "timeout", 1);
   if (!r->iso || !atomic_load(&r->iso->alive)) {
     lua_settop(L, 1);
     return luaL_error(L, "request to %s failed: isolate down", luaL_tolstring(L, 1, NULL));
@@ -170,7 +171,9 @@ static int l_main_request(lua_State *L) {
     }
     if (!cluster_main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0) {
       lua_settop(L, 1);
-      return luaL_error(L, "timeout: no reply from %s within %f s", luaL_tolstring(L, 1, NULL), t);
+      char secs[32]; /* "%g", as the isolates write it: "3 s", "0.5 s" */
+      snprintf(secs, sizeof secs, "%g", t);
+      return luaL_error(L, "timeout: no reply from %s within %s s", luaL_tolstring(L, 1, NULL), secs);
     }
   }
 }
@@ -202,17 +205,10 @@ static int l_set_logger(lua_State *L) {
 
 static int l_lookup(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
-  const char *path = luaL_checkstring(L, 2);
-  uint64_t deadline = lua_isnoneornil(L, 3) ? 0 : deadline_from(L, 3);
+  lstate_check_path(L, 2, "lookup_isolate");
+  uint64_t deadline = lua_isnoneornil(L, 3) ? 0 : deadline_from(L, 3, "lookup_isolate", "wait");
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "lookup_isolate after shutdown");
-  ic_isolate *iso = deadline ? cluster_wait_path(c, path, deadline) : cluster_find_path(c, path);
-  if (!iso) {
-    lua_pushnil(L);
-    return 1;
-  }
-  lref_push(L, iso);
-  isolate_release(iso);
-  return 1;
+  return lstate_lookup(L, c, 2, deadline);
 }
 
 static int l_lookup_prefix(lua_State *L) {
@@ -223,15 +219,17 @@ static int l_lookup_prefix(lua_State *L) {
 
 static int l_run(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
-  uint64_t deadline = deadline_from(L, 2);
+  uint64_t deadline = deadline_from(L, 2, "run", "timeout");
   ic_isolate *m = c->main;
+  /* Until the cluster is down: a shutdown under way (asked for by an
+   * isolate, run by the stopper) is waited for within this deadline only. */
   plat_mutex_lock(&m->wlock);
-  while (atomic_load(&c->state) == CLUSTER_RUNNING) {
+  while (atomic_load(&c->state) != CLUSTER_DOWN) {
     if (deadline == UINT64_MAX) plat_cond_wait(&m->wcond, &m->wlock);
     else if (plat_cond_wait_until(&m->wcond, &m->wlock, deadline) == ETIMEDOUT) break;
   }
   plat_mutex_unlock(&m->wlock);
-  int stopped = atomic_load(&c->state) != CLUSTER_RUNNING;
+  int stopped = atomic_load(&c->state) == CLUSTER_DOWN;
   if (stopped) cluster_join_stopper(c);
   lua_pushboolean(L, stopped);
   return 1;
@@ -239,8 +237,7 @@ static int l_run(lua_State *L) {
 
 static int l_shutdown(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
-  double t = luaL_optnumber(L, 2, 5.0);
-  cluster_join_stopper(c);
+  double t = lua_isnoneornil(L, 2) ? CLOSE_SHUTDOWN_SECONDS : lstate_check_seconds(L, 2, "shutdown", "timeout", 0);
   int in_time = cluster_shutdown(c, t);
   cluster_join_stopper(c);
   lua_pushboolean(L, in_time);
@@ -249,7 +246,8 @@ static int l_shutdown(lua_State *L) {
 
 static int l_drain(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
-  lua_pushboolean(L, cluster_drain(c, luaL_optnumber(L, 2, CLOSE_DRAIN_SECONDS)));
+  double t = lua_isnoneornil(L, 2) ? CLOSE_DRAIN_SECONDS : lstate_check_seconds(L, 2, "drain", "timeout", 0);
+  lua_pushboolean(L, cluster_drain(c, t));
   return 1;
 }
 
@@ -268,9 +266,8 @@ static int l_close(lua_State *L) {
   if (!c) return 0;
   lc->c = NULL;
   if (atomic_load(&c->state) == CLUSTER_RUNNING) cluster_drain(c, CLOSE_DRAIN_SECONDS);
-  cluster_join_stopper(c);
   cluster_shutdown(c, CLOSE_SHUTDOWN_SECONDS);
-  cluster_join_stopper(c); /* one that started meanwhile */
+  if (!cluster_join_stopper(c)) cluster_detach_stopper(c); /* still stopping: it holds the cluster */
   cluster_close(c);
   cluster_release(c);
   return 0;
@@ -311,11 +308,12 @@ static int l_new(lua_State *L) {
   cluster_opts o = {0, 0, 0};
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
+    static const char *const known[] = {"workers", "mailbox", "time_slice", "logger", NULL};
+    lstate_check_options(L, 1, "single_node", known);
     o.workers = (int)opt_int_field(L, 1, "workers", 0, 1);
     o.mailbox = (size_t)opt_int_field(L, 1, "mailbox", 0, 1);
     if (lua_getfield(L, 1, "time_slice") != LUA_TNIL) {
-      o.slice_seconds = lua_tonumber(L, -1);
-      if (!(o.slice_seconds > 0)) return luaL_error(L, "opts.time_slice must be a positive number of seconds");
+      o.slice_seconds = lstate_check_seconds(L, -1, "single_node", "opts.time_slice", 1);
     }
     lua_pop(L, 1);
   }
@@ -391,7 +389,8 @@ __attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_Stat
   lua_pop(L, 1);
 
   static const luaL_Reg funcs[] = {{"new", l_new}, {"set_logger", l_set_logger}, {"now", l_now},
-                                   {"encode", l_encode}, {"decode", l_decode}, {NULL, NULL}};
+                                   {"encode", l_encode}, {"decode", l_decode},
+                                   {"check_options", lstate_core_check_options}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");

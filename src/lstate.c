@@ -34,6 +34,66 @@ lstate_ctx *lstate_ctx_of(lua_State *L) {
   return ctx;
 }
 
+/* ---- guards: C resources held across Lua allocations ---------------------- */
+
+/*
+ * A C resource that a Lua error must not leak (an array of retained
+ * isolates, a list of events): the guard userdata is made in Lua's memory
+ * *before* the resource is acquired, so a memory error raised while the
+ * result is pushed leaves the resource with the guard, whose __gc frees it.
+ * guard_drop frees it at once on the way out.
+ */
+static const char GUARD_KEY = 'g';
+
+typedef void (*guard_free_fn)(void *p, size_t n);
+typedef struct guard {
+  guard_free_fn free;
+  void *p;     /* NULL: holds nothing */
+  size_t n;
+} guard;
+
+static void guard_drop(guard *g) {
+  void *p = g->p;
+  g->p = NULL;
+  if (p) g->free(p, g->n);
+}
+
+static int guard_gc(lua_State *L) {
+  guard_drop(lua_touserdata(L, 1));
+  return 0;
+}
+
+/* Pushes an empty guard. May raise, before anything is acquired. */
+static guard *guard_push(lua_State *L, guard_free_fn fn) {
+  guard *g = lua_newuserdatauv(L, sizeof *g, 0);
+  g->free = fn;
+  g->p = NULL;
+  g->n = 0;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &GUARD_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, guard_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &GUARD_KEY);
+  }
+  lua_setmetatable(L, -2);
+  return g;
+}
+
+/* guard_free_fn for an array of n retained isolates (malloc'ed). */
+static void release_isolates(void *p, size_t n) {
+  ic_isolate **v = p;
+  for (size_t i = 0; i < n; i++) isolate_release(v[i]);
+  free(v);
+}
+
+/* guard_free_fn for one retained isolate. */
+static void release_isolate(void *p, size_t n) {
+  (void)n;
+  isolate_release(p);
+}
+
 /* ---- refs ---------------------------------------------------------------- */
 
 /* A ref is a userdata whose metatable is this state's ref metatable, known
@@ -113,12 +173,12 @@ void lref_push(lua_State *L, ic_isolate *iso) { lref_push_ctx(L, lstate_ctx_of(L
 void lref_push_wire(lua_State *L, ic_cluster *c, uint32_t node, uint64_t id) {
   const lstate_ctx *ctx = lstate_ctx_of(L);
   if (ref_cache_get(L, ctx, node, id)) return;
-  ic_isolate *iso = NULL;
-  if (c && node == c->node_id) iso = cluster_find_id(c, id);
-  /* An isolate already gone (or of another node) gives a ref that refuses
-   * messages with "isolate down" but still compares and prints. */
-  ref_new(L, ctx, iso, node, id);
-  if (iso) isolate_release(iso);
+  /* The userdata first, then the hold, which it takes over: a memory error
+   * while making it leaves no hold behind. An isolate already gone (or of
+   * another node) gives a ref that refuses messages with "isolate down" but
+   * still compares and prints. */
+  ref_new(L, ctx, NULL, node, id);
+  if (c && node == c->node_id) ((lref *)lua_touserdata(L, -1))->iso = cluster_find_id(c, id);
 }
 
 static int ref_to_wire(lua_State *L, int idx, void *ud, uint32_t *node, uint64_t *id) {
@@ -410,6 +470,87 @@ lstate_ctx *lstate_open(lua_State *L) {
   return ctx;
 }
 
+/* ---- arguments every state checks alike ------------------------------------ */
+
+/* These errors carry no position: in an isolate the call passes through the
+ * runtime's own functions first, and the message must read the same in the
+ * main state and in isolates. */
+
+const char *lstate_check_path(lua_State *L, int idx, const char *fname) {
+  if (lua_type(L, idx) != LUA_TSTRING) {
+    lua_pushfstring(L, "%s: a path must be a string, got %s", fname, luaL_typename(L, idx));
+    lua_error(L);
+  }
+  size_t len;
+  const char *path = lua_tolstring(L, idx, &len);
+  if (strlen(path) != len) {
+    /* Shown with its NUL bytes escaped, so the message itself is whole. */
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < len; i++) {
+      if (path[i]) luaL_addchar(&b, path[i]);
+      else luaL_addstring(&b, "\\0");
+    }
+    luaL_pushresult(&b);
+    lua_pushfstring(L, "%s: invalid path \"%s\": a path cannot contain a NUL byte", fname, lua_tostring(L, -1));
+    lua_error(L);
+  }
+  return path;
+}
+
+double lstate_check_seconds(lua_State *L, int idx, const char *fname, const char *what, int positive) {
+  int isnum;
+  lua_Number t = lua_tonumberx(L, idx, &isnum);
+  if (isnum && lua_type(L, idx) == LUA_TNUMBER && (positive ? t > 0 : t >= 0)) return (double)t;
+  char got[64];
+  if (!isnum || lua_type(L, idx) != LUA_TNUMBER) snprintf(got, sizeof got, "%s", luaL_typename(L, idx));
+  else if (t != t) snprintf(got, sizeof got, "NaN");
+  else snprintf(got, sizeof got, "%g", (double)t);
+  lua_pushfstring(L, "%s: %s must be a %snumber of seconds%s, got %s", fname, what, positive ? "positive " : "",
+                  positive ? "" : " >= 0", got);
+  return lua_error(L);
+}
+
+void lstate_check_options(lua_State *L, int idx, const char *fname, const char *const *allowed) {
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -1);
+      const char *const *a = allowed;
+      while (*a && strcmp(*a, k) != 0) a++;
+      if (*a) continue;
+      lua_pushfstring(L, "%s: unknown option \"%s\"", fname, k);
+    } else {
+      lua_pushfstring(L, "%s: unknown option %s (option names are strings)", fname, luaL_tolstring(L, -1, NULL));
+    }
+    lua_error(L);
+  }
+}
+
+/* core.check_options(opts, fname, name...): lstate_check_options for the
+ * option tables the Lua side reads. */
+int lstate_core_check_options(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  const char *fname = luaL_checkstring(L, 2);
+  const char *allowed[16];
+  int n = lua_gettop(L) - 2;
+  if (n > 15) return luaL_error(L, "check_options: too many names");
+  for (int i = 0; i < n; i++) allowed[i] = luaL_checkstring(L, i + 3);
+  allowed[n] = NULL;
+  lstate_check_options(L, 1, fname, allowed);
+  return 0;
+}
+
+/* core.check_seconds(value, fname, what [, positive]) -> value: the runtime
+ * checks its times here, so that isolates raise what the main state does. */
+static int l_core_check_seconds(lua_State *L) {
+  const char *fname = luaL_checkstring(L, 2), *what = luaL_checkstring(L, 3);
+  lua_pushnumber(L, lstate_check_seconds(L, 1, fname, what, lua_toboolean(L, 4)));
+  return 1;
+}
+
 /* ---- spawn and lookup ------------------------------------------------------ */
 
 
@@ -426,9 +567,11 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   if (!lua_isnoneornil(L, arg + 2)) {
     luaL_checktype(L, arg + 2, LUA_TTABLE);
     int o = arg + 2;
+    static const char *const known[] = {"path", "dedicated", "detached", "mailbox", "memory_limit", NULL};
+    lstate_check_options(L, o, "spawn_isolate", known);
     if (lua_getfield(L, o, "path") != LUA_TNIL) {
       if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "opts.path must be a string");
-      path = lua_tostring(L, -1); /* stays referenced by opts */
+      path = lstate_check_path(L, -1, "spawn_isolate"); /* stays referenced by opts */
     }
     lua_pop(L, 1);
     lua_getfield(L, o, "dedicated");
@@ -450,6 +593,9 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     }
     lua_pop(L, 1);
   }
+  /* The caller's hold on the new isolate, while its ref is made; made
+   * before the encodes, whose bytes no allocation may come between. */
+  guard *g = guard_push(L, release_isolate);
   /* Encode everything first: the encodes may raise, and nothing is
    * allocated outside Lua until they have succeeded. */
   lstate_ctx *ctx = lstate_ctx_of(L);
@@ -476,35 +622,43 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   ic_isolate *iso;
   char err[256];
   if (cluster_spawn(c, &a, &iso, err, sizeof err)) return luaL_error(L, "%s", err);
+  g->p = iso;
   lref_push(L, iso);
-  isolate_release(iso); /* the ref and the registry hold it now */
+  guard_drop(g); /* the ref and the registry hold it now */
   return 1;
 }
 
-int lstate_lookup(lua_State *L, ic_cluster *c, int arg) {
-  const char *path = luaL_checkstring(L, arg);
-  ic_isolate *iso = cluster_find_path(c, path);
+int lstate_lookup(lua_State *L, ic_cluster *c, int arg, uint64_t deadline) {
+  const char *path = lstate_check_path(L, arg, "lookup_isolate");
+  guard *g = guard_push(L, release_isolate);
+  ic_isolate *iso = deadline ? cluster_wait_path(c, path, deadline) : cluster_find_path(c, path);
   if (!iso) {
     lua_pushnil(L);
     return 1;
   }
+  g->p = iso;
   lref_push(L, iso);
-  isolate_release(iso);
+  guard_drop(g);
   return 1;
 }
 
-int lstate_lookup_prefix(lua_State *L, ic_cluster *c, int arg) {
-  const char *prefix = luaL_checkstring(L, arg);
-  size_t n;
-  ic_isolate **all = cluster_find_prefix(c, prefix, &n);
-  if (!all) return luaL_error(L, "out of memory");
-  lua_createtable(L, (int)n, 0);
-  for (size_t i = 0; i < n; i++) {
+/* Pushes a list of refs to the n isolates of the guarded array, then frees
+ * the array. */
+static void push_ref_list(lua_State *L, guard *g) {
+  ic_isolate **all = g->p;
+  lua_createtable(L, (int)g->n, 0);
+  for (size_t i = 0; i < g->n; i++) {
     lref_push(L, all[i]);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
-  for (size_t i = 0; i < n; i++) isolate_release(all[i]);
-  free(all);
+  guard_drop(g);
+}
+
+int lstate_lookup_prefix(lua_State *L, ic_cluster *c, int arg) {
+  const char *prefix = lstate_check_path(L, arg, "lookup_isolates");
+  guard *g = guard_push(L, release_isolates);
+  if (!(g->p = cluster_find_prefix(c, prefix, &g->n))) return luaL_error(L, "out of memory");
+  push_ref_list(L, g);
   return 1;
 }
 
@@ -578,33 +732,33 @@ static int l_core_spawn(lua_State *L) {
   return lstate_spawn(L, self->cluster, 1, self, 0);
 }
 
-static int l_core_lookup(lua_State *L) { return lstate_lookup(L, self_of(L)->cluster, 1); }
+static int l_core_lookup(lua_State *L) { return lstate_lookup(L, self_of(L)->cluster, 1, 0); }
 static int l_core_lookup_prefix(lua_State *L) { return lstate_lookup_prefix(L, self_of(L)->cluster, 1); }
 
 static int l_core_subscribe(lua_State *L) {
   ic_isolate *self = self_of(L);
   int existing = lua_toboolean(L, 1);
+  guard *g = existing ? guard_push(L, release_isolates) : NULL;
   size_t n;
   ic_isolate **up = cluster_subscribe(self->cluster, self, existing, &n);
   if (!existing) return 0;
   if (!up) return luaL_error(L, "out of memory");
-  lua_createtable(L, (int)n, 0);
-  for (size_t i = 0; i < n; i++) {
-    lref_push(L, up[i]);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
-  for (size_t i = 0; i < n; i++) isolate_release(up[i]);
-  free(up);
+  g->p = up;
+  g->n = n;
+  push_ref_list(L, g);
   return 1;
 }
+
+static void free_events(void *p, size_t n) { cluster_free_events(p, n); }
 
 /* core.events() -> { kind, ref, reason, kind, ref, reason, ... } */
 static int l_core_events(lua_State *L) {
   ic_isolate *self = self_of(L);
+  guard *g = guard_push(L, free_events);
   size_t n;
   cluster_event *ev = cluster_read_events(self->cluster, self, &n);
-  /* Copy into C-owned memory first; pushing may raise, so build the table
-   * in a protected-enough way: retain order, then free after. */
+  g->p = ev;
+  g->n = n;
   lua_createtable(L, (int)(n * 3), 0);
   for (size_t i = 0; i < n; i++) {
     lua_pushinteger(L, ev[i].kind);
@@ -615,8 +769,30 @@ static int l_core_events(lua_State *L) {
     else lua_pushboolean(L, 0);
     lua_rawseti(L, -2, (lua_Integer)(3 * i + 3));
   }
-  cluster_free_events(ev, n);
+  guard_drop(g);
   return 1;
+}
+
+/* core.monitor(ref, id): ref's monitor set gets (this isolate, id); a ref
+ * already down, or not of this node, is answered "noproc" through the same
+ * kind of notice, so the function runs later as any other event. */
+static int l_core_monitor(lua_State *L) {
+  ic_isolate *self = self_of(L);
+  lref *r = lref_check_ctx(L, 1, self->lctx);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 2);
+  int rc = r->iso ? monitor_add(&r->iso->monitors, self, id) : ESRCH;
+  if (rc == ENOMEM) return luaL_error(L, "monitor: out of memory");
+  if (rc) monitor_notify(self, id, "noproc");
+  return 0;
+}
+
+/* core.demonitor(ref, id): takes the entry out of ref's set, if there. */
+static int l_core_demonitor(lua_State *L) {
+  ic_isolate *self = self_of(L);
+  lref *r = lref_check_ctx(L, 1, self->lctx);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 2);
+  if (r->iso) monitor_remove(&r->iso->monitors, self, id);
+  return 0;
 }
 
 static int l_core_up(lua_State *L) {
@@ -643,7 +819,8 @@ static int l_core_stop(lua_State *L) {
 
 static int l_core_shutdown_cluster(lua_State *L) {
   ic_isolate *self = self_of(L);
-  cluster_request_shutdown(self->cluster, luaL_optnumber(L, 1, 5.0));
+  double t = lua_isnoneornil(L, 1) ? 5.0 : lstate_check_seconds(L, 1, "shutdown_cluster", "timeout", 0);
+  cluster_request_shutdown(self->cluster, t);
   return 0;
 }
 
@@ -935,7 +1112,9 @@ static int l_boot(lua_State *L) {
       {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
       {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},
       {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras},
-      {"send_all", l_core_send_all}, {NULL, NULL}};
+      {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
+      {"check_options", lstate_core_check_options}, {"monitor", l_core_monitor},
+      {"demonitor", l_core_demonitor}, {NULL, NULL}};
   if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core);

@@ -64,7 +64,21 @@ int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m);
  * context:spawn_isolate: arguments entry, properties, opts at arg..arg+2.
  * Pushes the new ref. Raises on misuse. */
 int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden);
-int lstate_lookup(lua_State *L, ic_cluster *c, int arg);
+/* lookup_isolate(path): pushes the ref at the path or nil, waiting until
+ * deadline (monotonic ns; 0 = no wait). */
+int lstate_lookup(lua_State *L, ic_cluster *c, int arg, uint64_t deadline);
+/* The path at idx, a string without NUL bytes; raises naming fname. */
+const char *lstate_check_path(lua_State *L, int idx, const char *fname);
+/* Raises `<fname>: unknown option "KEY"` for a key of the options table at
+ * idx that is not in allowed (NULL-terminated), or that is not a string. */
+void lstate_check_options(lua_State *L, int idx, const char *fname, const char *const *allowed);
+/* core.check_options(opts, fname, name...), in the main module and in
+ * every isolate's core. */
+int lstate_core_check_options(lua_State *L);
+/* The time in seconds at idx: a number, not NaN, >= 0 (> 0 with positive).
+ * Raises "<fname>: <what> must be ..." otherwise; the main state and the
+ * isolates' runtime check every time they take with it. */
+double lstate_check_seconds(lua_State *L, int idx, const char *fname, const char *what, int positive);
 /* send_all(refs, msg): pushes the number accepted and a table of reasons by
  * index (or nil). Encodes msg once. */
 int lstate_send_all(lua_State *L, int refs_idx, int msg_idx);

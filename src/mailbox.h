@@ -38,6 +38,7 @@ enum {
   MSG_REPLY_ERROR, /* the handler of request corr raised; data is the error text */
   MSG_TIMER,       /* timer corr fired */
   MSG_CONTROL,     /* corr is one of the CONTROL_* codes below */
+  MSG_DOWN,        /* monitor corr fired; data is the down reason (src/monitor.h) */
 };
 enum { CONTROL_SHUTDOWN = 1, CONTROL_KILL, CONTROL_STOP };
 

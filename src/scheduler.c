@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "cluster.h"
 #include "isolate.h"
@@ -36,6 +37,7 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
     s->workers[i].index = i;
     atomic_init(&s->workers[i].lifo, NULL);
     atomic_init(&s->workers[i].lifo_pushes, 0);
+    atomic_init(&s->workers[i].exit_state, WORKER_RUNNING);
     plat_mutex_init(&s->workers[i].cur_lock);
   }
   return 0;
@@ -243,7 +245,21 @@ static void *worker_main(void *arg) {
   sched *s = w->sched;
   ic_isolate *iso;
   while ((iso = sched_next(s, w)) != NULL) {
+    /* A worker left behind by the shutdown runs nothing more (the isolate
+     * may be closed by the shutdown now); in_run tells sched_stop which
+     * isolate is in a turn here. */
+    plat_mutex_lock(&w->cur_lock);
+    int left = atomic_load(&w->exit_state) == WORKER_LEFT;
+    if (!left) w->in_run = iso;
+    plat_mutex_unlock(&w->cur_lock);
+    if (left) {
+      isolate_release(iso);
+      break;
+    }
     int r = isolate_run(iso, w);
+    plat_mutex_lock(&w->cur_lock);
+    w->in_run = NULL;
+    plat_mutex_unlock(&w->cur_lock);
     if (r == RUN_AGAIN) {
       /* Still has work: to the back of the queue, for fairness. */
       queue_append(s, iso);
@@ -251,6 +267,15 @@ static void *worker_main(void *arg) {
       /* RUN_IDLE or RUN_DONE: the run queue's hold ends here. */
       isolate_release(iso);
     }
+    if (atomic_load(&w->exit_state) == WORKER_LEFT) break;
+  }
+  int running = WORKER_RUNNING;
+  if (!atomic_compare_exchange_strong(&w->exit_state, &running, WORKER_EXITED)) {
+    /* Left behind: nobody joins this thread; the hold sched_stop took for
+     * it is given back last, and may free the cluster (and w). */
+    ic_isolate *slot = atomic_exchange(&w->lifo, NULL);
+    if (slot) isolate_release(slot);
+    cluster_release(s->cluster);
   }
   return NULL;
 }
@@ -268,7 +293,7 @@ int sched_start(sched *s) {
   return 0;
 }
 
-void sched_stop(sched *s) {
+void sched_stop(sched *s, uint64_t until, void (*on_left)(ic_isolate *iso, void *ud), void *ud) {
   plat_mutex_lock(&s->lock);
   s->stopping = 1;
   plat_cond_broadcast(&s->cond);
@@ -279,12 +304,35 @@ void sched_stop(sched *s) {
     s->monitor_started = 0;
   }
   for (int i = 0; i < s->nworkers; i++) {
-    if (s->workers[i].started) {
-      plat_thread_join(s->workers[i].thread);
-      s->workers[i].started = 0;
+    worker *w = &s->workers[i];
+    if (!w->started) continue;
+    w->started = 0;
+    while (atomic_load(&w->exit_state) == WORKER_RUNNING && plat_now_ns() < until) {
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
     }
-    ic_isolate *left = atomic_exchange(&s->workers[i].lifo, NULL);
-    if (left) isolate_release(left);
+    /* Still in a turn (a blocking C call the hook cannot reach): leave it,
+     * with a hold on the cluster, rather than wait for it. The caller holds
+     * the cluster too, so the release when it exited after all is not the
+     * last. */
+    cluster_retain(s->cluster);
+    int running = WORKER_RUNNING;
+    if (atomic_compare_exchange_strong(&w->exit_state, &running, WORKER_LEFT)) {
+      pthread_detach(w->thread);
+      plat_mutex_lock(&w->cur_lock);
+      ic_isolate *iso = w->in_run;
+      if (iso) isolate_retain(iso);
+      plat_mutex_unlock(&w->cur_lock);
+      if (iso) {
+        on_left(iso, ud);
+        isolate_release(iso);
+      }
+      continue;
+    }
+    cluster_release(s->cluster);
+    plat_thread_join(w->thread);
+    ic_isolate *slot = atomic_exchange(&w->lifo, NULL);
+    if (slot) isolate_release(slot);
   }
   plat_mutex_lock(&s->lock);
   ic_isolate *iso = s->head;

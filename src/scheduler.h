@@ -42,7 +42,17 @@ typedef struct worker {
   struct ic_isolate *current;
   uint64_t turn_start;
   int preempted;             /* the monitor asked this turn to yield */
+  /* The isolate this worker runs a turn of (whole isolate_run), under
+   * cur_lock, so that a shutdown that leaves the worker behind knows which
+   * isolate it must not close. */
+  struct ic_isolate *in_run;
+  atomic_int exit_state;     /* WORKER_* */
 } worker;
+
+/* How a worker ends: it exits by itself when the scheduler stops, or, stuck
+ * past the shutdown's deadline (a blocking C call), it is left running:
+ * then it holds the cluster and lets go of it as its last act. */
+enum { WORKER_RUNNING = 0, WORKER_EXITED = 1, WORKER_LEFT = 2 };
 
 enum { LIFO_WATCH_OFF, LIFO_WATCH_ON, LIFO_WATCH_RESTING };
 
@@ -84,8 +94,11 @@ int sched_start(sched *s);
 /* Queues iso (already marked SCHEDULED, with a run-queue hold). `from` is the
  * caller's worker or NULL. Any thread. */
 void sched_push(sched *s, struct ic_isolate *iso, worker *from);
-/* Stops and joins the workers; isolates still queued are released. */
-void sched_stop(sched *s);
+/* Stops and joins the workers; isolates still queued are released. A
+ * worker still in a turn at `until` (monotonic ns) is left running: on_left
+ * gets the isolate it runs (the callee must keep anyone else from closing
+ * it; the worker ends its turn and closes it if its C call ever returns). */
+void sched_stop(sched *s, uint64_t until, void (*on_left)(struct ic_isolate *iso, void *ud), void *ud);
 void sched_fini(sched *s);
 
 #endif

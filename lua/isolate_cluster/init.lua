@@ -12,9 +12,18 @@ M.now = core.now
 --- ic.decode(bytes [, {functions = true}]) -> value. Decoding checks every
 --- length and limits depth and size; functions (bytecode) are accepted only
 --- when asked for, since loading bytecode from an untrusted source is unsafe.
-M.encode = core.encode
+function M.encode(value, opts)
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("encode: opts must be a table", 2) end
+    core.check_options(opts, "encode") -- none yet: any key is a typo
+  end
+  return core.encode(value)
+end
 function M.decode(bytes, opts)
-  if opts ~= nil and type(opts) ~= "table" then error("decode: opts must be a table", 2) end
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("decode: opts must be a table", 2) end
+    core.check_options(opts, "decode", "functions")
+  end
   return core.decode(bytes, opts and opts.functions or false)
 end
 
@@ -45,7 +54,18 @@ function M.set_logger(cluster, logger)
   if type(logger) == "function" then
     local main = cluster.main
     core.set_logger(cluster, function(context)
-      context:on_message(function(text) logger(text, main) end)
+      -- A logger that raises stays the logger: the line it failed on and
+      -- its error go to stderr (never back to itself), and the next lines
+      -- come to it as before.
+      context:on_message(function(text)
+        local ok, err = pcall(logger, text, main)
+        if not ok then
+          local shown = select(2, pcall(tostring, err))
+          io.stderr:write(("isolate_cluster: the logger function raised: %s\n(the line: %s)\n")
+            :format(tostring(shown), text))
+          io.stderr:flush()
+        end
+      end)
     end)
   elseif logger == nil or logger == false then
     core.set_logger(cluster, logger)

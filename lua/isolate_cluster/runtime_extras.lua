@@ -13,7 +13,7 @@ local core, handlers, jobs, DONE = S.core, S.handlers, S.jobs, S.DONE
 local self_ref, CONTEXT, methods, check_self = S.self_ref, S.CONTEXT, S.methods, S.check_self
 local on_error, fail_with, done_reply, noop = S.on_error, S.fail_with, S.done_reply, S.noop
 
-local K_USER, K_REQUEST, K_REPLY, K_REPLY_ERROR, K_TIMER = 1, 2, 3, 4, 5
+local K_USER, K_REQUEST, K_REPLY, K_REPLY_ERROR, K_TIMER, K_DOWN = 1, 2, 3, 4, 5, 7
 local K_EVENTS, K_RESUME, K_SHUTDOWN = 10, 11, 12
 local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
 local EVENT_UP = 1
@@ -21,13 +21,15 @@ local EVENT_UP = 1
 local cocreate, coresume, coyield, corunning = S.cocreate, S.coresume, S.coyield, S.corunning
 local type, tostring, error, xpcall, setmetatable = type, tostring, error, xpcall, setmetatable
 local fmt = string.format
-local running, take = core.running, core.take
+local running, take, check_seconds = core.running, core.take, core.check_seconds
 
 local WAIT, TIMEOUT = {}, {}
 local pool, npool, POOL_MAX = {}, 0, 16
 local queue, qhead, qtail = {}, 1, 0 -- handler runs deferred while a job waits
 local timers = {}                    -- user timers: id -> { fn =, every =, handle = }
-local next_timer, next_corr = 0, 0
+local monitors = {}                  -- armed monitors: id -> { fn =, ref = }
+S.monitors = monitors                -- empty once every monitor fired or was cancelled
+local next_timer, next_corr, next_monitor = 0, 0, 0
 
 -- ---- jobs: handler runs in coroutines of their own -------------------------
 
@@ -206,6 +208,14 @@ local function dispatch(kind, m)
         enqueue(t.fn, t.handle)
       end
     end
+  elseif kind == K_DOWN then
+    -- A monitor fired (corr = its number; value = the reason): at most once,
+    -- and not after a cancel.
+    local mon = monitors[corr]
+    if mon then
+      monitors[corr] = nil
+      enqueue(mon.fn, mon.ref, value)
+    end
   elseif kind == K_EVENTS then
     check_events()
   elseif kind == K_RESUME then
@@ -251,6 +261,10 @@ end
 function methods:on_isolate_up(fn, opts)
   check_self(self, "on_isolate_up")
   check_fn(fn, "on_isolate_up")
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("on_isolate_up: opts must be a table", 2) end
+    core.check_options(opts, "on_isolate_up", "existing")
+  end
   handlers.up = fn
   local existing = core.subscribe(opts and opts.existing or false)
   if existing then
@@ -263,6 +277,29 @@ function methods:on_isolate_down(fn)
   check_fn(fn, "on_isolate_down")
   handlers.down = fn
   core.subscribe(false)
+end
+
+local Monitor = {}
+Monitor.__index = Monitor
+-- Cancelling a monitor that fired (or was cancelled) does nothing.
+function Monitor:cancel()
+  local mon = monitors[self.id]
+  if mon then
+    monitors[self.id] = nil
+    core.demonitor(mon.ref, self.id)
+  end
+end
+
+-- Watches one isolate: fn(ref, reason) runs once, as a handler of its own,
+-- when it goes down; with reason "noproc" if it is down already.
+function methods:monitor(ref, fn)
+  check_self(self, "monitor")
+  check_fn(fn, "monitor")
+  next_monitor = next_monitor + 1
+  local id = next_monitor
+  core.monitor(ref, id) -- checks ref; a notice comes later, even for "noproc"
+  monitors[id] = { fn = fn, ref = ref }
+  return setmetatable({ id = id }, Monitor)
 end
 
 function methods:on_shutdown(fn)
@@ -278,6 +315,7 @@ end
 
 function methods:lookup_isolate(path, wait_s)
   check_self(self, "lookup_isolate")
+  if wait_s ~= nil then check_seconds(wait_s, "lookup_isolate", "wait") end
   local ref = core.lookup(path)
   if ref or not wait_s or wait_s <= 0 then return ref end
   core.subscribe(false)
@@ -301,9 +339,7 @@ end
 
 function methods:receive(timeout_s)
   check_self(self, "receive")
-  if timeout_s ~= nil and type(timeout_s) ~= "number" then
-    error("receive expects a timeout in seconds or nil", 2)
-  end
+  if timeout_s ~= nil then check_seconds(timeout_s, "receive", "timeout") end
   local msg, sender, reply = wait("receive", nil, timeout_s, "context:receive")
   if msg == TIMEOUT then return nil end
   return msg, sender, reply
@@ -311,12 +347,12 @@ end
 
 function methods:sleep(seconds)
   check_self(self, "sleep")
-  if type(seconds) ~= "number" then error("sleep expects a number of seconds", 2) end
+  check_seconds(seconds, "sleep", "duration")
   wait("sleep", nil, seconds, "context:sleep")
 end
 
 local function add_timer(seconds, fn, every, name)
-  if type(seconds) ~= "number" then error(name .. " expects a number of seconds", 3) end
+  check_seconds(seconds, name, every and "interval" or "delay", every)
   check_fn(fn, name)
   next_timer = next_timer + 1
   local t = setmetatable({ id = next_timer }, Timer)
@@ -332,7 +368,6 @@ end
 
 function methods:every(seconds, fn)
   check_self(self, "every")
-  if type(seconds) == "number" and seconds <= 0 then error("every expects a positive interval", 2) end
   return add_timer(seconds, fn, true, "every")
 end
 
@@ -367,10 +402,7 @@ end
 
 -- ref:request inside an isolate: suspends only this isolate's handler.
 local function request(ref, msg, timeout_s)
-  if timeout_s == nil then timeout_s = 5 end
-  if type(timeout_s) ~= "number" or timeout_s <= 0 then
-    error("request timeout must be a positive number of seconds", 2)
-  end
+  if timeout_s == nil then timeout_s = 5 else check_seconds(timeout_s, "request", "timeout", true) end
   next_corr = next_corr + 1
   local corr = next_corr
   local ok, why = core.request(ref, msg, corr)

@@ -90,18 +90,41 @@ local function supervisor_main(context)
   end
 end
 
+-- Raises `<what>: unknown option "KEY"` for a key of t not in known (a
+-- set), as every options table of isolate_cluster does.
+local function check_keys(t, what, known)
+  for k in next, t do
+    if type(k) ~= "string" then
+      error(("%s: unknown option %s (option names are strings)"):format(what, tostring(k)), 4)
+    elseif not known[k] then
+      error(("%s: unknown option %q"):format(what, k), 4)
+    end
+  end
+end
+
+local SPEC_KEYS = { intensity = true, period = true, children = true }
+local CHILD_KEYS = { path = true, entry = true, properties = true, restart = true, opts = true }
+local SPAWN_KEYS = { dedicated = true, detached = true, mailbox = true, memory_limit = true }
+
 --- Checks a supervisor spec; raises with a message naming the problem.
 function M.check(spec)
   if type(spec) ~= "table" then error("supervisor spec must be a table", 3) end
+  check_keys(spec, "supervisor spec", SPEC_KEYS)
   if type(spec.children) ~= "table" then error("supervisor spec needs a children list", 3) end
   if spec.intensity ~= nil and (math.type(spec.intensity) ~= "integer" or spec.intensity < 0) then
     error("supervisor spec: intensity must be an integer >= 0", 3)
   end
-  if spec.period ~= nil and (type(spec.period) ~= "number" or spec.period <= 0) then
+  if spec.period ~= nil and (type(spec.period) ~= "number" or not (spec.period > 0)) then -- NaN too
     error("supervisor spec: period must be a positive number of seconds", 3)
   end
   for i, c in ipairs(spec.children) do
     if type(c) ~= "table" then error(("supervisor spec: children[%d] must be a table"):format(i), 3) end
+    check_keys(c, ("supervisor spec: children[%d]"):format(i), CHILD_KEYS)
+    if c.opts ~= nil then
+      if type(c.opts) ~= "table" then error(("supervisor spec: children[%d].opts must be a table"):format(i), 3) end
+      -- the path is the child's own field
+      check_keys(c.opts, ("supervisor spec: children[%d].opts"):format(i), SPAWN_KEYS)
+    end
     local et = type(c.entry)
     if et ~= "function" and et ~= "string" then
       error(("supervisor spec: children[%d].entry must be a function or a module name"):format(i), 3)

@@ -1,4 +1,5 @@
 /* The public C interface, used the way a C program would use it. */
+#include <math.h>
 #include <msgpuck.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,6 +184,13 @@ int main(void) {
   char *data;
   size_t len;
   CHECK(ic_receive(c, 0.05, &data, &len, NULL) == IC_ETIMEDOUT);
+  /* NaN and negative times are refused, not read as "no wait" or "forever"
+   * (ic_receive's documented negative = forever stays). */
+  CHECK(ic_receive(c, nan(""), &data, &len, NULL) == IC_EINVAL);
+  CHECK(ic_lookup(c, "/echo", nan(""), &found) == IC_EINVAL);
+  CHECK(ic_lookup(c, "/echo", -1, &found) == IC_EINVAL);
+  CHECK(ic_cluster_shutdown(c, nan("")) == IC_EINVAL);
+  CHECK(ic_cluster_shutdown(c, -1) == IC_EINVAL);
 
   /* a module entry that does not exist: the isolate goes down, sends fail */
   ic_ref ghost;

@@ -148,6 +148,16 @@ function M.error_of(fn, ...)
   return tostring(err)
 end
 
+--- The error fn(...) raises, checked to contain `text` (plain); fails if it
+--- raises none or another one.
+function M.error_containing(text, fn, ...)
+  local err = M.error_of(fn, ...)
+  if not err:find(text, 1, true) then
+    error(("expected an error containing %q, got %q"):format(text, err), 2)
+  end
+  return err
+end
+
 --- An entry function that answers every request with what it got.
 function M.echo_entry(ctx)
   ctx:on_message(function(m) return m end)
