@@ -57,17 +57,23 @@ lref *lref_test(lua_State *L, int idx) { return ref_test_ctx(L, idx, lstate_ctx_
 
 lref *lref_check(lua_State *L, int idx) { return lref_check_ctx(L, idx, lstate_ctx_of(L)); }
 
-/* Pushes the cached ref for (node, id), or nothing and returns 0. */
+/* Pushes the cached ref for (node, id) and returns 1, or leaves the stack
+ * as it was and returns 0. Each exit pops exactly what it pushed: the cache
+ * has no entry for a node this state has not met yet, and none for an id
+ * whose ref was collected. */
 static int ref_cache_get(lua_State *L, const lstate_ctx *ctx, uint32_t node, uint64_t id) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->cache_ref);
-  if (lua_rawgeti(L, -1, (lua_Integer)node) == LUA_TTABLE &&
-      lua_rawgeti(L, -1, (lua_Integer)id) == LUA_TUSERDATA) {
-    lua_replace(L, -3);
-    lua_pop(L, 1);
-    return 1;
+  if (lua_rawgeti(L, -1, (lua_Integer)node) != LUA_TTABLE) {
+    lua_pop(L, 2); /* cache, nil */
+    return 0;
   }
-  lua_settop(L, lua_gettop(L) - (lua_type(L, -1) == LUA_TTABLE ? 2 : 3));
-  return 0;
+  if (lua_rawgeti(L, -1, (lua_Integer)id) != LUA_TUSERDATA) {
+    lua_pop(L, 3); /* cache, node table, nil */
+    return 0;
+  }
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+  return 1;
 }
 
 /* Value on top is a new ref userdata: remember it (weakly). */
