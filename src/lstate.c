@@ -158,16 +158,74 @@ static ic_isolate *state_sender(lstate_ctx *ctx, ic_isolate *to) {
 
 static worker *state_worker(lstate_ctx *ctx) { return ctx->self ? ctx->self->worker : NULL; }
 
-static const char *encode_with(lstate_ctx *ctx, lua_State *L, int idx, const char *root, size_t *len) {
-  codec_hooks h = lstate_hooks(NULL);
-  codec_buf_reset(&ctx->buf);
-  codec_encode(L, idx, root, &h, &ctx->lim, &ctx->buf);
-  *len = ctx->buf.len;
-  return ctx->buf.data;
+/*
+ * Encode buffers. Every encode in a state writes into the state's scratch
+ * buffer (ctx->buf), which keeps its memory from one message to the next, so
+ * a send costs no allocation for its bytes beyond the message itself. But an
+ * encode can be re-entered: it allocates Lua objects, so the collector may
+ * run a __gc finalizer in the middle of it, and that finalizer may send
+ * (encode) too. The rule that keeps both intact: ctx->buf.len is 0 whenever
+ * no encode into it is in flight (codec_encode puts len back on error, and
+ * every user copies the bytes out and empties it before any Lua code can
+ * run again). An encode that finds it non-empty is nested inside another
+ * and takes a buffer of its own (in a userdata, so an error cannot leak it).
+ * A nested encode that starts before the outer one has written its first
+ * byte finds the buffer empty and uses it: it is done, and the buffer empty
+ * again, before the outer encode writes, which reads the buffer's address
+ * afresh at each write.
+ */
+static const char SCRATCH_MT_KEY = 's';
+
+static int scratch_gc(lua_State *L) {
+  codec_buf_free(lua_touserdata(L, 1));
+  return 0;
 }
 
-const char *lstate_encode(lua_State *L, int idx, const char *root, size_t *len) {
-  return encode_with(lstate_ctx_of(L), L, idx, root, len);
+/* Pushes a userdata holding an empty buffer freed by its __gc. */
+static codec_buf *private_buf_push(lua_State *L) {
+  codec_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_MT_KEY);
+  lua_setmetatable(L, -2);
+  return b;
+}
+
+/* Encodes the value at idx into the scratch buffer, or into a private one
+ * (pushed on the stack) when the scratch buffer is in use or the caller asks
+ * for one (own: the bytes must outlive Lua calls that may raise). Raises on
+ * an uncopyable value, with nothing left in flight. The caller copies the
+ * bytes out of the scratch buffer, then calls encode_end, with no Lua call
+ * in between. */
+static codec_buf *encode_begin(lua_State *L, lstate_ctx *ctx, int idx, const char *root, int own) {
+  idx = lua_absindex(L, idx);
+  codec_buf *b = ctx->buf.len == 0 && !own ? &ctx->buf : private_buf_push(L);
+  codec_hooks h = lstate_hooks(NULL);
+  codec_encode(L, idx, root, &h, &ctx->lim, b);
+  return b;
+}
+
+static void encode_end(lstate_ctx *ctx, codec_buf *b) {
+  if (b == &ctx->buf) b->len = 0;
+  else codec_buf_free(b); /* its userdata is left to the collector */
+}
+
+static ic_msg *encode_msg_ctx(lua_State *L, lstate_ctx *ctx, int idx, const char *root, int kind) {
+  codec_buf *b = encode_begin(L, ctx, idx, root, 0);
+  ic_msg *m = msg_new(kind, b->data, b->len);
+  encode_end(ctx, b);
+  return m;
+}
+
+ic_msg *lstate_encode_msg(lua_State *L, int idx, const char *root, int kind) {
+  return encode_msg_ctx(L, lstate_ctx_of(L), idx, root, kind);
+}
+
+void lstate_encode_push(lua_State *L, int idx, const char *root) {
+  lstate_ctx *ctx = lstate_ctx_of(L);
+  /* A private buffer: lua_pushlstring may raise (memory) before it copies. */
+  codec_buf *b = encode_begin(L, ctx, idx, root, 1);
+  lua_pushlstring(L, b->data, b->len);
+  encode_end(ctx, b);
 }
 
 static int decode_protected(lua_State *L) {
@@ -214,12 +272,23 @@ static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, 
                               uint64_t corr) {
   if (!r->iso) return "isolate down";
   if (!atomic_load_explicit(&r->iso->alive, memory_order_acquire)) return "isolate down";
-  size_t len;
-  const char *data = encode_with(ctx, L, idx, "msg", &len);
-  ic_msg *m = msg_new(kind, data, len);
+  ic_msg *m = encode_msg_ctx(L, ctx, idx, "msg", kind);
   if (!m) return "out of memory";
   m->corr = corr;
   return post_from(ctx, r->iso, m);
+}
+
+/* The first i in 1..n where refs[i] is not a ref, or 0. Runs no Lua code
+ * (raw reads and metatable checks run neither metamethods nor the
+ * collector). */
+static lua_Integer first_non_ref(lua_State *L, int refs_idx, lua_Integer n, const lstate_ctx *ctx) {
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, refs_idx, i);
+    int is_ref = ref_test_ctx(L, -1, ctx) != NULL;
+    lua_pop(L, 1);
+    if (!is_ref) return i;
+  }
+  return 0;
 }
 
 /* send_all(refs, msg) -> number accepted, { [i] = reason } | nil.
@@ -228,20 +297,26 @@ static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, 
 int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
   luaL_checktype(L, refs_idx, LUA_TTABLE);
   luaL_checkany(L, msg_idx);
-  lua_Integer n = (lua_Integer)lua_rawlen(L, refs_idx);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_rawgeti(L, refs_idx, i);
-    if (!lref_test(L, -1)) return luaL_error(L, "send_all: refs[%d] is not a ref", (int)i);
-    lua_pop(L, 1);
-  }
   lstate_ctx *ctx = lstate_ctx_of(L);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, refs_idx), bad = first_non_ref(L, refs_idx, n, ctx);
+  if (bad) return luaL_error(L, "send_all: refs[%d] is not a ref", (int)bad);
   /* Each receiver's outcome, in memory Lua owns: nothing may raise while the
    * shared bytes exist. */
+  lua_Integer room = n;
   const char **whys = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *whys, 0);
-  size_t len;
-  const char *data = encode_with(ctx, L, msg_idx, "msg", &len);
-  ic_blob *blob = blob_new(data, len);
+  codec_buf *b = encode_begin(L, ctx, msg_idx, "msg", 0);
+  ic_blob *blob = blob_new(b->data, b->len);
+  encode_end(ctx, b);
   if (!blob) return luaL_error(L, "out of memory");
+  /* The encode can run finalizers, and one may have changed the table:
+   * checked again, and from here on no Lua code runs until the posts are
+   * done. */
+  n = (lua_Integer)lua_rawlen(L, refs_idx);
+  if (n > room) n = room;
+  if ((bad = first_non_ref(L, refs_idx, n, ctx)) != 0) {
+    blob_release(blob);
+    return luaL_error(L, "send_all: refs[%d] is not a ref", (int)bad);
+  }
   lua_Integer sent = 0;
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, refs_idx, i);
@@ -398,6 +473,11 @@ lstate_ctx *lstate_open(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
 
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, scratch_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_MT_KEY);
+
   lua_newtable(L);
   ctx->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
@@ -443,11 +523,15 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   if (!lua_isnoneornil(L, arg + 2)) {
     luaL_checktype(L, arg + 2, LUA_TTABLE);
     int o = arg + 2;
+    /* The string stays on the stack until the spawn is done: opts need
+     * not hold it (an __index may have made it), and the encodes below run
+     * the collector. */
     if (lua_getfield(L, o, "path") != LUA_TNIL) {
       if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "opts.path must be a string");
-      path = lua_tostring(L, -1); /* stays referenced by opts */
+      path = lua_tostring(L, -1);
+    } else {
+      lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     lua_getfield(L, o, "dedicated");
     dedicated = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -468,16 +552,19 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     lua_pop(L, 1);
   }
   /* Encode everything first: the encodes may raise, and nothing is
-   * allocated outside Lua until they have succeeded. */
+   * allocated outside Lua until they have succeeded. The bytes go to a
+   * buffer of the spawn's own: the reads below and the encodes themselves
+   * can run finalizers, which may send (and so use the state's scratch
+   * buffer) in between. */
   lstate_ctx *ctx = lstate_ctx_of(L);
   codec_hooks h = lstate_hooks(NULL);
-  codec_buf_reset(&ctx->buf);
+  codec_buf *buf = private_buf_push(L);
   size_t props_len = 0;
   if (has_props) {
-    codec_encode(L, arg + 1, "properties", &h, &ctx->lim, &ctx->buf);
-    props_len = ctx->buf.len;
+    codec_encode(L, arg + 1, "properties", &h, &ctx->lim, buf);
+    props_len = buf->len;
   }
-  codec_encode(L, arg, "entry", &h, &ctx->lim, &ctx->buf);
+  codec_encode(L, arg, "entry", &h, &ctx->lim, buf);
 
   const char *lua_path = NULL, *lua_cpath = NULL;
   lua_getglobal(L, "package"); /* stays on the stack: keeps the strings alive */
@@ -487,12 +574,14 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   }
   /* From here on nothing raises until the isolate is started. */
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox, (size_t)memlimit,
-                  has_props ? ctx->buf.data : NULL, props_len,
-                  ctx->buf.data + props_len, ctx->buf.len - props_len,
+                  has_props ? buf->data : NULL, props_len,
+                  buf->data + props_len, buf->len - props_len,
                   lua_path, lua_cpath, path, hidden, creator, detached};
   ic_isolate *iso;
   char err[256];
-  if (cluster_spawn(c, &a, &iso, err, sizeof err)) return luaL_error(L, "%s", err);
+  int failed = cluster_spawn(c, &a, &iso, err, sizeof err);
+  codec_buf_free(buf);
+  if (failed) return luaL_error(L, "%s", err);
   lref_push(L, iso);
   isolate_release(iso); /* the ref and the registry hold it now */
   return 1;
@@ -570,9 +659,7 @@ static int l_core_reply(lua_State *L) {
   lua_Integer corr = luaL_checkinteger(L, 2);
   int ok = lua_toboolean(L, 3);
   if (!r->iso) return push_send_result(L, "isolate down");
-  size_t len;
-  const char *data = lstate_encode(L, 4, ok ? "reply" : "error", &len);
-  ic_msg *m = msg_new(ok ? MSG_REPLY : MSG_REPLY_ERROR, data, len);
+  ic_msg *m = lstate_encode_msg(L, 4, ok ? "reply" : "error", ok ? MSG_REPLY : MSG_REPLY_ERROR);
   if (!m) return push_send_result(L, "out of memory");
   m->corr = (uint64_t)corr;
   ic_isolate *self = self_of(L);
