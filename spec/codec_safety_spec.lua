@@ -177,3 +177,107 @@ describe("a __gc finalizer that sends while a message is being encoded", functio
     end)
   end)
 end)
+
+describe("standard functions are copyable from anywhere", function()
+  it("coroutine functions from inside an isolate: as messages, upvalues, entries and properties", function()
+    W.with_cluster({ workers = 2 }, function(c)
+      local r = c:spawn_isolate(function(ctx)
+        local wrap = coroutine.wrap
+        ctx:on_message(function(what, main)
+          if what == "values" then
+            main:send({ coroutine.wrap, coroutine.yield, coroutine.resume, coroutine.create, wrap })
+          elseif what == "upvalue" then
+            local y = coroutine.yield
+            main:send(function() return y end)
+          elseif what == "spawn" then
+            -- the entry captures the isolate's coroutine.wrap; the
+            -- properties hold yield and resume
+            ctx:spawn_isolate(function(child)
+              local f = wrap(function(a) local b = coroutine.yield(a + 1) return b * 2 end)
+              local p = child:properties()
+              local co = coroutine.create(function() return p.yield == coroutine.yield end)
+              main:send({ f(1), f(5), select(2, p.resume(co)) })
+            end, { yield = coroutine.yield, resume = coroutine.resume })
+          end
+        end)
+      end)
+      assert.is_true(r:send("values", r))
+      local got = W.receive(c)
+      assert.equal("table", type(got))
+      assert.equal(coroutine.wrap, got[1])
+      assert.equal(coroutine.yield, got[2])
+      assert.equal(coroutine.resume, got[3])
+      assert.equal(coroutine.create, got[4])
+      assert.equal(coroutine.wrap, got[5])
+      assert.is_true(r:send("upvalue"))
+      local f = W.receive(c)
+      assert.equal("function", type(f))
+      assert.equal(coroutine.yield, f())
+      assert.is_true(r:send("spawn"))
+      assert.same({ 2, 10, true }, W.receive(c))
+    end)
+  end)
+
+  it("after an earlier copy, also functions of a library opened since by require", function()
+    W.with_cluster({ workers = 2 }, function(c)
+      local r = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(_, main)
+          main:send(print) -- builds the state's names of standard functions
+          local insert = require("table").insert
+          local floor = require("math").floor
+          local ok, why = pcall(main.send, main, { insert, floor, require("utf8").char })
+          main:send(ok and "sent" or tostring(why))
+        end)
+      end)
+      assert.is_true(r:send("go"))
+      assert.equal(print, W.receive(c))
+      local fns = W.receive(c)
+      assert.same({ table.insert, math.floor, utf8.char }, fns)
+      assert.equal("sent", W.receive(c))
+    end)
+  end)
+
+  it("a user's own C function is still refused, and a user's replacement is copied as a Lua function", function()
+    W.with_cluster({ workers = 2 }, function(c)
+      local r = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(_, main)
+          local mine = function() return "mine" end
+          string.mine = mine
+          local ok1, e1 = pcall(main.send, main, string.mine)
+          local ok2, e2 = pcall(main.send, main, ctx.isolate_ref.send) -- a C function of the runtime
+          main:send({ ok1, ok2, tostring(e2):match("cannot copy a C function") ~= nil })
+        end)
+      end)
+      assert.is_true(r:send("go"))
+      local f = W.receive(c)
+      assert.equal("mine", f())
+      assert.same({ true, false, true }, W.receive(c))
+    end)
+  end)
+end)
+
+describe("option strings made by metamethods", function()
+  it("opts.path from an __index stays valid while the spawn encodes (and collects)", function()
+    W.with_cluster({ workers = 2 }, function(c)
+      local spawner = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(n)
+          collectgarbage("incremental", 0, 1000, 0)
+          local paths = {}
+          for i = 1, n do
+            local opts = setmetatable({}, { __index = function(_, k)
+              if k == "path" then return "/made/by/index/" .. string.rep("p", i % 40) .. i end
+            end })
+            local props = {}
+            for j = 1, 20 do props[j] = { j } end
+            for _ = 1, math.random(0, 5) do local _ = { {}, {} } end
+            local ref = ctx:spawn_isolate(function() end, props, opts)
+            paths[#paths + 1] = ref.path == "/made/by/index/" .. string.rep("p", i % 40) .. i
+          end
+          for i = 1, n do if not paths[i] then return i end end
+          return true
+        end)
+      end)
+      assert.is_true(spawner:request(300, 60))
+    end)
+  end)
+end)

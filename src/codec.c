@@ -38,6 +38,11 @@
 /* Registry key of the per-state map { [C function] = "lib.name" }. */
 #define CODEC_CFUNC_NAMES_KEY "isolate_cluster.codec.cfunc_names"
 
+/* Registry key of the per-state map { [Lua function] = "lib.name" }: the
+ * functions the state's runtime put in place of standard ones (see
+ * codec_adopt_replacements). */
+#define CODEC_ALIASES_KEY "isolate_cluster.codec.aliases"
+
 /* Registry key of the decoder's key cache (see keycache below). */
 #define CODEC_KEYS_KEY "isolate_cluster.codec.keys"
 
@@ -231,6 +236,8 @@ typedef struct enc {
   int globals; /* stack index: the sender's globals table */
   int seen;    /* stack index: { [table or function] = index }, nil until needed */
   int cfuncs;  /* stack index: { [C function] = "lib.name" }, nil until needed */
+  int aliases; /* stack index: the CODEC_ALIASES_KEY map, nil until needed, false if none */
+  int names_rebuilt; /* the names map was rebuilt during this encode (see enc_cfunction) */
   lua_Integer nseen;
 } enc;
 
@@ -763,7 +770,10 @@ static void push_cfunc_names(lua_State *L)
     int t = lua_gettop(L);
     if (strcmp(*lib, "_G") == 0) {
       for (const char *const *fn = base_functions; *fn != NULL; fn++) {
-        lua_getfield(L, t, *fn);
+        /* Raw: a state that opens libraries on first use (an isolate)
+         * would open one through _G's __index here otherwise. */
+        lua_pushstring(L, *fn);
+        lua_rawget(L, t);
         if (lua_iscfunction(L, -1)) {
           lua_pushvalue(L, -1);
           if (lua_rawget(L, names) == LUA_TNIL) {
@@ -805,12 +815,50 @@ static void enc_cfunction(enc *e, int fn, const enc_frame *at)
     lua_replace(L, e->cfuncs);
   }
   lua_pushvalue(L, fn);
-  if (lua_rawget(L, e->cfuncs) != LUA_TSTRING)
-    enc_refuse_note(e, at, "C function", " (only standard library C functions can be copied)");
+  if (lua_rawget(L, e->cfuncs) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    /* The map may predate a standard library opened since (by require, by
+     * a host, on first use): rebuilt once before the function is refused,
+     * so no way of opening one has to remember to drop it. */
+    if (e->names_rebuilt)
+      enc_refuse_note(e, at, "C function", " (only standard library C functions can be copied)");
+    e->names_rebuilt = 1;
+    codec_forget_names(L);
+    push_cfunc_names(L);
+    lua_replace(L, e->cfuncs);
+    enc_cfunction(e, fn, at);
+    return;
+  }
   size_t len;
   const char *name = lua_tolstring(L, -1, &len);
   put_ext(e, CODEC_EXT_CFUNC, name, (uint32_t)len);
   lua_pop(L, 1);
+}
+
+/* A Lua function the state put in place of a standard one goes by that
+ * standard name, as the C function would: returns 1 when written. */
+static int enc_alias(enc *e, int fn)
+{
+  lua_State *L = e->L;
+  if (lua_isnil(L, e->aliases)) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_ALIASES_KEY) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_pushboolean(L, 0);
+    }
+    lua_replace(L, e->aliases);
+  }
+  if (!lua_istable(L, e->aliases))
+    return 0;
+  lua_pushvalue(L, fn);
+  if (lua_rawget(L, e->aliases) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  size_t len;
+  const char *name = lua_tolstring(L, -1, &len);
+  put_ext(e, CODEC_EXT_CFUNC, name, (uint32_t)len);
+  lua_pop(L, 1);
+  return 1;
 }
 
 static void enc_userdata(enc *e, int idx, const enc_frame *at)
@@ -862,6 +910,8 @@ static void enc_value(enc *e, int idx, const enc_frame *at)
       enc_cfunction(e, idx, at);
       break;
     }
+    if (enc_alias(e, idx))
+      break;
     lua_Integer i = enc_seen(e, idx, at);
     if (i >= 0)
       put_backref(e, i);
@@ -894,6 +944,8 @@ static int enc_run(lua_State *L)
   e->seen = 4;
   lua_pushnil(L);
   e->cfuncs = 5;
+  lua_pushnil(L);
+  e->aliases = 6;
   enc_frame root_frame = { NULL, AT_ROOT, 0, 0, NULL };
   enc_value(e, 2, &root_frame);
   return 0;
@@ -919,6 +971,7 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
   e.max_depth = clamp_depth(lim->max_depth);
   e.depth = 0;
   e.nseen = 0;
+  e.names_rebuilt = 0;
   idx = lua_absindex(L, idx);
   /* A number, boolean, nil or string (most small messages) cannot fail
    * once its bytes fit: written directly, without the protected call. */
@@ -1594,4 +1647,44 @@ void codec_forget_names(lua_State *L)
 {
   lua_pushnil(L);
   lua_setfield(L, LUA_REGISTRYINDEX, CODEC_CFUNC_NAMES_KEY);
+}
+
+void codec_adopt_replacements(lua_State *L)
+{
+  lua_createtable(L, 0, 4);
+  int aliases = lua_gettop(L);
+  int found = 0;
+  lua_getfield(L, LUA_REGISTRYINDEX, CODEC_LOADED_KEY);
+  int loaded = lua_gettop(L);
+  for (const char *const *lib = standard_libs; *lib != NULL && lua_istable(L, loaded); lib++) {
+    if (lua_getfield(L, loaded, *lib) != LUA_TTABLE) {
+      lua_settop(L, loaded);
+      continue;
+    }
+    int t = lua_gettop(L);
+    int base = strcmp(*lib, "_G") == 0;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+      if (lua_type(L, -2) == LUA_TSTRING && lua_isfunction(L, -1) && !lua_iscfunction(L, -1)) {
+        size_t klen;
+        const char *k = lua_tolstring(L, -2, &klen);
+        if (!base || in_list(base_functions, k, klen)) {
+          lua_pushvalue(L, -1);
+          if (base)
+            lua_pushvalue(L, -3);
+          else
+            lua_pushfstring(L, "%s.%s", *lib, k);
+          lua_rawset(L, aliases); /* aliases[function] = "lib.name" */
+          found = 1;
+        }
+      }
+      lua_pop(L, 1);
+    }
+    lua_settop(L, loaded);
+  }
+  lua_settop(L, aliases);
+  if (found)
+    lua_setfield(L, LUA_REGISTRYINDEX, CODEC_ALIASES_KEY);
+  else
+    lua_pop(L, 1);
 }

@@ -105,8 +105,18 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
 void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks *hooks,
                   const codec_limits *lim);
 
-/* Drops the state's cached names of standard library C functions; call it
- * after opening another standard library in L. */
+/* Drops the state's cached names of standard library C functions. Optional:
+ * an encode that meets a C function it has no name for rebuilds them once
+ * before refusing it, so a library opened later is always seen. */
 void codec_forget_names(lua_State *L);
+
+/* Records every Lua function found now at a standard library name in L
+ * (package.loaded[lib][name]; for _G only the base library's names) as that
+ * standard function: it is encoded by name, as the C function it replaced
+ * would be, and so resolves to the receiver's function of that name. For a
+ * runtime that wraps standard functions (an isolate's coroutine.wrap)
+ * before any user code runs; later replacements by user code stay Lua
+ * functions that are copied as such. May raise (memory). */
+void codec_adopt_replacements(lua_State *L);
 
 #endif

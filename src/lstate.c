@@ -1044,6 +1044,10 @@ static int l_boot(lua_State *L) {
     return lua_error(L);
   luaL_newlib(L, core);
   lua_call(L, 1, 2); /* -> spawn_pump, adopt */
+  /* The runtime's coroutine.wrap, resume and yield copy as the standard
+   * functions they stand for (SPEC §2, §4), not as closures over its own
+   * state. */
+  codec_adopt_replacements(L);
 
   /* The entry: a function, or a module name whose module returns one. */
   codec_hooks h = lstate_hooks(c);
