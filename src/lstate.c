@@ -204,15 +204,21 @@ static codec_buf *encode_begin(lua_State *L, lstate_ctx *ctx, int idx, const cha
   return b;
 }
 
-static void encode_end(lstate_ctx *ctx, codec_buf *b) {
-  if (b == &ctx->buf) b->len = 0;
-  else codec_buf_free(b); /* its userdata is left to the collector */
+/* above: how many values the caller pushed since encode_begin (a private
+ * buffer's userdata is just below them, and is removed). */
+static void encode_end(lua_State *L, lstate_ctx *ctx, codec_buf *b, int above) {
+  if (b == &ctx->buf) {
+    b->len = 0;
+    return;
+  }
+  codec_buf_free(b);
+  lua_remove(L, -1 - above);
 }
 
 static ic_msg *encode_msg_ctx(lua_State *L, lstate_ctx *ctx, int idx, const char *root, int kind) {
   codec_buf *b = encode_begin(L, ctx, idx, root, 0);
   ic_msg *m = msg_new(kind, b->data, b->len);
-  encode_end(ctx, b);
+  encode_end(L, ctx, b, 0);
   return m;
 }
 
@@ -225,7 +231,7 @@ void lstate_encode_push(lua_State *L, int idx, const char *root) {
   /* A private buffer: lua_pushlstring may raise (memory) before it copies. */
   codec_buf *b = encode_begin(L, ctx, idx, root, 1);
   lua_pushlstring(L, b->data, b->len);
-  encode_end(ctx, b);
+  encode_end(L, ctx, b, 1);
 }
 
 static int decode_protected(lua_State *L) {
@@ -306,7 +312,7 @@ int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
   const char **whys = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *whys, 0);
   codec_buf *b = encode_begin(L, ctx, msg_idx, "msg", 0);
   ic_blob *blob = blob_new(b->data, b->len);
-  encode_end(ctx, b);
+  encode_end(L, ctx, b, 0);
   if (!blob) return luaL_error(L, "out of memory");
   /* The encode can run finalizers, and one may have changed the table:
    * checked again, and from here on no Lua code runs until the posts are
