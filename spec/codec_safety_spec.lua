@@ -201,7 +201,7 @@ describe("standard functions are copyable from anywhere", function()
           end
         end)
       end)
-      assert.is_true(r:send("values", r))
+      assert.is_true(r:send("values"))
       local got = W.receive(c)
       assert.equal("table", type(got))
       assert.equal(coroutine.wrap, got[1])

@@ -108,19 +108,27 @@ void isolate_wake(ic_isolate *iso, worker *from) {
   }
 }
 
-const char *isolate_post(ic_isolate *to, ic_msg *m, worker *from) {
+const char *isolate_post_or_keep(ic_isolate *to, ic_msg *m, worker *from, int *kept) {
+  *kept = 0;
   if (!atomic_load_explicit(&to->alive, memory_order_acquire)) {
     msg_free(m);
     return "isolate down";
   }
   if (!mailbox_reserve(&to->mbox)) {
-    msg_free(m);
+    *kept = 1;
     return "mailbox full";
   }
   mailbox_push(&to->mbox, m);
   isolate_wake(to, from);
   if (from) sched_check_lifo(from);
   return NULL;
+}
+
+const char *isolate_post(ic_isolate *to, ic_msg *m, worker *from) {
+  int kept;
+  const char *why = isolate_post_or_keep(to, m, from, &kept);
+  if (kept) msg_free(m);
+  return why;
 }
 
 const char *isolate_post_sys(ic_isolate *to, ic_msg *m, worker *from) {

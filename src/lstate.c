@@ -1,6 +1,7 @@
 #include "lstate.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -351,11 +352,130 @@ int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
   return 2;
 }
 
-/* ref:send(msg). The state's ctx is upvalue 1 (as of every ref method). */
+/*
+ * ref:send(msg, wait_s): waiting for room in a full mailbox. There is no
+ * signal when a receiver makes room, so the sender looks again at growing
+ * intervals, from SEND_PAUSE_MIN up to SEND_PAUSE_MAX: soon after room
+ * appears, at a cost of at most a few hundred looks a second while it waits.
+ * The main state blocks its thread (on its own condition variable, which
+ * shutdown also signals); an isolate hands the message to the runtime's
+ * waiter (runtime_extras.lua, send_wait), which suspends only the calling
+ * handler between looks. Either way the wait ends at the deadline ("mailbox
+ * full"), when the receiver goes down ("isolate down") or when the cluster
+ * shuts down ("shutdown").
+ */
+#define SEND_PAUSE_MIN_NS 100000ull  /* 0.1 ms */
+#define SEND_PAUSE_MAX_NS 5000000ull /* 5 ms */
+
+static const char PENDING_MT_KEY = 'p';
+static const char SEND_WAIT_KEY = 'w';
+
+/* A message that waits for room, owned by this userdata until it is taken
+ * (posted, or freed when its receiver is down); __gc frees it otherwise. */
+typedef struct pending_send {
+  ic_msg *m;
+} pending_send;
+
+static int pending_gc(lua_State *L) {
+  pending_send *p = lua_touserdata(L, 1);
+  msg_free(p->m);
+  p->m = NULL;
+  return 0;
+}
+
+static int is_full(const char *why) { return why && strcmp(why, "mailbox full") == 0; }
+
+/* Posts p's message if there is room now; takes it unless the mailbox is
+ * still full. */
+static const char *pending_post(pending_send *p, ic_isolate *to, worker *from) {
+  if (!p->m) return "isolate down";
+  if (atomic_load(&to->cluster->state) != CLUSTER_RUNNING) {
+    msg_free(p->m);
+    p->m = NULL;
+    return "shutdown";
+  }
+  int kept;
+  const char *why = isolate_post_or_keep(to, p->m, from, &kept);
+  if (!kept) p->m = NULL;
+  return why;
+}
+
+/* The main state's wait: blocks this thread until p's message is taken or
+ * the deadline passes. */
+static const char *pending_wait_main(pending_send *p, ic_isolate *to, uint64_t deadline) {
+  ic_isolate *main = to->cluster->main;
+  uint64_t pause = SEND_PAUSE_MIN_NS;
+  for (;;) {
+    uint64_t now = plat_now_ns();
+    if (now >= deadline) return "mailbox full";
+    uint64_t until = deadline - now > pause ? now + pause : deadline;
+    plat_mutex_lock(&main->wlock);
+    if (atomic_load(&to->cluster->state) == CLUSTER_RUNNING)
+      plat_cond_wait_until(&main->wcond, &main->wlock, until);
+    plat_mutex_unlock(&main->wlock);
+    const char *why = pending_post(p, to, NULL);
+    if (!is_full(why)) return why;
+    if (pause < SEND_PAUSE_MAX_NS) pause *= 2;
+  }
+}
+
+/* The wait_s argument: nil/none = do not wait, else seconds >= 0. */
+static double check_wait_s(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TNUMBER)
+    luaL_argerror(L, idx, lua_pushfstring(L, "wait_s must be a number of seconds, not a %s", luaL_typename(L, idx)));
+  double w = lua_tonumber(L, idx);
+  if (w != w) luaL_argerror(L, idx, "wait_s is NaN");
+  if (w < 0) luaL_argerror(L, idx, "wait_s must not be negative");
+  return w;
+}
+
+/* Continuation of a send handed to the runtime's waiter: its results. */
+static int send_wait_k(lua_State *L, int status, lua_KContext base) {
+  (void)status;
+  return lua_gettop(L) - (int)base;
+}
+
+/* ref:send(msg, wait_s) with a wait. [1] ref, [2] msg, [3] wait_s. */
+static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
+  if (!r->iso || !atomic_load_explicit(&r->iso->alive, memory_order_acquire))
+    return push_send_result(L, "isolate down");
+  lua_settop(L, 3);
+  int base = 3;
+  /* The message's owner exists before the message, so that no error can
+   * leak it. An isolate needs the runtime's waiter too. */
+  if (ctx->self && lua_rawgetp(L, LUA_REGISTRYINDEX, &SEND_WAIT_KEY) != LUA_TFUNCTION)
+    return luaL_error(L, "ref:send: this state cannot wait");
+  pending_send *p = lua_newuserdatauv(L, sizeof *p, 0);
+  p->m = NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_MT_KEY);
+  lua_setmetatable(L, -2);
+  ic_msg *m = encode_msg_ctx(L, ctx, 2, "msg", MSG_USER);
+  if (!m) return push_send_result(L, "out of memory");
+  ic_isolate *from = state_sender(ctx, r->iso);
+  isolate_retain(from);
+  m->sender = from;
+  p->m = m;
+  /* The first try is a plain send's; only the later ones stop at shutdown. */
+  int kept;
+  const char *why = isolate_post_or_keep(r->iso, m, state_worker(ctx), &kept);
+  if (!kept) p->m = NULL;
+  if (!kept || wait_s == 0) return push_send_result(L, why);
+  uint64_t deadline = wait_s == HUGE_VAL ? UINT64_MAX : plat_now_ns() + plat_seconds_to_ns(wait_s);
+  if (!ctx->self) return push_send_result(L, pending_wait_main(p, r->iso, deadline));
+  /* [4] waiter, [5] pending: waiter(pending, ref, wait_s) may yield. */
+  lua_pushvalue(L, 1);
+  lua_pushnumber(L, wait_s);
+  lua_callk(L, 3, LUA_MULTRET, base, send_wait_k);
+  return send_wait_k(L, LUA_OK, base);
+}
+
+/* ref:send(msg [, wait_s]). The state's ctx is upvalue 1 (as of every ref
+ * method). */
 static int l_ref_send(lua_State *L) {
   lstate_ctx *ctx = lua_touserdata(L, lua_upvalueindex(1));
   lref *r = lref_check_ctx(L, 1, ctx);
   luaL_checkany(L, 2);
+  if (!lua_isnoneornil(L, 3)) return send_waiting(L, ctx, r, check_wait_s(L, 3));
   return push_send_result(L, post_value(L, ctx, r, MSG_USER, 2, 0));
 }
 
@@ -483,6 +603,11 @@ lstate_ctx *lstate_open(lua_State *L) {
   lua_pushcfunction(L, scratch_gc);
   lua_setfield(L, -2, "__gc");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_MT_KEY);
+
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, pending_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_MT_KEY);
 
   lua_newtable(L);
   ctx->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -682,6 +807,30 @@ static int l_core_timer(lua_State *L) {
 }
 
 static int l_core_send_all(lua_State *L) { return lstate_send_all(L, 1, 2); }
+
+/* core.set_send_wait(fn): the runtime's waiter for ref:send with wait_s. */
+static int l_core_set_send_wait(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SEND_WAIT_KEY);
+  return 0;
+}
+
+/* core.post_pending(pending, ref) -> true | false, why: the waiter's next
+ * look for room. */
+static int l_core_post_pending(lua_State *L) {
+  pending_send *p = lua_touserdata(L, 1);
+  int ok = p && lua_getmetatable(L, 1);
+  if (ok) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_MT_KEY);
+    ok = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+  }
+  if (!ok) return luaL_typeerror(L, 1, "pending message");
+  lref *r = lref_check(L, 2);
+  if (!r->iso) return push_send_result(L, "isolate down");
+  return push_send_result(L, pending_post(p, r->iso, self_of(L)->worker));
+}
 
 static int l_core_spawn(lua_State *L) {
   ic_isolate *self = self_of(L);
@@ -1045,7 +1194,8 @@ static int l_boot(lua_State *L) {
       {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
       {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},
       {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras},
-      {"send_all", l_core_send_all}, {NULL, NULL}};
+      {"send_all", l_core_send_all}, {"set_send_wait", l_core_set_send_wait},
+      {"post_pending", l_core_post_pending}, {NULL, NULL}};
   if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core);
