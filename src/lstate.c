@@ -196,9 +196,8 @@ static codec_buf *private_buf_push(lua_State *L) {
  * for one (own: the bytes must outlive Lua calls that may raise). Raises on
  * an uncopyable value, with nothing left in flight. The caller copies the
  * bytes out of the scratch buffer, then calls encode_end, with no Lua call
- * in between. */
+ * in between. idx must be an absolute index (a private buffer is pushed). */
 static codec_buf *encode_begin(lua_State *L, lstate_ctx *ctx, int idx, const char *root, int own) {
-  idx = lua_absindex(L, idx);
   codec_buf *b = ctx->buf.len == 0 && !own ? &ctx->buf : private_buf_push(L);
   codec_hooks h = lstate_hooks(NULL);
   codec_encode(L, idx, root, &h, &ctx->lim, b);
@@ -216,7 +215,7 @@ static void encode_end(lua_State *L, lstate_ctx *ctx, codec_buf *b, int above) {
   lua_remove(L, -1 - above);
 }
 
-static ic_msg *encode_msg_ctx(lua_State *L, lstate_ctx *ctx, int idx, const char *root, int kind) {
+static inline ic_msg *encode_msg_ctx(lua_State *L, lstate_ctx *ctx, int idx, const char *root, int kind) {
   codec_buf *b = encode_begin(L, ctx, idx, root, 0);
   ic_msg *m = msg_new(kind, b->data, b->len);
   encode_end(L, ctx, b, 0);
@@ -224,13 +223,13 @@ static ic_msg *encode_msg_ctx(lua_State *L, lstate_ctx *ctx, int idx, const char
 }
 
 ic_msg *lstate_encode_msg(lua_State *L, int idx, const char *root, int kind) {
-  return encode_msg_ctx(L, lstate_ctx_of(L), idx, root, kind);
+  return encode_msg_ctx(L, lstate_ctx_of(L), lua_absindex(L, idx), root, kind);
 }
 
 void lstate_encode_push(lua_State *L, int idx, const char *root) {
   lstate_ctx *ctx = lstate_ctx_of(L);
   /* A private buffer: lua_pushlstring may raise (memory) before it copies. */
-  codec_buf *b = encode_begin(L, ctx, idx, root, 1);
+  codec_buf *b = encode_begin(L, ctx, lua_absindex(L, idx), root, 1);
   lua_pushlstring(L, b->data, b->len);
   encode_end(L, ctx, b, 1);
 }
@@ -475,7 +474,7 @@ static int l_ref_send(lua_State *L) {
   lstate_ctx *ctx = lua_touserdata(L, lua_upvalueindex(1));
   lref *r = lref_check_ctx(L, 1, ctx);
   luaL_checkany(L, 2);
-  if (!lua_isnoneornil(L, 3)) return send_waiting(L, ctx, r, check_wait_s(L, 3));
+  if (lua_gettop(L) > 2 && !lua_isnil(L, 3)) return send_waiting(L, ctx, r, check_wait_s(L, 3));
   return push_send_result(L, post_value(L, ctx, r, MSG_USER, 2, 0));
 }
 
