@@ -165,7 +165,7 @@ static int encode_job(lua_State *L)
   job *j = lua_touserdata(L, 1);
   if (luaL_dostring(L, j->src) != LUA_OK)
     return lua_error(L);
-  codec_hooks hooks = { ref_to_wire, NULL, NULL };
+  codec_hooks hooks = { ref_to_wire, NULL, NULL, NULL };
   codec_encode(L, -1, "seed", &hooks, NULL, j->b);
   return 0;
 }

@@ -38,11 +38,6 @@
 /* Registry key of the per-state map { [C function] = "lib.name" }. */
 #define CODEC_CFUNC_NAMES_KEY "isolate_cluster.codec.cfunc_names"
 
-/* Registry key of the per-state map { [Lua function] = "lib.name" }: the
- * functions the state's runtime put in place of standard ones (see
- * codec_adopt_replacements). */
-#define CODEC_ALIASES_KEY "isolate_cluster.codec.aliases"
-
 /* Registry key of the decoder's key cache (see keycache below). */
 #define CODEC_KEYS_KEY "isolate_cluster.codec.keys"
 
@@ -236,7 +231,6 @@ typedef struct enc {
   int globals; /* stack index: the sender's globals table */
   int seen;    /* stack index: { [table or function] = index }, nil until needed */
   int cfuncs;  /* stack index: { [C function] = "lib.name" }, nil until needed */
-  int aliases; /* stack index: the CODEC_ALIASES_KEY map, nil until needed, false if none */
   int names_rebuilt; /* the names map was rebuilt during this encode (see enc_cfunction) */
   lua_Integer nseen;
 } enc;
@@ -835,30 +829,47 @@ static void enc_cfunction(enc *e, int fn, const enc_frame *at)
   lua_pop(L, 1);
 }
 
-/* A Lua function the state put in place of a standard one goes by that
- * standard name, as the C function would: returns 1 when written. */
-static int enc_alias(enc *e, int fn)
+/* A Lua function of the runtime (its chunk's source is
+ * hooks->replaces_source) that sits at a standard library name stands for
+ * that standard function: it is written by that name, as the C function it
+ * replaced would be. Returns 1 when written. Looked up here, when such a
+ * function is met (rarely), so that states keep no map for it. */
+static int enc_replacement(enc *e, int fn)
 {
   lua_State *L = e->L;
-  if (lua_isnil(L, e->aliases)) {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_ALIASES_KEY) != LUA_TTABLE) {
-      lua_pop(L, 1);
-      lua_pushboolean(L, 0);
-    }
-    lua_replace(L, e->aliases);
-  }
-  if (!lua_istable(L, e->aliases))
+  if (e->hooks == NULL || e->hooks->replaces_source == NULL)
     return 0;
+  lua_Debug ar;
   lua_pushvalue(L, fn);
-  if (lua_rawget(L, e->aliases) != LUA_TSTRING) {
-    lua_pop(L, 1);
+  lua_getinfo(L, ">S", &ar);
+  if (strcmp(ar.source, e->hooks->replaces_source) != 0)
     return 0;
+  lua_getfield(L, LUA_REGISTRYINDEX, CODEC_LOADED_KEY);
+  int loaded = lua_gettop(L);
+  for (const char *const *lib = standard_libs; *lib != NULL && lua_istable(L, loaded); lib++) {
+    if (lua_getfield(L, loaded, *lib) != LUA_TTABLE) {
+      lua_settop(L, loaded);
+      continue;
+    }
+    int base = strcmp(*lib, "_G") == 0;
+    lua_pushnil(L);
+    while (lua_next(L, loaded + 1)) {
+      if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, fn)) {
+        size_t klen;
+        const char *k = lua_tolstring(L, -2, &klen);
+        if (!base || in_list(base_functions, k, klen)) {
+          const char *name = base ? k : lua_pushfstring(L, "%s.%s", *lib, k);
+          put_ext(e, CODEC_EXT_CFUNC, name, (uint32_t)strlen(name));
+          lua_settop(L, loaded - 1);
+          return 1;
+        }
+      }
+      lua_pop(L, 1);
+    }
+    lua_settop(L, loaded);
   }
-  size_t len;
-  const char *name = lua_tolstring(L, -1, &len);
-  put_ext(e, CODEC_EXT_CFUNC, name, (uint32_t)len);
-  lua_pop(L, 1);
-  return 1;
+  lua_settop(L, loaded - 1);
+  return 0;
 }
 
 static void enc_userdata(enc *e, int idx, const enc_frame *at)
@@ -910,7 +921,7 @@ static void enc_value(enc *e, int idx, const enc_frame *at)
       enc_cfunction(e, idx, at);
       break;
     }
-    if (enc_alias(e, idx))
+    if (enc_replacement(e, idx))
       break;
     lua_Integer i = enc_seen(e, idx, at);
     if (i >= 0)
@@ -944,8 +955,7 @@ static int enc_run(lua_State *L)
   e->seen = 4;
   lua_pushnil(L);
   e->cfuncs = 5;
-  lua_pushnil(L);
-  e->aliases = 6;
+
   enc_frame root_frame = { NULL, AT_ROOT, 0, 0, NULL };
   enc_value(e, 2, &root_frame);
   return 0;
@@ -1649,42 +1659,3 @@ void codec_forget_names(lua_State *L)
   lua_setfield(L, LUA_REGISTRYINDEX, CODEC_CFUNC_NAMES_KEY);
 }
 
-void codec_adopt_replacements(lua_State *L)
-{
-  lua_createtable(L, 0, 4);
-  int aliases = lua_gettop(L);
-  int found = 0;
-  lua_getfield(L, LUA_REGISTRYINDEX, CODEC_LOADED_KEY);
-  int loaded = lua_gettop(L);
-  for (const char *const *lib = standard_libs; *lib != NULL && lua_istable(L, loaded); lib++) {
-    if (lua_getfield(L, loaded, *lib) != LUA_TTABLE) {
-      lua_settop(L, loaded);
-      continue;
-    }
-    int t = lua_gettop(L);
-    int base = strcmp(*lib, "_G") == 0;
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-      if (lua_type(L, -2) == LUA_TSTRING && lua_isfunction(L, -1) && !lua_iscfunction(L, -1)) {
-        size_t klen;
-        const char *k = lua_tolstring(L, -2, &klen);
-        if (!base || in_list(base_functions, k, klen)) {
-          lua_pushvalue(L, -1);
-          if (base)
-            lua_pushvalue(L, -3);
-          else
-            lua_pushfstring(L, "%s.%s", *lib, k);
-          lua_rawset(L, aliases); /* aliases[function] = "lib.name" */
-          found = 1;
-        }
-      }
-      lua_pop(L, 1);
-    }
-    lua_settop(L, loaded);
-  }
-  lua_settop(L, aliases);
-  if (found)
-    lua_setfield(L, LUA_REGISTRYINDEX, CODEC_ALIASES_KEY);
-  else
-    lua_pop(L, 1);
-}

@@ -47,6 +47,13 @@ typedef struct codec_hooks {
   /* Decode side: push a ref for (node, id) onto L. May raise. */
   void (*ref_push)(lua_State *L, uint32_t node, uint64_t id, void *ud);
   void *ud;
+  /* Encode side, or NULL: the chunk name (source) of a runtime that puts
+   * Lua functions in place of standard library ones (an isolate's
+   * coroutine.wrap). A Lua function from that chunk found at a standard
+   * name is written as that standard function, by name, and so resolves to
+   * the receiver's function of that name; a replacement the user makes
+   * stays a Lua function, copied as such. */
+  const char *replaces_source;
 } codec_hooks;
 
 /* Hard cap on max_depth: encode and decode recurse on the C stack, which
@@ -110,13 +117,5 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
  * before refusing it, so a library opened later is always seen. */
 void codec_forget_names(lua_State *L);
 
-/* Records every Lua function found now at a standard library name in L
- * (package.loaded[lib][name]; for _G only the base library's names) as that
- * standard function: it is encoded by name, as the C function it replaced
- * would be, and so resolves to the receiver's function of that name. For a
- * runtime that wraps standard functions (an isolate's coroutine.wrap)
- * before any user code runs; later replacements by user code stay Lua
- * functions that are copied as such. May raise (memory). */
-void codec_adopt_replacements(lua_State *L);
 
 #endif

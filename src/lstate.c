@@ -141,8 +141,13 @@ static void ref_from_wire(lua_State *L, uint32_t node, uint64_t id, void *ud) {
   lref_push_wire(L, ud, node, id);
 }
 
+/* The chunk name the isolate runtime is loaded under (l_boot): its
+ * coroutine.wrap, resume and yield copy as the standard functions they
+ * stand for (SPEC §2, §4), not as closures over the runtime's state. */
+#define RUNTIME_SOURCE "=isolate_cluster.runtime"
+
 codec_hooks lstate_hooks(ic_cluster *c) {
-  codec_hooks h = {ref_to_wire, ref_from_wire, c};
+  codec_hooks h = {ref_to_wire, ref_from_wire, c, RUNTIME_SOURCE};
   return h;
 }
 
@@ -182,12 +187,25 @@ static int scratch_gc(lua_State *L) {
   return 0;
 }
 
+/* Sets a metatable { __gc = gc } (made on first use, kept in the registry
+ * under key) on the userdata on top: most states never need one. */
+static void set_gc_metatable(lua_State *L, const void *key, lua_CFunction gc) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+  }
+  lua_setmetatable(L, -2);
+}
+
 /* Pushes a userdata holding an empty buffer freed by its __gc. */
 static codec_buf *private_buf_push(lua_State *L) {
   codec_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
   memset(b, 0, sizeof *b);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_MT_KEY);
-  lua_setmetatable(L, -2);
+  set_gc_metatable(L, &SCRATCH_MT_KEY, scratch_gc);
   return b;
 }
 
@@ -367,7 +385,6 @@ int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
 #define SEND_PAUSE_MAX_NS 5000000ull /* 5 ms */
 
 static const char PENDING_MT_KEY = 'p';
-static const char SEND_WAIT_KEY = 'w';
 
 /* A message that waits for room, owned by this userdata until it is taken
  * (posted, or freed when its receiver is down); __gc frees it otherwise. */
@@ -441,13 +458,18 @@ static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
   lua_settop(L, 3);
   int base = 3;
   /* The message's owner exists before the message, so that no error can
-   * leak it. An isolate needs the runtime's waiter too. */
-  if (ctx->self && lua_rawgetp(L, LUA_REGISTRYINDEX, &SEND_WAIT_KEY) != LUA_TFUNCTION)
-    return luaL_error(L, "ref:send: this state cannot wait");
+   * leak it. An isolate needs the runtime's waiter too: send_wait of the
+   * extras, which the loader in upvalue 2 returns (loading them first). */
+  if (ctx->self) {
+    if (lua_type(L, lua_upvalueindex(2)) != LUA_TFUNCTION) return luaL_error(L, "ref:send: this state cannot wait");
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_call(L, 0, 1);
+    if (lua_getfield(L, -1, "send_wait") != LUA_TFUNCTION) return luaL_error(L, "ref:send: this state cannot wait");
+    lua_remove(L, -2);
+  }
   pending_send *p = lua_newuserdatauv(L, sizeof *p, 0);
   p->m = NULL;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_MT_KEY);
-  lua_setmetatable(L, -2);
+  set_gc_metatable(L, &PENDING_MT_KEY, pending_gc);
   ic_msg *m = encode_msg_ctx(L, ctx, 2, "msg", MSG_USER);
   if (!m) return push_send_result(L, "out of memory");
   ic_isolate *from = state_sender(ctx, r->iso);
@@ -459,7 +481,8 @@ static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
   const char *why = isolate_post_or_keep(r->iso, m, state_worker(ctx), &kept);
   if (!kept) p->m = NULL;
   if (!kept || wait_s == 0) return push_send_result(L, why);
-  uint64_t deadline = wait_s == HUGE_VAL ? UINT64_MAX : plat_now_ns() + plat_seconds_to_ns(wait_s);
+  uint64_t now = plat_now_ns(), ns = plat_seconds_to_ns(wait_s); /* saturates */
+  uint64_t deadline = wait_s == HUGE_VAL || ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
   if (!ctx->self) return push_send_result(L, pending_wait_main(p, r->iso, deadline));
   /* [4] waiter, [5] pending: waiter(pending, ref, wait_s) may yield. */
   lua_pushvalue(L, 1);
@@ -598,25 +621,22 @@ lstate_ctx *lstate_open(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
 
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, scratch_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_MT_KEY);
-
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, pending_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_MT_KEY);
 
   lua_newtable(L);
   ctx->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   if (luaL_newmetatable(L, LREF_MT)) {
     static const luaL_Reg methods[] = {
-        {"send", l_ref_send}, {"kill", l_ref_kill}, {"property", l_ref_property}, {"properties", l_ref_properties}, {NULL, NULL}};
+        {"kill", l_ref_kill}, {"property", l_ref_property}, {"properties", l_ref_properties}, {NULL, NULL}};
     luaL_newlibtable(L, methods);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
     luaL_setfuncs(L, methods, 1);
+    /* send: upvalues ctx and the runtime's extras loader (an isolate sets
+     * it, see core.set_send_wait). */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
+    lua_pushnil(L);
+    lua_pushcclosure(L, l_ref_send, 2);
+    lua_setfield(L, -2, "send");
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "methods"); /* the state sets methods.request itself */
     lua_pushcclosure(L, l_ref_index, 1);
@@ -807,11 +827,16 @@ static int l_core_timer(lua_State *L) {
 
 static int l_core_send_all(lua_State *L) { return lstate_send_all(L, 1, 2); }
 
-/* core.set_send_wait(fn): the runtime's waiter for ref:send with wait_s. */
+/* core.set_send_wait(extras): the function that returns the runtime's
+ * extras, whose send_wait waits for ref:send with wait_s. Kept as an
+ * upvalue of the send method: no closure, no registry entry per state. */
 static int l_core_set_send_wait(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  lua_settop(L, 1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &SEND_WAIT_KEY);
+  luaL_getmetatable(L, LREF_MT);
+  lua_getfield(L, -1, "methods");
+  lua_getfield(L, -1, "send");
+  lua_pushvalue(L, 1);
+  if (!lua_setupvalue(L, -2, 2)) return luaL_error(L, "set_send_wait: no send method");
   return 0;
 }
 
@@ -1195,14 +1220,10 @@ static int l_boot(lua_State *L) {
       {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras},
       {"send_all", l_core_send_all}, {"set_send_wait", l_core_set_send_wait},
       {"post_pending", l_core_post_pending}, {NULL, NULL}};
-  if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
+  if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, RUNTIME_SOURCE, "b") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core);
   lua_call(L, 1, 2); /* -> spawn_pump, adopt */
-  /* The runtime's coroutine.wrap, resume and yield copy as the standard
-   * functions they stand for (SPEC §2, §4), not as closures over its own
-   * state. */
-  codec_adopt_replacements(L);
 
   /* The entry: a function, or a module name whose module returns one. */
   codec_hooks h = lstate_hooks(c);
