@@ -480,7 +480,10 @@ static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
   int kept;
   const char *why = isolate_post_or_keep(r->iso, m, state_worker(ctx), &kept);
   if (!kept) p->m = NULL;
-  if (!kept || wait_s == 0) return push_send_result(L, why);
+  /* A state waiting for room in its own mailbox would wait for itself: the
+   * wait could only run out. */
+  int own = ctx->self ? r->iso == ctx->self : r->iso->kind == ISO_MAIN;
+  if (!kept || wait_s == 0 || own) return push_send_result(L, why);
   uint64_t now = plat_now_ns(), ns = plat_seconds_to_ns(wait_s); /* saturates */
   uint64_t deadline = wait_s == HUGE_VAL || ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
   if (!ctx->self) return push_send_result(L, pending_wait_main(p, r->iso, deadline));
