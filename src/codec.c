@@ -801,9 +801,15 @@ static void push_cfunc_names(lua_State *L)
   lua_setfield(L, LUA_REGISTRYINDEX, CODEC_CFUNC_NAMES_KEY);
 }
 
+/* Lua stack slots building the names map or finding a replacement's name
+ * takes beyond those of its level (CODEC_STACK_PER_LEVEL). */
+#define CODEC_NAMES_STACK 8
+
 static void enc_cfunction(enc *e, int fn, const enc_frame *at)
 {
   lua_State *L = e->L;
+  if (!lua_checkstack(L, CODEC_NAMES_STACK))
+    enc_no_memory(e);
   if (lua_isnil(L, e->cfuncs)) {
     push_cfunc_names(L);
     lua_replace(L, e->cfuncs);
@@ -844,6 +850,8 @@ static int enc_replacement(enc *e, int fn)
   lua_getinfo(L, ">S", &ar);
   if (strcmp(ar.source, e->hooks->replaces_source) != 0)
     return 0;
+  if (!lua_checkstack(L, CODEC_NAMES_STACK))
+    enc_no_memory(e);
   lua_getfield(L, LUA_REGISTRYINDEX, CODEC_LOADED_KEY);
   int loaded = lua_gettop(L);
   for (const char *const *lib = standard_libs; *lib != NULL && lua_istable(L, loaded); lib++) {
@@ -955,7 +963,6 @@ static int enc_run(lua_State *L)
   e->seen = 4;
   lua_pushnil(L);
   e->cfuncs = 5;
-
   enc_frame root_frame = { NULL, AT_ROOT, 0, 0, NULL };
   enc_value(e, 2, &root_frame);
   return 0;
@@ -1658,4 +1665,3 @@ void codec_forget_names(lua_State *L)
   lua_pushnil(L);
   lua_setfield(L, LUA_REGISTRYINDEX, CODEC_CFUNC_NAMES_KEY);
 }
-
