@@ -137,6 +137,7 @@ describe("ref:send(msg, wait_s)", function()
         local n = 0
         while r:send(n + 1) do n = n + 1 end
         local first = { r:send("refused") }
+        if job.tell then main:send("waiting") end
         local ok, why = r:send("late", job.wait)
         main:send({ n = n, first = first, ok = ok, why = why })
       end)
@@ -175,10 +176,9 @@ describe("ref:send(msg, wait_s)", function()
       W.with_cluster({ workers = 2 }, function(c)
         local p = c:spawn_isolate(producer_entry)
         local r = held_receiver(c, 3, { notify = p })
-        c:spawn_isolate(function(ctx)
-          ctx:after(0.2, function() ctx:property("victim"):kill() end)
-        end, { victim = r })
-        assert.is_true(p:send({ target = r, wait = 60 }))
+        assert.is_true(p:send({ target = r, wait = 60, tell = true }))
+        assert.equal("waiting", W.receive(c, 30))
+        assert.is_true(r:kill())
         local m = W.receive(c, 30)
         assert.same({ false, "isolate down" }, { m.ok, m.why })
       end)
