@@ -71,7 +71,7 @@ typedef struct fuzz_run {
 static int fuzz_body(lua_State *L)
 {
   fuzz_run *run = lua_touserdata(L, 1);
-  codec_hooks hooks = { fuzz_ref_to_wire, fuzz_ref_push, NULL };
+  codec_hooks hooks = { fuzz_ref_to_wire, fuzz_ref_push, NULL, NULL };
   codec_limits lim;
   codec_limits_default(&lim);
   lim.allow_functions = 0;

@@ -80,6 +80,23 @@ static const struct {
                         "b['s' .. i] = {i} b[('x'):rep(i)] = i end return {a = a, b = b, c = a}" },
   { "message", "return {type = 'request', id = 42, from = ref(1, 9), "
                "body = {path = '/workers/7', args = {1, 'two', {three = 3}}}}" },
+  /* For the decode path of a real state (fuzz_decode_state.c): every node
+   * here is one the decoding state has never met; the same ref again is a
+   * hit in its ref cache, within one message and from one to the next. */
+  { "refs_repeated", "local r = ref(5, 1) return {r, ref(5, 1), ref(5, 2), {r = ref(5, 1)}, ref(6, 1), "
+                     "[ref(5, 1)] = ref(5, 2)}" },
+  { "refs_many_nodes", "local t = {} for i = 1, 40 do t[i] = ref(1000 + i, i) end t.x = ref(1001, 1) "
+                       "return t" },
+  { "refs_as_keys", "local t = {} for i = 1, 20 do t[ref(9, i)] = ref(9, 21 - i) end return t" },
+  /* Large maps go through the key cache: two of them with the same keys,
+   * one whose keys change at some positions, values that are refs. */
+  { "keycache_twice", "local a, b = {}, {} for i = 1, 70 do a['key' .. i] = i b['key' .. i] = ref(3, i) end "
+                      "return {a, b}" },
+  { "keycache_changed", "local a, b = {}, {} for i = 1, 80 do a['k' .. i] = i b[i % 3 == 0 and "
+                        "('other' .. i) or ('k' .. i)] = -i end return {first = a, second = b}" },
+  { "keycache_mixed_keys", "local t = {} for i = 1, 64 do t['s' .. i] = i end t[('long'):rep(20)] = 1 "
+                           "t['\\0\\255bin'] = 2 t[''] = 3 t[7] = 4 t[2.5] = 5 t[true] = 6 t[ref(2, 2)] = 7 "
+                           "return t" },
 };
 
 /* Forms the encoder never writes but other MessagePack writers do, and the
@@ -116,6 +133,13 @@ static const struct {
   RAW("raw_func_text", "\x91\xc7\x08\x02return 1"),
   RAW("raw_nil_key", "\x81\xc0\x01"),
   RAW("raw_nan_key", "\x81\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00\x01"),
+  /* { x = <ref of node 12345>, y = 5 }: a ref of a node the state has not
+   * met, followed by more of the value. */
+  RAW("raw_ref_unknown_node_in_map", "\x82\xa1x\xc7\x0c\x01\x00\x00\x30\x39\x00\x00\x00\x00\x00\x00\x00\x07"
+                                     "\xa1y\x05"),
+  /* A map16 claiming 100 entries with 2: the key cache is in use when the
+   * message turns out short. */
+  RAW("raw_keycache_short_map", "\xde\x00\x64\xa1" "a\x01\xa1" "b\xc7\x0c\x01\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01"),
 #undef RAW
 };
 
@@ -141,7 +165,7 @@ static int encode_job(lua_State *L)
   job *j = lua_touserdata(L, 1);
   if (luaL_dostring(L, j->src) != LUA_OK)
     return lua_error(L);
-  codec_hooks hooks = { ref_to_wire, NULL, NULL };
+  codec_hooks hooks = { ref_to_wire, NULL, NULL, NULL };
   codec_encode(L, -1, "seed", &hooks, NULL, j->b);
   return 0;
 }

@@ -231,6 +231,7 @@ typedef struct enc {
   int globals; /* stack index: the sender's globals table */
   int seen;    /* stack index: { [table or function] = index }, nil until needed */
   int cfuncs;  /* stack index: { [C function] = "lib.name" }, nil until needed */
+  int names_rebuilt; /* the names map was rebuilt during this encode (see enc_cfunction) */
   lua_Integer nseen;
 } enc;
 
@@ -763,7 +764,10 @@ static void push_cfunc_names(lua_State *L)
     int t = lua_gettop(L);
     if (strcmp(*lib, "_G") == 0) {
       for (const char *const *fn = base_functions; *fn != NULL; fn++) {
-        lua_getfield(L, t, *fn);
+        /* Raw: a state that opens libraries on first use (an isolate)
+         * would open one through _G's __index here otherwise. */
+        lua_pushstring(L, *fn);
+        lua_rawget(L, t);
         if (lua_iscfunction(L, -1)) {
           lua_pushvalue(L, -1);
           if (lua_rawget(L, names) == LUA_TNIL) {
@@ -797,20 +801,83 @@ static void push_cfunc_names(lua_State *L)
   lua_setfield(L, LUA_REGISTRYINDEX, CODEC_CFUNC_NAMES_KEY);
 }
 
+/* Lua stack slots building the names map or finding a replacement's name
+ * takes beyond those of its level (CODEC_STACK_PER_LEVEL). */
+#define CODEC_NAMES_STACK 8
+
 static void enc_cfunction(enc *e, int fn, const enc_frame *at)
 {
   lua_State *L = e->L;
+  if (!lua_checkstack(L, CODEC_NAMES_STACK))
+    enc_no_memory(e);
   if (lua_isnil(L, e->cfuncs)) {
     push_cfunc_names(L);
     lua_replace(L, e->cfuncs);
   }
   lua_pushvalue(L, fn);
-  if (lua_rawget(L, e->cfuncs) != LUA_TSTRING)
-    enc_refuse_note(e, at, "C function", " (only standard library C functions can be copied)");
+  if (lua_rawget(L, e->cfuncs) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    /* The map may predate a standard library opened since (by require, by
+     * a host, on first use): rebuilt once before the function is refused,
+     * so no way of opening one has to remember to drop it. */
+    if (e->names_rebuilt)
+      enc_refuse_note(e, at, "C function", " (only standard library C functions can be copied)");
+    e->names_rebuilt = 1;
+    codec_forget_names(L);
+    push_cfunc_names(L);
+    lua_replace(L, e->cfuncs);
+    enc_cfunction(e, fn, at);
+    return;
+  }
   size_t len;
   const char *name = lua_tolstring(L, -1, &len);
   put_ext(e, CODEC_EXT_CFUNC, name, (uint32_t)len);
   lua_pop(L, 1);
+}
+
+/* A Lua function of the runtime (its chunk's source is
+ * hooks->replaces_source) that sits at a standard library name stands for
+ * that standard function: it is written by that name, as the C function it
+ * replaced would be. Returns 1 when written. Looked up here, when such a
+ * function is met (rarely), so that states keep no map for it. */
+static int enc_replacement(enc *e, int fn)
+{
+  lua_State *L = e->L;
+  if (e->hooks == NULL || e->hooks->replaces_source == NULL)
+    return 0;
+  lua_Debug ar;
+  lua_pushvalue(L, fn);
+  lua_getinfo(L, ">S", &ar);
+  if (strcmp(ar.source, e->hooks->replaces_source) != 0)
+    return 0;
+  if (!lua_checkstack(L, CODEC_NAMES_STACK))
+    enc_no_memory(e);
+  lua_getfield(L, LUA_REGISTRYINDEX, CODEC_LOADED_KEY);
+  int loaded = lua_gettop(L);
+  for (const char *const *lib = standard_libs; *lib != NULL && lua_istable(L, loaded); lib++) {
+    if (lua_getfield(L, loaded, *lib) != LUA_TTABLE) {
+      lua_settop(L, loaded);
+      continue;
+    }
+    int base = strcmp(*lib, "_G") == 0;
+    lua_pushnil(L);
+    while (lua_next(L, loaded + 1)) {
+      if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, fn)) {
+        size_t klen;
+        const char *k = lua_tolstring(L, -2, &klen);
+        if (!base || in_list(base_functions, k, klen)) {
+          const char *name = base ? k : lua_pushfstring(L, "%s.%s", *lib, k);
+          put_ext(e, CODEC_EXT_CFUNC, name, (uint32_t)strlen(name));
+          lua_settop(L, loaded - 1);
+          return 1;
+        }
+      }
+      lua_pop(L, 1);
+    }
+    lua_settop(L, loaded);
+  }
+  lua_settop(L, loaded - 1);
+  return 0;
 }
 
 static void enc_userdata(enc *e, int idx, const enc_frame *at)
@@ -862,6 +929,8 @@ static void enc_value(enc *e, int idx, const enc_frame *at)
       enc_cfunction(e, idx, at);
       break;
     }
+    if (enc_replacement(e, idx))
+      break;
     lua_Integer i = enc_seen(e, idx, at);
     if (i >= 0)
       put_backref(e, i);
@@ -919,6 +988,7 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
   e.max_depth = clamp_depth(lim->max_depth);
   e.depth = 0;
   e.nseen = 0;
+  e.names_rebuilt = 0;
   idx = lua_absindex(L, idx);
   /* A number, boolean, nil or string (most small messages) cannot fail
    * once its bytes fit: written directly, without the protected call. */

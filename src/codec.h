@@ -47,6 +47,13 @@ typedef struct codec_hooks {
   /* Decode side: push a ref for (node, id) onto L. May raise. */
   void (*ref_push)(lua_State *L, uint32_t node, uint64_t id, void *ud);
   void *ud;
+  /* Encode side, or NULL: the chunk name (source) of a runtime that puts
+   * Lua functions in place of standard library ones (an isolate's
+   * coroutine.wrap). A Lua function from that chunk found at a standard
+   * name is written as that standard function, by name, and so resolves to
+   * the receiver's function of that name; a replacement the user makes
+   * stays a Lua function, copied as such. */
+  const char *replaces_source;
 } codec_hooks;
 
 /* Hard cap on max_depth: encode and decode recurse on the C stack, which
@@ -105,8 +112,10 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
 void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks *hooks,
                   const codec_limits *lim);
 
-/* Drops the state's cached names of standard library C functions; call it
- * after opening another standard library in L. */
+/* Drops the state's cached names of standard library C functions. Optional:
+ * an encode that meets a C function it has no name for rebuilds them once
+ * before refusing it, so a library opened later is always seen. */
 void codec_forget_names(lua_State *L);
+
 
 #endif

@@ -116,6 +116,13 @@ void isolate_wake(ic_isolate *iso, worker *from) {
   }
 }
 
+/* The rest of a post once a slot is reserved: never fails. */
+static inline void post_reserved(ic_isolate *to, ic_msg *m, worker *from) {
+  mailbox_push(&to->mbox, m);
+  isolate_wake(to, from);
+  if (from) sched_check_lifo(from);
+}
+
 const char *isolate_post(ic_isolate *to, ic_msg *m, worker *from) {
   if (!atomic_load_explicit(&to->alive, memory_order_acquire)) {
     msg_free(m);
@@ -125,9 +132,21 @@ const char *isolate_post(ic_isolate *to, ic_msg *m, worker *from) {
     msg_free(m);
     return "mailbox full";
   }
-  mailbox_push(&to->mbox, m);
-  isolate_wake(to, from);
-  if (from) sched_check_lifo(from);
+  post_reserved(to, m, from);
+  return NULL;
+}
+
+const char *isolate_post_or_keep(ic_isolate *to, ic_msg *m, worker *from, int *kept) {
+  *kept = 0;
+  if (!atomic_load_explicit(&to->alive, memory_order_acquire)) {
+    msg_free(m);
+    return "isolate down";
+  }
+  if (!mailbox_reserve(&to->mbox)) {
+    *kept = 1;
+    return "mailbox full";
+  }
+  post_reserved(to, m, from);
   return NULL;
 }
 

@@ -121,6 +121,10 @@ int isolate_run(ic_isolate *iso, struct worker *w);
 /* Sends a message: reserves, pushes, wakes. Takes ownership of m on success
  * and on failure. Returns 0, or an error text ("isolate down", "mailbox full"). */
 const char *isolate_post(ic_isolate *to, ic_msg *m, struct worker *from);
+/* As isolate_post, except that a full mailbox leaves m with the caller
+ * (*kept = 1, returns "mailbox full"), for a sender that waits for room and
+ * tries again. *kept = 0 otherwise: m was taken (posted, or freed). */
+const char *isolate_post_or_keep(ic_isolate *to, ic_msg *m, struct worker *from, int *kept);
 /* Same for the system queue (never full). */
 const char *isolate_post_sys(ic_isolate *to, ic_msg *m, struct worker *from);
 

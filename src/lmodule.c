@@ -57,16 +57,15 @@ static int l_main_reply(lua_State *L) {
   lref *r = lref_check(L, lua_upvalueindex(1));
   uint64_t corr = (uint64_t)lua_tointeger(L, lua_upvalueindex(2));
   lua_settop(L, 1);
-  size_t len;
-  const char *data = lstate_encode(L, 1, "reply", &len);
+  ic_msg *m = lstate_encode_msg(L, 1, "reply", MSG_REPLY);
   lua_pushboolean(L, 1);
   lua_replace(L, lua_upvalueindex(3));
   if (!r->iso) {
+    msg_free(m);
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "isolate down");
     return 2;
   }
-  ic_msg *m = msg_new(MSG_REPLY, data, len);
   if (!m) return luaL_error(L, "out of memory");
   m->corr = corr;
   const char *why = isolate_post_sys(r->iso, m, NULL);
@@ -134,9 +133,7 @@ static int l_main_request(lua_State *L) {
   }
   ic_cluster *c = r->iso->cluster;
   ic_isolate *main = c->main;
-  size_t len;
-  const char *data = lstate_encode(L, 2, "msg", &len);
-  ic_msg *m = msg_new(MSG_REQUEST, data, len);
+  ic_msg *m = lstate_encode_msg(L, 2, "msg", MSG_REQUEST);
   if (!m) return luaL_error(L, "out of memory");
   uint64_t corr = ++main->next_corr;
   isolate_retain(main);
@@ -330,9 +327,7 @@ static int l_new(lua_State *L) {
 /* core.encode(value) -> MessagePack bytes, as messages are encoded. */
 static int l_encode(lua_State *L) {
   luaL_checkany(L, 1);
-  size_t len;
-  const char *data = lstate_encode(L, 1, "value", &len);
-  lua_pushlstring(L, data, len);
+  lstate_encode_push(L, 1, "value");
   return 1;
 }
 

@@ -1,6 +1,7 @@
 #include "lstate.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,17 +118,23 @@ lref *lref_test(lua_State *L, int idx) { return ref_test_ctx(L, idx, lstate_ctx_
 
 lref *lref_check(lua_State *L, int idx) { return lref_check_ctx(L, idx, lstate_ctx_of(L)); }
 
-/* Pushes the cached ref for (node, id), or nothing and returns 0. */
+/* Pushes the cached ref for (node, id) and returns 1, or leaves the stack
+ * as it was and returns 0. Each exit pops exactly what it pushed: the cache
+ * has no entry for a node this state has not met yet, and none for an id
+ * whose ref was collected. */
 static int ref_cache_get(lua_State *L, const lstate_ctx *ctx, uint32_t node, uint64_t id) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->cache_ref);
-  if (lua_rawgeti(L, -1, (lua_Integer)node) == LUA_TTABLE &&
-      lua_rawgeti(L, -1, (lua_Integer)id) == LUA_TUSERDATA) {
-    lua_replace(L, -3);
-    lua_pop(L, 1);
-    return 1;
+  if (lua_rawgeti(L, -1, (lua_Integer)node) != LUA_TTABLE) {
+    lua_pop(L, 2); /* cache, nil */
+    return 0;
   }
-  lua_settop(L, lua_gettop(L) - (lua_type(L, -1) == LUA_TTABLE ? 2 : 3));
-  return 0;
+  if (lua_rawgeti(L, -1, (lua_Integer)id) != LUA_TUSERDATA) {
+    lua_pop(L, 3); /* cache, node table, nil */
+    return 0;
+  }
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+  return 1;
 }
 
 /* Value on top is a new ref userdata: remember it (weakly). */
@@ -194,8 +201,13 @@ static void ref_from_wire(lua_State *L, uint32_t node, uint64_t id, void *ud) {
   lref_push_wire(L, ud, node, id);
 }
 
+/* The chunk name the isolate runtime is loaded under (l_boot): its
+ * coroutine.wrap, resume and yield copy as the standard functions they
+ * stand for (SPEC §2, §4), not as closures over the runtime's state. */
+#define RUNTIME_SOURCE "=isolate_cluster.runtime"
+
 codec_hooks lstate_hooks(ic_cluster *c) {
-  codec_hooks h = {ref_to_wire, ref_from_wire, c};
+  codec_hooks h = {ref_to_wire, ref_from_wire, c, RUNTIME_SOURCE};
   return h;
 }
 
@@ -212,16 +224,92 @@ static ic_isolate *state_sender(lstate_ctx *ctx, ic_isolate *to) {
 
 static worker *state_worker(lstate_ctx *ctx) { return ctx->self ? ctx->self->worker : NULL; }
 
-static const char *encode_with(lstate_ctx *ctx, lua_State *L, int idx, const char *root, size_t *len) {
-  codec_hooks h = lstate_hooks(NULL);
-  codec_buf_reset(&ctx->buf);
-  codec_encode(L, idx, root, &h, &ctx->lim, &ctx->buf);
-  *len = ctx->buf.len;
-  return ctx->buf.data;
+/*
+ * Encode buffers. Every encode in a state writes into the state's scratch
+ * buffer (ctx->buf), which keeps its memory from one message to the next, so
+ * a send costs no allocation for its bytes beyond the message itself. But an
+ * encode can be re-entered: it allocates Lua objects, so the collector may
+ * run a __gc finalizer in the middle of it, and that finalizer may send
+ * (encode) too. The rule that keeps both intact: ctx->buf.len is 0 whenever
+ * no encode into it is in flight (codec_encode puts len back on error, and
+ * every user copies the bytes out and empties it before any Lua code can
+ * run again). An encode that finds it non-empty is nested inside another
+ * and takes a buffer of its own (in a userdata, so an error cannot leak it).
+ * A nested encode that starts before the outer one has written its first
+ * byte finds the buffer empty and uses it: it is done, and the buffer empty
+ * again, before the outer encode writes, which reads the buffer's address
+ * afresh at each write.
+ */
+static const char SCRATCH_MT_KEY = 's';
+
+static int scratch_gc(lua_State *L) {
+  codec_buf_free(lua_touserdata(L, 1));
+  return 0;
 }
 
-const char *lstate_encode(lua_State *L, int idx, const char *root, size_t *len) {
-  return encode_with(lstate_ctx_of(L), L, idx, root, len);
+/* Sets a metatable { __gc = gc } (made on first use, kept in the registry
+ * under key) on the userdata on top: most states never need one. */
+static void set_gc_metatable(lua_State *L, const void *key, lua_CFunction gc) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+  }
+  lua_setmetatable(L, -2);
+}
+
+/* Pushes a userdata holding an empty buffer freed by its __gc. */
+static codec_buf *private_buf_push(lua_State *L) {
+  codec_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  set_gc_metatable(L, &SCRATCH_MT_KEY, scratch_gc);
+  return b;
+}
+
+/* Encodes the value at idx into the scratch buffer, or into a private one
+ * (pushed on the stack) when the scratch buffer is in use or the caller asks
+ * for one (own: the bytes must outlive Lua calls that may raise). Raises on
+ * an uncopyable value, with nothing left in flight. The caller copies the
+ * bytes out of the scratch buffer, then calls encode_end, with no Lua call
+ * in between. idx must be an absolute index (a private buffer is pushed). */
+static codec_buf *encode_begin(lua_State *L, lstate_ctx *ctx, int idx, const char *root, int own) {
+  codec_buf *b = ctx->buf.len == 0 && !own ? &ctx->buf : private_buf_push(L);
+  codec_hooks h = lstate_hooks(NULL);
+  codec_encode(L, idx, root, &h, &ctx->lim, b);
+  return b;
+}
+
+/* above: how many values the caller pushed since encode_begin (a private
+ * buffer's userdata is just below them, and is removed). */
+static void encode_end(lua_State *L, lstate_ctx *ctx, codec_buf *b, int above) {
+  if (b == &ctx->buf) {
+    b->len = 0;
+    return;
+  }
+  codec_buf_free(b);
+  lua_remove(L, -1 - above);
+}
+
+static inline ic_msg *encode_msg_ctx(lua_State *L, lstate_ctx *ctx, int idx, const char *root, int kind) {
+  codec_buf *b = encode_begin(L, ctx, idx, root, 0);
+  ic_msg *m = msg_new(kind, b->data, b->len);
+  encode_end(L, ctx, b, 0);
+  return m;
+}
+
+ic_msg *lstate_encode_msg(lua_State *L, int idx, const char *root, int kind) {
+  return encode_msg_ctx(L, lstate_ctx_of(L), lua_absindex(L, idx), root, kind);
+}
+
+void lstate_encode_push(lua_State *L, int idx, const char *root) {
+  lstate_ctx *ctx = lstate_ctx_of(L);
+  /* A private buffer: lua_pushlstring may raise (memory) before it copies. */
+  codec_buf *b = encode_begin(L, ctx, lua_absindex(L, idx), root, 1);
+  lua_pushlstring(L, b->data, b->len);
+  encode_end(L, ctx, b, 1);
 }
 
 static int decode_protected(lua_State *L) {
@@ -268,12 +356,23 @@ static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, 
                               uint64_t corr) {
   if (!r->iso) return "isolate down";
   if (!atomic_load_explicit(&r->iso->alive, memory_order_acquire)) return "isolate down";
-  size_t len;
-  const char *data = encode_with(ctx, L, idx, "msg", &len);
-  ic_msg *m = msg_new(kind, data, len);
+  ic_msg *m = encode_msg_ctx(L, ctx, idx, "msg", kind);
   if (!m) return "out of memory";
   m->corr = corr;
   return post_from(ctx, r->iso, m);
+}
+
+/* The first i in 1..n where refs[i] is not a ref, or 0. Runs no Lua code
+ * (raw reads and metatable checks run neither metamethods nor the
+ * collector). */
+static lua_Integer first_non_ref(lua_State *L, int refs_idx, lua_Integer n, const lstate_ctx *ctx) {
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, refs_idx, i);
+    int is_ref = ref_test_ctx(L, -1, ctx) != NULL;
+    lua_pop(L, 1);
+    if (!is_ref) return i;
+  }
+  return 0;
 }
 
 /* send_all(refs, msg) -> number accepted, { [i] = reason } | nil.
@@ -282,20 +381,26 @@ static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, 
 int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
   luaL_checktype(L, refs_idx, LUA_TTABLE);
   luaL_checkany(L, msg_idx);
-  lua_Integer n = (lua_Integer)lua_rawlen(L, refs_idx);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_rawgeti(L, refs_idx, i);
-    if (!lref_test(L, -1)) return luaL_error(L, "send_all: refs[%d] is not a ref", (int)i);
-    lua_pop(L, 1);
-  }
   lstate_ctx *ctx = lstate_ctx_of(L);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, refs_idx), bad = first_non_ref(L, refs_idx, n, ctx);
+  if (bad) return luaL_error(L, "send_all: refs[%d] is not a ref", (int)bad);
   /* Each receiver's outcome, in memory Lua owns: nothing may raise while the
    * shared bytes exist. */
+  lua_Integer room = n;
   const char **whys = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *whys, 0);
-  size_t len;
-  const char *data = encode_with(ctx, L, msg_idx, "msg", &len);
-  ic_blob *blob = blob_new(data, len);
+  codec_buf *b = encode_begin(L, ctx, msg_idx, "msg", 0);
+  ic_blob *blob = blob_new(b->data, b->len);
+  encode_end(L, ctx, b, 0);
   if (!blob) return luaL_error(L, "out of memory");
+  /* The encode can run finalizers, and one may have changed the table:
+   * checked again, and from here on no Lua code runs until the posts are
+   * done. */
+  n = (lua_Integer)lua_rawlen(L, refs_idx);
+  if (n > room) n = room;
+  if ((bad = first_non_ref(L, refs_idx, n, ctx)) != 0) {
+    blob_release(blob);
+    return luaL_error(L, "send_all: refs[%d] is not a ref", (int)bad);
+  }
   lua_Integer sent = 0;
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, refs_idx, i);
@@ -324,11 +429,133 @@ int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
   return 2;
 }
 
-/* ref:send(msg). The state's ctx is upvalue 1 (as of every ref method). */
+/*
+ * ref:send(msg, wait_s): waiting for room in a full mailbox. There is no
+ * signal when a receiver makes room, so the sender looks again at growing
+ * intervals, from SEND_PAUSE_MIN up to SEND_PAUSE_MAX: soon after room
+ * appears, at a cost of at most a few hundred looks a second while it waits.
+ * The main state blocks its thread (on its own condition variable, which
+ * shutdown also signals); an isolate hands the message to the runtime's
+ * waiter (runtime_extras.lua, send_wait), which suspends only the calling
+ * handler between looks. Either way the wait ends at the deadline ("mailbox
+ * full"), when the receiver goes down ("isolate down") or when the cluster
+ * shuts down ("shutdown").
+ */
+#define SEND_PAUSE_MIN_NS 100000ull  /* 0.1 ms */
+#define SEND_PAUSE_MAX_NS 5000000ull /* 5 ms */
+
+static const char PENDING_MT_KEY = 'p';
+
+/* A message that waits for room, owned by this userdata until it is taken
+ * (posted, or freed when its receiver is down); __gc frees it otherwise. */
+typedef struct pending_send {
+  ic_msg *m;
+} pending_send;
+
+static int pending_gc(lua_State *L) {
+  pending_send *p = lua_touserdata(L, 1);
+  msg_free(p->m);
+  p->m = NULL;
+  return 0;
+}
+
+static int is_full(const char *why) { return why && strcmp(why, "mailbox full") == 0; }
+
+/* Posts p's message if there is room now; takes it unless the mailbox is
+ * still full. */
+static const char *pending_post(pending_send *p, ic_isolate *to, worker *from) {
+  if (!p->m) return "isolate down";
+  if (atomic_load(&to->cluster->state) != CLUSTER_RUNNING) {
+    msg_free(p->m);
+    p->m = NULL;
+    return "shutdown";
+  }
+  int kept;
+  const char *why = isolate_post_or_keep(to, p->m, from, &kept);
+  if (!kept) p->m = NULL;
+  return why;
+}
+
+/* The main state's wait: blocks this thread until p's message is taken or
+ * the deadline passes. */
+static const char *pending_wait_main(pending_send *p, ic_isolate *to, uint64_t deadline) {
+  ic_isolate *main = to->cluster->main;
+  uint64_t pause = SEND_PAUSE_MIN_NS;
+  for (;;) {
+    uint64_t now = plat_now_ns();
+    if (now >= deadline) return "mailbox full";
+    uint64_t until = deadline - now > pause ? now + pause : deadline;
+    plat_mutex_lock(&main->wlock);
+    if (atomic_load(&to->cluster->state) == CLUSTER_RUNNING)
+      plat_cond_wait_until(&main->wcond, &main->wlock, until);
+    plat_mutex_unlock(&main->wlock);
+    const char *why = pending_post(p, to, NULL);
+    if (!is_full(why)) return why;
+    if (pause < SEND_PAUSE_MAX_NS) pause *= 2;
+  }
+}
+
+/* The wait_s argument: nil/none = do not wait, else seconds >= 0. */
+static double check_wait_s(lua_State *L, int idx) {
+  return lstate_check_seconds(L, idx, "send", "wait_s", 0);
+}
+
+/* Continuation of a send handed to the runtime's waiter: its results. */
+static int send_wait_k(lua_State *L, int status, lua_KContext base) {
+  (void)status;
+  return lua_gettop(L) - (int)base;
+}
+
+/* ref:send(msg, wait_s) with a wait. [1] ref, [2] msg, [3] wait_s. */
+static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
+  if (!r->iso || !atomic_load_explicit(&r->iso->alive, memory_order_acquire))
+    return push_send_result(L, "isolate down");
+  lua_settop(L, 3);
+  int base = 3;
+  /* The message's owner exists before the message, so that no error can
+   * leak it. An isolate needs the runtime's waiter too: send_wait of the
+   * extras, which the loader in upvalue 2 returns (loading them first). */
+  if (ctx->self) {
+    if (lua_type(L, lua_upvalueindex(2)) != LUA_TFUNCTION) return luaL_error(L, "ref:send: this state cannot wait");
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_call(L, 0, 1);
+    if (lua_getfield(L, -1, "send_wait") != LUA_TFUNCTION) return luaL_error(L, "ref:send: this state cannot wait");
+    lua_remove(L, -2);
+  }
+  pending_send *p = lua_newuserdatauv(L, sizeof *p, 0);
+  p->m = NULL;
+  set_gc_metatable(L, &PENDING_MT_KEY, pending_gc);
+  ic_msg *m = encode_msg_ctx(L, ctx, 2, "msg", MSG_USER);
+  if (!m) return push_send_result(L, "out of memory");
+  ic_isolate *from = state_sender(ctx, r->iso);
+  isolate_retain(from);
+  m->sender = from;
+  p->m = m;
+  /* The first try is a plain send's; only the later ones stop at shutdown. */
+  int kept;
+  const char *why = isolate_post_or_keep(r->iso, m, state_worker(ctx), &kept);
+  if (!kept) p->m = NULL;
+  /* A state waiting for room in its own mailbox would wait for itself: the
+   * wait could only run out. */
+  int own = ctx->self ? r->iso == ctx->self : r->iso->kind == ISO_MAIN;
+  if (!kept || wait_s == 0 || own) return push_send_result(L, why);
+  uint64_t now = plat_now_ns(), ns = plat_seconds_to_ns(wait_s); /* saturates */
+  uint64_t deadline = wait_s == HUGE_VAL || ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
+  if (!ctx->self) return push_send_result(L, pending_wait_main(p, r->iso, deadline));
+  /* [4] waiter, [5] pending: waiter(pending, ref, wait_s) may yield. */
+  lua_pushvalue(L, 1);
+  lua_pushnumber(L, wait_s);
+  lua_callk(L, 3, LUA_MULTRET, base, send_wait_k);
+  return send_wait_k(L, LUA_OK, base);
+}
+
+/* ref:send(msg [, wait_s]). The state's ctx is upvalue 1 (as of every ref
+ * method). */
 static int l_ref_send(lua_State *L) {
   lstate_ctx *ctx = lua_touserdata(L, lua_upvalueindex(1));
   lref *r = lref_check_ctx(L, 1, ctx);
   luaL_checkany(L, 2);
+  if (lua_gettop(L) > 2 && !lua_isnil(L, 3)) return send_waiting(L, ctx, r, check_wait_s(L, 3));
   return push_send_result(L, post_value(L, ctx, r, MSG_USER, 2, 0));
 }
 
@@ -441,15 +668,22 @@ lstate_ctx *lstate_open(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
 
+
   lua_newtable(L);
   ctx->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   if (luaL_newmetatable(L, LREF_MT)) {
     static const luaL_Reg methods[] = {
-        {"send", l_ref_send}, {"kill", l_ref_kill}, {"property", l_ref_property}, {"properties", l_ref_properties}, {NULL, NULL}};
+        {"kill", l_ref_kill}, {"property", l_ref_property}, {"properties", l_ref_properties}, {NULL, NULL}};
     luaL_newlibtable(L, methods);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
     luaL_setfuncs(L, methods, 1);
+    /* send: upvalues ctx and the runtime's extras loader (an isolate sets
+     * it, see core.set_send_wait). */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
+    lua_pushnil(L);
+    lua_pushcclosure(L, l_ref_send, 2);
+    lua_setfield(L, -2, "send");
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "methods"); /* the state sets methods.request itself */
     lua_pushcclosure(L, l_ref_index, 1);
@@ -569,11 +803,15 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     int o = arg + 2;
     static const char *const known[] = {"path", "dedicated", "detached", "mailbox", "memory_limit", NULL};
     lstate_check_options(L, o, "spawn_isolate", known);
+    /* The string stays on the stack until the spawn is done: opts need
+     * not hold it (an __index may have made it), and the encodes below run
+     * the collector. */
     if (lua_getfield(L, o, "path") != LUA_TNIL) {
       if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "opts.path must be a string");
-      path = lstate_check_path(L, -1, "spawn_isolate"); /* stays referenced by opts */
+      path = lstate_check_path(L, -1, "spawn_isolate");
+    } else {
+      lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     lua_getfield(L, o, "dedicated");
     dedicated = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -597,16 +835,19 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
    * before the encodes, whose bytes no allocation may come between. */
   guard *g = guard_push(L, release_isolate);
   /* Encode everything first: the encodes may raise, and nothing is
-   * allocated outside Lua until they have succeeded. */
+   * allocated outside Lua until they have succeeded. The bytes go to a
+   * buffer of the spawn's own: the reads below and the encodes themselves
+   * can run finalizers, which may send (and so use the state's scratch
+   * buffer) in between. */
   lstate_ctx *ctx = lstate_ctx_of(L);
   codec_hooks h = lstate_hooks(NULL);
-  codec_buf_reset(&ctx->buf);
+  codec_buf *buf = private_buf_push(L);
   size_t props_len = 0;
   if (has_props) {
-    codec_encode(L, arg + 1, "properties", &h, &ctx->lim, &ctx->buf);
-    props_len = ctx->buf.len;
+    codec_encode(L, arg + 1, "properties", &h, &ctx->lim, buf);
+    props_len = buf->len;
   }
-  codec_encode(L, arg, "entry", &h, &ctx->lim, &ctx->buf);
+  codec_encode(L, arg, "entry", &h, &ctx->lim, buf);
 
   const char *lua_path = NULL, *lua_cpath = NULL;
   lua_getglobal(L, "package"); /* stays on the stack: keeps the strings alive */
@@ -616,12 +857,14 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   }
   /* From here on nothing raises until the isolate is started. */
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox, (size_t)memlimit,
-                  has_props ? ctx->buf.data : NULL, props_len,
-                  ctx->buf.data + props_len, ctx->buf.len - props_len,
+                  has_props ? buf->data : NULL, props_len,
+                  buf->data + props_len, buf->len - props_len,
                   lua_path, lua_cpath, path, hidden, creator, detached};
   ic_isolate *iso;
   char err[256];
-  if (cluster_spawn(c, &a, &iso, err, sizeof err)) return luaL_error(L, "%s", err);
+  int failed = cluster_spawn(c, &a, &iso, err, sizeof err);
+  codec_buf_free(buf);
+  if (failed) return luaL_error(L, "%s", err);
   g->p = iso;
   lref_push(L, iso);
   guard_drop(g); /* the ref and the registry hold it now */
@@ -707,9 +950,7 @@ static int l_core_reply(lua_State *L) {
   lua_Integer corr = luaL_checkinteger(L, 2);
   int ok = lua_toboolean(L, 3);
   if (!r->iso) return push_send_result(L, "isolate down");
-  size_t len;
-  const char *data = lstate_encode(L, 4, ok ? "reply" : "error", &len);
-  ic_msg *m = msg_new(ok ? MSG_REPLY : MSG_REPLY_ERROR, data, len);
+  ic_msg *m = lstate_encode_msg(L, 4, ok ? "reply" : "error", ok ? MSG_REPLY : MSG_REPLY_ERROR);
   if (!m) return push_send_result(L, "out of memory");
   m->corr = (uint64_t)corr;
   ic_isolate *self = self_of(L);
@@ -726,6 +967,35 @@ static int l_core_timer(lua_State *L) {
 }
 
 static int l_core_send_all(lua_State *L) { return lstate_send_all(L, 1, 2); }
+
+/* core.set_send_wait(extras): the function that returns the runtime's
+ * extras, whose send_wait waits for ref:send with wait_s. Kept as an
+ * upvalue of the send method: no closure, no registry entry per state. */
+static int l_core_set_send_wait(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_getmetatable(L, LREF_MT);
+  lua_getfield(L, -1, "methods");
+  lua_getfield(L, -1, "send");
+  lua_pushvalue(L, 1);
+  if (!lua_setupvalue(L, -2, 2)) return luaL_error(L, "set_send_wait: no send method");
+  return 0;
+}
+
+/* core.post_pending(pending, ref) -> true | false, why: the waiter's next
+ * look for room. */
+static int l_core_post_pending(lua_State *L) {
+  pending_send *p = lua_touserdata(L, 1);
+  int ok = p && lua_getmetatable(L, 1);
+  if (ok) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_MT_KEY);
+    ok = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+  }
+  if (!ok) return luaL_typeerror(L, 1, "pending message");
+  lref *r = lref_check(L, 2);
+  if (!r->iso) return push_send_result(L, "isolate down");
+  return push_send_result(L, pending_post(p, r->iso, self_of(L)->worker));
+}
 
 static int l_core_spawn(lua_State *L) {
   ic_isolate *self = self_of(L);
@@ -1114,8 +1384,9 @@ static int l_boot(lua_State *L) {
       {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras},
       {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
       {"check_options", lstate_core_check_options}, {"monitor", l_core_monitor},
-      {"demonitor", l_core_demonitor}, {NULL, NULL}};
-  if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, "=isolate_cluster.runtime", "b") != LUA_OK)
+      {"demonitor", l_core_demonitor}, {"set_send_wait", l_core_set_send_wait},
+      {"post_pending", l_core_post_pending}, {NULL, NULL}};
+  if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, RUNTIME_SOURCE, "b") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core);
   lua_call(L, 1, 2); /* -> spawn_pump, adopt */

@@ -34,7 +34,8 @@ typedef struct lref {
 /* Per-state data, kept in a userdata in the registry. */
 typedef struct lstate_ctx {
   ic_isolate *self;  /* the isolate this state is, or NULL in a main state */
-  codec_buf buf;     /* scratch for encoding; freed by the userdata's __gc */
+  codec_buf buf;     /* scratch for encoding, empty (len 0) while no encode
+                        into it is in flight; freed by the userdata's __gc */
   codec_limits lim;
   /* For the hot paths, which get the ctx as an upvalue (ref methods) or
    * from their isolate rather than by a registry lookup: */
@@ -52,9 +53,14 @@ lref *lref_check(lua_State *L, int idx);   /* raises unless a ref */
 lref *lref_test(lua_State *L, int idx);    /* the ref, or NULL */
 codec_hooks lstate_hooks(ic_cluster *c);
 
-/* Encodes the value at idx into the state's scratch buffer (valid until the
- * next encode in this state). Raises on an uncopyable value. */
-const char *lstate_encode(lua_State *L, int idx, const char *root, size_t *len);
+/* Encodes the value at idx into a new message of kind (sender and corr
+ * unset): NULL when out of memory. Raises on an uncopyable value, naming the
+ * path inside it from root. Safe to call from a __gc finalizer while another
+ * encode of this state is in flight (see src/lstate.c, "Encode buffers"). */
+ic_msg *lstate_encode_msg(lua_State *L, int idx, const char *root, int kind);
+/* Encodes the value at idx and pushes its bytes as a string. Raises on an
+ * uncopyable value. */
+void lstate_encode_push(lua_State *L, int idx, const char *root);
 
 /* Decodes m's payload and pushes it, in protected mode; on failure pushes
  * the error message and returns the Lua status. m stays owned by the caller. */

@@ -235,5 +235,8 @@ end
 core.set_request(function(ref, msg, timeout_s)
   return extras().request(ref, msg, timeout_s)
 end)
+-- ref:send(msg, wait_s) inside an isolate, once the mailbox was full, calls
+-- extras().send_wait.
+core.set_send_wait(extras)
 
 return new_pump, adopt

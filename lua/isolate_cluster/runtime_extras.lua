@@ -415,4 +415,26 @@ local function request(ref, msg, timeout_s)
   error(value, 0)
 end
 
-return { dispatch = dispatch, settle = settle, adopt = adopt, request = request }
+-- ref:send(msg, wait_s) inside an isolate whose first try found the
+-- mailbox full (src/lstate.c, send_waiting): the C side holds the encoded
+-- message in `pending`; this looks for room again at growing intervals
+-- (0.1 ms up to 5 ms), suspending only this handler in between, until the
+-- message is taken, the receiver is down, the cluster shuts down or wait_s
+-- has passed.
+local SEND_PAUSE_MIN, SEND_PAUSE_MAX = 0.0001, 0.005
+local now, post_pending = core.now, core.post_pending
+
+local function send_wait(pending, ref, wait_s)
+  local deadline = now() + wait_s
+  local pause = SEND_PAUSE_MIN
+  while true do
+    local left = deadline - now()
+    if left <= 0 then return false, "mailbox full" end
+    wait("sleep", nil, pause < left and pause or left, "ref:send with wait_s")
+    local ok, why = post_pending(pending, ref)
+    if ok or why ~= "mailbox full" then return ok, why end
+    if pause < SEND_PAUSE_MAX then pause = pause * 2 end
+  end
+end
+
+return { dispatch = dispatch, settle = settle, adopt = adopt, request = request, send_wait = send_wait }

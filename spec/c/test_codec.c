@@ -96,7 +96,7 @@ static void hook_ref_push(lua_State *L, uint32_t node, uint64_t id, void *ud)
   push_ref(L, node, id);
 }
 
-static const codec_hooks test_hooks = { hook_ref_to_wire, hook_ref_push, NULL };
+static const codec_hooks test_hooks = { hook_ref_to_wire, hook_ref_push, NULL, NULL };
 
 /* ------------------------------------------------------------------------ */
 /* encode / decode as Lua functions                                          */

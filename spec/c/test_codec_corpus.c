@@ -1,15 +1,19 @@
 /*
  * test_codec_corpus — replays every file in fuzz/corpus/ and
- * fuzz/regressions/ through the fuzz harness's own entry point
- * (fuzz/fuzz_decode.c is compiled into this program), so the decoder's
- * properties are checked by ctest without libFuzzer. A crash found by the
- * fuzzer is saved under fuzz/regressions/ with a descriptive name and stays
- * a test from then on.
+ * fuzz/regressions/ through the entry points of both fuzz harnesses
+ * (fuzz/fuzz_decode.c, the codec alone, and fuzz/fuzz_decode_state.c, the
+ * decode path of a real state; both are compiled into this program), so
+ * the decoder's properties are checked by ctest without libFuzzer. A
+ * crash found by the fuzzer is saved under fuzz/regressions/ with a
+ * descriptive name and stays a test from then on.
  *
  * Runs from the repository root (ctest's WORKING_DIRECTORY). Exit status 0
  * when every file was replayed; a property violation aborts.
  */
 #include "../../fuzz/fuzz_decode.c"
+/* The harness of a real state's decode path, under a name of its own. */
+#define FUZZ_STATE_ENTRY fuzz_state_test_one_input
+#include "../../fuzz/fuzz_decode_state.c"
 
 #include <dirent.h>
 
@@ -46,6 +50,7 @@ static int replay_file(const char *path)
   memcpy(exact, data, len);
   free(data);
   LLVMFuzzerTestOneInput(exact, len);
+  fuzz_state_test_one_input(exact, len);
   free(exact);
   return 0;
 }
