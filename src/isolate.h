@@ -56,6 +56,8 @@ typedef struct ic_isolate {
    * hook on it, so the interpreter traces nothing while all is well. */
   plat_mutex hook_lock;
   struct lua_State *running_L;
+  struct lua_State *armed_L;    /* running_L once a hook is set on it (so the
+                                   monitor's repeated asks set it only once) */
   uint64_t id;
   int kind;                     /* ISO_* */
   char *path;                   /* immutable after spawn */

@@ -18,6 +18,9 @@ static const char JOBS_KEY = 'j';
 /* Instructions between two looks at the interrupt flag and the slice clock
  * when a hook stays set (TSan builds, or a handler not yet able to yield). */
 #define HOOK_COUNT 1000
+/* Instructions between two calls of the hook once it is armed (see
+ * interrupt_hook): a kill or a preemption acts within that many. */
+#define HOOK_LOOK_COUNT 100
 
 /* ---- per-state data ------------------------------------------------------ */
 
@@ -724,16 +727,34 @@ static int in_runtime(lua_State *L, lua_Debug *ar) {
   return strncmp(ar->source, "=isolate_cluster.runtime", 24) == 0;
 }
 
+/* Removes the hook from L (the thread running it), unless a newer arming
+ * aimed at L since. O(1): lua_sethook walks the call stack only to set a
+ * hook, never to clear one. */
+static void hook_disarm(ic_isolate *iso, lua_State *L) {
+  plat_mutex_lock(&iso->hook_lock);
+  lua_sethook(L, NULL, 0, 0);
+  if (iso->armed_L == L) iso->armed_L = NULL;
+  plat_mutex_unlock(&iso->hook_lock);
+}
+
+/*
+ * Setting a hook costs time proportional to the depth of the thread's call
+ * stack (lua_sethook marks every Lua frame so that it traces), so the hook
+ * is set once per request and never re-set while it waits: it is armed with
+ * a count of HOOK_LOOK_COUNT instructions and, when it cannot act yet (a
+ * preemption inside a C call such as string.gsub's callback, or inside the
+ * runtime's own code), it just returns and Lua calls it again that many
+ * instructions later. A handler recursing a million frames deep inside a C
+ * call would otherwise pay a walk of its whole stack every few instructions.
+ */
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   ic_isolate *iso = self_of(L);
-#ifndef IC_SYNC_HOOK
-  lua_sethook(L, NULL, 0, 0); /* one shot */
-#endif
   int irq = atomic_load(&iso->interrupt);
   if (irq) {
     /* Stays armed, at every instruction: user code that catches the error
-     * (a pcall in a loop) meets it again at once, until the isolate is down. */
-    lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
+     * (a pcall in a loop) meets it again at once, until the isolate is down.
+     * Set once: the count reads back as 1 from then on. */
+    if (lua_gethookcount(L) != 1) lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
     luaL_error(L, "%s", irq == INTERRUPT_KILL ? "killed" : "interrupted by shutdown");
   }
 #ifdef IC_SYNC_HOOK
@@ -744,22 +765,45 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar) {
      * resumes it on the isolate's next turn (like Erlang's reductions). */
     if (lua_isyieldable(L) && !in_runtime(L, ar) && running_job(L)) {
       atomic_store(&iso->preempt, 0);
+#ifndef IC_SYNC_HOOK
+      hook_disarm(iso, L);
+#endif
       lua_yield(L, 0);
     }
-#ifndef IC_SYNC_HOOK
     /* Not at a point where it can yield (inside a C call, or in the
-     * runtime's own code): look again soon. */
-    lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 100);
-#endif
+     * runtime's own code): the hook stays, and looks again
+     * HOOK_LOOK_COUNT instructions later. */
+    return;
   }
+#ifndef IC_SYNC_HOOK
+  hook_disarm(iso, L); /* one shot: nothing asked any more */
+#endif
 }
 
 void lstate_arm_hook(ic_isolate *iso) {
 #ifndef IC_SYNC_HOOK
-  if (iso->running_L) lua_sethook(iso->running_L, interrupt_hook, LUA_MASKCOUNT, 1);
+  /* Armed already (the monitor asks again at every tick of a long turn):
+   * setting it again would walk the stack again for nothing. */
+  if (iso->running_L && iso->armed_L != iso->running_L) {
+    lua_sethook(iso->running_L, interrupt_hook, LUA_MASKCOUNT, HOOK_LOOK_COUNT);
+    iso->armed_L = iso->running_L;
+  }
 #else
   (void)iso;
 #endif
+}
+
+/* Makes T the Lua thread iso runs now. Caller holds iso->hook_lock. An
+ * armed_L left from another thread is forgotten: that thread may be
+ * collected and its address reused by a thread that has no hook. */
+static void track_running(ic_isolate *iso, lua_State *T) {
+  if (iso->running_L != T) iso->armed_L = NULL;
+  iso->running_L = T;
+  /* An interrupt or preemption asked for while another Lua thread ran (or
+   * nothing was tracked): aim at this one too. */
+  if (T && (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
+            atomic_load_explicit(&iso->preempt, memory_order_relaxed)))
+    lstate_arm_hook(iso);
 }
 
 /* core.running([co]): the runtime says which Lua thread runs now: co, or
@@ -768,11 +812,7 @@ static int l_core_running(lua_State *L) {
   ic_isolate *iso = self_of(L);
   lua_State *co = lua_tothread(L, 1);
   plat_mutex_lock(&iso->hook_lock);
-  iso->running_L = co ? co : L;
-  /* An interrupt or preemption asked for while nothing was tracked. */
-  if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
-      atomic_load_explicit(&iso->preempt, memory_order_relaxed))
-    lstate_arm_hook(iso);
+  track_running(iso, co ? co : L);
   plat_mutex_unlock(&iso->hook_lock);
   return 0;
 }
@@ -1002,11 +1042,7 @@ static void fail_from_status(ic_isolate *iso, lua_State *L) {
 
 static void set_running(ic_isolate *iso, lua_State *T) {
   plat_mutex_lock(&iso->hook_lock);
-  iso->running_L = T;
-  /* Asked for while another Lua thread ran: aim at this one too. */
-  if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
-      atomic_load_explicit(&iso->preempt, memory_order_relaxed))
-    lstate_arm_hook(iso);
+  track_running(iso, T);
   plat_mutex_unlock(&iso->hook_lock);
 }
 
@@ -1111,6 +1147,7 @@ void lstate_close(ic_isolate *iso) {
   lua_State *L = iso->L;
   plat_mutex_lock(&iso->hook_lock);
   iso->running_L = NULL;
+  iso->armed_L = NULL;
   plat_mutex_unlock(&iso->hook_lock);
   iso->L = NULL;
   iso->pump = NULL;
