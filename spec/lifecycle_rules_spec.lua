@@ -47,6 +47,232 @@ end
 local LONG = 60
 
 describe("lifecycle rules", function()
+  describe("failing fast (§3.8)", function()
+    -- The target takes the request, tells the killer, then spins (or waits);
+    -- the killer kills it. The request must fail at once with the reason.
+    local function killed_while_handling(how)
+      return function(ctx)
+        local killer = ctx:property("killer")
+        ctx:on_message(function()
+          killer:send(ctx.isolate_ref)
+          if how == "spin" then
+            while true do end
+          else
+            ctx:sleep(LONG)
+          end
+        end)
+      end
+    end
+
+    local function killer_entry(ctx)
+      ctx:on_message(function(victim) victim:kill() end)
+    end
+
+    for _, how in ipairs({ "spin", "sleep" }) do
+      it(("a request whose receiver is killed while handling it (%s) fails at once: " ..
+        '"isolate down: killed" (main state)'):format(how), function()
+        with_cluster({ workers = 2 }, function(c)
+          local killer = c:spawn_isolate(killer_entry)
+          local target = c:spawn_isolate(killed_while_handling(how), { killer = killer })
+          local t0 = W.now()
+          local err = error_of(function() return target:request("work", LONG) end)
+          assert.equal("isolate down: killed", err)
+          assert.truthy(W.now() - t0 < LONG / 2, "the request waited for its timeout")
+        end)
+      end)
+
+      it(("... and in an isolate (%s)"):format(how), function()
+        with_cluster({ workers = 2 }, function(c)
+          local killer = c:spawn_isolate(killer_entry)
+          local target = c:spawn_isolate(killed_while_handling(how), { killer = killer })
+          isolate_requester(c, target, "work", LONG)
+          local out = await_outcome(c, LONG / 3)
+          assert.truthy(out, "the requester got nothing in time")
+          assert.equal("isolate down: killed", out.err)
+        end)
+      end)
+    end
+
+    it("requests still queued in the mailbox when the receiver dies fail at once with its reason", function()
+      with_cluster({ workers = 3 }, function(c)
+        -- The target is in a blocking C call: a kill takes effect when the
+        -- call returns, and meanwhile requests queue in its mailbox.
+        local target = c:spawn_isolate(function(ctx)
+          ctx:property("main"):send("in C")
+          os.execute("sleep 3")
+        end, { main = c.main })
+        assert.equal("in C", (W.receive(c)))
+        assert.is_true(target:kill())
+        isolate_requester(c, target, "second", LONG)
+        isolate_requester(c, target, "third", LONG)
+        assert.equal("isolate down: killed", error_of(function() return target:request("first", LONG) end))
+        for _ = 1, 2 do
+          local out = await_outcome(c, LONG / 3)
+          assert.truthy(out, "a requester got nothing in time")
+          assert.equal("isolate down: killed", out.err)
+        end
+      end)
+    end)
+
+    it("a request whose receiver crashes before answering fails at once with the error", function()
+      with_cluster({ workers = 2 }, function(c)
+        local target = c:spawn_isolate(function(ctx)
+          ctx:on_message(function()
+            ctx:reply_later() -- the answer would come later...
+            ctx:after(0, function() error("crashed on purpose") end) -- ...but it crashes first
+          end)
+        end)
+        local err = error_of(function() return target:request("work", LONG) end)
+        assert.matches("^isolate down: error: .*crashed on purpose", err)
+      end)
+    end)
+
+    it("a request whose receiver stops before answering fails at once with its reason", function()
+      with_cluster({ workers = 2 }, function(c)
+        local target = c:spawn_isolate(function(ctx)
+          ctx:on_message(function()
+            ctx:reply_later()
+            ctx:stop("gone fishing")
+          end)
+        end)
+        isolate_requester(c, target, "work", LONG)
+        local out = await_outcome(c, LONG / 3)
+        assert.truthy(out, "the requester got nothing in time")
+        assert.equal("isolate down: gone fishing", out.err)
+      end)
+    end)
+
+    it("a request handler past memory_limit takes its isolate down, and the requester fails at once with " ..
+      '"isolate down: error: ... not enough memory"', function()
+      with_cluster({ workers = 2 }, function(c)
+        local bystander = c:spawn_isolate(W.echo_entry)
+        local hog = c:spawn_isolate(function(ctx)
+          ctx:on_message(function()
+            local t = {}
+            for i = 1, 1e8 do t[i] = { i } end
+            return #t
+          end)
+        end, nil, { memory_limit = 2 * 1024 * 1024 })
+        local err = error_of(function() return hog:request("eat", LONG) end)
+        assert.matches("^isolate down: error: .*not enough memory", err)
+        assert.truthy(wait_down(hog), "the isolate stayed up after running out of memory")
+        -- the same from an isolate
+        local hog2 = c:spawn_isolate(function(ctx)
+          ctx:on_message(function()
+            local s = {}
+            for i = 1, 1e8 do s[i] = ("x"):rep(64) .. i end
+            return #s
+          end)
+        end, nil, { memory_limit = 2 * 1024 * 1024 })
+        isolate_requester(c, hog2, "eat", LONG)
+        local out = await_outcome(c, LONG / 3)
+        assert.truthy(out, "the requester got nothing in time")
+        assert.matches("^isolate down: error: .*not enough memory", out.err)
+        assert.equal("fine", bystander:request("fine", W.TIMEOUT))
+      end)
+    end)
+  end)
+
+  describe("a finished wait or a cancelled timer holds nothing back (§3.8)", function()
+    -- Each waits 15 s if it holds a drain back; a drain that is not held
+    -- takes milliseconds. The bound between the two is generous.
+    local HELD, BOUND = 15, 7
+
+    local function drain_time(c)
+      local took, ok, quiet = W.timed(c.drain, c, 2 * HELD)
+      assert.is_true(ok)
+      assert.is_true(quiet)
+      return took
+    end
+
+    it("a finished request (its timeout no longer armed)", function()
+      with_cluster({ workers = 2 }, function(c)
+        local echo = c:spawn_isolate(W.echo_entry)
+        c:spawn_isolate(function(ctx)
+          local main, e = ctx:property("main"), ctx:property("echo")
+          ctx:on_message(function() end) -- stays up, idle
+          main:send({ reply = e:request("hi", ctx:property("held")) })
+        end, { main = c.main, echo = echo, held = HELD })
+        local out = await_outcome(c, W.TIMEOUT)
+        assert.equal("hi", out and out.reply)
+        assert.truthy(drain_time(c) < BOUND, "drain waited for the finished request's timeout")
+      end)
+    end)
+
+    it("an answered receive(timeout)", function()
+      with_cluster({ workers = 2 }, function(c)
+        local r = c:spawn_isolate(function(ctx)
+          local main = ctx:property("main")
+          ctx:on_message(function() end)
+          main:send({ reply = "waiting" })
+          main:send({ reply = ctx:receive(ctx:property("held")) })
+        end, { main = c.main, held = HELD })
+        assert.equal("waiting", await_outcome(c, W.TIMEOUT).reply)
+        assert.is_true(r:send("there you go"))
+        assert.equal("there you go", await_outcome(c, W.TIMEOUT).reply)
+        assert.truthy(drain_time(c) < BOUND, "drain waited for the answered receive's timeout")
+      end)
+    end)
+
+    it("a cancelled after(s, f)", function()
+      with_cluster({ workers = 2 }, function(c)
+        c:spawn_isolate(function(ctx)
+          ctx:on_message(function() end)
+          local t = ctx:after(ctx:property("held"), function() end)
+          t:cancel()
+          ctx:property("main"):send({ reply = "cancelled" })
+        end, { main = c.main, held = HELD })
+        assert.equal("cancelled", await_outcome(c, W.TIMEOUT).reply)
+        assert.truthy(drain_time(c) < BOUND, "drain waited for the cancelled timer")
+      end)
+    end)
+
+    it("an after(s, f) still armed does hold a drain back (it is work to come)", function()
+      with_cluster({ workers = 2 }, function(c)
+        c:spawn_isolate(function(ctx)
+          local main = ctx:property("main")
+          ctx:on_message(function() end)
+          ctx:after(1, function() main:send("fired") end)
+          main:send({ reply = "armed" })
+        end, { main = c.main })
+        assert.equal("armed", await_outcome(c, W.TIMEOUT).reply)
+        assert.is_true(c:drain(2 * HELD))
+        assert.equal("fired", c:receive(0))
+      end)
+    end)
+
+    it("a script that ends without shutdown exits without waiting for a finished request's timeout", function()
+      -- The <close> drain waits up to 5 s for timers due before then: the
+      -- request's timeout is due within them, and the script must not wait.
+      local held = 4.5
+      local took, ran, out, status = W.timed(W.run_lua, ([[
+        local ic = require("isolate_cluster")
+        local c <close> = ic.single_node({ workers = 2 })
+        local echo = c:spawn_isolate(function(ctx) ctx:on_message(function(m) return m end) end)
+        c:spawn_isolate(function(ctx)
+          local e = ctx:property("echo")
+          ctx:on_message(function() end)
+          ctx:property("main"):send(e:request("done", %g))
+        end, { main = c.main, echo = echo })
+        print(c:receive(10))
+      ]]):format(held), 60)
+      assert.is_true(ran)
+      assert.equal(0, status, out)
+      assert.truthy(out:find("done", 1, true), out)
+      assert.truthy(took < held, ("the script took %.1f s to end"):format(took))
+    end)
+
+    it("a dropped cluster with an every(s, f) timer does not stall a later collectgarbage()", function()
+      do
+        local c = ic.single_node({ workers = 1 })
+        c:spawn_isolate(function(ctx) ctx:every(0.01, function() end) end)
+        local _ = c.main -- used, then dropped
+      end
+      local took = W.timed(collectgarbage)
+      assert.truthy(took < 3, ("collectgarbage took %.1f s"):format(took))
+    end)
+  end)
+
   describe("the preemption hook", function()
     it('deep recursion in a Lua callback called from C (string.gsub) raises "stack overflow" promptly', function()
       -- Re-arming the hook used to walk the whole call stack every few

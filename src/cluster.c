@@ -567,8 +567,10 @@ static int cluster_quiet(ic_cluster *c, uint64_t deadline) {
     if (isolate_busy(iso)) quiet = 0;
   }
   plat_mutex_unlock(&c->lock);
-  /* A timer that fires before the deadline is work still to come. */
-  if (quiet && timer_next_deadline(&c->timers) < deadline) quiet = 0;
+  /* A one-shot timer (or a wait's timeout) that fires before the deadline
+   * is work still to come; a cancelled one or a finished wait's is gone
+   * from the wheel, and an `every` never ends, so it is not waited for. */
+  if (quiet && timer_held_before(&c->timers, deadline)) quiet = 0;
   return quiet;
 }
 

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <msgpuck.h>
+
 #include "cluster.h"
 #include "codec.h"
 #include "lstate.h"
@@ -44,24 +46,117 @@ void isolate_retain(ic_isolate *iso) { atomic_fetch_add_explicit(&iso->refs, 1, 
 
 static void stop_children(ic_isolate *iso);
 
-/* Answers a request that will never be handled, so the requester fails fast.
- * The error value is a MessagePack string, as every reply's value is. */
-static void refuse_request(ic_isolate *iso, ic_msg *m, const char *why) {
-  if (m->kind != MSG_REQUEST || !m->sender) return;
-  char bytes[64];
-  size_t len = strlen(why);
-  if (len > sizeof bytes - 5) len = sizeof bytes - 5;
-  ic_msg *r = msg_new(MSG_REPLY_ERROR, bytes, codec_put_str(bytes, why, (uint32_t)len));
+/* Longest down reason a refused requester gets (a traceback may be long). */
+#define REFUSAL_REASON_MAX 2048
+
+/* Fails request corr of `to` at once: a MSG_REPLY_ERROR whose value is the
+ * MessagePack string "isolate down: <reason>" (every reply's value is
+ * MessagePack). Out of memory: nothing is sent, the requester times out. */
+static void refuse_corr(ic_isolate *iso, ic_isolate *to, uint64_t corr) {
+  static const char prefix[] = "isolate down";
+  const char *reason = iso->reason;
+  size_t rlen = reason ? strlen(reason) : 0;
+  if (rlen > REFUSAL_REASON_MAX) rlen = REFUSAL_REASON_MAX;
+  size_t len = sizeof prefix - 1 + (reason ? 2 + rlen : 0);
+  ic_msg *r = msg_new(MSG_REPLY_ERROR, NULL, len + 5);
   if (!r) return;
-  r->corr = m->corr;
-  isolate_post_sys(m->sender, r, iso->worker);
+  char *w = mp_encode_strl(r->inline_data, (uint32_t)len);
+  memcpy(w, prefix, sizeof prefix - 1);
+  w += sizeof prefix - 1;
+  if (reason) {
+    memcpy(w, ": ", 2);
+    memcpy(w + 2, reason, rlen);
+    w += 2 + rlen;
+  }
+  r->len = (size_t)(w - r->inline_data);
+  r->corr = corr;
+  isolate_post_sys(to, r, iso->worker);
+}
+
+/* Answers a request that will never be handled, so the requester fails fast. */
+static void refuse_request(ic_isolate *iso, ic_msg *m) {
+  if (m->kind == MSG_REQUEST && m->sender) refuse_corr(iso, m->sender, m->corr);
+}
+
+typedef struct open_request {
+  ic_isolate *sender; /* strong reference; NULL = free slot */
+  uint64_t corr;
+} open_request;
+
+static size_t open_slot_of(const ic_isolate *sender, uint64_t corr, size_t mask) {
+  uint64_t x = (uint64_t)(uintptr_t)sender ^ (corr * 0x9e3779b97f4a7c15ULL);
+  x ^= x >> 31;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 29;
+  return (size_t)x & mask;
+}
+
+static void open_put(open_request *t, size_t mask, open_request e) {
+  size_t j = open_slot_of(e.sender, e.corr, mask);
+  while (t[j].sender) j = (j + 1) & mask;
+  t[j] = e;
+}
+
+int isolate_open_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr) {
+  if ((iso->open_len + 1) * 2 > iso->open_cap) {
+    size_t cap = iso->open_cap ? iso->open_cap * 2 : 8;
+    open_request *t = calloc(cap, sizeof *t);
+    if (!t) return ENOMEM;
+    for (size_t i = 0; i < iso->open_cap; i++)
+      if (iso->open_reqs[i].sender) open_put(t, cap - 1, iso->open_reqs[i]);
+    free(iso->open_reqs);
+    iso->open_reqs = t;
+    iso->open_cap = cap;
+  }
+  isolate_retain(sender);
+  open_put(iso->open_reqs, iso->open_cap - 1, (open_request){sender, corr});
+  iso->open_len++;
+  return 0;
+}
+
+void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr) {
+  if (!iso->open_len) return;
+  open_request *t = iso->open_reqs;
+  size_t mask = iso->open_cap - 1, j = open_slot_of(sender, corr, mask);
+  while (t[j].sender != sender || t[j].corr != corr) {
+    if (!t[j].sender) return; /* not tracked (no memory then) */
+    j = (j + 1) & mask;
+  }
+  t[j].sender = NULL;
+  iso->open_len--;
+  /* Backward-shift deletion: the entries after j in its run move up when
+   * their home slot is not in (j, k], so no lookup ever stops early. */
+  for (size_t k = (j + 1) & mask; t[k].sender; k = (k + 1) & mask) {
+    size_t h = open_slot_of(t[k].sender, t[k].corr, mask);
+    int stays = j < k ? (h > j && h <= k) : (h > j || h <= k);
+    if (stays) continue;
+    t[j] = t[k];
+    t[k].sender = NULL;
+    j = k;
+  }
+  isolate_release(sender); /* the caller's ref still holds it */
+}
+
+/* Going down: every request taken and not answered fails at its requester
+ * with this isolate's down reason. */
+static void refuse_open_requests(ic_isolate *iso) {
+  open_request *t = iso->open_reqs;
+  size_t cap = iso->open_cap;
+  iso->open_reqs = NULL;
+  iso->open_len = iso->open_cap = 0;
+  for (size_t i = 0; i < cap; i++) {
+    if (!t[i].sender) continue;
+    refuse_corr(iso, t[i].sender, t[i].corr);
+    isolate_release(t[i].sender);
+  }
+  free(t);
 }
 
 static size_t drain_dead_letters(ic_isolate *iso) {
   size_t n = 0;
   ic_msg *m;
   while ((m = mailbox_pop(&iso->mbox)) != NULL) {
-    refuse_request(iso, m, "isolate down");
+    refuse_request(iso, m);
     msg_free(m);
     n++;
   }
@@ -78,6 +173,7 @@ void isolate_release(ic_isolate *iso) {
   if (dead && c) atomic_fetch_add(&c->dead_letters, dead);
   if (iso->L) lstate_close(iso);
   pool_release(&iso->pool); /* also after a state that failed to open */
+  refuse_open_requests(iso);
   stop_children(iso);
   free(iso->path);
   free(iso->reason);
@@ -167,6 +263,7 @@ static void isolate_finish(ic_isolate *iso) {
     cluster_log(c, "isolate_cluster: isolate %s (id %llu) went down: %s",
                 iso->path ? iso->path : "(no path)", (unsigned long long)iso->id, reason);
   if (iso->L) lstate_close(iso);
+  refuse_open_requests(iso);
   size_t dead = drain_dead_letters(iso);
   if (dead) atomic_fetch_add(&c->dead_letters, dead);
   stop_children(iso);

@@ -91,6 +91,11 @@ typedef struct ic_isolate {
   pool pool;                    /* the Lua state's small blocks (isolate_alloc in lstate.c):
                                    touched only by the thread running the state, released
                                    by lstate_close or isolate_release */
+  /* Requests this isolate has taken from its mailbox and not answered yet
+   * (open addressing on sender and corr; owner thread only): when it goes
+   * down, each requester gets "isolate down: <reason>" at once. */
+  struct open_request *open_reqs;
+  size_t open_len, open_cap;
   struct ic_isolate **children; /* spawned by this isolate and linked to it */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */
@@ -132,6 +137,13 @@ void isolate_abandon(ic_isolate *iso, const char *reason);
 /* Links child to parent: the child is shut down when the parent goes down.
  * Parent's thread only. 0 or ENOMEM. */
 int isolate_link_child(ic_isolate *parent, ic_isolate *child);
+
+/* A request iso has taken: sender (retained until it is answered) and corr.
+ * The owner thread only. 0, or ENOMEM (then it is not tracked: a requester
+ * whose receiver dies before answering waits for its timeout). */
+int isolate_open_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr);
+/* The request is answered: forgets it. Owner thread only. */
+void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr);
 
 /* interrupt codes */
 enum { INTERRUPT_KILL = 1, INTERRUPT_SHUTDOWN = 2 };

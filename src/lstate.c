@@ -573,15 +573,30 @@ static int l_core_reply(lua_State *L) {
   if (!m) return push_send_result(L, "out of memory");
   m->corr = (uint64_t)corr;
   ic_isolate *self = self_of(L);
-  return push_send_result(L, isolate_post_sys(r->iso, m, self->worker));
+  ic_isolate *to = r->iso;
+  const char *why = isolate_post_sys(to, m, self->worker);
+  /* Answered (or its requester is gone): no longer refused at the end. */
+  isolate_close_request(self, to, (uint64_t)corr);
+  return push_send_result(L, why);
 }
 
+/* core.timer(id, seconds [, periodic]): arms this isolate's timer id. */
 static int l_core_timer(lua_State *L) {
   lua_Integer id = luaL_checkinteger(L, 1);
   lua_Number s = luaL_checknumber(L, 2);
+  int periodic = lua_toboolean(L, 3);
   ic_isolate *self = self_of(L);
-  if (timer_arm(&self->cluster->timers, self, (uint64_t)id, plat_seconds_to_ns(s)))
-    return luaL_error(L, "out of memory arming a timer");
+  int rc = timer_arm(&self->cluster->timers, self, (uint64_t)id, plat_seconds_to_ns(s), periodic);
+  if (rc == ECANCELED) return luaL_error(L, "cannot arm a timer: the cluster has shut down");
+  if (rc) return luaL_error(L, "out of memory arming a timer");
+  return 0;
+}
+
+/* core.cancel_timer(id): a wait that has finished or a timer cancelled. */
+static int l_core_cancel_timer(lua_State *L) {
+  lua_Integer id = luaL_checkinteger(L, 1);
+  ic_isolate *self = self_of(L);
+  timer_cancel(&self->cluster->timers, self, (uint64_t)id);
   return 0;
 }
 
@@ -979,7 +994,7 @@ static int l_boot(lua_State *L) {
 
   static const luaL_Reg core[] = {
       {"self", l_core_self}, {"main", l_core_main}, {"request", l_core_request},
-      {"reply", l_core_reply}, {"timer", l_core_timer}, {"spawn", l_core_spawn},
+      {"reply", l_core_reply}, {"timer", l_core_timer}, {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn},
       {"lookup", l_core_lookup}, {"lookup_prefix", l_core_lookup_prefix},
       {"subscribe", l_core_subscribe}, {"events", l_core_events}, {"up", l_core_up},
       {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
@@ -1128,6 +1143,10 @@ void lstate_boot(ic_isolate *iso) {
 }
 
 void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
+  /* From here the request is this isolate's to answer; if it goes down
+   * first, the requester hears so at once (isolate_finish). Without memory
+   * to track it, it can still be answered, or it times out. */
+  if (m && m->kind == MSG_REQUEST && m->sender) isolate_open_request(iso, m->sender, m->corr);
   lua_State *P = iso->pump;
   if (!P) {
     isolate_set_ending(iso, "error: isolate state unavailable");

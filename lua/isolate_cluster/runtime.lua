@@ -69,7 +69,12 @@ S.fail_with = fail_with
 -- The end of a request handler: its first return value is the reply, its
 -- error is raised at the requester. With reply_later the answer comes from
 -- elsewhere, unless the handler failed before giving it.
+-- An error that is not the table on_error makes was never captured: the
+-- handler (or on_error itself) ran out of memory. The isolate goes down
+-- with it ("error: not enough memory"), and C fails the request with that
+-- reason, as every request still open when an isolate goes down.
 local function done_reply(job, ok, r)
+  if not ok and type(r) ~= "table" then return fail_with(r) end
   local sender, corr, deferred = job.reply_to, job.corr, job.deferred
   if deferred and (ok or deferred.used) then return end
   if ok then

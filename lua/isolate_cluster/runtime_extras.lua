@@ -133,8 +133,11 @@ local function wait(kind, token, timeout, what)
   return coyield(WAIT)
 end
 
+-- The wait is over: its timeout, if it has one still armed, goes too (an
+-- armed timer holds a drain back, and its isolate).
 local function wake(job, ...)
   S.current = false
+  if job.timer then core.cancel_timer(job.timer) end
   job.kind, job.token, job.timer = false, false, false
   return resume(job, ...)
 end
@@ -198,11 +201,12 @@ local function dispatch(kind, m)
     -- Otherwise a late reply to a request that timed out: dropped.
   elseif kind == K_TIMER then
     if cur and cur.timer == corr then
+      cur.timer = false -- fired: nothing to cancel
       wake(cur, TIMEOUT)
     else
       local t = timers[corr]
       if t then
-        if t.every then core.timer(corr, t.every) else timers[corr] = nil end
+        if t.every then core.timer(corr, t.every, true) else timers[corr] = nil end
         enqueue(t.fn, t.handle)
       end
     end
@@ -241,7 +245,10 @@ end
 local Timer = {}
 Timer.__index = Timer
 function Timer:cancel()
-  timers[self.id] = nil
+  if timers[self.id] then
+    timers[self.id] = nil
+    core.cancel_timer(self.id)
+  end
 end
 
 local function check_fn(fn, what)
@@ -321,7 +328,7 @@ local function add_timer(seconds, fn, every, name)
   next_timer = next_timer + 1
   local t = setmetatable({ id = next_timer }, Timer)
   timers[next_timer] = { fn = fn, every = every and seconds or nil, handle = t }
-  core.timer(next_timer, seconds)
+  core.timer(next_timer, seconds, every)
   return t
 end
 
