@@ -273,6 +273,175 @@ describe("lifecycle rules", function()
     end)
   end)
 
+  describe("ending (§3.7)", function()
+    -- Forwards every down event to main as { down = ref, reason = }.
+    local function spawn_watcher(c)
+      local w = c:spawn_isolate(function(ctx)
+        local main = ctx:property("main")
+        ctx:on_isolate_down(function(ref, reason) main:send({ down = ref, reason = reason }) end)
+        ctx:on_message(function() return "watching" end)
+      end, { main = c.main })
+      assert.equal("watching", w:request("ready?", W.TIMEOUT))
+      return w
+    end
+
+    local function reason_of(c, ref, timeout)
+      local ev = W.receive_match(c, function(m)
+        return type(m) == "table" and m.down ~= nil and m.down == ref
+      end, timeout)
+      assert.truthy(ev, "no down event for " .. tostring(ref))
+      return ev.reason
+    end
+
+    it("20,000 one-shot task isolates end by themselves: the live count goes back to 0", function()
+      with_cluster({ workers = 2 }, function(c)
+        local task = function(ctx)
+          local n = ctx:property("n")
+          local sum = 0
+          for i = 1, n do sum = sum + i end
+        end
+        for i = 1, 20000 do c:spawn_isolate(task, { n = i % 100 }) end
+        assert.truthy(W.wait_until(function() return c:stats().isolates == 0 end, 120),
+          ("%d isolates still live"):format(c:stats().isolates))
+        assert.equal(20000, c:stats().spawned)
+      end)
+    end)
+
+    it('a one-shot isolate goes down with reason "normal"', function()
+      with_cluster({ workers = 2 }, function(c)
+        spawn_watcher(c)
+        local r = c:spawn_isolate(function() end)
+        assert.equal("normal", reason_of(c, r))
+      end)
+    end)
+
+    it("an isolate with only an on_message handler stays", function()
+      with_cluster({ workers = 2 }, function(c)
+        spawn_watcher(c)
+        local stays = c:spawn_isolate(W.echo_entry)
+        local ends = c:spawn_isolate(function() end)
+        assert.equal("normal", reason_of(c, ends))
+        -- the entry of `stays` has returned before it takes this request
+        assert.equal("still here", stays:request("still here", W.TIMEOUT))
+      end)
+    end)
+
+    it("an isolate that only registered on_isolate_down stays (and hears of others)", function()
+      with_cluster({ workers = 2 }, function(c)
+        local listener = c:spawn_isolate(function(ctx)
+          local main = ctx:property("main")
+          ctx:on_isolate_down(function(ref, reason) main:send({ down = ref, reason = reason }) end)
+          main:send("listening")
+        end, { main = c.main })
+        assert.equal("listening", (W.receive(c)))
+        local task = c:spawn_isolate(function() end)
+        assert.equal("normal", reason_of(c, task))
+        assert.is_true(listener:send("are you there?"))
+      end)
+    end)
+
+    it("an isolate with a pending after(s, f) stays until it fires, then ends if nothing else", function()
+      with_cluster({ workers = 2 }, function(c)
+        spawn_watcher(c)
+        local r = c:spawn_isolate(function(ctx)
+          local main = ctx:property("main")
+          ctx:after(0.05, function() main:send("fired") end)
+        end, { main = c.main })
+        assert.equal("fired", (W.receive(c)))
+        assert.equal("normal", reason_of(c, r))
+      end)
+    end)
+
+    it("an every(s, f) timer keeps it up until it is cancelled", function()
+      with_cluster({ workers = 2 }, function(c)
+        spawn_watcher(c)
+        local r = c:spawn_isolate(function(ctx)
+          local main, n = ctx:property("main"), 0
+          ctx:every(0.01, function(t)
+            n = n + 1
+            if n == 3 then
+              main:send("cancelling")
+              t:cancel()
+            end
+          end)
+        end, { main = c.main })
+        assert.equal("cancelling", (W.receive(c)))
+        assert.equal("normal", reason_of(c, r))
+      end)
+    end)
+
+    it("an isolate whose handlers are all removed (nil) ends", function()
+      with_cluster({ workers = 2 }, function(c)
+        spawn_watcher(c)
+        local r = c:spawn_isolate(function(ctx)
+          ctx:on_shutdown(function() end)
+          ctx:on_message(function(m)
+            if m == "done" then
+              ctx:on_shutdown(nil)
+              ctx:on_message(nil)
+            end
+            return m
+          end)
+        end)
+        assert.equal("ping", r:request("ping", W.TIMEOUT))
+        assert.equal("done", r:request("done", W.TIMEOUT))
+        assert.equal("normal", reason_of(c, r))
+      end)
+    end)
+
+    it("an on_shutdown handler keeps it up; a waiting entry too, until its wait ends", function()
+      with_cluster({ workers = 2 }, function(c)
+        spawn_watcher(c)
+        local main = c.main
+        local keeper = c:spawn_isolate(function(ctx) ctx:on_shutdown(function() end) end)
+        local waiter = c:spawn_isolate(function(ctx)
+          local got = ctx:receive(20)
+          ctx:property("main"):send({ got = got })
+        end, { main = main })
+        assert.is_true(waiter:send("wake up"))
+        assert.equal("wake up", W.receive_match(c, function(m) return type(m) == "table" and m.got end).got)
+        assert.equal("normal", reason_of(c, waiter))
+        assert.is_true(keeper:send("still up?"))
+      end)
+    end)
+
+    it("a launcher that spawns workers and returns stays while they are up, then ends", function()
+      with_cluster({ workers = 2 }, function(c)
+        spawn_watcher(c)
+        local launcher = c:spawn_isolate(function(ctx)
+          for _ = 1, 3 do
+            ctx:spawn_isolate(function(w)
+              w:on_message(function() w:stop() end)
+            end, nil, { path = "/launched/" })
+          end
+        end)
+        local workers = W.wait_until(function()
+          local l = c:lookup_isolates("/launched/")
+          return #l == 3 and l
+        end)
+        assert.truthy(workers, "the workers did not come up")
+        for _, w in ipairs(workers) do
+          assert.is_true(launcher:send("probe"), "the launcher ended while its workers were up")
+          assert.is_true(w:send("stop"))
+          assert.equal("normal", reason_of(c, w))
+        end
+        assert.equal("normal", reason_of(c, launcher))
+      end)
+    end)
+
+    it("messages queued for an isolate that ends are dead letters; queued requests fail with the reason", function()
+      with_cluster({ workers = 2 }, function(c)
+        local r = c:spawn_isolate(function(ctx)
+          ctx:property("main"):send("in C")
+          os.execute("sleep 1") -- meanwhile a request queues up
+        end, { main = c.main })
+        assert.equal("in C", (W.receive(c)))
+        local err = error_of(function() return r:request("anyone?", LONG) end)
+        assert.truthy(err == "isolate down: normal" or err:find("failed: isolate down", 1, true), err)
+      end)
+    end)
+  end)
+
   describe("the preemption hook", function()
     it('deep recursion in a Lua callback called from C (string.gsub) raises "stack overflow" promptly', function()
       -- Re-arming the hook used to walk the whole call stack every few

@@ -831,15 +831,17 @@ int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *er
     return rc;
   }
   atomic_fetch_add(&c->spawned, 1);
+  /* Linked before it starts: the child tells its parent when it goes down
+   * (and may do so at once). */
+  if (a->creator && !a->detached && isolate_link_child(a->creator, iso))
+    cluster_log(c, "isolate_cluster: out of memory: isolate %llu is not linked to its parent",
+                (unsigned long long)iso->id);
   rc = cluster_start_isolate(c, iso, a->creator ? a->creator->worker : NULL);
   if (rc) {
     snprintf(errbuf, errlen, "cannot start the isolate: %s", strerror(rc));
     isolate_release(iso);
     return rc;
   }
-  if (a->creator && !a->detached && isolate_link_child(a->creator, iso))
-    cluster_log(c, "isolate_cluster: out of memory: isolate %llu is not linked to its parent",
-                (unsigned long long)iso->id);
   *out = iso;
   return 0;
 oom_iso:

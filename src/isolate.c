@@ -45,6 +45,7 @@ ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
 void isolate_retain(ic_isolate *iso) { atomic_fetch_add_explicit(&iso->refs, 1, memory_order_relaxed); }
 
 static void stop_children(ic_isolate *iso);
+static void tell_parent(ic_isolate *iso);
 
 /* Longest down reason a refused requester gets (a traceback may be long). */
 #define REFUSAL_REASON_MAX 2048
@@ -175,6 +176,7 @@ void isolate_release(ic_isolate *iso) {
   pool_release(&iso->pool); /* also after a state that failed to open */
   refuse_open_requests(iso);
   stop_children(iso);
+  if (iso->parent) isolate_release(iso->parent);
   free(iso->path);
   free(iso->reason);
   blob_release(iso->props);
@@ -267,6 +269,7 @@ static void isolate_finish(ic_isolate *iso) {
   size_t dead = drain_dead_letters(iso);
   if (dead) atomic_fetch_add(&c->dead_letters, dead);
   stop_children(iso);
+  tell_parent(iso);
   cluster_unregister(c, iso, reason);
 }
 
@@ -294,7 +297,25 @@ int isolate_link_child(ic_isolate *parent, ic_isolate *child) {
   }
   isolate_retain(child);
   parent->children[parent->nchildren++] = child;
+  isolate_retain(parent);
+  child->parent = parent;
+  parent->live_children++;
   return 0;
+}
+
+/* A linked child went down: its parent may now have nothing left to run. */
+static void tell_parent(ic_isolate *iso) {
+  ic_isolate *parent = iso->parent;
+  if (!parent) return;
+  iso->parent = NULL;
+  ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
+  if (m) {
+    m->corr = CONTROL_CHILD_DOWN;
+    isolate_post_sys(parent, m, iso->worker);
+  }
+  /* Out of memory: the parent keeps counting this child as live, so it
+   * stays up rather than ending early. */
+  isolate_release(parent);
 }
 
 /* The children of an isolate that goes down are shut down with it (their
@@ -346,6 +367,10 @@ static void handle_control(ic_isolate *iso, int code) {
     break;
   case CONTROL_KILL:
     isolate_set_ending(iso, atomic_load(&iso->interrupt) == INTERRUPT_SHUTDOWN ? "shutdown" : "killed");
+    break;
+  case CONTROL_CHILD_DOWN:
+    if (iso->live_children) iso->live_children--;
+    if (iso->L && !iso->live_children) lstate_dispatch(iso, LSTATE_CHECK, NULL);
     break;
   default:
     break;

@@ -97,6 +97,10 @@ typedef struct ic_isolate {
   struct open_request *open_reqs;
   size_t open_len, open_cap;
   struct ic_isolate **children; /* spawned by this isolate and linked to it */
+  struct ic_isolate *parent;    /* the isolate this one is linked to (strong), told
+                                   when this one goes down; set before it starts */
+  size_t live_children;         /* linked children not yet down (owner thread):
+                                   they keep an isolate with nothing else to run up */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */
   uint64_t slice_deadline;      /* preemption: the current turn's end */

@@ -648,6 +648,12 @@ static int l_core_events(lua_State *L) {
   return 1;
 }
 
+/* core.children() -> true while a linked child of this isolate is up. */
+static int l_core_children(lua_State *L) {
+  lua_pushboolean(L, self_of(L)->live_children > 0);
+  return 1;
+}
+
 static int l_core_up(lua_State *L) {
   ic_isolate *self = self_of(L);
   if (!self->up) cluster_announce_up(self->cluster, self);
@@ -997,6 +1003,7 @@ static int l_boot(lua_State *L) {
       {"reply", l_core_reply}, {"timer", l_core_timer}, {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn},
       {"lookup", l_core_lookup}, {"lookup_prefix", l_core_lookup_prefix},
       {"subscribe", l_core_subscribe}, {"events", l_core_events}, {"up", l_core_up},
+      {"children", l_core_children},
       {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
       {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
       {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},

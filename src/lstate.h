@@ -18,7 +18,8 @@
 #define LREF_MT "isolate_cluster.ref"
 
 /* Kinds passed to the runtime's dispatch beyond the MSG_* message kinds. */
-enum { LSTATE_EVENTS = 10, LSTATE_RESUME = 11, LSTATE_SHUTDOWN = 12, LSTATE_START = 13 };
+enum { LSTATE_EVENTS = 10, LSTATE_RESUME = 11, LSTATE_SHUTDOWN = 12, LSTATE_START = 13,
+       LSTATE_CHECK = 14 /* something that kept the isolate up has gone: may it end? */ };
 
 /* Installs the one-shot interrupt/preemption hook on iso's running Lua
  * thread, if any. Caller holds iso->hook_lock. Any thread: this is the

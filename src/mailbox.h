@@ -39,7 +39,7 @@ enum {
   MSG_TIMER,       /* timer corr fired */
   MSG_CONTROL,     /* corr is one of the CONTROL_* codes below */
 };
-enum { CONTROL_SHUTDOWN = 1, CONTROL_KILL, CONTROL_STOP };
+enum { CONTROL_SHUTDOWN = 1, CONTROL_KILL, CONTROL_STOP, CONTROL_CHILD_DOWN };
 
 typedef struct ic_msg {
   _Atomic(struct ic_msg *) next;

@@ -92,6 +92,19 @@ S.noop = noop
 
 local pump_job -- the record of the current pump
 
+-- Ending (SPEC §3.7): once the entry function has returned, an isolate with
+-- nothing left to run goes down with reason "normal": no message handler,
+-- no up/down/shutdown handler, no timer, no waiting or queued handler run
+-- (the extras know those), and no linked child still up (a launcher that
+-- spawns workers and returns stays while they work). Checked after every
+-- dispatch, so also when the last timer fires or is cancelled, a handler is
+-- removed, or the last child goes down (C dispatches a check then).
+local children = core.children
+local function nothing_left()
+  return S.entry_done and not S.failed and not handlers.message and (not X or X.idle())
+    and not children()
+end
+
 local function pump_body(m, kind)
   local pjob = pump_job
   while true do
@@ -124,6 +137,7 @@ local function pump_body(m, kind)
       pjob.active, pjob.entry = true, true
       local ok, r = xpcall(m, on_error, S.CONTEXT)
       pjob.active = false
+      S.entry_done = true
       if not ok then
         fail_with(r)
       elseif pjob.entry then
@@ -142,6 +156,10 @@ local function pump_body(m, kind)
       mode = WAIT_BLOCKED
     elseif X then
       mode = X.settle()
+    end
+    if mode == WAIT_NONE and nothing_left() then
+      S.fail("normal")
+      mode = WAIT_BLOCKED
     end
     m, kind = coyield(mode)
   end
@@ -189,9 +207,13 @@ function methods:properties()
   return self_ref:properties()
 end
 
+-- A handler is removed with nil (an isolate left with no handler and
+-- nothing else to run ends, see nothing_left).
 function methods:on_message(fn)
   check_self(self, "on_message")
-  if type(fn) ~= "function" then error("on_message expects a function, got " .. type(fn), 2) end
+  if fn ~= nil and type(fn) ~= "function" then
+    error("on_message expects a function or nil, got " .. type(fn), 2)
+  end
   handlers.message = fn
 end
 

@@ -19,7 +19,7 @@ local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
 local EVENT_UP = 1
 
 local cocreate, coresume, coyield, corunning = S.cocreate, S.coresume, S.coyield, S.corunning
-local type, tostring, error, xpcall, setmetatable = type, tostring, error, xpcall, setmetatable
+local type, tostring, error, xpcall, setmetatable, next = type, tostring, error, xpcall, setmetatable, next
 local fmt = string.format
 local running, take = core.running, core.take
 
@@ -228,6 +228,12 @@ local function settle()
   return mode()
 end
 
+-- Nothing here is left to run (see nothing_left in runtime.lua).
+local function idle()
+  return not S.current and qhead > qtail and not handlers.up and not handlers.down
+    and not handlers.shutdown and next(timers) == nil
+end
+
 local function adopt(pjob, preempted)
   pjob.adopted = true
   pjob.done = noop
@@ -255,10 +261,18 @@ local function check_fn(fn, what)
   if type(fn) ~= "function" then error(fmt("%s expects a function, got %s", what, type(fn)), 3) end
 end
 
+-- Handlers are removed with nil.
+local function check_handler(fn, what)
+  if fn ~= nil and type(fn) ~= "function" then
+    error(fmt("%s expects a function or nil, got %s", what, type(fn)), 3)
+  end
+end
+
 function methods:on_isolate_up(fn, opts)
   check_self(self, "on_isolate_up")
-  check_fn(fn, "on_isolate_up")
+  check_handler(fn, "on_isolate_up")
   handlers.up = fn
+  if fn == nil then return end
   local existing = core.subscribe(opts and opts.existing or false)
   if existing then
     for i = 1, #existing do enqueue(fn, existing[i]) end
@@ -267,14 +281,14 @@ end
 
 function methods:on_isolate_down(fn)
   check_self(self, "on_isolate_down")
-  check_fn(fn, "on_isolate_down")
+  check_handler(fn, "on_isolate_down")
   handlers.down = fn
-  core.subscribe(false)
+  if fn ~= nil then core.subscribe(false) end
 end
 
 function methods:on_shutdown(fn)
   check_self(self, "on_shutdown")
-  check_fn(fn, "on_shutdown")
+  check_handler(fn, "on_shutdown")
   handlers.shutdown = fn
 end
 
@@ -390,4 +404,4 @@ local function request(ref, msg, timeout_s)
   error(value, 0)
 end
 
-return { dispatch = dispatch, settle = settle, adopt = adopt, request = request }
+return { dispatch = dispatch, settle = settle, adopt = adopt, request = request, idle = idle }
