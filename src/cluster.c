@@ -14,6 +14,10 @@
 #define TOMB ((ic_isolate *)(uintptr_t)1)
 #define DEFAULT_MAILBOX 1000000u
 #define DEFAULT_SLICE 0.002
+/* Past a shutdown's deadline: how long killed Lua code has to stop, and how
+ * long in all before a thread still in a blocking C call is left running. */
+#define SHUTDOWN_KILL_MARGIN 0.25
+#define SHUTDOWN_JOIN_MARGIN 0.5
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -140,7 +144,7 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   }
   if (timer_start(&c->timers) || sched_start(&c->sched)) {
     *err = "cannot start threads";
-    sched_stop(&c->sched);
+    sched_stop(&c->sched, UINT64_MAX);
     timer_stop(&c->timers);
     goto fail_all;
   }
@@ -645,11 +649,16 @@ static void reap_leftovers(ic_cluster *c) {
   }
 }
 
-/* Joins the threads of dedicated isolates that have gone down; one still
- * stuck (in a blocking C call, beyond the reach of the count hook) is
- * detached rather than allowed to hang the shutdown. */
-static void join_dedicated(ic_cluster *c, int in_time) {
-  (void)in_time;
+void cluster_leave_isolate(ic_cluster *c, ic_isolate *iso) {
+  cluster_log(c, "isolate_cluster: isolate %s (id %llu) did not stop (a blocking call?); its thread is left running",
+              iso->path ? iso->path : "(no path)", (unsigned long long)iso->id);
+  cluster_unregister(c, iso, "shutdown");
+}
+
+/* Joins the threads of dedicated isolates by deadline; one still stuck then
+ * (in a blocking C call, beyond the reach of the count hook) is left to the
+ * process rather than allowed to hang the shutdown. */
+static void join_dedicated(ic_cluster *c, uint64_t deadline) {
   plat_mutex_lock(&c->lock);
   ic_isolate **d = c->dedicated;
   size_t n = c->ndedicated;
@@ -658,25 +667,16 @@ static void join_dedicated(ic_cluster *c, int in_time) {
   plat_mutex_unlock(&c->lock);
   for (size_t i = 0; i < n; i++) {
     ic_isolate *iso = d[i];
-    if (atomic_load(&iso->alive)) {
-      /* Give it the time to notice the kill that was sent. */
-      uint64_t until = plat_now_ns() + plat_seconds_to_ns(0.5);
-      while (atomic_load(&iso->alive) && plat_now_ns() < until) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-      }
-    }
-    if (atomic_load(&iso->alive)) {
-      cluster_log(c, "isolate_cluster: dedicated isolate %s did not stop; its thread is left running",
-                  iso->path ? iso->path : "(no path)");
-      pthread_detach(iso->thread);
-      /* Its hold stays with the thread: the struct must outlive it. Out of
-       * the registry, so nothing else closes the state the thread still
-       * runs; the thread closes it if its C call ever returns. */
-      cluster_unregister(c, iso, "shutdown");
+    if (plat_thread_join_until(iso->thread, deadline) == ETIMEDOUT &&
+        atomic_exchange(&iso->thread_state, THREAD_LEFT) != THREAD_EXITED) {
+      /* Its hold stays with the thread, which lets go when its call
+       * returns (dedicated_main); the struct outlives it. */
+      plat_thread_detach(iso->thread);
+      plat_pin_code();
+      cluster_leave_isolate(c, iso);
       continue;
     }
-    plat_thread_join(iso->thread);
+    plat_thread_join(iso->thread); /* at once: it has ended or is ending */
     isolate_release(iso);
   }
   free(d);
@@ -760,15 +760,20 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   plat_cond_broadcast(&c->main->wcond);
   plat_mutex_unlock(&c->main->wlock);
   int in_time = wait_live_zero(c, deadline);
+  /* From here on it is past the deadline (or all is done): what follows is
+   * the small margin, whatever the isolates do. */
+  uint64_t past = plat_now_ns() > deadline ? plat_now_ns() : deadline;
   if (!in_time) {
     /* Interrupt what still runs: handlers stuck in Lua code are stopped by
-     * the count hook within a few thousand instructions. */
+     * the count hook within a few hundred instructions. */
     cluster_broadcast_control(c, CONTROL_KILL);
-    wait_live_zero(c, plat_now_ns() + plat_seconds_to_ns(1.0));
+    wait_live_zero(c, past + plat_seconds_to_ns(SHUTDOWN_KILL_MARGIN));
   }
-  sched_stop(&c->sched);
+  /* A thread still in a turn then is in a blocking C call: left running. */
+  uint64_t hard = past + plat_seconds_to_ns(SHUTDOWN_JOIN_MARGIN);
+  sched_stop(&c->sched, hard);
   timer_stop(&c->timers);
-  join_dedicated(c, in_time);
+  join_dedicated(c, hard);
   reap_leftovers(c);
   /* The main state's ref may be held by Lua values beyond this point; take
    * it out of the registry so the cluster owns nothing. */

@@ -173,6 +173,11 @@ void cluster_request_shutdown(ic_cluster *c, double timeout);
 
 void cluster_join_stopper(ic_cluster *c);
 
+/* Shutdown gives up on the thread running iso (stuck in a blocking C call):
+ * iso leaves the registry (its down event is "shutdown") and its state is
+ * left to that thread. Shutdown's thread only. */
+void cluster_leave_isolate(ic_cluster *c, ic_isolate *iso);
+
 /* After shutdown, on the main state's thread, before the owner's last
  * cluster_release: drops what was sent to the main state and never received. */
 void cluster_close(ic_cluster *c);

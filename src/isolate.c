@@ -442,6 +442,9 @@ static void *dedicated_main(void *arg) {
     plat_mutex_unlock(&iso->wlock);
     if (isolate_run(iso, NULL) == RUN_DONE) break;
   }
+  /* Left running by a shutdown (its call blocked past the deadline): the
+   * thread's hold is let go here, where nothing runs the isolate any more. */
+  if (atomic_exchange(&iso->thread_state, THREAD_EXITED) == THREAD_LEFT) isolate_release(iso);
   return NULL;
 }
 

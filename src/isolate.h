@@ -40,6 +40,11 @@ enum {
   WAIT_PREEMPTED = 3, /* a handler used up its time slice: resume it next turn */
 };
 
+/* A runtime thread that shutdown may give up on: whoever comes second of
+ * the thread ending (EXITED) and shutdown leaving it (LEFT) lets go of what
+ * the thread holds, so neither frees what the other still uses. */
+enum { THREAD_RUNNING = 0, THREAD_EXITED = 1, THREAD_LEFT = 2 };
+
 /* Results of isolate_run. */
 enum { RUN_IDLE = 0, RUN_AGAIN = 1, RUN_DONE = 2 };
 
@@ -110,6 +115,7 @@ typedef struct ic_isolate {
   plat_cond wcond;
   plat_thread thread;
   int has_thread;
+  atomic_int thread_state;      /* THREAD_*, for a dedicated thread */
 } ic_isolate;
 
 /* Allocates an isolate in the IDLE state with refs = 1 (the caller's hold). */

@@ -41,6 +41,14 @@ void plat_thread_precise_timers(void);
 /* Starts a joinable thread with a stack of stack_bytes (0 = default). */
 int plat_thread_start(plat_thread *t, void *(*fn)(void *), void *arg, size_t stack_bytes);
 int plat_thread_join(plat_thread t);
+/* Joins t if it ends by deadline_ns (monotonic): 0, or ETIMEDOUT while it
+ * still runs (then it is still joinable, or may be detached). */
+int plat_thread_join_until(plat_thread t, uint64_t deadline_ns);
+void plat_thread_detach(plat_thread t);
+/* Keeps the code of this library mapped until the process ends, even if the
+ * module is unloaded: a thread left running in a blocking call (shutdown
+ * gave up on it) must not come back to unmapped code. Best effort. */
+void plat_pin_code(void);
 
 /* Number of online processors, at least 1. */
 int plat_ncpu(void);

@@ -21,6 +21,7 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
   s->head = s->tail = NULL;
   atomic_init(&s->nidle, 0);
   s->stopping = 0;
+  atomic_init(&s->halted, 0);
   s->workers = calloc((size_t)nworkers, sizeof *s->workers);
   if (!s->workers) return ENOMEM;
   if (plat_mutex_init(&s->lock)) { free(s->workers); return ENOMEM; }
@@ -36,6 +37,7 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
     s->workers[i].index = i;
     atomic_init(&s->workers[i].lifo, NULL);
     atomic_init(&s->workers[i].lifo_pushes, 0);
+    atomic_init(&s->workers[i].exit_state, THREAD_RUNNING);
     plat_mutex_init(&s->workers[i].cur_lock);
   }
   return 0;
@@ -202,6 +204,11 @@ void sched_push(sched *s, ic_isolate *iso, worker *from) {
 /* Next isolate for w, blocking while there is none; NULL when stopping. */
 static ic_isolate *sched_next(sched *s, worker *w) {
   ic_isolate *iso = atomic_exchange(&w->lifo, NULL);
+  if (iso && atomic_load_explicit(&s->halted, memory_order_acquire)) {
+    /* A worker left running past shutdown woke it: shutdown closes it. */
+    isolate_release(iso);
+    return NULL;
+  }
   if (iso) {
     if (w->lifo_streak < LIFO_STREAK_MAX) {
       w->lifo_streak++;
@@ -252,6 +259,9 @@ static void *worker_main(void *arg) {
       isolate_release(iso);
     }
   }
+  /* Left running by a shutdown: the hold it took on the cluster (which
+   * owns this worker's struct) ends with the thread, as the last thing. */
+  if (atomic_exchange(&w->exit_state, THREAD_EXITED) == THREAD_LEFT) cluster_release(s->cluster);
   return NULL;
 }
 
@@ -268,9 +278,35 @@ int sched_start(sched *s) {
   return 0;
 }
 
-void sched_stop(sched *s) {
+/* A worker still in a turn past the deadline: its isolate is stuck in a
+ * blocking C call (Lua code would have met the kill). The thread is left
+ * to the process: it keeps the cluster alive until it ends (worker_main),
+ * and its isolate leaves the registry so nothing else closes the state the
+ * thread still runs. */
+static void leave_worker(sched *s, worker *w) {
+  cluster_retain(s->cluster);
+  if (atomic_exchange(&w->exit_state, THREAD_LEFT) == THREAD_EXITED) {
+    /* It ended just now after all: an ordinary join. */
+    cluster_release(s->cluster);
+    plat_thread_join(w->thread);
+    return;
+  }
+  plat_mutex_lock(&w->cur_lock);
+  ic_isolate *iso = w->current;
+  if (iso) isolate_retain(iso);
+  plat_mutex_unlock(&w->cur_lock);
+  plat_thread_detach(w->thread);
+  plat_pin_code();
+  if (iso) {
+    cluster_leave_isolate(s->cluster, iso);
+    isolate_release(iso);
+  }
+}
+
+void sched_stop(sched *s, uint64_t deadline) {
   plat_mutex_lock(&s->lock);
   s->stopping = 1;
+  atomic_store(&s->halted, 1);
   plat_cond_broadcast(&s->cond);
   plat_cond_signal(&s->monitor_cond);
   plat_mutex_unlock(&s->lock);
@@ -279,11 +315,12 @@ void sched_stop(sched *s) {
     s->monitor_started = 0;
   }
   for (int i = 0; i < s->nworkers; i++) {
-    if (s->workers[i].started) {
-      plat_thread_join(s->workers[i].thread);
-      s->workers[i].started = 0;
+    worker *w = &s->workers[i];
+    if (w->started) {
+      if (plat_thread_join_until(w->thread, deadline) == ETIMEDOUT) leave_worker(s, w);
+      w->started = 0;
     }
-    ic_isolate *left = atomic_exchange(&s->workers[i].lifo, NULL);
+    ic_isolate *left = atomic_exchange(&w->lifo, NULL);
     if (left) isolate_release(left);
   }
   plat_mutex_lock(&s->lock);

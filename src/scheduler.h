@@ -35,6 +35,7 @@ typedef struct worker {
   unsigned lifo_streak;      /* consecutive LIFO runs */
   int index;
   int started;
+  atomic_int exit_state;     /* THREAD_* (isolate.h): who lets go when it ends */
   /* What the worker runs now, for the monitor. cur_lock is held only to
    * switch `current` and by the monitor while it touches that isolate, so
    * the isolate cannot end its turn (and go away) under the monitor. */
@@ -55,6 +56,8 @@ typedef struct sched {
   struct ic_isolate *head, *tail;
   _Atomic int nidle;         /* written under lock; read without it as a hint */
   int stopping;
+  atomic_int halted;         /* stopping, for a worker left running by a shutdown
+                                (read without the lock on the LIFO path) */
   /* The monitor (like Go's sysmon) preempts a turn that has run longer
    * than the time slice. It sleeps while every worker is idle. While an
    * isolate waits in a LIFO slot and a worker is idle, it watches the slots
@@ -84,8 +87,11 @@ int sched_start(sched *s);
 /* Queues iso (already marked SCHEDULED, with a run-queue hold). `from` is the
  * caller's worker or NULL. Any thread. */
 void sched_push(sched *s, struct ic_isolate *iso, worker *from);
-/* Stops and joins the workers; isolates still queued are released. */
-void sched_stop(sched *s);
+/* Stops and joins the workers; isolates still queued are released. A
+ * worker still in a turn at deadline (monotonic ns; an isolate stuck in a
+ * blocking C call) is left running: detached, holding the cluster until it
+ * ends, its isolate taken out of the registry (cluster_leave_isolate). */
+void sched_stop(sched *s, uint64_t deadline);
 void sched_fini(sched *s);
 
 #endif
