@@ -71,6 +71,59 @@ local function run_lua_leaving_threads(code, timeout)
   return out:gsub("@@exit=%d+%s*$", ""), status, took
 end
 
+-- Starts `code` in a child lua5.4 in the background. Returns its pid and
+-- the file its output goes to; the line "@@exit=N" is appended when it ends.
+local function start_lua(code)
+  local script, out, pidf = os.tmpname(), os.tmpname(), os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(code)
+  f:close()
+  local inner = table.concat({
+    "LUA_PATH=" .. shell_quote(package.path), "LUA_CPATH=" .. shell_quote(package.cpath),
+    "lua5.4", shell_quote(script), ">", shell_quote(out), "2>&1 </dev/null &",
+    "echo $! >", shell_quote(pidf) .. ";", "wait $!;", "echo \"@@exit=$?\" >>", shell_quote(out),
+  }, " ")
+  assert(os.execute("sh -c " .. shell_quote(inner) .. " >/dev/null 2>&1 &"))
+  local pid = W.wait_until(function()
+    local p = io.open(pidf)
+    local s = p and p:read("a")
+    if p then p:close() end
+    return s and tonumber(s:match("%d+"))
+  end)
+  assert(pid, "the child did not start")
+  return pid, out
+end
+
+local function read_all(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- The state of the child's main thread ("S": asleep, e.g. blocked in a wait).
+local function thread_state(pid)
+  local s = read_all("/proc/" .. pid .. "/task/" .. pid .. "/stat")
+  return s:match("^%d+ %b() (%a)")
+end
+
+-- Waits until the child's output contains `marker` and its main thread is
+-- asleep (blocked in the call under test, not still on its way to it).
+local function await_blocked(pid, out, marker)
+  return W.wait_until(function()
+    return read_all(out):find(marker, 1, true) and thread_state(pid) == "S"
+  end, 20)
+end
+
+local function await_exit(out, timeout)
+  return W.wait_until(function()
+    local s = read_all(out)
+    local code = s:match("@@exit=(%d+)")
+    return code and { out = s, status = tonumber(code) }
+  end, timeout)
+end
+
 -- A request left waiting for its whole timeout would take this long: the
 -- specs below wait far less for the failure, so only a fast failure passes.
 local LONG = 60
@@ -498,6 +551,90 @@ describe("lifecycle rules", function()
       local after = tonumber(out:match("after ([%d.]+) s"))
       assert.truthy(after and after < 4, out)
       assert.truthy(took < 10, ("the child ran %.1f s: it waited for the blocking call"):format(took))
+    end)
+  end)
+
+  describe("Ctrl-C in a plain lua5.4 main state (§3.10)", function()
+    local prologue = [[
+      local ic = require("isolate_cluster")
+      local c = ic.single_node({ workers = 2 })
+      local w = c:spawn_isolate(function(ctx)
+        ctx:on_shutdown(function() print("on_shutdown ran") end)
+        ctx:on_message(function() return "up" end)
+      end, nil, { path = "/w" })
+      assert(w:request("ready?") == "up")
+      local silent = c:spawn_isolate(function(ctx) ctx:on_message(function() ctx:sleep(60) end) end)
+      io.stdout:setvbuf("line")
+    ]]
+    local calls = {
+      receive = "c:receive()",
+      run = "c:run()",
+      request = "silent:request('answer?', 60)",
+      lookup = "c:lookup_isolate('/never', 60)",
+    }
+    for _, name in ipairs({ "receive", "run", "request", "lookup" }) do
+      it(("interrupts a blocked %s: the script fails with \"interrupted!\" and on_shutdown handlers run")
+        :format(name), function()
+        local pid, out = start_lua(prologue .. ([[
+          print("blocking")
+          %s
+          print("not interrupted")
+        ]]):format(calls[name]))
+        local blocked = await_blocked(pid, out, "blocking")
+        if not blocked then os.execute("kill -KILL " .. pid) end
+        assert.truthy(blocked, "the child did not block: " .. read_all(out))
+        os.execute("kill -INT " .. pid)
+        local done = await_exit(out, 20)
+        if not done then os.execute("kill -KILL " .. pid) end
+        assert.truthy(done, "Ctrl-C did not interrupt " .. name .. ": " .. read_all(out))
+        assert.equal(1, done.status, done.out)
+        assert.truthy(done.out:find("interrupted!", 1, true), done.out)
+        assert.truthy(done.out:find("on_shutdown ran", 1, true), done.out)
+        assert.falsy(done.out:find("not interrupted", 1, true), done.out)
+      end)
+    end
+
+    it("a script that handles the first Ctrl-C can be interrupted again; a Ctrl-C during the final " ..
+      "shutdown waits for its on_shutdown handlers", function()
+      local pid, out = start_lua([[
+        local ic = require("isolate_cluster")
+        local c = ic.single_node({ workers = 2 })
+        local w = c:spawn_isolate(function(ctx)
+          ctx:on_shutdown(function()
+            print("on_shutdown started")
+            local t = ctx:now() + 1
+            while ctx:now() < t do end -- still computing: shutdown gives it until the deadline
+            print("on_shutdown done")
+          end)
+          ctx:on_message(function() return "up" end)
+        end)
+        assert(w:request("ready?") == "up")
+        io.stdout:setvbuf("line")
+        print("blocking")
+        local ok, e = pcall(c.receive, c)
+        print("caught: " .. tostring(e))
+        print("blocking again")
+        c:run()
+        print("not interrupted")
+      ]])
+      local function cleanup_unless(v)
+        if not v then os.execute("kill -KILL " .. pid) end
+        return v
+      end
+      assert.truthy(cleanup_unless(await_blocked(pid, out, "blocking")), read_all(out))
+      os.execute("kill -INT " .. pid)
+      assert.truthy(cleanup_unless(await_blocked(pid, out, "blocking again")), read_all(out))
+      assert.truthy(read_all(out):find("caught: interrupted!", 1, true), read_all(out))
+      os.execute("kill -INT " .. pid)
+      -- the script fails; closing its cluster runs the on_shutdown handler
+      assert.truthy(cleanup_unless(W.wait_until(function()
+        return read_all(out):find("on_shutdown started", 1, true)
+      end, 20)), read_all(out))
+      os.execute("kill -INT " .. pid)
+      local done = cleanup_unless(await_exit(out, 20))
+      assert.truthy(done, read_all(out))
+      assert.truthy(done.out:find("on_shutdown done", 1, true), done.out)
+      assert.falsy(done.out:find("not interrupted", 1, true), done.out)
     end)
   end)
 

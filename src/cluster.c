@@ -319,6 +319,7 @@ int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *err
   c->live++;
   isolate_retain(iso);
   plat_cond_broadcast(&c->live_cond); /* waiting lookups */
+  if (own && atomic_load(&c->main_path_waits)) isolate_wake(c->main, NULL);
   plat_mutex_unlock(&c->lock);
   return 0;
 oom:
@@ -586,6 +587,7 @@ int cluster_drain(ic_cluster *c, double timeout) {
    * rule out a message in flight between two isolates. */
   for (;;) {
     if (atomic_load(&c->state) != CLUSTER_RUNNING) return 1;
+    if (atomic_load(&c->main->sigint)) return 0; /* Ctrl-C: stop draining */
     if (cluster_quiet(c, deadline)) {
       if (++calm >= 2) return 1;
     } else {
@@ -741,6 +743,13 @@ void cluster_join_stopper(ic_cluster *c) {
   if (has) plat_thread_join(c->stopper);
 }
 
+/* Whatever the main state waits for now, it looks again (it sees the state
+ * change). Any thread. */
+static void wake_main(ic_cluster *c) {
+  atomic_store(&c->main->sched, SCHED_SCHEDULED);
+  plat_sem_post(&c->main->wsem);
+}
+
 int cluster_shutdown(ic_cluster *c, double timeout) {
   int expected = CLUSTER_RUNNING;
   if (!atomic_compare_exchange_strong(&c->state, &expected, CLUSTER_STOPPING)) {
@@ -755,10 +764,7 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   uint64_t start = plat_now_ns();
   uint64_t deadline = start + plat_seconds_to_ns(timeout);
   cluster_broadcast_control(c, CONTROL_SHUTDOWN);
-  plat_mutex_lock(&c->main->wlock);
-  atomic_store(&c->main->sched, SCHED_SCHEDULED);
-  plat_cond_broadcast(&c->main->wcond);
-  plat_mutex_unlock(&c->main->wlock);
+  wake_main(c);
   int in_time = wait_live_zero(c, deadline);
   /* From here on it is past the deadline (or all is done): what follows is
    * the small margin, whatever the isolates do. */
@@ -800,10 +806,7 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   atomic_store(&c->shutdown_in_time, in_time);
   atomic_store(&c->state, CLUSTER_DOWN);
   /* A main thread blocked in receive/run returns now. */
-  plat_mutex_lock(&c->main->wlock);
-  atomic_store(&c->main->sched, SCHED_SCHEDULED);
-  plat_cond_broadcast(&c->main->wcond);
-  plat_mutex_unlock(&c->main->wlock);
+  wake_main(c);
   return in_time;
 }
 
@@ -856,22 +859,35 @@ oom:
   return ENOMEM;
 }
 
+/* The main state's wait: it marks itself IDLE, so that the next post to it
+ * (isolate_wake) or a shutdown posts its semaphore, then looks at what it
+ * waits for, and sleeps only if it is still missing. A post left from an
+ * earlier wait only makes one look more. A SIGINT (sigint.c) posts too. */
 int cluster_main_wait(ic_cluster *c, mailbox *q, uint64_t deadline) {
   ic_isolate *m = c->main;
-  int in_time = 1;
-  plat_mutex_lock(&m->wlock);
   atomic_store(&m->sched, SCHED_IDLE);
-  while (atomic_load(&m->sched) == SCHED_IDLE && mailbox_count(q) == 0 &&
-         atomic_load(&c->state) == CLUSTER_RUNNING) {
-    if (deadline == UINT64_MAX) {
-      plat_cond_wait(&m->wcond, &m->wlock);
-    } else if (plat_cond_wait_until(&m->wcond, &m->wlock, deadline) == ETIMEDOUT) {
-      in_time = 0;
+  while (atomic_load(&m->sched) == SCHED_IDLE && (!q || mailbox_count(q) == 0) &&
+         atomic_load(&c->state) == CLUSTER_RUNNING && !atomic_load(&m->sigint)) {
+    if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) return 0;
+  }
+  return 1;
+}
+
+ic_isolate *cluster_main_wait_path(ic_cluster *c, const char *path, uint64_t deadline) {
+  ic_isolate *m = c->main, *iso = NULL;
+  atomic_fetch_add(&c->main_path_waits, 1);
+  for (;;) {
+    /* IDLE before the look: a registration after it wakes this wait. */
+    atomic_store(&m->sched, SCHED_IDLE);
+    if ((iso = cluster_find_path(c, path)) != NULL) break;
+    if (atomic_load(&c->state) != CLUSTER_RUNNING || atomic_load(&m->sigint)) break;
+    if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) {
+      iso = cluster_find_path(c, path);
       break;
     }
   }
-  plat_mutex_unlock(&m->wlock);
-  return in_time;
+  atomic_fetch_sub(&c->main_path_waits, 1);
+  return iso;
 }
 
 void cluster_close(ic_cluster *c) {

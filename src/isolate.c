@@ -26,6 +26,14 @@ ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
     free(iso);
     return NULL;
   }
+  if (kind == ISO_MAIN && plat_sem_init(&iso->wsem)) {
+    plat_mutex_destroy(&iso->hook_lock);
+    plat_cond_destroy(&iso->wcond);
+    plat_mutex_destroy(&iso->wlock);
+    free(iso);
+    return NULL;
+  }
+  atomic_init(&iso->sigint, 0);
   atomic_init(&iso->refs, 1);
   atomic_init(&iso->sched, SCHED_IDLE);
   atomic_init(&iso->alive, 1);
@@ -183,6 +191,7 @@ void isolate_release(ic_isolate *iso) {
   blob_release(iso->boot);
   free(iso->lua_path);
   free(iso->lua_cpath);
+  if (iso->kind == ISO_MAIN) plat_sem_destroy(&iso->wsem);
   plat_cond_destroy(&iso->wcond);
   plat_mutex_destroy(&iso->wlock);
   plat_mutex_destroy(&iso->hook_lock);
@@ -199,6 +208,8 @@ void isolate_wake(ic_isolate *iso, worker *from) {
   if (iso->kind == ISO_POOL) {
     isolate_retain(iso); /* the run queue's hold */
     sched_push(&iso->cluster->sched, iso, from);
+  } else if (iso->kind == ISO_MAIN) {
+    plat_sem_post(&iso->wsem);
   } else {
     plat_mutex_lock(&iso->wlock);
     plat_cond_signal(&iso->wcond);

@@ -110,9 +110,14 @@ typedef struct ic_isolate {
   int hidden;                   /* a runtime isolate (logger): never announced */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
 
-  /* Dedicated isolates and the main state wait on these. */
+  /* Dedicated isolates wait on these. */
   plat_mutex wlock;
   plat_cond wcond;
+  /* The main state waits on this instead (ISO_MAIN only): a SIGINT handler
+   * may post it (src/sigint.c), which a condition variable does not allow.
+   * sigint: a SIGINT came while it waited. */
+  plat_sem wsem;
+  atomic_int sigint;
   plat_thread thread;
   int has_thread;
   atomic_int thread_state;      /* THREAD_*, for a dedicated thread */

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,7 @@
 
 #include "cluster.h"
 #include "lstate.h"
+#include "sigint.h"
 
 #define LCLUSTER_MT "isolate_cluster.cluster"
 #define DEFAULT_REQUEST_TIMEOUT 5.0
@@ -47,6 +49,32 @@ static uint64_t deadline_from(lua_State *L, int idx) {
   if (t == HUGE_VAL) return UINT64_MAX;
   return plat_now_ns() + plat_seconds_to_ns(t);
 }
+
+/* ---- Ctrl-C ------------------------------------------------------------------ */
+
+/* A blocking call of the main state is interruptible from its first wait
+ * to its return (sigint.h): begun lazily, so a call that never waits costs
+ * nothing; ended on every way out, before anything may raise. */
+typedef struct main_block {
+  ic_isolate *main;
+  int token, begun;
+} main_block;
+
+static void block_begin(main_block *b) {
+  if (b->begun) return;
+  b->begun = 1;
+  b->token = sigint_begin(b->main);
+}
+
+/* 1 if a SIGINT came while it was installed. */
+static int block_end(main_block *b) {
+  if (!b->begun) return 0;
+  b->begun = 0;
+  return sigint_end(b->main, b->token);
+}
+
+/* What lua.c raises in a script that Ctrl-C interrupts. */
+static int raise_interrupted(lua_State *L) { return luaL_error(L, "interrupted!"); }
 
 /* ---- replies from the main state ----------------------------------------- */
 
@@ -96,11 +124,15 @@ static int l_receive(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   uint64_t deadline = deadline_from(L, 2);
   ic_isolate *main = c->main;
+  main_block b = {main, -1, 0};
   for (;;) {
     ic_msg *m;
     while ((m = mailbox_pop(&main->sysq)) != NULL) msg_free(m); /* late replies */
     m = mailbox_pop(&main->mbox);
     if (m) {
+      /* A message that came with the Ctrl-C is delivered; the interrupt is
+       * lua.c's to see at the next instruction, as for a running script. */
+      if (block_end(&b)) raise(SIGINT);
       int top = lua_gettop(L);
       lua_pushcfunction(L, push_received);
       lua_pushlightuserdata(L, m);
@@ -112,11 +144,18 @@ static int l_receive(lua_State *L) {
     }
     if (mailbox_count(&main->mbox) > 0) continue; /* a push half done */
     if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
-    if (!cluster_main_wait(c, &main->mbox, deadline)) {
+    block_begin(&b);
+    int in_time = cluster_main_wait(c, &main->mbox, deadline);
+    if (atomic_load(&main->sigint) && mailbox_count(&main->mbox) == 0) {
+      block_end(&b);
+      return raise_interrupted(L);
+    }
+    if (!in_time) {
       if (mailbox_count(&main->mbox) > 0) continue;
       break;
     }
   }
+  if (block_end(&b)) return raise_interrupted(L);
   lua_pushnil(L);
   return 1;
 }
@@ -150,10 +189,12 @@ static int l_main_request(lua_State *L) {
     return luaL_error(L, "request to %s failed: %s", luaL_tolstring(L, 1, NULL), why);
   }
   uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(t);
+  main_block b = {main, -1, 0};
   for (;;) {
     x = mailbox_pop(&main->sysq);
     if (x) {
       if ((x->kind == MSG_REPLY || x->kind == MSG_REPLY_ERROR) && x->corr == corr) {
+        if (block_end(&b)) raise(SIGINT); /* the reply came with it: see l_receive */
         int is_error = x->kind == MSG_REPLY_ERROR;
         int st = lstate_decode_msg(L, c, x);
         msg_free(x);
@@ -165,10 +206,19 @@ static int l_main_request(lua_State *L) {
     }
     if (mailbox_count(&main->sysq) > 0) continue;
     if (atomic_load(&c->state) == CLUSTER_DOWN) {
+      block_end(&b);
       lua_settop(L, 1);
       return luaL_error(L, "request to %s failed: the cluster has shut down", luaL_tolstring(L, 1, NULL));
     }
-    if (!cluster_main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0) {
+    block_begin(&b);
+    int in_time = cluster_main_wait(c, &main->sysq, deadline);
+    if (atomic_load(&main->sigint) && mailbox_count(&main->sysq) == 0) {
+      /* The reply, if one comes, is dropped as a late one. */
+      block_end(&b);
+      return raise_interrupted(L);
+    }
+    if (!in_time && mailbox_count(&main->sysq) == 0) {
+      block_end(&b);
       lua_settop(L, 1);
       return luaL_error(L, "timeout: no reply from %s within %f s", luaL_tolstring(L, 1, NULL), t);
     }
@@ -205,7 +255,18 @@ static int l_lookup(lua_State *L) {
   const char *path = luaL_checkstring(L, 2);
   uint64_t deadline = lua_isnoneornil(L, 3) ? 0 : deadline_from(L, 3);
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "lookup_isolate after shutdown");
-  ic_isolate *iso = deadline ? cluster_wait_path(c, path, deadline) : cluster_find_path(c, path);
+  ic_isolate *iso;
+  if (deadline) {
+    main_block b = {c->main, -1, 0};
+    block_begin(&b);
+    iso = cluster_main_wait_path(c, path, deadline);
+    if (block_end(&b)) {
+      if (iso) isolate_release(iso);
+      return raise_interrupted(L);
+    }
+  } else {
+    iso = cluster_find_path(c, path);
+  }
   if (!iso) {
     lua_pushnil(L);
     return 1;
@@ -224,13 +285,13 @@ static int l_lookup_prefix(lua_State *L) {
 static int l_run(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   uint64_t deadline = deadline_from(L, 2);
-  ic_isolate *m = c->main;
-  plat_mutex_lock(&m->wlock);
-  while (atomic_load(&c->state) == CLUSTER_RUNNING) {
-    if (deadline == UINT64_MAX) plat_cond_wait(&m->wcond, &m->wlock);
-    else if (plat_cond_wait_until(&m->wcond, &m->wlock, deadline) == ETIMEDOUT) break;
+  main_block b = {c->main, -1, 0};
+  block_begin(&b);
+  /* Woken by each message to the main state too: they stay queued. */
+  while (atomic_load(&c->state) == CLUSTER_RUNNING && !atomic_load(&c->main->sigint)) {
+    if (!cluster_main_wait(c, NULL, deadline)) break;
   }
-  plat_mutex_unlock(&m->wlock);
+  if (block_end(&b)) return raise_interrupted(L);
   int stopped = atomic_load(&c->state) != CLUSTER_RUNNING;
   if (stopped) cluster_join_stopper(c);
   lua_pushboolean(L, stopped);
@@ -240,16 +301,28 @@ static int l_run(lua_State *L) {
 static int l_shutdown(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   double t = luaL_optnumber(L, 2, 5.0);
+  /* Bounded, and it runs the on_shutdown handlers: a Ctrl-C meanwhile
+   * must not kill the process half-way, so it is held until the shutdown
+   * is over and then handed to the handler that was there before (lua.c
+   * then raises "interrupted!" at the next instruction). */
+  main_block b = {c->main, -1, 0};
+  block_begin(&b);
   cluster_join_stopper(c);
   int in_time = cluster_shutdown(c, t);
   cluster_join_stopper(c);
+  if (block_end(&b)) raise(SIGINT);
   lua_pushboolean(L, in_time);
   return 1;
 }
 
 static int l_drain(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
-  lua_pushboolean(L, cluster_drain(c, luaL_optnumber(L, 2, CLOSE_DRAIN_SECONDS)));
+  double t = luaL_optnumber(L, 2, CLOSE_DRAIN_SECONDS);
+  main_block b = {c->main, -1, 0};
+  block_begin(&b);
+  int quiet = cluster_drain(c, t);
+  if (block_end(&b)) return raise_interrupted(L);
+  lua_pushboolean(L, quiet);
   return 1;
 }
 
@@ -267,12 +340,20 @@ static int l_close(lua_State *L) {
   ic_cluster *c = lc->c;
   if (!c) return 0;
   lc->c = NULL;
+  /* At the end of a script (often one that Ctrl-C just interrupted, when
+   * lua.c has put SIGINT back to its default): a Ctrl-C now ends the drain
+   * and is held until the shutdown, with its on_shutdown handlers, is over;
+   * then it takes its usual course. */
+  main_block b = {c->main, -1, 0};
+  block_begin(&b);
   if (atomic_load(&c->state) == CLUSTER_RUNNING) cluster_drain(c, CLOSE_DRAIN_SECONDS);
   cluster_join_stopper(c);
   cluster_shutdown(c, CLOSE_SHUTDOWN_SECONDS);
   cluster_join_stopper(c); /* one that started meanwhile */
+  int interrupted = block_end(&b);
   cluster_close(c);
   cluster_release(c);
+  if (interrupted) raise(SIGINT);
   return 0;
 }
 

@@ -47,6 +47,22 @@ int plat_cond_wait_until(plat_cond *c, plat_mutex *m, uint64_t deadline_ns) {
   return rc == ETIMEDOUT ? ETIMEDOUT : 0;
 }
 
+int plat_sem_init(plat_sem *s) { return sem_init(s, 0, 0) ? errno : 0; }
+void plat_sem_destroy(plat_sem *s) { sem_destroy(s); }
+
+int plat_sem_wait_until(plat_sem *s, uint64_t deadline_ns) {
+  int rc;
+  if (deadline_ns == UINT64_MAX) {
+    rc = sem_wait(s);
+  } else {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(deadline_ns / 1000000000u);
+    ts.tv_nsec = (long)(deadline_ns % 1000000000u);
+    rc = sem_clockwait(s, CLOCK_MONOTONIC, &ts);
+  }
+  return rc && errno == ETIMEDOUT ? ETIMEDOUT : 0;
+}
+
 void plat_thread_precise_timers(void) {
 #ifdef __linux__
   (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL); /* 1 us */

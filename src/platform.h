@@ -6,12 +6,14 @@
 #define IC_PLATFORM_H
 
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
 typedef pthread_mutex_t plat_mutex;
 typedef pthread_cond_t plat_cond;
 typedef pthread_t plat_thread;
+typedef sem_t plat_sem;
 
 /* Monotonic clock in nanoseconds. Any thread. */
 uint64_t plat_now_ns(void);
@@ -33,6 +35,15 @@ void plat_cond_destroy(plat_cond *c);
 /* Waits until the absolute monotonic time deadline_ns; returns 0 when
  * signalled (or spuriously woken), ETIMEDOUT when the deadline passed. */
 int plat_cond_wait_until(plat_cond *c, plat_mutex *m, uint64_t deadline_ns);
+
+/* Semaphores: what the main state waits on, since sem_post is
+ * async-signal-safe (a SIGINT handler can wake the wait; see sigint.c).
+ * wait_until: 0 when posted (or interrupted by a signal handler), ETIMEDOUT
+ * at deadline_ns (monotonic; UINT64_MAX = none). */
+int plat_sem_init(plat_sem *s);
+void plat_sem_destroy(plat_sem *s);
+#define plat_sem_post(s) sem_post(s)
+int plat_sem_wait_until(plat_sem *s, uint64_t deadline_ns);
 
 /* Asks that the calling thread's timed waits end close to their deadline
  * (Linux otherwise lets them run up to 50 us late). Best effort. */
