@@ -638,6 +638,22 @@ describe("lifecycle rules", function()
     end)
   end)
 
+  describe("printing", function()
+    it("tostring(cluster) prints the node part as refs do (unsigned)", function()
+      -- node parts are random: among a few dozen clusters some have the top bit set
+      local high = 0
+      for _ = 1, 48 do
+        local c = ic.single_node({ workers = 1 })
+        local node = tostring(c):match("node (%-?%d+)")
+        local ref_node = tostring(c.main):match("(%-?%d+):%d+%)$")
+        c:shutdown()
+        assert.equal(ref_node, node)
+        if tonumber(node) >= 2 ^ 31 then high = high + 1 end
+      end
+      assert.truthy(high > 0, "no node part with the top bit set: the check proved nothing")
+    end)
+  end)
+
   describe("the preemption hook", function()
     it('deep recursion in a Lua callback called from C (string.gsub) raises "stack overflow" promptly', function()
       -- Re-arming the hook used to walk the whole call stack every few

@@ -373,7 +373,8 @@ static int l_cluster_index(lua_State *L) {
 static int l_cluster_tostring(lua_State *L) {
   lcluster *lc = luaL_checkudata(L, 1, LCLUSTER_MT);
   if (!lc->c) lua_pushliteral(L, "isolate_cluster(closed)");
-  else lua_pushfstring(L, "isolate_cluster(node %d, %d workers)", (int)lc->c->node_id, lc->c->nworkers);
+  else /* the node part unsigned, as refs print it */
+    lua_pushfstring(L, "isolate_cluster(node %I, %d workers)", (lua_Integer)lc->c->node_id, lc->c->nworkers);
   return 1;
 }
 
