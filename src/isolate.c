@@ -280,8 +280,10 @@ static void isolate_finish(ic_isolate *iso) {
   size_t dead = drain_dead_letters(iso);
   if (dead) atomic_fetch_add(&c->dead_letters, dead);
   stop_children(iso);
-  tell_parent(iso);
   cluster_unregister(c, iso, reason);
+  /* After its down event: a parent that ends now is reported after it.
+   * (The caller's hold keeps iso alive past the registry's.) */
+  tell_parent(iso);
 }
 
 void isolate_abandon(ic_isolate *iso, const char *reason) {
