@@ -42,34 +42,12 @@ local function await_outcome(c, timeout)
   end, timeout)
 end
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local shell_quote, read_all = W.shell_quote, W.read_file
 
--- Like W.run_lua, for a child that ends with a thread of its own still in a
--- blocking call (left running by a shutdown, by design): leak checking at
--- its exit is off, since what that thread holds is never freed. Returns
--- out, exit status, and the seconds it ran.
-local function run_lua_leaving_threads(code, timeout)
-  local script = os.tmpname()
-  local f = assert(io.open(script, "w"))
-  f:write(code)
-  f:close()
-  local cmd = table.concat({
-    "ASAN_OPTIONS=\"${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0\"",
-    "LUA_PATH=" .. shell_quote(package.path), "LUA_CPATH=" .. shell_quote(package.cpath),
-    "timeout", tostring(timeout or 30), "lua5.4", shell_quote(script), "2>&1;",
-    "echo \"@@exit=$?\"",
-  }, " ")
-  local t0 = W.now()
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  p:close()
-  local took = W.now() - t0
-  os.remove(script)
-  local status = tonumber(out:match("@@exit=(%d+)%s*$"))
-  return out:gsub("@@exit=%d+%s*$", ""), status, took
-end
+-- For a child that ends with a thread of its own still in a blocking call
+-- (left running by a shutdown, by design): leak checking at its exit is
+-- off, since what that thread holds is never freed.
+local LEAVING_THREADS = "ASAN_OPTIONS=\"${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0\""
 
 -- Starts `code` in a child lua5.4 in the background. Returns its pid and
 -- the file its output goes to; the line "@@exit=N" is appended when it ends.
@@ -92,14 +70,6 @@ local function start_lua(code)
   end)
   assert(pid, "the child did not start")
   return pid, out
-end
-
-local function read_all(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
 end
 
 -- The state of the child's main thread ("S": asleep, e.g. blocked in a wait).
@@ -527,7 +497,7 @@ describe("lifecycle rules", function()
   describe("shutdown (§3.6)", function()
     it("returns false by its deadline (plus a small margin) while isolates are stuck in a blocking C call; " ..
       "the process still exits normally", function()
-      local out, status, took = run_lua_leaving_threads([[
+      local took, ran, out, status = W.timed(W.run_lua, [[
         local ic = require("isolate_cluster")
         local c = ic.single_node({ workers = 2 })
         local stuck = function(ctx)
@@ -545,7 +515,8 @@ describe("lifecycle rules", function()
         local ok = c:shutdown(0.5)
         print(("shutdown returned %s after %.2f s"):format(tostring(ok), ic.now() - t0))
         print(c:stats().isolates, "live")
-      ]], 60)
+      ]], 60, LEAVING_THREADS)
+      assert.is_true(ran)
       assert.equal(0, status, out)
       assert.truthy(out:find("shutdown returned false", 1, true), out)
       local after = tonumber(out:match("after ([%d.]+) s"))
