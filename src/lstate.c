@@ -761,7 +761,8 @@ static void hook_disarm(ic_isolate *iso, lua_State *L) {
 /*
  * Setting a hook costs time proportional to the depth of the thread's call
  * stack (lua_sethook marks every Lua frame so that it traces), so the hook
- * is set once per request and never re-set while it waits: it is armed with
+ * is set once per ask (a preemption, an interrupt) and never re-set while
+ * the ask waits: it is armed with
  * a count of HOOK_LOOK_COUNT instructions and, when it cannot act yet (a
  * preemption inside a C call such as string.gsub's callback, or inside the
  * runtime's own code), it just returns and Lua calls it again that many
