@@ -126,12 +126,18 @@ static int l_receive(lua_State *L) {
   ic_isolate *main = c->main;
   main_block b = {main, -1, 0};
   for (;;) {
+    /* Interrupted while waiting: a message that came meanwhile stays queued
+     * for the next receive. */
+    if (b.begun && atomic_load(&main->sigint)) {
+      block_end(&b);
+      return raise_interrupted(L);
+    }
     ic_msg *m;
     while ((m = mailbox_pop(&main->sysq)) != NULL) msg_free(m); /* late replies */
     m = mailbox_pop(&main->mbox);
     if (m) {
-      /* A message that came with the Ctrl-C is delivered; the interrupt is
-       * lua.c's to see at the next instruction, as for a running script. */
+      /* A Ctrl-C in the instant since the look above: handed on, to the
+       * handler there was before (lua.c raises at the next instruction). */
       if (block_end(&b)) raise(SIGINT);
       int top = lua_gettop(L);
       lua_pushcfunction(L, push_received);
@@ -145,12 +151,7 @@ static int l_receive(lua_State *L) {
     if (mailbox_count(&main->mbox) > 0) continue; /* a push half done */
     if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
     block_begin(&b);
-    int in_time = cluster_main_wait(c, &main->mbox, deadline);
-    if (atomic_load(&main->sigint) && mailbox_count(&main->mbox) == 0) {
-      block_end(&b);
-      return raise_interrupted(L);
-    }
-    if (!in_time) {
+    if (!cluster_main_wait(c, &main->mbox, deadline)) {
       if (mailbox_count(&main->mbox) > 0) continue;
       break;
     }
@@ -191,10 +192,16 @@ static int l_main_request(lua_State *L) {
   uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(t);
   main_block b = {main, -1, 0};
   for (;;) {
+    /* Interrupted while waiting: a reply, if one comes, is dropped later
+     * as a late one. */
+    if (b.begun && atomic_load(&main->sigint)) {
+      block_end(&b);
+      return raise_interrupted(L);
+    }
     x = mailbox_pop(&main->sysq);
     if (x) {
       if ((x->kind == MSG_REPLY || x->kind == MSG_REPLY_ERROR) && x->corr == corr) {
-        if (block_end(&b)) raise(SIGINT); /* the reply came with it: see l_receive */
+        if (block_end(&b)) raise(SIGINT); /* as in l_receive */
         int is_error = x->kind == MSG_REPLY_ERROR;
         int st = lstate_decode_msg(L, c, x);
         msg_free(x);
@@ -211,13 +218,8 @@ static int l_main_request(lua_State *L) {
       return luaL_error(L, "request to %s failed: the cluster has shut down", luaL_tolstring(L, 1, NULL));
     }
     block_begin(&b);
-    int in_time = cluster_main_wait(c, &main->sysq, deadline);
-    if (atomic_load(&main->sigint) && mailbox_count(&main->sysq) == 0) {
-      /* The reply, if one comes, is dropped as a late one. */
-      block_end(&b);
-      return raise_interrupted(L);
-    }
-    if (!in_time && mailbox_count(&main->sysq) == 0) {
+    if (!cluster_main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0 &&
+        !atomic_load(&main->sigint)) {
       block_end(&b);
       lua_settop(L, 1);
       return luaL_error(L, "timeout: no reply from %s within %f s", luaL_tolstring(L, 1, NULL), t);
