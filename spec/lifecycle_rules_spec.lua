@@ -525,6 +525,43 @@ describe("lifecycle rules", function()
     end)
   end)
 
+  describe("a thread left running by shutdown", function()
+    it("comes back from its call after the cluster is closed, lets go of everything, and ends", function()
+      -- With leak checking on (sanitizer builds): once the thread has ended,
+      -- nothing of the cluster is left.
+      local out, status = W.run_lua([[
+        local function threads()
+          for line in io.lines("/proc/self/status") do
+            local n = line:match("^Threads:%s+(%d+)")
+            if n then return tonumber(n) end
+          end
+        end
+        local ic = require("isolate_cluster")
+        ic.single_node({ workers = 1 }):shutdown() -- threads a sanitizer starts once
+        local base = threads()
+        do
+          local c = ic.single_node({ workers = 1 })
+          c:spawn_isolate(function(ctx)
+            ctx:property("main"):send("in C")
+            os.execute("exec sleep 1 </dev/null >/dev/null 2>&1")
+          end, { main = c.main })
+          assert(c:receive(10) == "in C")
+          print("shutdown in time:", c:shutdown(0.2))
+          print("threads left:", threads() - base)
+        end
+        collectgarbage()
+        collectgarbage()
+        local deadline = ic.now() + 20
+        while threads() > base and ic.now() < deadline do os.execute("sleep 0.05") end
+        print("threads at the end:", threads() - base)
+      ]], 60)
+      assert.equal(0, status, out)
+      assert.truthy(out:find("shutdown in time:	false", 1, true), out)
+      assert.truthy((tonumber(out:match("threads left:%s+(%d+)")) or 0) >= 1, out)
+      assert.truthy(out:find("threads at the end:	0", 1, true), out)
+    end)
+  end)
+
   describe("Ctrl-C in a plain lua5.4 main state (§3.10)", function()
     local prologue = [[
       local ic = require("isolate_cluster")

@@ -447,8 +447,13 @@ static void log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *rea
 
 void cluster_announce_up(ic_cluster *c, ic_isolate *iso) {
   plat_mutex_lock(&c->lock);
-  iso->up = 1;
-  if (!iso->hidden) log_append(c, EVENT_UP, iso, NULL);
+  /* Looked at under the lock: an isolate a shutdown has left running (and
+   * taken out of the registry, marking it up) is never announced after
+   * its down event. */
+  if (!iso->up) {
+    iso->up = 1;
+    if (!iso->hidden) log_append(c, EVENT_UP, iso, NULL);
+  }
   plat_mutex_unlock(&c->lock);
 }
 

@@ -656,7 +656,7 @@ static int l_core_children(lua_State *L) {
 
 static int l_core_up(lua_State *L) {
   ic_isolate *self = self_of(L);
-  if (!self->up) cluster_announce_up(self->cluster, self);
+  cluster_announce_up(self->cluster, self); /* once: it looks under the lock */
   return 0;
 }
 
