@@ -807,7 +807,9 @@ void lstate_arm_hook(ic_isolate *iso) {
   /* Armed already (the monitor asks again at every tick of a long turn):
    * setting it again would walk the stack again for nothing. */
   if (iso->running_L && iso->armed_L != iso->running_L) {
-    lua_sethook(iso->running_L, interrupt_hook, LUA_MASKCOUNT, HOOK_LOOK_COUNT);
+    /* An interrupt acts at the next instruction; a preemption may wait. */
+    int count = atomic_load(&iso->interrupt) ? 1 : HOOK_LOOK_COUNT;
+    lua_sethook(iso->running_L, interrupt_hook, LUA_MASKCOUNT, count);
     iso->armed_L = iso->running_L;
   }
 #else
