@@ -776,7 +776,7 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   uint64_t past = plat_now_ns() > deadline ? plat_now_ns() : deadline;
   if (!in_time) {
     /* Interrupt what still runs: handlers stuck in Lua code are stopped by
-     * the count hook within a few hundred instructions. */
+     * the count hook within a few instructions. */
     cluster_broadcast_control(c, CONTROL_KILL);
     wait_live_zero(c, past + plat_seconds_to_ns(SHUTDOWN_KILL_MARGIN));
   }
