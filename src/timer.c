@@ -12,6 +12,7 @@ int timer_init(timer_wheel *t) {
   t->index = NULL;
   t->index_cap = 0;
   t->seq = 0;
+  t->sleep_until = UINT64_MAX;
   t->stopping = t->started = 0;
   if (plat_mutex_init(&t->lock)) return ENOMEM;
   if (plat_cond_init(&t->cond)) { plat_mutex_destroy(&t->lock); return ENOMEM; }
@@ -143,7 +144,7 @@ int timer_arm(timer_wheel *t, ic_isolate *iso, uint64_t id, uint64_t delay_ns, i
     t->heap[pos].periodic = periodic;
     heap_down(t, pos);
     heap_up(t, pos);
-    plat_cond_signal(&t->cond);
+    if (deadline < t->sleep_until) plat_cond_signal(&t->cond);
     plat_mutex_unlock(&t->lock);
     return 0;
   }
@@ -156,18 +157,19 @@ int timer_arm(timer_wheel *t, ic_isolate *iso, uint64_t id, uint64_t delay_ns, i
   }
   if (index_reserve(t)) { plat_mutex_unlock(&t->lock); return ENOMEM; }
   isolate_retain(iso);
-  uint64_t seq = t->seq++;
   size_t pos = t->len++;
   timer_entry *e = &t->heap[pos];
   e->deadline = deadline;
-  e->seq = seq;
+  e->seq = t->seq++;
   e->id = id;
   e->iso = iso;
   e->periodic = periodic;
   index_put(t, pos);
   heap_up(t, pos);
-  /* Only a new earliest deadline changes what the thread sleeps for. */
-  if (t->heap[0].seq == seq) plat_cond_signal(&t->cond);
+  /* Only a deadline before the one the thread sleeps until needs it awake
+   * (a request arms a timeout and, answered, cancels it: with an empty heap
+   * each would be the earliest, and wake the thread for nothing). */
+  if (deadline < t->sleep_until) plat_cond_signal(&t->cond);
   plat_mutex_unlock(&t->lock);
   return 0;
 }
@@ -218,14 +220,18 @@ static void *timer_main(void *arg) {
   plat_mutex_lock(&t->lock);
   while (!t->stopping) {
     if (t->len == 0) {
+      t->sleep_until = UINT64_MAX;
       plat_cond_wait(&t->cond, &t->lock);
       continue;
     }
     uint64_t now = plat_now_ns();
     if (t->heap[0].deadline > now) {
-      plat_cond_wait_until(&t->cond, &t->lock, t->heap[0].deadline);
+      /* A cancel never wakes it: it wakes at this deadline for nothing. */
+      t->sleep_until = t->heap[0].deadline;
+      plat_cond_wait_until(&t->cond, &t->lock, t->sleep_until);
       continue;
     }
+    t->sleep_until = 0; /* awake: arms need not signal */
     timer_entry e = heap_take(t, 0);
     /* Post outside the lock: waking takes other locks. */
     plat_mutex_unlock(&t->lock);

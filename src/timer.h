@@ -37,6 +37,7 @@ typedef struct timer_wheel {
   size_t *index;              /* heap position + 1 of each armed timer; 0 = free */
   size_t index_cap;           /* a power of two, at least twice len */
   uint64_t seq;
+  uint64_t sleep_until;       /* what the thread waits for now (UINT64_MAX: a signal) */
   int stopping, started;
 } timer_wheel;
 
