@@ -147,22 +147,48 @@ describe("lifecycle rules", function()
 
     it("requests still queued in the mailbox when the receiver dies fail at once with its reason", function()
       with_cluster({ workers = 3 }, function(c)
-        -- The target is in a blocking C call: a kill takes effect when the
-        -- call returns, and meanwhile requests queue in its mailbox.
+        -- The target blocks in C (opening a FIFO) until main releases it: a
+        -- kill takes effect when that call returns, and meanwhile requests
+        -- queue in its mailbox. A requester is "up" once its entry waits in
+        -- request, that is once its request is queued.
+        local fifo = os.tmpname()
+        os.remove(fifo)
+        assert(os.execute("mkfifo " .. W.shell_quote(fifo)))
+        local watcher = c:spawn_isolate(function(ctx)
+          local main = ctx:property("main")
+          ctx:on_isolate_up(function(ref) main:send({ up = ref.path }) end)
+          ctx:on_message(function() return "watching" end)
+        end, { main = c.main })
+        assert.equal("watching", watcher:request("ready?", W.TIMEOUT))
         local target = c:spawn_isolate(function(ctx)
           ctx:property("main"):send("in C")
-          os.execute("sleep 3")
-        end, { main = c.main })
-        assert.equal("in C", (W.receive(c)))
+          local f = io.open(ctx:property("fifo"), "r")
+          if f then f:close() end
+        end, { main = c.main, fifo = fifo })
+        assert.equal("in C", W.receive_match(c, function(m) return m == "in C" end))
+        local paths = { "/queued/1", "/queued/2", "/queued/3" }
+        for _, path in ipairs(paths) do
+          c:spawn_isolate(function(ctx)
+            local main, t = ctx:property("main"), ctx:property("target")
+            local ok, r = pcall(t.request, t, "queued", 60)
+            main:send(ok and { reply = r } or { err = tostring(r) })
+          end, { main = c.main, target = target }, { path = path })
+        end
+        local up = {}
+        for _ = 1, #paths do
+          local ev = W.receive_match(c, function(m) return type(m) == "table" and m.up end, 20)
+          assert.truthy(ev, "a requester did not come up")
+          up[#up + 1] = ev.up
+        end
         assert.is_true(target:kill())
-        isolate_requester(c, target, "second", LONG)
-        isolate_requester(c, target, "third", LONG)
-        assert.equal("isolate down: killed", error_of(function() return target:request("first", LONG) end))
-        for _ = 1, 2 do
+        local w = assert(io.open(fifo, "w")) -- releases the target's call
+        w:close()
+        for _ = 1, #paths do
           local out = await_outcome(c, LONG / 3)
           assert.truthy(out, "a requester got nothing in time")
           assert.equal("isolate down: killed", out.err)
         end
+        os.remove(fifo)
       end)
     end)
 
