@@ -14,7 +14,10 @@
 #define TOMB ((ic_isolate *)(uintptr_t)1)
 #define DEFAULT_MAILBOX 1000000u
 #define DEFAULT_SLICE 0.002
-#define SHUTDOWN_GRACE 1.0 /* seconds after a missed shutdown deadline */
+/* Past a shutdown's deadline: how long killed Lua code has to stop, and how
+ * long in all before a thread still in a blocking C call is left running. */
+#define SHUTDOWN_KILL_MARGIN 0.25
+#define SHUTDOWN_JOIN_MARGIN 0.5
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -141,7 +144,7 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   }
   if (timer_start(&c->timers) || sched_start(&c->sched)) {
     *err = "cannot start threads";
-    sched_stop(&c->sched, UINT64_MAX, NULL, NULL);
+    sched_stop(&c->sched, UINT64_MAX);
     timer_stop(&c->timers);
     goto fail_all;
   }
@@ -333,6 +336,7 @@ int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *err
   c->live++;
   isolate_retain(iso);
   plat_cond_broadcast(&c->live_cond); /* waiting lookups */
+  if (own && atomic_load(&c->main_path_waits)) isolate_wake(c->main, NULL);
   plat_mutex_unlock(&c->lock);
   return 0;
 oom:
@@ -460,8 +464,13 @@ static void log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *rea
 
 void cluster_announce_up(ic_cluster *c, ic_isolate *iso) {
   plat_mutex_lock(&c->lock);
-  iso->up = 1;
-  if (!iso->hidden) log_append(c, EVENT_UP, iso, NULL);
+  /* Looked at under the lock: an isolate a shutdown has left running (and
+   * taken out of the registry, marking it up) is never announced after
+   * its down event. */
+  if (!iso->up) {
+    iso->up = 1;
+    if (!iso->hidden) log_append(c, EVENT_UP, iso, NULL);
+  }
   plat_mutex_unlock(&c->lock);
 }
 
@@ -590,8 +599,10 @@ static int cluster_quiet(ic_cluster *c, uint64_t deadline) {
     if (isolate_busy(iso)) quiet = 0;
   }
   plat_mutex_unlock(&c->lock);
-  /* A timer that fires before the deadline is work still to come. */
-  if (quiet && timer_next_deadline(&c->timers) < deadline) quiet = 0;
+  /* A one-shot timer (or a wait's timeout) that fires before the deadline
+   * is work still to come; a cancelled one or a finished wait's is gone
+   * from the wheel, and an `every` never ends, so it is not waited for. */
+  if (quiet && timer_held_before(&c->timers, deadline)) quiet = 0;
   return quiet;
 }
 
@@ -603,6 +614,7 @@ int cluster_drain(ic_cluster *c, double timeout) {
    * rule out a message in flight between two isolates. */
   for (;;) {
     if (atomic_load(&c->state) != CLUSTER_RUNNING) return 1;
+    if (atomic_load(&c->main->sigint)) return 0; /* Ctrl-C: stop draining */
     if (cluster_quiet(c, deadline)) {
       if (++calm >= 2) return 1;
     } else {
@@ -666,10 +678,16 @@ static void reap_leftovers(ic_cluster *c) {
   }
 }
 
-/* Joins the threads of dedicated isolates that have gone down; one still
- * stuck (in a blocking C call, beyond the reach of the count hook) is
- * detached rather than allowed to hang the shutdown. */
-static void join_dedicated(ic_cluster *c, uint64_t grace_until) {
+void cluster_leave_isolate(ic_cluster *c, ic_isolate *iso) {
+  cluster_log(c, "isolate_cluster: isolate %s (id %llu) did not stop (a blocking call?); its thread is left running",
+              iso->path ? iso->path : "(no path)", (unsigned long long)iso->id);
+  cluster_unregister(c, iso, "shutdown");
+}
+
+/* Joins the threads of dedicated isolates by deadline; one still stuck then
+ * (in a blocking C call, beyond the reach of the count hook) is left to the
+ * process rather than allowed to hang the shutdown. */
+static void join_dedicated(ic_cluster *c, uint64_t deadline) {
   plat_mutex_lock(&c->lock);
   ic_isolate **d = c->dedicated;
   size_t n = c->ndedicated;
@@ -678,25 +696,16 @@ static void join_dedicated(ic_cluster *c, uint64_t grace_until) {
   plat_mutex_unlock(&c->lock);
   for (size_t i = 0; i < n; i++) {
     ic_isolate *iso = d[i];
-    if (atomic_load(&iso->alive)) {
-      /* Give it the time to notice the kill that was sent: one grace period
-       * shared by all, so that many stuck threads cost no more than one. */
-      while (atomic_load(&iso->alive) && plat_now_ns() < grace_until) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-      }
-    }
-    if (atomic_load(&iso->alive)) {
-      cluster_log(c, "isolate_cluster: dedicated isolate %s did not stop; its thread is left running",
-                  iso->path ? iso->path : "(no path)");
-      pthread_detach(iso->thread);
-      /* Its hold stays with the thread: the struct must outlive it. Out of
-       * the registry, so nothing else closes the state the thread still
-       * runs; the thread closes it if its C call ever returns. */
-      cluster_unregister(c, iso, "shutdown");
+    if (plat_thread_join_until(iso->thread, deadline) == ETIMEDOUT &&
+        atomic_exchange(&iso->thread_state, THREAD_LEFT) != THREAD_EXITED) {
+      /* Its hold stays with the thread, which lets go when its call
+       * returns (dedicated_main); the struct outlives it. */
+      plat_thread_detach(iso->thread);
+      plat_pin_code();
+      cluster_leave_isolate(c, iso);
       continue;
     }
-    plat_thread_join(iso->thread);
+    plat_thread_join(iso->thread); /* at once: it has ended or is ending */
     isolate_release(iso);
   }
   free(d);
@@ -774,15 +783,20 @@ void cluster_detach_stopper(ic_cluster *c) {
   plat_mutex_unlock(&c->lock);
 }
 
-/* A pool worker stuck in a blocking C call past the shutdown's grace period
- * is left running (sched_stop); the isolate it runs leaves the registry, so
- * nothing closes the state that thread is in. It closes it itself if its C
- * call ever returns. */
-static void leave_stuck(ic_isolate *iso, void *ud) {
-  ic_cluster *c = ud;
-  cluster_log(c, "isolate_cluster: isolate %s did not stop; its worker thread is left running",
-              iso->path ? iso->path : "(no path)");
-  cluster_unregister(c, iso, "shutdown");
+/* Whatever the main state waits for now, it looks again (it sees the state
+ * change). Any thread. */
+static void wake_main(ic_cluster *c) {
+  atomic_store(&c->main->sched, SCHED_SCHEDULED);
+  plat_sem_post(&c->main->wsem);
+}
+
+int cluster_wait_down(ic_cluster *c, uint64_t deadline) {
+  plat_mutex_lock(&c->lock);
+  while (atomic_load(&c->state) != CLUSTER_DOWN)
+    if (plat_cond_wait_until(&c->live_cond, &c->lock, deadline) == ETIMEDOUT) break;
+  int down = atomic_load(&c->state) == CLUSTER_DOWN;
+  plat_mutex_unlock(&c->lock);
+  return down;
 }
 
 int cluster_shutdown(ic_cluster *c, double timeout) {
@@ -791,34 +805,28 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
     /* Already stopping or down: wait for whoever is doing it (another
      * thread: a shutdown asked for by an isolate), within this call's own
      * deadline, then report its result; not down by then: not in time. */
-    uint64_t until = plat_now_ns() + plat_seconds_to_ns(timeout);
-    plat_mutex_lock(&c->lock);
-    while (atomic_load(&c->state) != CLUSTER_DOWN)
-      if (plat_cond_wait_until(&c->live_cond, &c->lock, until) == ETIMEDOUT) break;
-    int down = atomic_load(&c->state) == CLUSTER_DOWN;
-    plat_mutex_unlock(&c->lock);
+    int down = cluster_wait_down(c, plat_now_ns() + plat_seconds_to_ns(timeout));
     return down && atomic_load(&c->shutdown_in_time);
   }
   uint64_t start = plat_now_ns();
   uint64_t deadline = start + plat_seconds_to_ns(timeout);
   cluster_broadcast_control(c, CONTROL_SHUTDOWN);
-  plat_mutex_lock(&c->main->wlock);
-  atomic_store(&c->main->sched, SCHED_SCHEDULED);
-  plat_cond_broadcast(&c->main->wcond);
-  plat_mutex_unlock(&c->main->wlock);
+  wake_main(c);
   int in_time = wait_live_zero(c, deadline);
-  /* Past the deadline, one grace period (the "small margin") for the kill
-   * to take effect and the dedicated threads to end. */
-  uint64_t grace_until = plat_now_ns() + plat_seconds_to_ns(in_time ? 0.5 : SHUTDOWN_GRACE);
+  /* From here on it is past the deadline (or all is done): what follows is
+   * the small margin, whatever the isolates do. */
+  uint64_t past = plat_now_ns() > deadline ? plat_now_ns() : deadline;
   if (!in_time) {
     /* Interrupt what still runs: handlers stuck in Lua code are stopped by
-     * the count hook within a few thousand instructions. */
+     * the count hook within a few instructions. */
     cluster_broadcast_control(c, CONTROL_KILL);
-    wait_live_zero(c, grace_until);
+    wait_live_zero(c, past + plat_seconds_to_ns(SHUTDOWN_KILL_MARGIN));
   }
-  sched_stop(&c->sched, grace_until, leave_stuck, c);
+  /* A thread still in a turn then is in a blocking C call: left running. */
+  uint64_t hard = past + plat_seconds_to_ns(SHUTDOWN_JOIN_MARGIN);
+  sched_stop(&c->sched, hard);
   timer_stop(&c->timers);
-  join_dedicated(c, grace_until);
+  join_dedicated(c, hard);
   reap_leftovers(c);
   /* The main state's ref may be held by Lua values beyond this point; take
    * it out of the registry so the cluster owns nothing. */
@@ -848,10 +856,7 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   plat_cond_broadcast(&c->live_cond); /* other callers of cluster_shutdown */
   plat_mutex_unlock(&c->lock);
   /* A main thread blocked in receive/run returns now. */
-  plat_mutex_lock(&c->main->wlock);
-  atomic_store(&c->main->sched, SCHED_SCHEDULED);
-  plat_cond_broadcast(&c->main->wcond);
-  plat_mutex_unlock(&c->main->wlock);
+  wake_main(c);
   return in_time;
 }
 
@@ -884,15 +889,17 @@ int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *er
     return rc;
   }
   atomic_fetch_add(&c->spawned, 1);
+  /* Linked before it starts: the child tells its parent when it goes down
+   * (and may do so at once). */
+  if (a->creator && !a->detached && isolate_link_child(a->creator, iso))
+    cluster_log(c, "isolate_cluster: out of memory: isolate %llu is not linked to its parent",
+                (unsigned long long)iso->id);
   rc = cluster_start_isolate(c, iso, a->creator ? a->creator->worker : NULL);
   if (rc) {
     snprintf(errbuf, errlen, "cannot start the isolate: %s", strerror(rc));
     isolate_release(iso);
     return rc;
   }
-  if (a->creator && !a->detached && isolate_link_child(a->creator, iso))
-    cluster_log(c, "isolate_cluster: out of memory: isolate %llu is not linked to its parent",
-                (unsigned long long)iso->id);
   *out = iso;
   return 0;
 oom_iso:
@@ -902,22 +909,35 @@ oom:
   return ENOMEM;
 }
 
+/* The main state's wait: it marks itself IDLE, so that the next post to it
+ * (isolate_wake) or a shutdown posts its semaphore, then looks at what it
+ * waits for, and sleeps only if it is still missing. A post left from an
+ * earlier wait only makes one look more. A SIGINT (sigint.c) posts too. */
 int cluster_main_wait(ic_cluster *c, mailbox *q, uint64_t deadline) {
   ic_isolate *m = c->main;
-  int in_time = 1;
-  plat_mutex_lock(&m->wlock);
   atomic_store(&m->sched, SCHED_IDLE);
-  while (atomic_load(&m->sched) == SCHED_IDLE && mailbox_count(q) == 0 &&
-         atomic_load(&c->state) == CLUSTER_RUNNING) {
-    if (deadline == UINT64_MAX) {
-      plat_cond_wait(&m->wcond, &m->wlock);
-    } else if (plat_cond_wait_until(&m->wcond, &m->wlock, deadline) == ETIMEDOUT) {
-      in_time = 0;
+  while (atomic_load(&m->sched) == SCHED_IDLE && (!q || mailbox_count(q) == 0) &&
+         atomic_load(&c->state) == CLUSTER_RUNNING && !atomic_load(&m->sigint)) {
+    if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) return 0;
+  }
+  return 1;
+}
+
+ic_isolate *cluster_main_wait_path(ic_cluster *c, const char *path, uint64_t deadline) {
+  ic_isolate *m = c->main, *iso = NULL;
+  atomic_fetch_add(&c->main_path_waits, 1);
+  for (;;) {
+    /* IDLE before the look: a registration after it wakes this wait. */
+    atomic_store(&m->sched, SCHED_IDLE);
+    if ((iso = cluster_find_path(c, path)) != NULL) break;
+    if (atomic_load(&c->state) != CLUSTER_RUNNING || atomic_load(&m->sigint)) break;
+    if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) {
+      iso = cluster_find_path(c, path);
       break;
     }
   }
-  plat_mutex_unlock(&m->wlock);
-  return in_time;
+  atomic_fetch_sub(&c->main_path_waits, 1);
+  return iso;
 }
 
 void cluster_close(ic_cluster *c) {

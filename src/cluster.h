@@ -48,6 +48,7 @@ typedef struct ic_cluster {
   size_t by_path_cap, by_path_len, by_path_tomb;
   uint64_t path_seq;          /* unique segments for "/dir/" paths */
   size_t live;                /* isolates registered and not yet down */
+  atomic_int main_path_waits; /* the main state waits for a path: register wakes it */
   plat_cond live_cond;        /* signalled when live drops, a path is taken,
                                  or the cluster is down */
 
@@ -132,8 +133,13 @@ void cluster_log(ic_cluster *c, const char *fmt, ...) __attribute__((format(prin
 
 /* Waits until no isolate has work (all mailboxes empty, nothing running, no
  * timer armed for less than the deadline), at most timeout seconds.
- * Returns 1 when quiet. Called by the main thread. */
+ * Returns 1 when quiet; 0 at the timeout or on a SIGINT to the main state.
+ * Called by the main thread. */
 int cluster_drain(ic_cluster *c, double timeout);
+
+/* Waits until the cluster is down (a shutdown under way on another thread
+ * finishes), at most until deadline (monotonic ns). Returns 1 when down. */
+int cluster_wait_down(ic_cluster *c, uint64_t deadline);
 
 /* Stops every isolate (running on_shutdown handlers), joins every thread.
  * Returns 1 if all of it finished within timeout seconds. Idempotent: while
@@ -167,6 +173,9 @@ int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *er
  * cluster stops, or deadline (monotonic ns; UINT64_MAX = none). Returns 0 on
  * timeout. q is the queue the caller looks at. */
 int cluster_main_wait(ic_cluster *c, mailbox *q, uint64_t deadline);
+/* The main state's waiting lookup: like cluster_wait_path, and it also
+ * returns (NULL) when a SIGINT comes (main->sigint). Main thread only. */
+ic_isolate *cluster_main_wait_path(ic_cluster *c, const char *path, uint64_t deadline);
 
 /* Starts iso (already registered): queues it, or starts its own thread.
  * Returns 0 or an errno value (then iso is taken down). */
@@ -182,6 +191,11 @@ void cluster_request_shutdown(ic_cluster *c, double timeout);
 int cluster_join_stopper(ic_cluster *c);
 /* Leaves a stopper still running to itself (it holds the cluster). */
 void cluster_detach_stopper(ic_cluster *c);
+
+/* Shutdown gives up on the thread running iso (stuck in a blocking C call):
+ * iso leaves the registry (its down event is "shutdown") and its state is
+ * left to that thread. Shutdown's thread only. */
+void cluster_leave_isolate(ic_cluster *c, ic_isolate *iso);
 
 /* After shutdown, on the main state's thread, before the owner's last
  * cluster_release: drops what was sent to the main state and never received. */

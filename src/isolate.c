@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <msgpuck.h>
+
 #include "cluster.h"
 #include "codec.h"
 #include "lstate.h"
@@ -31,6 +33,15 @@ ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
     free(iso);
     return NULL;
   }
+  if (kind == ISO_MAIN && plat_sem_init(&iso->wsem)) {
+    monitor_set_fini(&iso->monitors);
+    plat_mutex_destroy(&iso->hook_lock);
+    plat_cond_destroy(&iso->wcond);
+    plat_mutex_destroy(&iso->wlock);
+    free(iso);
+    return NULL;
+  }
+  atomic_init(&iso->sigint, 0);
   atomic_init(&iso->refs, 1);
   atomic_init(&iso->sched, SCHED_IDLE);
   atomic_init(&iso->alive, 1);
@@ -50,25 +61,119 @@ ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
 void isolate_retain(ic_isolate *iso) { atomic_fetch_add_explicit(&iso->refs, 1, memory_order_relaxed); }
 
 static void stop_children(ic_isolate *iso);
+static void tell_parent(ic_isolate *iso);
 
-/* Answers a request that will never be handled, so the requester fails fast.
- * The error value is a MessagePack string, as every reply's value is. */
-static void refuse_request(ic_isolate *iso, ic_msg *m, const char *why) {
-  if (m->kind != MSG_REQUEST || !m->sender) return;
-  char bytes[64];
-  size_t len = strlen(why);
-  if (len > sizeof bytes - 5) len = sizeof bytes - 5;
-  ic_msg *r = msg_new(MSG_REPLY_ERROR, bytes, codec_put_str(bytes, why, (uint32_t)len));
+/* Longest down reason a refused requester gets (a traceback may be long). */
+#define REFUSAL_REASON_MAX 2048
+
+/* Fails request corr of `to` at once: a MSG_REPLY_ERROR whose value is the
+ * MessagePack string "isolate down: <reason>" (every reply's value is
+ * MessagePack). Out of memory: nothing is sent, the requester times out. */
+static void refuse_corr(ic_isolate *iso, ic_isolate *to, uint64_t corr) {
+  static const char prefix[] = "isolate down";
+  const char *reason = iso->reason;
+  size_t rlen = reason ? strlen(reason) : 0;
+  if (rlen > REFUSAL_REASON_MAX) rlen = REFUSAL_REASON_MAX;
+  size_t len = sizeof prefix - 1 + (reason ? 2 + rlen : 0);
+  ic_msg *r = msg_new(MSG_REPLY_ERROR, NULL, len + 5);
   if (!r) return;
-  r->corr = m->corr;
-  isolate_post_sys(m->sender, r, iso->worker);
+  char *w = mp_encode_strl(r->inline_data, (uint32_t)len);
+  memcpy(w, prefix, sizeof prefix - 1);
+  w += sizeof prefix - 1;
+  if (reason) {
+    memcpy(w, ": ", 2);
+    memcpy(w + 2, reason, rlen);
+    w += 2 + rlen;
+  }
+  r->len = (size_t)(w - r->inline_data);
+  r->corr = corr;
+  isolate_post_sys(to, r, iso->worker);
+}
+
+/* Answers a request that will never be handled, so the requester fails fast. */
+static void refuse_request(ic_isolate *iso, ic_msg *m) {
+  if (m->kind == MSG_REQUEST && m->sender) refuse_corr(iso, m->sender, m->corr);
+}
+
+typedef struct open_request {
+  ic_isolate *sender; /* strong reference; NULL = free slot */
+  uint64_t corr;
+} open_request;
+
+static size_t open_slot_of(const ic_isolate *sender, uint64_t corr, size_t mask) {
+  uint64_t x = (uint64_t)(uintptr_t)sender ^ (corr * 0x9e3779b97f4a7c15ULL);
+  x ^= x >> 31;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 29;
+  return (size_t)x & mask;
+}
+
+static void open_put(open_request *t, size_t mask, open_request e) {
+  size_t j = open_slot_of(e.sender, e.corr, mask);
+  while (t[j].sender) j = (j + 1) & mask;
+  t[j] = e;
+}
+
+int isolate_open_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr) {
+  if ((iso->open_len + 1) * 2 > iso->open_cap) {
+    size_t cap = iso->open_cap ? iso->open_cap * 2 : 8;
+    open_request *t = calloc(cap, sizeof *t);
+    if (!t) return ENOMEM;
+    for (size_t i = 0; i < iso->open_cap; i++)
+      if (iso->open_reqs[i].sender) open_put(t, cap - 1, iso->open_reqs[i]);
+    free(iso->open_reqs);
+    iso->open_reqs = t;
+    iso->open_cap = cap;
+  }
+  isolate_retain(sender);
+  open_put(iso->open_reqs, iso->open_cap - 1, (open_request){sender, corr});
+  iso->open_len++;
+  return 0;
+}
+
+void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr) {
+  if (!iso->open_len) return;
+  open_request *t = iso->open_reqs;
+  size_t mask = iso->open_cap - 1, j = open_slot_of(sender, corr, mask);
+  while (t[j].sender != sender || t[j].corr != corr) {
+    if (!t[j].sender) return; /* not tracked (no memory then) */
+    j = (j + 1) & mask;
+  }
+  t[j].sender = NULL;
+  iso->open_len--;
+  /* Backward-shift deletion: the entries after j in its run move up when
+   * their home slot is not in (j, k], so no lookup ever stops early. */
+  for (size_t k = (j + 1) & mask; t[k].sender; k = (k + 1) & mask) {
+    size_t h = open_slot_of(t[k].sender, t[k].corr, mask);
+    int stays = j < k ? (h > j && h <= k) : (h > j || h <= k);
+    if (stays) continue;
+    t[j] = t[k];
+    t[k].sender = NULL;
+    j = k;
+  }
+  isolate_release(sender); /* the caller's ref still holds it */
+}
+
+/* Going down: every request taken and not answered fails at its requester
+ * with this isolate's down reason. */
+static void refuse_open_requests(ic_isolate *iso) {
+  open_request *t = iso->open_reqs;
+  size_t cap = iso->open_cap;
+  iso->open_reqs = NULL;
+  iso->open_len = iso->open_cap = 0;
+  for (size_t i = 0; i < cap; i++) {
+    if (!t[i].sender) continue;
+    refuse_corr(iso, t[i].sender, t[i].corr);
+    isolate_release(t[i].sender);
+  }
+  free(t);
 }
 
 static size_t drain_dead_letters(ic_isolate *iso) {
   size_t n = 0;
   ic_msg *m;
   while ((m = mailbox_pop(&iso->mbox)) != NULL) {
-    refuse_request(iso, m, "isolate down");
+    refuse_request(iso, m);
     msg_free(m);
     n++;
   }
@@ -85,13 +190,16 @@ void isolate_release(ic_isolate *iso) {
   if (dead && c) atomic_fetch_add(&c->dead_letters, dead);
   if (iso->L) lstate_close(iso);
   pool_release(&iso->pool); /* also after a state that failed to open */
+  refuse_open_requests(iso);
   stop_children(iso);
+  if (iso->parent) isolate_release(iso->parent);
   free(iso->path);
   free(iso->reason);
   blob_release(iso->props);
   blob_release(iso->boot);
   free(iso->lua_path);
   free(iso->lua_cpath);
+  if (iso->kind == ISO_MAIN) plat_sem_destroy(&iso->wsem);
   plat_cond_destroy(&iso->wcond);
   plat_mutex_destroy(&iso->wlock);
   plat_mutex_destroy(&iso->hook_lock);
@@ -109,6 +217,8 @@ void isolate_wake(ic_isolate *iso, worker *from) {
   if (iso->kind == ISO_POOL) {
     isolate_retain(iso); /* the run queue's hold */
     sched_push(&iso->cluster->sched, iso, from);
+  } else if (iso->kind == ISO_MAIN) {
+    plat_sem_post(&iso->wsem);
   } else {
     plat_mutex_lock(&iso->wlock);
     plat_cond_signal(&iso->wcond);
@@ -196,10 +306,14 @@ static void isolate_finish(ic_isolate *iso) {
     cluster_log(c, "isolate_cluster: isolate %s (id %llu) went down: %s",
                 iso->path ? iso->path : "(no path)", (unsigned long long)iso->id, reason);
   if (iso->L) lstate_close(iso);
+  refuse_open_requests(iso);
   size_t dead = drain_dead_letters(iso);
   if (dead) atomic_fetch_add(&c->dead_letters, dead);
   stop_children(iso);
   cluster_unregister(c, iso, reason);
+  /* After its down event: a parent that ends now is reported after it.
+   * (The caller's hold keeps iso alive past the registry's.) */
+  tell_parent(iso);
 }
 
 void isolate_abandon(ic_isolate *iso, const char *reason) {
@@ -226,7 +340,25 @@ int isolate_link_child(ic_isolate *parent, ic_isolate *child) {
   }
   isolate_retain(child);
   parent->children[parent->nchildren++] = child;
+  isolate_retain(parent);
+  child->parent = parent;
+  parent->live_children++;
   return 0;
+}
+
+/* A linked child went down: its parent may now have nothing left to run. */
+static void tell_parent(ic_isolate *iso) {
+  ic_isolate *parent = iso->parent;
+  if (!parent) return;
+  iso->parent = NULL;
+  ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
+  if (m) {
+    m->corr = CONTROL_CHILD_DOWN;
+    isolate_post_sys(parent, m, iso->worker);
+  }
+  /* Out of memory: the parent keeps counting this child as live, so it
+   * stays up rather than ending early. */
+  isolate_release(parent);
 }
 
 /* The children of an isolate that goes down are shut down with it (their
@@ -278,6 +410,10 @@ static void handle_control(ic_isolate *iso, int code) {
     break;
   case CONTROL_KILL:
     isolate_set_ending(iso, atomic_load(&iso->interrupt) == INTERRUPT_SHUTDOWN ? "shutdown" : "killed");
+    break;
+  case CONTROL_CHILD_DOWN:
+    if (iso->live_children) iso->live_children--;
+    if (iso->L && !iso->live_children) lstate_dispatch(iso, LSTATE_CHECK, NULL);
     break;
   default:
     break;
@@ -349,6 +485,9 @@ static void *dedicated_main(void *arg) {
     plat_mutex_unlock(&iso->wlock);
     if (isolate_run(iso, NULL) == RUN_DONE) break;
   }
+  /* Left running by a shutdown (its call blocked past the deadline): the
+   * thread's hold is let go here, where nothing runs the isolate any more. */
+  if (atomic_exchange(&iso->thread_state, THREAD_EXITED) == THREAD_LEFT) isolate_release(iso);
   return NULL;
 }
 

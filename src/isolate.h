@@ -41,6 +41,11 @@ enum {
   WAIT_PREEMPTED = 3, /* a handler used up its time slice: resume it next turn */
 };
 
+/* A runtime thread that shutdown may give up on: whoever comes second of
+ * the thread ending (EXITED) and shutdown leaving it (LEFT) lets go of what
+ * the thread holds, so neither frees what the other still uses. */
+enum { THREAD_RUNNING = 0, THREAD_EXITED = 1, THREAD_LEFT = 2 };
+
 /* Results of isolate_run. */
 enum { RUN_IDLE = 0, RUN_AGAIN = 1, RUN_DONE = 2 };
 
@@ -57,6 +62,8 @@ typedef struct ic_isolate {
    * hook on it, so the interpreter traces nothing while all is well. */
   plat_mutex hook_lock;
   struct lua_State *running_L;
+  struct lua_State *armed_L;    /* running_L once a hook is set on it (so the
+                                   monitor's repeated asks set it only once) */
   uint64_t id;
   int kind;                     /* ISO_* */
   char *path;                   /* immutable after spawn */
@@ -92,17 +99,32 @@ typedef struct ic_isolate {
   pool pool;                    /* the Lua state's small blocks (isolate_alloc in lstate.c):
                                    touched only by the thread running the state, released
                                    by lstate_close or isolate_release */
+  /* Requests this isolate has taken from its mailbox and not answered yet
+   * (open addressing on sender and corr; owner thread only): when it goes
+   * down, each requester gets "isolate down: <reason>" at once. */
+  struct open_request *open_reqs;
+  size_t open_len, open_cap;
   struct ic_isolate **children; /* spawned by this isolate and linked to it */
+  struct ic_isolate *parent;    /* the isolate this one is linked to (strong), told
+                                   when this one goes down; set before it starts */
+  size_t live_children;         /* linked children not yet down (owner thread):
+                                   they keep an isolate with nothing else to run up */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */
   monitor_set monitors;         /* who watches this isolate go down (monitor.h) */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
 
-  /* Dedicated isolates and the main state wait on these. */
+  /* Dedicated isolates wait on these. */
   plat_mutex wlock;
   plat_cond wcond;
+  /* The main state waits on this instead (ISO_MAIN only): a SIGINT handler
+   * may post it (src/sigint.c), which a condition variable does not allow.
+   * sigint: a SIGINT came while it waited. */
+  plat_sem wsem;
+  atomic_int sigint;
   plat_thread thread;
   int has_thread;
+  atomic_int thread_state;      /* THREAD_*, for a dedicated thread */
 } ic_isolate;
 
 /* Allocates an isolate in the IDLE state with refs = 1 (the caller's hold). */
@@ -138,6 +160,13 @@ void isolate_abandon(ic_isolate *iso, const char *reason);
 /* Links child to parent: the child is shut down when the parent goes down.
  * Parent's thread only. 0 or ENOMEM. */
 int isolate_link_child(ic_isolate *parent, ic_isolate *child);
+
+/* A request iso has taken: sender (retained until it is answered) and corr.
+ * The owner thread only. 0, or ENOMEM (then it is not tracked: a requester
+ * whose receiver dies before answering waits for its timeout). */
+int isolate_open_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr);
+/* The request is answered: forgets it. Owner thread only. */
+void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr);
 
 /* interrupt codes */
 enum { INTERRUPT_KILL = 1, INTERRUPT_SHUTDOWN = 2 };

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +18,7 @@
 
 #include "cluster.h"
 #include "lstate.h"
+#include "sigint.h"
 
 #define LCLUSTER_MT "isolate_cluster.cluster"
 #define DEFAULT_REQUEST_TIMEOUT 5.0
@@ -49,6 +51,32 @@ static uint64_t deadline_from(lua_State *L, int idx, const char *fname, const ch
   if (t == HUGE_VAL) return UINT64_MAX;
   return plat_now_ns() + plat_seconds_to_ns(t);
 }
+
+/* ---- Ctrl-C ------------------------------------------------------------------ */
+
+/* A blocking call of the main state is interruptible from its first wait
+ * to its return (sigint.h): begun lazily, so a call that never waits costs
+ * nothing; ended on every way out, before anything may raise. */
+typedef struct main_block {
+  ic_isolate *main;
+  int token, begun;
+} main_block;
+
+static void block_begin(main_block *b) {
+  if (b->begun) return;
+  b->begun = 1;
+  b->token = sigint_begin(b->main);
+}
+
+/* 1 if a SIGINT came while it was installed. */
+static int block_end(main_block *b) {
+  if (!b->begun) return 0;
+  b->begun = 0;
+  return sigint_end(b->main, b->token);
+}
+
+/* What lua.c raises in a script that Ctrl-C interrupts. */
+static int raise_interrupted(lua_State *L) { return luaL_error(L, "interrupted!"); }
 
 /* ---- replies from the main state ----------------------------------------- */
 
@@ -97,11 +125,21 @@ static int l_receive(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   uint64_t deadline = deadline_from(L, 2, "receive", "timeout");
   ic_isolate *main = c->main;
+  main_block b = {main, -1, 0};
   for (;;) {
+    /* Interrupted while waiting: a message that came meanwhile stays queued
+     * for the next receive. */
+    if (b.begun && atomic_load(&main->sigint)) {
+      block_end(&b);
+      return raise_interrupted(L);
+    }
     ic_msg *m;
     while ((m = mailbox_pop(&main->sysq)) != NULL) msg_free(m); /* late replies */
     m = mailbox_pop(&main->mbox);
     if (m) {
+      /* A Ctrl-C in the instant since the look above: handed on, to the
+       * handler there was before (lua.c raises at the next instruction). */
+      if (block_end(&b)) raise(SIGINT);
       int top = lua_gettop(L);
       lua_pushcfunction(L, push_received);
       lua_pushlightuserdata(L, m);
@@ -113,11 +151,13 @@ static int l_receive(lua_State *L) {
     }
     if (mailbox_count(&main->mbox) > 0) continue; /* a push half done */
     if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
+    block_begin(&b);
     if (!cluster_main_wait(c, &main->mbox, deadline)) {
       if (mailbox_count(&main->mbox) > 0) continue;
       break;
     }
   }
+  if (block_end(&b)) return raise_interrupted(L);
   lua_pushnil(L);
   return 1;
 }
@@ -148,10 +188,18 @@ static int l_main_request(lua_State *L) {
     return luaL_error(L, "request to %s failed: %s", luaL_tolstring(L, 1, NULL), why);
   }
   uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(t);
+  main_block b = {main, -1, 0};
   for (;;) {
+    /* Interrupted while waiting: a reply, if one comes, is dropped later
+     * as a late one. */
+    if (b.begun && atomic_load(&main->sigint)) {
+      block_end(&b);
+      return raise_interrupted(L);
+    }
     x = mailbox_pop(&main->sysq);
     if (x) {
       if ((x->kind == MSG_REPLY || x->kind == MSG_REPLY_ERROR) && x->corr == corr) {
+        if (block_end(&b)) raise(SIGINT); /* as in l_receive */
         int is_error = x->kind == MSG_REPLY_ERROR;
         int st = lstate_decode_msg(L, c, x);
         msg_free(x);
@@ -163,10 +211,14 @@ static int l_main_request(lua_State *L) {
     }
     if (mailbox_count(&main->sysq) > 0) continue;
     if (atomic_load(&c->state) == CLUSTER_DOWN) {
+      block_end(&b);
       lua_settop(L, 1);
       return luaL_error(L, "request to %s failed: the cluster has shut down", luaL_tolstring(L, 1, NULL));
     }
-    if (!cluster_main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0) {
+    block_begin(&b);
+    if (!cluster_main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0 &&
+        !atomic_load(&main->sigint)) {
+      block_end(&b);
       lua_settop(L, 1);
       char secs[32]; /* "%g", as the isolates write it: "3 s", "0.5 s" */
       snprintf(secs, sizeof secs, "%g", t);
@@ -200,12 +252,35 @@ static int l_set_logger(lua_State *L) {
   return 0;
 }
 
+/* A waiting lookup in the main state, interruptible by Ctrl-C. */
+typedef struct main_wait_path {
+  uint64_t deadline;
+  int interrupted;
+} main_wait_path;
+
+static ic_isolate *main_find_waiting(void *ud, ic_cluster *c, const char *path) {
+  main_wait_path *w = ud;
+  main_block b = {c->main, -1, 0};
+  block_begin(&b);
+  ic_isolate *iso = cluster_main_wait_path(c, path, w->deadline);
+  if (block_end(&b)) {
+    w->interrupted = 1;
+    if (iso) isolate_release(iso);
+    return NULL;
+  }
+  return iso;
+}
+
 static int l_lookup(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   lstate_check_path(L, 2, "lookup_isolate");
   uint64_t deadline = lua_isnoneornil(L, 3) ? 0 : deadline_from(L, 3, "lookup_isolate", "wait");
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "lookup_isolate after shutdown");
-  return lstate_lookup(L, c, 2, deadline);
+  if (!deadline) return lstate_lookup(L, c, 2, 0);
+  main_wait_path w = {deadline, 0};
+  lstate_lookup_with(L, c, 2, main_find_waiting, &w);
+  if (w.interrupted) return raise_interrupted(L);
+  return 1;
 }
 
 static int l_lookup_prefix(lua_State *L) {
@@ -217,15 +292,16 @@ static int l_lookup_prefix(lua_State *L) {
 static int l_run(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   uint64_t deadline = deadline_from(L, 2, "run", "timeout");
-  ic_isolate *m = c->main;
-  /* Until the cluster is down: a shutdown under way (asked for by an
-   * isolate, run by the stopper) is waited for within this deadline only. */
-  plat_mutex_lock(&m->wlock);
-  while (atomic_load(&c->state) != CLUSTER_DOWN) {
-    if (deadline == UINT64_MAX) plat_cond_wait(&m->wcond, &m->wlock);
-    else if (plat_cond_wait_until(&m->wcond, &m->wlock, deadline) == ETIMEDOUT) break;
+  main_block b = {c->main, -1, 0};
+  block_begin(&b);
+  /* Woken by each message to the main state too: they stay queued. */
+  while (atomic_load(&c->state) == CLUSTER_RUNNING && !atomic_load(&c->main->sigint)) {
+    if (!cluster_main_wait(c, NULL, deadline)) break;
   }
-  plat_mutex_unlock(&m->wlock);
+  if (block_end(&b)) return raise_interrupted(L);
+  /* A shutdown under way (asked for by an isolate, run by the stopper) is
+   * waited for within this deadline only. */
+  if (atomic_load(&c->state) == CLUSTER_STOPPING) cluster_wait_down(c, deadline);
   int stopped = atomic_load(&c->state) == CLUSTER_DOWN;
   if (stopped) cluster_join_stopper(c);
   lua_pushboolean(L, stopped);
@@ -235,8 +311,15 @@ static int l_run(lua_State *L) {
 static int l_shutdown(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   double t = lua_isnoneornil(L, 2) ? CLOSE_SHUTDOWN_SECONDS : lstate_check_seconds(L, 2, "shutdown", "timeout", 0);
+  /* Bounded, and it runs the on_shutdown handlers: a Ctrl-C meanwhile
+   * must not kill the process half-way, so it is held until the shutdown
+   * is over and then handed to the handler that was there before (lua.c
+   * then raises "interrupted!" at the next instruction). */
+  main_block b = {c->main, -1, 0};
+  block_begin(&b);
   int in_time = cluster_shutdown(c, t);
   cluster_join_stopper(c);
+  if (block_end(&b)) raise(SIGINT);
   lua_pushboolean(L, in_time);
   return 1;
 }
@@ -244,7 +327,11 @@ static int l_shutdown(lua_State *L) {
 static int l_drain(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   double t = lua_isnoneornil(L, 2) ? CLOSE_DRAIN_SECONDS : lstate_check_seconds(L, 2, "drain", "timeout", 0);
-  lua_pushboolean(L, cluster_drain(c, t));
+  main_block b = {c->main, -1, 0};
+  block_begin(&b);
+  int quiet = cluster_drain(c, t);
+  if (block_end(&b)) return raise_interrupted(L);
+  lua_pushboolean(L, quiet);
   return 1;
 }
 
@@ -262,11 +349,19 @@ static int l_close(lua_State *L) {
   ic_cluster *c = lc->c;
   if (!c) return 0;
   lc->c = NULL;
+  /* At the end of a script (often one that Ctrl-C just interrupted, when
+   * lua.c has put SIGINT back to its default): a Ctrl-C now ends the drain
+   * and is held until the shutdown, with its on_shutdown handlers, is over;
+   * then it takes its usual course. */
+  main_block b = {c->main, -1, 0};
+  block_begin(&b);
   if (atomic_load(&c->state) == CLUSTER_RUNNING) cluster_drain(c, CLOSE_DRAIN_SECONDS);
   cluster_shutdown(c, CLOSE_SHUTDOWN_SECONDS);
   if (!cluster_join_stopper(c)) cluster_detach_stopper(c); /* still stopping: it holds the cluster */
+  int interrupted = block_end(&b);
   cluster_close(c);
   cluster_release(c);
+  if (interrupted) raise(SIGINT);
   return 0;
 }
 
@@ -286,7 +381,8 @@ static int l_cluster_index(lua_State *L) {
 static int l_cluster_tostring(lua_State *L) {
   lcluster *lc = luaL_checkudata(L, 1, LCLUSTER_MT);
   if (!lc->c) lua_pushliteral(L, "isolate_cluster(closed)");
-  else lua_pushfstring(L, "isolate_cluster(node %d, %d workers)", (int)lc->c->node_id, lc->c->nworkers);
+  else /* the node part unsigned, as refs print it */
+    lua_pushfstring(L, "isolate_cluster(node %I, %d workers)", (lua_Integer)lc->c->node_id, lc->c->nworkers);
   return 1;
 }
 

@@ -19,6 +19,9 @@ static const char JOBS_KEY = 'j';
 /* Instructions between two looks at the interrupt flag and the slice clock
  * when a hook stays set (TSan builds, or a handler not yet able to yield). */
 #define HOOK_COUNT 1000
+/* Instructions between two calls of the hook once it is armed (see
+ * interrupt_hook): a kill or a preemption acts within that many. */
+#define HOOK_LOOK_COUNT 100
 
 /* ---- per-state data ------------------------------------------------------ */
 
@@ -479,16 +482,14 @@ static const char *pending_post(pending_send *p, ic_isolate *to, worker *from) {
 /* The main state's wait: blocks this thread until p's message is taken or
  * the deadline passes. */
 static const char *pending_wait_main(pending_send *p, ic_isolate *to, uint64_t deadline) {
-  ic_isolate *main = to->cluster->main;
   uint64_t pause = SEND_PAUSE_MIN_NS;
   for (;;) {
     uint64_t now = plat_now_ns();
     if (now >= deadline) return "mailbox full";
     uint64_t until = deadline - now > pause ? now + pause : deadline;
-    plat_mutex_lock(&main->wlock);
-    if (atomic_load(&to->cluster->state) == CLUSTER_RUNNING)
-      plat_cond_wait_until(&main->wcond, &main->wlock, until);
-    plat_mutex_unlock(&main->wlock);
+    /* Returns early when the cluster stops (or anything is posted to the
+     * main state): then the next try says so. */
+    cluster_main_wait(to->cluster, NULL, until);
     const char *why = pending_post(p, to, NULL);
     if (!is_full(why)) return why;
     if (pause < SEND_PAUSE_MAX_NS) pause *= 2;
@@ -872,9 +873,18 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
 }
 
 int lstate_lookup(lua_State *L, ic_cluster *c, int arg, uint64_t deadline) {
+  return lstate_lookup_with(L, c, arg, NULL, &deadline);
+}
+
+static ic_isolate *find_or_wait(void *ud, ic_cluster *c, const char *path) {
+  uint64_t deadline = *(uint64_t *)ud;
+  return deadline ? cluster_wait_path(c, path, deadline) : cluster_find_path(c, path);
+}
+
+int lstate_lookup_with(lua_State *L, ic_cluster *c, int arg, lstate_find_fn find, void *ud) {
   const char *path = lstate_check_path(L, arg, "lookup_isolate");
   guard *g = guard_push(L, release_isolate);
-  ic_isolate *iso = deadline ? cluster_wait_path(c, path, deadline) : cluster_find_path(c, path);
+  ic_isolate *iso = (find ? find : find_or_wait)(ud, c, path);
   if (!iso) {
     lua_pushnil(L);
     return 1;
@@ -954,15 +964,30 @@ static int l_core_reply(lua_State *L) {
   if (!m) return push_send_result(L, "out of memory");
   m->corr = (uint64_t)corr;
   ic_isolate *self = self_of(L);
-  return push_send_result(L, isolate_post_sys(r->iso, m, self->worker));
+  ic_isolate *to = r->iso;
+  const char *why = isolate_post_sys(to, m, self->worker);
+  /* Answered (or its requester is gone): no longer refused at the end. */
+  isolate_close_request(self, to, (uint64_t)corr);
+  return push_send_result(L, why);
 }
 
+/* core.timer(id, seconds [, periodic]): arms this isolate's timer id. */
 static int l_core_timer(lua_State *L) {
   lua_Integer id = luaL_checkinteger(L, 1);
   lua_Number s = luaL_checknumber(L, 2);
+  int periodic = lua_toboolean(L, 3);
   ic_isolate *self = self_of(L);
-  if (timer_arm(&self->cluster->timers, self, (uint64_t)id, plat_seconds_to_ns(s)))
-    return luaL_error(L, "out of memory arming a timer");
+  int rc = timer_arm(&self->cluster->timers, self, (uint64_t)id, plat_seconds_to_ns(s), periodic);
+  if (rc == ECANCELED) return luaL_error(L, "cannot arm a timer: the cluster has shut down");
+  if (rc) return luaL_error(L, "out of memory arming a timer");
+  return 0;
+}
+
+/* core.cancel_timer(id): a wait that has finished or a timer cancelled. */
+static int l_core_cancel_timer(lua_State *L) {
+  lua_Integer id = luaL_checkinteger(L, 1);
+  ic_isolate *self = self_of(L);
+  timer_cancel(&self->cluster->timers, self, (uint64_t)id);
   return 0;
 }
 
@@ -1065,9 +1090,15 @@ static int l_core_demonitor(lua_State *L) {
   return 0;
 }
 
+/* core.children() -> true while a linked child of this isolate is up. */
+static int l_core_children(lua_State *L) {
+  lua_pushboolean(L, self_of(L)->live_children > 0);
+  return 1;
+}
+
 static int l_core_up(lua_State *L) {
   ic_isolate *self = self_of(L);
-  if (!self->up) cluster_announce_up(self->cluster, self);
+  cluster_announce_up(self->cluster, self); /* once: it looks under the lock */
   return 0;
 }
 
@@ -1160,16 +1191,35 @@ static int in_runtime(lua_State *L, lua_Debug *ar) {
   return strncmp(ar->source, "=isolate_cluster.runtime", 24) == 0;
 }
 
+/* Removes the hook from L (the thread running it), unless a newer arming
+ * aimed at L since. O(1): lua_sethook walks the call stack only to set a
+ * hook, never to clear one. */
+static void hook_disarm(ic_isolate *iso, lua_State *L) {
+  plat_mutex_lock(&iso->hook_lock);
+  lua_sethook(L, NULL, 0, 0);
+  if (iso->armed_L == L) iso->armed_L = NULL;
+  plat_mutex_unlock(&iso->hook_lock);
+}
+
+/*
+ * Setting a hook costs time proportional to the depth of the thread's call
+ * stack (lua_sethook marks every Lua frame so that it traces), so the hook
+ * is set once per ask (a preemption, an interrupt) and never re-set while
+ * the ask waits: it is armed with
+ * a count of HOOK_LOOK_COUNT instructions and, when it cannot act yet (a
+ * preemption inside a C call such as string.gsub's callback, or inside the
+ * runtime's own code), it just returns and Lua calls it again that many
+ * instructions later. A handler recursing a million frames deep inside a C
+ * call would otherwise pay a walk of its whole stack every few instructions.
+ */
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   ic_isolate *iso = self_of(L);
-#ifndef IC_SYNC_HOOK
-  lua_sethook(L, NULL, 0, 0); /* one shot */
-#endif
   int irq = atomic_load(&iso->interrupt);
   if (irq) {
     /* Stays armed, at every instruction: user code that catches the error
-     * (a pcall in a loop) meets it again at once, until the isolate is down. */
-    lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
+     * (a pcall in a loop) meets it again at once, until the isolate is down.
+     * Set once: the count reads back as 1 from then on. */
+    if (lua_gethookcount(L) != 1) lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
     luaL_error(L, "%s", irq == INTERRUPT_KILL ? "killed" : "interrupted by shutdown");
   }
 #ifdef IC_SYNC_HOOK
@@ -1180,22 +1230,47 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar) {
      * resumes it on the isolate's next turn (like Erlang's reductions). */
     if (lua_isyieldable(L) && !in_runtime(L, ar) && running_job(L)) {
       atomic_store(&iso->preempt, 0);
+#ifndef IC_SYNC_HOOK
+      hook_disarm(iso, L);
+#endif
       lua_yield(L, 0);
     }
-#ifndef IC_SYNC_HOOK
     /* Not at a point where it can yield (inside a C call, or in the
-     * runtime's own code): look again soon. */
-    lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 100);
-#endif
+     * runtime's own code): the hook stays, and looks again
+     * HOOK_LOOK_COUNT instructions later. */
+    return;
   }
+#ifndef IC_SYNC_HOOK
+  hook_disarm(iso, L); /* one shot: nothing asked any more */
+#endif
 }
 
 void lstate_arm_hook(ic_isolate *iso) {
 #ifndef IC_SYNC_HOOK
-  if (iso->running_L) lua_sethook(iso->running_L, interrupt_hook, LUA_MASKCOUNT, 1);
+  /* Armed already (the monitor asks again at every tick of a long turn):
+   * setting it again would walk the stack again for nothing. */
+  if (iso->running_L && iso->armed_L != iso->running_L) {
+    /* An interrupt acts at the next instruction; a preemption may wait. */
+    int count = atomic_load(&iso->interrupt) ? 1 : HOOK_LOOK_COUNT;
+    lua_sethook(iso->running_L, interrupt_hook, LUA_MASKCOUNT, count);
+    iso->armed_L = iso->running_L;
+  }
 #else
   (void)iso;
 #endif
+}
+
+/* Makes T the Lua thread iso runs now. Caller holds iso->hook_lock. An
+ * armed_L left from another thread is forgotten: that thread may be
+ * collected and its address reused by a thread that has no hook. */
+static void track_running(ic_isolate *iso, lua_State *T) {
+  if (iso->running_L != T) iso->armed_L = NULL;
+  iso->running_L = T;
+  /* An interrupt or preemption asked for while another Lua thread ran (or
+   * nothing was tracked): aim at this one too. */
+  if (T && (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
+            atomic_load_explicit(&iso->preempt, memory_order_relaxed)))
+    lstate_arm_hook(iso);
 }
 
 /* core.running([co]): the runtime says which Lua thread runs now: co, or
@@ -1204,11 +1279,7 @@ static int l_core_running(lua_State *L) {
   ic_isolate *iso = self_of(L);
   lua_State *co = lua_tothread(L, 1);
   plat_mutex_lock(&iso->hook_lock);
-  iso->running_L = co ? co : L;
-  /* An interrupt or preemption asked for while nothing was tracked. */
-  if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
-      atomic_load_explicit(&iso->preempt, memory_order_relaxed))
-    lstate_arm_hook(iso);
+  track_running(iso, co ? co : L);
   plat_mutex_unlock(&iso->hook_lock);
   return 0;
 }
@@ -1375,9 +1446,10 @@ static int l_boot(lua_State *L) {
 
   static const luaL_Reg core[] = {
       {"self", l_core_self}, {"main", l_core_main}, {"request", l_core_request},
-      {"reply", l_core_reply}, {"timer", l_core_timer}, {"spawn", l_core_spawn},
+      {"reply", l_core_reply}, {"timer", l_core_timer}, {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn},
       {"lookup", l_core_lookup}, {"lookup_prefix", l_core_lookup_prefix},
       {"subscribe", l_core_subscribe}, {"events", l_core_events}, {"up", l_core_up},
+      {"children", l_core_children},
       {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
       {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
       {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},
@@ -1441,11 +1513,7 @@ static void fail_from_status(ic_isolate *iso, lua_State *L) {
 
 static void set_running(ic_isolate *iso, lua_State *T) {
   plat_mutex_lock(&iso->hook_lock);
-  iso->running_L = T;
-  /* Asked for while another Lua thread ran: aim at this one too. */
-  if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
-      atomic_load_explicit(&iso->preempt, memory_order_relaxed))
-    lstate_arm_hook(iso);
+  track_running(iso, T);
   plat_mutex_unlock(&iso->hook_lock);
 }
 
@@ -1531,6 +1599,10 @@ void lstate_boot(ic_isolate *iso) {
 }
 
 void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
+  /* From here the request is this isolate's to answer; if it goes down
+   * first, the requester hears so at once (isolate_finish). Without memory
+   * to track it, it can still be answered, or it times out. */
+  if (m && m->kind == MSG_REQUEST && m->sender) isolate_open_request(iso, m->sender, m->corr);
   lua_State *P = iso->pump;
   if (!P) {
     isolate_set_ending(iso, "error: isolate state unavailable");
@@ -1550,6 +1622,7 @@ void lstate_close(ic_isolate *iso) {
   lua_State *L = iso->L;
   plat_mutex_lock(&iso->hook_lock);
   iso->running_L = NULL;
+  iso->armed_L = NULL;
   plat_mutex_unlock(&iso->hook_lock);
   iso->L = NULL;
   iso->pump = NULL;

@@ -18,7 +18,8 @@
 #define LREF_MT "isolate_cluster.ref"
 
 /* Kinds passed to the runtime's dispatch beyond the MSG_* message kinds. */
-enum { LSTATE_EVENTS = 10, LSTATE_RESUME = 11, LSTATE_SHUTDOWN = 12, LSTATE_START = 13 };
+enum { LSTATE_EVENTS = 10, LSTATE_RESUME = 11, LSTATE_SHUTDOWN = 12, LSTATE_START = 13,
+       LSTATE_CHECK = 14 /* something that kept the isolate up has gone: may it end? */ };
 
 /* Installs the one-shot interrupt/preemption hook on iso's running Lua
  * thread, if any. Caller holds iso->hook_lock. Any thread: this is the
@@ -72,6 +73,11 @@ int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m);
 int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden);
 /* lookup_isolate(path): pushes the ref at the path or nil, waiting until
  * deadline (monotonic ns; 0 = no wait). */
+/* lookup_isolate with the finding done by find(ud, c, path), which returns
+ * a retained isolate or NULL (e.g. a wait the caller can interrupt); the
+ * hold is released even when pushing the ref raises. Pushes the ref or nil. */
+typedef ic_isolate *(*lstate_find_fn)(void *ud, ic_cluster *c, const char *path);
+int lstate_lookup_with(lua_State *L, ic_cluster *c, int arg, lstate_find_fn find, void *ud);
 int lstate_lookup(lua_State *L, ic_cluster *c, int arg, uint64_t deadline);
 /* The path at idx, a string without NUL bytes; raises naming fname. */
 const char *lstate_check_path(lua_State *L, int idx, const char *fname);

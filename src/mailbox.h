@@ -40,7 +40,7 @@ enum {
   MSG_CONTROL,     /* corr is one of the CONTROL_* codes below */
   MSG_DOWN,        /* monitor corr fired; data is the down reason (src/monitor.h) */
 };
-enum { CONTROL_SHUTDOWN = 1, CONTROL_KILL, CONTROL_STOP };
+enum { CONTROL_SHUTDOWN = 1, CONTROL_KILL, CONTROL_STOP, CONTROL_CHILD_DOWN };
 
 typedef struct ic_msg {
   _Atomic(struct ic_msg *) next;

@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "cluster.h"
 #include "isolate.h"
@@ -22,6 +21,7 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
   s->head = s->tail = NULL;
   atomic_init(&s->nidle, 0);
   s->stopping = 0;
+  atomic_init(&s->halted, 0);
   s->workers = calloc((size_t)nworkers, sizeof *s->workers);
   if (!s->workers) return ENOMEM;
   if (plat_mutex_init(&s->lock)) { free(s->workers); return ENOMEM; }
@@ -37,7 +37,7 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
     s->workers[i].index = i;
     atomic_init(&s->workers[i].lifo, NULL);
     atomic_init(&s->workers[i].lifo_pushes, 0);
-    atomic_init(&s->workers[i].exit_state, WORKER_RUNNING);
+    atomic_init(&s->workers[i].exit_state, THREAD_RUNNING);
     plat_mutex_init(&s->workers[i].cur_lock);
   }
   return 0;
@@ -204,6 +204,11 @@ void sched_push(sched *s, ic_isolate *iso, worker *from) {
 /* Next isolate for w, blocking while there is none; NULL when stopping. */
 static ic_isolate *sched_next(sched *s, worker *w) {
   ic_isolate *iso = atomic_exchange(&w->lifo, NULL);
+  if (iso && atomic_load_explicit(&s->halted, memory_order_acquire)) {
+    /* A worker left running past shutdown woke it: shutdown closes it. */
+    isolate_release(iso);
+    return NULL;
+  }
   if (iso) {
     if (w->lifo_streak < LIFO_STREAK_MAX) {
       w->lifo_streak++;
@@ -245,21 +250,7 @@ static void *worker_main(void *arg) {
   sched *s = w->sched;
   ic_isolate *iso;
   while ((iso = sched_next(s, w)) != NULL) {
-    /* A worker left behind by the shutdown runs nothing more (the isolate
-     * may be closed by the shutdown now); in_run tells sched_stop which
-     * isolate is in a turn here. */
-    plat_mutex_lock(&w->cur_lock);
-    int left = atomic_load(&w->exit_state) == WORKER_LEFT;
-    if (!left) w->in_run = iso;
-    plat_mutex_unlock(&w->cur_lock);
-    if (left) {
-      isolate_release(iso);
-      break;
-    }
     int r = isolate_run(iso, w);
-    plat_mutex_lock(&w->cur_lock);
-    w->in_run = NULL;
-    plat_mutex_unlock(&w->cur_lock);
     if (r == RUN_AGAIN) {
       /* Still has work: to the back of the queue, for fairness. */
       queue_append(s, iso);
@@ -267,16 +258,10 @@ static void *worker_main(void *arg) {
       /* RUN_IDLE or RUN_DONE: the run queue's hold ends here. */
       isolate_release(iso);
     }
-    if (atomic_load(&w->exit_state) == WORKER_LEFT) break;
   }
-  int running = WORKER_RUNNING;
-  if (!atomic_compare_exchange_strong(&w->exit_state, &running, WORKER_EXITED)) {
-    /* Left behind: nobody joins this thread; the hold sched_stop took for
-     * it is given back last, and may free the cluster (and w). */
-    ic_isolate *slot = atomic_exchange(&w->lifo, NULL);
-    if (slot) isolate_release(slot);
-    cluster_release(s->cluster);
-  }
+  /* Left running by a shutdown: the hold it took on the cluster (which
+   * owns this worker's struct) ends with the thread, as the last thing. */
+  if (atomic_exchange(&w->exit_state, THREAD_EXITED) == THREAD_LEFT) cluster_release(s->cluster);
   return NULL;
 }
 
@@ -293,9 +278,35 @@ int sched_start(sched *s) {
   return 0;
 }
 
-void sched_stop(sched *s, uint64_t until, void (*on_left)(ic_isolate *iso, void *ud), void *ud) {
+/* A worker still in a turn past the deadline: its isolate is stuck in a
+ * blocking C call (Lua code would have met the kill). The thread is left
+ * to the process: it keeps the cluster alive until it ends (worker_main),
+ * and its isolate leaves the registry so nothing else closes the state the
+ * thread still runs. */
+static void leave_worker(sched *s, worker *w) {
+  cluster_retain(s->cluster);
+  if (atomic_exchange(&w->exit_state, THREAD_LEFT) == THREAD_EXITED) {
+    /* It ended just now after all: an ordinary join. */
+    cluster_release(s->cluster);
+    plat_thread_join(w->thread);
+    return;
+  }
+  plat_mutex_lock(&w->cur_lock);
+  ic_isolate *iso = w->current;
+  if (iso) isolate_retain(iso);
+  plat_mutex_unlock(&w->cur_lock);
+  plat_thread_detach(w->thread);
+  plat_pin_code();
+  if (iso) {
+    cluster_leave_isolate(s->cluster, iso);
+    isolate_release(iso);
+  }
+}
+
+void sched_stop(sched *s, uint64_t deadline) {
   plat_mutex_lock(&s->lock);
   s->stopping = 1;
+  atomic_store(&s->halted, 1);
   plat_cond_broadcast(&s->cond);
   plat_cond_signal(&s->monitor_cond);
   plat_mutex_unlock(&s->lock);
@@ -305,34 +316,12 @@ void sched_stop(sched *s, uint64_t until, void (*on_left)(ic_isolate *iso, void 
   }
   for (int i = 0; i < s->nworkers; i++) {
     worker *w = &s->workers[i];
-    if (!w->started) continue;
-    w->started = 0;
-    while (atomic_load(&w->exit_state) == WORKER_RUNNING && plat_now_ns() < until) {
-      struct timespec ts = {0, 1000000};
-      nanosleep(&ts, NULL);
+    if (w->started) {
+      if (plat_thread_join_until(w->thread, deadline) == ETIMEDOUT) leave_worker(s, w);
+      w->started = 0;
     }
-    /* Still in a turn (a blocking C call the hook cannot reach): leave it,
-     * with a hold on the cluster, rather than wait for it. The caller holds
-     * the cluster too, so the release when it exited after all is not the
-     * last. */
-    cluster_retain(s->cluster);
-    int running = WORKER_RUNNING;
-    if (atomic_compare_exchange_strong(&w->exit_state, &running, WORKER_LEFT)) {
-      pthread_detach(w->thread);
-      plat_mutex_lock(&w->cur_lock);
-      ic_isolate *iso = w->in_run;
-      if (iso) isolate_retain(iso);
-      plat_mutex_unlock(&w->cur_lock);
-      if (iso) {
-        on_left(iso, ud);
-        isolate_release(iso);
-      }
-      continue;
-    }
-    cluster_release(s->cluster);
-    plat_thread_join(w->thread);
-    ic_isolate *slot = atomic_exchange(&w->lifo, NULL);
-    if (slot) isolate_release(slot);
+    ic_isolate *left = atomic_exchange(&w->lifo, NULL);
+    if (left) isolate_release(left);
   }
   plat_mutex_lock(&s->lock);
   ic_isolate *iso = s->head;

@@ -35,6 +35,7 @@ typedef struct worker {
   unsigned lifo_streak;      /* consecutive LIFO runs */
   int index;
   int started;
+  atomic_int exit_state;     /* THREAD_* (isolate.h): who lets go when it ends */
   /* What the worker runs now, for the monitor. cur_lock is held only to
    * switch `current` and by the monitor while it touches that isolate, so
    * the isolate cannot end its turn (and go away) under the monitor. */
@@ -42,17 +43,7 @@ typedef struct worker {
   struct ic_isolate *current;
   uint64_t turn_start;
   int preempted;             /* the monitor asked this turn to yield */
-  /* The isolate this worker runs a turn of (whole isolate_run), under
-   * cur_lock, so that a shutdown that leaves the worker behind knows which
-   * isolate it must not close. */
-  struct ic_isolate *in_run;
-  atomic_int exit_state;     /* WORKER_* */
 } worker;
-
-/* How a worker ends: it exits by itself when the scheduler stops, or, stuck
- * past the shutdown's deadline (a blocking C call), it is left running:
- * then it holds the cluster and lets go of it as its last act. */
-enum { WORKER_RUNNING = 0, WORKER_EXITED = 1, WORKER_LEFT = 2 };
 
 enum { LIFO_WATCH_OFF, LIFO_WATCH_ON, LIFO_WATCH_RESTING };
 
@@ -65,6 +56,8 @@ typedef struct sched {
   struct ic_isolate *head, *tail;
   _Atomic int nidle;         /* written under lock; read without it as a hint */
   int stopping;
+  atomic_int halted;         /* stopping, for a worker left running by a shutdown
+                                (read without the lock on the LIFO path) */
   /* The monitor (like Go's sysmon) preempts a turn that has run longer
    * than the time slice. It sleeps while every worker is idle. While an
    * isolate waits in a LIFO slot and a worker is idle, it watches the slots
@@ -95,10 +88,10 @@ int sched_start(sched *s);
  * caller's worker or NULL. Any thread. */
 void sched_push(sched *s, struct ic_isolate *iso, worker *from);
 /* Stops and joins the workers; isolates still queued are released. A
- * worker still in a turn at `until` (monotonic ns) is left running: on_left
- * gets the isolate it runs (the callee must keep anyone else from closing
- * it; the worker ends its turn and closes it if its C call ever returns). */
-void sched_stop(sched *s, uint64_t until, void (*on_left)(struct ic_isolate *iso, void *ud), void *ud);
+ * worker still in a turn at deadline (monotonic ns; an isolate stuck in a
+ * blocking C call) is left running: detached, holding the cluster until it
+ * ends, its isolate taken out of the registry (cluster_leave_isolate). */
+void sched_stop(sched *s, uint64_t deadline);
 void sched_fini(sched *s);
 
 #endif

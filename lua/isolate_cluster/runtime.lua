@@ -69,7 +69,12 @@ S.fail_with = fail_with
 -- The end of a request handler: its first return value is the reply, its
 -- error is raised at the requester. With reply_later the answer comes from
 -- elsewhere, unless the handler failed before giving it.
+-- An error that is not the table on_error makes was never captured: the
+-- handler (or on_error itself) ran out of memory. The isolate goes down
+-- with it ("error: not enough memory"), and C fails the request with that
+-- reason, as every request still open when an isolate goes down.
 local function done_reply(job, ok, r)
+  if not ok and type(r) ~= "table" then return fail_with(r) end
   local sender, corr, deferred = job.reply_to, job.corr, job.deferred
   if deferred and (ok or deferred.used) then return end
   if ok then
@@ -86,6 +91,19 @@ local function noop() end
 S.noop = noop
 
 local pump_job -- the record of the current pump
+
+-- Ending (SPEC §3.7): once the entry function has returned, an isolate with
+-- nothing left to run goes down with reason "normal": no message handler,
+-- no up/down/shutdown handler, no timer, no waiting or queued handler run
+-- (the extras know those), and no linked child still up (a launcher that
+-- spawns workers and returns stays while they work). Checked after every
+-- dispatch, so also when the last timer fires or is cancelled, a handler is
+-- removed, or the last child goes down (C dispatches a check then).
+local children = core.children
+local function nothing_left()
+  return S.entry_done and not S.failed and not handlers.message and (not X or X.idle())
+    and not children()
+end
 
 local function pump_body(m, kind)
   local pjob = pump_job
@@ -119,6 +137,7 @@ local function pump_body(m, kind)
       pjob.active, pjob.entry = true, true
       local ok, r = xpcall(m, on_error, S.CONTEXT)
       pjob.active = false
+      S.entry_done = true
       if not ok then
         fail_with(r)
       elseif pjob.entry then
@@ -137,6 +156,10 @@ local function pump_body(m, kind)
       mode = WAIT_BLOCKED
     elseif X then
       mode = X.settle()
+    end
+    if mode == WAIT_NONE and nothing_left() then
+      S.fail("normal")
+      mode = WAIT_BLOCKED
     end
     m, kind = coyield(mode)
   end
@@ -184,9 +207,13 @@ function methods:properties()
   return self_ref:properties()
 end
 
+-- A handler is removed with nil (an isolate left with no handler and
+-- nothing else to run ends, see nothing_left).
 function methods:on_message(fn)
   check_self(self, "on_message")
-  if type(fn) ~= "function" then error("on_message expects a function, got " .. type(fn), 2) end
+  if fn ~= nil and type(fn) ~= "function" then
+    error("on_message expects a function or nil, got " .. type(fn), 2)
+  end
   handlers.message = fn
 end
 

@@ -19,7 +19,7 @@ local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
 local EVENT_UP = 1
 
 local cocreate, coresume, coyield, corunning = S.cocreate, S.coresume, S.coyield, S.corunning
-local type, tostring, error, xpcall, setmetatable = type, tostring, error, xpcall, setmetatable
+local type, tostring, error, xpcall, setmetatable, next = type, tostring, error, xpcall, setmetatable, next
 local fmt = string.format
 local running, take, check_seconds = core.running, core.take, core.check_seconds
 
@@ -135,8 +135,11 @@ local function wait(kind, token, timeout, what)
   return coyield(WAIT)
 end
 
+-- The wait is over: its timeout, if it has one still armed, goes too (an
+-- armed timer holds a drain back, and its isolate).
 local function wake(job, ...)
   S.current = false
+  if job.timer then core.cancel_timer(job.timer) end
   job.kind, job.token, job.timer = false, false, false
   return resume(job, ...)
 end
@@ -200,11 +203,12 @@ local function dispatch(kind, m)
     -- Otherwise a late reply to a request that timed out: dropped.
   elseif kind == K_TIMER then
     if cur and cur.timer == corr then
+      cur.timer = false -- fired: nothing to cancel
       wake(cur, TIMEOUT)
     else
       local t = timers[corr]
       if t then
-        if t.every then core.timer(corr, t.every) else timers[corr] = nil end
+        if t.every then core.timer(corr, t.every, true) else timers[corr] = nil end
         enqueue(t.fn, t.handle)
       end
     end
@@ -234,6 +238,12 @@ local function settle()
   return mode()
 end
 
+-- Nothing here is left to run (see nothing_left in runtime.lua).
+local function idle()
+  return not S.current and qhead > qtail and not handlers.up and not handlers.down
+    and not handlers.shutdown and next(timers) == nil and next(monitors) == nil
+end
+
 local function adopt(pjob, preempted)
   pjob.adopted = true
   pjob.done = noop
@@ -251,21 +261,32 @@ end
 local Timer = {}
 Timer.__index = Timer
 function Timer:cancel()
-  timers[self.id] = nil
+  if timers[self.id] then
+    timers[self.id] = nil
+    core.cancel_timer(self.id)
+  end
 end
 
 local function check_fn(fn, what)
   if type(fn) ~= "function" then error(fmt("%s expects a function, got %s", what, type(fn)), 3) end
 end
 
+-- Handlers are removed with nil.
+local function check_handler(fn, what)
+  if fn ~= nil and type(fn) ~= "function" then
+    error(fmt("%s expects a function or nil, got %s", what, type(fn)), 3)
+  end
+end
+
 function methods:on_isolate_up(fn, opts)
   check_self(self, "on_isolate_up")
-  check_fn(fn, "on_isolate_up")
+  check_handler(fn, "on_isolate_up")
   if opts ~= nil then
     if type(opts) ~= "table" then error("on_isolate_up: opts must be a table", 2) end
     core.check_options(opts, "on_isolate_up", "existing")
   end
   handlers.up = fn
+  if fn == nil then return end
   local existing = core.subscribe(opts and opts.existing or false)
   if existing then
     for i = 1, #existing do enqueue(fn, existing[i]) end
@@ -274,9 +295,9 @@ end
 
 function methods:on_isolate_down(fn)
   check_self(self, "on_isolate_down")
-  check_fn(fn, "on_isolate_down")
+  check_handler(fn, "on_isolate_down")
   handlers.down = fn
-  core.subscribe(false)
+  if fn ~= nil then core.subscribe(false) end
 end
 
 local Monitor = {}
@@ -304,7 +325,7 @@ end
 
 function methods:on_shutdown(fn)
   check_self(self, "on_shutdown")
-  check_fn(fn, "on_shutdown")
+  check_handler(fn, "on_shutdown")
   handlers.shutdown = fn
 end
 
@@ -357,7 +378,7 @@ local function add_timer(seconds, fn, every, name)
   next_timer = next_timer + 1
   local t = setmetatable({ id = next_timer }, Timer)
   timers[next_timer] = { fn = fn, every = every and seconds or nil, handle = t }
-  core.timer(next_timer, seconds)
+  core.timer(next_timer, seconds, every)
   return t
 end
 
@@ -415,6 +436,7 @@ local function request(ref, msg, timeout_s)
   error(value, 0)
 end
 
+
 -- ref:send(msg, wait_s) inside an isolate whose first try found the
 -- mailbox full (src/lstate.c, send_waiting): the C side holds the encoded
 -- message in `pending`; this looks for room again at growing intervals
@@ -437,4 +459,4 @@ local function send_wait(pending, ref, wait_s)
   end
 end
 
-return { dispatch = dispatch, settle = settle, adopt = adopt, request = request, send_wait = send_wait }
+return { dispatch = dispatch, settle = settle, adopt = adopt, request = request, send_wait = send_wait, idle = idle }

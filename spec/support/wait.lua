@@ -105,17 +105,29 @@ end
 local function shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
+M.shell_quote = shell_quote
+
+--- The contents of a file, or "" when it cannot be read.
+function M.read_file(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
 
 --- Runs `code` as a script in a child lua5.4 with this process's package.path
 --- and package.cpath. Returns its combined stdout+stderr, and its exit code.
 --- The child is bounded by coreutils `timeout` (seconds, default 30) so a hang
---- is reported as exit code 124 instead of hanging the suite.
-function M.run_lua(code, timeout)
+--- is reported as exit code 124 instead of hanging the suite. `env`: more
+--- shell variable assignments for the child, as one string (optional).
+function M.run_lua(code, timeout, env)
   local script = os.tmpname()
   local f = assert(io.open(script, "w"))
   f:write(code)
   f:close()
   local cmd = table.concat({
+    env or "",
     "LUA_PATH=" .. shell_quote(package.path),
     "LUA_CPATH=" .. shell_quote(package.cpath),
     "timeout", tostring(timeout or 30),
