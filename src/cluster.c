@@ -285,7 +285,9 @@ int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *err
   char *own = NULL;
   if (path) {
     if (!valid_path(path)) {
-      snprintf(errbuf, errlen, "invalid path \"%s\" (a path is \"/name\" or \"/dir/\", without empty segments)", path);
+      snprintf(errbuf, errlen,
+               "invalid path \"%s\" (a path is \"/name\" or \"/dir/\", without empty segments or control characters)",
+               path);
       return EINVAL;
     }
   }

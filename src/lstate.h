@@ -85,6 +85,14 @@ int lstate_core_check_options(lua_State *L);
  * Raises "<fname>: <what> must be ..." otherwise; the main state and the
  * isolates' runtime check every time they take with it. */
 double lstate_check_seconds(lua_State *L, int idx, const char *fname, const char *what, int positive);
+/* Option field `what` of the table at t, when set: an integer-valued number
+ * (not a string that converts) within [min, max]; nil leaves dflt. Raises
+ * "<fname>: opts.<what> must be ..." otherwise. */
+lua_Integer lstate_opt_integer(lua_State *L, int t, const char *fname, const char *what, lua_Integer dflt,
+                               lua_Integer min, lua_Integer max);
+/* Option field `what` of the table at t: nil or false is 0, true is 1,
+ * anything else raises "<fname>: opts.<what> must be a boolean, got ...". */
+int lstate_opt_flag(lua_State *L, int t, const char *fname, const char *what);
 /* send_all(refs, msg): pushes the number accepted and a table of reasons by
  * index (or nil). Encodes msg once. */
 int lstate_send_all(lua_State *L, int refs_idx, int msg_idx);

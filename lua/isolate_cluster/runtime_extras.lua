@@ -264,6 +264,9 @@ function methods:on_isolate_up(fn, opts)
   if opts ~= nil then
     if type(opts) ~= "table" then error("on_isolate_up: opts must be a table", 2) end
     core.check_options(opts, "on_isolate_up", "existing")
+    if opts.existing ~= nil and type(opts.existing) ~= "boolean" then
+      error("on_isolate_up: opts.existing must be a boolean, got " .. type(opts.existing), 2)
+    end
   end
   handlers.up = fn
   local existing = core.subscribe(opts and opts.existing or false)
@@ -403,6 +406,11 @@ end
 -- ref:request inside an isolate: suspends only this isolate's handler.
 local function request(ref, msg, timeout_s)
   if timeout_s == nil then timeout_s = 5 else check_seconds(timeout_s, "request", "timeout", true) end
+  if rawequal(ref, self_ref) or ref == self_ref then
+    -- Its own handler waits for the reply, so nothing could ever answer.
+    error(fmt("request to %s failed: an isolate cannot request itself (nothing answers while it waits)",
+      tostring(ref)), 2)
+  end
   next_corr = next_corr + 1
   local corr = next_corr
   local ok, why = core.request(ref, msg, corr)
