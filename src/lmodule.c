@@ -357,7 +357,9 @@ static int l_encode(lua_State *L) {
  * back as refs that no isolate of this process answers to. */
 static int l_decode(lua_State *L) {
   size_t len;
-  const char *data = luaL_checklstring(L, 1, &len);
+  /* Bytes only: luaL_checklstring would decode 5 as the string "5". */
+  luaL_checktype(L, 1, LUA_TSTRING);
+  const char *data = lua_tolstring(L, 1, &len);
   lstate_ctx *ctx = lstate_open(L);
   codec_limits lim = ctx->lim;
   lim.allow_functions = lua_toboolean(L, 2);

@@ -1,0 +1,204 @@
+-- SPEC §4 with unusual values, and the §2 events and reasons with unusual
+-- arguments: what arrives is what was sent, bit for bit and shape for
+-- shape; what cannot be copied is refused naming where it sits; stop
+-- reasons and down reasons read as documented.
+local ic = require("isolate_cluster")
+local W = require("support.wait")
+
+local describe, it, assert = describe, it, assert
+local _ENV = _G
+local with_cluster, echo_entry, error_containing = W.with_cluster, W.echo_entry, W.error_containing
+
+local function bits(x) return string.pack("<d", x) end
+
+local function nest(n)
+  local t = {}
+  local cur = t
+  for _ = 2, n do
+    cur[1] = {}
+    cur = cur[1]
+  end
+  return t
+end
+
+describe("values at the edges", function()
+  it("keep NaN payloads and the sign of NaN, bit for bit", function()
+    with_cluster({ workers = 1 }, function(c)
+      local r = c:spawn_isolate(echo_entry)
+      for _, raw in ipairs({ 0xfff8000000000001, 0x7ff0000000000001, 0x7ff8000000000000, 0x8000000000000000 }) do
+        local x = string.unpack("<d", string.pack("<I8", raw))
+        assert.equal(bits(x), bits(r:request(x, W.TIMEOUT)))
+      end
+    end)
+  end)
+
+  it("keep integer keys at the ends of the range, 0 and negatives, and sparse arrays", function()
+    with_cluster({ workers = 1 }, function(c)
+      local r = c:spawn_isolate(echo_entry)
+      local b = r:request({ [0] = 1, [-1] = 2, [math.mininteger] = 3, [math.maxinteger] = 4, [1] = 5, [1000000] = 6 },
+        W.TIMEOUT)
+      assert.same({ 1, 2, 3, 4, 5, 6 }, { b[0], b[-1], b[math.mininteger], b[math.maxinteger], b[1], b[1000000] })
+      local p = r:request(table.pack(1, nil, 3), W.TIMEOUT)
+      assert.same({ 3, 1, nil, 3 }, { p.n, p[1], p[2], p[3] })
+      local k = r:request({ ["a\0b"] = 1, [""] = 2, [1.5] = 3, [true] = 4, [false] = 5 }, W.TIMEOUT)
+      assert.same({ 1, 2, 3, 4, 5 }, { k["a\0b"], k[""], k[1.5], k[true], k[false] })
+    end)
+  end)
+
+  it("a table as a key stays the same table as the value it is also used as", function()
+    with_cluster({ workers = 1 }, function(c)
+      local r = c:spawn_isolate(echo_entry)
+      local key = { name = "k" }
+      local b = r:request({ [key] = key, list = { key } }, W.TIMEOUT)
+      local k, v
+      for kk, vv in pairs(b) do if type(kk) == "table" then k, v = kk, vv end end
+      assert.is_true(rawequal(k, v))
+      assert.is_true(rawequal(k, b.list[1]))
+      assert.equal("k", k.name)
+    end)
+  end)
+
+  it("ignore __pairs, __index and __len of the value sent: the raw contents are copied", function()
+    with_cluster({ workers = 1 }, function(c)
+      local r = c:spawn_isolate(echo_entry)
+      local t = setmetatable({ 1, 2, x = 3 }, {
+        __pairs = function() error("__pairs ran") end,
+        __index = function() error("__index ran") end,
+        __len = function() error("__len ran") end,
+      })
+      local b = r:request(t, W.TIMEOUT)
+      assert.is_nil(getmetatable(b))
+      assert.same({ 1, 2, x = 3 }, b)
+    end)
+  end)
+
+  it("a message 200 tables deep arrives; 201 deep is refused at send, naming the limit", function()
+    with_cluster({ workers = 1 }, function(c)
+      local r = c:spawn_isolate(echo_entry)
+      assert.equal("table", type(r:request(nest(200), W.TIMEOUT)))
+      error_containing("nested deeper than 200 levels", r.send, r, nest(201))
+      assert.is_true(r:send("still fine"))
+    end)
+  end)
+
+  it("functions: varargs, recursion, stripped bytecode, and globals of the receiver", function()
+    with_cluster({ workers = 1 }, function(c)
+      local r = c:spawn_isolate(echo_entry)
+      assert.equal(3, r:request(function(...) return select("#", ...) end, W.TIMEOUT)(1, nil, nil))
+      local function fact(n) return n <= 1 and 1 or n * fact(n - 1) end
+      assert.equal(3628800, r:request(fact, W.TIMEOUT)(10))
+      local stripped = load(string.dump(function(a) return a + 1 end, true))
+      assert.equal(2, r:request(stripped, W.TIMEOUT)(1))
+    end)
+  end)
+
+  it("properties with cycles, refs, functions and 100,000 entries, read from both sides", function()
+    with_cluster({ workers = 1 }, function(c)
+      local other = c:spawn_isolate(echo_entry)
+      local p = { ref = other, double = function(x) return x * 2 end, big = {} }
+      p.self = p
+      for i = 1, 100000 do p.big[i] = i end
+      local s = c:spawn_isolate(function(ctx)
+        ctx:on_message(function()
+          local q = ctx:properties()
+          return { q.self == q, q.ref == ctx:property("ref"), q.double(21), #q.big, q.ref:request("via", 5) }
+        end)
+      end, p)
+      assert.same({ true, true, 42, 100000, "via" }, s:request(1, W.TIMEOUT))
+      local q = s:properties()
+      assert.is_true(rawequal(q, q.self))
+      assert.equal(other, q.ref)
+      assert.equal(10, s:property("double")(5))
+      assert.is_nil(s:property("missing"))
+      assert.is_nil(s:property(0 / 0))
+    end)
+  end)
+
+  it("uncopyable values name their path in properties and entry upvalues too", function()
+    with_cluster({ workers = 1 }, function(c)
+      error_containing("cannot copy a userdata at properties.conn", c.spawn_isolate, c, echo_entry,
+        { conn = io.stdout })
+      local conn = io.stdout
+      error_containing("cannot copy a userdata at entry<upvalue conn>", c.spawn_isolate, c,
+        function() return conn end)
+      error_containing("cannot copy a thread at properties.list[2]", c.spawn_isolate, c, echo_entry,
+        { list = { 1, coroutine.create(print) } })
+      assert.same({}, c:lookup_isolates("/"))
+    end)
+  end)
+
+  it("ic.decode takes bytes only: a number is not read as its digits", function()
+    error_containing("string expected, got number", ic.decode, 5)
+    error_containing("string expected, got nil", ic.decode, nil)
+    assert.equal(53, ic.decode("5")) -- the byte 0x35 is the fixint 53
+  end)
+end)
+
+describe("reasons", function()
+  -- A watcher that reports every down event (path, reason) to the main state.
+  local function watch(c)
+    local w = c:spawn_isolate(function(ctx)
+      local main
+      ctx:on_message(function(_, from)
+        main = from
+        return true
+      end)
+      ctx:on_isolate_down(function(ref, reason) main:send({ ref.path, reason }) end)
+    end)
+    assert.is_true(w:request("hello", W.TIMEOUT))
+  end
+
+  local function reason_of(c, path)
+    local m = W.receive_match(c, function(m) return type(m) == "table" and m[1] == path end)
+    return m and m[2]
+  end
+
+  it("context:stop(reason): nil and false are \"normal\", others are tostring'd verbatim", function()
+    with_cluster({ workers = 1, logger = false }, function(c)
+      watch(c)
+      local cases = {
+        { "/nil", "ctx:stop(nil)", "normal" },
+        { "/false", "ctx:stop(false)", "normal" },
+        { "/num", "ctx:stop(42)", "42" },
+        { "/killed", "ctx:stop('killed')", "killed" },
+        { "/twice", "ctx:stop('first'); ctx:stop('second')", "first" },
+        { "/then_error", "ctx:stop('first'); error('after')", "first" },
+        { "/in_coroutine", "coroutine.wrap(function() ctx:stop('co') end)()", "co" },
+      }
+      for _, case in ipairs(cases) do
+        c:spawn_isolate(function(ctx)
+          ctx:on_message(function() end)
+          load(ctx:property("code"), "=stop", "t", setmetatable({ ctx = ctx }, { __index = _G }))()
+        end, { code = case[2] }, { path = case[1] })
+        assert.equal(case[3], reason_of(c, case[1]), case[1])
+      end
+    end)
+  end)
+
+  it("errors with non-string values and raising __tostring still give \"error: ...\"", function()
+    with_cluster({ workers = 1, logger = false }, function(c)
+      watch(c)
+      c:spawn_isolate(function() error(nil) end, nil, { path = "/e_nil" })
+      c:spawn_isolate(function() error({ code = 1 }) end, nil, { path = "/e_table" })
+      c:spawn_isolate(function() error(setmetatable({}, { __tostring = function() error("boom") end })) end, nil,
+        { path = "/e_tostring" })
+      c:spawn_isolate("no.such.module.anywhere", nil, { path = "/e_module" })
+      c:spawn_isolate("string", nil, { path = "/e_not_entry" })
+      for _, p in ipairs({ "/e_nil", "/e_table", "/e_tostring", "/e_module", "/e_not_entry" }) do
+        local reason = reason_of(c, p)
+        assert.truthy(reason and reason:find("^error: "), p .. ": " .. tostring(reason))
+      end
+    end)
+  end)
+
+  it("a bad module name says which module and why", function()
+    with_cluster({ workers = 1, logger = false }, function(c)
+      watch(c)
+      c:spawn_isolate("no.such.module.anywhere", nil, { path = "/m1" })
+      assert.truthy(reason_of(c, "/m1"):find("module 'no.such.module.anywhere' not found", 1, true))
+      c:spawn_isolate("string", nil, { path = "/m2" })
+      assert.truthy(reason_of(c, "/m2"):find("module 'string' must return the entry function (it returned a table)",
+        1, true))
+    end)
+  end)
+end)
