@@ -202,3 +202,52 @@ describe("reasons", function()
     end)
   end)
 end)
+
+describe("on_shutdown handlers", function()
+  it("get an error from a wait instead of being ended in the middle of it, and finish", function()
+    local c = ic.single_node({ workers = 1, logger = false })
+    local main = c.main
+    c:spawn_isolate(function(ctx)
+      ctx:on_message(function() end)
+      ctx:on_shutdown(function()
+        local report = {}
+        for _, name in ipairs({ "sleep", "receive", "request" }) do
+          local ok, err = pcall(function()
+            if name == "sleep" then ctx:sleep(0.01)
+            elseif name == "receive" then ctx:receive(0.01)
+            else ctx:property("main"):request("x", 1) end
+          end)
+          report[name] = ok and "returned" or tostring(err)
+        end
+        ctx:property("main"):send(report)
+      end)
+      ctx:property("main"):send("up")
+    end, { main = main })
+    assert.equal("up", c:receive(W.TIMEOUT))
+    assert.is_true(c:shutdown(W.TIMEOUT))
+    local report = c:receive(0)
+    assert.equal("table", type(report))
+    for _, name in ipairs({ "sleep", "receive", "request" }) do
+      assert.truthy(report[name]:find("cannot wait in an on_shutdown handler", 1, true), name .. ": " .. report[name])
+    end
+    c:close()
+  end)
+end)
+
+describe("a request that cannot wait", function()
+  it("sends nothing: inside a coroutine of the isolate's own it raises before the message leaves", function()
+    with_cluster({ workers = 1 }, function(c)
+      local main = c.main
+      local r = c:spawn_isolate(function(ctx)
+        ctx:on_message(function()
+          local ok, err = pcall(coroutine.wrap(function() return ctx:property("main"):request("leaked", 1) end))
+          return { ok, tostring(err) }
+        end)
+      end, { main = main })
+      local res = r:request("go", W.TIMEOUT)
+      assert.is_false(res[1])
+      assert.truthy(res[2]:find("not inside a coroutine of its own", 1, true), res[2])
+      assert.same({}, W.drain(c, 0.2))
+    end)
+  end)
+end)

@@ -76,17 +76,17 @@ step = function(job, resumed, tag, ok, r)
   end
 end
 
-local function start(fn, done, a, b, c, d, reply_to, corr)
+local function start(fn, done, a, b, c, d, reply_to, corr, on_shutdown)
   local job
   if npool > 0 then
     job = pool[npool]
     pool[npool] = nil
     npool = npool - 1
   else
-    job = { co = cocreate(body), kind = false, token = false, timer = false, entry = false }
+    job = { co = cocreate(body), kind = false, token = false, timer = false, entry = false, on_shutdown = false }
     jobs[job.co] = job
   end
-  job.done, job.reply_to, job.corr = done, reply_to or false, corr or false
+  job.done, job.reply_to, job.corr, job.on_shutdown = done, reply_to or false, corr or false, on_shutdown or false
   running(job.co)
   return step(job, coresume(job.co, fn, a, b, c, d))
 end
@@ -120,12 +120,24 @@ end
 
 -- A job waits: records what for, arms the timeout, yields (to step, or to C
 -- when the job is a pump).
-local function wait(kind, token, timeout, what)
+-- The job that may wait here, or an error (at `level`) saying why not.
+local function waiting_job(what, level)
   local job = jobs[corunning()]
   if not job or (job.pump and not job.active) then
     error(fmt("%s can only wait in a handler or entry function of this isolate, "
-      .. "not inside a coroutine of its own", what), 3)
+      .. "not inside a coroutine of its own", what), level + 1)
   end
+  if job.on_shutdown then
+    -- The isolate stops as soon as its on_shutdown handler returns or
+    -- waits: a wait there would end it silently, in the middle.
+    error(fmt("%s cannot wait in an on_shutdown handler: the isolate stops when the handler returns", what),
+      level + 1)
+  end
+  return job
+end
+
+local function wait(kind, token, timeout, what)
+  local job = waiting_job(what, 3)
   job.kind, job.token, job.timer = kind, token, false
   if timeout then
     next_timer = next_timer + 1
@@ -222,7 +234,7 @@ local function dispatch(kind, m)
     if cur and cur.kind == "preempted" then wake(cur) end
   elseif kind == K_SHUTDOWN then
     -- Runs to completion or to its first wait; the isolate stops after.
-    if handlers.shutdown then start(handlers.shutdown, done_shutdown) end
+    if handlers.shutdown then start(handlers.shutdown, done_shutdown, nil, nil, nil, nil, nil, nil, true) end
   end
 end
 
@@ -411,6 +423,9 @@ local function request(ref, msg, timeout_s)
     error(fmt("request to %s failed: an isolate cannot request itself (nothing answers while it waits)",
       tostring(ref)), 2)
   end
+  -- Before sending: a request that cannot wait must not leave its message
+  -- behind to be answered to nobody.
+  waiting_job("request", 2)
   next_corr = next_corr + 1
   local corr = next_corr
   local ok, why = core.request(ref, msg, corr)
