@@ -90,6 +90,7 @@ describe("hostile arguments", function()
       -- 2^32 + 1 would become 1 worker if cut to a C int
       error_containing("opts.workers", ic.single_node, { workers = 4294967297 })
       error_containing("opts.workers", ic.single_node, { workers = math.maxinteger })
+      error_containing("opts.workers must be an integer from 1 to 1024, got 1025", ic.single_node, { workers = 1025 })
     end)
 
     it("tostring(cluster) writes its node as tostring(ref) does: unsigned", function()

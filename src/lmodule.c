@@ -320,7 +320,7 @@ static int l_cluster_tostring(lua_State *L) {
 
 /* More workers than this is a mistake (each is an OS thread), and the count
  * must fit the int the pool keeps it in. */
-#define MAX_WORKERS 4096
+#define MAX_WORKERS 1024 /* as the host's --workers */
 
 static int l_new(lua_State *L) {
   cluster_opts o = {0, 0, 0};
