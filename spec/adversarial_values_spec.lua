@@ -251,3 +251,29 @@ describe("a request that cannot wait", function()
     end)
   end)
 end)
+
+describe("standard functions reached through io's file handles", function()
+  it("copy as the receiver's own (io.stdout.write, f:lines, __tostring), both ways", function()
+    with_cluster({ workers = 1 }, function(c)
+      local r = c:spawn_isolate(echo_entry)
+      local mt = getmetatable(io.stdout)
+      local f = r:request({ io.stdout.write, io.stdout.lines, io.stdout.close, mt.__tostring }, W.TIMEOUT)
+      assert.same({ true, true, true, true },
+        { f[1] == io.stdout.write, f[2] == io.stdout.lines, f[3] == io.stdout.close, f[4] == mt.__tostring })
+      -- an isolate that has not opened io yet gets them, and sends its own back
+      local s = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(m) return { m == io.stderr.seek, io.stderr.flush } end)
+      end)
+      local back = s:request(io.stdout.seek, W.TIMEOUT)
+      assert.is_true(back[1])
+      assert.equal(io.stdout.flush, back[2])
+    end)
+  end)
+
+  it("an unknown method name is a malformed message", function()
+    for _, name in ipairs({ "FILE*.nope", "FILE*.", "FILE*.__index", "FILE*.__name" }) do
+      local bytes = string.char(0xc7, #name, 4) .. name -- ext 8: CFUNC with the name
+      error_containing("unknown function", ic.decode, bytes, { functions = true })
+    end
+  end)
+end)
