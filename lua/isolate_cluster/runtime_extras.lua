@@ -19,7 +19,8 @@ local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
 local EVENT_UP = 1
 
 local cocreate, coresume, coyield, corunning = S.cocreate, S.coresume, S.coyield, S.corunning
-local type, tostring, error, xpcall, setmetatable = type, tostring, error, xpcall, setmetatable
+local type, tostring, error, xpcall, setmetatable, getmetatable = type, tostring, error, xpcall, setmetatable,
+  getmetatable
 local fmt = string.format
 local running, take, check_seconds = core.running, core.take, core.check_seconds
 
@@ -263,6 +264,7 @@ end
 local Timer = {}
 Timer.__index = Timer
 function Timer:cancel()
+  if getmetatable(self) ~= Timer then error("timer:cancel must be called with ':' on a timer", 2) end
   timers[self.id] = nil
 end
 
@@ -298,6 +300,7 @@ local Monitor = {}
 Monitor.__index = Monitor
 -- Cancelling a monitor that fired (or was cancelled) does nothing.
 function Monitor:cancel()
+  if getmetatable(self) ~= Monitor then error("monitor:cancel must be called with ':' on a monitor", 2) end
   local mon = monitors[self.id]
   if mon then
     monitors[self.id] = nil
