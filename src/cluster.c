@@ -281,6 +281,10 @@ static int valid_path(const char *p) {
   return 1;
 }
 
+int cluster_path_is_name(const char *path) {
+  return valid_path(path) && path[strlen(path) - 1] != '/';
+}
+
 int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *errbuf, size_t errlen) {
   char *own = NULL;
   if (path) {

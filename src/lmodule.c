@@ -225,7 +225,8 @@ static int l_lookup(lua_State *L) {
   lstate_check_path(L, 2, "lookup_isolate");
   uint64_t deadline = lua_isnoneornil(L, 3) ? 0 : deadline_from(L, 3, "lookup_isolate", "wait");
   if (!c || atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "lookup_isolate after shutdown");
-  return lstate_lookup(L, c, 2, deadline);
+  if (lstate_lookup(L, c, 2, deadline) == 2) lua_pop(L, 1); /* the ref or nil only */
+  return 1;
 }
 
 static int l_lookup_prefix(lua_State *L) {

@@ -900,6 +900,12 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
 
 int lstate_lookup(lua_State *L, ic_cluster *c, int arg, uint64_t deadline) {
   const char *path = lstate_check_path(L, arg, "lookup_isolate");
+  if (!cluster_path_is_name(path)) {
+    /* "/", "/dir/", "a": never an isolate's path, so not worth a wait */
+    lua_pushnil(L);
+    lua_pushboolean(L, 1);
+    return 2;
+  }
   guard *g = guard_push(L, release_isolate);
   ic_isolate *iso = deadline ? cluster_wait_path(c, path, deadline) : cluster_find_path(c, path);
   if (!iso) {

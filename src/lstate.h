@@ -71,7 +71,9 @@ int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m);
  * Pushes the new ref. Raises on misuse. */
 int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden);
 /* lookup_isolate(path): pushes the ref at the path or nil, waiting until
- * deadline (monotonic ns; 0 = no wait). */
+ * deadline (monotonic ns; 0 = no wait), and returns 1; for a path no
+ * isolate can hold (cluster_path_is_name) pushes nil, true at once and
+ * returns 2. */
 int lstate_lookup(lua_State *L, ic_cluster *c, int arg, uint64_t deadline);
 /* The path at idx, a string without NUL bytes; raises naming fname. */
 const char *lstate_check_path(lua_State *L, int idx, const char *fname);

@@ -334,8 +334,8 @@ end
 function methods:lookup_isolate(path, wait_s)
   check_self(self, "lookup_isolate")
   if wait_s ~= nil then check_seconds(wait_s, "lookup_isolate", "wait") end
-  local ref = core.lookup(path)
-  if ref or not wait_s or wait_s <= 0 then return ref end
+  local ref, never = core.lookup(path) -- never: no isolate can hold that path
+  if ref or never or not wait_s or wait_s <= 0 then return ref end
   core.subscribe(false)
   ref = core.lookup(path) -- it may have come up while subscribing
   if ref then return ref end
