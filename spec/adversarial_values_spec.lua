@@ -277,3 +277,32 @@ describe("standard functions reached through io's file handles", function()
     end
   end)
 end)
+
+describe("waits where Lua cannot suspend", function()
+  it("raise a clear error, and a request there sends nothing (finalizers, C callbacks)", function()
+    with_cluster({ workers = 1 }, function(c)
+      local main = c.main
+      local r = c:spawn_isolate(function(ctx)
+        ctx:on_message(function()
+          local main_ref = ctx:property("main")
+          local from_gc
+          setmetatable({}, { __gc = function() from_gc = select(2, pcall(main_ref.request, main_ref, "leaked", 1)) end })
+          collectgarbage()
+          collectgarbage()
+          local _, in_sort = pcall(table.sort, { 3, 1, 2 }, function(a, b)
+            ctx:sleep(0.01)
+            return a < b
+          end)
+          local _, in_gsub = pcall(string.gsub, "ab", "%w", function() return ctx:receive(0.01) end)
+          return { tostring(from_gc), tostring(in_sort), tostring(in_gsub) }
+        end)
+      end, { main = main })
+      local res = r:request("go", W.TIMEOUT)
+      for i = 1, 3 do
+        assert.truthy(res[i]:find("cannot wait inside a finalizer (__gc) or a callback of a C function", 1, true), res[i])
+      end
+      assert.same({}, W.drain(c, 0.2))
+      assert.equal("table", type(r:request("again", W.TIMEOUT))) -- still answering
+    end)
+  end)
+end)

@@ -128,6 +128,11 @@ local function waiting_job(what, level)
     error(fmt("%s can only wait in a handler or entry function of this isolate, "
       .. "not inside a coroutine of its own", what), level + 1)
   end
+  if not S.coisyieldable() then
+    -- A finalizer, or a callback of a C function (table.sort's comparator,
+    -- string.gsub's replacement): Lua cannot suspend through those.
+    error(fmt("%s cannot wait inside a finalizer (__gc) or a callback of a C function", what), level + 1)
+  end
   if job.on_shutdown then
     -- The isolate stops as soon as its on_shutdown handler returns or
     -- waits: a wait there would end it silently, in the middle.
