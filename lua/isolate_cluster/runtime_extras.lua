@@ -133,6 +133,11 @@ local function waiting_job(what, level)
     -- string.gsub's replacement): Lua cannot suspend through those.
     error(fmt("%s cannot wait inside a finalizer (__gc) or a callback of a C function", what), level + 1)
   end
+  if S.failed then
+    -- context:stop was called: the isolate goes down when this handler
+    -- returns, so a wait could never be woken.
+    error(fmt("%s cannot wait: this isolate is stopping (context:stop was called)", what), level + 1)
+  end
   if job.on_shutdown then
     -- The isolate stops as soon as its on_shutdown handler returns or
     -- waits: a wait there would end it silently, in the middle.
