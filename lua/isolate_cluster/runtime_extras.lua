@@ -346,6 +346,7 @@ function methods:lookup_isolate(path, wait_s)
   if wait_s ~= nil then check_seconds(wait_s, "lookup_isolate", "wait") end
   local ref, never = core.lookup(path) -- never: no isolate can hold that path
   if ref or never or not wait_s or wait_s <= 0 then return ref end
+  waiting_job("context:lookup_isolate", 2) -- before subscribing to events for nothing
   core.subscribe(false)
   ref = core.lookup(path) -- it may have come up while subscribing
   if ref then return ref end
