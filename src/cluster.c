@@ -284,11 +284,17 @@ static int valid_path(const char *p) {
   return 1;
 }
 
+int cluster_path_is_name(const char *path) {
+  return valid_path(path) && path[strlen(path) - 1] != '/';
+}
+
 int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *errbuf, size_t errlen) {
   char *own = NULL;
   if (path) {
     if (!valid_path(path)) {
-      snprintf(errbuf, errlen, "invalid path \"%s\" (a path is \"/name\" or \"/dir/\", without empty segments)", path);
+      snprintf(errbuf, errlen,
+               "invalid path \"%s\" (a path is \"/name\" or \"/dir/\", without empty segments or control characters)",
+               path);
       return EINVAL;
     }
   }

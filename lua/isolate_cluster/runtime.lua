@@ -32,6 +32,7 @@ local S = {
   -- the coroutine functions as Lua made them (the isolate's own are wrapped
   -- below)
   cocreate = cocreate, coyield = coyield, coresume = coresume, corunning = corunning,
+  coisyieldable = coroutine.isyieldable,
   handlers = {},   -- message, up, down, shutdown
   current = false, -- the job that waits or was preempted (managed by the extras)
   failed = false,  -- going down: nothing more runs
