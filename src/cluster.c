@@ -125,7 +125,8 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
     c->runtime_extras = runtime_compile(ic_runtime_extras_lua, ic_runtime_extras_lua_len,
                                         "=isolate_cluster.runtime_extras", &c->boot_error);
   if (!c->runtime_code || !c->runtime_extras) {
-    *err = c->boot_error ? c->boot_error : "cannot compile the isolate runtime";
+    /* runtime_compile leaves boot_error NULL only when memory ran out. */
+    *err = c->boot_error ? c->boot_error : "cannot compile the isolate runtime: not enough memory";
     goto fail;
   }
   if (timer_init(&c->timers)) goto oom;
