@@ -7,9 +7,9 @@
 -- Knobs (environment):
 --   IC_SOAK_SECONDS=n   long mode: keep the traffic and the faults going for at
 --                       least n seconds (and at least the message count)
---   IC_SOAK_MESSAGES=n  messages `send` must accept (default 100000; 20000
+--   IC_SOAK_MESSAGES=n  messages `send` must accept (default 100000; 50000
 --                       under a sanitizer or valgrind, which are many times slower)
---   IC_SOAK_WORKERS=n   initial workers (default 200; 60 when slowed down)
+--   IC_SOAK_WORKERS=n   initial workers (default 200; 150 when slowed down)
 --   IC_SOAK_SEED=n      the main state's random seed (printed on failure)
 local soak = require("support.soak")
 
@@ -26,9 +26,9 @@ describe("soak", function()
     local seed = knob("IC_SOAK_SEED", os.time())
     math.randomseed(seed)
     local cfg = {
-      workers = knob("IC_SOAK_WORKERS", slow and 60 or 200),
+      workers = knob("IC_SOAK_WORKERS", slow and 150 or 200),
       supervised = 8,
-      messages = knob("IC_SOAK_MESSAGES", slow and 20000 or 100000),
+      messages = knob("IC_SOAK_MESSAGES", slow and 50000 or 100000),
       seconds = seconds,
       -- Generous: a bound on a hang, not a timing assertion.
       deadline = seconds + (slow and 600 or 240),

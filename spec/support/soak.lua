@@ -174,7 +174,9 @@ function M.run(cfg)
 
   local function control(w, cmd)
     cseq = cseq + 1
-    local ok, why = w.ref:send({ "c", cmd, cseq })
+    -- Waits for room in a small mailbox that is full (it drains: its worker
+    -- is not held, or the command would not be sent).
+    local ok, why = w.ref:send({ "c", cmd, cseq }, 10)
     if ok then
       f.controls_accepted = f.controls_accepted + 1
       local k = "main#" .. cseq
