@@ -616,28 +616,39 @@ int cluster_drain(ic_cluster *c, double timeout) {
 }
 
 void cluster_broadcast_control(ic_cluster *c, int code) {
-  plat_mutex_lock(&c->lock);
-  size_t n = 0;
-  ic_isolate **all = malloc((c->by_id_len + 1) * sizeof *all);
-  if (all) {
-    for (size_t i = 0; i < c->by_id_cap; i++) {
-      ic_isolate *iso = c->by_id[i];
+  /* Must reach every isolate even when memory has run out, or the shutdown
+   * would wait out its whole deadline: so no allocation for the snapshot
+   * (taken a chunk at a time), and an isolate whose control message cannot
+   * be allocated is interrupted instead (it stops at its next turn, as a
+   * kill does, without its on_shutdown handler). Called only once the
+   * cluster has left CLUSTER_RUNNING: nothing registers any more, so the
+   * table is not rebuilt and its slots stay put between chunks. */
+  ic_isolate *chunk[64];
+  size_t next = 0;
+  for (;;) {
+    size_t n = 0;
+    plat_mutex_lock(&c->lock);
+    for (; next < c->by_id_cap && n < sizeof chunk / sizeof chunk[0]; next++) {
+      ic_isolate *iso = c->by_id[next];
       if (!iso || iso == TOMB || iso->kind == ISO_MAIN) continue;
       isolate_retain(iso);
-      all[n++] = iso;
+      chunk[n++] = iso;
     }
-  }
-  plat_mutex_unlock(&c->lock);
-  for (size_t i = 0; i < n; i++) {
-    ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
-    if (m) {
-      m->corr = (uint64_t)code;
-      isolate_post_sys(all[i], m, NULL);
+    int more = next < c->by_id_cap;
+    plat_mutex_unlock(&c->lock);
+    for (size_t i = 0; i < n; i++) {
+      ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
+      if (code == CONTROL_KILL || !m) isolate_interrupt(chunk[i], INTERRUPT_SHUTDOWN);
+      if (m) {
+        m->corr = (uint64_t)code;
+        isolate_post_sys(chunk[i], m, NULL);
+      } else {
+        isolate_wake(chunk[i], NULL);
+      }
+      isolate_release(chunk[i]);
     }
-    if (code == CONTROL_KILL) isolate_interrupt(all[i], INTERRUPT_SHUTDOWN);
-    isolate_release(all[i]);
+    if (!more) break;
   }
-  free(all);
 }
 
 static int wait_live_zero(ic_cluster *c, uint64_t deadline) {

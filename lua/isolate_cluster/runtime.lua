@@ -76,7 +76,10 @@ local function done_reply(job, ok, r)
     local sent, why = pcall(reply, sender, corr, true, r)
     if not sent then reply(sender, corr, false, "cannot send the reply: " .. tostring(why)) end
   else
-    local e = r.err
+    -- r is on_error's record, or for a memory error (Lua calls no message
+    -- handler then) the bare error value itself.
+    local e = r
+    if type(r) == "table" and r.trace then e = r.err end
     if not pcall(reply, sender, corr, false, e) then reply(sender, corr, false, tostring(e)) end
   end
 end
