@@ -162,7 +162,10 @@ function M.run(cfg)
   local early = {}     -- "sender#seq" -> receiver key: delivered before its send was reported
   local n_pending, n_early = 0, 0
   local problems = {}
-  local workers = {}   -- key -> { ref =, state = "new"|"going"|"doomed"|"dead"|"quiet", supervised = }
+  -- key -> { key =, ref =, supervised =, state = }; state: new (said hello),
+  -- going (sending), doomed (told to end), dead, quieting -> quiet (sends no
+  -- more), finishing -> finished (reported all it got).
+  local workers = {}
   local hellos, expected_hellos = 0, 0
   local ending = false
   local kills = {}     -- { w =, at = }: held or spinning workers to kill at `at`
@@ -301,16 +304,27 @@ function M.run(cfg)
     return list[math.random(#list)]
   end
 
+  -- A fault: cmd to a random going worker that pred accepts; it is doomed
+  -- from then on (its final report, then its end, are on the way).
+  local function doom(pred, cmd)
+    return function()
+      local w = pick(pred)
+      if w and control(w, cmd) then w.state = "doomed" end
+    end
+  end
+  local function any() return true end
+  local function supervised(w) return w.supervised end
+
   local chaos_actions = {
     function() spawn_worker() end,
     function() spawn_worker({ path = "/w/", mailbox = 8 }) end, -- small: some sends see "mailbox full"
-    function() local w = pick(function(w) return not w.supervised end); if w and control(w, "stop") then w.state = "doomed" end end,
-    function() local w = pick(function() return true end); if w and control(w, "hold") then w.state = "doomed" end end,
-    function() local w = pick(function() return true end); if w and control(w, "spin") then w.state = "doomed" end end,
-    function() local w = pick(function() return true end); if w and control(w, "crash") then w.state = "doomed" end end,
+    doom(function(w) return not w.supervised end, "stop"),
+    doom(any, "hold"),
+    doom(any, "spin"),
+    doom(any, "crash"),
     -- The supervisor's children: killed or crashed, restarted at the same path.
-    function() local w = pick(function(w) return w.supervised end); if w and control(w, "hold") then w.state = "doomed" end end,
-    function() local w = pick(function(w) return w.supervised end); if w and control(w, "crash") then w.state = "doomed" end end,
+    doom(supervised, "hold"),
+    doom(supervised, "crash"),
   }
 
   -- The population.
@@ -352,30 +366,26 @@ function M.run(cfg)
     past_deadline("waiting for the last faults to settle")
     pump(0.05)
   end
+  -- Sends cmd to every worker pred accepts, then waits until none of them
+  -- is left in state `waiting` (each leaves it by its answer).
+  local function command_all(pred, cmd, waiting)
+    for _, w in next, workers do
+      if pred(w) then
+        if control(w, cmd) then w.state = waiting else problem(w.key .. " refused " .. cmd) end
+      end
+    end
+    while count_state(waiting) > 0 do
+      past_deadline(cmd)
+      pump(0.05)
+    end
+  end
   -- Quiet every sender, and wait until each says so (its sends are all
   -- reported then).
-  for _, w in next, workers do
-    if w.state == "going" then
-      if control(w, "quiet") then w.state = "quieting" else problem(w.key .. " refused quiet") end
-    end
-  end
-  while count_state("quieting") > 0 do
-    past_deadline("quieting")
-    pump(0.05)
-  end
+  command_all(function(w) return w.state == "going" end, "quiet", "quieting")
   -- Now nothing sends. Every live worker reports what it got (a message sent
   -- before "quiet" came back is in its mailbox before "finish").
-  local live = 0
-  for _, w in next, workers do
-    if w.state ~= "dead" then
-      live = live + 1
-      if control(w, "finish") then w.state = "finishing" else problem(w.key .. " refused finish") end
-    end
-  end
-  while count_state("finishing") > 0 do
-    past_deadline("finishing")
-    pump(0.05)
-  end
+  local live = count_state("quiet") + count_state("new")
+  command_all(function(w) return w.state ~= "dead" end, "finish", "finishing")
 
   -- The ledger: what was accepted and not delivered must be exactly the dead
   -- letters. (A message that raced into an isolate going down is counted
