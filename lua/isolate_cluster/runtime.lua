@@ -72,15 +72,21 @@ S.fail_with = fail_with
 local function done_reply(job, ok, r)
   local sender, corr, deferred = job.reply_to, job.corr, job.deferred
   if deferred and (ok or deferred.used) then return end
+  -- reply raises for a value it cannot copy, and returns false, why when
+  -- the message cannot be sent (out of memory): either way the requester
+  -- gets an error rather than waiting for its timeout.
   if ok then
-    local sent, why = pcall(reply, sender, corr, true, r)
-    if not sent then reply(sender, corr, false, "cannot send the reply: " .. tostring(why)) end
+    local called, sent, why = pcall(reply, sender, corr, true, r)
+    if not (called and sent) then
+      reply(sender, corr, false, "cannot send the reply: " .. tostring(called and why or sent))
+    end
   else
     -- r is on_error's record, or for a memory error (Lua calls no message
     -- handler then) the bare error value itself.
     local e = r
     if type(r) == "table" and r.trace then e = r.err end
-    if not pcall(reply, sender, corr, false, e) then reply(sender, corr, false, tostring(e)) end
+    local called, sent = pcall(reply, sender, corr, false, e)
+    if not (called and sent) then reply(sender, corr, false, tostring(e)) end
   end
 end
 S.done_reply = done_reply
