@@ -513,16 +513,28 @@ cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n) {
   cluster_event *out = NULL;
   if (iso->event_cursor < end) {
     out = malloc((size_t)(end - iso->event_cursor) * sizeof *out);
-    if (out) {
-      for (uint64_t p = iso->event_cursor; p < end; p++) {
-        cluster_event *e = &c->log[p - c->log_base];
-        if (e->iso == iso || (e->kind == EVENT_UP && p < iso->up_replayed)) continue;
-        out[k] = *e;
-        isolate_retain(e->iso);
-        out[k].reason = e->reason ? strdup(e->reason) : NULL;
-        k++;
-      }
+    int copied = out != NULL;
+    for (uint64_t p = iso->event_cursor; copied && p < end; p++) {
+      cluster_event *e = &c->log[p - c->log_base];
+      if (e->iso == iso || (e->kind == EVENT_UP && p < iso->up_replayed)) continue;
+      out[k] = *e;
+      isolate_retain(e->iso);
+      out[k].reason = e->reason ? strdup(e->reason) : NULL;
+      k++;
+      if (e->reason && !out[k - 1].reason) copied = 0;
+    }
+    if (copied) {
       iso->event_cursor = end;
+    } else {
+      /* Out of memory: all or nothing (a down event without its reason
+       * would be a wrong event). The events stay in the log, and the flag
+       * brings the isolate back for them, else they would wait for the
+       * next event. The log still holds each isolate: no release here is
+       * the last. */
+      if (out) cluster_free_events(out, k);
+      out = NULL;
+      k = 0;
+      atomic_store(&iso->events_pending, 1);
     }
   }
   plat_mutex_unlock(&c->lock);
