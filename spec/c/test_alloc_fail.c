@@ -25,8 +25,8 @@
  * reaching (all allocations fewer than N).
  *
  * Knobs: IC_ALLOC_FAIL_FULL=1 tries every N (the full sweep); otherwise
- * about IC_ALLOC_FAIL_POINTS (default 60; 25 when IC_SANITIZE or
- * IC_TEST_QUICK is set) points per scenario, spread evenly over its
+ * about IC_ALLOC_FAIL_POINTS (default 40; 25 when IC_SANITIZE is set, 8 with
+ * IC_TEST_QUICK, as under valgrind) points per scenario, spread evenly over its
  * allocations with a seeded offset (IC_ALLOC_FAIL_SEED), so that different
  * runs try different points. IC_ALLOC_FAIL_ONLY=name runs one scenario;
  * IC_ALLOC_FAIL_TRACE=1 prints a backtrace where each failure is injected.
@@ -371,8 +371,9 @@ static int run_child(const scenario *s, long from, long burst, unsigned alarm_s,
 
 int main(void) {
   int full = env_long("IC_ALLOC_FAIL_FULL", 0) != 0;
-  int slow = (getenv("IC_SANITIZE") && *getenv("IC_SANITIZE")) || getenv("IC_TEST_QUICK");
-  long points = env_long("IC_ALLOC_FAIL_POINTS", slow ? 25 : 60);
+  int quick = getenv("IC_TEST_QUICK") != NULL; /* e.g. under valgrind */
+  int slow = (getenv("IC_SANITIZE") && *getenv("IC_SANITIZE")) || quick;
+  long points = env_long("IC_ALLOC_FAIL_POINTS", quick ? 8 : slow ? 25 : 40);
   long burst = env_long("IC_ALLOC_FAIL_BURST", 2);
   unsigned alarm_s = (unsigned)env_long("IC_ALLOC_FAIL_ALARM", slow ? 60 : 20);
   unsigned seed = (unsigned)env_long("IC_ALLOC_FAIL_SEED", (long)time(NULL));
