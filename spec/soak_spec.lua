@@ -7,13 +7,14 @@
 -- Knobs (environment):
 --   IC_SOAK_SECONDS=n   long mode: keep the traffic and the faults going for at
 --                       least n seconds (and at least the message count)
---   IC_SOAK_MESSAGES=n  messages `send` must accept (default 100000; 50000
---                       under a sanitizer or valgrind, which are many times slower)
---   IC_SOAK_WORKERS=n   initial workers (default 200; 150 when slowed down)
+--   IC_SOAK_MESSAGES=n  messages `send` must accept (default 100000, also
+--                       under the sanitizers; 20000 with IC_VALGRIND set)
+--   IC_SOAK_WORKERS=n   initial workers (default 200; 60 with IC_VALGRIND)
 --   IC_SOAK_SEED=n      the main state's random seed (printed on failure)
 local soak = require("support.soak")
 
-local slow = (os.getenv("IC_SANITIZE") or "") ~= "" or os.getenv("IC_VALGRIND") ~= nil
+local valgrind = os.getenv("IC_VALGRIND") ~= nil
+local slow = (os.getenv("IC_SANITIZE") or "") ~= "" or valgrind
 local function knob(name, default)
   local v = os.getenv(name)
   if v == nil or v == "" then return default end
@@ -26,9 +27,9 @@ describe("soak", function()
     local seed = knob("IC_SOAK_SEED", os.time())
     math.randomseed(seed)
     local cfg = {
-      workers = knob("IC_SOAK_WORKERS", slow and 150 or 200),
+      workers = knob("IC_SOAK_WORKERS", valgrind and 60 or 200),
       supervised = 8,
-      messages = knob("IC_SOAK_MESSAGES", slow and 50000 or 100000),
+      messages = knob("IC_SOAK_MESSAGES", valgrind and 20000 or 100000),
       seconds = seconds,
       -- Generous: a bound on a hang, not a timing assertion.
       deadline = seconds + (slow and 600 or 240),

@@ -288,7 +288,9 @@ function M.run(cfg)
     return true
   end
 
+  local plain = 0 -- plain workers spawned and not doomed
   local function spawn_worker(opts)
+    plain = plain + 1
     expected_hellos = expected_hellos + 1
     f.spawned = f.spawned + 1
     cluster:spawn_isolate(M.worker, props, opts or { path = "/w/" })
@@ -306,18 +308,34 @@ function M.run(cfg)
 
   -- A fault: cmd to a random going worker that pred accepts; it is doomed
   -- from then on (its final report, then its end, are on the way).
+  -- A plain worker that goes is replaced, so that the population holds
+  -- through a long soak.
   local function doom(pred, cmd)
     return function()
       local w = pick(pred)
-      if w and control(w, cmd) then w.state = "doomed" end
+      if w and control(w, cmd) then
+        w.state = "doomed"
+        if not w.supervised then
+          plain = plain - 1
+          spawn_worker()
+        end
+      end
+    end
+  end
+  -- Spawns one more, up to a quarter above the initial population.
+  local function grow(opts)
+    return function()
+      if plain < cfg.workers * 1.25 then
+        spawn_worker(opts)
+      end
     end
   end
   local function any() return true end
   local function supervised(w) return w.supervised end
 
   local chaos_actions = {
-    function() spawn_worker() end,
-    function() spawn_worker({ path = "/w/", mailbox = 8 }) end, -- small: some sends see "mailbox full"
+    grow(),
+    grow({ path = "/w/", mailbox = 8 }), -- small: some sends see "mailbox full"
     doom(function(w) return not w.supervised end, "stop"),
     doom(any, "hold"),
     doom(any, "spin"),
