@@ -217,18 +217,19 @@ static int fire(timer_entry *e) {
 
 /* Out of memory when e fired: put it back, due again in a millisecond. A
  * timer is also what ends a wait (a request's timeout, a sleep), so losing
- * it could leave an isolate waiting for ever. The heap has room unless
- * timers were armed meanwhile; then it is lost, and its hold released.
- * Called with t->lock held. */
-static void refire_later(timer_wheel *t, timer_entry *e) {
-  if (t->len == t->cap) {
-    isolate_release(e->iso);
-    return;
-  }
-  e->deadline = plat_now_ns() + 1000000;
-  e->seq = t->seq++;
-  t->heap[t->len++] = *e;
-  heap_up(t->heap, t->len - 1);
+ * it could leave an isolate waiting for ever. Returns 0 when it is queued
+ * again; -1 when it cannot be (no room without allocating, or the same
+ * timer was armed again meanwhile): then the caller releases its hold,
+ * outside the lock. Called with t->lock held. */
+static int refire_later(timer_wheel *t, const timer_entry *e) {
+  if (t->len == t->cap || index_find(t, e->iso, e->id) != SIZE_MAX || index_reserve(t)) return -1;
+  size_t pos = t->len++;
+  t->heap[pos] = *e;
+  t->heap[pos].deadline = plat_now_ns() + 1000000;
+  t->heap[pos].seq = t->seq++;
+  index_put(t, pos);
+  heap_up(t, pos);
+  return 0;
 }
 
 static void *timer_main(void *arg) {
@@ -253,7 +254,11 @@ static void *timer_main(void *arg) {
     plat_mutex_unlock(&t->lock);
     int rc = fire(&e);
     plat_mutex_lock(&t->lock);
-    if (rc) refire_later(t, &e);
+    if (rc && refire_later(t, &e) != 0) {
+      plat_mutex_unlock(&t->lock);
+      isolate_release(e.iso);
+      plat_mutex_lock(&t->lock);
+    }
   }
   plat_mutex_unlock(&t->lock);
   return NULL;
