@@ -44,6 +44,7 @@ enum {
   IC_ETIMEDOUT = -6,  /* nothing came in time */
   IC_ESHUTDOWN = -7,  /* the cluster is shutting down or shut down */
   IC_ESYSTEM = -8,    /* a thread could not be started */
+  IC_EREMOTE = -9,    /* the handler of a request raised an error */
 };
 
 /* Names an error code ("isolate down", ...). Never NULL. */
@@ -118,6 +119,57 @@ IC_EXTERN int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len)
  * NULL. Errors: IC_ETIMEDOUT, IC_ESHUTDOWN, IC_ENOMEM, IC_EINVAL (a NaN
  * timeout). Call it from one thread at a time. */
 IC_EXTERN int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *len, ic_ref *sender);
+
+/* A message taken by ic_receive_msg. data and len: the MessagePack value,
+ * the caller's until ic_message_free. A request (is_request != 0) is
+ * answered once, with ic_reply or ic_reply_error; the requester waits for
+ * its own timeout if it never is. request_id is for this library only. */
+typedef struct ic_message {
+  char *data;
+  size_t len;
+  ic_ref sender;
+  int is_request;
+  uint64_t request_id;
+} ic_message;
+
+/* Takes the next message sent to the program's ref, as ic_receive, and
+ * says whether it is a request (an isolate's `ref:request(x)` on a ref of
+ * the program, e.g. one it was sent). On success *msg is filled (release it with
+ * ic_message_free); on failure *msg is zeroed. Errors: IC_ETIMEDOUT,
+ * IC_ESHUTDOWN, IC_ENOMEM (the message is lost), IC_EINVAL. Blocks up to
+ * timeout_s (negative: no limit). Threads: one at a time, and not while
+ * another thread is in ic_receive or ic_request (they share the program's
+ * queues). */
+IC_EXTERN int ic_receive_msg(ic_cluster *c, double timeout_s, ic_message *msg);
+
+/* Releases msg->data and zeroes *msg (a NULL msg is ignored). */
+IC_EXTERN void ic_message_free(ic_message *msg);
+
+/* Answers the request msg with one MessagePack value (len bytes, copied).
+ * On success msg->is_request is cleared (a second answer is IC_EINVAL).
+ * Errors: IC_EINVAL (NULL, not a request or answered already, not exactly
+ * one value), IC_EDOWN (the requester is down; msg counts as answered),
+ * IC_ENOMEM. Any thread; does not block. */
+IC_EXTERN int ic_reply(ic_cluster *c, ic_message *msg, const void *msgpack, size_t len);
+
+/* Answers the request msg with an error: the requester's request raises
+ * `text` (a NUL-terminated string, copied). Same errors as ic_reply. */
+IC_EXTERN int ic_reply_error(ic_cluster *c, ic_message *msg, const char *text);
+
+/* Sends one MessagePack value as a request to `to` and waits up to
+ * timeout_s (negative: no limit) for the handler's answer (its first return
+ * value). On IC_OK *reply is that value's MessagePack, *reply_len its
+ * length. On IC_EREMOTE (the handler raised) and IC_EDOWN with a reason
+ * (the isolate went down before answering: the text is
+ * "isolate down: <reason>"), *reply is a NUL-terminated error text and
+ * *reply_len its length. Either way *reply is the caller's (ic_free). On
+ * every other error *reply is NULL and *reply_len 0: IC_EINVAL (NULL
+ * arguments, not one value, NaN timeout, the program's own ref), IC_EDOWN
+ * (down or unknown when sent), IC_EFULL, IC_ETIMEDOUT, IC_ESHUTDOWN (the
+ * cluster shut down meanwhile), IC_ENOMEM. Blocks the caller. Threads:
+ * as ic_receive_msg; never from inside an isolate or a native handler. */
+IC_EXTERN int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double timeout_s,
+                         char **reply, size_t *reply_len);
 
 /* The ref at path, waiting up to wait_s (0: no wait) for it to be taken.
  * Errors: IC_ETIMEDOUT (not there), IC_EINVAL (also a negative or NaN

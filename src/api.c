@@ -4,12 +4,14 @@
  * and compiled there.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <msgpuck.h>
 
 #include "cluster.h"
+#include "mainq.h"
 #include "isolate_cluster.h"
 
 static int to_ic_error(int e) {
@@ -35,6 +37,7 @@ const char *ic_strerror(int err) {
   case IC_ETIMEDOUT: return "timeout";
   case IC_ESHUTDOWN: return "cluster shut down";
   case IC_ESYSTEM: return "system error";
+  case IC_EREMOTE: return "the handler raised an error";
   default: return "unknown error";
   }
 }
@@ -202,34 +205,150 @@ int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len) {
   return strcmp(why, "mailbox full") == 0 ? IC_EFULL : IC_EDOWN;
 }
 
+static uint64_t deadline_of(double timeout_s) {
+  return timeout_s < 0 ? UINT64_MAX : plat_now_ns() + plat_seconds_to_ns(timeout_s);
+}
+
+static char *copy_bytes(const char *data, size_t len) {
+  char *copy = malloc(len + 1);
+  if (!copy) return NULL;
+  memcpy(copy, data, len);
+  copy[len] = 0;
+  return copy;
+}
+
+int ic_receive_msg(ic_cluster *c, double timeout_s, ic_message *msg) {
+  if (msg) memset(msg, 0, sizeof *msg);
+  if (!c || !msg || timeout_s != timeout_s) return IC_EINVAL;
+  ic_msg *m = NULL;
+  switch (mainq_receive(c, deadline_of(timeout_s), 0, &m)) {
+  case MAINQ_OK: break;
+  case MAINQ_TIMEOUT: return IC_ETIMEDOUT;
+  default: return IC_ESHUTDOWN;
+  }
+  msg->data = copy_bytes(m->data, m->len);
+  if (!msg->data) {
+    msg_free(m); /* cannot hand it out: lost, like a message to a full mailbox */
+    return IC_ENOMEM;
+  }
+  msg->len = m->len;
+  msg->sender.node = c->node_id;
+  msg->sender.id = m->sender ? m->sender->id : 0;
+  msg->is_request = m->kind == MSG_REQUEST && m->sender;
+  msg->request_id = m->corr;
+  msg_free(m);
+  return IC_OK;
+}
+
+void ic_message_free(ic_message *msg) {
+  if (!msg) return;
+  free(msg->data);
+  memset(msg, 0, sizeof *msg);
+}
+
 int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *len, ic_ref *sender) {
   if (!c || !data || !len || timeout_s != timeout_s) return IC_EINVAL;
-  uint64_t deadline = timeout_s < 0 ? UINT64_MAX : plat_now_ns() + plat_seconds_to_ns(timeout_s);
-  ic_isolate *main = c->main;
-  for (;;) {
-    ic_msg *m;
-    while ((m = mailbox_pop(&main->sysq)) != NULL) msg_free(m); /* replies: not used here */
-    m = mailbox_pop(&main->mbox);
-    if (m) {
-      char *copy = malloc(m->len ? m->len : 1);
-      if (!copy) {
-        msg_free(m); /* cannot hand it out: lost, like a message to a full mailbox */
-        return IC_ENOMEM;
-      }
-      memcpy(copy, m->data, m->len);
-      *data = copy;
-      *len = m->len;
-      if (sender) {
-        sender->node = c->node_id;
-        sender->id = m->sender ? m->sender->id : 0;
-      }
-      msg_free(m);
-      return IC_OK;
-    }
-    if (mailbox_count(&main->mbox) > 0) continue;
-    if (atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
-    if (!cluster_main_wait(c, &main->mbox, deadline) && mailbox_count(&main->mbox) == 0) return IC_ETIMEDOUT;
+  ic_message msg;
+  int rc = ic_receive_msg(c, timeout_s, &msg);
+  if (rc) return rc;
+  *data = msg.data;
+  *len = msg.len;
+  if (sender) *sender = msg.sender;
+  return IC_OK;
+}
+
+/* Posts a reply of `kind` (value: MessagePack, already checked) to the
+ * requester of msg. */
+static int post_reply(ic_cluster *c, ic_message *msg, int kind, const char *value, size_t len) {
+  ic_msg *r = msg_new(kind, value, len);
+  if (!r) return IC_ENOMEM;
+  r->corr = msg->request_id;
+  msg->is_request = 0;
+  ic_isolate *to = msg->sender.node == c->node_id ? cluster_find_id(c, msg->sender.id) : NULL;
+  if (!to) {
+    msg_free(r);
+    return IC_EDOWN;
   }
+  const char *why = isolate_post_sys(to, r, NULL);
+  isolate_release(to);
+  return why ? IC_EDOWN : IC_OK;
+}
+
+int ic_reply(ic_cluster *c, ic_message *msg, const void *msgpack, size_t len) {
+  if (!c || !msg || !msg->is_request || !one_value(msgpack, len, -1)) return IC_EINVAL;
+  return post_reply(c, msg, MSG_REPLY, msgpack, len);
+}
+
+int ic_reply_error(ic_cluster *c, ic_message *msg, const char *text) {
+  if (!c || !msg || !msg->is_request || !text) return IC_EINVAL;
+  size_t n = strlen(text);
+  if (n > UINT32_MAX) return IC_EINVAL;
+  char *buf = malloc(n + 5);
+  if (!buf) return IC_ENOMEM;
+  char *w = mp_encode_str(buf, text, (uint32_t)n);
+  int rc = post_reply(c, msg, MSG_REPLY_ERROR, buf, (size_t)(w - buf));
+  free(buf);
+  return rc;
+}
+
+/* The text of an error reply's value: a string as it is, anything else
+ * named by its type (as lua.c reports a non-string error object). */
+static char *error_text(const char *data, size_t len) {
+  const char *p = data;
+  if (len > 0 && mp_typeof(*p) == MP_STR && one_value(data, len, MP_STR)) {
+    uint32_t n;
+    const char *s = mp_decode_str(&p, &n);
+    return copy_bytes(s, n);
+  }
+  static const char *const names[] = {"nil", "integer", "integer", "string", "binary", "array",
+                                      "map", "boolean", "number", "number", "extension"};
+  int t = len > 0 ? (int)mp_typeof(*p) : 0;
+  char buf[64];
+  snprintf(buf, sizeof buf, "(error object is a %s value)", t >= 0 && t <= 10 ? names[t] : "?");
+  return copy_bytes(buf, strlen(buf));
+}
+
+int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double timeout_s, char **reply,
+               size_t *reply_len) {
+  if (reply) *reply = NULL;
+  if (reply_len) *reply_len = 0;
+  if (!c || !reply || !reply_len || timeout_s != timeout_s || !one_value(msgpack, len, -1)) return IC_EINVAL;
+  if (to.node == c->node_id && to.id == c->main->id) return IC_EINVAL; /* would wait for itself */
+  if (atomic_load(&c->state) == CLUSTER_DOWN) return IC_ESHUTDOWN;
+  if (to.node != c->node_id) return IC_EDOWN;
+  ic_isolate *iso = cluster_find_id(c, to.id);
+  if (!iso) return IC_EDOWN;
+  ic_msg *m = msg_new(MSG_REQUEST, msgpack, len);
+  if (!m) {
+    isolate_release(iso);
+    return IC_ENOMEM;
+  }
+  ic_msg *x = NULL;
+  const char *why = NULL;
+  uint64_t timeout_ns = timeout_s < 0 ? UINT64_MAX / 2 : plat_seconds_to_ns(timeout_s);
+  int rc = mainq_request(c, iso, m, timeout_ns, 0, &x, &why);
+  isolate_release(iso);
+  switch (rc) {
+  case MAINQ_OK: break;
+  case MAINQ_REFUSED: return strcmp(why, "mailbox full") == 0 ? IC_EFULL : IC_EDOWN;
+  case MAINQ_TIMEOUT: return IC_ETIMEDOUT;
+  default: return IC_ESHUTDOWN;
+  }
+  int err = IC_OK;
+  char *out;
+  if (x->kind == MSG_REPLY) {
+    out = copy_bytes(x->data, x->len);
+  } else {
+    out = error_text(x->data, x->len);
+    /* The refusal of an isolate that went down before answering. */
+    err = out && strncmp(out, "isolate down", 12) == 0 ? IC_EDOWN : IC_EREMOTE;
+  }
+  size_t n = x->kind == MSG_REPLY ? x->len : (out ? strlen(out) : 0);
+  msg_free(x);
+  if (!out) return IC_ENOMEM;
+  *reply = out;
+  *reply_len = n;
+  return err;
 }
 
 int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out) {

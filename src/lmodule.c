@@ -18,7 +18,7 @@
 
 #include "cluster.h"
 #include "lstate.h"
-#include "sigint.h"
+#include "mainq.h"
 
 #define LCLUSTER_MT "isolate_cluster.cluster"
 #define DEFAULT_REQUEST_TIMEOUT 5.0
@@ -54,27 +54,7 @@ static uint64_t deadline_from(lua_State *L, int idx, const char *fname, const ch
 
 /* ---- Ctrl-C ------------------------------------------------------------------ */
 
-/* A blocking call of the main state is interruptible from its first wait
- * to its return (sigint.h): begun lazily, so a call that never waits costs
- * nothing; ended on every way out, before anything may raise. */
-typedef struct main_block {
-  ic_isolate *main;
-  int token, begun;
-} main_block;
-
-static void block_begin(main_block *b) {
-  if (b->begun) return;
-  b->begun = 1;
-  b->token = sigint_begin(b->main);
-}
-
-/* 1 if a SIGINT came while it was installed. */
-static int block_end(main_block *b) {
-  if (!b->begun) return 0;
-  b->begun = 0;
-  return sigint_end(b->main, b->token);
-}
-
+/* Every blocking call here is interruptible (mainq.h's window). */
 /* What lua.c raises in a script that Ctrl-C interrupts. */
 static int raise_interrupted(lua_State *L) { return luaL_error(L, "interrupted!"); }
 
@@ -124,42 +104,21 @@ static int push_received(lua_State *L) {
 static int l_receive(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   uint64_t deadline = deadline_from(L, 2, "receive", "timeout");
-  ic_isolate *main = c->main;
-  main_block b = {main, -1, 0};
-  for (;;) {
-    /* Interrupted while waiting: a message that came meanwhile stays queued
-     * for the next receive. */
-    if (b.begun && atomic_load(&main->sigint)) {
-      block_end(&b);
-      return raise_interrupted(L);
-    }
-    ic_msg *m;
-    while ((m = mailbox_pop(&main->sysq)) != NULL) msg_free(m); /* late replies */
-    m = mailbox_pop(&main->mbox);
-    if (m) {
-      /* A Ctrl-C in the instant since the look above: handed on, to the
-       * handler there was before (lua.c raises at the next instruction). */
-      if (block_end(&b)) raise(SIGINT);
-      int top = lua_gettop(L);
-      lua_pushcfunction(L, push_received);
-      lua_pushlightuserdata(L, m);
-      lua_pushlightuserdata(L, c);
-      int st = lua_pcall(L, 2, LUA_MULTRET, 0);
-      msg_free(m);
-      if (st != LUA_OK) return lua_error(L);
-      return lua_gettop(L) - top;
-    }
-    if (mailbox_count(&main->mbox) > 0) continue; /* a push half done */
-    if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
-    block_begin(&b);
-    if (!cluster_main_wait(c, &main->mbox, deadline)) {
-      if (mailbox_count(&main->mbox) > 0) continue;
-      break;
-    }
+  ic_msg *m = NULL;
+  int rc = mainq_receive(c, deadline, 1, &m);
+  if (rc == MAINQ_INTERRUPTED) return raise_interrupted(L);
+  if (rc != MAINQ_OK) {
+    lua_pushnil(L);
+    return 1;
   }
-  if (block_end(&b)) return raise_interrupted(L);
-  lua_pushnil(L);
-  return 1;
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, push_received);
+  lua_pushlightuserdata(L, m);
+  lua_pushlightuserdata(L, c);
+  int st = lua_pcall(L, 2, LUA_MULTRET, 0);
+  msg_free(m);
+  if (st != LUA_OK) return lua_error(L);
+  return lua_gettop(L) - top;
 }
 
 /* ref:request in the main state: blocks this thread until the reply. */
@@ -172,59 +131,26 @@ static int l_main_request(lua_State *L) {
     return luaL_error(L, "request to %s failed: isolate down", luaL_tolstring(L, 1, NULL));
   }
   ic_cluster *c = r->iso->cluster;
-  ic_isolate *main = c->main;
   ic_msg *m = lstate_encode_msg(L, 2, "msg", MSG_REQUEST);
   if (!m) return luaL_error(L, "out of memory");
-  uint64_t corr = ++main->next_corr;
-  isolate_retain(main);
-  m->sender = main;
-  m->corr = corr;
-  /* Replies to earlier requests that timed out are of no use now. */
-  ic_msg *x;
-  while ((x = mailbox_pop(&main->sysq)) != NULL) msg_free(x);
-  const char *why = isolate_post(r->iso, m, NULL);
-  if (why) {
-    lua_settop(L, 1);
-    return luaL_error(L, "request to %s failed: %s", luaL_tolstring(L, 1, NULL), why);
+  ic_msg *x = NULL;
+  const char *why = NULL;
+  int rc = mainq_request(c, r->iso, m, plat_seconds_to_ns(t), 1, &x, &why);
+  if (rc == MAINQ_OK) {
+    int is_error = x->kind == MSG_REPLY_ERROR;
+    int st = lstate_decode_msg(L, c, x);
+    msg_free(x);
+    if (st != LUA_OK || is_error) return lua_error(L);
+    return 1;
   }
-  uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(t);
-  main_block b = {main, -1, 0};
-  for (;;) {
-    /* Interrupted while waiting: a reply, if one comes, is dropped later
-     * as a late one. */
-    if (b.begun && atomic_load(&main->sigint)) {
-      block_end(&b);
-      return raise_interrupted(L);
-    }
-    x = mailbox_pop(&main->sysq);
-    if (x) {
-      if ((x->kind == MSG_REPLY || x->kind == MSG_REPLY_ERROR) && x->corr == corr) {
-        if (block_end(&b)) raise(SIGINT); /* as in l_receive */
-        int is_error = x->kind == MSG_REPLY_ERROR;
-        int st = lstate_decode_msg(L, c, x);
-        msg_free(x);
-        if (st != LUA_OK || is_error) return lua_error(L);
-        return 1;
-      }
-      msg_free(x);
-      continue;
-    }
-    if (mailbox_count(&main->sysq) > 0) continue;
-    if (atomic_load(&c->state) == CLUSTER_DOWN) {
-      block_end(&b);
-      lua_settop(L, 1);
-      return luaL_error(L, "request to %s failed: the cluster has shut down", luaL_tolstring(L, 1, NULL));
-    }
-    block_begin(&b);
-    if (!cluster_main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0 &&
-        !atomic_load(&main->sigint)) {
-      block_end(&b);
-      lua_settop(L, 1);
-      char secs[32]; /* "%g", as the isolates write it: "3 s", "0.5 s" */
-      snprintf(secs, sizeof secs, "%g", t);
-      return luaL_error(L, "timeout: no reply from %s within %s s", luaL_tolstring(L, 1, NULL), secs);
-    }
-  }
+  if (rc == MAINQ_INTERRUPTED) return raise_interrupted(L);
+  lua_settop(L, 1);
+  const char *to = luaL_tolstring(L, 1, NULL);
+  if (rc == MAINQ_REFUSED) return luaL_error(L, "request to %s failed: %s", to, why);
+  if (rc == MAINQ_STOPPED) return luaL_error(L, "request to %s failed: the cluster has shut down", to);
+  char secs[32]; /* "%g", as the isolates write it: "3 s", "0.5 s" */
+  snprintf(secs, sizeof secs, "%g", t);
+  return luaL_error(L, "timeout: no reply from %s within %s s", to, secs);
 }
 
 /* ---- cluster methods ------------------------------------------------------- */
@@ -260,10 +186,10 @@ typedef struct main_wait_path {
 
 static ic_isolate *main_find_waiting(void *ud, ic_cluster *c, const char *path) {
   main_wait_path *w = ud;
-  main_block b = {c->main, -1, 0};
-  block_begin(&b);
+  mainq_block b = MAINQ_BLOCK(c);
+  mainq_block_begin(&b);
   ic_isolate *iso = cluster_main_wait_path(c, path, w->deadline);
-  if (block_end(&b)) {
+  if (mainq_block_end(&b)) {
     w->interrupted = 1;
     if (iso) isolate_release(iso);
     return NULL;
@@ -292,13 +218,13 @@ static int l_lookup_prefix(lua_State *L) {
 static int l_run(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   uint64_t deadline = deadline_from(L, 2, "run", "timeout");
-  main_block b = {c->main, -1, 0};
-  block_begin(&b);
+  mainq_block b = MAINQ_BLOCK(c);
+  mainq_block_begin(&b);
   /* Woken by each message to the main state too: they stay queued. */
   while (atomic_load(&c->state) == CLUSTER_RUNNING && !atomic_load(&c->main->sigint)) {
     if (!cluster_main_wait(c, NULL, deadline)) break;
   }
-  if (block_end(&b)) return raise_interrupted(L);
+  if (mainq_block_end(&b)) return raise_interrupted(L);
   /* A shutdown under way (asked for by an isolate, run by the stopper) is
    * waited for within this deadline only. */
   if (atomic_load(&c->state) == CLUSTER_STOPPING) cluster_wait_down(c, deadline);
@@ -315,11 +241,11 @@ static int l_shutdown(lua_State *L) {
    * must not kill the process half-way, so it is held until the shutdown
    * is over and then handed to the handler that was there before (lua.c
    * then raises "interrupted!" at the next instruction). */
-  main_block b = {c->main, -1, 0};
-  block_begin(&b);
+  mainq_block b = MAINQ_BLOCK(c);
+  mainq_block_begin(&b);
   int in_time = cluster_shutdown(c, t);
   cluster_join_stopper(c);
-  if (block_end(&b)) raise(SIGINT);
+  if (mainq_block_end(&b)) raise(SIGINT);
   lua_pushboolean(L, in_time);
   return 1;
 }
@@ -327,10 +253,10 @@ static int l_shutdown(lua_State *L) {
 static int l_drain(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   double t = lua_isnoneornil(L, 2) ? CLOSE_DRAIN_SECONDS : lstate_check_seconds(L, 2, "drain", "timeout", 0);
-  main_block b = {c->main, -1, 0};
-  block_begin(&b);
+  mainq_block b = MAINQ_BLOCK(c);
+  mainq_block_begin(&b);
   int quiet = cluster_drain(c, t);
-  if (block_end(&b)) return raise_interrupted(L);
+  if (mainq_block_end(&b)) return raise_interrupted(L);
   lua_pushboolean(L, quiet);
   return 1;
 }
@@ -353,12 +279,12 @@ static int l_close(lua_State *L) {
    * lua.c has put SIGINT back to its default): a Ctrl-C now ends the drain
    * and is held until the shutdown, with its on_shutdown handlers, is over;
    * then it takes its usual course. */
-  main_block b = {c->main, -1, 0};
-  block_begin(&b);
+  mainq_block b = MAINQ_BLOCK(c);
+  mainq_block_begin(&b);
   if (atomic_load(&c->state) == CLUSTER_RUNNING) cluster_drain(c, CLOSE_DRAIN_SECONDS);
   cluster_shutdown(c, CLOSE_SHUTDOWN_SECONDS);
   if (!cluster_join_stopper(c)) cluster_detach_stopper(c); /* still stopping: it holds the cluster */
-  int interrupted = block_end(&b);
+  int interrupted = mainq_block_end(&b);
   cluster_close(c);
   cluster_release(c);
   if (interrupted) raise(SIGINT);
