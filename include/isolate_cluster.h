@@ -188,6 +188,40 @@ IC_EXTERN int ic_lookup_prefix(ic_cluster *c, const char *prefix, ic_ref **refs,
  * (already down, or of another node). Does not block. */
 IC_EXTERN int ic_kill(ic_cluster *c, ic_ref r);
 
+/* ---- isolate up/down events ---------------------------------------------- */
+
+enum { IC_EVENT_UP = 1, IC_EVENT_DOWN = 2 };
+
+/* An isolate came up (its entry function returned) or went down. path and
+ * reason are NUL-terminated texts or NULL, the caller's until
+ * ic_event_free. reason (down events only): "normal", "killed",
+ * "shutdown", "error: <message and traceback>" (a chunk that does not
+ * compile, an entry or a handler that raised)... as in Lua. */
+typedef struct ic_event {
+  int kind;      /* IC_EVENT_UP or IC_EVENT_DOWN */
+  ic_ref ref;
+  char *path;    /* the isolate's path, or NULL */
+  char *reason;  /* down events only, else NULL */
+} ic_event;
+
+/* Starts recording events for the program: every isolate up and down event
+ * from this call on, in the order they happened, for ic_next_event.
+ * Idempotent. Events are kept until they are taken (take them, or they use
+ * memory). Errors: IC_EINVAL, IC_ESHUTDOWN, IC_ENOMEM. Does not block (one
+ * short lock). Threads: as ic_receive_msg. */
+IC_EXTERN int ic_subscribe_events(ic_cluster *c);
+
+/* Takes the next event, waiting up to timeout_s (negative: no limit). On
+ * success *ev is filled (release it with ic_event_free); on failure it is
+ * zeroed. Errors: IC_EINVAL (NULL, NaN, not subscribed), IC_ETIMEDOUT,
+ * IC_ESHUTDOWN (the cluster is down and every event was taken), IC_ENOMEM.
+ * Blocks up to timeout_s. Threads: as ic_receive_msg (the program's
+ * thread, one call at a time). */
+IC_EXTERN int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev);
+
+/* Releases ev's texts and zeroes *ev (NULL is ignored). */
+IC_EXTERN void ic_event_free(ic_event *ev);
+
 /* A cluster's counters, as cluster:stats() in Lua. */
 typedef struct ic_stats {
   uint64_t isolates;     /* registered and not yet down (the program's own ref excluded) */

@@ -400,6 +400,90 @@ int ic_kill(ic_cluster *c, ic_ref r) {
   return rc;
 }
 
+int ic_subscribe_events(ic_cluster *c) {
+  if (!c) return IC_EINVAL;
+  if (atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
+  ic_isolate *main = c->main;
+  /* From now on: the log's earlier entries are not the program's. */
+  plat_mutex_lock(&c->lock);
+  int first = !main->subscribed;
+  if (first) main->event_cursor = c->log_base + c->log_len;
+  plat_mutex_unlock(&c->lock);
+  if (!first) return IC_OK;
+  size_t n;
+  cluster_subscribe(c, main, 0, &n);
+  if (!main->subscribed) return IC_ENOMEM;
+  atomic_store(&c->api_subscribed, 1);
+  return IC_OK;
+}
+
+/* Moves what the log has for the program into c->api_events. 0 or ENOMEM. */
+static int refill_events(ic_cluster *c) {
+  size_t n = 0;
+  atomic_store(&c->main->events_pending, 0);
+  cluster_event *ev = cluster_read_events(c, c->main, &n);
+  if (!ev) return n ? ENOMEM : 0;
+  if (!n) {
+    free(ev);
+    return 0;
+  }
+  free(c->api_events); /* every earlier one was handed out */
+  c->api_events = ev;
+  c->api_nev = n;
+  c->api_evpos = 0;
+  return 0;
+}
+
+int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev) {
+  if (ev) memset(ev, 0, sizeof *ev);
+  if (!c || !ev || timeout_s != timeout_s || !atomic_load(&c->api_subscribed)) return IC_EINVAL;
+  uint64_t deadline = deadline_of(timeout_s);
+  for (;;) {
+    if (c->api_evpos < c->api_nev) {
+      cluster_event *e = &c->api_events[c->api_evpos];
+      char *path = e->iso->path ? strdup(e->iso->path) : NULL;
+      if (e->iso->path && !path) return IC_ENOMEM;
+      c->api_evpos++;
+      ev->kind = e->kind == EVENT_UP ? IC_EVENT_UP : IC_EVENT_DOWN;
+      ev->ref.node = c->node_id;
+      ev->ref.id = e->iso->id;
+      ev->path = path;
+      ev->reason = e->reason; /* handed over */
+      isolate_release(e->iso);
+      return IC_OK;
+    }
+    if (refill_events(c)) return IC_ENOMEM;
+    if (c->api_evpos < c->api_nev) continue;
+    if (atomic_load(&c->state) == CLUSTER_DOWN) {
+      /* What shutdown saved of the log (its own down events too). */
+      plat_mutex_lock(&c->lock);
+      cluster_event *tail = c->api_tail;
+      size_t ntail = c->api_ntail;
+      c->api_tail = NULL;
+      c->api_ntail = 0;
+      plat_mutex_unlock(&c->lock);
+      if (!tail) return IC_ESHUTDOWN;
+      free(c->api_events);
+      c->api_events = tail;
+      c->api_nev = ntail;
+      c->api_evpos = 0;
+      continue;
+    }
+    if (!mainq_wait_events(c, deadline)) {
+      if (refill_events(c)) return IC_ENOMEM;
+      if (c->api_evpos < c->api_nev) continue;
+      return IC_ETIMEDOUT;
+    }
+  }
+}
+
+void ic_event_free(ic_event *ev) {
+  if (!ev) return;
+  free(ev->path);
+  free(ev->reason);
+  memset(ev, 0, sizeof *ev);
+}
+
 int ic_cluster_stats(ic_cluster *c, ic_stats *out) {
   if (!c || !out) return IC_EINVAL;
   plat_mutex_lock(&c->lock);

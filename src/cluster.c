@@ -830,6 +830,15 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   reap_leftovers(c);
   /* The main state's ref may be held by Lua values beyond this point; take
    * it out of the registry so the cluster owns nothing. */
+  if (atomic_load(&c->api_subscribed)) {
+    /* A C program's unread events (ic_next_event) outlive the log. */
+    size_t n = 0;
+    cluster_event *tail = cluster_read_events(c, c->main, &n);
+    plat_mutex_lock(&c->lock);
+    c->api_tail = tail;
+    c->api_ntail = n;
+    plat_mutex_unlock(&c->lock);
+  }
   cluster_unregister(c, c->main, "shutdown");
   atomic_store(&c->main->alive, 0);
   /* The event log holds isolates (which hold the cluster): it goes now. */
@@ -950,4 +959,18 @@ void cluster_close(ic_cluster *c) {
     msg_free(m);
   }
   while ((m = mailbox_pop(&c->main->sysq)) != NULL) msg_free(m);
+  for (size_t i = c->api_evpos; i < c->api_nev; i++) {
+    isolate_release(c->api_events[i].iso);
+    free(c->api_events[i].reason);
+  }
+  free(c->api_events);
+  c->api_events = NULL;
+  c->api_nev = c->api_evpos = 0;
+  plat_mutex_lock(&c->lock);
+  cluster_event *tail = c->api_tail;
+  size_t ntail = c->api_ntail;
+  c->api_tail = NULL;
+  c->api_ntail = 0;
+  plat_mutex_unlock(&c->lock);
+  if (tail) cluster_free_events(tail, ntail);
 }

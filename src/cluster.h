@@ -69,6 +69,18 @@ typedef struct ic_cluster {
   int has_stopper;
   double stopper_timeout;
 
+  /* Events read from the log for a C program (src/api.c, ic_next_event)
+   * and not handed out yet: [api_evpos, api_nev). The thread of the main
+   * state only; freed by cluster_close. */
+  cluster_event *api_events;
+  size_t api_nev, api_evpos;
+  atomic_int api_subscribed;  /* ic_subscribe_events was called (main->subscribed
+                                 is cleared when shutdown unregisters main) */
+  /* What the program had not read of the log when shutdown dropped it:
+   * written by shutdown before the cluster is DOWN, taken after (c->lock). */
+  cluster_event *api_tail;
+  size_t api_ntail;
+
   ic_log_fn log_fn;
   void *log_ud;
   ic_isolate *logger;         /* the isolate log lines go to, or NULL */

@@ -2,6 +2,7 @@
  * mainq — the program's own ref waiting for messages and replies (see
  * mainq.h for the contract).
  */
+#include <errno.h>
 #include <signal.h>
 
 #include "mainq.h"
@@ -97,5 +98,18 @@ int mainq_request(ic_cluster *c, ic_isolate *to, ic_msg *m, uint64_t timeout_ns,
       mainq_block_end(&b);
       return MAINQ_TIMEOUT;
     }
+  }
+}
+
+int mainq_wait_events(ic_cluster *c, uint64_t deadline) {
+  ic_isolate *m = c->main;
+  for (;;) {
+    int st = atomic_load(&c->state);
+    if (st == CLUSTER_DOWN) return 1;
+    if (st == CLUSTER_STOPPING) return cluster_wait_down(c, deadline);
+    /* IDLE before the look: an event appended after it wakes this wait. */
+    atomic_store(&m->sched, SCHED_IDLE);
+    if (atomic_load(&m->events_pending) || atomic_load(&c->state) != CLUSTER_RUNNING) return 1;
+    if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) return atomic_load(&m->events_pending);
   }
 }

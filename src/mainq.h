@@ -58,4 +58,10 @@ int mainq_receive(ic_cluster *c, uint64_t deadline, int interruptible, ic_msg **
 int mainq_request(ic_cluster *c, ic_isolate *to, ic_msg *m, uint64_t timeout_ns, int interruptible,
                   ic_msg **reply, const char **why);
 
+/* Waits until the event log has something for the main state (it is
+ * subscribed: main->events_pending), the cluster is down, or deadline.
+ * While the cluster stops, waits for it to be down (the log is complete
+ * then). Returns 0 at the deadline. */
+int mainq_wait_events(ic_cluster *c, uint64_t deadline);
+
 #endif
