@@ -222,6 +222,19 @@ IC_EXTERN int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev);
 /* Releases ev's texts and zeroes *ev (NULL is ignored). */
 IC_EXTERN void ic_event_free(ic_event *ev);
 
+/* ---- event loops ----------------------------------------------------------- */
+
+/* A file descriptor for poll/epoll/libuv: readable when the program may
+ * have something to take (a message for ic_receive_msg, an event for
+ * ic_next_event). When it polls readable, take with a timeout of 0 until
+ * IC_ETIMEDOUT: a take that finds nothing is what arms the fd again (it may
+ * then poll readable once with nothing to take). Never read or close it
+ * yourself: the cluster owns it and closes it in ic_cluster_destroy. The
+ * same fd on every call. Returns the fd (>= 0), IC_EINVAL or IC_ESYSTEM
+ * (no eventfd). Any thread; does not block. Until the first call, the
+ * cluster does no system call for it. */
+IC_EXTERN int ic_cluster_fd(ic_cluster *c);
+
 /* A cluster's counters, as cluster:stats() in Lua. */
 typedef struct ic_stats {
   uint64_t isolates;     /* registered and not yet down (the program's own ref excluded) */

@@ -454,6 +454,7 @@ int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev) {
     }
     if (refill_events(c)) return IC_ENOMEM;
     if (c->api_evpos < c->api_nev) continue;
+    if (mainq_rearm(c)) continue;
     if (atomic_load(&c->state) == CLUSTER_DOWN) {
       /* What shutdown saved of the log (its own down events too). */
       plat_mutex_lock(&c->lock);
@@ -482,6 +483,11 @@ void ic_event_free(ic_event *ev) {
   free(ev->path);
   free(ev->reason);
   memset(ev, 0, sizeof *ev);
+}
+
+int ic_cluster_fd(ic_cluster *c) {
+  if (!c) return IC_EINVAL;
+  return mainq_fd(c) >= 0 ? atomic_load(&c->main_fd) : IC_ESYSTEM;
 }
 
 int ic_cluster_stats(ic_cluster *c, ic_stats *out) {

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <msgpuck.h>
@@ -122,6 +123,7 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   c->by_path_cap = 64;
   c->by_path = calloc(c->by_path_cap, sizeof *c->by_path);
   c->log_trim_at = 1024;
+  atomic_init(&c->main_fd, -1);
   if (!c->by_id || !c->by_path) goto oom;
   c->runtime_code = runtime_compile(ic_runtime_lua, ic_runtime_lua_len, "=isolate_cluster.runtime", &c->boot_error);
   if (c->runtime_code)
@@ -191,6 +193,7 @@ void cluster_release(ic_cluster *c) {
   blob_release(c->runtime_code);
   blob_release(c->runtime_extras);
   free(c->boot_error);
+  if (atomic_load(&c->main_fd) >= 0) close(atomic_load(&c->main_fd));
   plat_cond_destroy(&c->live_cond);
   plat_mutex_destroy(&c->log_lock);
   plat_mutex_destroy(&c->lock);

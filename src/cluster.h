@@ -81,6 +81,12 @@ typedef struct ic_cluster {
   cluster_event *api_tail;
   size_t api_ntail;
 
+  /* The program's file descriptor (mainq_fd): an eventfd, -1 until asked
+   * for; closed with the cluster. main_fd_armed: 1 when the next post to
+   * the main state must make it readable (mainq.h). */
+  atomic_int main_fd;
+  atomic_int main_fd_armed;
+
   ic_log_fn log_fn;
   void *log_ud;
   ic_isolate *logger;         /* the isolate log lines go to, or NULL */

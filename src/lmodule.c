@@ -261,6 +261,16 @@ static int l_drain(lua_State *L) {
   return 1;
 }
 
+/* cluster:fd() -> an fd readable when cluster:receive may have something
+ * (mainq.h): for an event loop (luv's uv.new_poll). */
+static int l_fd(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  int fd = mainq_fd(c);
+  if (fd < 0) return luaL_error(L, "cannot make the cluster's file descriptor: %s", strerror(errno));
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
 static int l_stats(lua_State *L) { return lstate_stats(L, check_cluster(L, 1)); }
 
 static int l_send_all(lua_State *L) {
@@ -389,7 +399,7 @@ __attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_Stat
         {"spawn_isolate", l_spawn}, {"lookup_isolate", l_lookup}, {"lookup_isolates", l_lookup_prefix},
         {"receive", l_receive},     {"run", l_run},               {"shutdown", l_shutdown},
         {"drain", l_drain},         {"stats", l_stats},           {"close", l_close},
-        {"send_all", l_send_all},
+        {"send_all", l_send_all},   {"fd", l_fd},
         {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_pushcclosure(L, l_cluster_index, 1);

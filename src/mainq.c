@@ -4,6 +4,9 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "mainq.h"
 #include "sigint.h"
@@ -43,6 +46,7 @@ int mainq_receive(ic_cluster *c, uint64_t deadline, int interruptible, ic_msg **
       return MAINQ_OK;
     }
     if (mailbox_count(&main->mbox) > 0) continue; /* a push half done */
+    if (mainq_rearm(c)) continue;
     if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
     if (interruptible) mainq_block_begin(&b);
     if (!cluster_main_wait(c, &main->mbox, deadline)) {
@@ -112,4 +116,37 @@ int mainq_wait_events(ic_cluster *c, uint64_t deadline) {
     if (atomic_load(&m->events_pending) || atomic_load(&c->state) != CLUSTER_RUNNING) return 1;
     if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) return atomic_load(&m->events_pending);
   }
+}
+
+int mainq_fd(ic_cluster *c) {
+  plat_mutex_lock(&c->lock); /* one creator */
+  int fd = atomic_load(&c->main_fd);
+  if (fd < 0) {
+    fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    /* Readable at once: whatever is queued already is worth a look. */
+    if (fd >= 0) {
+      uint64_t one = 1;
+      (void)!write(fd, &one, sizeof one);
+      atomic_store(&c->main_fd, fd);
+    }
+  }
+  plat_mutex_unlock(&c->lock);
+  return fd;
+}
+
+void mainq_signal(ic_cluster *c) {
+  uint64_t one = 1;
+  /* Only fails when the counter would overflow: it is readable then. */
+  (void)!write(atomic_load(&c->main_fd), &one, sizeof one);
+}
+
+int mainq_rearm(ic_cluster *c) {
+  if (atomic_load(&c->main_fd_armed)) return 0;
+  int fd = atomic_load(&c->main_fd);
+  if (fd < 0) return 0;
+  uint64_t v;
+  (void)!read(fd, &v, sizeof v);
+  atomic_store(&c->main_fd_armed, 1);
+  atomic_thread_fence(memory_order_seq_cst); /* see mainq_notify */
+  return 1;
 }

@@ -64,4 +64,37 @@ int mainq_request(ic_cluster *c, ic_isolate *to, ic_msg *m, uint64_t timeout_ns,
  * then). Returns 0 at the deadline. */
 int mainq_wait_events(ic_cluster *c, uint64_t deadline);
 
+/* ---- the program's file descriptor ----------------------------------------
+ *
+ * An event loop watches one fd (an eventfd) that is readable when the main
+ * state has something: a message, an event (subscribed), or a late reply
+ * (readiness may be spurious; a receive that finds nothing re-arms it).
+ * Armed-flag scheme: a post to the main state writes the fd only when
+ * main_fd_armed is 1 and it is the one that clears it (one write per
+ * batch); a receive that finds the queue empty reads the fd dry and arms
+ * it again, then looks once more (a post in between is seen either way:
+ * both sides use sequentially consistent atomics). A cluster whose fd was
+ * never asked for pays one atomic load per post to the main state. */
+
+/* The fd, created on first use (-1 with errno set when it cannot be).
+ * Owned by the cluster: closed with it. Any thread. */
+int mainq_fd(ic_cluster *c);
+
+/* Writes the fd (mainq_notify's slow path). */
+void mainq_signal(ic_cluster *c);
+
+/* Makes the fd readable if it is armed. Any thread (every post and wake of
+ * the main state). */
+static inline void mainq_notify(ic_cluster *c) {
+  /* Pairs with the fence in mainq_rearm: the post before this look, or the
+   * arming before the receiver's look, is seen by the other side. */
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load(&c->main_fd_armed) && atomic_exchange(&c->main_fd_armed, 0)) mainq_signal(c);
+}
+
+/* Called when the main state found nothing to take: if the fd exists and
+ * is not armed, empties it and arms it; returns 1 then (the caller must
+ * look at its queues once more), else 0. The main state's thread. */
+int mainq_rearm(ic_cluster *c);
+
 #endif

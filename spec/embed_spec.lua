@@ -1,0 +1,42 @@
+-- The embedding pieces seen from Lua: cluster:fd() for event loops.
+local ic = require("isolate_cluster")
+local wait = require("support.wait")
+
+describe("cluster:fd()", function()
+  it("is one integer fd per cluster, refused once the cluster is closed", function()
+    local c = ic.single_node({ workers = 1 })
+    local fd = c:fd()
+    assert.is_true(math.type(fd) == "integer" and fd >= 0)
+    assert.are.equal(fd, c:fd())
+    c:close()
+    assert.has_error(function() c:fd() end, "the cluster is closed")
+  end)
+
+  local ok_luv, uv = pcall(require, "luv")
+  local it_luv = ok_luv and it or pending
+  it_luv("becomes readable when a message comes, and quiet once receive(0) found nothing", function()
+    local c = ic.single_node({ workers = 1 })
+    local fd = c:fd()
+    local function readable()
+      local seen = false
+      local p = uv.new_poll(fd)
+      local t = uv.new_timer()
+      p:start("r", function() seen = true p:stop() t:stop() end)
+      t:start(50, 0, function() p:stop() end)
+      uv.run()
+      p:close() t:close() uv.run("nowait")
+      return seen
+    end
+    assert.is_nil(c:receive(0))
+    assert.is_false(readable())
+    local echo = c:spawn_isolate(function(context)
+      context:on_message(function(m, sender) sender:send(m) end)
+    end)
+    echo:send("hi")
+    assert.is_true(wait.wait_until(readable, 10))
+    assert.are.equal("hi", c:receive(0))
+    assert.is_nil(c:receive(0))
+    assert.is_false(readable())
+    c:shutdown(5)
+  end)
+end)
