@@ -222,6 +222,78 @@ IC_EXTERN int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev);
 /* Releases ev's texts and zeroes *ev (NULL is ignored). */
 IC_EXTERN void ic_event_free(ic_event *ev);
 
+/* ---- native isolates --------------------------------------------------------
+ *
+ * An isolate whose handler is a C function. It has a ref, a path, a
+ * mailbox, up/down events and monitors like a Lua isolate; it is scheduled
+ * on the worker threads (or on a thread of its own with opts->dedicated)
+ * and handles one message per call. It cannot be preempted: a handler must
+ * return soon, and must never block (ic_request, ic_receive_msg, sleeping)
+ * on a worker thread; it requests with ic_native_request, whose answer
+ * comes in a later call. A kill or a shutdown takes it down between two
+ * calls. Callbacks never run Lua and run one at a time per isolate, on the
+ * thread running its turn (any worker thread; for on_down also the thread
+ * of a shutdown).
+ */
+typedef struct ic_native ic_native; /* the running isolate, valid during a callback only */
+
+/* A message for the isolate. msg->data is the library's, valid during the
+ * call (copy what you keep). A request (msg->is_request) is answered with
+ * ic_reply / ic_reply_error on *msg during the call; one left unanswered
+ * is refused with "isolate down: <reason>" when the isolate goes down. To
+ * answer later (e.g. from an ic_native_request callback), keep a copy of
+ * *msg and its data and clear msg->is_request before returning: the
+ * request is then the copy's to answer, and no longer refused for you. */
+typedef void (*ic_native_handler)(ic_native *self, ic_message *msg, void *ud);
+
+/* The isolate went down (reason "normal" after ic_native_stop, "killed",
+ * "shutdown"): called once, last; free ud here. */
+typedef void (*ic_native_down_fn)(void *ud, const char *reason);
+
+/* The answer to ic_native_request, in a later call on the isolate's thread.
+ * status IC_OK: data is the answer's MessagePack; IC_EREMOTE (the handler
+ * raised) or IC_EDOWN (the isolate went down first): data is a
+ * NUL-terminated error text; IC_ETIMEDOUT; IC_ESHUTDOWN: the requesting
+ * isolate itself goes down first (data NULL). data is valid during the
+ * call only. Called exactly once per accepted request. */
+typedef void (*ic_native_reply_fn)(ic_native *self, int status, const char *data, size_t len, void *req_ud);
+
+typedef struct ic_native_options {
+  ic_native_handler on_message; /* required */
+  ic_native_down_fn on_down;    /* or NULL */
+  void *ud;                     /* given to both */
+} ic_native_options;
+
+/* Spawns a native isolate. opts (path, dedicated, mailbox; memory_limit is
+ * ignored) may be NULL. On success *out (if not NULL) is its ref and
+ * on_down will be called once; on failure no callback is ever called (ud
+ * is still the caller's). Errors: IC_EINVAL (no on_message, bad path),
+ * IC_EEXIST, IC_ESHUTDOWN, IC_ENOMEM, IC_ESYSTEM. Any thread; does not
+ * block. */
+IC_EXTERN int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spawn_options *opts,
+                              ic_ref *out);
+
+/* The isolate's own ref, and its cluster (for ic_reply and the like). */
+IC_EXTERN ic_ref ic_native_ref(ic_native *self);
+IC_EXTERN ic_cluster *ic_native_cluster(ic_native *self);
+
+/* As ic_send, with the native isolate as the sender. Errors as ic_send,
+ * and IC_ESHUTDOWN when called from on_down's path (the isolate is going
+ * down). Callbacks only; does not block. */
+IC_EXTERN int ic_native_send(ic_native *self, ic_ref to, const void *msgpack, size_t len);
+
+/* Sends a request from the native isolate; returns at once. On IC_OK, cb
+ * is called once later (see ic_native_reply_fn) with req_ud; timeout_s
+ * negative: no limit. On an error cb is never called: IC_EINVAL (NULL cb,
+ * not one value, NaN, its own ref), IC_EDOWN, IC_EFULL, IC_ENOMEM,
+ * IC_ESHUTDOWN. Callbacks only. */
+IC_EXTERN int ic_native_request(ic_native *self, ic_ref to, const void *msgpack, size_t len, double timeout_s,
+                                ic_native_reply_fn cb, void *req_ud);
+
+/* The isolate goes down (reason "normal") once this callback returns; the
+ * messages still queued become dead letters. Callbacks only. */
+IC_EXTERN void ic_native_stop(ic_native *self);
+
 /* ---- event loops ----------------------------------------------------------- */
 
 /* A file descriptor for poll/epoll/libuv: readable when the program may

@@ -12,6 +12,7 @@
 
 #include "cluster.h"
 #include "mainq.h"
+#include "native.h"
 #include "isolate_cluster.h"
 
 static int to_ic_error(int e) {
@@ -127,7 +128,7 @@ static const char *check_value(const char *p, const char *end, int depth) {
 
 /* Exactly one well-formed MessagePack value of the given type (or any type
  * when type is -1). */
-static int one_value(const char *data, size_t len, int type) {
+int api_one_value(const char *data, size_t len, int type) {
   if (!data || len == 0) return 0;
   const char *end = data + len;
   if (check_value(data, end, 0) != end) return 0;
@@ -136,8 +137,8 @@ static int one_value(const char *data, size_t len, int type) {
 
 static int spawn_boot(ic_cluster *c, const char *boot, size_t boot_len, const char *props, size_t props_len,
                       const ic_spawn_options *opts, ic_ref *out) {
-  if (props && !one_value(props, props_len, MP_MAP)) return IC_EINVAL;
-  spawn_args a = {ISO_POOL, 0, 0, props, props_len, boot, boot_len, NULL, NULL, NULL, 0, NULL, 1};
+  if (props && !api_one_value(props, props_len, MP_MAP)) return IC_EINVAL;
+  spawn_args a = {ISO_POOL, 0, 0, props, props_len, boot, boot_len, NULL, NULL, NULL, 0, NULL, 1, NULL};
   if (opts) {
     a.kind = opts->dedicated ? ISO_DEDICATED : ISO_POOL;
     a.mailbox = opts->mailbox;
@@ -187,22 +188,30 @@ int ic_spawn_module(ic_cluster *c, const char *module, const char *props, size_t
   return rc;
 }
 
-int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len) {
-  if (!c || !one_value(msgpack, len, -1)) return IC_EINVAL;
-  if (to.node != c->node_id) return IC_EDOWN;
-  ic_isolate *iso = cluster_find_id(c, to.id);
+int api_send_from(ic_cluster *c, ic_isolate *from, uint64_t to_node, uint64_t to_id, const void *msgpack,
+                  size_t len, int kind, uint64_t corr, const char **why_out) {
+  if (why_out) *why_out = NULL;
+  if (to_node != c->node_id) return IC_EDOWN;
+  ic_isolate *iso = cluster_find_id(c, to_id);
   if (!iso) return IC_EDOWN;
-  ic_msg *m = msg_new(MSG_USER, msgpack, len);
+  ic_msg *m = msg_new(kind, msgpack, len);
   if (!m) {
     isolate_release(iso);
     return IC_ENOMEM;
   }
-  isolate_retain(c->main);
-  m->sender = c->main;
-  const char *why = isolate_post(iso, m, NULL);
+  isolate_retain(from);
+  m->sender = from;
+  m->corr = corr;
+  const char *why = isolate_post(iso, m, from->worker);
   isolate_release(iso);
   if (!why) return IC_OK;
+  if (why_out) *why_out = why;
   return strcmp(why, "mailbox full") == 0 ? IC_EFULL : IC_EDOWN;
+}
+
+int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len) {
+  if (!c || !api_one_value(msgpack, len, -1)) return IC_EINVAL;
+  return api_send_from(c, c->main, to.node, to.id, msgpack, len, MSG_USER, 0, NULL);
 }
 
 static uint64_t deadline_of(double timeout_s) {
@@ -275,7 +284,7 @@ static int post_reply(ic_cluster *c, ic_message *msg, int kind, const char *valu
 }
 
 int ic_reply(ic_cluster *c, ic_message *msg, const void *msgpack, size_t len) {
-  if (!c || !msg || !msg->is_request || !one_value(msgpack, len, -1)) return IC_EINVAL;
+  if (!c || !msg || !msg->is_request || !api_one_value(msgpack, len, -1)) return IC_EINVAL;
   return post_reply(c, msg, MSG_REPLY, msgpack, len);
 }
 
@@ -293,9 +302,9 @@ int ic_reply_error(ic_cluster *c, ic_message *msg, const char *text) {
 
 /* The text of an error reply's value: a string as it is, anything else
  * named by its type (as lua.c reports a non-string error object). */
-static char *error_text(const char *data, size_t len) {
+char *api_error_text(const char *data, size_t len) {
   const char *p = data;
-  if (len > 0 && mp_typeof(*p) == MP_STR && one_value(data, len, MP_STR)) {
+  if (len > 0 && mp_typeof(*p) == MP_STR && api_one_value(data, len, MP_STR)) {
     uint32_t n;
     const char *s = mp_decode_str(&p, &n);
     return copy_bytes(s, n);
@@ -312,7 +321,7 @@ int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double
                size_t *reply_len) {
   if (reply) *reply = NULL;
   if (reply_len) *reply_len = 0;
-  if (!c || !reply || !reply_len || timeout_s != timeout_s || !one_value(msgpack, len, -1)) return IC_EINVAL;
+  if (!c || !reply || !reply_len || timeout_s != timeout_s || !api_one_value(msgpack, len, -1)) return IC_EINVAL;
   if (to.node == c->node_id && to.id == c->main->id) return IC_EINVAL; /* would wait for itself */
   if (atomic_load(&c->state) == CLUSTER_DOWN) return IC_ESHUTDOWN;
   if (to.node != c->node_id) return IC_EDOWN;
@@ -339,7 +348,7 @@ int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double
   if (x->kind == MSG_REPLY) {
     out = copy_bytes(x->data, x->len);
   } else {
-    out = error_text(x->data, x->len);
+    out = api_error_text(x->data, x->len);
     /* The refusal of an isolate that went down before answering. */
     err = out && strncmp(out, "isolate down", 12) == 0 ? IC_EDOWN : IC_EREMOTE;
   }

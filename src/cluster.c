@@ -1,4 +1,5 @@
 #include "cluster.h"
+#include "native.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -879,11 +880,16 @@ static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *errbuf, size_t errlen) {
   *out = NULL;
   if (atomic_load(&c->state) != CLUSTER_RUNNING) {
+    if (a->native) native_free(a->native);
     snprintf(errbuf, errlen, "spawn_isolate after shutdown");
     return ECANCELED;
   }
   ic_isolate *iso = isolate_new(c, a->kind, a->mailbox ? a->mailbox : c->default_mailbox);
-  if (!iso) goto oom;
+  if (!iso) {
+    if (a->native) native_free(a->native);
+    goto oom;
+  }
+  iso->native = a->native;
   iso->mem_limit = a->memory_limit;
   iso->hidden = a->hidden;
   if (a->props && !(iso->props = blob_new(a->props, a->props_len))) goto oom_iso;

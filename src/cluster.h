@@ -179,6 +179,8 @@ typedef struct spawn_args {
   int hidden;                 /* a runtime isolate: never announced nor listed */
   ic_isolate *creator;        /* the spawning isolate (its thread), or NULL */
   int detached;               /* not linked to the creator */
+  struct ic_native *native;   /* a native isolate's handler (taken on success
+                                 and failure), or NULL for a Lua isolate */
 } spawn_args;
 
 /* Creates, registers and starts an isolate. Returns 0 with *out retained

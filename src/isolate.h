@@ -111,6 +111,8 @@ typedef struct ic_isolate {
                                    they keep an isolate with nothing else to run up */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */
+  struct ic_native *native;     /* a native isolate's C handler (native.h), or NULL;
+                                   set before it starts, freed with the isolate */
   monitor_set monitors;         /* who watches this isolate go down (monitor.h) */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
 

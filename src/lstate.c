@@ -860,7 +860,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox, (size_t)memlimit,
                   has_props ? buf->data : NULL, props_len,
                   buf->data + props_len, buf->len - props_len,
-                  lua_path, lua_cpath, path, hidden, creator, detached};
+                  lua_path, lua_cpath, path, hidden, creator, detached, NULL};
   ic_isolate *iso;
   char err[256];
   int failed = cluster_spawn(c, &a, &iso, err, sizeof err);
