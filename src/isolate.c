@@ -214,7 +214,7 @@ void isolate_release(ic_isolate *iso) {
 void isolate_wake(ic_isolate *iso, worker *from) {
   int expected = SCHED_IDLE;
   /* The program watches a file descriptor (mainq.h): whatever its sched. */
-  if (iso->kind == ISO_MAIN) mainq_notify(iso->cluster);
+  if (iso->kind == ISO_MAIN && iso->cluster) mainq_notify(iso->cluster);
   /* seq_cst: pairs with the owner's store of IDLE followed by its look at
    * the queues (isolate_run), so one of the two always sees the other. */
   if (atomic_load(&iso->sched) != SCHED_IDLE) return;
