@@ -59,10 +59,23 @@ typedef struct ic_ref {
   uint64_t id;
 } ic_ref;
 
+/* Gives every new Lua isolate's state the application's C functions.
+ * L is the isolate's lua_State * (cast it: this header needs no lua.h);
+ * the standard libraries are open, nothing of the isolate has run yet.
+ * Typically: luaL_requiref(L, "mylib", luaopen_mylib, 0); lua_pop(L, 1);
+ * or a package.preload entry. Called on the thread that boots the isolate
+ * (any worker thread, several at once for different isolates: the hook
+ * and ud must be thread-safe), inside a protected call: a Lua error it
+ * raises, or a non-zero return, takes the isolate down with an "error: ..."
+ * reason. It must not keep L, nor call this library's functions. */
+typedef int (*ic_state_hook)(void *L, void *ud);
+
 typedef struct ic_cluster_options {
   int workers;          /* worker threads; 0 = number of cores */
   size_t mailbox;       /* default mailbox capacity; 0 = 1,000,000 */
   double time_slice;    /* seconds a handler computes before preemption; 0 = 0.002 */
+  ic_state_hook state_hook; /* or NULL */
+  void *state_hook_ud;
 } ic_cluster_options;
 
 typedef struct ic_spawn_options {

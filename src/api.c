@@ -45,12 +45,14 @@ const char *ic_strerror(int err) {
 
 int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out) {
   if (!out) return IC_EINVAL;
-  cluster_opts o = {0, 0, 0};
+  cluster_opts o = {0, 0, 0, NULL, NULL};
   if (opts) {
-    if (opts->workers < 0 || opts->time_slice < 0) return IC_EINVAL;
+    if (opts->workers < 0 || !(opts->time_slice >= 0)) return IC_EINVAL;
     o.workers = opts->workers;
     o.mailbox = opts->mailbox;
     o.slice_seconds = opts->time_slice;
+    o.state_hook = opts->state_hook;
+    o.state_hook_ud = opts->state_hook_ud;
   }
   const char *err = NULL;
   *out = cluster_new(&o, &err);

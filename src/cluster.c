@@ -111,6 +111,8 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   c->nworkers = o && o->workers > 0 ? o->workers : plat_ncpu();
   c->default_mailbox = o && o->mailbox ? o->mailbox : DEFAULT_MAILBOX;
   c->slice_seconds = o && o->slice_seconds > 0 ? o->slice_seconds : DEFAULT_SLICE;
+  c->state_hook = o ? o->state_hook : NULL;
+  c->state_hook_ud = o ? o->state_hook_ud : NULL;
   c->log_fn = default_log;
   c->next_id = 1;
   /* A node part unlikely to collide with another node's, so a ref that

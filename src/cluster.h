@@ -37,6 +37,8 @@ typedef struct ic_cluster {
   int nworkers;
   size_t default_mailbox;
   double slice_seconds;       /* preemption time slice */
+  int (*state_hook)(void *L, void *ud); /* immutable; see cluster_opts */
+  void *state_hook_ud;
 
   plat_mutex lock;
   uint64_t next_id;
@@ -102,10 +104,16 @@ typedef struct ic_cluster {
   char *boot_error;
 } ic_cluster;
 
+/* Called in every new Lua isolate's state (src/lstate.c l_boot); see
+ * ic_state_hook in include/isolate_cluster.h. */
+typedef int (*cluster_state_hook)(void *L, void *ud);
+
 typedef struct cluster_opts {
   int workers;                /* 0 = number of cores */
   size_t mailbox;             /* default capacity; 0 = built-in default */
   double slice_seconds;       /* 0 = default */
+  cluster_state_hook state_hook; /* or NULL */
+  void *state_hook_ud;
 } cluster_opts;
 
 /* Creates a cluster with its threads running; NULL and *err set on failure. */

@@ -334,7 +334,7 @@ static lua_Integer opt_int_field(lua_State *L, int t, const char *k, lua_Integer
 }
 
 static int l_new(lua_State *L) {
-  cluster_opts o = {0, 0, 0};
+  cluster_opts o = {0, 0, 0, NULL, NULL};
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
     static const char *const known[] = {"workers", "mailbox", "time_slice", "logger", NULL};

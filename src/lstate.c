@@ -1437,6 +1437,10 @@ static int l_boot(lua_State *L) {
   ic_isolate *iso = lua_touserdata(L, 1);
   ic_cluster *c = iso->cluster;
   open_libs(L); /* package, opened on first use, takes iso's paths then */
+  /* The application's own C functions, before anything of the isolate's
+   * runs (a raise in it fails the boot like a bad entry). */
+  if (c->state_hook && c->state_hook(L, c->state_hook_ud) != 0)
+    return luaL_error(L, "the application's state hook failed");
   lstate_ctx *ctx = lstate_open(L);
   ctx->self = iso;
   iso->lctx = ctx;

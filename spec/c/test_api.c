@@ -129,7 +129,7 @@ static void test_prefix_kill_stats(ic_cluster *c) {
 
 int main(void) {
   ic_cluster *c = NULL;
-  ic_cluster_options o = {2, 0, 0};
+  ic_cluster_options o = {.workers = 2};
   CHECK(ic_cluster_create(&o, &c) == IC_OK && c != NULL);
 
   /* properties: { prefix = "p" } */

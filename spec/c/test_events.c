@@ -42,7 +42,7 @@ static ic_event next_about(ic_cluster *c, ic_ref r) {
 
 int main(void) {
   ic_cluster *c = NULL;
-  ic_cluster_options o = {2, 0, 0};
+  ic_cluster_options o = {.workers = 2};
   CHECK(ic_cluster_create(&o, &c) == IC_OK);
   ic_event ev;
   CHECK(ic_next_event(c, 0, &ev) == IC_EINVAL); /* not subscribed */

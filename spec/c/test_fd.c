@@ -46,7 +46,7 @@ static int drain(ic_cluster *c) {
 
 int main(void) {
   ic_cluster *c = NULL;
-  ic_cluster_options o = {2, 0, 0};
+  ic_cluster_options o = {.workers = 2};
   CHECK(ic_cluster_create(&o, &c) == IC_OK);
   CHECK(ic_cluster_fd(NULL) == IC_EINVAL);
   int fd = ic_cluster_fd(c);

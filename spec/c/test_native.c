@@ -157,7 +157,7 @@ static ic_event event_about(ic_cluster *c, ic_ref r, int kind) {
 
 int main(void) {
   ic_cluster *c = NULL;
-  ic_cluster_options o = {2, 0, 0};
+  ic_cluster_options o = {.workers = 2};
   CHECK(ic_cluster_create(&o, &c) == IC_OK);
   CHECK(ic_subscribe_events(c) == IC_OK);
   state s = {0};

@@ -225,7 +225,7 @@ static void test_reply_to_gone(ic_cluster *c) {
 
 int main(void) {
   ic_cluster *c = NULL;
-  ic_cluster_options o = {2, 0, 0};
+  ic_cluster_options o = {.workers = 2};
   CHECK(ic_cluster_create(&o, &c) == IC_OK);
   ic_ref srv;
   CHECK(ic_spawn_lua(c, SERVER, strlen(SERVER), "=server", NULL, 0, NULL, &srv) == IC_OK);
