@@ -331,6 +331,30 @@ typedef struct ic_stats {
 /* Fills *out. Errors: IC_EINVAL. Does not block (one short lock). */
 IC_EXTERN int ic_cluster_stats(ic_cluster *c, ic_stats *out);
 
+/* One isolate's row, as cluster:stats().rows in Lua. */
+typedef struct ic_isolate_stats {
+  ic_ref ref;
+  const char *path;      /* NULL when it has none */
+  const char *state;     /* "running" (queued or in a turn), "waiting" (its handler
+                            waits for a reply, a timer or a message), "idle" */
+  const char *kind;      /* "lua", "dedicated" (a Lua isolate with its own thread), "native" */
+  uint64_t mailbox;      /* messages queued */
+  uint64_t messages_in;  /* taken from its mailbox */
+  uint64_t messages_out; /* sent by it */
+  uint64_t memory;       /* bytes of Lua heap in use as of its last turn */
+  double run_seconds;    /* time spent running its code */
+} ic_isolate_stats;
+
+/* A row per live isolate (the program's own ref and the runtime's hidden
+ * isolates excluded), in spawn order. On success *rows (NULL when *n is 0)
+ * and *n are set; the rows and their texts are the caller's until
+ * ic_isolate_stats_free. On failure neither is touched. Errors: IC_EINVAL,
+ * IC_ENOMEM. Any thread; does not block (one short lock to list the
+ * isolates; each isolate's counters are read without one). The numbers of
+ * an isolate running now may be a turn behind. */
+IC_EXTERN int ic_cluster_isolate_stats(ic_cluster *c, ic_isolate_stats **rows, size_t *n);
+IC_EXTERN void ic_isolate_stats_free(ic_isolate_stats *rows, size_t n);
+
 /* Bytes of a ref as a MessagePack value (the ext type Lua isolates read as a
  * ref): put them where a value goes in a message, e.g. as a map value. */
 #define IC_REF_MSGPACK_SIZE 15

@@ -40,3 +40,105 @@ describe("cluster:fd()", function()
     c:shutdown(5)
   end)
 end)
+
+describe("cluster:stats() rows", function()
+  it("has a row per isolate with its path, node, state, mailbox, messages, memory and run time", function()
+    local c = ic.single_node({ workers = 2 })
+    local echo = c:spawn_isolate(function(context)
+      context:on_message(function(m) return m end)
+    end, nil, { path = "/stats/echo" })
+    local waiter = c:spawn_isolate(function(context)
+      context:on_message(function() context:sleep(30) end)
+    end, nil, { path = "/stats/waiter" })
+    for i = 1, 10 do assert.are.equal(i, echo:request(i)) end
+    waiter:send("sleep")
+    local function row_of(stats, path)
+      for _, r in ipairs(stats.rows) do
+        if r.path == path then return r end
+      end
+    end
+    local s = c:stats()
+    assert.are.equal(2, s.isolates)
+    assert.are.equal(2, #s.rows)
+    local e = row_of(s, "/stats/echo")
+    assert.is_truthy(e)
+    assert.are.equal(echo, e.ref)
+    assert.are.equal("lua", e.kind)
+    assert.is_true(e.messages_in >= 10)
+    assert.are.equal(0, e.messages_out) -- replies are not sends
+    assert.is_true(e.memory > 0)
+    assert.is_true(e.run_time > 0)
+    assert.are.equal(math.type(e.node), "integer")
+    assert.are.equal(0, e.mailbox)
+    -- the waiter waits in its handler: later messages stay queued
+    waiter:send("queued")
+    local w = wait.wait_until(function()
+      local r = row_of(c:stats(), "/stats/waiter")
+      return r and r.state == "waiting" and r.mailbox == 1 and r
+    end, 10)
+    assert.is_truthy(w)
+    -- in spawn order; without rows when asked
+    assert.is_true(s.rows[1].id < s.rows[2].id)
+    assert.is_nil(c:stats({ rows = false }).rows)
+    assert.has_error(function() c:stats({ row = false }) end)
+    c:shutdown(5)
+  end)
+
+  it("lists every isolate, also thousands of them", function()
+    local c = ic.single_node({ workers = 2 })
+    for _ = 1, 2000 do
+      c:spawn_isolate(function(context) context:on_message(function() end) end)
+    end
+    assert.is_truthy(wait.wait_until(function() return #c:stats().rows == 2000 end, 30))
+    c:shutdown(10)
+  end)
+end)
+
+describe("isolate-cluster --stats", function()
+  local host = os.getenv("IC_HOST_BIN") or "build/isolate-cluster"
+  it("prints a table to stderr that changes while a workload runs", function()
+    local stop = os.tmpname()
+    os.remove(stop)
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+local stop = ...
+local w = cluster:spawn_isolate(function(ctx) ctx:on_message(function(m) return m end) end, nil, { path = "/worker" })
+local t0 = os.time()
+while os.time() - t0 < 60 do
+  for i = 1, 20 do w:request(i) end
+  local s = io.open(stop)
+  if s then s:close() break end
+end
+cluster:shutdown(5)
+]])
+    f:close()
+    local p = assert(io.popen(("timeout 90 %s --stats 0.1 %s %s 2>&1 >/dev/null"):format(host, script, stop)))
+    local seen, tables = {}, 0
+    for line in p:lines() do
+      if line:match("^isolate%-cluster stats at") then tables = tables + 1 end
+      local n_in = line:match("^%s+%d+%s+/worker%s+lua%s+%a+%s+%d+%s+(%d+)")
+      if n_in then
+        seen[#seen + 1] = tonumber(n_in)
+        if #seen >= 2 and seen[#seen] ~= seen[1] then
+          local s = io.open(stop, "w")
+          s:close()
+        end
+      end
+    end
+    local ok = p:close()
+    os.remove(stop)
+    os.remove(script)
+    assert.is_true(ok)
+    assert.is_true(tables >= 2)
+    assert.is_true(#seen >= 2 and seen[#seen] > seen[1])
+  end)
+
+  it("refuses a bad interval", function()
+    local p = io.popen(("%s --stats 0 x.lua 2>&1"):format(host))
+    local out = p:read("a")
+    local _, _, code = p:close()
+    assert.are.equal(2, code)
+    assert.matches("%-%-stats needs seconds", out)
+  end)
+end)

@@ -13,6 +13,7 @@
 #include "cluster.h"
 #include "mainq.h"
 #include "native.h"
+#include "stats.h"
 #include "isolate_cluster.h"
 
 static int to_ic_error(int e) {
@@ -510,6 +511,44 @@ int ic_cluster_stats(ic_cluster *c, ic_stats *out) {
   out->dead_letters = atomic_load(&c->dead_letters);
   out->workers = c->nworkers;
   return IC_OK;
+}
+
+int ic_cluster_isolate_stats(ic_cluster *c, ic_isolate_stats **rows, size_t *n) {
+  if (!c || !rows || !n) return IC_EINVAL;
+  stats_rows r;
+  if (stats_rows_take(c, &r)) return IC_ENOMEM;
+  ic_isolate_stats *out = r.n ? calloc(r.n, sizeof *out) : NULL;
+  int rc = r.n && !out ? IC_ENOMEM : IC_OK;
+  for (size_t i = 0; out && i < r.n; i++) {
+    const stats_row *row = &r.rows[i];
+    ic_isolate_stats *o = &out[i];
+    o->ref.node = c->node_id;
+    o->ref.id = row->id;
+    o->state = row->state; /* static texts */
+    o->kind = row->kind;
+    o->mailbox = row->mailbox;
+    o->messages_in = row->in;
+    o->messages_out = row->out;
+    o->memory = row->memory;
+    o->run_seconds = row->run_seconds;
+    if (row->path && !(o->path = strdup(row->path))) {
+      ic_isolate_stats_free(out, i);
+      out = NULL;
+      rc = IC_ENOMEM;
+    }
+  }
+  size_t count = r.n;
+  stats_rows_free(&r);
+  if (rc) return rc;
+  *rows = out;
+  *n = count;
+  return IC_OK;
+}
+
+void ic_isolate_stats_free(ic_isolate_stats *rows, size_t n) {
+  if (!rows) return;
+  for (size_t i = 0; i < n; i++) free((char *)rows[i].path);
+  free(rows);
 }
 
 size_t ic_ref_encode(char *buf, ic_ref r) {

@@ -480,6 +480,21 @@ void cluster_announce_up(ic_cluster *c, ic_isolate *iso) {
   plat_mutex_unlock(&c->lock);
 }
 
+ic_isolate **cluster_list_all(ic_cluster *c, size_t *n) {
+  *n = 0;
+  plat_mutex_lock(&c->lock);
+  ic_isolate **out = c->by_id_len ? malloc(c->by_id_len * sizeof *out) : NULL;
+  if (!out && c->by_id_len) *n = SIZE_MAX;
+  for (size_t i = 0; out && i < c->by_id_cap; i++) {
+    ic_isolate *x = c->by_id[i];
+    if (!x || x == TOMB || x->kind == ISO_MAIN || x->hidden) continue;
+    isolate_retain(x);
+    out[(*n)++] = x;
+  }
+  plat_mutex_unlock(&c->lock);
+  return out;
+}
+
 ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, size_t *n) {
   ic_isolate **out = NULL;
   *n = 0;

@@ -139,6 +139,11 @@ ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline
  * Caller frees the array and releases each. */
 ic_isolate **cluster_find_prefix(ic_cluster *c, const char *prefix, size_t *n);
 
+/* Every isolate registered now (not the main state's, not hidden ones),
+ * retained, in no particular order; *n set. NULL with *n = 0 when there are
+ * none or no memory (*n = SIZE_MAX then). One short hold of c->lock. */
+ic_isolate **cluster_list_all(ic_cluster *c, size_t *n);
+
 /* Subscribes iso to the event log, from its spawn position on (or, already
  * subscribed, from where it is). existing != 0: the isolates already up are
  * returned too (retained, *n set), and the up events now in the log are no

@@ -233,6 +233,7 @@ void isolate_wake(ic_isolate *iso, worker *from) {
 
 /* The rest of a post once a slot is reserved: never fails. */
 static inline void post_reserved(ic_isolate *to, ic_msg *m, worker *from) {
+  if (m->sender) isolate_stat_add(&m->sender->stat_out, 1); /* before m is the receiver's */
   mailbox_push(&to->mbox, m);
   isolate_wake(to, from);
   if (from) sched_check_lifo(from);
@@ -466,10 +467,13 @@ int isolate_run(ic_isolate *iso, worker *w) {
     if (iso->wait == WAIT_BLOCKED || iso->wait == WAIT_PREEMPTED) break;
     if ((n & 15) == 15 && plat_now_ns() > iso->slice_deadline) break;
     if ((m = mailbox_pop(&iso->mbox)) == NULL) break;
+    isolate_stat_add(&iso->stat_in, 1);
     dispatch(iso, m->kind, m);
     msg_free(m);
   }
 end_turn:
+  isolate_stat_add(&iso->stat_run_ns, plat_now_ns() - now);
+  atomic_store_explicit(&iso->stat_mem, iso->mem_used, memory_order_relaxed);
   if (w) worker_end_turn(w);
   iso->worker = NULL;
   if (iso->ending) {

@@ -19,6 +19,7 @@
 #include "cluster.h"
 #include "lstate.h"
 #include "mainq.h"
+#include "stats.h"
 
 #define LCLUSTER_MT "isolate_cluster.cluster"
 #define DEFAULT_REQUEST_TIMEOUT 5.0
@@ -271,7 +272,69 @@ static int l_fd(lua_State *L) {
   return 1;
 }
 
-static int l_stats(lua_State *L) { return lstate_stats(L, check_cluster(L, 1)); }
+/* Protected: sets t.rows (t at 1) from the stats_rows at 2. */
+static int push_stat_rows(lua_State *L) {
+  const stats_rows *r = lua_touserdata(L, 2);
+  ic_cluster *c = lua_touserdata(L, 3);
+  lua_createtable(L, (int)(r->n > INT32_MAX ? INT32_MAX : r->n), 0);
+  for (size_t i = 0; i < r->n; i++) {
+    const stats_row *row = &r->rows[i];
+    lua_createtable(L, 0, 11);
+    lref_push(L, row->iso);
+    lua_setfield(L, -2, "ref");
+    lua_pushinteger(L, (lua_Integer)row->id);
+    lua_setfield(L, -2, "id");
+    if (row->path) {
+      lua_pushstring(L, row->path);
+      lua_setfield(L, -2, "path");
+    }
+    lua_pushinteger(L, (lua_Integer)c->node_id);
+    lua_setfield(L, -2, "node");
+    lua_pushstring(L, row->state);
+    lua_setfield(L, -2, "state");
+    lua_pushstring(L, row->kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushinteger(L, (lua_Integer)row->mailbox);
+    lua_setfield(L, -2, "mailbox");
+    lua_pushinteger(L, (lua_Integer)row->in);
+    lua_setfield(L, -2, "messages_in");
+    lua_pushinteger(L, (lua_Integer)row->out);
+    lua_setfield(L, -2, "messages_out");
+    lua_pushinteger(L, (lua_Integer)row->memory);
+    lua_setfield(L, -2, "memory");
+    lua_pushnumber(L, row->run_seconds);
+    lua_setfield(L, -2, "run_time");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, 1, "rows");
+  return 0;
+}
+
+/* cluster:stats([opts]): the counters, and (unless opts.rows == false) one
+ * row per isolate. */
+static int l_stats(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  int rows = 1;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    static const char *const known[] = {"rows", NULL};
+    lstate_check_options(L, 2, "stats", known);
+    rows = lua_getfield(L, 2, "rows") == LUA_TNIL || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  lstate_stats(L, c);
+  if (!rows) return 1;
+  stats_rows r;
+  if (stats_rows_take(c, &r)) return luaL_error(L, "out of memory");
+  lua_pushcfunction(L, push_stat_rows);
+  lua_pushvalue(L, -2);
+  lua_pushlightuserdata(L, &r);
+  lua_pushlightuserdata(L, c);
+  int st = lua_pcall(L, 3, 0, 0);
+  stats_rows_free(&r);
+  if (st != LUA_OK) return lua_error(L);
+  return 1;
+}
 
 static int l_send_all(lua_State *L) {
   check_cluster(L, 1);
