@@ -1,19 +1,24 @@
 /*
  * isolate_cluster — a cluster of Lua 5.4 isolates that talk by copied
- * MessagePack messages. The C interface: create a single-node cluster, spawn
- * Lua isolates (from source or from a module name) with MessagePack
- * properties, send MessagePack messages to them, receive the messages sent to
- * the program's own ref, look up paths, shut down.
+ * MessagePack messages. The C interface (docs/c-api.md is its guide):
+ * create a single-node cluster, spawn Lua isolates (from source or a module
+ * name) with MessagePack properties and native isolates (C handlers), send,
+ * request with a timeout, receive and answer what isolates send to the
+ * program, kill, look up and list paths, follow isolate up/down events,
+ * watch a file descriptor from an event loop, read statistics, shut down.
  *
  * Conventions (as libuv's): functions return 0 or a negative IC_E* code;
  * ic_strerror() names it. Every function may be called from any thread
- * unless it says otherwise. Buffers passed in are copied before the call
- * returns (the caller keeps ownership); buffers handed out are the caller's
- * and are released with ic_free().
+ * unless it says otherwise. Unless it says it blocks, a function returns at
+ * once (it may take a short internal lock). Buffers passed in are copied
+ * before the call returns (the caller keeps ownership); buffers handed out
+ * are the caller's and are released with ic_free() (or the release function
+ * named). On failure no output is set or handed out, unless the function
+ * says otherwise.
  *
  * The C program plays the part the main Lua state plays in Lua: it has a ref
  * of its own (ic_cluster_main), messages it sends carry that ref as their
- * sender, and ic_receive takes the messages sent to it.
+ * sender, and ic_receive / ic_receive_msg take the messages sent to it.
  *
  * This header needs no Lua header.
  */
@@ -86,7 +91,9 @@ typedef struct ic_spawn_options {
 } ic_spawn_options;
 
 /* Creates a cluster and starts its threads. opts may be NULL. On success
- * *out is the caller's, to be released with ic_cluster_destroy. */
+ * *out is the caller's, to be released with ic_cluster_destroy; on failure
+ * *out is NULL. Errors: IC_EINVAL (NULL out, negative workers or
+ * time_slice), IC_ENOMEM (also a thread that could not start). */
 IC_EXTERN int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out);
 
 /* Shuts the cluster down: runs on_shutdown handlers, stops every isolate,
@@ -101,7 +108,7 @@ IC_EXTERN int ic_cluster_shutdown(ic_cluster *c, double timeout_s);
  * handle. Refs stay plain data; using c afterwards is undefined. */
 IC_EXTERN void ic_cluster_destroy(ic_cluster *c);
 
-/* The program's own ref. */
+/* The program's own ref (plain data). */
 IC_EXTERN ic_ref ic_cluster_main(ic_cluster *c);
 
 /* Spawns a Lua isolate whose entry function is what `source` (a Lua chunk,
@@ -111,7 +118,9 @@ IC_EXTERN ic_ref ic_cluster_main(ic_cluster *c);
  * On success *out (if not NULL) is the new isolate's ref. Errors: IC_EINVAL
  * (bad path, props not one MessagePack map), IC_EEXIST, IC_ESHUTDOWN,
  * IC_ENOMEM, IC_ESYSTEM. A chunk that does not compile or does not return a
- * function makes the isolate go down with an "error: ..." reason. */
+ * function makes the isolate go down with an "error: ..." reason (see
+ * ic_subscribe_events): the chunk is compiled by the new isolate, so this
+ * call does not wait for it. */
 IC_EXTERN int ic_spawn_lua(ic_cluster *c, const char *source, size_t len, const char *chunkname,
                            const char *props, size_t props_len, const ic_spawn_options *opts,
                            ic_ref *out);
@@ -123,14 +132,16 @@ IC_EXTERN int ic_spawn_module(ic_cluster *c, const char *module, const char *pro
 
 /* Sends one MessagePack value (len bytes, checked to be exactly one
  * well-formed value) to `to`, with the program's ref as its sender.
- * Errors: IC_EINVAL, IC_EDOWN, IC_EFULL, IC_ENOMEM. */
+ * Errors: IC_EINVAL, IC_EDOWN, IC_EFULL, IC_ENOMEM. Never waits for room. */
 IC_EXTERN int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len);
 
 /* Takes the next message sent to the program's ref, waiting up to timeout_s
  * (negative: until one comes or the cluster shuts down). On success *data
  * (MessagePack, the caller's: ic_free) and *len are set, and *sender if not
  * NULL. Errors: IC_ETIMEDOUT, IC_ESHUTDOWN, IC_ENOMEM, IC_EINVAL (a NaN
- * timeout). Call it from one thread at a time. */
+ * timeout). Blocks up to timeout_s. A request taken here cannot be answered
+ * (use ic_receive_msg): its requester waits for its own timeout. Threads:
+ * as ic_receive_msg. */
 IC_EXTERN int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *len, ic_ref *sender);
 
 /* A message taken by ic_receive_msg. data and len: the MessagePack value,
@@ -186,7 +197,7 @@ IC_EXTERN int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t l
 
 /* The ref at path, waiting up to wait_s (0: no wait) for it to be taken.
  * Errors: IC_ETIMEDOUT (not there), IC_EINVAL (also a negative or NaN
- * wait_s), IC_ESHUTDOWN. */
+ * wait_s), IC_ESHUTDOWN. Blocks up to wait_s. */
 IC_EXTERN int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out);
 
 /* The refs of the isolates whose path starts with prefix ("/workers/"), in
@@ -368,7 +379,7 @@ IC_EXTERN size_t ic_ref_encode(char *buf, ic_ref r);
  * number of bytes it took, or 0 when data does not start with a ref. */
 IC_EXTERN size_t ic_ref_decode(const char *data, size_t len, ic_ref *out);
 
-/* Releases a buffer handed out by this library. */
+/* Releases a buffer handed out by this library (NULL is ignored). */
 IC_EXTERN void ic_free(void *p);
 
 #ifdef __cplusplus
