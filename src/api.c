@@ -469,12 +469,8 @@ int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev) {
     if (mainq_rearm(c)) continue;
     if (atomic_load(&c->state) == CLUSTER_DOWN) {
       /* What shutdown saved of the log (its own down events too). */
-      plat_mutex_lock(&c->lock);
-      cluster_event *tail = c->api_tail;
-      size_t ntail = c->api_ntail;
-      c->api_tail = NULL;
-      c->api_ntail = 0;
-      plat_mutex_unlock(&c->lock);
+      size_t ntail;
+      cluster_event *tail = cluster_take_api_tail(c, &ntail);
       if (!tail) return IC_ESHUTDOWN;
       free(c->api_events);
       c->api_events = tail;

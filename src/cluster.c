@@ -975,6 +975,16 @@ ic_isolate *cluster_main_wait_path(ic_cluster *c, const char *path, uint64_t dea
   return iso;
 }
 
+cluster_event *cluster_take_api_tail(ic_cluster *c, size_t *n) {
+  plat_mutex_lock(&c->lock);
+  cluster_event *tail = c->api_tail;
+  *n = c->api_ntail;
+  c->api_tail = NULL;
+  c->api_ntail = 0;
+  plat_mutex_unlock(&c->lock);
+  return tail;
+}
+
 void cluster_close(ic_cluster *c) {
   /* Messages to the main state that nobody received hold their senders
    * (which hold the cluster). Only the main state's thread pops its queues,
@@ -992,11 +1002,7 @@ void cluster_close(ic_cluster *c) {
   free(c->api_events);
   c->api_events = NULL;
   c->api_nev = c->api_evpos = 0;
-  plat_mutex_lock(&c->lock);
-  cluster_event *tail = c->api_tail;
-  size_t ntail = c->api_ntail;
-  c->api_tail = NULL;
-  c->api_ntail = 0;
-  plat_mutex_unlock(&c->lock);
+  size_t ntail;
+  cluster_event *tail = cluster_take_api_tail(c, &ntail);
   if (tail) cluster_free_events(tail, ntail);
 }

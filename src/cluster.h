@@ -234,6 +234,10 @@ void cluster_leave_isolate(ic_cluster *c, ic_isolate *iso);
  * cluster_release: drops what was sent to the main state and never received. */
 void cluster_close(ic_cluster *c);
 
+/* Takes what shutdown saved of the log for a C program (api_tail): NULL
+ * when there is none. The main state's thread. */
+cluster_event *cluster_take_api_tail(ic_cluster *c, size_t *n);
+
 /* Sends control code to every live isolate. */
 void cluster_broadcast_control(ic_cluster *c, int code);
 

@@ -20,7 +20,10 @@ int stats_rows_take(ic_cluster *c, stats_rows *out) {
   size_t n;
   ic_isolate **isos = cluster_list_all(c, &n);
   if (n == SIZE_MAX) return ENOMEM;
-  if (!n) return 0;
+  if (!n) {
+    free(isos); /* room for the main state's isolate, which is not listed */
+    return 0;
+  }
   stats_row *rows = malloc(n * sizeof *rows);
   if (!rows) {
     for (size_t i = 0; i < n; i++) isolate_release(isos[i]);

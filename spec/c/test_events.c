@@ -6,17 +6,7 @@
 
 #include "isolate_cluster.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                \
-  do {                                                                             \
-    if (cond) {                                                                    \
-      passed++;                                                                    \
-    } else {                                                                       \
-      failed++;                                                                    \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);     \
-    }                                                                              \
-  } while (0)
+#include "check.h"
 
 static const char IDLE[] = "return function(context) context:on_message(function(m) return m end) end";
 static const char SYNTAX[] = "return function(context) context:on_message(function(m) return m end end";

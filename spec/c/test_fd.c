@@ -8,17 +8,7 @@
 
 #include "isolate_cluster.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                \
-  do {                                                                             \
-    if (cond) {                                                                    \
-      passed++;                                                                    \
-    } else {                                                                       \
-      failed++;                                                                    \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);     \
-    }                                                                              \
-  } while (0)
+#include "check.h"
 
 /* Sends n messages to the sender, each from a turn of its own. */
 static const char BURST[] =

@@ -8,17 +8,7 @@
 
 #include "isolate_cluster.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                \
-  do {                                                                             \
-    if (cond) {                                                                    \
-      passed++;                                                                    \
-    } else {                                                                       \
-      failed++;                                                                    \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);     \
-    }                                                                              \
-  } while (0)
+#include "check.h"
 
 static int app_add(lua_State *L) {
   lua_pushinteger(L, luaL_checkinteger(L, 1) + luaL_checkinteger(L, 2));
