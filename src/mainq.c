@@ -59,6 +59,18 @@ int mainq_receive(ic_cluster *c, uint64_t deadline, int interruptible, ic_msg **
   return MAINQ_STOPPED;
 }
 
+/* cluster_main_wait for a reply: also while the cluster stops (on_shutdown
+ * handlers may still answer), until it is down. 0 at the deadline. */
+static int wait_reply(ic_cluster *c, uint64_t deadline) {
+  ic_isolate *m = c->main;
+  atomic_store(&m->sched, SCHED_IDLE);
+  while (atomic_load(&m->sched) == SCHED_IDLE && mailbox_count(&m->sysq) == 0 &&
+         atomic_load(&c->state) != CLUSTER_DOWN && !atomic_load(&m->sigint)) {
+    if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) return 0;
+  }
+  return 1;
+}
+
 int mainq_request(ic_cluster *c, ic_isolate *to, ic_msg *m, uint64_t timeout_ns, int interruptible,
                   ic_msg **reply, const char **why) {
   ic_isolate *main = c->main;
@@ -96,8 +108,7 @@ int mainq_request(ic_cluster *c, ic_isolate *to, ic_msg *m, uint64_t timeout_ns,
       return MAINQ_STOPPED;
     }
     if (interruptible) mainq_block_begin(&b);
-    if (!cluster_main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0 &&
-        !atomic_load(&main->sigint)) {
+    if (!wait_reply(c, deadline) && mailbox_count(&main->sysq) == 0 && !atomic_load(&main->sigint)) {
       /* A SIGINT exactly at the timeout: the timeout wins, as before. */
       mainq_block_end(&b);
       return MAINQ_TIMEOUT;
