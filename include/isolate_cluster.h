@@ -318,6 +318,20 @@ IC_EXTERN int ic_native_request(ic_native *self, ic_ref to, const void *msgpack,
  * messages still queued become dead letters. Callbacks only. */
 IC_EXTERN void ic_native_stop(ic_native *self);
 
+/* ---- the runtime's log ------------------------------------------------------ */
+
+/* Receives one log line (NUL-terminated, no newline): an isolate that went
+ * down with an error and its traceback, a failed on_shutdown handler... */
+typedef void (*ic_log_callback)(void *ud, const char *line);
+
+/* Where the runtime's log lines go: fn(ud, line), or stderr with fn NULL
+ * (the default). A function that does nothing discards them. fn is called
+ * on whichever thread logs (a worker, a shutdown's), one line at a time
+ * (under a lock: it must return soon and must not call this library); it
+ * stays in place after a shutdown, until ic_cluster_destroy. Errors:
+ * IC_EINVAL. Does not block. */
+IC_EXTERN int ic_cluster_set_log(ic_cluster *c, ic_log_callback fn, void *ud);
+
 /* ---- event loops ----------------------------------------------------------- */
 
 /* A file descriptor for poll/epoll/libuv: readable when the program may

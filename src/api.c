@@ -493,6 +493,12 @@ void ic_event_free(ic_event *ev) {
   memset(ev, 0, sizeof *ev);
 }
 
+int ic_cluster_set_log(ic_cluster *c, ic_log_callback fn, void *ud) {
+  if (!c) return IC_EINVAL;
+  cluster_set_log_fn(c, fn, ud);
+  return IC_OK;
+}
+
 int ic_cluster_fd(ic_cluster *c) {
   if (!c) return IC_EINVAL;
   return mainq_fd(c) >= 0 ? atomic_load(&c->main_fd) : IC_ESYSTEM;

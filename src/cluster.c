@@ -79,6 +79,16 @@ void cluster_set_logger(ic_cluster *c, ic_isolate *logger, int discard) {
   if (old) isolate_release(old);
 }
 
+void cluster_set_log_fn(ic_cluster *c, ic_log_fn fn, void *ud) {
+  plat_mutex_lock(&c->log_lock);
+  ic_isolate *old = c->logger;
+  c->logger = NULL;
+  c->log_fn = fn ? fn : default_log;
+  c->log_ud = fn ? ud : NULL;
+  plat_mutex_unlock(&c->log_lock);
+  if (old) isolate_release(old);
+}
+
 void cluster_log(ic_cluster *c, const char *fmt, ...) {
   char stackbuf[1024];
   va_list ap;
@@ -875,11 +885,12 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
     free(log[i].reason);
   }
   free(log);
-  /* The logger isolate holds the cluster: let go of it (and back to stderr). */
+  /* The logger isolate holds the cluster: let go of it (and back to stderr).
+   * Another destination (nowhere, a C program's function) stays. */
   plat_mutex_lock(&c->log_lock);
-  int discard = c->log_fn == discard_log;
+  int had_logger = c->logger != NULL;
   plat_mutex_unlock(&c->log_lock);
-  cluster_set_logger(c, NULL, discard);
+  if (had_logger) cluster_set_logger(c, NULL, 0);
   atomic_store(&c->shutdown_in_time, in_time);
   plat_mutex_lock(&c->lock);
   atomic_store(&c->state, CLUSTER_DOWN);

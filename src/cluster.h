@@ -159,6 +159,11 @@ void cluster_free_events(cluster_event *ev, size_t n);
  * nor listed), or, with logger NULL, to stderr or (discard) nowhere. */
 void cluster_set_logger(ic_cluster *c, ic_isolate *logger, int discard);
 
+/* Routes log lines to fn(ud, line) (NULL: stderr), dropping a logger
+ * isolate. fn is called with log_lock held (lines serialised), on any
+ * thread. */
+void cluster_set_log_fn(ic_cluster *c, ic_log_fn fn, void *ud);
+
 /* Writes a line through the cluster's log function. Any thread. */
 void cluster_log(ic_cluster *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -1,5 +1,6 @@
 /* Isolate up/down events, with their reasons, seen from a C program. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +31,48 @@ static ic_event next_about(ic_cluster *c, ic_ref r) {
   return ev;
 }
 
+/* Log lines, as a program's log function gets them (from any thread). */
+typedef struct log_box {
+  pthread_mutex_t lock;
+  char text[4096];
+  int lines;
+} log_box;
+
+static void collect(void *ud, const char *line) {
+  log_box *b = ud;
+  pthread_mutex_lock(&b->lock);
+  size_t used = strlen(b->text);
+  snprintf(b->text + used, sizeof b->text - used, "%s\n", line);
+  b->lines++;
+  pthread_mutex_unlock(&b->lock);
+}
+
+/* The runtime's log goes to the program's function, also after shutdown. */
+static void test_log(void) {
+  ic_cluster *c = NULL;
+  ic_cluster_options o = {.workers = 1};
+  CHECK(ic_cluster_create(&o, &c) == IC_OK);
+  log_box box = {PTHREAD_MUTEX_INITIALIZER, "", 0};
+  CHECK(ic_cluster_set_log(NULL, collect, &box) == IC_EINVAL);
+  CHECK(ic_cluster_set_log(c, collect, &box) == IC_OK);
+  CHECK(ic_subscribe_events(c) == IC_OK);
+  ic_ref bad;
+  CHECK(spawn(c, SYNTAX, "/bad", &bad) == IC_OK);
+  ic_event ev = next_about(c, bad); /* logged before its down event */
+  ic_event_free(&ev);
+  pthread_mutex_lock(&box.lock);
+  CHECK(box.lines == 1 && strstr(box.text, "/bad") && strstr(box.text, "went down: error"));
+  pthread_mutex_unlock(&box.lock);
+  CHECK(ic_cluster_set_log(c, NULL, NULL) == IC_OK); /* stderr again */
+  CHECK(ic_cluster_set_log(c, collect, &box) == IC_OK);
+  CHECK(ic_cluster_shutdown(c, 10) == 1);
+  CHECK(spawn(c, SYNTAX, NULL, &bad) == IC_ESHUTDOWN);
+  ic_cluster_destroy(c);
+  CHECK(box.lines == 1);
+}
+
 int main(void) {
+  test_log();
   ic_cluster *c = NULL;
   ic_cluster_options o = {.workers = 2};
   CHECK(ic_cluster_create(&o, &c) == IC_OK);

@@ -223,6 +223,30 @@ int main(void) {
   ic_event_free(&ev);
   CHECK(atomic_load(&s2.downs) == 1);
 
+  /* a Lua isolate's monitor hears of a native isolate going down */
+  state s5 = {0};
+  s5.lua = s.lua;
+  no.ud = &s5;
+  ic_ref watched, watcher;
+  CHECK(ic_spawn_native(c, &no, NULL, &watched) == IC_OK);
+  static const char WATCHER[] =
+      "return function(context)\n"
+      "  context:on_message(function(m, sender)\n"
+      "    context:monitor(m, function(_, reason) sender:send(reason) end)\n"
+      "    sender:send('watching')\n"
+      "  end)\n"
+      "end\n";
+  CHECK(ic_spawn_lua(c, WATCHER, strlen(WATCHER), "=watcher", NULL, 0, NULL, &watcher) == IC_OK);
+  char rb[IC_REF_MSGPACK_SIZE];
+  CHECK(ic_send(c, watcher, rb, ic_ref_encode(rb, watched)) == IC_OK);
+  CHECK(ic_receive_msg(c, 10, &m) == IC_OK);
+  CHECK(m.len == 9 && memcmp(m.data, "\xa8watching", 9) == 0);
+  ic_message_free(&m);
+  CHECK(ic_kill(c, watched) == IC_OK);
+  CHECK(ic_receive_msg(c, 10, &m) == IC_OK);
+  CHECK(m.len == 7 && memcmp(m.data, "\xa6killed", 7) == 0);
+  ic_message_free(&m);
+
   /* kill */
   state s3 = {0};
   s3.lua = s.lua;
