@@ -272,16 +272,21 @@ static int l_fd(lua_State *L) {
   return 1;
 }
 
-/* Protected: sets t.rows (t at 1) from the stats_rows at 2. */
+/* Protected: sets t.rows (t at 1) from the stats_rows at 2, with each
+ * isolate's ref when 4 is true (a ref costs about as much as the rest of
+ * the row). */
 static int push_stat_rows(lua_State *L) {
   const stats_rows *r = lua_touserdata(L, 2);
   ic_cluster *c = lua_touserdata(L, 3);
+  int refs = lua_toboolean(L, 4);
   lua_createtable(L, (int)(r->n > INT32_MAX ? INT32_MAX : r->n), 0);
   for (size_t i = 0; i < r->n; i++) {
     const stats_row *row = &r->rows[i];
-    lua_createtable(L, 0, 11);
-    lref_push(L, row->iso);
-    lua_setfield(L, -2, "ref");
+    lua_createtable(L, 0, refs ? 11 : 10);
+    if (refs) {
+      lref_push(L, row->iso);
+      lua_setfield(L, -2, "ref");
+    }
     lua_pushinteger(L, (lua_Integer)row->id);
     lua_setfield(L, -2, "id");
     if (row->path) {
@@ -311,16 +316,17 @@ static int push_stat_rows(lua_State *L) {
 }
 
 /* cluster:stats([opts]): the counters, and (unless opts.rows == false) one
- * row per isolate. */
+ * row per isolate, with its ref if opts.refs. */
 static int l_stats(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
-  int rows = 1;
+  int rows = 1, refs = 0;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
-    static const char *const known[] = {"rows", NULL};
+    static const char *const known[] = {"rows", "refs", NULL};
     lstate_check_options(L, 2, "stats", known);
     rows = lua_getfield(L, 2, "rows") == LUA_TNIL || lua_toboolean(L, -1);
-    lua_pop(L, 1);
+    refs = lua_getfield(L, 2, "refs") != LUA_TNIL && lua_toboolean(L, -1);
+    lua_pop(L, 2);
   }
   lstate_stats(L, c);
   if (!rows) return 1;
@@ -330,7 +336,8 @@ static int l_stats(lua_State *L) {
   lua_pushvalue(L, -2);
   lua_pushlightuserdata(L, &r);
   lua_pushlightuserdata(L, c);
-  int st = lua_pcall(L, 3, 0, 0);
+  lua_pushboolean(L, refs);
+  int st = lua_pcall(L, 4, 0, 0);
   stats_rows_free(&r);
   if (st != LUA_OK) return lua_error(L);
   return 1;
