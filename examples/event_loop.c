@@ -6,6 +6,7 @@
  *
  *   cc event_loop.c $(pkg-config --cflags --libs isolate_cluster)
  */
+#define _GNU_SOURCE /* CLOCK_MONOTONIC, timerfd and epoll under -std=c11 too */
 #define MP_SOURCE 1 /* msgpuck is header-only: its implementation, in this file */
 #include <msgpuck.h>
 #include <stdint.h>
