@@ -94,6 +94,8 @@ typedef struct host {
   plat_mutex stats_lock; /* guards stats_stop */
   plat_cond stats_cond;
   int stats_stop;
+  pthread_t stats_thread;
+  int has_stats_thread;
 } host;
 
 #define STATS_TOP_ROWS 20
@@ -142,6 +144,18 @@ static void print_stats(host *h, uint64_t start) {
     if (len > 0) fwrite(buf, 1, (size_t)len < sizeof buf ? (size_t)len : sizeof buf - 1, stderr);
   }
   stats_rows_free(&r);
+}
+
+/* Ends the --stats thread, if there is one: before the cluster is closed,
+ * also when the script's run ends with a Lua error (main() calls it then). */
+static void stop_stats(host *h) {
+  if (!h->has_stats_thread) return;
+  h->has_stats_thread = 0;
+  plat_mutex_lock(&h->stats_lock);
+  h->stats_stop = 1;
+  plat_cond_signal(&h->stats_cond);
+  plat_mutex_unlock(&h->stats_lock);
+  pthread_join(h->stats_thread, NULL);
 }
 
 /* --stats: prints a table every stats_seconds until told to stop. */
@@ -216,8 +230,7 @@ static int run(lua_State *L) {
 
   pthread_t sig_thread;
   int has_sig_thread = pthread_create(&sig_thread, NULL, signal_main, h) == 0;
-  pthread_t stats_thread;
-  int has_stats_thread = h->stats_seconds > 0 && pthread_create(&stats_thread, NULL, stats_main, h) == 0;
+  h->has_stats_thread = h->stats_seconds > 0 && pthread_create(&h->stats_thread, NULL, stats_main, h) == 0;
 
   lua_pushcfunction(L, traceback);
   int tb = lua_gettop(L);
@@ -238,13 +251,7 @@ static int run(lua_State *L) {
     lua_call(L, 1, 1);
     lua_pop(L, 1);
   }
-  if (has_stats_thread) {
-    plat_mutex_lock(&h->stats_lock);
-    h->stats_stop = 1;
-    plat_cond_signal(&h->stats_cond);
-    plat_mutex_unlock(&h->stats_lock);
-    pthread_join(stats_thread, NULL);
-  }
+  stop_stats(h);
   /* Shut down here, while the signal thread can still ask it to hurry. After
    * a script error nothing is drained: the script did not get to finish what
    * it meant to do, so waiting for its isolates' timers would only delay the
@@ -340,6 +347,7 @@ int main(int argc, char **argv) {
   int code = EXIT_SCRIPT_ERROR;
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) fprintf(stderr, "isolate-cluster: %s\n", lua_tostring(L, -1));
   else code = (int)lua_tointeger(L, -1);
+  stop_stats(&h); /* before lua_close closes the cluster it reads */
   lua_close(L);
   return code;
 }
