@@ -1,19 +1,24 @@
 /*
  * isolate_cluster — a cluster of Lua 5.4 isolates that talk by copied
- * MessagePack messages. The C interface: create a single-node cluster, spawn
- * Lua isolates (from source or from a module name) with MessagePack
- * properties, send MessagePack messages to them, receive the messages sent to
- * the program's own ref, look up paths, shut down.
+ * MessagePack messages. The C interface (docs/c-api.md is its guide):
+ * create a single-node cluster, spawn Lua isolates (from source or a module
+ * name) with MessagePack properties and native isolates (C handlers), send,
+ * request with a timeout, receive and answer what isolates send to the
+ * program, kill, look up and list paths, follow isolate up/down events,
+ * watch a file descriptor from an event loop, read statistics, shut down.
  *
  * Conventions (as libuv's): functions return 0 or a negative IC_E* code;
  * ic_strerror() names it. Every function may be called from any thread
- * unless it says otherwise. Buffers passed in are copied before the call
- * returns (the caller keeps ownership); buffers handed out are the caller's
- * and are released with ic_free().
+ * unless it says otherwise. Unless it says it blocks, a function returns at
+ * once (it may take a short internal lock). Buffers passed in are copied
+ * before the call returns (the caller keeps ownership); buffers handed out
+ * are the caller's and are released with ic_free() (or the release function
+ * named). On failure no output is set or handed out, unless the function
+ * says otherwise.
  *
  * The C program plays the part the main Lua state plays in Lua: it has a ref
  * of its own (ic_cluster_main), messages it sends carry that ref as their
- * sender, and ic_receive takes the messages sent to it.
+ * sender, and ic_receive / ic_receive_msg take the messages sent to it.
  *
  * This header needs no Lua header.
  */
@@ -44,6 +49,7 @@ enum {
   IC_ETIMEDOUT = -6,  /* nothing came in time */
   IC_ESHUTDOWN = -7,  /* the cluster is shutting down or shut down */
   IC_ESYSTEM = -8,    /* a thread could not be started */
+  IC_EREMOTE = -9,    /* the handler of a request raised an error */
 };
 
 /* Names an error code ("isolate down", ...). Never NULL. */
@@ -58,10 +64,23 @@ typedef struct ic_ref {
   uint64_t id;
 } ic_ref;
 
+/* Gives every new Lua isolate's state the application's C functions.
+ * L is the isolate's lua_State * (cast it: this header needs no lua.h);
+ * the standard libraries are open, nothing of the isolate has run yet.
+ * Typically: luaL_requiref(L, "mylib", luaopen_mylib, 0); lua_pop(L, 1);
+ * or a package.preload entry. Called on the thread that boots the isolate
+ * (any worker thread, several at once for different isolates: the hook
+ * and ud must be thread-safe), inside a protected call: a Lua error it
+ * raises, or a non-zero return, takes the isolate down with an "error: ..."
+ * reason. It must not keep L, nor call this library's functions. */
+typedef int (*ic_state_hook)(void *L, void *ud);
+
 typedef struct ic_cluster_options {
   int workers;          /* worker threads; 0 = number of cores */
   size_t mailbox;       /* default mailbox capacity; 0 = 1,000,000 */
   double time_slice;    /* seconds a handler computes before preemption; 0 = 0.002 */
+  ic_state_hook state_hook; /* or NULL */
+  void *state_hook_ud;
 } ic_cluster_options;
 
 typedef struct ic_spawn_options {
@@ -72,7 +91,9 @@ typedef struct ic_spawn_options {
 } ic_spawn_options;
 
 /* Creates a cluster and starts its threads. opts may be NULL. On success
- * *out is the caller's, to be released with ic_cluster_destroy. */
+ * *out is the caller's, to be released with ic_cluster_destroy; on failure
+ * *out is NULL. Errors: IC_EINVAL (NULL out, negative workers or
+ * time_slice), IC_ENOMEM (also a thread that could not start). */
 IC_EXTERN int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out);
 
 /* Shuts the cluster down: runs on_shutdown handlers, stops every isolate,
@@ -87,7 +108,7 @@ IC_EXTERN int ic_cluster_shutdown(ic_cluster *c, double timeout_s);
  * handle. Refs stay plain data; using c afterwards is undefined. */
 IC_EXTERN void ic_cluster_destroy(ic_cluster *c);
 
-/* The program's own ref. */
+/* The program's own ref (plain data). */
 IC_EXTERN ic_ref ic_cluster_main(ic_cluster *c);
 
 /* Spawns a Lua isolate whose entry function is what `source` (a Lua chunk,
@@ -97,7 +118,9 @@ IC_EXTERN ic_ref ic_cluster_main(ic_cluster *c);
  * On success *out (if not NULL) is the new isolate's ref. Errors: IC_EINVAL
  * (bad path, props not one MessagePack map), IC_EEXIST, IC_ESHUTDOWN,
  * IC_ENOMEM, IC_ESYSTEM. A chunk that does not compile or does not return a
- * function makes the isolate go down with an "error: ..." reason. */
+ * function makes the isolate go down with an "error: ..." reason (see
+ * ic_subscribe_events): the chunk is compiled by the new isolate, so this
+ * call does not wait for it. */
 IC_EXTERN int ic_spawn_lua(ic_cluster *c, const char *source, size_t len, const char *chunkname,
                            const char *props, size_t props_len, const ic_spawn_options *opts,
                            ic_ref *out);
@@ -109,19 +132,72 @@ IC_EXTERN int ic_spawn_module(ic_cluster *c, const char *module, const char *pro
 
 /* Sends one MessagePack value (len bytes, checked to be exactly one
  * well-formed value) to `to`, with the program's ref as its sender.
- * Errors: IC_EINVAL, IC_EDOWN, IC_EFULL, IC_ENOMEM. */
+ * Errors: IC_EINVAL, IC_EDOWN, IC_EFULL, IC_ENOMEM. Never waits for room. */
 IC_EXTERN int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len);
 
 /* Takes the next message sent to the program's ref, waiting up to timeout_s
  * (negative: until one comes or the cluster shuts down). On success *data
  * (MessagePack, the caller's: ic_free) and *len are set, and *sender if not
  * NULL. Errors: IC_ETIMEDOUT, IC_ESHUTDOWN, IC_ENOMEM, IC_EINVAL (a NaN
- * timeout). Call it from one thread at a time. */
+ * timeout). Blocks up to timeout_s. A request taken here cannot be answered
+ * (use ic_receive_msg): its requester waits for its own timeout. Threads:
+ * as ic_receive_msg. */
 IC_EXTERN int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *len, ic_ref *sender);
+
+/* A message taken by ic_receive_msg. data and len: the MessagePack value,
+ * the caller's until ic_message_free. A request (is_request != 0) is
+ * answered once, with ic_reply or ic_reply_error; the requester waits for
+ * its own timeout if it never is. request_id is for this library only. */
+typedef struct ic_message {
+  char *data;
+  size_t len;
+  ic_ref sender;
+  int is_request;
+  uint64_t request_id;
+} ic_message;
+
+/* Takes the next message sent to the program's ref, as ic_receive, and
+ * says whether it is a request (an isolate's `ref:request(x)` on a ref of
+ * the program, e.g. one it was sent). On success *msg is filled (release it with
+ * ic_message_free); on failure *msg is zeroed. Errors: IC_ETIMEDOUT,
+ * IC_ESHUTDOWN, IC_ENOMEM (the message is lost), IC_EINVAL. Blocks up to
+ * timeout_s (negative: no limit). Threads: one at a time, and not while
+ * another thread is in ic_receive or ic_request (they share the program's
+ * queues). */
+IC_EXTERN int ic_receive_msg(ic_cluster *c, double timeout_s, ic_message *msg);
+
+/* Releases msg->data and zeroes *msg (a NULL msg is ignored). */
+IC_EXTERN void ic_message_free(ic_message *msg);
+
+/* Answers the request msg with one MessagePack value (len bytes, copied).
+ * On success msg->is_request is cleared (a second answer is IC_EINVAL).
+ * Errors: IC_EINVAL (NULL, not a request or answered already, not exactly
+ * one value), IC_EDOWN (the requester is down; msg counts as answered),
+ * IC_ENOMEM. Any thread; does not block. */
+IC_EXTERN int ic_reply(ic_cluster *c, ic_message *msg, const void *msgpack, size_t len);
+
+/* Answers the request msg with an error: the requester's request raises
+ * `text` (a NUL-terminated string, copied). Same errors as ic_reply. */
+IC_EXTERN int ic_reply_error(ic_cluster *c, ic_message *msg, const char *text);
+
+/* Sends one MessagePack value as a request to `to` and waits up to
+ * timeout_s (negative: no limit) for the handler's answer (its first return
+ * value). On IC_OK *reply is that value's MessagePack, *reply_len its
+ * length. On IC_EREMOTE (the handler raised) and IC_EDOWN with a reason
+ * (the isolate went down before answering: the text is
+ * "isolate down: <reason>"), *reply is a NUL-terminated error text and
+ * *reply_len its length. Either way *reply is the caller's (ic_free). On
+ * every other error *reply is NULL and *reply_len 0: IC_EINVAL (NULL
+ * arguments, not one value, NaN timeout, the program's own ref), IC_EDOWN
+ * (down or unknown when sent), IC_EFULL, IC_ETIMEDOUT, IC_ESHUTDOWN (the
+ * cluster shut down meanwhile), IC_ENOMEM. Blocks the caller. Threads:
+ * as ic_receive_msg; never from inside an isolate or a native handler. */
+IC_EXTERN int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double timeout_s,
+                         char **reply, size_t *reply_len);
 
 /* The ref at path, waiting up to wait_s (0: no wait) for it to be taken.
  * Errors: IC_ETIMEDOUT (not there), IC_EINVAL (also a negative or NaN
- * wait_s), IC_ESHUTDOWN. */
+ * wait_s), IC_ESHUTDOWN. Blocks up to wait_s. */
 IC_EXTERN int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out);
 
 /* The refs of the isolates whose path starts with prefix ("/workers/"), in
@@ -136,6 +212,139 @@ IC_EXTERN int ic_lookup_prefix(ic_cluster *c, const char *prefix, ic_ref **refs,
  * (already down, or of another node). Does not block. */
 IC_EXTERN int ic_kill(ic_cluster *c, ic_ref r);
 
+/* ---- isolate up/down events ---------------------------------------------- */
+
+enum { IC_EVENT_UP = 1, IC_EVENT_DOWN = 2 };
+
+/* An isolate came up (its entry function returned) or went down. path and
+ * reason are NUL-terminated texts or NULL, the caller's until
+ * ic_event_free. reason (down events only): "normal", "killed",
+ * "shutdown", "error: <message and traceback>" (a chunk that does not
+ * compile, an entry or a handler that raised)... as in Lua. */
+typedef struct ic_event {
+  int kind;      /* IC_EVENT_UP or IC_EVENT_DOWN */
+  ic_ref ref;
+  char *path;    /* the isolate's path, or NULL */
+  char *reason;  /* down events only, else NULL */
+} ic_event;
+
+/* Starts recording events for the program: every isolate up and down event
+ * from this call on, in the order they happened, for ic_next_event.
+ * Idempotent. Events are kept until they are taken (take them, or they use
+ * memory). Errors: IC_EINVAL, IC_ESHUTDOWN, IC_ENOMEM. Does not block (one
+ * short lock). Threads: as ic_receive_msg. */
+IC_EXTERN int ic_subscribe_events(ic_cluster *c);
+
+/* Takes the next event, waiting up to timeout_s (negative: no limit). On
+ * success *ev is filled (release it with ic_event_free); on failure it is
+ * zeroed. Errors: IC_EINVAL (NULL, NaN, not subscribed), IC_ETIMEDOUT,
+ * IC_ESHUTDOWN (the cluster is down and every event was taken), IC_ENOMEM.
+ * Blocks up to timeout_s. Threads: as ic_receive_msg (the program's
+ * thread, one call at a time). */
+IC_EXTERN int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev);
+
+/* Releases ev's texts and zeroes *ev (NULL is ignored). */
+IC_EXTERN void ic_event_free(ic_event *ev);
+
+/* ---- native isolates --------------------------------------------------------
+ *
+ * An isolate whose handler is a C function. It has a ref, a path, a
+ * mailbox, up/down events and monitors like a Lua isolate; it is scheduled
+ * on the worker threads (or on a thread of its own with opts->dedicated)
+ * and handles one message per call. It cannot be preempted: a handler must
+ * return soon, and must never block (ic_request, ic_receive_msg, sleeping)
+ * on a worker thread; it requests with ic_native_request, whose answer
+ * comes in a later call. A kill or a shutdown takes it down between two
+ * calls. Callbacks never run Lua and run one at a time per isolate, on the
+ * thread running its turn (any worker thread; for on_down also the thread
+ * of a shutdown).
+ */
+typedef struct ic_native ic_native; /* the running isolate, valid during a callback only */
+
+/* A message for the isolate. msg->data is the library's, valid during the
+ * call (copy what you keep). A request (msg->is_request) is answered with
+ * ic_reply / ic_reply_error on *msg during the call; one left unanswered
+ * is refused with "isolate down: <reason>" when the isolate goes down. To
+ * answer later (e.g. from an ic_native_request callback), keep a copy of
+ * *msg and its data and clear msg->is_request before returning: the
+ * request is then the copy's to answer, and no longer refused for you. */
+typedef void (*ic_native_handler)(ic_native *self, ic_message *msg, void *ud);
+
+/* The isolate went down (reason "normal" after ic_native_stop, "killed",
+ * "shutdown"): called once, last; free ud here. */
+typedef void (*ic_native_down_fn)(void *ud, const char *reason);
+
+/* The answer to ic_native_request, in a later call on the isolate's thread.
+ * status IC_OK: data is the answer's MessagePack; IC_EREMOTE (the handler
+ * raised) or IC_EDOWN (the isolate went down first): data is a
+ * NUL-terminated error text; IC_ETIMEDOUT; IC_ESHUTDOWN: the requesting
+ * isolate itself goes down first (data NULL). data is valid during the
+ * call only. Called exactly once per accepted request. */
+typedef void (*ic_native_reply_fn)(ic_native *self, int status, const char *data, size_t len, void *req_ud);
+
+typedef struct ic_native_options {
+  ic_native_handler on_message; /* required */
+  ic_native_down_fn on_down;    /* or NULL */
+  void *ud;                     /* given to both */
+} ic_native_options;
+
+/* Spawns a native isolate. opts (path, dedicated, mailbox; memory_limit is
+ * ignored) may be NULL. On success *out (if not NULL) is its ref and
+ * on_down will be called once; on failure no callback is ever called (ud
+ * is still the caller's). Errors: IC_EINVAL (no on_message, bad path),
+ * IC_EEXIST, IC_ESHUTDOWN, IC_ENOMEM, IC_ESYSTEM. Any thread; does not
+ * block. */
+IC_EXTERN int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spawn_options *opts,
+                              ic_ref *out);
+
+/* The isolate's own ref, and its cluster (for ic_reply and the like). */
+IC_EXTERN ic_ref ic_native_ref(ic_native *self);
+IC_EXTERN ic_cluster *ic_native_cluster(ic_native *self);
+
+/* As ic_send, with the native isolate as the sender. Errors as ic_send,
+ * and IC_ESHUTDOWN when called from on_down's path (the isolate is going
+ * down). Callbacks only; does not block. */
+IC_EXTERN int ic_native_send(ic_native *self, ic_ref to, const void *msgpack, size_t len);
+
+/* Sends a request from the native isolate; returns at once. On IC_OK, cb
+ * is called once later (see ic_native_reply_fn) with req_ud; timeout_s
+ * negative: no limit. On an error cb is never called: IC_EINVAL (NULL cb,
+ * not one value, NaN, its own ref), IC_EDOWN, IC_EFULL, IC_ENOMEM,
+ * IC_ESHUTDOWN. Callbacks only. */
+IC_EXTERN int ic_native_request(ic_native *self, ic_ref to, const void *msgpack, size_t len, double timeout_s,
+                                ic_native_reply_fn cb, void *req_ud);
+
+/* The isolate goes down (reason "normal") once this callback returns; the
+ * messages still queued become dead letters. Callbacks only. */
+IC_EXTERN void ic_native_stop(ic_native *self);
+
+/* ---- the runtime's log ------------------------------------------------------ */
+
+/* Receives one log line (NUL-terminated, no newline): an isolate that went
+ * down with an error and its traceback, a failed on_shutdown handler... */
+typedef void (*ic_log_callback)(void *ud, const char *line);
+
+/* Where the runtime's log lines go: fn(ud, line), or stderr with fn NULL
+ * (the default). A function that does nothing discards them. fn is called
+ * on whichever thread logs (a worker, a shutdown's), one line at a time
+ * (under a lock: it must return soon and must not call this library); it
+ * stays in place after a shutdown, until ic_cluster_destroy. Errors:
+ * IC_EINVAL. Does not block. */
+IC_EXTERN int ic_cluster_set_log(ic_cluster *c, ic_log_callback fn, void *ud);
+
+/* ---- event loops ----------------------------------------------------------- */
+
+/* A file descriptor for poll/epoll/libuv: readable when the program may
+ * have something to take (a message for ic_receive_msg, an event for
+ * ic_next_event). When it polls readable, take with a timeout of 0 until
+ * IC_ETIMEDOUT: a take that finds nothing is what arms the fd again (it may
+ * then poll readable once with nothing to take). Never read or close it
+ * yourself: the cluster owns it and closes it in ic_cluster_destroy. The
+ * same fd on every call. Returns the fd (>= 0), IC_EINVAL or IC_ESYSTEM
+ * (no eventfd). Any thread; does not block. Until the first call, the
+ * cluster does no system call for it. */
+IC_EXTERN int ic_cluster_fd(ic_cluster *c);
+
 /* A cluster's counters, as cluster:stats() in Lua. */
 typedef struct ic_stats {
   uint64_t isolates;     /* registered and not yet down (the program's own ref excluded) */
@@ -146,6 +355,30 @@ typedef struct ic_stats {
 
 /* Fills *out. Errors: IC_EINVAL. Does not block (one short lock). */
 IC_EXTERN int ic_cluster_stats(ic_cluster *c, ic_stats *out);
+
+/* One isolate's row, as cluster:stats().rows in Lua. */
+typedef struct ic_isolate_stats {
+  ic_ref ref;
+  const char *path;      /* NULL when it has none */
+  const char *state;     /* "running" (queued or in a turn), "waiting" (its handler
+                            waits for a reply, a timer or a message), "idle" */
+  const char *kind;      /* "lua", "dedicated" (a Lua isolate with its own thread), "native" */
+  uint64_t mailbox;      /* messages queued */
+  uint64_t messages_in;  /* taken from its mailbox */
+  uint64_t messages_out; /* sent by it */
+  uint64_t memory;       /* bytes of Lua heap in use as of its last turn */
+  double run_seconds;    /* time spent running its code */
+} ic_isolate_stats;
+
+/* A row per live isolate (the program's own ref and the runtime's hidden
+ * isolates excluded), in spawn order. On success *rows (NULL when *n is 0)
+ * and *n are set; the rows and their texts are the caller's until
+ * ic_isolate_stats_free. On failure neither is touched. Errors: IC_EINVAL,
+ * IC_ENOMEM. Any thread; does not block (one short lock to list the
+ * isolates; each isolate's counters are read without one). The numbers of
+ * an isolate running now may be a turn behind. */
+IC_EXTERN int ic_cluster_isolate_stats(ic_cluster *c, ic_isolate_stats **rows, size_t *n);
+IC_EXTERN void ic_isolate_stats_free(ic_isolate_stats *rows, size_t n);
 
 /* Bytes of a ref as a MessagePack value (the ext type Lua isolates read as a
  * ref): put them where a value goes in a message, e.g. as a map value. */
@@ -160,7 +393,7 @@ IC_EXTERN size_t ic_ref_encode(char *buf, ic_ref r);
  * number of bytes it took, or 0 when data does not start with a ref. */
 IC_EXTERN size_t ic_ref_decode(const char *data, size_t len, ic_ref *out);
 
-/* Releases a buffer handed out by this library. */
+/* Releases a buffer handed out by this library (NULL is ignored). */
 IC_EXTERN void ic_free(void *p);
 
 #ifdef __cplusplus

@@ -63,7 +63,7 @@ now() { date +%s; }
 BASE_PKGS=(cmake gcc libc6-dev make pkg-config liblua5.4-dev lua5.4 lua-busted libmsgpuck-dev)
 # gcc-12's sanitizer runtimes (libgcc-12-dev depends on them; listed so that a
 # trimmed system gets them back) and the tools some tests call.
-TEST_PKGS=(libasan8 libubsan1 libtsan2 python3 python3-msgpack valgrind luarocks)
+TEST_PKGS=(libasan8 libubsan1 libtsan2 python3 python3-msgpack valgrind luarocks lua-luv)
 
 is_installed() {
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]

@@ -4,12 +4,16 @@
  * and compiled there.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <msgpuck.h>
 
 #include "cluster.h"
+#include "mainq.h"
+#include "native.h"
+#include "stats.h"
 #include "isolate_cluster.h"
 
 static int to_ic_error(int e) {
@@ -35,18 +39,21 @@ const char *ic_strerror(int err) {
   case IC_ETIMEDOUT: return "timeout";
   case IC_ESHUTDOWN: return "cluster shut down";
   case IC_ESYSTEM: return "system error";
+  case IC_EREMOTE: return "the handler raised an error";
   default: return "unknown error";
   }
 }
 
 int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out) {
   if (!out) return IC_EINVAL;
-  cluster_opts o = {0, 0, 0};
+  cluster_opts o = {0, 0, 0, NULL, NULL};
   if (opts) {
-    if (opts->workers < 0 || opts->time_slice < 0) return IC_EINVAL;
+    if (opts->workers < 0 || !(opts->time_slice >= 0)) return IC_EINVAL;
     o.workers = opts->workers;
     o.mailbox = opts->mailbox;
     o.slice_seconds = opts->time_slice;
+    o.state_hook = opts->state_hook;
+    o.state_hook_ud = opts->state_hook_ud;
   }
   const char *err = NULL;
   *out = cluster_new(&o, &err);
@@ -124,7 +131,7 @@ static const char *check_value(const char *p, const char *end, int depth) {
 
 /* Exactly one well-formed MessagePack value of the given type (or any type
  * when type is -1). */
-static int one_value(const char *data, size_t len, int type) {
+int api_one_value(const char *data, size_t len, int type) {
   if (!data || len == 0) return 0;
   const char *end = data + len;
   if (check_value(data, end, 0) != end) return 0;
@@ -133,8 +140,8 @@ static int one_value(const char *data, size_t len, int type) {
 
 static int spawn_boot(ic_cluster *c, const char *boot, size_t boot_len, const char *props, size_t props_len,
                       const ic_spawn_options *opts, ic_ref *out) {
-  if (props && !one_value(props, props_len, MP_MAP)) return IC_EINVAL;
-  spawn_args a = {ISO_POOL, 0, 0, props, props_len, boot, boot_len, NULL, NULL, NULL, 0, NULL, 1};
+  if (props && !api_one_value(props, props_len, MP_MAP)) return IC_EINVAL;
+  spawn_args a = {ISO_POOL, 0, 0, props, props_len, boot, boot_len, NULL, NULL, NULL, 0, NULL, 1, NULL};
   if (opts) {
     a.kind = opts->dedicated ? ISO_DEDICATED : ISO_POOL;
     a.mailbox = opts->mailbox;
@@ -184,52 +191,176 @@ int ic_spawn_module(ic_cluster *c, const char *module, const char *props, size_t
   return rc;
 }
 
-int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len) {
-  if (!c || !one_value(msgpack, len, -1)) return IC_EINVAL;
-  if (to.node != c->node_id) return IC_EDOWN;
-  ic_isolate *iso = cluster_find_id(c, to.id);
+int api_send_from(ic_cluster *c, ic_isolate *from, uint64_t to_node, uint64_t to_id, const void *msgpack,
+                  size_t len, int kind, uint64_t corr, const char **why_out) {
+  if (why_out) *why_out = NULL;
+  if (to_node != c->node_id) return IC_EDOWN;
+  ic_isolate *iso = cluster_find_id(c, to_id);
   if (!iso) return IC_EDOWN;
-  ic_msg *m = msg_new(MSG_USER, msgpack, len);
+  ic_msg *m = msg_new(kind, msgpack, len);
   if (!m) {
     isolate_release(iso);
     return IC_ENOMEM;
   }
-  isolate_retain(c->main);
-  m->sender = c->main;
-  const char *why = isolate_post(iso, m, NULL);
+  isolate_retain(from);
+  m->sender = from;
+  m->corr = corr;
+  const char *why = isolate_post(iso, m, from->worker);
   isolate_release(iso);
   if (!why) return IC_OK;
+  if (why_out) *why_out = why;
   return strcmp(why, "mailbox full") == 0 ? IC_EFULL : IC_EDOWN;
+}
+
+int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len) {
+  if (!c || !api_one_value(msgpack, len, -1)) return IC_EINVAL;
+  return api_send_from(c, c->main, to.node, to.id, msgpack, len, MSG_USER, 0, NULL);
+}
+
+static uint64_t deadline_of(double timeout_s) {
+  return timeout_s < 0 ? UINT64_MAX : plat_now_ns() + plat_seconds_to_ns(timeout_s);
+}
+
+static char *copy_bytes(const char *data, size_t len) {
+  char *copy = malloc(len + 1);
+  if (!copy) return NULL;
+  memcpy(copy, data, len);
+  copy[len] = 0;
+  return copy;
+}
+
+int ic_receive_msg(ic_cluster *c, double timeout_s, ic_message *msg) {
+  if (msg) memset(msg, 0, sizeof *msg);
+  if (!c || !msg || timeout_s != timeout_s) return IC_EINVAL;
+  ic_msg *m = NULL;
+  switch (mainq_receive(c, deadline_of(timeout_s), 0, &m)) {
+  case MAINQ_OK: break;
+  case MAINQ_TIMEOUT: return IC_ETIMEDOUT;
+  default: return IC_ESHUTDOWN;
+  }
+  msg->data = copy_bytes(m->data, m->len);
+  if (!msg->data) {
+    msg_free(m); /* cannot hand it out: lost, like a message to a full mailbox */
+    return IC_ENOMEM;
+  }
+  msg->len = m->len;
+  msg->sender.node = c->node_id;
+  msg->sender.id = m->sender ? m->sender->id : 0;
+  msg->is_request = m->kind == MSG_REQUEST && m->sender;
+  msg->request_id = m->corr;
+  msg_free(m);
+  return IC_OK;
+}
+
+void ic_message_free(ic_message *msg) {
+  if (!msg) return;
+  free(msg->data);
+  memset(msg, 0, sizeof *msg);
 }
 
 int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *len, ic_ref *sender) {
   if (!c || !data || !len || timeout_s != timeout_s) return IC_EINVAL;
-  uint64_t deadline = timeout_s < 0 ? UINT64_MAX : plat_now_ns() + plat_seconds_to_ns(timeout_s);
-  ic_isolate *main = c->main;
-  for (;;) {
-    ic_msg *m;
-    while ((m = mailbox_pop(&main->sysq)) != NULL) msg_free(m); /* replies: not used here */
-    m = mailbox_pop(&main->mbox);
-    if (m) {
-      char *copy = malloc(m->len ? m->len : 1);
-      if (!copy) {
-        msg_free(m); /* cannot hand it out: lost, like a message to a full mailbox */
-        return IC_ENOMEM;
-      }
-      memcpy(copy, m->data, m->len);
-      *data = copy;
-      *len = m->len;
-      if (sender) {
-        sender->node = c->node_id;
-        sender->id = m->sender ? m->sender->id : 0;
-      }
-      msg_free(m);
-      return IC_OK;
-    }
-    if (mailbox_count(&main->mbox) > 0) continue;
-    if (atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
-    if (!cluster_main_wait(c, &main->mbox, deadline) && mailbox_count(&main->mbox) == 0) return IC_ETIMEDOUT;
+  ic_message msg;
+  int rc = ic_receive_msg(c, timeout_s, &msg);
+  if (rc) return rc;
+  *data = msg.data;
+  *len = msg.len;
+  if (sender) *sender = msg.sender;
+  return IC_OK;
+}
+
+/* Posts a reply of `kind` (value: MessagePack, already checked) to the
+ * requester of msg. */
+static int post_reply(ic_cluster *c, ic_message *msg, int kind, const char *value, size_t len) {
+  ic_msg *r = msg_new(kind, value, len);
+  if (!r) return IC_ENOMEM;
+  r->corr = msg->request_id;
+  msg->is_request = 0;
+  ic_isolate *to = msg->sender.node == c->node_id ? cluster_find_id(c, msg->sender.id) : NULL;
+  if (!to) {
+    msg_free(r);
+    return IC_EDOWN;
   }
+  const char *why = isolate_post_sys(to, r, NULL);
+  isolate_release(to);
+  return why ? IC_EDOWN : IC_OK;
+}
+
+int ic_reply(ic_cluster *c, ic_message *msg, const void *msgpack, size_t len) {
+  if (!c || !msg || !msg->is_request || !api_one_value(msgpack, len, -1)) return IC_EINVAL;
+  return post_reply(c, msg, MSG_REPLY, msgpack, len);
+}
+
+int ic_reply_error(ic_cluster *c, ic_message *msg, const char *text) {
+  if (!c || !msg || !msg->is_request || !text) return IC_EINVAL;
+  size_t n = strlen(text);
+  if (n > UINT32_MAX) return IC_EINVAL;
+  char *buf = malloc(n + 5);
+  if (!buf) return IC_ENOMEM;
+  char *w = mp_encode_str(buf, text, (uint32_t)n);
+  int rc = post_reply(c, msg, MSG_REPLY_ERROR, buf, (size_t)(w - buf));
+  free(buf);
+  return rc;
+}
+
+/* The text of an error reply's value: a string as it is, anything else
+ * named by its type (as lua.c reports a non-string error object). */
+char *api_error_text(const char *data, size_t len) {
+  const char *p = data;
+  if (len > 0 && mp_typeof(*p) == MP_STR && api_one_value(data, len, MP_STR)) {
+    uint32_t n;
+    const char *s = mp_decode_str(&p, &n);
+    return copy_bytes(s, n);
+  }
+  static const char *const names[] = {"nil", "integer", "integer", "string", "binary", "array",
+                                      "map", "boolean", "number", "number", "extension"};
+  int t = len > 0 ? (int)mp_typeof(*p) : 0;
+  char buf[64];
+  snprintf(buf, sizeof buf, "(error object is a %s value)", t >= 0 && t <= 10 ? names[t] : "?");
+  return copy_bytes(buf, strlen(buf));
+}
+
+int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double timeout_s, char **reply,
+               size_t *reply_len) {
+  if (reply) *reply = NULL;
+  if (reply_len) *reply_len = 0;
+  if (!c || !reply || !reply_len || timeout_s != timeout_s || !api_one_value(msgpack, len, -1)) return IC_EINVAL;
+  if (to.node == c->node_id && to.id == c->main->id) return IC_EINVAL; /* would wait for itself */
+  if (atomic_load(&c->state) == CLUSTER_DOWN) return IC_ESHUTDOWN;
+  if (to.node != c->node_id) return IC_EDOWN;
+  ic_isolate *iso = cluster_find_id(c, to.id);
+  if (!iso) return IC_EDOWN;
+  ic_msg *m = msg_new(MSG_REQUEST, msgpack, len);
+  if (!m) {
+    isolate_release(iso);
+    return IC_ENOMEM;
+  }
+  ic_msg *x = NULL;
+  const char *why = NULL;
+  uint64_t timeout_ns = timeout_s < 0 ? UINT64_MAX / 2 : plat_seconds_to_ns(timeout_s);
+  int rc = mainq_request(c, iso, m, timeout_ns, 0, &x, &why);
+  isolate_release(iso);
+  switch (rc) {
+  case MAINQ_OK: break;
+  case MAINQ_REFUSED: return strcmp(why, "mailbox full") == 0 ? IC_EFULL : IC_EDOWN;
+  case MAINQ_TIMEOUT: return IC_ETIMEDOUT;
+  default: return IC_ESHUTDOWN;
+  }
+  int err = IC_OK;
+  char *out;
+  if (x->kind == MSG_REPLY) {
+    out = copy_bytes(x->data, x->len);
+  } else {
+    out = api_error_text(x->data, x->len);
+    /* The refusal of an isolate that went down before answering. */
+    err = out && strncmp(out, "isolate down", 12) == 0 ? IC_EDOWN : IC_EREMOTE;
+  }
+  size_t n = x->kind == MSG_REPLY ? x->len : (out ? strlen(out) : 0);
+  msg_free(x);
+  if (!out) return IC_ENOMEM;
+  *reply = out;
+  *reply_len = n;
+  return err;
 }
 
 int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out) {
@@ -281,6 +412,98 @@ int ic_kill(ic_cluster *c, ic_ref r) {
   return rc;
 }
 
+int ic_subscribe_events(ic_cluster *c) {
+  if (!c) return IC_EINVAL;
+  if (atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
+  ic_isolate *main = c->main;
+  /* From now on: the log's earlier entries are not the program's. */
+  plat_mutex_lock(&c->lock);
+  int first = !main->subscribed;
+  if (first) main->event_cursor = c->log_base + c->log_len;
+  plat_mutex_unlock(&c->lock);
+  if (!first) return IC_OK;
+  size_t n;
+  cluster_subscribe(c, main, 0, &n);
+  if (!main->subscribed) return IC_ENOMEM;
+  atomic_store(&c->api_subscribed, 1);
+  return IC_OK;
+}
+
+/* Moves what the log has for the program into c->api_events. 0 or ENOMEM. */
+static int refill_events(ic_cluster *c) {
+  size_t n = 0;
+  atomic_store(&c->main->events_pending, 0);
+  cluster_event *ev = cluster_read_events(c, c->main, &n);
+  if (!ev) return n ? ENOMEM : 0;
+  if (!n) {
+    free(ev);
+    return 0;
+  }
+  free(c->api_events); /* every earlier one was handed out */
+  c->api_events = ev;
+  c->api_nev = n;
+  c->api_evpos = 0;
+  return 0;
+}
+
+int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev) {
+  if (ev) memset(ev, 0, sizeof *ev);
+  if (!c || !ev || timeout_s != timeout_s || !atomic_load(&c->api_subscribed)) return IC_EINVAL;
+  uint64_t deadline = deadline_of(timeout_s);
+  for (;;) {
+    if (c->api_evpos < c->api_nev) {
+      cluster_event *e = &c->api_events[c->api_evpos];
+      char *path = e->iso->path ? strdup(e->iso->path) : NULL;
+      if (e->iso->path && !path) return IC_ENOMEM;
+      c->api_evpos++;
+      ev->kind = e->kind == EVENT_UP ? IC_EVENT_UP : IC_EVENT_DOWN;
+      ev->ref.node = c->node_id;
+      ev->ref.id = e->iso->id;
+      ev->path = path;
+      ev->reason = e->reason; /* handed over */
+      isolate_release(e->iso);
+      return IC_OK;
+    }
+    if (refill_events(c)) return IC_ENOMEM;
+    if (c->api_evpos < c->api_nev) continue;
+    if (mainq_rearm(c)) continue;
+    if (atomic_load(&c->state) == CLUSTER_DOWN) {
+      /* What shutdown saved of the log (its own down events too). */
+      size_t ntail;
+      cluster_event *tail = cluster_take_api_tail(c, &ntail);
+      if (!tail) return IC_ESHUTDOWN;
+      free(c->api_events);
+      c->api_events = tail;
+      c->api_nev = ntail;
+      c->api_evpos = 0;
+      continue;
+    }
+    if (!mainq_wait_events(c, deadline)) {
+      if (refill_events(c)) return IC_ENOMEM;
+      if (c->api_evpos < c->api_nev) continue;
+      return IC_ETIMEDOUT;
+    }
+  }
+}
+
+void ic_event_free(ic_event *ev) {
+  if (!ev) return;
+  free(ev->path);
+  free(ev->reason);
+  memset(ev, 0, sizeof *ev);
+}
+
+int ic_cluster_set_log(ic_cluster *c, ic_log_callback fn, void *ud) {
+  if (!c) return IC_EINVAL;
+  cluster_set_log_fn(c, fn, ud);
+  return IC_OK;
+}
+
+int ic_cluster_fd(ic_cluster *c) {
+  if (!c) return IC_EINVAL;
+  return mainq_fd(c) >= 0 ? atomic_load(&c->main_fd) : IC_ESYSTEM;
+}
+
 int ic_cluster_stats(ic_cluster *c, ic_stats *out) {
   if (!c || !out) return IC_EINVAL;
   plat_mutex_lock(&c->lock);
@@ -290,6 +513,44 @@ int ic_cluster_stats(ic_cluster *c, ic_stats *out) {
   out->dead_letters = atomic_load(&c->dead_letters);
   out->workers = c->nworkers;
   return IC_OK;
+}
+
+int ic_cluster_isolate_stats(ic_cluster *c, ic_isolate_stats **rows, size_t *n) {
+  if (!c || !rows || !n) return IC_EINVAL;
+  stats_rows r;
+  if (stats_rows_take(c, &r)) return IC_ENOMEM;
+  ic_isolate_stats *out = r.n ? calloc(r.n, sizeof *out) : NULL;
+  int rc = r.n && !out ? IC_ENOMEM : IC_OK;
+  for (size_t i = 0; out && i < r.n; i++) {
+    const stats_row *row = &r.rows[i];
+    ic_isolate_stats *o = &out[i];
+    o->ref.node = c->node_id;
+    o->ref.id = row->id;
+    o->state = row->state; /* static texts */
+    o->kind = row->kind;
+    o->mailbox = row->mailbox;
+    o->messages_in = row->in;
+    o->messages_out = row->out;
+    o->memory = row->memory;
+    o->run_seconds = row->run_seconds;
+    if (row->path && !(o->path = strdup(row->path))) {
+      ic_isolate_stats_free(out, i);
+      out = NULL;
+      rc = IC_ENOMEM;
+    }
+  }
+  size_t count = r.n;
+  stats_rows_free(&r);
+  if (rc) return rc;
+  *rows = out;
+  *n = count;
+  return IC_OK;
+}
+
+void ic_isolate_stats_free(ic_isolate_stats *rows, size_t n) {
+  if (!rows) return;
+  for (size_t i = 0; i < n; i++) free((char *)rows[i].path);
+  free(rows);
 }
 
 size_t ic_ref_encode(char *buf, ic_ref r) {

@@ -1,10 +1,12 @@
 #include "cluster.h"
+#include "native.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <msgpuck.h>
@@ -77,6 +79,16 @@ void cluster_set_logger(ic_cluster *c, ic_isolate *logger, int discard) {
   if (old) isolate_release(old);
 }
 
+void cluster_set_log_fn(ic_cluster *c, ic_log_fn fn, void *ud) {
+  plat_mutex_lock(&c->log_lock);
+  ic_isolate *old = c->logger;
+  c->logger = NULL;
+  c->log_fn = fn ? fn : default_log;
+  c->log_ud = fn ? ud : NULL;
+  plat_mutex_unlock(&c->log_lock);
+  if (old) isolate_release(old);
+}
+
 void cluster_log(ic_cluster *c, const char *fmt, ...) {
   char stackbuf[1024];
   va_list ap;
@@ -109,6 +121,8 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   c->nworkers = o && o->workers > 0 ? o->workers : plat_ncpu();
   c->default_mailbox = o && o->mailbox ? o->mailbox : DEFAULT_MAILBOX;
   c->slice_seconds = o && o->slice_seconds > 0 ? o->slice_seconds : DEFAULT_SLICE;
+  c->state_hook = o ? o->state_hook : NULL;
+  c->state_hook_ud = o ? o->state_hook_ud : NULL;
   c->log_fn = default_log;
   c->next_id = 1;
   /* A node part unlikely to collide with another node's, so a ref that
@@ -122,6 +136,7 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   c->by_path_cap = 64;
   c->by_path = calloc(c->by_path_cap, sizeof *c->by_path);
   c->log_trim_at = 1024;
+  atomic_init(&c->main_fd, -1);
   if (!c->by_id || !c->by_path) goto oom;
   c->runtime_code = runtime_compile(ic_runtime_lua, ic_runtime_lua_len, "=isolate_cluster.runtime", &c->boot_error);
   if (c->runtime_code)
@@ -192,6 +207,7 @@ void cluster_release(ic_cluster *c) {
   blob_release(c->runtime_code);
   blob_release(c->runtime_extras);
   free(c->boot_error);
+  if (atomic_load(&c->main_fd) >= 0) close(atomic_load(&c->main_fd));
   plat_cond_destroy(&c->live_cond);
   plat_mutex_destroy(&c->log_lock);
   plat_mutex_destroy(&c->lock);
@@ -479,6 +495,21 @@ void cluster_announce_up(ic_cluster *c, ic_isolate *iso) {
     if (!iso->hidden) log_append(c, EVENT_UP, iso, NULL);
   }
   plat_mutex_unlock(&c->lock);
+}
+
+ic_isolate **cluster_list_all(ic_cluster *c, size_t *n) {
+  *n = 0;
+  plat_mutex_lock(&c->lock);
+  ic_isolate **out = c->by_id_len ? malloc(c->by_id_len * sizeof *out) : NULL;
+  if (!out && c->by_id_len) *n = SIZE_MAX;
+  for (size_t i = 0; out && i < c->by_id_cap; i++) {
+    ic_isolate *x = c->by_id[i];
+    if (!x || x == TOMB || x->kind == ISO_MAIN || x->hidden) continue;
+    isolate_retain(x);
+    out[(*n)++] = x;
+  }
+  plat_mutex_unlock(&c->lock);
+  return out;
 }
 
 ic_isolate **cluster_subscribe(ic_cluster *c, ic_isolate *iso, int existing, size_t *n) {
@@ -860,6 +891,15 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   reap_leftovers(c);
   /* The main state's ref may be held by Lua values beyond this point; take
    * it out of the registry so the cluster owns nothing. */
+  if (atomic_load(&c->api_subscribed)) {
+    /* A C program's unread events (ic_next_event) outlive the log. */
+    size_t n = 0;
+    cluster_event *tail = cluster_read_events(c, c->main, &n);
+    plat_mutex_lock(&c->lock);
+    c->api_tail = tail;
+    c->api_ntail = n;
+    plat_mutex_unlock(&c->lock);
+  }
   cluster_unregister(c, c->main, "shutdown");
   atomic_store(&c->main->alive, 0);
   /* The event log holds isolates (which hold the cluster): it goes now. */
@@ -875,11 +915,12 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
     free(log[i].reason);
   }
   free(log);
-  /* The logger isolate holds the cluster: let go of it (and back to stderr). */
+  /* The logger isolate holds the cluster: let go of it (and back to stderr).
+   * Another destination (nowhere, a C program's function) stays. */
   plat_mutex_lock(&c->log_lock);
-  int discard = c->log_fn == discard_log;
+  int had_logger = c->logger != NULL;
   plat_mutex_unlock(&c->log_lock);
-  cluster_set_logger(c, NULL, discard);
+  if (had_logger) cluster_set_logger(c, NULL, 0);
   atomic_store(&c->shutdown_in_time, in_time);
   plat_mutex_lock(&c->lock);
   atomic_store(&c->state, CLUSTER_DOWN);
@@ -897,11 +938,16 @@ static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *errbuf, size_t errlen) {
   *out = NULL;
   if (atomic_load(&c->state) != CLUSTER_RUNNING) {
+    if (a->native) native_free(a->native);
     snprintf(errbuf, errlen, "spawn_isolate after shutdown");
     return ECANCELED;
   }
   ic_isolate *iso = isolate_new(c, a->kind, a->mailbox ? a->mailbox : c->default_mailbox);
-  if (!iso) goto oom;
+  if (!iso) {
+    if (a->native) native_free(a->native);
+    goto oom;
+  }
+  iso->native = a->native;
   iso->mem_limit = a->memory_limit;
   iso->hidden = a->hidden;
   if (a->props && !(iso->props = blob_new(a->props, a->props_len))) goto oom_iso;
@@ -970,6 +1016,16 @@ ic_isolate *cluster_main_wait_path(ic_cluster *c, const char *path, uint64_t dea
   return iso;
 }
 
+cluster_event *cluster_take_api_tail(ic_cluster *c, size_t *n) {
+  plat_mutex_lock(&c->lock);
+  cluster_event *tail = c->api_tail;
+  *n = c->api_ntail;
+  c->api_tail = NULL;
+  c->api_ntail = 0;
+  plat_mutex_unlock(&c->lock);
+  return tail;
+}
+
 void cluster_close(ic_cluster *c) {
   /* Messages to the main state that nobody received hold their senders
    * (which hold the cluster). Only the main state's thread pops its queues,
@@ -980,4 +1036,14 @@ void cluster_close(ic_cluster *c) {
     msg_free(m);
   }
   while ((m = mailbox_pop(&c->main->sysq)) != NULL) msg_free(m);
+  for (size_t i = c->api_evpos; i < c->api_nev; i++) {
+    isolate_release(c->api_events[i].iso);
+    free(c->api_events[i].reason);
+  }
+  free(c->api_events);
+  c->api_events = NULL;
+  c->api_nev = c->api_evpos = 0;
+  size_t ntail;
+  cluster_event *tail = cluster_take_api_tail(c, &ntail);
+  if (tail) cluster_free_events(tail, ntail);
 }

@@ -37,6 +37,8 @@ typedef struct ic_cluster {
   int nworkers;
   size_t default_mailbox;
   double slice_seconds;       /* preemption time slice */
+  int (*state_hook)(void *L, void *ud); /* immutable; see cluster_opts */
+  void *state_hook_ud;
 
   plat_mutex lock;
   uint64_t next_id;
@@ -69,6 +71,24 @@ typedef struct ic_cluster {
   int has_stopper;
   double stopper_timeout;
 
+  /* Events read from the log for a C program (src/api.c, ic_next_event)
+   * and not handed out yet: [api_evpos, api_nev). The thread of the main
+   * state only; freed by cluster_close. */
+  cluster_event *api_events;
+  size_t api_nev, api_evpos;
+  atomic_int api_subscribed;  /* ic_subscribe_events was called (main->subscribed
+                                 is cleared when shutdown unregisters main) */
+  /* What the program had not read of the log when shutdown dropped it:
+   * written by shutdown before the cluster is DOWN, taken after (c->lock). */
+  cluster_event *api_tail;
+  size_t api_ntail;
+
+  /* The program's file descriptor (mainq_fd): an eventfd, -1 until asked
+   * for; closed with the cluster. main_fd_armed: 1 when the next post to
+   * the main state must make it readable (mainq.h). */
+  atomic_int main_fd;
+  atomic_int main_fd_armed;
+
   ic_log_fn log_fn;
   void *log_ud;
   ic_isolate *logger;         /* the isolate log lines go to, or NULL */
@@ -84,10 +104,16 @@ typedef struct ic_cluster {
   char *boot_error;
 } ic_cluster;
 
+/* Called in every new Lua isolate's state (src/lstate.c l_boot); see
+ * ic_state_hook in include/isolate_cluster.h. */
+typedef int (*cluster_state_hook)(void *L, void *ud);
+
 typedef struct cluster_opts {
   int workers;                /* 0 = number of cores */
   size_t mailbox;             /* default capacity; 0 = built-in default */
   double slice_seconds;       /* 0 = default */
+  cluster_state_hook state_hook; /* or NULL */
+  void *state_hook_ud;
 } cluster_opts;
 
 /* Creates a cluster with its threads running; NULL and *err set on failure. */
@@ -116,6 +142,11 @@ ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline
  * Caller frees the array and releases each. */
 ic_isolate **cluster_find_prefix(ic_cluster *c, const char *prefix, size_t *n);
 
+/* Every isolate registered now (not the main state's, not hidden ones),
+ * retained, in no particular order; *n set. NULL with *n = 0 when there are
+ * none or no memory (*n = SIZE_MAX then). One short hold of c->lock. */
+ic_isolate **cluster_list_all(ic_cluster *c, size_t *n);
+
 /* Subscribes iso to the event log, from its spawn position on (or, already
  * subscribed, from where it is). existing != 0: the isolates already up are
  * returned too (retained, *n set), and the up events now in the log are no
@@ -130,6 +161,11 @@ void cluster_free_events(cluster_event *ev, size_t n);
 /* Routes log lines to logger (an isolate spawned hidden: never announced
  * nor listed), or, with logger NULL, to stderr or (discard) nowhere. */
 void cluster_set_logger(ic_cluster *c, ic_isolate *logger, int discard);
+
+/* Routes log lines to fn(ud, line) (NULL: stderr), dropping a logger
+ * isolate. fn is called with log_lock held (lines serialised), on any
+ * thread. */
+void cluster_set_log_fn(ic_cluster *c, ic_log_fn fn, void *ud);
 
 /* Writes a line through the cluster's log function. Any thread. */
 void cluster_log(ic_cluster *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -164,6 +200,8 @@ typedef struct spawn_args {
   int hidden;                 /* a runtime isolate: never announced nor listed */
   ic_isolate *creator;        /* the spawning isolate (its thread), or NULL */
   int detached;               /* not linked to the creator */
+  struct ic_native *native;   /* a native isolate's handler (taken on success
+                                 and failure), or NULL for a Lua isolate */
 } spawn_args;
 
 /* Creates, registers and starts an isolate. Returns 0 with *out retained
@@ -203,6 +241,10 @@ void cluster_leave_isolate(ic_cluster *c, ic_isolate *iso);
 /* After shutdown, on the main state's thread, before the owner's last
  * cluster_release: drops what was sent to the main state and never received. */
 void cluster_close(ic_cluster *c);
+
+/* Takes what shutdown saved of the log for a C program (api_tail): NULL
+ * when there is none. The main state's thread. */
+cluster_event *cluster_take_api_tail(ic_cluster *c, size_t *n);
 
 /* Sends control code to every live isolate. */
 void cluster_broadcast_control(ic_cluster *c, int code);

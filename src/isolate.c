@@ -1,4 +1,5 @@
 #include "isolate.h"
+#include "mainq.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include "cluster.h"
 #include "codec.h"
 #include "lstate.h"
+#include "native.h"
 
 /* Messages one turn may handle before the isolate goes to the back of the
  * run queue (fairness between isolates, as skynet's weighted batches). */
@@ -194,6 +196,7 @@ void isolate_release(ic_isolate *iso) {
   size_t dead = drain_dead_letters(iso);
   if (dead && c) atomic_fetch_add(&c->dead_letters, dead);
   if (iso->L) lstate_close(iso);
+  if (iso->native) native_free(iso->native);
   pool_release(&iso->pool); /* also after a state that failed to open */
   refuse_open_requests(iso);
   stop_children(iso);
@@ -215,6 +218,8 @@ void isolate_release(ic_isolate *iso) {
 
 void isolate_wake(ic_isolate *iso, worker *from) {
   int expected = SCHED_IDLE;
+  /* The program watches a file descriptor (mainq.h): whatever its sched. */
+  if (iso->kind == ISO_MAIN && iso->cluster) mainq_notify(iso->cluster);
   /* seq_cst: pairs with the owner's store of IDLE followed by its look at
    * the queues (isolate_run), so one of the two always sees the other. */
   if (atomic_load(&iso->sched) != SCHED_IDLE) return;
@@ -233,6 +238,7 @@ void isolate_wake(ic_isolate *iso, worker *from) {
 
 /* The rest of a post once a slot is reserved: never fails. */
 static inline void post_reserved(ic_isolate *to, ic_msg *m, worker *from) {
+  if (m->sender) isolate_stat_add(&m->sender->stat_out, 1); /* before m is the receiver's */
   mailbox_push(&to->mbox, m);
   isolate_wake(to, from);
   if (from) sched_check_lifo(from);
@@ -312,6 +318,7 @@ static void isolate_finish(ic_isolate *iso) {
     cluster_log(c, "isolate_cluster: isolate %s (id %llu) went down: %s",
                 iso->path ? iso->path : "(no path)", (unsigned long long)iso->id, reason);
   if (iso->L) lstate_close(iso);
+  if (iso->native) native_finish(iso);
   refuse_open_requests(iso);
   size_t dead = drain_dead_letters(iso);
   if (dead) atomic_fetch_add(&c->dead_letters, dead);
@@ -386,6 +393,12 @@ static void stop_children(ic_isolate *iso) {
   iso->nchildren = iso->children_cap = 0;
 }
 
+/* A message for the isolate's code: its Lua state, or a native handler. */
+static inline void dispatch(ic_isolate *iso, int kind, ic_msg *m) {
+  if (iso->native) native_dispatch(iso, m);
+  else lstate_dispatch(iso, kind, m);
+}
+
 /* wait: the isolate's wait mode, read by its owner before letting go. */
 static int isolate_has_work(ic_isolate *iso, int wait) {
   if (mailbox_count(&iso->sysq) > 0 || atomic_load(&iso->events_pending)) return 1;
@@ -436,7 +449,7 @@ int isolate_run(ic_isolate *iso, worker *w) {
   iso->slice_deadline = now + plat_seconds_to_ns(c->slice_seconds);
   atomic_store_explicit(&iso->preempt, 0, memory_order_relaxed);
   if (w) worker_begin_turn(w, iso, now);
-  if (!iso->L && !iso->ending) lstate_boot(iso);
+  if (!iso->L && !iso->native && !iso->ending) lstate_boot(iso);
   if (atomic_load(&iso->interrupt) && !iso->ending) {
     /* Killed (or shut down past its time) between two turns. */
     isolate_set_ending(iso, atomic_load(&iso->interrupt) == INTERRUPT_KILL ? "killed" : "shutdown");
@@ -446,7 +459,7 @@ int isolate_run(ic_isolate *iso, worker *w) {
   while (!iso->ending && (m = mailbox_pop(&iso->sysq)) != NULL) {
     int was_preempted = iso->wait == WAIT_PREEMPTED;
     if (m->kind == MSG_CONTROL) handle_control(iso, (int)m->corr);
-    else lstate_dispatch(iso, m->kind, m);
+    else dispatch(iso, m->kind, m);
     msg_free(m);
     if (!was_preempted && iso->wait == WAIT_PREEMPTED) resume_preempted = 0; /* out of time */
   }
@@ -460,10 +473,13 @@ int isolate_run(ic_isolate *iso, worker *w) {
     if (iso->wait == WAIT_BLOCKED || iso->wait == WAIT_PREEMPTED) break;
     if ((n & 15) == 15 && plat_now_ns() > iso->slice_deadline) break;
     if ((m = mailbox_pop(&iso->mbox)) == NULL) break;
-    lstate_dispatch(iso, m->kind, m);
+    isolate_stat_add(&iso->stat_in, 1);
+    dispatch(iso, m->kind, m);
     msg_free(m);
   }
 end_turn:
+  isolate_stat_add(&iso->stat_run_ns, plat_now_ns() - now);
+  atomic_store_explicit(&iso->stat_mem, iso->mem_used, memory_order_relaxed);
   if (w) worker_end_turn(w);
   iso->worker = NULL;
   if (iso->ending) {

@@ -111,6 +111,15 @@ typedef struct ic_isolate {
                                    they keep an isolate with nothing else to run up */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */
+  /* Statistics (src/stats.c): each has one writer, the thread running the
+   * isolate (stat_out: the sending thread), and is read by anyone; relaxed
+   * atomics, no read-modify-write, no lock. */
+  atomic_ullong stat_in;        /* messages taken from its mailbox */
+  atomic_ullong stat_out;       /* messages it sent */
+  atomic_ullong stat_run_ns;    /* time spent in its turns */
+  atomic_size_t stat_mem;       /* mem_used as of the end of its last turn */
+  struct ic_native *native;     /* a native isolate's C handler (native.h), or NULL;
+                                   set before it starts, freed with the isolate */
   monitor_set monitors;         /* who watches this isolate go down (monitor.h) */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
 
@@ -126,6 +135,11 @@ typedef struct ic_isolate {
   int has_thread;
   atomic_int thread_state;      /* THREAD_*, for a dedicated thread */
 } ic_isolate;
+
+/* One more for a statistic with a single writer (see stat_in). */
+static inline void isolate_stat_add(atomic_ullong *x, uint64_t d) {
+  atomic_store_explicit(x, atomic_load_explicit(x, memory_order_relaxed) + d, memory_order_relaxed);
+}
 
 /* Allocates an isolate in the IDLE state with refs = 1 (the caller's hold). */
 ic_isolate *isolate_new(struct ic_cluster *c, int kind, size_t mailbox_capacity);

@@ -18,7 +18,8 @@
 
 #include "cluster.h"
 #include "lstate.h"
-#include "sigint.h"
+#include "mainq.h"
+#include "stats.h"
 
 #define LCLUSTER_MT "isolate_cluster.cluster"
 #define DEFAULT_REQUEST_TIMEOUT 5.0
@@ -60,27 +61,7 @@ static uint64_t deadline_from(lua_State *L, int idx, const char *fname, const ch
 
 /* ---- Ctrl-C ------------------------------------------------------------------ */
 
-/* A blocking call of the main state is interruptible from its first wait
- * to its return (sigint.h): begun lazily, so a call that never waits costs
- * nothing; ended on every way out, before anything may raise. */
-typedef struct main_block {
-  ic_isolate *main;
-  int token, begun;
-} main_block;
-
-static void block_begin(main_block *b) {
-  if (b->begun) return;
-  b->begun = 1;
-  b->token = sigint_begin(b->main);
-}
-
-/* 1 if a SIGINT came while it was installed. */
-static int block_end(main_block *b) {
-  if (!b->begun) return 0;
-  b->begun = 0;
-  return sigint_end(b->main, b->token);
-}
-
+/* Every blocking call here is interruptible (mainq.h's window). */
 /* What lua.c raises in a script that Ctrl-C interrupts. */
 static int raise_interrupted(lua_State *L) { return luaL_error(L, "interrupted!"); }
 
@@ -134,42 +115,21 @@ static int l_receive(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  ic_isolate *main = c->main;
-  main_block b = {main, -1, 0};
-  for (;;) {
-    /* Interrupted while waiting: a message that came meanwhile stays queued
-     * for the next receive. */
-    if (b.begun && atomic_load(&main->sigint)) {
-      block_end(&b);
-      return raise_interrupted(L);
-    }
-    ic_msg *m;
-    while ((m = mailbox_pop(&main->sysq)) != NULL) msg_free(m); /* late replies */
-    m = mailbox_pop(&main->mbox);
-    if (m) {
-      /* A Ctrl-C in the instant since the look above: handed on, to the
-       * handler there was before (lua.c raises at the next instruction). */
-      if (block_end(&b)) raise(SIGINT);
-      int top = lua_gettop(L);
-      lua_pushcfunction(L, push_received);
-      lua_pushlightuserdata(L, m);
-      lua_pushlightuserdata(L, c);
-      int st = lua_pcall(L, 2, LUA_MULTRET, 0);
-      msg_free(m);
-      if (st != LUA_OK) return lua_error(L);
-      return lua_gettop(L) - top;
-    }
-    if (mailbox_count(&main->mbox) > 0) continue; /* a push half done */
-    if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
-    block_begin(&b);
-    if (!cluster_main_wait(c, &main->mbox, deadline)) {
-      if (mailbox_count(&main->mbox) > 0) continue;
-      break;
-    }
+  ic_msg *m = NULL;
+  int rc = mainq_receive(c, deadline, 1, &m);
+  if (rc == MAINQ_INTERRUPTED) return raise_interrupted(L);
+  if (rc != MAINQ_OK) {
+    lua_pushnil(L);
+    return 1;
   }
-  if (block_end(&b)) return raise_interrupted(L);
-  lua_pushnil(L);
-  return 1;
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, push_received);
+  lua_pushlightuserdata(L, m);
+  lua_pushlightuserdata(L, c);
+  int st = lua_pcall(L, 2, LUA_MULTRET, 0);
+  msg_free(m);
+  if (st != LUA_OK) return lua_error(L);
+  return lua_gettop(L) - top;
 }
 
 /* ref:request in the main state: blocks this thread until the reply. */
@@ -182,8 +142,7 @@ static int l_main_request(lua_State *L) {
     return luaL_error(L, "request to %s failed: isolate down", luaL_tolstring(L, 1, NULL));
   }
   ic_cluster *c = r->iso->cluster;
-  ic_isolate *main = c->main;
-  if (r->iso == main) {
+  if (r->iso == c->main) {
     /* This thread blocks until the reply, so nothing could answer it. */
     lua_settop(L, 1);
     return luaL_error(L, "request to %s failed: the main state cannot request itself (nothing answers while it waits)",
@@ -191,56 +150,24 @@ static int l_main_request(lua_State *L) {
   }
   ic_msg *m = lstate_encode_msg(L, 2, "msg", MSG_REQUEST);
   if (!m) return luaL_error(L, "out of memory");
-  uint64_t corr = ++main->next_corr;
-  isolate_retain(main);
-  m->sender = main;
-  m->corr = corr;
-  /* Replies to earlier requests that timed out are of no use now. */
-  ic_msg *x;
-  while ((x = mailbox_pop(&main->sysq)) != NULL) msg_free(x);
-  const char *why = isolate_post(r->iso, m, NULL);
-  if (why) {
-    lua_settop(L, 1);
-    return luaL_error(L, "request to %s failed: %s", luaL_tolstring(L, 1, NULL), why);
+  ic_msg *x = NULL;
+  const char *why = NULL;
+  int rc = mainq_request(c, r->iso, m, plat_seconds_to_ns(t), 1, &x, &why);
+  if (rc == MAINQ_OK) {
+    int is_error = x->kind == MSG_REPLY_ERROR;
+    int st = lstate_decode_msg(L, c, x);
+    msg_free(x);
+    if (st != LUA_OK || is_error) return lua_error(L);
+    return 1;
   }
-  uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(t);
-  main_block b = {main, -1, 0};
-  for (;;) {
-    /* Interrupted while waiting: a reply, if one comes, is dropped later
-     * as a late one. */
-    if (b.begun && atomic_load(&main->sigint)) {
-      block_end(&b);
-      return raise_interrupted(L);
-    }
-    x = mailbox_pop(&main->sysq);
-    if (x) {
-      if ((x->kind == MSG_REPLY || x->kind == MSG_REPLY_ERROR) && x->corr == corr) {
-        if (block_end(&b)) raise(SIGINT); /* as in l_receive */
-        int is_error = x->kind == MSG_REPLY_ERROR;
-        int st = lstate_decode_msg(L, c, x);
-        msg_free(x);
-        if (st != LUA_OK || is_error) return lua_error(L);
-        return 1;
-      }
-      msg_free(x);
-      continue;
-    }
-    if (mailbox_count(&main->sysq) > 0) continue;
-    if (atomic_load(&c->state) == CLUSTER_DOWN) {
-      block_end(&b);
-      lua_settop(L, 1);
-      return luaL_error(L, "request to %s failed: the cluster has shut down", luaL_tolstring(L, 1, NULL));
-    }
-    block_begin(&b);
-    if (!cluster_main_wait(c, &main->sysq, deadline) && mailbox_count(&main->sysq) == 0 &&
-        !atomic_load(&main->sigint)) {
-      block_end(&b);
-      lua_settop(L, 1);
-      char secs[32]; /* "%g", as the isolates write it: "3 s", "0.5 s" */
-      snprintf(secs, sizeof secs, "%g", t);
-      return luaL_error(L, "timeout: no reply from %s within %s s", luaL_tolstring(L, 1, NULL), secs);
-    }
-  }
+  if (rc == MAINQ_INTERRUPTED) return raise_interrupted(L);
+  lua_settop(L, 1);
+  const char *to = luaL_tolstring(L, 1, NULL);
+  if (rc == MAINQ_REFUSED) return luaL_error(L, "request to %s failed: %s", to, why);
+  if (rc == MAINQ_STOPPED) return luaL_error(L, "request to %s failed: the cluster has shut down", to);
+  char secs[32]; /* "%g", as the isolates write it: "3 s", "0.5 s" */
+  snprintf(secs, sizeof secs, "%g", t);
+  return luaL_error(L, "timeout: no reply from %s within %s s", to, secs);
 }
 
 /* ---- cluster methods ------------------------------------------------------- */
@@ -280,10 +207,10 @@ typedef struct main_wait_path {
 
 static ic_isolate *main_find_waiting(void *ud, ic_cluster *c, const char *path) {
   main_wait_path *w = ud;
-  main_block b = {c->main, -1, 0};
-  block_begin(&b);
+  mainq_block b = MAINQ_BLOCK(c);
+  mainq_block_begin(&b);
   ic_isolate *iso = cluster_main_wait_path(c, path, w->deadline);
-  if (block_end(&b)) {
+  if (mainq_block_end(&b)) {
     w->interrupted = 1;
     if (iso) isolate_release(iso);
     return NULL;
@@ -319,13 +246,13 @@ static int l_run(lua_State *L) {
     lua_pushboolean(L, 1); /* closed: shut down long ago */
     return 1;
   }
-  main_block b = {c->main, -1, 0};
-  block_begin(&b);
+  mainq_block b = MAINQ_BLOCK(c);
+  mainq_block_begin(&b);
   /* Woken by each message to the main state too: they stay queued. */
   while (atomic_load(&c->state) == CLUSTER_RUNNING && !atomic_load(&c->main->sigint)) {
     if (!cluster_main_wait(c, NULL, deadline)) break;
   }
-  if (block_end(&b)) return raise_interrupted(L);
+  if (mainq_block_end(&b)) return raise_interrupted(L);
   /* A shutdown under way (asked for by an isolate, run by the stopper) is
    * waited for within this deadline only. */
   if (atomic_load(&c->state) == CLUSTER_STOPPING) cluster_wait_down(c, deadline);
@@ -346,11 +273,11 @@ static int l_shutdown(lua_State *L) {
    * must not kill the process half-way, so it is held until the shutdown
    * is over and then handed to the handler that was there before (lua.c
    * then raises "interrupted!" at the next instruction). */
-  main_block b = {c->main, -1, 0};
-  block_begin(&b);
+  mainq_block b = MAINQ_BLOCK(c);
+  mainq_block_begin(&b);
   int in_time = cluster_shutdown(c, t);
   cluster_join_stopper(c);
-  if (block_end(&b)) raise(SIGINT);
+  if (mainq_block_end(&b)) raise(SIGINT);
   lua_pushboolean(L, in_time);
   return 1;
 }
@@ -358,15 +285,94 @@ static int l_shutdown(lua_State *L) {
 static int l_drain(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   double t = lua_isnoneornil(L, 2) ? CLOSE_DRAIN_SECONDS : lstate_check_seconds(L, 2, "drain", "timeout", 0);
-  main_block b = {c->main, -1, 0};
-  block_begin(&b);
+  mainq_block b = MAINQ_BLOCK(c);
+  mainq_block_begin(&b);
   int quiet = cluster_drain(c, t);
-  if (block_end(&b)) return raise_interrupted(L);
+  if (mainq_block_end(&b)) return raise_interrupted(L);
   lua_pushboolean(L, quiet);
   return 1;
 }
 
-static int l_stats(lua_State *L) { return lstate_stats(L, check_cluster(L, 1)); }
+/* cluster:fd() -> an fd readable when cluster:receive may have something
+ * (mainq.h): for an event loop (luv's uv.new_poll). */
+static int l_fd(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  int fd = mainq_fd(c);
+  if (fd < 0) return luaL_error(L, "cannot make the cluster's file descriptor: %s", strerror(errno));
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+/* Protected: sets t.rows (t at 1) from the stats_rows at 2, with each
+ * isolate's ref when 4 is true (a ref costs about as much as the rest of
+ * the row). */
+static int push_stat_rows(lua_State *L) {
+  const stats_rows *r = lua_touserdata(L, 2);
+  ic_cluster *c = lua_touserdata(L, 3);
+  int refs = lua_toboolean(L, 4);
+  lua_createtable(L, (int)(r->n > INT32_MAX ? INT32_MAX : r->n), 0);
+  for (size_t i = 0; i < r->n; i++) {
+    const stats_row *row = &r->rows[i];
+    lua_createtable(L, 0, refs ? 11 : 10);
+    if (refs) {
+      lref_push(L, row->iso);
+      lua_setfield(L, -2, "ref");
+    }
+    lua_pushinteger(L, (lua_Integer)row->id);
+    lua_setfield(L, -2, "id");
+    if (row->path) {
+      lua_pushstring(L, row->path);
+      lua_setfield(L, -2, "path");
+    }
+    lua_pushinteger(L, (lua_Integer)c->node_id);
+    lua_setfield(L, -2, "node");
+    lua_pushstring(L, row->state);
+    lua_setfield(L, -2, "state");
+    lua_pushstring(L, row->kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushinteger(L, (lua_Integer)row->mailbox);
+    lua_setfield(L, -2, "mailbox");
+    lua_pushinteger(L, (lua_Integer)row->in);
+    lua_setfield(L, -2, "messages_in");
+    lua_pushinteger(L, (lua_Integer)row->out);
+    lua_setfield(L, -2, "messages_out");
+    lua_pushinteger(L, (lua_Integer)row->memory);
+    lua_setfield(L, -2, "memory");
+    lua_pushnumber(L, row->run_seconds);
+    lua_setfield(L, -2, "run_time");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, 1, "rows");
+  return 0;
+}
+
+/* cluster:stats([opts]): the counters, and (unless opts.rows == false) one
+ * row per isolate, with its ref if opts.refs. */
+static int l_stats(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  int rows = 1, refs = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    static const char *const known[] = {"rows", "refs", NULL};
+    lstate_check_options(L, 2, "stats", known);
+    rows = lua_getfield(L, 2, "rows") == LUA_TNIL || lua_toboolean(L, -1);
+    refs = lua_getfield(L, 2, "refs") != LUA_TNIL && lua_toboolean(L, -1);
+    lua_pop(L, 2);
+  }
+  lstate_stats(L, c);
+  if (!rows) return 1;
+  stats_rows r;
+  if (stats_rows_take(c, &r)) return luaL_error(L, "out of memory");
+  lua_pushcfunction(L, push_stat_rows);
+  lua_pushvalue(L, -2);
+  lua_pushlightuserdata(L, &r);
+  lua_pushlightuserdata(L, c);
+  lua_pushboolean(L, refs);
+  int st = lua_pcall(L, 4, 0, 0);
+  stats_rows_free(&r);
+  if (st != LUA_OK) return lua_error(L);
+  return 1;
+}
 
 static int l_send_all(lua_State *L) {
   check_cluster(L, 1);
@@ -384,12 +390,12 @@ static int l_close(lua_State *L) {
    * lua.c has put SIGINT back to its default): a Ctrl-C now ends the drain
    * and is held until the shutdown, with its on_shutdown handlers, is over;
    * then it takes its usual course. */
-  main_block b = {c->main, -1, 0};
-  block_begin(&b);
+  mainq_block b = MAINQ_BLOCK(c);
+  mainq_block_begin(&b);
   if (atomic_load(&c->state) == CLUSTER_RUNNING) cluster_drain(c, CLOSE_DRAIN_SECONDS);
   cluster_shutdown(c, CLOSE_SHUTDOWN_SECONDS);
   if (!cluster_join_stopper(c)) cluster_detach_stopper(c); /* still stopping: it holds the cluster */
-  int interrupted = block_end(&b);
+  int interrupted = mainq_block_end(&b);
   cluster_close(c);
   cluster_release(c);
   if (interrupted) raise(SIGINT);
@@ -421,7 +427,7 @@ static int l_cluster_tostring(lua_State *L) {
 #define MAX_WORKERS 1024 /* as the host's --workers */
 
 static int l_new(lua_State *L) {
-  cluster_opts o = {0, 0, 0};
+  cluster_opts o = {0, 0, 0, NULL, NULL};
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
     static const char *const known[] = {"workers", "mailbox", "time_slice", "logger", NULL};
@@ -488,7 +494,7 @@ __attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_Stat
         {"spawn_isolate", l_spawn}, {"lookup_isolate", l_lookup}, {"lookup_isolates", l_lookup_prefix},
         {"receive", l_receive},     {"run", l_run},               {"shutdown", l_shutdown},
         {"drain", l_drain},         {"stats", l_stats},           {"close", l_close},
-        {"send_all", l_send_all},
+        {"send_all", l_send_all},   {"fd", l_fd},
         {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_pushcclosure(L, l_cluster_index, 1);

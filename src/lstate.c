@@ -887,7 +887,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox, (size_t)memlimit,
                   has_props ? buf->data : NULL, props_len,
                   buf->data + props_len, buf->len - props_len,
-                  lua_path, lua_cpath, path, hidden, creator, detached};
+                  lua_path, lua_cpath, path, hidden, creator, detached, NULL};
   ic_isolate *iso;
   char err[256];
   int failed = cluster_spawn(c, &a, &iso, err, sizeof err);
@@ -1470,6 +1470,10 @@ static int l_boot(lua_State *L) {
   ic_isolate *iso = lua_touserdata(L, 1);
   ic_cluster *c = iso->cluster;
   open_libs(L); /* package, opened on first use, takes iso's paths then */
+  /* The application's own C functions, before anything of the isolate's
+   * runs (a raise in it fails the boot like a bad entry). */
+  if (c->state_hook && c->state_hook(L, c->state_hook_ud) != 0)
+    return luaL_error(L, "the application's state hook failed");
   lstate_ctx *ctx = lstate_open(L);
   ctx->self = iso;
   iso->lctx = ctx;

@@ -7,17 +7,7 @@
 
 #include "isolate_cluster.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                \
-  do {                                                                             \
-    if (cond) {                                                                    \
-      passed++;                                                                    \
-    } else {                                                                       \
-      failed++;                                                                    \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);     \
-    }                                                                              \
-  } while (0)
+#include "check.h"
 
 static const char ECHO[] =
     "return function(context)\n"
@@ -129,7 +119,7 @@ static void test_prefix_kill_stats(ic_cluster *c) {
 
 int main(void) {
   ic_cluster *c = NULL;
-  ic_cluster_options o = {2, 0, 0};
+  ic_cluster_options o = {.workers = 2};
   CHECK(ic_cluster_create(&o, &c) == IC_OK && c != NULL);
 
   /* properties: { prefix = "p" } */

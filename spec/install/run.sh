@@ -2,7 +2,8 @@
 # Installs the build into a temporary prefix and uses it the ways SPEC §8 and
 # the README promise: plain lua5.4 with the documented LUA_PATH/LUA_CPATH, the
 # host from P/bin, a C program built with find_package(isolate_cluster), one
-# built with `cc $(pkg-config --cflags --libs isolate_cluster)`, and the rock
+# built with `cc $(pkg-config --cflags --libs isolate_cluster)`, every C example
+# built that way, and the rock
 # (luarocks make into a local tree, then require from there).
 #
 #   bash spec/install/run.sh BUILD_DIR     (ctest runs it as "install")
@@ -57,6 +58,16 @@ cflags=$(PKG_CONFIG_PATH="$P/lib/pkgconfig" pkg-config --cflags --libs isolate_c
 cc -o "$T/pc_outside" "$SRC/spec/install/outside/main.c" $cflags
 LD_LIBRARY_PATH="$P/lib" "$T/pc_outside"
 pass "pkg-config build runs"
+
+step "every C example, built with pkg-config against the prefix"
+for ex in "$SRC"/examples/*.c; do
+  name=$(basename "$ex" .c)
+  # shellcheck disable=SC2086 # the flags are words
+  cc -o "$T/$name" "$ex" $cflags
+  (cd "$SRC" && LD_LIBRARY_PATH="$P/lib" "$T/$name") >"$T/$name.log" 2>&1 ||
+    { cat "$T/$name.log" >&2; echo "example $name failed against the prefix" >&2; exit 1; }
+  pass "example $name"
+done
 
 step "luarocks make into a local tree"
 if ! command -v luarocks >/dev/null; then

@@ -1,7 +1,7 @@
 /*
  * isolate-cluster — runs a Lua script as the main state of a cluster.
  *
- *   isolate-cluster [--workers N] [--shutdown-timeout S] script.lua [args...]
+ *   isolate-cluster [--workers N] [--shutdown-timeout S] [--stats S] script.lua [args...]
  *
  * The script finds a global `cluster` (a single-node cluster, already
  * running) and `arg` (arg[0] = script, arg[1..] = args), as lua5.4 gives it.
@@ -26,6 +26,7 @@
 #include <lualib.h>
 
 #include "cluster.h"
+#include "stats.h"
 
 extern const char ic_host_init_lua[];
 extern const size_t ic_host_init_lua_len;
@@ -51,6 +52,7 @@ static void usage(FILE *f) {
           "  until the cluster shuts down. SIGINT/SIGTERM shut it down gracefully.\n"
           "  --workers N            worker threads (default: number of cores)\n"
           "  --shutdown-timeout S   seconds the final shutdown may take (default 5)\n"
+          "  --stats S              print a table of the isolates to stderr every S seconds\n"
           "  --nats URL --cluster NAME --node NAME\n"
           "                         multi-node clusters (not part of this build)\n"
           "  --version              print the version and exit\n"
@@ -88,7 +90,91 @@ typedef struct host {
   double shutdown_seconds;
   sigset_t signals;
   ic_cluster *cluster;
+  double stats_seconds; /* 0: no --stats */
+  plat_mutex stats_lock; /* guards stats_stop */
+  plat_cond stats_cond;
+  int stats_stop;
+  pthread_t stats_thread;
+  int has_stats_thread;
 } host;
+
+#define STATS_TOP_ROWS 20
+
+static int by_run_time(const void *a, const void *b) {
+  const stats_row *x = a, *y = b;
+  if (x->run_seconds != y->run_seconds) return x->run_seconds < y->run_seconds ? 1 : -1;
+  return x->in < y->in ? 1 : x->in > y->in ? -1 : 0;
+}
+
+/* One table, like top's: the totals, then the isolates that ran longest. */
+static void print_stats(host *h, uint64_t start) {
+  ic_cluster *c = h->cluster;
+  stats_rows r;
+  if (stats_rows_take(c, &r)) return;
+  qsort(r.rows, r.n, sizeof *r.rows, by_run_time);
+  uint64_t in = 0, out = 0, queued = 0, mem = 0;
+  for (size_t i = 0; i < r.n; i++) {
+    in += r.rows[i].in;
+    out += r.rows[i].out;
+    queued += r.rows[i].mailbox;
+    mem += r.rows[i].memory;
+  }
+  char buf[8192];
+  FILE *f = fmemopen(buf, sizeof buf, "w");
+  if (f) {
+    fprintf(f, "isolate-cluster stats at %.1f s: %zu isolates, %llu spawned, %llu dead letters, %d workers\n",
+            (double)(plat_now_ns() - start) / 1e9, r.n, (unsigned long long)atomic_load(&c->spawned),
+            (unsigned long long)atomic_load(&c->dead_letters), c->nworkers);
+    fprintf(f, "  totals: %llu queued, %llu in, %llu out, %.1f KiB of Lua heap\n", (unsigned long long)queued,
+            (unsigned long long)in, (unsigned long long)out, (double)mem / 1024);
+    fprintf(f, "  %8s %-24s %-9s %-7s %8s %10s %10s %10s %8s\n", "ID", "PATH", "KIND", "STATE", "MAILBOX", "IN",
+            "OUT", "MEM KiB", "CPU s");
+    for (size_t i = 0; i < r.n && i < STATS_TOP_ROWS; i++) {
+      const stats_row *row = &r.rows[i];
+      fprintf(f, "  %8llu %-24.24s %-9s %-7s %8llu %10llu %10llu %10.1f %8.3f\n", (unsigned long long)row->id,
+              row->path ? row->path : "-", row->kind, row->state, (unsigned long long)row->mailbox,
+              (unsigned long long)row->in, (unsigned long long)row->out, (double)row->memory / 1024,
+              row->run_seconds);
+    }
+    if (r.n > STATS_TOP_ROWS) fprintf(f, "  ... and %zu more\n", r.n - STATS_TOP_ROWS);
+    fputc('\n', f);
+    long len = ftell(f);
+    fclose(f);
+    /* One write: the table is not cut by other lines to stderr. */
+    if (len > 0) fwrite(buf, 1, (size_t)len < sizeof buf ? (size_t)len : sizeof buf - 1, stderr);
+  }
+  stats_rows_free(&r);
+}
+
+/* Ends the --stats thread, if there is one: before the cluster is closed,
+ * also when the script's run ends with a Lua error (main() calls it then). */
+static void stop_stats(host *h) {
+  if (!h->has_stats_thread) return;
+  h->has_stats_thread = 0;
+  plat_mutex_lock(&h->stats_lock);
+  h->stats_stop = 1;
+  plat_cond_signal(&h->stats_cond);
+  plat_mutex_unlock(&h->stats_lock);
+  pthread_join(h->stats_thread, NULL);
+}
+
+/* --stats: prints a table every stats_seconds until told to stop. */
+static void *stats_main(void *arg) {
+  host *h = arg;
+  uint64_t start = plat_now_ns(), next = start;
+  plat_mutex_lock(&h->stats_lock);
+  while (!h->stats_stop) {
+    next += plat_seconds_to_ns(h->stats_seconds);
+    while (!h->stats_stop && plat_cond_wait_until(&h->stats_cond, &h->stats_lock, next) != ETIMEDOUT) {
+    }
+    if (h->stats_stop) break;
+    plat_mutex_unlock(&h->stats_lock);
+    print_stats(h, start);
+    plat_mutex_lock(&h->stats_lock);
+  }
+  plat_mutex_unlock(&h->stats_lock);
+  return NULL;
+}
 
 /* The only thread that takes SIGINT/SIGTERM (they are blocked everywhere
  * else): it asks for a graceful shutdown, which cluster:run() sees. */
@@ -144,6 +230,7 @@ static int run(lua_State *L) {
 
   pthread_t sig_thread;
   int has_sig_thread = pthread_create(&sig_thread, NULL, signal_main, h) == 0;
+  h->has_stats_thread = h->stats_seconds > 0 && pthread_create(&h->stats_thread, NULL, stats_main, h) == 0;
 
   lua_pushcfunction(L, traceback);
   int tb = lua_gettop(L);
@@ -164,6 +251,7 @@ static int run(lua_State *L) {
     lua_call(L, 1, 1);
     lua_pop(L, 1);
   }
+  stop_stats(h);
   /* Shut down here, while the signal thread can still ask it to hurry. After
    * a script error nothing is drained: the script did not get to finish what
    * it meant to do, so waiting for its isolates' timers would only delay the
@@ -187,7 +275,8 @@ static int run(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
-  host h = {argc, argv, 0, 0, SHUTDOWN_SECONDS, {{0}}, NULL};
+  host h = {.argc = argc, .argv = argv, .shutdown_seconds = SHUTDOWN_SECONDS};
+  if (plat_mutex_init(&h.stats_lock) || plat_cond_init(&h.stats_cond)) return 1;
   int i = 1;
   for (; i < argc && argv[i][0] == '-'; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -204,6 +293,14 @@ int main(int argc, char **argv) {
         return EXIT_USAGE;
       }
       h.shutdown_seconds = t;
+    } else if (strcmp(argv[i], "--stats") == 0 && i + 1 < argc) {
+      char *end;
+      double t = strtod(argv[++i], &end);
+      if (end == argv[i] || *end || !(t >= 0.01 && t <= 86400)) {
+        fprintf(stderr, "isolate-cluster: --stats needs seconds from 0.01 to 86400\n");
+        return EXIT_USAGE;
+      }
+      h.stats_seconds = t;
     } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
       char *end;
       long n = strtol(argv[++i], &end, 10);
@@ -250,6 +347,7 @@ int main(int argc, char **argv) {
   int code = EXIT_SCRIPT_ERROR;
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) fprintf(stderr, "isolate-cluster: %s\n", lua_tostring(L, -1));
   else code = (int)lua_tointeger(L, -1);
+  stop_stats(&h); /* before lua_close closes the cluster it reads */
   lua_close(L);
   return code;
 }
