@@ -399,9 +399,13 @@ static inline void dispatch(ic_isolate *iso, int kind, ic_msg *m) {
   else lstate_dispatch(iso, kind, m);
 }
 
-/* wait: the isolate's wait mode, read by its owner before letting go. */
+/* wait: the isolate's wait mode, read by its owner before letting go. An
+ * interrupt is work too: a kill or a shutdown whose control message could
+ * not be allocated is only the interrupt and a wake, and the wake is lost
+ * when it comes while the isolate runs (past the turn's own look at it). */
 static int isolate_has_work(ic_isolate *iso, int wait) {
   if (mailbox_count(&iso->sysq) > 0 || atomic_load(&iso->events_pending)) return 1;
+  if (atomic_load(&iso->interrupt)) return 1;
   if (wait == WAIT_PREEMPTED) return 1;
   return wait != WAIT_BLOCKED && mailbox_count(&iso->mbox) > 0;
 }

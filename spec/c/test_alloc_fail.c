@@ -112,7 +112,8 @@ static void *main_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
  * Each is the body of a function(ic) that must run to its end; it raises on
  * any failure. Requests have short timeouts: a timeout is a clean outcome but
  * should be rare (a lost reply). Every cluster is shut down by the scenario;
- * one left behind by an error is closed by lua_close. */
+ * one left behind by an error is closed by lua_close. T is the time a
+ * request or a shutdown gets (IC_ALLOC_FAIL_WAIT). */
 typedef struct scenario {
   const char *name;
   const char *src;
@@ -123,43 +124,43 @@ typedef struct scenario {
 static const scenario SCENARIOS[] = {
     {"create",
      "local c = ic.single_node{workers = 1, logger = false}\n"
-     "assert(c:shutdown(1), 'shutdown in time')\n"},
+     "assert(c:shutdown(T), 'shutdown in time')\n"},
     {"spawn",
      "local c = ic.single_node{workers = 1, logger = false}\n"
      "local a = c:spawn_isolate(" ECHO ", {p = {1, 2, 3}, s = 'x'}, {path = '/a'})\n"
      "local b = c:spawn_isolate(" ECHO ", nil, {path = '/pool/'})\n"
-     "assert(a:request('x', 2) == 'x')\n"
-     "assert(c:lookup_isolate('/a', 2) == a, 'lookup')\n"
+     "assert(a:request('x', T) == 'x')\n"
+     "assert(c:lookup_isolate('/a', T) == a, 'lookup')\n"
      "assert(b:property('p') == nil and a:property('s') == 'x')\n"
-     "assert(c:shutdown(1), 'shutdown in time')\n"},
+     "assert(c:shutdown(T), 'shutdown in time')\n"},
     {"send",
      "local c = ic.single_node{workers = 1, logger = false}\n"
      "local f = c:spawn_isolate(function(ctx)\n"
      "  ctx:on_message(function(m, s) if m ~= 'sync' then assert(s:send(m)) end return 'ok' end)\n"
      "end)\n"
      "for i = 1, 5 do local ok, why = f:send({i, 's' .. i, {n = i}}) assert(ok, why) end\n"
-     "assert(f:request('sync', 2) == 'ok')\n"
+     "assert(f:request('sync', T) == 'ok')\n"
      "for i = 1, 5 do\n"
      "  local m = c:receive(0)\n"
      "  assert(m and m[1] == i and m[3].n == i, 'a message sent before the reply was lost')\n"
      "end\n"
-     "assert(c:shutdown(1), 'shutdown in time')\n"},
+     "assert(c:shutdown(T), 'shutdown in time')\n"},
     {"request",
      "local c = ic.single_node{workers = 1, logger = false}\n"
      "local r = c:spawn_isolate(function(ctx)\n"
      "  ctx:on_message(function(m)\n"
      "    if m.op == 'err' then error('handler failed', 0) end\n"
-     "    if m.op == 'fwd' then return m.to:request({op = 'add', a = m.a, b = 1}, 2) end\n"
+     "    if m.op == 'fwd' then return m.to:request({op = 'add', a = m.a, b = 1}) end\n"
      "    return m.a + m.b\n"
      "  end)\n"
      "end)\n"
      "local r2 = c:spawn_isolate(function(ctx) ctx:on_message(function(m) return m.a + m.b end) end)\n"
-     "assert(r:request({op = 'add', a = 1, b = 2}, 2) == 3)\n"
-     "local ok, err = pcall(r.request, r, {op = 'err'}, 2)\n"
+     "assert(r:request({op = 'add', a = 1, b = 2}, T) == 3)\n"
+     "local ok, err = pcall(r.request, r, {op = 'err'}, T)\n"
      "if not ok and not tostring(err):find('handler failed', 1, true) then error(err, 0) end\n"
      "assert(not ok, 'the handler error was raised')\n"
-     "assert(r:request({op = 'fwd', to = r2, a = 4}, 2) == 5)\n"
-     "assert(c:shutdown(1), 'shutdown in time')\n"},
+     "assert(r:request({op = 'fwd', to = r2, a = 4}, T) == 5)\n"
+     "assert(c:shutdown(T), 'shutdown in time')\n"},
     {"codec",
      "local shared = {1, 2, 3}\n"
      "local t = {a = shared, b = shared, s = string.rep('x', 300), f = 1.5, i = math.mininteger,\n"
@@ -171,10 +172,10 @@ static const scenario SCENARIOS[] = {
      "assert(u.a == u.b and u.self == u and u.fn(2) == 2 and #u.list == 40)\n"
      "local c = ic.single_node{workers = 1, logger = false}\n"
      "local e = c:spawn_isolate(" ECHO ")\n"
-     "local back = e:request(t, 2)\n"
+     "local back = e:request(t, T)\n"
      "assert(back.a == back.b and back.self == back and back.fn(3) == 3 and back.list[40][3].k == 40)\n"
-     "assert(e:request({ref = e}, 2).ref == e)\n"
-     "assert(c:shutdown(1), 'shutdown in time')\n"},
+     "assert(e:request({ref = e}, T).ref == e)\n"
+     "assert(c:shutdown(T), 'shutdown in time')\n"},
     {"timers",
      "local c = ic.single_node{workers = 1, logger = false}\n"
      "local r = c:spawn_isolate(function(ctx)\n"
@@ -189,9 +190,9 @@ static const scenario SCENARIOS[] = {
      "    end)\n"
      "  end)\n"
      "end)\n"
-     "assert(r:request('sleep', 2) == 'slept')\n"
-     "assert(r:request('timers', 2) == 3)\n"
-     "assert(c:shutdown(1), 'shutdown in time')\n"},
+     "assert(r:request('sleep', T) == 'slept')\n"
+     "assert(r:request('timers', T) == 3)\n"
+     "assert(c:shutdown(T), 'shutdown in time')\n"},
     {"events",
      "local c = ic.single_node{workers = 1, logger = false}\n"
      "local w = c:spawn_isolate(function(ctx)\n"
@@ -208,14 +209,14 @@ static const scenario SCENARIOS[] = {
      "    waiting = ctx:reply_later() check()\n"
      "  end)\n"
      "end)\n"
-     "assert(w:request('ready', 2))\n"
+     "assert(w:request('ready', T))\n"
      "local b = c:spawn_isolate(function(ctx) ctx:on_message(function() ctx:stop('done') end) end,\n"
      "  nil, {path = '/b'})\n"
      "assert(b:send('stop'))\n"
-     "local seen = w:request('wait', 2)\n"
+     "local seen = w:request('wait', T)\n"
      "assert(seen.down == 'done' and (seen.mon == 'done' or seen.mon == 'noproc') or injected(),\n"
      "  'events: down ' .. tostring(seen.down) .. ', monitor ' .. tostring(seen.mon))\n"
-     "assert(c:shutdown(1), 'shutdown in time')\n"},
+     "assert(c:shutdown(T), 'shutdown in time')\n"},
     {"shutdown",
      "local c = ic.single_node{workers = 1, logger = false}\n"
      "local main = c.main\n"
@@ -224,11 +225,11 @@ static const scenario SCENARIOS[] = {
      "    ctx:on_shutdown(function() main:send({'bye', ctx:property('i')}) end)\n"
      "    ctx:on_message(function(m) return m end)\n"
      "  end, {i = i})\n"
-     "  assert(r:request('up', 2) == 'up')\n"
+     "  assert(r:request('up', T) == 'up')\n"
      "end\n"
      "local d = c:spawn_isolate(function(ctx) ctx:on_message(function() end) end, nil, {dedicated = true})\n"
      "assert(d:send('x'))\n"
-     "assert(c:shutdown(1), 'shutdown in time')\n"
+     "assert(c:shutdown(T), 'shutdown in time')\n"
      "local byes = 0\n"
      "while c:receive(0) do byes = byes + 1 end\n"
      "-- Short of memory, a shutdown interrupts an isolate it cannot message.\n"
@@ -265,7 +266,7 @@ static int traceback(lua_State *L) {
 /* Runs scenario s in this (child) process, failing allocation `from` (0:
  * none) and the burst after it; returns an exit code; with allocs, reports
  * how many allocations the run made. */
-static int run_scenario(const scenario *s, long from, long burst, long *allocs) {
+static int run_scenario(const scenario *s, long from, long burst, double wait_s, long *allocs) {
   lua_State *L = lua_newstate(main_alloc, NULL);
   if (!L) return R_SETUP;
   luaL_openlibs(L);
@@ -284,6 +285,8 @@ static int run_scenario(const scenario *s, long from, long burst, long *allocs) 
   lua_setglobal(L, "ic");
   lua_pushcfunction(L, l_injected);
   lua_setglobal(L, "injected");
+  lua_pushnumber(L, wait_s);
+  lua_setglobal(L, "T");
   lua_pushcfunction(L, traceback);
   if (luaL_loadbuffer(L, s->src, strlen(s->src), s->name) != LUA_OK) {
     fprintf(stderr, "%s: %s\n", s->name, lua_tostring(L, -1));
@@ -333,7 +336,8 @@ typedef struct tally {
 
 /* Forks a child that runs s with allocation `from` failing; returns the
  * child's code, or -1 after printing what went wrong (signal, hang, leak). */
-static int run_child(const scenario *s, long from, long burst, unsigned alarm_s, int count_fd) {
+static int run_child(const scenario *s, long from, long burst, double wait_s, unsigned alarm_s,
+                     int count_fd) {
   fflush(stdout);
   fflush(stderr);
   pid_t pid = fork();
@@ -344,7 +348,7 @@ static int run_child(const scenario *s, long from, long burst, unsigned alarm_s,
   if (pid == 0) {
     alarm(alarm_s); /* default action: the child dies of SIGALRM = a hang */
     long allocs = 0;
-    int rc = run_scenario(s, from, burst, &allocs);
+    int rc = run_scenario(s, from, burst, wait_s, &allocs);
     if (count_fd >= 0) {
       ssize_t w = write(count_fd, &allocs, sizeof allocs);
       (void)w;
@@ -375,7 +379,11 @@ int main(void) {
   int slow = (getenv("IC_SANITIZE") && *getenv("IC_SANITIZE")) || quick;
   long points = env_long("IC_ALLOC_FAIL_POINTS", quick ? 8 : slow ? 25 : 40);
   long burst = env_long("IC_ALLOC_FAIL_BURST", 2);
-  unsigned alarm_s = (unsigned)env_long("IC_ALLOC_FAIL_ALARM", slow ? 60 : 20);
+  /* T in the scenarios: request timeouts and shutdown deadlines. A request
+   * that times out after a failure costs this much; one that times out with
+   * no failure injected fails the test, so it must hold on a loaded machine. */
+  double wait_s = (double)env_long("IC_ALLOC_FAIL_WAIT", slow ? 5 : 2);
+  unsigned alarm_s = (unsigned)env_long("IC_ALLOC_FAIL_ALARM", slow ? 90 : 30);
   unsigned seed = (unsigned)env_long("IC_ALLOC_FAIL_SEED", (long)time(NULL));
   const char *only = getenv("IC_ALLOC_FAIL_ONLY");
   int strict = env_long("IC_ALLOC_FAIL_STRICT", 1) != 0;
@@ -394,7 +402,7 @@ int main(void) {
       perror("pipe");
       return 1;
     }
-    int rc = run_child(s, 0, burst, alarm_s, fds[1]);
+    int rc = run_child(s, 0, burst, wait_s, alarm_s, fds[1]);
     close(fds[1]);
     long allocs = 0;
     if (read(fds[0], &allocs, sizeof allocs) != (ssize_t)sizeof allocs) allocs = 0;
@@ -409,7 +417,7 @@ int main(void) {
     tally t = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     /* Until a run completes without reaching its failing allocation. */
     for (long n = 1 + rand() % stride;; n += stride) {
-      rc = run_child(s, n, burst, alarm_s, -1);
+      rc = run_child(s, n, burst, wait_s, alarm_s, -1);
       t.tried++;
       if (rc < 0) t.bad++;
       else if (rc == R_COMPLETE) t.complete++;
