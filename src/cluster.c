@@ -10,6 +10,7 @@
 #include <msgpuck.h>
 
 #include "runtime.h"
+#include "net/net.h"
 
 #define TOMB ((ic_isolate *)(uintptr_t)1)
 #define DEFAULT_MAILBOX 1000000u
@@ -95,6 +96,13 @@ void cluster_log(ic_cluster *c, const char *fmt, ...) {
   if (text != stackbuf) free(text);
 }
 
+/* Lets go of what an event holds. */
+static void event_clear(cluster_event *e) {
+  if (e->iso) isolate_release(e->iso);
+  free(e->reason);
+  free(e->node);
+}
+
 /* ---- creation and lifetime --------------------------------------------- */
 
 ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
@@ -166,6 +174,24 @@ fail:
   return NULL;
 }
 
+ic_cluster *cluster_new_node(const cluster_opts *o, const net_opts *no, char *err, size_t errlen) {
+  const char *e = "unknown error";
+  ic_cluster *c = cluster_new(o, &e);
+  if (!c) {
+    snprintf(err, errlen, "%s", e);
+    return NULL;
+  }
+  /* Before any ref of this cluster exists: net_start sets the node part. */
+  c->net = net_start(c, no, err, errlen);
+  if (!c->net) {
+    cluster_shutdown(c, 1.0);
+    cluster_close(c);
+    cluster_release(c);
+    return NULL;
+  }
+  return c;
+}
+
 void cluster_retain(ic_cluster *c) { atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); }
 
 void cluster_release(ic_cluster *c) {
@@ -174,9 +200,9 @@ void cluster_release(ic_cluster *c) {
   ic_isolate *main = c->main;
   c->main = NULL;
   if (main) isolate_release(main);
+  net_free(c->net);
   for (size_t i = 0; i < c->log_len; i++) {
-    isolate_release(c->log[i].iso);
-    free(c->log[i].reason);
+    event_clear(&c->log[i]);
   }
   free(c->log);
   free(c->subs);
@@ -280,10 +306,14 @@ int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *err
     size_t n = strlen(path);
     if (path[n - 1] == '/') {
       /* "/dir/": append a segment no other isolate of this cluster has had. */
-      own = malloc(n + 24);
-      if (own) snprintf(own, n + 24, "%s%llu", path, (unsigned long long)++c->path_seq);
+      own = malloc(n + 40);
+      /* In a multi-node cluster the node's incarnation makes the segment
+       * unique across the nodes too. */
+      if (own && c->net) snprintf(own, n + 40, "%s%08x-%llu", path, (unsigned)c->node_id, (unsigned long long)++c->path_seq);
+      else if (own) snprintf(own, n + 24, "%s%llu", path, (unsigned long long)++c->path_seq);
     } else {
-      if (path_slot(c, path) != SIZE_MAX) {
+      /* Unique across the live nodes too (their replica, src/net/paths.h). */
+      if (path_slot(c, path) != SIZE_MAX || (c->net && net_path_taken(c->net, path))) {
         plat_mutex_unlock(&c->lock);
         snprintf(errbuf, errlen, "path \"%s\" is already in use", path);
         return EEXIST;
@@ -403,15 +433,15 @@ static void log_trim(ic_cluster *c) {
   if (keep <= c->log_base) return;
   size_t drop = (size_t)(keep - c->log_base);
   for (size_t i = 0; i < drop; i++) {
-    isolate_release(c->log[i].iso);
-    free(c->log[i].reason);
+    event_clear(&c->log[i]);
   }
   memmove(c->log, c->log + drop, (c->log_len - drop) * sizeof *c->log);
   c->log_len -= drop;
   c->log_base = keep;
 }
 
-static void log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *reason) {
+/* Returns the new entry, or NULL when out of memory (the event is lost and logged). */
+static cluster_event *log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *reason) {
   if (c->log_len >= c->log_trim_at) {
     log_trim(c);
     c->log_trim_at = c->log_len * 2 > 1024 ? c->log_len * 2 : 1024;
@@ -422,7 +452,7 @@ static void log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *rea
     if (!l) {
       cluster_log(c, "isolate_cluster: out of memory: an isolate %s event was lost",
                   kind == EVENT_UP ? "up" : "down");
-      return;
+      return NULL;
     }
     c->log = l;
     c->log_cap = cap;
@@ -430,20 +460,54 @@ static void log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *rea
   cluster_event *e = &c->log[c->log_len++];
   e->kind = kind;
   e->iso = iso;
-  isolate_retain(iso);
+  if (iso) isolate_retain(iso);
   e->reason = reason ? strdup(reason) : NULL;
+  e->node = NULL;
+  e->rnode = 0;
+  e->rid = 0;
   for (size_t i = 0; i < c->nsubs; i++) {
     ic_isolate *s = c->subs[i];
     if (s == iso) continue;
     atomic_store(&s->events_pending, 1);
     isolate_wake(s, NULL);
   }
+  return e;
+}
+
+void cluster_node_event(ic_cluster *c, int kind, const char *name, const char *reason) {
+  plat_mutex_lock(&c->lock);
+  cluster_event *e = log_append(c, kind, NULL, reason);
+  if (e) e->node = strdup(name);
+  plat_mutex_unlock(&c->lock);
+}
+
+void cluster_remote_event(ic_cluster *c, int kind, uint32_t node, uint64_t id, const char *reason) {
+  plat_mutex_lock(&c->lock);
+  cluster_event *e = log_append(c, kind, NULL, reason);
+  if (e) {
+    e->rnode = node;
+    e->rid = id;
+  }
+  plat_cond_broadcast(&c->live_cond); /* waiting lookups look at the replica too */
+  plat_mutex_unlock(&c->lock);
+}
+
+void cluster_each_up(ic_cluster *c, void (*fn)(ic_isolate *iso, void *ud), void *ud) {
+  plat_mutex_lock(&c->lock);
+  for (size_t i = 0; i < c->by_id_cap; i++) {
+    ic_isolate *x = c->by_id[i];
+    if (!x || x == TOMB || !x->up || x->kind == ISO_MAIN || x->hidden || !atomic_load(&x->alive)) continue;
+    fn(x, ud);
+  }
+  plat_mutex_unlock(&c->lock);
 }
 
 void cluster_announce_up(ic_cluster *c, ic_isolate *iso) {
   plat_mutex_lock(&c->lock);
   iso->up = 1;
   if (!iso->hidden) log_append(c, EVENT_UP, iso, NULL);
+  /* Under c->lock: the other nodes hear of its up before its down. */
+  if (!iso->hidden && c->net) net_announce_up(c->net, iso);
   plat_mutex_unlock(&c->lock);
 }
 
@@ -497,8 +561,9 @@ cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n) {
         cluster_event *e = &c->log[p - c->log_base];
         if (e->iso == iso) continue;
         out[k] = *e;
-        isolate_retain(e->iso);
+        if (e->iso) isolate_retain(e->iso);
         out[k].reason = e->reason ? strdup(e->reason) : NULL;
+        out[k].node = e->node ? strdup(e->node) : NULL;
         k++;
       }
       iso->event_cursor = end;
@@ -511,8 +576,7 @@ cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n) {
 
 void cluster_free_events(cluster_event *ev, size_t n) {
   for (size_t i = 0; i < n; i++) {
-    isolate_release(ev[i].iso);
-    free(ev[i].reason);
+    event_clear(&ev[i]);
   }
   free(ev);
 }
@@ -541,6 +605,8 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
     /* Every isolate's end is published, also one that failed before it
      * came up: supervisors must hear of it. */
     if (!iso->hidden) log_append(c, EVENT_DOWN, iso, reason);
+    /* Only an isolate the others were told is up. */
+    if (!iso->hidden && iso->up && c->net) net_announce_down(c->net, iso, reason);
     c->live--;
     plat_cond_broadcast(&c->live_cond);
   }
@@ -764,6 +830,9 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
     cluster_broadcast_control(c, CONTROL_KILL);
     wait_live_zero(c, plat_now_ns() + plat_seconds_to_ns(1.0));
   }
+  /* Every isolate is down: say bye to the other nodes and stop the net
+   * thread, before the scheduler it posts into stops. */
+  net_stop(c->net);
   sched_stop(&c->sched);
   timer_stop(&c->timers);
   join_dedicated(c, in_time);
@@ -781,8 +850,7 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   c->log_base += nlog;
   plat_mutex_unlock(&c->lock);
   for (size_t i = 0; i < nlog; i++) {
-    isolate_release(log[i].iso);
-    free(log[i].reason);
+    event_clear(&log[i]);
   }
   free(log);
   /* The logger isolate holds the cluster: let go of it (and back to stderr). */

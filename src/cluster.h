@@ -21,19 +21,29 @@
 typedef void (*ic_log_fn)(void *ud, const char *text);
 
 enum { CLUSTER_RUNNING = 0, CLUSTER_STOPPING = 1, CLUSTER_DOWN = 2 };
-enum { EVENT_UP = 1, EVENT_DOWN = 2 };
+enum { EVENT_UP = 1, EVENT_DOWN = 2, EVENT_NODE_UP = 3, EVENT_NODE_DOWN = 4 };
 
 typedef struct cluster_event {
   int kind;
-  ic_isolate *iso;  /* strong reference */
-  char *reason;     /* EVENT_DOWN only */
+  ic_isolate *iso;  /* strong reference; NULL for a node event */
+  char *reason;     /* EVENT_DOWN, EVENT_NODE_DOWN */
+  char *node;       /* EVENT_NODE_*: the node's name */
+  uint32_t rnode;   /* an isolate of another node (iso NULL): its ref */
+  uint64_t rid;
 } cluster_event;
+
+struct net;
+struct net_opts;
 
 typedef struct ic_cluster {
   atomic_int refs;
   atomic_int state;           /* CLUSTER_* */
   atomic_int shutdown_in_time; /* the result of the shutdown, once DOWN */
-  uint32_t node_id;           /* the node part of every ref */
+  uint32_t node_id;           /* the node part of every ref (a multi-node
+                                 cluster: this node's incarnation) */
+  struct net *net;            /* multi-node: the network side (src/net/net.h);
+                                 NULL for a single node. Set before any
+                                 isolate exists, freed with the cluster. */
   int nworkers;
   size_t default_mailbox;
   double slice_seconds;       /* preemption time slice */
@@ -90,6 +100,9 @@ typedef struct cluster_opts {
 
 /* Creates a cluster with its threads running; NULL and *err set on failure. */
 ic_cluster *cluster_new(const cluster_opts *o, const char **err);
+/* The same, as a node of a multi-node cluster: also connects to its NATS
+ * servers (src/net/net.h). NULL and a message in err on failure. */
+ic_cluster *cluster_new_node(const cluster_opts *o, const struct net_opts *no, char *err, size_t errlen);
 void cluster_retain(ic_cluster *c);
 void cluster_release(ic_cluster *c);
 
@@ -98,6 +111,14 @@ void cluster_release(ic_cluster *c);
 int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *errbuf, size_t errlen);
 /* Removes iso from the registry, appends its down event; releases the hold. */
 void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason);
+/* Appends a node up/down event (name and reason copied). Any thread. */
+void cluster_node_event(ic_cluster *c, int kind, const char *name, const char *reason);
+/* Appends the up/down event of isolate (node, id) of another node, and
+ * wakes waiting lookups. Net thread. */
+void cluster_remote_event(ic_cluster *c, int kind, uint32_t node, uint64_t id, const char *reason);
+/* Calls fn for every isolate that is up (not hidden, not the main state),
+ * under c->lock: fn must not take c->lock. */
+void cluster_each_up(ic_cluster *c, void (*fn)(ic_isolate *iso, void *ud), void *ud);
 /* Appends iso's up event. */
 void cluster_announce_up(ic_cluster *c, ic_isolate *iso);
 

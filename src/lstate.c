@@ -10,6 +10,7 @@
 
 #include "pool.h"
 #include "runtime.h"
+#include "net/net.h"
 
 /* Registry keys: the addresses of these constants. */
 static const char CTX_KEY = 'c';
@@ -60,13 +61,16 @@ lref *lref_check(lua_State *L, int idx) { return lref_check_ctx(L, idx, lstate_c
 /* Pushes the cached ref for (node, id), or nothing and returns 0. */
 static int ref_cache_get(lua_State *L, const lstate_ctx *ctx, uint32_t node, uint64_t id) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->cache_ref);
-  if (lua_rawgeti(L, -1, (lua_Integer)node) == LUA_TTABLE &&
-      lua_rawgeti(L, -1, (lua_Integer)id) == LUA_TUSERDATA) {
+  if (lua_rawgeti(L, -1, (lua_Integer)node) != LUA_TTABLE) {
+    lua_pop(L, 2); /* the cache and what stood for the node's table */
+    return 0;
+  }
+  if (lua_rawgeti(L, -1, (lua_Integer)id) == LUA_TUSERDATA) {
     lua_replace(L, -3);
     lua_pop(L, 1);
     return 1;
   }
-  lua_settop(L, lua_gettop(L) - (lua_type(L, -1) == LUA_TTABLE ? 2 : 3));
+  lua_pop(L, 3);
   return 0;
 }
 
@@ -92,6 +96,7 @@ static void ref_new(lua_State *L, const lstate_ctx *ctx, ic_isolate *iso, uint32
                     uint64_t id) {
   lref *r = lua_newuserdatauv(L, sizeof *r, 0);
   r->iso = NULL;
+  r->remote = NULL;
   r->node = node;
   r->id = id;
   luaL_setmetatable(L, LREF_MT);
@@ -115,10 +120,16 @@ void lref_push_wire(lua_State *L, ic_cluster *c, uint32_t node, uint64_t id) {
   if (ref_cache_get(L, ctx, node, id)) return;
   ic_isolate *iso = NULL;
   if (c && node == c->node_id) iso = cluster_find_id(c, id);
-  /* An isolate already gone (or of another node) gives a ref that refuses
-   * messages with "isolate down" but still compares and prints. */
+  /* An isolate already gone (or of another cluster) gives a ref that
+   * refuses messages with "isolate down" but still compares and prints; one
+   * of another node of this cluster goes through the cluster's net. */
   ref_new(L, ctx, iso, node, id);
   if (iso) isolate_release(iso);
+  if (!iso && c && c->net && node != c->node_id) {
+    lref *r = lua_touserdata(L, -1);
+    cluster_retain(c);
+    r->remote = c;
+  }
 }
 
 static int ref_to_wire(lua_State *L, int idx, void *ud, uint32_t *node, uint64_t *id) {
@@ -141,7 +152,22 @@ codec_hooks lstate_hooks(ic_cluster *c) {
 
 static ic_cluster *ref_cluster(lua_State *L, lref *r) {
   (void)L;
-  return r->iso ? r->iso->cluster : NULL;
+  return r->iso ? r->iso->cluster : r->remote;
+}
+
+/* The id a message from this state to a ref of cluster c names as its
+ * sender: this isolate, or c's main state. */
+static uint64_t state_sender_id(lstate_ctx *ctx, ic_cluster *c) {
+  return ctx->self ? ctx->self->id : c->main->id;
+}
+
+/* Sends to a ref of another node: the net frames, windows and publishes
+ * (src/net/net.h). NULL or why it failed. */
+static const char *post_remote(lstate_ctx *ctx, lref *r, int kind, const char *data, size_t len,
+                               uint64_t corr) {
+  ic_cluster *c = r->remote;
+  if (atomic_load(&c->state) == CLUSTER_DOWN) return "isolate down";
+  return net_send(c->net, r->node, r->id, kind, corr, state_sender_id(ctx, c), data, len);
 }
 
 /* The isolate that sends from this state: itself, or the main state of the
@@ -206,6 +232,11 @@ static const char *post_from(lstate_ctx *ctx, ic_isolate *to, ic_msg *m) {
 /* Builds and posts a message of kind to r. Returns NULL or why it failed. */
 static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, int idx,
                               uint64_t corr) {
+  if (!r->iso && r->remote) {
+    size_t len;
+    const char *data = encode_with(ctx, L, idx, "msg", &len);
+    return post_remote(ctx, r, kind, data, len, corr);
+  }
   if (!r->iso) return "isolate down";
   if (!atomic_load_explicit(&r->iso->alive, memory_order_acquire)) return "isolate down";
   size_t len;
@@ -245,6 +276,8 @@ int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
     if (r->iso) {
       ic_msg *m = msg_new_shared(MSG_USER, blob);
       why = m ? post_from(ctx, r->iso, m) : "out of memory";
+    } else if (r->remote) {
+      why = post_remote(ctx, r, MSG_USER, blob->data, blob->len, 0);
     }
     whys[i - 1] = why;
     if (!why) sent++;
@@ -296,7 +329,30 @@ static int l_ref_kill(lua_State *L) {
 }
 
 /* Pushes the decoded property map of r, or nil. */
+static int decode_blob_protected(lua_State *L) {
+  ic_blob *b = lua_touserdata(L, 1);
+  ic_cluster *c = lua_touserdata(L, 2);
+  codec_hooks h = lstate_hooks(c);
+  codec_decode(L, b->data, b->len, &h, &lstate_ctx_of(L)->lim);
+  return 1;
+}
+
 static void push_props(lua_State *L, lref *r) {
+  if (!r->iso && r->remote) {
+    /* Another node's isolate: its properties came with its up event. */
+    ic_blob *b = net_props_of(r->remote->net, r->node, r->id);
+    if (!b) {
+      lua_pushnil(L);
+      return;
+    }
+    lua_pushcfunction(L, decode_blob_protected);
+    lua_pushlightuserdata(L, b);
+    lua_pushlightuserdata(L, r->remote);
+    int st = lua_pcall(L, 2, 1, 0);
+    blob_release(b);
+    if (st != LUA_OK) lua_error(L);
+    return;
+  }
   if (!r->iso || !r->iso->props) {
     lua_pushnil(L);
     return;
@@ -304,6 +360,17 @@ static void push_props(lua_State *L, lref *r) {
   lstate_ctx *ctx = lstate_ctx_of(L);
   codec_hooks h = lstate_hooks(ref_cluster(L, r));
   codec_decode(L, r->iso->props->data, r->iso->props->len, &h, &ctx->lim);
+}
+
+/* Pushes a remote ref's path (from the replica), or nil. */
+static void push_remote_path(lua_State *L, lref *r) {
+  char *p = r->remote ? net_path_of(r->remote->net, r->node, r->id) : NULL;
+  if (!p) {
+    lua_pushnil(L);
+    return;
+  }
+  lua_pushstring(L, p); /* may raise only for memory: then p is lost, bounded */
+  free(p);
 }
 
 static int l_ref_property(lua_State *L) {
@@ -336,11 +403,19 @@ static int l_ref_index(lua_State *L) {
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k && strcmp(k, "path") == 0) {
     if (r->iso && r->iso->path) lua_pushstring(L, r->iso->path);
+    else if (!r->iso && r->remote) push_remote_path(L, r);
     else lua_pushnil(L);
     return 1;
   }
   if (k && strcmp(k, "id") == 0) {
     lua_pushinteger(L, (lua_Integer)r->id);
+    return 1;
+  }
+  if (k && strcmp(k, "node") == 0) {
+    ic_cluster *c = ref_cluster(L, r);
+    char name[128];
+    if (c && c->net && net_node_name(c->net, r->node, name, sizeof name) == 0) lua_pushstring(L, name);
+    else lua_pushnil(L);
     return 1;
   }
   lua_pushnil(L);
@@ -360,13 +435,24 @@ static int l_ref_tostring(lua_State *L) {
                     (lua_Integer)r->id);
   else if (r->iso && r->iso->kind == ISO_MAIN)
     lua_pushfstring(L, "isolate_ref(main, %I:%I)", (lua_Integer)r->node, (lua_Integer)r->id);
-  else
+  else if (r->remote) {
+    push_remote_path(L, r);
+    if (lua_isnil(L, -1))
+      lua_pushfstring(L, "isolate_ref(%I:%I)", (lua_Integer)r->node, (lua_Integer)r->id);
+    else
+      lua_pushfstring(L, "isolate_ref(%s, %I:%I)", lua_tostring(L, -1), (lua_Integer)r->node, (lua_Integer)r->id);
+  } else
     lua_pushfstring(L, "isolate_ref(%I:%I)", (lua_Integer)r->node, (lua_Integer)r->id);
   return 1;
 }
 
 static int l_ref_gc(lua_State *L) {
   lref *r = lua_touserdata(L, 1);
+  if (r->remote) {
+    ic_cluster *c = r->remote;
+    r->remote = NULL;
+    cluster_release(c);
+  }
   if (r->iso) {
     ic_isolate *iso = r->iso;
     r->iso = NULL;
@@ -492,11 +578,19 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   return 1;
 }
 
+int lstate_push_remote_path(lua_State *L, ic_cluster *c, const char *path) {
+  uint32_t node;
+  uint64_t id;
+  if (!c->net || !net_find_path(c->net, path, &node, &id)) return 0;
+  lref_push_wire(L, c, node, id);
+  return 1;
+}
+
 int lstate_lookup(lua_State *L, ic_cluster *c, int arg) {
   const char *path = luaL_checkstring(L, arg);
   ic_isolate *iso = cluster_find_path(c, path);
   if (!iso) {
-    lua_pushnil(L);
+    if (!lstate_push_remote_path(L, c, path)) lua_pushnil(L);
     return 1;
   }
   lref_push(L, iso);
@@ -516,6 +610,26 @@ int lstate_lookup_prefix(lua_State *L, ic_cluster *c, int arg) {
   }
   for (size_t i = 0; i < n; i++) isolate_release(all[i]);
   free(all);
+  if (c->net) {
+    /* Then the other nodes' (in the order they came up there). */
+    uint32_t *nodes;
+    uint64_t *ids;
+    size_t rn;
+    if (net_prefix(c->net, prefix, &nodes, &ids, &rn)) return luaL_error(L, "out of memory");
+    /* In Lua-owned memory before anything may raise. */
+    uint64_t *pairs = lua_newuserdatauv(L, (rn + 1) * 2 * sizeof *pairs, 0);
+    for (size_t i = 0; i < rn; i++) {
+      pairs[2 * i] = nodes[i];
+      pairs[2 * i + 1] = ids[i];
+    }
+    free(nodes);
+    free(ids);
+    for (size_t i = 0; i < rn; i++) {
+      lref_push_wire(L, c, (uint32_t)pairs[2 * i], pairs[2 * i + 1]);
+      lua_rawseti(L, -3, (lua_Integer)(n + i) + 1);
+    }
+    lua_pop(L, 1);
+  }
   return 1;
 }
 
@@ -563,9 +677,12 @@ static int l_core_reply(lua_State *L) {
   lref *r = lref_check(L, 1);
   lua_Integer corr = luaL_checkinteger(L, 2);
   int ok = lua_toboolean(L, 3);
-  if (!r->iso) return push_send_result(L, "isolate down");
+  if (!r->iso && !r->remote) return push_send_result(L, "isolate down");
   size_t len;
   const char *data = lstate_encode(L, 4, ok ? "reply" : "error", &len);
+  if (!r->iso)
+    return push_send_result(L, post_remote(self_of(L)->lctx, r, ok ? MSG_REPLY : MSG_REPLY_ERROR, data, len,
+                                           (uint64_t)corr));
   ic_msg *m = msg_new(ok ? MSG_REPLY : MSG_REPLY_ERROR, data, len);
   if (!m) return push_send_result(L, "out of memory");
   m->corr = (uint64_t)corr;
@@ -620,7 +737,9 @@ static int l_core_events(lua_State *L) {
   for (size_t i = 0; i < n; i++) {
     lua_pushinteger(L, ev[i].kind);
     lua_rawseti(L, -2, (lua_Integer)(3 * i + 1));
-    lref_push(L, ev[i].iso);
+    if (ev[i].iso) lref_push(L, ev[i].iso);
+    else if (ev[i].rnode) lref_push_wire(L, self->cluster, ev[i].rnode, ev[i].rid);
+    else lua_pushstring(L, ev[i].node ? ev[i].node : "?"); /* a node event: its name */
     lua_rawseti(L, -2, (lua_Integer)(3 * i + 2));
     if (ev[i].reason) lua_pushstring(L, ev[i].reason);
     else lua_pushboolean(L, 0);
@@ -833,6 +952,7 @@ static int l_core_take(lua_State *L) {
     lua_pushnil(L);
   }
   if (m->sender) lref_push_ctx(L, ctx, m->sender);
+  else if (m->from_node) lref_push_wire(L, self->cluster, m->from_node, m->from_id);
   else lua_pushnil(L);
   lua_pushinteger(L, (lua_Integer)m->corr);
   return 3;

@@ -27,6 +27,8 @@ void lstate_arm_hook(ic_isolate *iso);
 
 typedef struct lref {
   ic_isolate *iso;   /* strong reference, or NULL for an isolate not of this node */
+  ic_cluster *remote; /* an isolate of another node of this multi-node cluster:
+                         the cluster (retained) whose net reaches it; else NULL */
   uint32_t node;
   uint64_t id;
 } lref;
@@ -65,6 +67,9 @@ int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m);
  * Pushes the new ref. Raises on misuse. */
 int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden);
 int lstate_lookup(lua_State *L, ic_cluster *c, int arg);
+/* Pushes the ref of another node's isolate at path and returns 1, or
+ * pushes nothing and returns 0. */
+int lstate_push_remote_path(lua_State *L, ic_cluster *c, const char *path);
 /* send_all(refs, msg): pushes the number accepted and a table of reasons by
  * index (or nil). Encodes msg once. */
 int lstate_send_all(lua_State *L, int refs_idx, int msg_idx);

@@ -54,10 +54,38 @@ function M.set_logger(cluster, logger)
   end
 end
 
---- Multi-node clusters meet through a NATS server; this build has no NATS
---- transport, so asking for one is an error rather than a silent single node.
+local NODE_OPTS = {
+  nats = true, cluster = true, name = true, user = true, password = true, token = true,
+  tls = true, secret = true, allow_code = true, connect_timeout = true,
+  workers = true, mailbox = true, time_slice = true, logger = true,
+}
+local TLS_OPTS = { ca = true, cert = true, key = true }
+
+local function check_keys(t, known, where)
+  for k in pairs(t) do
+    if not known[k] then error(("unknown option %q%s"):format(tostring(k), where), 3) end
+  end
+end
+
+--- Creates this process's node of a multi-node cluster (docs/multinode.md):
+--- opts.nats (a server URL or a list of them), opts.cluster (the cluster's
+--- name), opts.name (this node's name, unique among the live nodes), and
+--- optionally user/password or token, tls = {ca, cert, key}, secret (HMAC
+--- key authenticating node traffic), allow_code (accept Lua functions from
+--- other nodes; needs secret), connect_timeout (seconds, default 2), and
+--- workers, mailbox, time_slice, logger as for single_node.
 function M.node(opts)
-  error("ic.node: multi-node clusters need the NATS transport, which is not part of this build", 2)
+  if type(opts) ~= "table" then error("ic.node expects an options table", 2) end
+  check_keys(opts, NODE_OPTS, "")
+  if type(opts.tls) == "table" then check_keys(opts.tls, TLS_OPTS, " in opts.tls") end
+  if opts.nats == nil then error("opts.nats (a NATS server URL or a list of them) is required", 2) end
+  local logger = opts.logger
+  if logger ~= nil and logger ~= false and type(logger) ~= "function" then
+    error("opts.logger must be a function, false or nil", 2)
+  end
+  local cluster = core.new(opts)
+  if logger ~= nil then M.set_logger(cluster, logger) end
+  return cluster
 end
 
 return M

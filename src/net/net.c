@@ -1,0 +1,745 @@
+#include "net.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <msgpuck.h>
+#include <nats/nats.h>
+
+#include "cluster.h"
+#include "codec.h"
+#include "envelope.h"
+#include "isolate.h"
+#include "membership.h"
+#include "paths.h"
+#include "transport.h"
+
+/* Retransmit window per link: a send past it is refused ("node unreachable"). */
+#define WINDOW_FRAMES 65536
+#define WINDOW_BYTES (64u << 20)
+/* A frame unacked this long is sent again (with every later one). */
+#define RETRANSMIT_NS 300000000ull
+/* The net thread's tick. */
+#define TICK_NS 50000000ull
+/* Inbound frames handled before the thread looks at its timers again. */
+#define BATCH 4096
+#define DEFAULT_CONNECT_TIMEOUT 2.0
+#define SUBJECT_MAX 256
+
+/* Kinds of data frames between nets only (beyond the MSG_* kinds). */
+enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21 };
+
+struct net {
+  ic_cluster *c;        /* not retained: the cluster owns the net */
+  transport *t;         /* NULL once stopped (guarded by lock) */
+  char *cluster_name, *name;
+  char hb_subject[SUBJECT_MAX], data_subject[SUBJECT_MAX];
+  unsigned char *secret;
+  envelope_key key;
+  int code_ok;          /* allow_code and a secret */
+  uint32_t inc;
+  int64_t max_payload;
+
+  plat_mutex lock;
+  membership ms;
+  paths replica;            /* the other nodes' isolates (own lock) */
+
+  plat_thread thread;
+  int has_thread;
+  atomic_int stop;
+  /* Net thread only: */
+  uint64_t connected_since; /* 0 while disconnected */
+  uint64_t seen_reconnects;
+  lua_State *vL;            /* the payload checker's state */
+};
+
+static void peer_subject(const struct net *n, uint32_t inc, char *out) {
+  snprintf(out, SUBJECT_MAX, "ic.%s.node.%08x", n->cluster_name, (unsigned)inc);
+}
+
+/* ---- options ------------------------------------------------------------ */
+
+static int valid_token(const char *s) {
+  if (!s || !*s || strlen(s) > 64) return 0;
+  for (const char *p = s; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
+          *p == '-'))
+      return 0;
+  return 1;
+}
+
+static int valid_name(const char *s) {
+  if (!s || !*s || strlen(s) > ENVELOPE_NAME_MAX) return 0;
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+    if (*p <= ' ' || *p >= 0x7f) return 0;
+  return 1;
+}
+
+static uint32_t new_incarnation(void) {
+  uint32_t v = 0;
+  while (v == 0) {
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) v = (uint32_t)(plat_now_ns() * 0x9E3779B97F4A7C15ull >> 32);
+  }
+  return v;
+}
+
+/* ---- the payload checker ------------------------------------------------------ */
+
+static void check_ref(lua_State *L, uint32_t node, uint64_t id, void *ud) {
+  (void)node;
+  (void)id;
+  (void)ud;
+  lua_pushboolean(L, 1);
+}
+
+static int check_protected(lua_State *L) {
+  const char *data = lua_touserdata(L, 1);
+  size_t len = (size_t)lua_tointeger(L, 2);
+  int code_ok = lua_toboolean(L, 3);
+  codec_limits lim;
+  codec_limits_default(&lim);
+  lim.allow_functions = code_ok;
+  lim.key_cache = 0;
+  codec_hooks h = {NULL, check_ref, NULL};
+  codec_decode(L, data, len, &h, &lim);
+  return 0;
+}
+
+/* Does the payload decode under the limits, with functions refused unless
+ * the traffic is trusted with code? The bytes go to an isolate only then,
+ * so a malformed or hostile message never reaches (nor takes down) one. */
+static int payload_ok(struct net *n, const char *data, size_t len) {
+  if (len == 0) return 1;
+  lua_State *L = n->vL;
+  lua_settop(L, 0);
+  lua_pushcfunction(L, check_protected);
+  lua_pushlightuserdata(L, (void *)data);
+  lua_pushinteger(L, (lua_Integer)len);
+  lua_pushboolean(L, n->code_ok);
+  int ok = lua_pcall(L, 3, 0, 0) == LUA_OK;
+  lua_settop(L, 0);
+  return ok;
+}
+
+/* ---- sending -------------------------------------------------------------- */
+
+/* Publishes a small control frame (heartbeat, bye, ack). */
+static void send_control(struct net *n, const char *subject, int type, uint32_t to_inc, const void *body,
+                         size_t blen) {
+  unsigned char frame[ENVELOPE_HEADER + 8 + ENVELOPE_NAME_MAX + 1 + ENVELOPE_MAC];
+  if (blen > 8 + ENVELOPE_NAME_MAX + 1) return;
+  envelope_put_header(frame, type, n->inc, to_inc);
+  memcpy(frame + ENVELOPE_HEADER, body, blen);
+  if (envelope_seal(frame, ENVELOPE_HEADER + blen, &n->key)) return;
+  transport_publish(n->t, subject, frame, envelope_size(blen, &n->key));
+}
+
+static void send_named(struct net *n, int type) {
+  unsigned char body[1 + ENVELOPE_NAME_MAX];
+  size_t len = strlen(n->name);
+  body[0] = (unsigned char)len;
+  memcpy(body + 1, n->name, len);
+  send_control(n, n->hb_subject, type, 0, body, 1 + len);
+}
+
+/* Frames and queues one data frame to m (net->lock held). Takes frame
+ * (room for the whole sealed frame) on success only. */
+static const char *send_locked(struct net *n, member *m, unsigned char *frame, int kind, uint64_t to_id,
+                               uint64_t corr, uint64_t from_id, const char *data, size_t len) {
+  size_t body = ENVELOPE_DATA_BODY + len;
+  size_t flen = envelope_size(body, &n->key);
+  if (!n->t) return "isolate down";
+  if (!m->up) return "isolate down";
+  envelope_put_header(frame, ENV_DATA, n->inc, m->inc);
+  envelope_put_data(frame + ENVELOPE_HEADER, link_next_seq(&m->link), kind, to_id, from_id, corr);
+  if (len) memcpy(frame + ENVELOPE_HEADER + ENVELOPE_DATA_BODY, data, len);
+  if (envelope_seal(frame, ENVELOPE_HEADER + body, &n->key)) return "cannot authenticate the message";
+  if (link_push(&m->link, frame, flen, kind, from_id, corr, plat_now_ns())) return "node unreachable";
+  if (kind == MSG_REQUEST) membership_add_pending(m, from_id, corr);
+  /* Under the lock: frames leave in sequence order. A failed publish (no
+   * connection now) is resent by the net thread. */
+  char subject[SUBJECT_MAX];
+  peer_subject(n, m->inc, subject);
+  transport_publish(n->t, subject, frame, flen);
+  return NULL;
+}
+
+static const char *too_large(struct net *n, size_t len) {
+  size_t flen = envelope_size(ENVELOPE_DATA_BODY + len, &n->key);
+  if (n->max_payload > 0 && flen > (size_t)n->max_payload)
+    return "message too large for the NATS server's max_payload";
+  return NULL;
+}
+
+const char *net_send(struct net *n, uint32_t node, uint64_t to_id, int kind, uint64_t corr,
+                     uint64_t from_id, const char *data, size_t len) {
+  const char *why = too_large(n, len);
+  if (why) return why;
+  unsigned char *frame = malloc(envelope_size(ENVELOPE_DATA_BODY + len, &n->key));
+  if (!frame) return "out of memory";
+  plat_mutex_lock(&n->lock);
+  member *m = membership_find(&n->ms, node);
+  why = !n->t ? "isolate down" : !m ? "node unreachable" : send_locked(n, m, frame, kind, to_id, corr, from_id, data, len);
+  plat_mutex_unlock(&n->lock);
+  if (why) free(frame);
+  return why;
+}
+
+/* ---- replication of this node's isolates -------------------------------------- */
+
+/* The payload of NET_ISO_UP: the MessagePack array [path | nil, props | nil]
+ * (props inline), so the checker validates it like any message. */
+static char *iso_up_payload(ic_isolate *iso, size_t *len) {
+  size_t plen = iso->path ? strlen(iso->path) : 0;
+  size_t props = iso->props ? iso->props->len : 0;
+  char *buf = malloc(1 + mp_sizeof_str((uint32_t)plen) + (props ? props : 1));
+  if (!buf) return NULL;
+  char *w = mp_encode_array(buf, 2);
+  w = iso->path ? mp_encode_str(w, iso->path, (uint32_t)plen) : mp_encode_nil(w);
+  if (props) {
+    memcpy(w, iso->props->data, props);
+    w += props;
+  } else {
+    w = mp_encode_nil(w);
+  }
+  *len = (size_t)(w - buf);
+  return buf;
+}
+
+/* Sends kind with payload to one member (inc), or to every live one (0). */
+static void send_to_members(struct net *n, uint32_t inc, int kind, uint64_t id, const char *data, size_t len) {
+  if (too_large(n, len)) {
+    cluster_log(n->c, "isolate_cluster: the properties of isolate %llu are too large to announce to other nodes",
+                (unsigned long long)id);
+    return;
+  }
+  size_t flen = envelope_size(ENVELOPE_DATA_BODY + len, &n->key);
+  plat_mutex_lock(&n->lock);
+  for (size_t i = 0; i < n->ms.n; i++) {
+    member *m = n->ms.v[i];
+    if (!m->up || (inc && m->inc != inc)) continue;
+    unsigned char *frame = malloc(flen);
+    if (!frame || send_locked(n, m, frame, kind, 0, 0, id, data, len)) {
+      free(frame);
+      cluster_log(n->c, "isolate_cluster: node %s missed an isolate event (window full or out of memory)", m->name);
+    }
+  }
+  plat_mutex_unlock(&n->lock);
+}
+
+static void announce_up_to(struct net *n, uint32_t inc, ic_isolate *iso) {
+  size_t len;
+  char *payload = iso_up_payload(iso, &len);
+  if (!payload) return;
+  send_to_members(n, inc, NET_ISO_UP, iso->id, payload, len);
+  free(payload);
+}
+
+void net_announce_up(struct net *n, ic_isolate *iso) { announce_up_to(n, 0, iso); }
+
+void net_announce_down(struct net *n, ic_isolate *iso, const char *reason) {
+  char buf[512];
+  size_t len = strlen(reason ? reason : "normal");
+  if (len > sizeof buf - 5) len = sizeof buf - 5;
+  send_to_members(n, 0, NET_ISO_DOWN, iso->id, buf, codec_put_str(buf, reason ? reason : "normal", (uint32_t)len));
+}
+
+typedef struct snapshot_ctx {
+  struct net *n;
+  uint32_t inc;
+} snapshot_ctx;
+
+static void snapshot_one(ic_isolate *iso, void *ud) {
+  snapshot_ctx *s = ud;
+  announce_up_to(s->n, s->inc, iso);
+}
+
+/* A peer that joins gets every isolate of this node that is up. */
+static void send_snapshot(struct net *n, uint32_t inc) {
+  snapshot_ctx s = {n, inc};
+  cluster_each_up(n->c, snapshot_one, &s);
+}
+
+/* A NET_ISO_UP / NET_ISO_DOWN from a peer (payload already checked). */
+static void apply_replica(struct net *n, const envelope *e) {
+  const char *p = e->payload, *end = e->payload + e->payload_len;
+  if (e->kind == NET_ISO_UP) {
+    if (e->payload_len == 0 || mp_typeof(*p) != MP_ARRAY || mp_decode_array(&p) != 2 || p >= end) return;
+    const char *path = NULL;
+    uint32_t plen = 0;
+    if (mp_typeof(*p) == MP_STR) path = mp_decode_str(&p, &plen);
+    else if (mp_typeof(*p) == MP_NIL) mp_decode_nil(&p);
+    else return;
+    if (p >= end) return;
+    const char *props = p;
+    size_t props_len = (size_t)(end - p);
+    if (mp_typeof(*p) == MP_NIL) props_len = 0;
+    else if (mp_typeof(*p) != MP_MAP) return;
+    if (path && (plen == 0 || memchr(path, 0, plen))) return;
+    if (paths_add(&n->replica, e->from_inc, e->from_id, path, plen, props, props_len) == 1)
+      cluster_remote_event(n->c, EVENT_UP, e->from_inc, e->from_id, NULL);
+    return;
+  }
+  const char *reason = "normal";
+  char rbuf[512];
+  if (e->payload_len && mp_typeof(*p) == MP_STR) {
+    uint32_t rl;
+    const char *r = mp_decode_str(&p, &rl);
+    if (rl >= sizeof rbuf) rl = sizeof rbuf - 1;
+    memcpy(rbuf, r, rl);
+    rbuf[rl] = 0;
+    reason = rbuf;
+  }
+  if (paths_remove(&n->replica, e->from_inc, e->from_id))
+    cluster_remote_event(n->c, EVENT_DOWN, e->from_inc, e->from_id, reason);
+}
+
+int net_find_path(struct net *n, const char *path, uint32_t *node, uint64_t *id) {
+  remote_id r;
+  if (!paths_find(&n->replica, path, &r)) return 0;
+  *node = r.node;
+  *id = r.id;
+  return 1;
+}
+
+int net_path_taken(struct net *n, const char *path) {
+  remote_id r;
+  return paths_find(&n->replica, path, &r);
+}
+
+char *net_path_of(struct net *n, uint32_t node, uint64_t id) { return paths_path_of(&n->replica, node, id); }
+
+ic_blob *net_props_of(struct net *n, uint32_t node, uint64_t id) { return paths_props_of(&n->replica, node, id); }
+
+int net_prefix(struct net *n, const char *prefix, uint32_t **nodes, uint64_t **ids, size_t *count) {
+  size_t k;
+  remote_id *r = paths_prefix(&n->replica, prefix, &k);
+  *nodes = NULL;
+  *ids = NULL;
+  *count = 0;
+  if (!r) return -1;
+  *nodes = malloc((k + 1) * sizeof **nodes);
+  *ids = malloc((k + 1) * sizeof **ids);
+  if (!*nodes || !*ids) {
+    free(*nodes);
+    free(*ids);
+    free(r);
+    *nodes = NULL;
+    *ids = NULL;
+    return -1;
+  }
+  for (size_t i = 0; i < k; i++) {
+    (*nodes)[i] = r[i].node;
+    (*ids)[i] = r[i].id;
+  }
+  free(r);
+  *count = k;
+  return 0;
+}
+
+/* ---- delivery (net thread) --------------------------------------------------- */
+
+/* An error reply as the core makes them: a MessagePack string. */
+static void reply_error_to_local(ic_cluster *c, uint64_t requester, uint64_t corr, const char *why) {
+  ic_isolate *iso = cluster_find_id(c, requester);
+  if (!iso) return;
+  char bytes[128];
+  size_t len = strlen(why);
+  if (len > sizeof bytes - 5) len = sizeof bytes - 5;
+  ic_msg *r = msg_new(MSG_REPLY_ERROR, bytes, codec_put_str(bytes, why, (uint32_t)len));
+  if (r) {
+    r->corr = corr;
+    isolate_post_sys(iso, r, NULL);
+  }
+  isolate_release(iso);
+}
+
+static void reply_error_to_remote(struct net *n, uint32_t node, uint64_t requester, uint64_t corr,
+                                  uint64_t from_id, const char *why) {
+  char bytes[128];
+  size_t len = strlen(why);
+  if (len > sizeof bytes - 5) len = sizeof bytes - 5;
+  net_send(n, node, requester, MSG_REPLY_ERROR, corr, from_id, bytes,
+           codec_put_str(bytes, why, (uint32_t)len));
+}
+
+static void deliver(struct net *n, const envelope *e) {
+  ic_cluster *c = n->c;
+  int kind = e->kind;
+  ic_isolate *iso = cluster_find_id(c, e->to_id);
+  const char *why = iso ? NULL : "isolate down";
+  if (iso) {
+    ic_msg *m = msg_new(kind, e->payload, e->payload_len);
+    if (!m) {
+      why = "out of memory";
+    } else {
+      m->corr = e->corr;
+      m->from_node = e->from_inc;
+      m->from_id = e->from_id;
+      why = kind == MSG_USER || kind == MSG_REQUEST ? isolate_post(iso, m, NULL) : isolate_post_sys(iso, m, NULL);
+    }
+    isolate_release(iso);
+  }
+  if (!why) return;
+  if (kind == MSG_REQUEST) reply_error_to_remote(n, e->from_inc, e->from_id, e->corr, e->to_id, why);
+  else if (kind == MSG_USER) atomic_fetch_add(&c->dead_letters, 1);
+}
+
+/* Takes m down (net->lock held on entry, released on return) and tells the
+ * cluster: its unacked frames are dead letters, its pending requests fail. */
+static void member_down_unlock(struct net *n, member *m, const char *reason) {
+  size_t lost, npend;
+  char name[ENVELOPE_NAME_MAX + 1];
+  memcpy(name, m->name, sizeof name);
+  uint32_t inc = m->inc;
+  pending_req *pend = membership_take_pending(m, &npend);
+  membership_set_down(&n->ms, m, plat_now_ns(), &lost); /* m may be freed from here on */
+  plat_mutex_unlock(&n->lock);
+  if (lost) atomic_fetch_add(&n->c->dead_letters, lost);
+  for (size_t i = 0; i < npend; i++) reply_error_to_local(n->c, pend[i].from_id, pend[i].corr, "isolate down: node down");
+  free(pend);
+  cluster_log(n->c, "isolate_cluster: node %s is down (%s)", name, reason);
+  /* Its isolates first: a handler of the node's down sees them gone. */
+  size_t nrem = 0;
+  remote_id *gone = paths_remove_node(&n->replica, inc, &nrem);
+  for (size_t i = 0; i < nrem; i++) cluster_remote_event(n->c, EVENT_DOWN, gone[i].node, gone[i].id, "node down");
+  free(gone);
+  cluster_node_event(n->c, EVENT_NODE_DOWN, name, reason);
+}
+
+static void handle_named(struct net *n, const envelope *e, uint64_t now) {
+  char name[ENVELOPE_NAME_MAX + 1];
+  memcpy(name, e->name, e->name_len);
+  name[e->name_len] = 0;
+  plat_mutex_lock(&n->lock);
+  member *m = membership_find(&n->ms, e->from_inc);
+  if (e->type == ENV_BYE) {
+    if (m && m->up) member_down_unlock(n, m, "left");
+    else plat_mutex_unlock(&n->lock);
+    return;
+  }
+  if (m) {
+    /* A down incarnation stays down (fencing); a live one is refreshed. */
+    if (m->up) m->last_seen_ns = now;
+    plat_mutex_unlock(&n->lock);
+    return;
+  }
+  if (strcmp(name, n->name) == 0) {
+    plat_mutex_unlock(&n->lock);
+    return; /* another process claims this node's name: ignored */
+  }
+  member *old = membership_find_name(&n->ms, e->name, e->name_len);
+  if (old) {
+    /* The same name with a new incarnation: the old process is gone. */
+    member_down_unlock(n, old, "restarted");
+    plat_mutex_lock(&n->lock);
+  }
+  m = membership_add(&n->ms, e->from_inc, e->name, e->name_len, now, WINDOW_FRAMES, WINDOW_BYTES);
+  plat_mutex_unlock(&n->lock);
+  if (!m) return;
+  /* Answer at once, so the newcomer need not wait a heartbeat period. */
+  send_named(n, ENV_HEARTBEAT);
+  send_snapshot(n, e->from_inc);
+  cluster_node_event(n->c, EVENT_NODE_UP, name, NULL);
+}
+
+static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
+  envelope e;
+  const unsigned char *data = (const unsigned char *)natsMsg_GetData(msg);
+  int dlen = natsMsg_GetDataLength(msg);
+  if (!data || dlen <= 0) return;
+  if (envelope_parse(data, (size_t)dlen, &n->key, &e)) return;
+  if (e.from_inc == n->inc) return; /* our own heartbeat */
+  if (e.type == ENV_HEARTBEAT || e.type == ENV_BYE) {
+    handle_named(n, &e, now);
+    return;
+  }
+  if (e.to_inc != n->inc) return;
+  plat_mutex_lock(&n->lock);
+  member *m = membership_find(&n->ms, e.from_inc);
+  if (!m || !m->up) {
+    plat_mutex_unlock(&n->lock);
+    return; /* a stranger's or a fenced incarnation's frame */
+  }
+  m->last_seen_ns = now;
+  if (e.type == ENV_ACK) {
+    link_ack(&m->link, e.seq);
+    plat_mutex_unlock(&n->lock);
+    return;
+  }
+  /* ENV_DATA */
+  int k = e.kind;
+  if (k != MSG_USER && k != MSG_REQUEST && k != MSG_REPLY && k != MSG_REPLY_ERROR && k != NET_ISO_UP &&
+      k != NET_ISO_DOWN) {
+    plat_mutex_unlock(&n->lock);
+    return;
+  }
+  int verdict = link_accept(&m->link, e.seq);
+  if (verdict == LINK_DELIVER && (k == MSG_REPLY || k == MSG_REPLY_ERROR)) {
+    /* The peer answered request (to_id, corr) of ours. */
+    membership_answered(m, e.to_id, e.corr);
+  }
+  plat_mutex_unlock(&n->lock);
+  if (verdict != LINK_DELIVER) return;
+  /* Sequence accepted: delivered or counted, never asked for again. */
+  if (!payload_ok(n, e.payload, e.payload_len)) {
+    if (k == NET_ISO_UP || k == NET_ISO_DOWN) return;
+    cluster_log(n->c, "isolate_cluster: refused a malformed or untrusted message from node %08x",
+                (unsigned)e.from_inc);
+    if (k == MSG_REQUEST)
+      reply_error_to_remote(n, e.from_inc, e.from_id, e.corr, e.to_id, "malformed or untrusted message refused");
+    else atomic_fetch_add(&n->c->dead_letters, 1);
+    return;
+  }
+  if (k == NET_ISO_UP || k == NET_ISO_DOWN) apply_replica(n, &e);
+  else deliver(n, &e);
+}
+
+/* ---- timers (net thread) -------------------------------------------------------- */
+
+static void send_acks(struct net *n) {
+  plat_mutex_lock(&n->lock);
+  for (size_t i = 0; i < n->ms.n; i++) {
+    member *m = n->ms.v[i];
+    if (!m->up || !m->link.ack_due) continue;
+    m->link.ack_due = 0;
+    unsigned char body[8];
+    envelope_put_u64(body, link_delivered(&m->link));
+    char subject[SUBJECT_MAX];
+    peer_subject(n, m->inc, subject);
+    send_control(n, subject, ENV_ACK, m->inc, body, sizeof body);
+  }
+  plat_mutex_unlock(&n->lock);
+}
+
+/* Go-back-N: once the oldest unacked frame is overdue, everything unacked
+ * goes again, in order. all != 0: at once (after a reconnection). */
+static void retransmit(struct net *n, uint64_t now, int all) {
+  plat_mutex_lock(&n->lock);
+  for (size_t i = 0; i < n->ms.n; i++) {
+    member *m = n->ms.v[i];
+    if (!m->up) continue;
+    link_frame *f = link_unacked(&m->link, 0);
+    if (!f || (!all && now - f->sent_ns < RETRANSMIT_NS)) continue;
+    char subject[SUBJECT_MAX];
+    peer_subject(n, m->inc, subject);
+    for (size_t k = 0; (f = link_unacked(&m->link, k)) != NULL; k++) {
+      if (transport_publish(n->t, subject, f->data, f->len)) break;
+      f->sent_ns = now;
+    }
+  }
+  plat_mutex_unlock(&n->lock);
+}
+
+/* No heartbeat for MEMBERSHIP_DOWN_NS: down, but only if this node itself
+ * has been connected all that time (else the silence may be ours). */
+static void expire(struct net *n, uint64_t now) {
+  if (!n->connected_since || now - n->connected_since < MEMBERSHIP_DOWN_NS) return;
+  for (;;) {
+    plat_mutex_lock(&n->lock);
+    member *late = NULL;
+    for (size_t i = 0; i < n->ms.n && !late; i++) {
+      member *m = n->ms.v[i];
+      if (m->up && now - m->last_seen_ns > MEMBERSHIP_DOWN_NS) late = m;
+    }
+    if (!late) {
+      plat_mutex_unlock(&n->lock);
+      return;
+    }
+    member_down_unlock(n, late, "unreachable");
+  }
+}
+
+static void track_connection(struct net *n, uint64_t now) {
+  uint64_t rc = transport_reconnects(n->t);
+  int up = transport_connected(n->t);
+  if (rc != n->seen_reconnects || (up && !n->connected_since)) {
+    n->seen_reconnects = rc;
+    if (up) {
+      /* Back: the peers' silence was ours; everything unacked goes again. */
+      n->connected_since = now;
+      plat_mutex_lock(&n->lock);
+      for (size_t i = 0; i < n->ms.n; i++) n->ms.v[i]->last_seen_ns = now;
+      plat_mutex_unlock(&n->lock);
+      send_named(n, ENV_HEARTBEAT);
+      retransmit(n, now, 1);
+    }
+  }
+  if (!up) n->connected_since = 0;
+}
+
+static void *net_main(void *arg) {
+  struct net *n = arg;
+  uint64_t next_hb = 0;
+  while (!atomic_load(&n->stop)) {
+    uint64_t now = plat_now_ns();
+    uint64_t deadline = now + TICK_NS;
+    if (next_hb && next_hb < deadline) deadline = next_hb;
+    natsMsg *msg = transport_next(n->t, deadline);
+    for (int i = 0; msg && i < BATCH; i++) {
+      handle_frame(n, msg, plat_now_ns());
+      natsMsg_Destroy(msg);
+      msg = i + 1 < BATCH ? transport_next(n->t, 0) : NULL;
+    }
+    if (msg) {
+      handle_frame(n, msg, plat_now_ns());
+      natsMsg_Destroy(msg);
+    }
+    send_acks(n);
+    now = plat_now_ns();
+    track_connection(n, now);
+    if (now >= next_hb) {
+      send_named(n, ENV_HEARTBEAT);
+      next_hb = now + MEMBERSHIP_HEARTBEAT_NS;
+    }
+    retransmit(n, now, 0);
+    expire(n, now);
+  }
+  return NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------------- */
+
+void net_free(struct net *n) {
+  if (!n) return;
+  net_stop(n);
+  membership_fini(&n->ms);
+  paths_fini(&n->replica);
+  if (n->vL) lua_close(n->vL);
+  free(n->cluster_name);
+  free(n->name);
+  free(n->secret);
+  plat_mutex_destroy(&n->lock);
+  free(n);
+}
+
+struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen) {
+  if (!o->nurls) {
+    snprintf(err, errlen, "opts.nats: at least one NATS server URL is needed");
+    return NULL;
+  }
+  if (!valid_token(o->cluster)) {
+    snprintf(err, errlen, "opts.cluster must be 1 to 64 letters, digits, '_' or '-'");
+    return NULL;
+  }
+  if (!valid_name(o->name)) {
+    snprintf(err, errlen, "opts.name must be 1 to %d printable characters without spaces", ENVELOPE_NAME_MAX);
+    return NULL;
+  }
+  if (o->allow_code && !o->secret) {
+    snprintf(err, errlen, "opts.allow_code needs opts.secret: code is accepted only from authenticated nodes");
+    return NULL;
+  }
+  struct net *n = calloc(1, sizeof *n);
+  if (!n) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  plat_mutex_init(&n->lock);
+  membership_init(&n->ms);
+  paths_init(&n->replica);
+  n->c = c;
+  n->cluster_name = strdup(o->cluster);
+  n->name = strdup(o->name);
+  if (o->secret) {
+    n->secret = malloc(o->secret_len ? o->secret_len : 1);
+    if (n->secret) memcpy(n->secret, o->secret, o->secret_len);
+    n->key.key = n->secret;
+    n->key.len = o->secret_len;
+  }
+  n->code_ok = o->allow_code && o->secret;
+  n->vL = luaL_newstate();
+  if (!n->cluster_name || !n->name || (o->secret && !n->secret) || !n->vL) {
+    snprintf(err, errlen, "out of memory");
+    net_free(n);
+    return NULL;
+  }
+  /* Functions in a trusted message may name standard functions. */
+  if (n->code_ok) luaL_openlibs(n->vL);
+  n->inc = new_incarnation();
+  snprintf(n->hb_subject, SUBJECT_MAX, "ic.%s.hb", n->cluster_name);
+  peer_subject(n, n->inc, n->data_subject);
+  const char *subjects[] = {n->hb_subject, n->data_subject};
+  transport_opts to = {o->urls, o->nurls, o->user, o->password, o->token, o->tls_ca, o->tls_cert, o->tls_key,
+                       n->name, o->connect_timeout > 0 ? o->connect_timeout : DEFAULT_CONNECT_TIMEOUT,
+                       subjects, 2, 0};
+  n->t = transport_open(&to, err, errlen);
+  if (!n->t) {
+    net_free(n);
+    return NULL;
+  }
+  n->max_payload = transport_max_payload(n->t);
+  n->connected_since = plat_now_ns();
+  n->seen_reconnects = transport_reconnects(n->t);
+  c->node_id = n->inc;
+  if (plat_thread_start(&n->thread, net_main, n, 0) != 0) {
+    snprintf(err, errlen, "cannot start the net thread");
+    net_free(n);
+    return NULL;
+  }
+  n->has_thread = 1;
+  return n;
+}
+
+void net_stop(struct net *n) {
+  if (!n) return;
+  if (n->has_thread) {
+    atomic_store(&n->stop, 1);
+    transport_wake(n->t);
+    plat_thread_join(n->thread);
+    n->has_thread = 0;
+  }
+  plat_mutex_lock(&n->lock);
+  transport *t = n->t;
+  if (t) send_named(n, ENV_BYE);
+  n->t = NULL;
+  plat_mutex_unlock(&n->lock);
+  if (t) transport_close(t, 2.0);
+}
+
+/* ---- names ------------------------------------------------------------------ */
+
+const char *net_self_name(const struct net *n) { return n->name; }
+
+int net_node_name(struct net *n, uint32_t node, char *buf, size_t len) {
+  if (node == n->inc) {
+    snprintf(buf, len, "%s", n->name);
+    return 0;
+  }
+  plat_mutex_lock(&n->lock);
+  member *m = membership_find(&n->ms, node);
+  if (m) snprintf(buf, len, "%s", m->name);
+  plat_mutex_unlock(&n->lock);
+  return m ? 0 : -1;
+}
+
+static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+char **net_nodes(struct net *n, size_t *count) {
+  plat_mutex_lock(&n->lock);
+  char **out = malloc((n->ms.n + 1) * sizeof *out);
+  size_t k = 0;
+  if (out) {
+    out[k++] = strdup(n->name);
+    for (size_t i = 0; i < n->ms.n; i++)
+      if (n->ms.v[i]->up) out[k++] = strdup(n->ms.v[i]->name);
+  }
+  plat_mutex_unlock(&n->lock);
+  if (!out) return NULL;
+  for (size_t i = 0; i < k; i++) {
+    if (!out[i]) {
+      for (size_t j = 0; j < k; j++) free(out[j]);
+      free(out);
+      return NULL;
+    }
+  }
+  qsort(out, k, sizeof *out, by_name);
+  *count = k;
+  return out;
+}

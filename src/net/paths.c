@@ -1,0 +1,144 @@
+#include "paths.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* A plain array: the replica holds other nodes' isolates, and lookups are
+ * not on the message path (a ref, once looked up, sends without it). */
+
+void paths_init(paths *p) {
+  memset(p, 0, sizeof *p);
+  plat_mutex_init(&p->lock);
+}
+
+static void entry_free(path_entry *e) {
+  free(e->path);
+  if (e->props) blob_release(e->props);
+}
+
+void paths_fini(paths *p) {
+  for (size_t i = 0; i < p->n; i++) entry_free(&p->v[i]);
+  free(p->v);
+  plat_mutex_destroy(&p->lock);
+}
+
+static path_entry *find_id(paths *p, uint32_t node, uint64_t id) {
+  for (size_t i = 0; i < p->n; i++)
+    if (p->v[i].node == node && p->v[i].id == id) return &p->v[i];
+  return NULL;
+}
+
+int paths_add(paths *p, uint32_t node, uint64_t id, const char *path, size_t path_len, const char *props,
+              size_t props_len) {
+  char *pc = NULL;
+  ic_blob *b = NULL;
+  if (path) {
+    pc = malloc(path_len + 1);
+    if (!pc) return -1;
+    memcpy(pc, path, path_len);
+    pc[path_len] = 0;
+  }
+  if (props && props_len) {
+    b = blob_new(props, props_len);
+    if (!b) {
+      free(pc);
+      return -1;
+    }
+  }
+  plat_mutex_lock(&p->lock);
+  int r = 1;
+  if (find_id(p, node, id)) {
+    r = 0;
+  } else if (p->n == p->cap) {
+    size_t cap = p->cap ? p->cap * 2 : 64;
+    path_entry *v = realloc(p->v, cap * sizeof *v);
+    if (!v) r = -1;
+    else {
+      p->v = v;
+      p->cap = cap;
+    }
+  }
+  if (r == 1) {
+    p->v[p->n++] = (path_entry){node, id, pc, b};
+    pc = NULL;
+    b = NULL;
+  }
+  plat_mutex_unlock(&p->lock);
+  free(pc);
+  if (b) blob_release(b);
+  return r;
+}
+
+/* Keeps the order entries came up in (lookup_isolates lists them so). */
+static void remove_at(paths *p, size_t i) {
+  entry_free(&p->v[i]);
+  memmove(&p->v[i], &p->v[i + 1], (p->n - i - 1) * sizeof *p->v);
+  p->n--;
+}
+
+int paths_remove(paths *p, uint32_t node, uint64_t id) {
+  plat_mutex_lock(&p->lock);
+  path_entry *e = find_id(p, node, id);
+  if (e) remove_at(p, (size_t)(e - p->v));
+  plat_mutex_unlock(&p->lock);
+  return e != NULL;
+}
+
+remote_id *paths_remove_node(paths *p, uint32_t node, size_t *n) {
+  plat_mutex_lock(&p->lock);
+  remote_id *out = malloc((p->n + 1) * sizeof *out);
+  size_t k = 0;
+  for (size_t i = 0; i < p->n;) {
+    if (p->v[i].node != node) {
+      i++;
+      continue;
+    }
+    if (out) out[k++] = (remote_id){node, p->v[i].id};
+    remove_at(p, i);
+  }
+  plat_mutex_unlock(&p->lock);
+  *n = k;
+  return out;
+}
+
+int paths_find(paths *p, const char *path, remote_id *out) {
+  plat_mutex_lock(&p->lock);
+  int found = 0;
+  for (size_t i = 0; i < p->n && !found; i++) {
+    if (p->v[i].path && strcmp(p->v[i].path, path) == 0) {
+      *out = (remote_id){p->v[i].node, p->v[i].id};
+      found = 1;
+    }
+  }
+  plat_mutex_unlock(&p->lock);
+  return found;
+}
+
+char *paths_path_of(paths *p, uint32_t node, uint64_t id) {
+  plat_mutex_lock(&p->lock);
+  path_entry *e = find_id(p, node, id);
+  char *s = e && e->path ? strdup(e->path) : NULL;
+  plat_mutex_unlock(&p->lock);
+  return s;
+}
+
+ic_blob *paths_props_of(paths *p, uint32_t node, uint64_t id) {
+  plat_mutex_lock(&p->lock);
+  path_entry *e = find_id(p, node, id);
+  ic_blob *b = e ? e->props : NULL;
+  if (b) blob_retain(b);
+  plat_mutex_unlock(&p->lock);
+  return b;
+}
+
+remote_id *paths_prefix(paths *p, const char *prefix, size_t *n) {
+  size_t plen = strlen(prefix), k = 0;
+  plat_mutex_lock(&p->lock);
+  remote_id *out = malloc((p->n + 1) * sizeof *out);
+  if (out)
+    for (size_t i = 0; i < p->n; i++)
+      if (p->v[i].path && strncmp(p->v[i].path, prefix, plen) == 0) out[k++] = (remote_id){p->v[i].node, p->v[i].id};
+  plat_mutex_unlock(&p->lock);
+  *n = k;
+  return out;
+}
