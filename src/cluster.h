@@ -39,8 +39,10 @@ typedef struct ic_cluster {
   atomic_int refs;
   atomic_int state;           /* CLUSTER_* */
   atomic_int shutdown_in_time; /* the result of the shutdown, once DOWN */
-  uint32_t node_id;           /* the node part of every ref (a multi-node
-                                 cluster: this node's incarnation) */
+  _Atomic uint32_t node_id;   /* the node part of every ref (a multi-node
+                                 cluster: this node's incarnation, which
+                                 changes when the node rejoins after it was
+                                 declared down: src/net/membership.h) */
   struct net *net;            /* multi-node: the network side (src/net/net.h);
                                  NULL for a single node. Set before any
                                  isolate exists, freed with the cluster. */

@@ -136,7 +136,9 @@ static int ref_to_wire(lua_State *L, int idx, void *ud, uint32_t *node, uint64_t
   (void)ud;
   lref *r = lref_test(L, idx);
   if (!r) return 0;
-  *node = r->node;
+  /* A ref of this node goes out with the node's current incarnation (it
+   * changes when the node rejoins: src/net/membership.h). */
+  *node = r->iso ? atomic_load(&r->iso->cluster->node_id) : r->node;
   *id = r->id;
   return 1;
 }
@@ -414,7 +416,8 @@ static int l_ref_index(lua_State *L) {
   if (k && strcmp(k, "node") == 0) {
     ic_cluster *c = ref_cluster(L, r);
     char name[128];
-    if (c && c->net && net_node_name(c->net, r->node, name, sizeof name) == 0) lua_pushstring(L, name);
+    if (r->iso && c->net) lua_pushstring(L, net_self_name(c->net));
+    else if (c && c->net && net_node_name(c->net, r->node, name, sizeof name) == 0) lua_pushstring(L, name);
     else lua_pushnil(L);
     return 1;
   }

@@ -109,7 +109,7 @@ Proc.__index = Proc
 -- /proc/<pid>/stat fields after the command name: state, ppid.
 local function proc_stat(pid)
   local s = read_file("/proc/" .. pid .. "/stat")
-  if s == "" then return nil end
+  if not s or s == "" then return nil end -- gone between open and read: nil
   local state, ppid = s:match("%) (%S) (%d+)")
   return state, tonumber(ppid)
 end

@@ -96,6 +96,8 @@ const char *envelope_parse(const unsigned char *data, size_t len, const envelope
     e->payload_len = blen - ENVELOPE_DATA_BODY;
     if (e->seq == 0) return "data frame without a sequence number";
     return NULL;
+  case ENV_FENCED:
+    return blen == 0 ? NULL : "bad fenced frame";
   case ENV_ACK:
     if (blen != 8) return "bad ack frame";
     e->seq = get_u64(b);

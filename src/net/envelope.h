@@ -26,6 +26,7 @@ enum {
   ENV_BYE = 2,       /* body: u8 name length, name */
   ENV_DATA = 3,      /* body: u64 seq, u8 kind, u64 to_id, u64 from_id, u64 corr, payload */
   ENV_ACK = 4,       /* body: u64 cumulative seq */
+  ENV_FENCED = 5,    /* body: none; to_inc was declared down by the sender */
 };
 
 #define ENVELOPE_DATA_BODY (8 + 1 + 8 + 8 + 8)

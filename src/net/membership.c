@@ -130,3 +130,11 @@ pending_req *membership_take_pending(member *m, size_t *n) {
   m->pending_head = m->pending_count = m->pending_cap = 0;
   return out;
 }
+
+void membership_reset(membership *ms, void (*each)(member *m, void *ud), void *ud) {
+  for (size_t i = 0; i < ms->n; i++) {
+    each(ms->v[i], ud);
+    member_free(ms->v[i]);
+  }
+  ms->n = 0;
+}

@@ -65,6 +65,10 @@ member *membership_add(membership *ms, uint32_t inc, const char *name, size_t le
  * (membership_take_pending). */
 void membership_set_down(membership *ms, member *m, uint64_t now_ns, size_t *lost);
 
+/* Calls each(m, ud) for every member, then forgets them all (a node that
+ * rejoins as a new incarnation starts afresh). */
+void membership_reset(membership *ms, void (*each)(member *m, void *ud), void *ud);
+
 /* Records an unanswered request; the oldest is forgotten past the bound. */
 void membership_add_pending(member *m, uint64_t from_id, uint64_t corr);
 /* Forgets the request (from_id, corr) if recorded. */

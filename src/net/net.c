@@ -59,8 +59,12 @@ struct net {
   lua_State *vL;            /* the payload checker's state */
 };
 
-static void peer_subject(const struct net *n, uint32_t inc, char *out) {
-  snprintf(out, SUBJECT_MAX, "ic.%s.node.%08x", n->cluster_name, (unsigned)inc);
+/* A node's data subject is named after the node, not its incarnation: it
+ * stays the same when the node rejoins as a new incarnation, so the one
+ * subscription made at start serves for the node's whole life. Frames name
+ * the incarnation they are for (to_inc) and others are dropped. */
+static void peer_subject(const struct net *n, const char *name, char *out) {
+  snprintf(out, SUBJECT_MAX, "ic.%s.node.%s", n->cluster_name, name);
 }
 
 /* ---- options ------------------------------------------------------------ */
@@ -74,12 +78,18 @@ static int valid_token(const char *s) {
   return 1;
 }
 
-static int valid_name(const char *s) {
-  if (!s || !*s || strlen(s) > ENVELOPE_NAME_MAX) return 0;
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-    if (*p <= ' ' || *p >= 0x7f) return 0;
+/* Node names are subject tokens too (the node's data subject ends with it). */
+static int valid_token_len(const char *s, size_t len) {
+  if (!s || len == 0 || len > ENVELOPE_NAME_MAX) return 0;
+  for (size_t i = 0; i < len; i++) {
+    char ch = s[i];
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-'))
+      return 0;
+  }
   return 1;
 }
+
+static int valid_name(const char *s) { return s && valid_token_len(s, strlen(s)); }
 
 static uint32_t new_incarnation(void) {
   uint32_t v = 0;
@@ -135,7 +145,7 @@ static void send_control(struct net *n, const char *subject, int type, uint32_t 
   unsigned char frame[ENVELOPE_HEADER + 8 + ENVELOPE_NAME_MAX + 1 + ENVELOPE_MAC];
   if (blen > 8 + ENVELOPE_NAME_MAX + 1) return;
   envelope_put_header(frame, type, n->inc, to_inc);
-  memcpy(frame + ENVELOPE_HEADER, body, blen);
+  if (blen) memcpy(frame + ENVELOPE_HEADER, body, blen);
   if (envelope_seal(frame, ENVELOPE_HEADER + blen, &n->key)) return;
   transport_publish(n->t, subject, frame, envelope_size(blen, &n->key));
 }
@@ -165,7 +175,7 @@ static const char *send_locked(struct net *n, member *m, unsigned char *frame, i
   /* Under the lock: frames leave in sequence order. A failed publish (no
    * connection now) is resent by the net thread. */
   char subject[SUBJECT_MAX];
-  peer_subject(n, m->inc, subject);
+  peer_subject(n, m->name, subject);
   transport_publish(n->t, subject, frame, flen);
   return NULL;
 }
@@ -425,8 +435,19 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
     return;
   }
   if (m) {
-    /* A down incarnation stays down (fencing); a live one is refreshed. */
+    /* A live one is refreshed. A down incarnation stays down (fencing),
+     * and is told so: it rejoins as a new incarnation. */
+    int fenced = !m->up;
     if (m->up) m->last_seen_ns = now;
+    plat_mutex_unlock(&n->lock);
+    if (fenced) {
+      char subject[SUBJECT_MAX];
+      peer_subject(n, name, subject);
+      send_control(n, subject, ENV_FENCED, e->from_inc, NULL, 0);
+    }
+    return;
+  }
+  if (!valid_token_len(e->name, e->name_len)) {
     plat_mutex_unlock(&n->lock);
     return;
   }
@@ -449,6 +470,62 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
   cluster_node_event(n->c, EVENT_NODE_UP, name, NULL);
 }
 
+typedef struct gone_member {
+  uint32_t inc;
+  char name[ENVELOPE_NAME_MAX + 1];
+  size_t lost, npend;
+  pending_req *pend;
+} gone_member;
+
+typedef struct gone_list {
+  gone_member *v;
+  size_t n, cap;
+} gone_list;
+
+static void collect_gone(member *m, void *ud) {
+  gone_list *g = ud;
+  if (!m->up || g->n == g->cap) return;
+  gone_member *x = &g->v[g->n++];
+  x->inc = m->inc;
+  memcpy(x->name, m->name, sizeof x->name);
+  x->pend = membership_take_pending(m, &x->npend);
+  x->lost = m->link.count;
+}
+
+/* Fencing, seen from the fenced side: this incarnation was declared down
+ * (by node `by`). Every peer is forgotten (its isolates and requests as on a
+ * node down), the node takes a new incarnation, and the peers meet it again
+ * as a new node through its next heartbeat. Net thread. */
+static void rejoin(struct net *n, uint32_t by) {
+  (void)by;
+  gone_list g = {NULL, 0, 0};
+  plat_mutex_lock(&n->lock);
+  g.cap = n->ms.n;
+  g.v = calloc(g.cap ? g.cap : 1, sizeof *g.v);
+  if (!g.v) g.cap = 0;
+  membership_reset(&n->ms, collect_gone, &g);
+  uint32_t old = n->inc;
+  n->inc = new_incarnation();
+  atomic_store(&n->c->node_id, n->inc);
+  plat_mutex_unlock(&n->lock);
+  cluster_log(n->c, "isolate_cluster: node %s (incarnation %08x) was declared down by the others; it rejoins as "
+              "incarnation %08x (refs of the old one stay down)", n->name, (unsigned)old, (unsigned)n->inc);
+  for (size_t i = 0; i < g.n; i++) {
+    gone_member *x = &g.v[i];
+    if (x->lost) atomic_fetch_add(&n->c->dead_letters, x->lost);
+    for (size_t k = 0; k < x->npend; k++)
+      reply_error_to_local(n->c, x->pend[k].from_id, x->pend[k].corr, "isolate down: node down");
+    free(x->pend);
+    size_t nrem = 0;
+    remote_id *gone = paths_remove_node(&n->replica, x->inc, &nrem);
+    for (size_t k = 0; k < nrem; k++) cluster_remote_event(n->c, EVENT_DOWN, gone[k].node, gone[k].id, "node down");
+    free(gone);
+    cluster_node_event(n->c, EVENT_NODE_DOWN, x->name, "unreachable");
+  }
+  free(g.v);
+  send_named(n, ENV_HEARTBEAT);
+}
+
 static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
   envelope e;
   const unsigned char *data = (const unsigned char *)natsMsg_GetData(msg);
@@ -468,6 +545,13 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
     return; /* a stranger's or a fenced incarnation's frame */
   }
   m->last_seen_ns = now;
+  if (e.type == ENV_FENCED) {
+    /* A live peer declared this incarnation down (it was hung, or cut off
+     * while the others were not). */
+    plat_mutex_unlock(&n->lock);
+    rejoin(n, m->inc);
+    return;
+  }
   if (e.type == ENV_ACK) {
     link_ack(&m->link, e.seq);
     plat_mutex_unlock(&n->lock);
@@ -512,7 +596,7 @@ static void send_acks(struct net *n) {
     unsigned char body[8];
     envelope_put_u64(body, link_delivered(&m->link));
     char subject[SUBJECT_MAX];
-    peer_subject(n, m->inc, subject);
+    peer_subject(n, m->name, subject);
     send_control(n, subject, ENV_ACK, m->inc, body, sizeof body);
   }
   plat_mutex_unlock(&n->lock);
@@ -528,7 +612,7 @@ static void retransmit(struct net *n, uint64_t now, int all) {
     link_frame *f = link_unacked(&m->link, 0);
     if (!f || (!all && now - f->sent_ns < RETRANSMIT_NS)) continue;
     char subject[SUBJECT_MAX];
-    peer_subject(n, m->inc, subject);
+    peer_subject(n, m->name, subject);
     for (size_t k = 0; (f = link_unacked(&m->link, k)) != NULL; k++) {
       if (transport_publish(n->t, subject, f->data, f->len)) break;
       f->sent_ns = now;
@@ -576,7 +660,7 @@ static void track_connection(struct net *n, uint64_t now) {
 
 static void *net_main(void *arg) {
   struct net *n = arg;
-  uint64_t next_hb = 0;
+  uint64_t next_hb = 0, last_tick = plat_now_ns();
   while (!atomic_load(&n->stop)) {
     uint64_t now = plat_now_ns();
     uint64_t deadline = now + TICK_NS;
@@ -599,6 +683,14 @@ static void *net_main(void *arg) {
       next_hb = now + MEMBERSHIP_HEARTBEAT_NS;
     }
     retransmit(n, now, 0);
+    if (now - last_tick > MEMBERSHIP_DOWN_NS / 2) {
+      /* This process was stopped or starved (a tick normally takes
+       * TICK_NS): the silence was ours, not the peers'. */
+      plat_mutex_lock(&n->lock);
+      for (size_t i = 0; i < n->ms.n; i++) n->ms.v[i]->last_seen_ns = now;
+      plat_mutex_unlock(&n->lock);
+    }
+    last_tick = now;
     expire(n, now);
   }
   return NULL;
@@ -629,7 +721,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
     return NULL;
   }
   if (!valid_name(o->name)) {
-    snprintf(err, errlen, "opts.name must be 1 to %d printable characters without spaces", ENVELOPE_NAME_MAX);
+    snprintf(err, errlen, "opts.name must be 1 to %d letters, digits, '_' or '-'", ENVELOPE_NAME_MAX);
     return NULL;
   }
   if (o->allow_code && !o->secret) {
@@ -664,7 +756,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   if (n->code_ok) luaL_openlibs(n->vL);
   n->inc = new_incarnation();
   snprintf(n->hb_subject, SUBJECT_MAX, "ic.%s.hb", n->cluster_name);
-  peer_subject(n, n->inc, n->data_subject);
+  peer_subject(n, n->name, n->data_subject);
   const char *subjects[] = {n->hb_subject, n->data_subject};
   transport_opts to = {o->urls, o->nurls, o->user, o->password, o->token, o->tls_ca, o->tls_cert, o->tls_key,
                        n->name, o->connect_timeout > 0 ? o->connect_timeout : DEFAULT_CONNECT_TIMEOUT,

@@ -48,7 +48,7 @@ int paths_add(paths *p, uint32_t node, uint64_t id, const char *path, size_t pat
   plat_mutex_lock(&p->lock);
   int r = 1;
   if (find_id(p, node, id)) {
-    r = 0;
+    r = 0; /* already known (up, or already down: a late repeat) */
   } else if (p->n == p->cap) {
     size_t cap = p->cap ? p->cap * 2 : 64;
     path_entry *v = realloc(p->v, cap * sizeof *v);
@@ -59,7 +59,7 @@ int paths_add(paths *p, uint32_t node, uint64_t id, const char *path, size_t pat
     }
   }
   if (r == 1) {
-    p->v[p->n++] = (path_entry){node, id, pc, b};
+    p->v[p->n++] = (path_entry){node, id, pc, b, 0};
     pc = NULL;
     b = NULL;
   }
@@ -76,26 +76,45 @@ static void remove_at(paths *p, size_t i) {
   p->n--;
 }
 
+/* Forgets the oldest down entries past the bound (the array is in up order). */
+static void trim_down(paths *p) {
+  for (size_t i = 0; i < p->n && p->ndown > PATHS_DOWN_KEEP;) {
+    if (!p->v[i].down) {
+      i++;
+      continue;
+    }
+    remove_at(p, i);
+    p->ndown--;
+  }
+}
+
+static void mark_down(paths *p, path_entry *e) {
+  e->down = 1;
+  p->ndown++;
+}
+
 int paths_remove(paths *p, uint32_t node, uint64_t id) {
   plat_mutex_lock(&p->lock);
   path_entry *e = find_id(p, node, id);
-  if (e) remove_at(p, (size_t)(e - p->v));
+  int was_up = e && !e->down;
+  if (was_up) {
+    mark_down(p, e);
+    trim_down(p);
+  }
   plat_mutex_unlock(&p->lock);
-  return e != NULL;
+  return was_up;
 }
 
 remote_id *paths_remove_node(paths *p, uint32_t node, size_t *n) {
   plat_mutex_lock(&p->lock);
   remote_id *out = malloc((p->n + 1) * sizeof *out);
   size_t k = 0;
-  for (size_t i = 0; i < p->n;) {
-    if (p->v[i].node != node) {
-      i++;
-      continue;
-    }
+  for (size_t i = 0; i < p->n; i++) {
+    if (p->v[i].node != node || p->v[i].down) continue;
     if (out) out[k++] = (remote_id){node, p->v[i].id};
-    remove_at(p, i);
+    mark_down(p, &p->v[i]);
   }
+  trim_down(p);
   plat_mutex_unlock(&p->lock);
   *n = k;
   return out;
@@ -105,7 +124,7 @@ int paths_find(paths *p, const char *path, remote_id *out) {
   plat_mutex_lock(&p->lock);
   int found = 0;
   for (size_t i = 0; i < p->n && !found; i++) {
-    if (p->v[i].path && strcmp(p->v[i].path, path) == 0) {
+    if (!p->v[i].down && p->v[i].path && strcmp(p->v[i].path, path) == 0) {
       *out = (remote_id){p->v[i].node, p->v[i].id};
       found = 1;
     }
@@ -137,7 +156,7 @@ remote_id *paths_prefix(paths *p, const char *prefix, size_t *n) {
   remote_id *out = malloc((p->n + 1) * sizeof *out);
   if (out)
     for (size_t i = 0; i < p->n; i++)
-      if (p->v[i].path && strncmp(p->v[i].path, prefix, plen) == 0) out[k++] = (remote_id){p->v[i].node, p->v[i].id};
+      if (!p->v[i].down && p->v[i].path && strncmp(p->v[i].path, prefix, plen) == 0) out[k++] = (remote_id){p->v[i].node, p->v[i].id};
   plat_mutex_unlock(&p->lock);
   *n = k;
   return out;

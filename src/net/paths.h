@@ -28,13 +28,18 @@ typedef struct path_entry {
   uint64_t id;
   char *path;      /* NULL: no path */
   ic_blob *props;  /* MessagePack map, or NULL */
+  int down;        /* gone: kept (bounded) so its refs still print their path
+                      and read their properties, as a local isolate's do */
 } path_entry;
 
 typedef struct paths {
   plat_mutex lock;
   path_entry *v;
   size_t n, cap;
+  size_t ndown;    /* entries down, at most PATHS_DOWN_KEEP */
 } paths;
+
+#define PATHS_DOWN_KEEP 4096
 
 typedef struct remote_id {
   uint32_t node;
@@ -47,18 +52,18 @@ void paths_fini(paths *p);
 /* Adds (node, id): 1 added, 0 already there, -1 out of memory. Copies. */
 int paths_add(paths *p, uint32_t node, uint64_t id, const char *path, size_t path_len, const char *props,
               size_t props_len);
-/* Removes (node, id): 1 if it was there. */
+/* Marks (node, id) down: 1 if it was up. Lookups no longer find it. */
 int paths_remove(paths *p, uint32_t node, uint64_t id);
-/* Removes every entry of node; returns them (malloc'ed, *n set) or NULL. */
+/* Marks every live entry of node down; returns them (malloc'ed, *n set) or NULL. */
 remote_id *paths_remove_node(paths *p, uint32_t node, size_t *n);
 
-/* The entry holding path: 1 and *out set, else 0. */
+/* The live entry holding path: 1 and *out set, else 0. */
 int paths_find(paths *p, const char *path, remote_id *out);
-/* malloc'ed copy of (node, id)'s path, or NULL. */
+/* malloc'ed copy of (node, id)'s path (also once down), or NULL. */
 char *paths_path_of(paths *p, uint32_t node, uint64_t id);
 /* Retained properties of (node, id), or NULL. */
 ic_blob *paths_props_of(paths *p, uint32_t node, uint64_t id);
-/* Every entry whose path starts with prefix, in the order they came up
+/* Every live entry whose path starts with prefix, in the order they came up
  * (malloc'ed; *n set; NULL when out of memory). */
 remote_id *paths_prefix(paths *p, const char *prefix, size_t *n);
 
