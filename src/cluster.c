@@ -324,7 +324,13 @@ int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *err
   }
   if ((c->by_id_len + c->by_id_tomb + 1) * 2 > c->by_id_cap && id_table_grow(c)) goto oom;
   if (own && (c->by_path_len + c->by_path_tomb + 1) * 2 > c->by_path_cap && path_table_grow(c)) goto oom;
-  iso->id = c->next_id++;
+  if (iso->id && id_slot(c, iso->id) != SIZE_MAX) {
+    plat_mutex_unlock(&c->lock);
+    free(own);
+    snprintf(errbuf, errlen, "isolate id %llu is already in use", (unsigned long long)iso->id);
+    return EEXIST;
+  }
+  if (!iso->id) iso->id = c->next_id++;
   iso->path = own;
   {
     size_t mask = c->by_id_cap - 1, j = mix64(iso->id) & mask;
@@ -370,6 +376,13 @@ ic_isolate *cluster_find_path(ic_cluster *c, const char *path) {
   if (iso) isolate_retain(iso);
   plat_mutex_unlock(&c->lock);
   return iso;
+}
+
+int cluster_path_in_use(ic_cluster *c, const char *path) {
+  plat_mutex_lock(&c->lock);
+  int used = path_slot(c, path) != SIZE_MAX;
+  plat_mutex_unlock(&c->lock);
+  return used;
 }
 
 ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline) {
@@ -605,8 +618,9 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
     /* Every isolate's end is published, also one that failed before it
      * came up: supervisors must hear of it. */
     if (!iso->hidden) log_append(c, EVENT_DOWN, iso, reason);
-    /* Only an isolate the others were told is up. */
-    if (!iso->hidden && iso->up && c->net) net_announce_down(c->net, iso, reason);
+    /* Also one that never came up, as locally (a remote supervisor hears
+     * of a child that failed to start). */
+    if (!iso->hidden && c->net) net_announce_down(c->net, iso, reason);
     c->live--;
     plat_cond_broadcast(&c->live_cond);
   }
@@ -891,6 +905,7 @@ int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *er
    * is registered must not queue it a second time (cluster_start_isolate
    * queues it). */
   atomic_store(&iso->sched, SCHED_SCHEDULED);
+  iso->id = a->id;
   int rc = cluster_register(c, iso, a->path, errbuf, errlen);
   if (rc) {
     isolate_release(iso);

@@ -127,6 +127,8 @@ void cluster_announce_up(ic_cluster *c, ic_isolate *iso);
 /* Retained isolate or NULL. */
 ic_isolate *cluster_find_id(ic_cluster *c, uint64_t id);
 ic_isolate *cluster_find_path(ic_cluster *c, const char *path);
+/* Is path held by an isolate of this node (hidden ones too)? */
+int cluster_path_in_use(ic_cluster *c, const char *path);
 /* Like cluster_find_path, waiting until deadline (monotonic ns) for the path
  * to be registered. */
 ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline);
@@ -173,6 +175,8 @@ typedef struct spawn_args {
   int hidden;                 /* a runtime isolate: never announced nor listed */
   ic_isolate *creator;        /* the spawning isolate (its thread), or NULL */
   int detached;               /* not linked to the creator */
+  uint64_t id;                /* 0 = the next id; else this one: chosen by the
+                                 node that asked for the spawn (src/net/net.c) */
 } spawn_args;
 
 /* Creates, registers and starts an isolate. Returns 0 with *out retained

@@ -451,7 +451,16 @@ static int l_new(lua_State *L) {
   const char *urls[NODE_MAX_URLS];
   int is_node = !lua_isnoneornil(L, 1) && lua_getfield(L, 1, "nats") != LUA_TNIL;
   if (!lua_isnoneornil(L, 1)) lua_pop(L, 1);
-  if (is_node) read_node_opts(L, 1, &no, urls);
+  if (is_node) {
+    read_node_opts(L, 1, &no, urls);
+    /* Isolates other nodes spawn here by module name find it with this
+     * state's package.path (stays on the stack while the node is created). */
+    lua_getglobal(L, "package");
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      if (lua_getfield(L, -1, "path") == LUA_TSTRING) no.lua_path = lua_tostring(L, -1);
+      if (lua_getfield(L, -2, "cpath") == LUA_TSTRING) no.lua_cpath = lua_tostring(L, -1);
+    }
+  }
   lstate_open(L);
   lcluster *lc = lua_newuserdatauv(L, sizeof *lc, 0);
   lc->c = NULL; /* safe to collect before the cluster exists */

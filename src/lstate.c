@@ -520,7 +520,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     return luaL_argerror(L, arg, "entry must be a function or a module name");
   int has_props = !lua_isnoneornil(L, arg + 1);
   if (has_props) luaL_checktype(L, arg + 1, LUA_TTABLE);
-  const char *path = NULL;
+  const char *path = NULL, *node = NULL;
   int dedicated = 0, detached = 0;
   lua_Integer mbox = (lua_Integer)c->default_mailbox, memlimit = 0;
   if (!lua_isnoneornil(L, arg + 2)) {
@@ -549,7 +549,20 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
       if (!ok || memlimit < 0) return luaL_error(L, "opts.memory_limit must be a number of bytes");
     }
     lua_pop(L, 1);
+    if (lua_getfield(L, o, "node") != LUA_TNIL) {
+      if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "opts.node must be a node name");
+      node = lua_tostring(L, -1); /* stays referenced by opts */
+      if (!c->net) return luaL_error(L, "opts.node needs a multi-node cluster (ic.node)");
+      if (strcmp(node, net_self_name(c->net)) == 0) node = NULL; /* this node */
+    }
+    lua_pop(L, 1);
   }
+  if (node && et == LUA_TFUNCTION && !net_code_ok(c->net))
+    return luaL_error(L, "a Lua function entry cannot be spawned on another node (node \"%s\") unless the "
+                      "nodes have allow_code and a secret: give a module name", node);
+  if (node && path && path[strlen(path) - 1] != '/' &&
+      (cluster_path_in_use(c, path) || net_path_taken(c->net, path)))
+    return luaL_error(L, "path \"%s\" is already in use", path);
   /* Encode everything first: the encodes may raise, and nothing is
    * allocated outside Lua until they have succeeded. */
   lstate_ctx *ctx = lstate_ctx_of(L);
@@ -561,6 +574,18 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     props_len = ctx->buf.len;
   }
   codec_encode(L, arg, "entry", &h, &ctx->lim, &ctx->buf);
+  if (node) {
+    /* Another node spawns it (module name: with its own package.path) and
+     * the ref is known at once: this node chose the new isolate's id. */
+    uint32_t rnode;
+    uint64_t rid;
+    const char *why = net_spawn(c->net, node, creator ? creator->id : c->main->id, ctx->buf.data + props_len,
+                                ctx->buf.len - props_len, has_props ? ctx->buf.data : NULL, props_len, path,
+                                (size_t)mbox, (size_t)memlimit, dedicated, &rnode, &rid);
+    if (why) return luaL_error(L, "spawn_isolate on node \"%s\" failed: %s", node, why);
+    lref_push_wire(L, c, rnode, rid);
+    return 1;
+  }
 
   const char *lua_path = NULL, *lua_cpath = NULL;
   lua_getglobal(L, "package"); /* stays on the stack: keeps the strings alive */
@@ -572,7 +597,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox, (size_t)memlimit,
                   has_props ? ctx->buf.data : NULL, props_len,
                   ctx->buf.data + props_len, ctx->buf.len - props_len,
-                  lua_path, lua_cpath, path, hidden, creator, detached};
+                  lua_path, lua_cpath, path, hidden, creator, detached, 0};
   ic_isolate *iso;
   char err[256];
   if (cluster_spawn(c, &a, &iso, err, sizeof err)) return luaL_error(L, "%s", err);

@@ -33,7 +33,7 @@
 #define SUBJECT_MAX 256
 
 /* Kinds of data frames between nets only (beyond the MSG_* kinds). */
-enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21 };
+enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22 };
 
 struct net {
   ic_cluster *c;        /* not retained: the cluster owns the net */
@@ -42,6 +42,7 @@ struct net {
   char hb_subject[SUBJECT_MAX], data_subject[SUBJECT_MAX];
   unsigned char *secret;
   envelope_key key;
+  char *lua_path, *lua_cpath; /* for isolates spawned here by other nodes */
   int code_ok;          /* allow_code and a secret */
   uint32_t inc;
   int64_t max_payload;
@@ -306,8 +307,123 @@ static void apply_replica(struct net *n, const envelope *e) {
     rbuf[rl] = 0;
     reason = rbuf;
   }
-  if (paths_remove(&n->replica, e->from_inc, e->from_id))
+  /* Unknown: one that never came up (its start failed); published as
+   * locally. Already down (with its node): not twice. */
+  if (paths_remove(&n->replica, e->from_inc, e->from_id) >= 0)
     cluster_remote_event(n->c, EVENT_DOWN, e->from_inc, e->from_id, reason);
+}
+
+int net_code_ok(const struct net *n) { return n->code_ok; }
+
+/* Ids chosen for isolates spawned on another node: random, with bit 62 set
+ * (and 63 clear, so they stay positive Lua integers), which keeps them out
+ * of the range of the counter every node numbers its own isolates with. */
+static uint64_t remote_spawn_id(void) {
+  uint64_t v = 0;
+  if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) v = plat_now_ns() * 0x9E3779B97F4A7C15ull;
+  return (v & ~(1ull << 63)) | (1ull << 62);
+}
+
+const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, const char *boot, size_t boot_len,
+                      const char *props, size_t props_len, const char *path, size_t mailbox_cap, size_t memory_limit,
+                      int dedicated, uint32_t *node, uint64_t *id) {
+  /* [entry, props | nil, path | nil, mailbox, memory_limit, dedicated] */
+  size_t plen = path ? strlen(path) : 0;
+  size_t cap = 1 + boot_len + (props_len ? props_len : 1) + mp_sizeof_str((uint32_t)plen) + 9 + 9 + 1;
+  char *payload = malloc(cap);
+  if (!payload) return "out of memory";
+  char *w = mp_encode_array(payload, 6);
+  memcpy(w, boot, boot_len);
+  w += boot_len;
+  if (props_len) {
+    memcpy(w, props, props_len);
+    w += props_len;
+  } else {
+    w = mp_encode_nil(w);
+  }
+  w = path ? mp_encode_str(w, path, (uint32_t)plen) : mp_encode_nil(w);
+  w = mp_encode_uint(w, mailbox_cap);
+  w = mp_encode_uint(w, memory_limit);
+  w = mp_encode_bool(w, dedicated != 0);
+  size_t len = (size_t)(w - payload);
+  const char *why = too_large(n, len);
+  unsigned char *frame = why ? NULL : malloc(envelope_size(ENVELOPE_DATA_BODY + len, &n->key));
+  if (!why && !frame) why = "out of memory";
+  uint64_t new_id = remote_spawn_id();
+  if (!why) {
+    plat_mutex_lock(&n->lock);
+    member *m = membership_find_name(&n->ms, name, strlen(name));
+    if (!m) why = "no such node";
+    else why = send_locked(n, m, frame, NET_SPAWN, new_id, 0, creator_id, payload, len);
+    if (!why) {
+      *node = m->inc;
+      *id = new_id;
+      frame = NULL;
+    }
+    plat_mutex_unlock(&n->lock);
+  }
+  free(frame);
+  free(payload);
+  return why;
+}
+
+/* Tells node inc that isolate id never came up (its spawn failed here). */
+static void spawn_failed(struct net *n, uint32_t inc, uint64_t id, const char *err) {
+  char reason[600];
+  snprintf(reason, sizeof reason, "error: %s", err);
+  char buf[sizeof reason + 5];
+  size_t len = strlen(reason);
+  send_to_members(n, inc, NET_ISO_DOWN, id, buf, codec_put_str(buf, reason, (uint32_t)len));
+}
+
+/* A NET_SPAWN from a peer (payload already checked by the decoder). */
+static void apply_spawn(struct net *n, const envelope *e) {
+  const char *p = e->payload, *end = e->payload + e->payload_len;
+  if (!e->payload_len || mp_typeof(*p) != MP_ARRAY || mp_decode_array(&p) != 6) return;
+  const char *boot = p;
+  mp_next(&p);
+  size_t boot_len = (size_t)(p - boot);
+  const char *props = NULL;
+  size_t props_len = 0;
+  if (p >= end) return;
+  if (mp_typeof(*p) == MP_NIL) mp_decode_nil(&p);
+  else {
+    props = p;
+    mp_next(&p);
+    props_len = (size_t)(p - props);
+  }
+  char path[512];
+  int has_path = 0;
+  if (p >= end) return;
+  if (mp_typeof(*p) == MP_STR) {
+    uint32_t l;
+    const char *s = mp_decode_str(&p, &l);
+    if (l >= sizeof path) {
+      spawn_failed(n, e->from_inc, e->to_id, "path too long");
+      return;
+    }
+    memcpy(path, s, l);
+    path[l] = 0;
+    has_path = 1;
+  } else if (mp_typeof(*p) == MP_NIL) {
+    mp_decode_nil(&p);
+  } else return;
+  if (p >= end || mp_typeof(*p) != MP_UINT) return;
+  uint64_t mailbox_cap = mp_decode_uint(&p);
+  if (p >= end || mp_typeof(*p) != MP_UINT) return;
+  uint64_t memory_limit = mp_decode_uint(&p);
+  if (p >= end || mp_typeof(*p) != MP_BOOL) return;
+  int dedicated = mp_decode_bool(&p);
+  if (!(e->to_id & (1ull << 62))) return; /* not an id chosen for a remote spawn */
+  spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mailbox_cap, (size_t)memory_limit, props, props_len,
+                  boot, boot_len, n->lua_path, n->lua_cpath, has_path ? path : NULL, 0, NULL, 1, e->to_id};
+  ic_isolate *iso;
+  char err[256];
+  if (cluster_spawn(n->c, &a, &iso, err, sizeof err)) {
+    spawn_failed(n, e->from_inc, e->to_id, err);
+    return;
+  }
+  isolate_release(iso);
 }
 
 int net_find_path(struct net *n, const char *path, uint32_t *node, uint64_t *id) {
@@ -560,7 +676,7 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
   /* ENV_DATA */
   int k = e.kind;
   if (k != MSG_USER && k != MSG_REQUEST && k != MSG_REPLY && k != MSG_REPLY_ERROR && k != NET_ISO_UP &&
-      k != NET_ISO_DOWN) {
+      k != NET_ISO_DOWN && k != NET_SPAWN) {
     plat_mutex_unlock(&n->lock);
     return;
   }
@@ -573,7 +689,8 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
   if (verdict != LINK_DELIVER) return;
   /* Sequence accepted: delivered or counted, never asked for again. */
   if (!payload_ok(n, e.payload, e.payload_len)) {
-    if (k == NET_ISO_UP || k == NET_ISO_DOWN) return;
+    if (k == NET_SPAWN) spawn_failed(n, e.from_inc, e.to_id, "malformed or untrusted spawn refused");
+    if (k == NET_ISO_UP || k == NET_ISO_DOWN || k == NET_SPAWN) return;
     cluster_log(n->c, "isolate_cluster: refused a malformed or untrusted message from node %08x",
                 (unsigned)e.from_inc);
     if (k == MSG_REQUEST)
@@ -582,6 +699,7 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
     return;
   }
   if (k == NET_ISO_UP || k == NET_ISO_DOWN) apply_replica(n, &e);
+  else if (k == NET_SPAWN) apply_spawn(n, &e);
   else deliver(n, &e);
 }
 
@@ -707,6 +825,8 @@ void net_free(struct net *n) {
   free(n->cluster_name);
   free(n->name);
   free(n->secret);
+  free(n->lua_path);
+  free(n->lua_cpath);
   plat_mutex_destroy(&n->lock);
   free(n);
 }
@@ -747,7 +867,10 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   }
   n->code_ok = o->allow_code && o->secret;
   n->vL = luaL_newstate();
-  if (!n->cluster_name || !n->name || (o->secret && !n->secret) || !n->vL) {
+  if (o->lua_path) n->lua_path = strdup(o->lua_path);
+  if (o->lua_cpath) n->lua_cpath = strdup(o->lua_cpath);
+  if (!n->cluster_name || !n->name || (o->secret && !n->secret) || !n->vL || (o->lua_path && !n->lua_path) ||
+      (o->lua_cpath && !n->lua_cpath)) {
     snprintf(err, errlen, "out of memory");
     net_free(n);
     return NULL;

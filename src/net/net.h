@@ -35,6 +35,8 @@ typedef struct net_opts {
   size_t secret_len;
   int allow_code;             /* accept Lua functions from other nodes (needs secret) */
   double connect_timeout;     /* seconds; 0 = default */
+  const char *lua_path, *lua_cpath; /* package.path/cpath for isolates other
+                                 nodes spawn here (NULL = Lua's defaults) */
 } net_opts;
 
 /* Validates the options, connects, subscribes, starts the net thread and
@@ -71,6 +73,19 @@ struct ic_blob *net_props_of(struct net *n, uint32_t node, uint64_t id); /* reta
 /* (node, id) pairs of the remote isolates whose path starts with prefix;
  * malloc'ed arrays, *count set; 0 or -1 when out of memory. */
 int net_prefix(struct net *n, const char *prefix, uint32_t **nodes, uint64_t **ids, size_t *count);
+
+/* Asks node `name` to spawn an isolate (SPEC §5 opts.node): boot is the
+ * encoded entry (a module name, or a function when code is allowed), props
+ * a MessagePack map or NULL, path "/name", "/dir/" or NULL. The request is
+ * queued on the reliable link like a message. Returns NULL with the new
+ * isolate's ref in *node, *id (this node chose the id, so the ref is usable
+ * at once: messages sent to it queue behind the spawn), or why not. If the
+ * spawn fails there, the isolate's down event says why. Any thread. */
+const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, const char *boot, size_t boot_len,
+                      const char *props, size_t props_len, const char *path, size_t mailbox_cap, size_t memory_limit,
+                      int dedicated, uint32_t *node, uint64_t *id);
+/* Lua functions may cross between the nodes (allow_code and a secret). */
+int net_code_ok(const struct net *n);
 
 /* Copies the name of node incarnation `node` into buf (this node included);
  * 0, or -1 when unknown. Any thread. */

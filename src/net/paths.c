@@ -96,13 +96,13 @@ static void mark_down(paths *p, path_entry *e) {
 int paths_remove(paths *p, uint32_t node, uint64_t id) {
   plat_mutex_lock(&p->lock);
   path_entry *e = find_id(p, node, id);
-  int was_up = e && !e->down;
-  if (was_up) {
+  int r = !e ? 0 : e->down ? -1 : 1;
+  if (r == 1) {
     mark_down(p, e);
     trim_down(p);
   }
   plat_mutex_unlock(&p->lock);
-  return was_up;
+  return r;
 }
 
 remote_id *paths_remove_node(paths *p, uint32_t node, size_t *n) {

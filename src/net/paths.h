@@ -52,7 +52,8 @@ void paths_fini(paths *p);
 /* Adds (node, id): 1 added, 0 already there, -1 out of memory. Copies. */
 int paths_add(paths *p, uint32_t node, uint64_t id, const char *path, size_t path_len, const char *props,
               size_t props_len);
-/* Marks (node, id) down: 1 if it was up. Lookups no longer find it. */
+/* Marks (node, id) down: 1 if it was up, 0 if unknown, -1 if already down.
+ * Lookups no longer find it. */
 int paths_remove(paths *p, uint32_t node, uint64_t id);
 /* Marks every live entry of node down; returns them (malloc'ed, *n set) or NULL. */
 remote_id *paths_remove_node(paths *p, uint32_t node, size_t *n);
