@@ -35,7 +35,9 @@ function M.single_node(opts)
   if logger ~= nil and logger ~= false and type(logger) ~= "function" then
     error("opts.logger must be a function, false or nil", 2)
   end
-  local cluster = core.new(opts)
+  local ok, cluster = pcall(core.new, opts)
+  -- raised at the caller, without this file's position
+  if not ok then error((tostring(cluster):gsub("^[^\n]-:%d+: ", "")), 2) end
   if logger ~= nil then M.set_logger(cluster, logger) end
   return cluster
 end
@@ -83,7 +85,9 @@ function M.node(opts)
   if logger ~= nil and logger ~= false and type(logger) ~= "function" then
     error("opts.logger must be a function, false or nil", 2)
   end
-  local cluster = core.new(opts)
+  local ok, cluster = pcall(core.new, opts)
+  -- raised at the caller, without this file's position
+  if not ok then error((tostring(cluster):gsub("^[^\n]-:%d+: ", "")), 2) end
   if logger ~= nil then M.set_logger(cluster, logger) end
   return cluster
 end

@@ -25,7 +25,16 @@ void envelope_put_u64(unsigned char *out, uint64_t v) {
 }
 
 size_t envelope_size(size_t body_len, const envelope_key *k) {
-  return ENVELOPE_HEADER + body_len + (k && k->len ? ENVELOPE_MAC : 0);
+  return ENVELOPE_HEADER + body_len + (k && k->len ? ENVELOPE_MAC : ENVELOPE_SUM);
+}
+
+static uint64_t fnv1a64(const unsigned char *p, size_t len) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < len; i++) {
+    h ^= p[i];
+    h *= 0x100000001b3ull;
+  }
+  return h;
 }
 
 void envelope_put_header(unsigned char *out, int type, uint32_t from_inc, uint32_t to_inc) {
@@ -53,7 +62,10 @@ static int mac_of(const unsigned char *data, size_t len, const envelope_key *k, 
 }
 
 int envelope_seal(unsigned char *frame, size_t len, const envelope_key *k) {
-  if (!k || !k->len) return 0;
+  if (!k || !k->len) {
+    envelope_put_u64(frame + len, fnv1a64(frame, len));
+    return 0;
+  }
   return mac_of(frame, len, k, frame + len);
 }
 
@@ -68,6 +80,10 @@ const char *envelope_parse(const unsigned char *data, size_t len, const envelope
     len -= ENVELOPE_MAC;
     if (mac_of(data, len, k, mac) || CRYPTO_memcmp(mac, data + len, ENVELOPE_MAC) != 0)
       return "frame not authenticated by the cluster secret";
+  } else {
+    if (len < ENVELOPE_HEADER + ENVELOPE_SUM) return "frame too short for its digest";
+    len -= ENVELOPE_SUM;
+    if (get_u64(data + len) != fnv1a64(data, len)) return "frame digest mismatch";
   }
   e->type = data[3];
   e->from_inc = get_u32(data + 4);

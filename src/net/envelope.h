@@ -4,8 +4,10 @@
  *
  * Every frame starts with a fixed 12-byte header:
  *   'i' 'c' version(1) type(1) from_inc(u32 BE) to_inc(u32 BE, 0 = everyone)
- * followed by the body of its type, and, when the cluster has a secret, by
- * an HMAC-SHA256 (32 bytes) of everything before it.
+ * followed by the body of its type, and by a check of everything before it:
+ * an HMAC-SHA256 (32 bytes) with the cluster's secret, or without one a
+ * 64-bit FNV-1a digest (8 bytes), which keeps random or mutated bytes from
+ * passing for a frame (it authenticates nothing: only the secret does).
  *
  * envelope_parse never trusts its input: every length is checked against
  * the end, and a frame that fails any check is rejected as a whole.
@@ -19,6 +21,7 @@
 #define ENVELOPE_VERSION 1
 #define ENVELOPE_HEADER 12
 #define ENVELOPE_MAC 32
+#define ENVELOPE_SUM 8
 #define ENVELOPE_NAME_MAX 64
 
 enum {
@@ -60,8 +63,8 @@ void envelope_put_header(unsigned char *out, int type, uint32_t from_inc, uint32
 void envelope_put_data(unsigned char *out, uint64_t seq, int kind, uint64_t to_id, uint64_t from_id,
                        uint64_t corr);
 void envelope_put_u64(unsigned char *out, uint64_t v);
-/* Appends the MAC over frame[0..len) at frame + len, when k has a key.
- * Returns 0, or -1 when libcrypto fails. */
+/* Appends the MAC (with a key) or the digest (without) over frame[0..len)
+ * at frame + len. Returns 0, or -1 when libcrypto fails. */
 int envelope_seal(unsigned char *frame, size_t len, const envelope_key *k);
 
 /* Parses and authenticates a frame. Returns 0 with *e filled (pointers into

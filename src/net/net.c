@@ -32,6 +32,14 @@
 #define DEFAULT_CONNECT_TIMEOUT 2.0
 #define SUBJECT_MAX 256
 
+/* The node part of the ref that stands for a plain NATS client's request
+ * (interop): its id names the reply subject in net->interop. Never an
+ * incarnation (new_incarnation avoids it). */
+#define INTEROP_NODE 0xFFFFFFFFu
+/* Interop requests waiting for their reply, at most (the oldest are
+ * forgotten: their clients have long timed out). */
+#define INTEROP_MAX 65536
+
 /* Kinds of data frames between nets only (beyond the MSG_* kinds). */
 enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22 };
 
@@ -39,7 +47,8 @@ struct net {
   ic_cluster *c;        /* not retained: the cluster owns the net */
   transport *t;         /* NULL once stopped (guarded by lock) */
   char *cluster_name, *name;
-  char hb_subject[SUBJECT_MAX], data_subject[SUBJECT_MAX];
+  char hb_subject[SUBJECT_MAX], data_subject[SUBJECT_MAX], path_subject[SUBJECT_MAX];
+  size_t path_prefix_len;   /* "ic.<cluster>.path." */
   unsigned char *secret;
   envelope_key key;
   char *lua_path, *lua_cpath; /* for isolates spawned here by other nodes */
@@ -50,6 +59,10 @@ struct net {
   plat_mutex lock;
   membership ms;
   paths replica;            /* the other nodes' isolates (own lock) */
+  /* Interop requests waiting for a reply (guarded by lock): a ring of
+   * reply subjects; slot id k lives at interop[k % INTEROP_MAX]. */
+  char **interop;
+  uint64_t interop_next;
 
   plat_thread thread;
   int has_thread;
@@ -94,7 +107,7 @@ static int valid_name(const char *s) { return s && valid_token_len(s, strlen(s))
 
 static uint32_t new_incarnation(void) {
   uint32_t v = 0;
-  while (v == 0) {
+  while (v == 0 || v == INTEROP_NODE) {
     if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) v = (uint32_t)(plat_now_ns() * 0x9E3779B97F4A7C15ull >> 32);
   }
   return v;
@@ -125,14 +138,14 @@ static int check_protected(lua_State *L) {
 /* Does the payload decode under the limits, with functions refused unless
  * the traffic is trusted with code? The bytes go to an isolate only then,
  * so a malformed or hostile message never reaches (nor takes down) one. */
-static int payload_ok(struct net *n, const char *data, size_t len) {
+static int payload_ok(struct net *n, const char *data, size_t len, int code_ok) {
   if (len == 0) return 1;
   lua_State *L = n->vL;
   lua_settop(L, 0);
   lua_pushcfunction(L, check_protected);
   lua_pushlightuserdata(L, (void *)data);
   lua_pushinteger(L, (lua_Integer)len);
-  lua_pushboolean(L, n->code_ok);
+  lua_pushboolean(L, code_ok);
   int ok = lua_pcall(L, 3, 0, 0) == LUA_OK;
   lua_settop(L, 0);
   return ok;
@@ -143,7 +156,7 @@ static int payload_ok(struct net *n, const char *data, size_t len) {
 /* Publishes a small control frame (heartbeat, bye, ack). */
 static void send_control(struct net *n, const char *subject, int type, uint32_t to_inc, const void *body,
                          size_t blen) {
-  unsigned char frame[ENVELOPE_HEADER + 8 + ENVELOPE_NAME_MAX + 1 + ENVELOPE_MAC];
+  unsigned char frame[ENVELOPE_HEADER + 8 + ENVELOPE_NAME_MAX + 1 + ENVELOPE_MAC + ENVELOPE_SUM];
   if (blen > 8 + ENVELOPE_NAME_MAX + 1) return;
   envelope_put_header(frame, type, n->inc, to_inc);
   if (blen) memcpy(frame + ENVELOPE_HEADER, body, blen);
@@ -188,8 +201,11 @@ static const char *too_large(struct net *n, size_t len) {
   return NULL;
 }
 
+static const char *interop_reply(struct net *n, uint64_t slot, int kind, const char *data, size_t len);
+
 const char *net_send(struct net *n, uint32_t node, uint64_t to_id, int kind, uint64_t corr,
                      uint64_t from_id, const char *data, size_t len) {
+  if (node == INTEROP_NODE) return interop_reply(n, to_id, kind, data, len);
   const char *why = too_large(n, len);
   if (why) return why;
   unsigned char *frame = malloc(envelope_size(ENVELOPE_DATA_BODY + len, &n->key));
@@ -571,11 +587,12 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
     plat_mutex_unlock(&n->lock);
     return; /* another process claims this node's name: ignored */
   }
-  member *old = membership_find_name(&n->ms, e->name, e->name_len);
-  if (old) {
-    /* The same name with a new incarnation: the old process is gone. */
-    member_down_unlock(n, old, "restarted");
-    plat_mutex_lock(&n->lock);
+  if (membership_find_name(&n->ms, e->name, e->name_len)) {
+    /* The name of a live incarnation: a restarted process is admitted once
+     * the old one has gone silent (a forged heartbeat must not take a live
+     * node down). */
+    plat_mutex_unlock(&n->lock);
+    return;
   }
   m = membership_add(&n->ms, e->from_inc, e->name, e->name_len, now, WINDOW_FRAMES, WINDOW_BYTES);
   plat_mutex_unlock(&n->lock);
@@ -584,6 +601,127 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
   send_named(n, ENV_HEARTBEAT);
   send_snapshot(n, e->from_inc);
   cluster_node_event(n->c, EVENT_NODE_UP, name, NULL);
+}
+
+/* ---- interop: plain NATS clients on ic.<cluster>.path.<segments> ----------- */
+
+/* Remembers a reply subject; returns its slot id (>= 1), 0 when out of memory. */
+static uint64_t interop_remember(struct net *n, const char *reply) {
+  char *copy = strdup(reply);
+  if (!copy) return 0;
+  plat_mutex_lock(&n->lock);
+  uint64_t slot = ++n->interop_next;
+  char **at = &n->interop[slot % INTEROP_MAX];
+  free(*at); /* a request old enough to be forgotten */
+  *at = copy;
+  plat_mutex_unlock(&n->lock);
+  return slot;
+}
+
+/* The reply subject of slot (taken: one reply per request), or NULL. */
+static char *interop_take(struct net *n, uint64_t slot) {
+  char *reply = NULL;
+  plat_mutex_lock(&n->lock);
+  if (slot && slot <= n->interop_next && n->interop_next - slot < INTEROP_MAX) {
+    reply = n->interop[slot % INTEROP_MAX];
+    n->interop[slot % INTEROP_MAX] = NULL;
+  }
+  plat_mutex_unlock(&n->lock);
+  return reply;
+}
+
+/* Publishes {error = <value at data>} (data: one MessagePack value). */
+static void publish_error_map(struct net *n, const char *reply, const char *data, size_t len) {
+  char *buf = malloc(len + 16);
+  if (!buf) return;
+  char *w = mp_encode_map(buf, 1);
+  w = mp_encode_str(w, "error", 5);
+  memcpy(w, data, len);
+  w += len;
+  transport_publish(n->t, reply, buf, (size_t)(w - buf));
+  free(buf);
+}
+
+static void publish_error_text(struct net *n, const char *reply, const char *text) {
+  char buf[300];
+  size_t len = strlen(text);
+  if (len > sizeof buf - 5) len = sizeof buf - 5;
+  publish_error_map(n, reply, buf, codec_put_str(buf, text, (uint32_t)len));
+}
+
+/* A reply (or error) of an isolate to a plain NATS client: plain
+ * MessagePack on the client's reply subject. Any thread. */
+static const char *interop_reply(struct net *n, uint64_t slot, int kind, const char *data, size_t len) {
+  char *reply = interop_take(n, slot);
+  if (!reply) return "isolate down"; /* answered already, or forgotten */
+  plat_mutex_lock(&n->lock);
+  if (n->t) {
+    if (kind == MSG_REPLY_ERROR) publish_error_map(n, reply, data, len);
+    else if (kind == MSG_REPLY) transport_publish(n->t, reply, data, len);
+  }
+  plat_mutex_unlock(&n->lock);
+  free(reply);
+  return NULL;
+}
+
+/* Is this node the one that answers for a path nobody holds? The first
+ * live node by name, so that one answer comes back. */
+static int answers_for_nobody(struct net *n) {
+  plat_mutex_lock(&n->lock);
+  int first = 1;
+  for (size_t i = 0; i < n->ms.n && first; i++)
+    if (n->ms.v[i]->up && strcmp(n->ms.v[i]->name, n->name) < 0) first = 0;
+  plat_mutex_unlock(&n->lock);
+  return first;
+}
+
+/* A message on ic.<cluster>.path.a.b: for the isolate at /a/b, if it lives
+ * here. The payload is plain MessagePack (functions refused); with a reply
+ * subject it is a request and the handler's first return value goes back. */
+static void handle_interop(struct net *n, natsMsg *msg, const char *subject) {
+  const char *tokens = subject + n->path_prefix_len;
+  size_t tlen = strlen(tokens);
+  const char *reply = natsMsg_GetReply(msg);
+  if (reply && !*reply) reply = NULL;
+  char path[512];
+  if (tlen == 0 || tlen + 2 > sizeof path) return;
+  path[0] = '/';
+  for (size_t i = 0; i <= tlen; i++) path[i + 1] = tokens[i] == '.' ? '/' : tokens[i];
+  const char *data = natsMsg_GetData(msg);
+  int dlen = natsMsg_GetDataLength(msg);
+  if (dlen < 0 || (dlen > 0 && !data)) return;
+  ic_isolate *iso = cluster_find_path(n->c, path);
+  if (!iso) {
+    remote_id r;
+    if (reply && !paths_find(&n->replica, path, &r) && answers_for_nobody(n)) {
+      char text[600];
+      snprintf(text, sizeof text, "no isolate at path %s", path);
+      publish_error_text(n, reply, text);
+    }
+    return;
+  }
+  const char *why = NULL;
+  if (!payload_ok(n, data, (size_t)dlen, 0)) why = "malformed message refused";
+  uint64_t slot = 0;
+  if (!why && reply && !(slot = interop_remember(n, reply))) why = "out of memory";
+  if (!why) {
+    ic_msg *m = msg_new(reply ? MSG_REQUEST : MSG_USER, data, (size_t)dlen);
+    if (!m) {
+      why = "out of memory";
+    } else {
+      if (reply) {
+        m->from_node = INTEROP_NODE;
+        m->from_id = slot;
+        m->corr = slot;
+      }
+      why = isolate_post(iso, m, NULL);
+    }
+  }
+  isolate_release(iso);
+  if (!why) return;
+  if (slot) free(interop_take(n, slot));
+  if (reply) publish_error_text(n, reply, why);
+  else atomic_fetch_add(&n->c->dead_letters, 1);
 }
 
 typedef struct gone_member {
@@ -644,6 +782,11 @@ static void rejoin(struct net *n, uint32_t by) {
 
 static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
   envelope e;
+  const char *subject = natsMsg_GetSubject(msg);
+  if (subject && strncmp(subject, n->path_subject, n->path_prefix_len) == 0) {
+    handle_interop(n, msg, subject);
+    return;
+  }
   const unsigned char *data = (const unsigned char *)natsMsg_GetData(msg);
   int dlen = natsMsg_GetDataLength(msg);
   if (!data || dlen <= 0) return;
@@ -688,7 +831,7 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
   plat_mutex_unlock(&n->lock);
   if (verdict != LINK_DELIVER) return;
   /* Sequence accepted: delivered or counted, never asked for again. */
-  if (!payload_ok(n, e.payload, e.payload_len)) {
+  if (!payload_ok(n, e.payload, e.payload_len, n->code_ok)) {
     if (k == NET_SPAWN) spawn_failed(n, e.from_inc, e.to_id, "malformed or untrusted spawn refused");
     if (k == NET_ISO_UP || k == NET_ISO_DOWN || k == NET_SPAWN) return;
     cluster_log(n->c, "isolate_cluster: refused a malformed or untrusted message from node %08x",
@@ -827,6 +970,9 @@ void net_free(struct net *n) {
   free(n->secret);
   free(n->lua_path);
   free(n->lua_cpath);
+  if (n->interop)
+    for (size_t i = 0; i < INTEROP_MAX; i++) free(n->interop[i]);
+  free(n->interop);
   plat_mutex_destroy(&n->lock);
   free(n);
 }
@@ -867,6 +1013,12 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   }
   n->code_ok = o->allow_code && o->secret;
   n->vL = luaL_newstate();
+  n->interop = calloc(INTEROP_MAX, sizeof *n->interop);
+  if (!n->interop) {
+    snprintf(err, errlen, "out of memory");
+    net_free(n);
+    return NULL;
+  }
   if (o->lua_path) n->lua_path = strdup(o->lua_path);
   if (o->lua_cpath) n->lua_cpath = strdup(o->lua_cpath);
   if (!n->cluster_name || !n->name || (o->secret && !n->secret) || !n->vL || (o->lua_path && !n->lua_path) ||
@@ -880,10 +1032,14 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   n->inc = new_incarnation();
   snprintf(n->hb_subject, SUBJECT_MAX, "ic.%s.hb", n->cluster_name);
   peer_subject(n, n->name, n->data_subject);
-  const char *subjects[] = {n->hb_subject, n->data_subject};
+  /* path_subject is the wildcard subscribed to; its first path_prefix_len
+   * bytes ("ic.<cluster>.path.") are what interop subjects start with. */
+  n->path_prefix_len = (size_t)snprintf(n->path_subject, SUBJECT_MAX, "ic.%s.path.", n->cluster_name);
+  snprintf(n->path_subject + n->path_prefix_len, SUBJECT_MAX - n->path_prefix_len, ">");
+  const char *subjects[] = {n->hb_subject, n->data_subject, n->path_subject};
   transport_opts to = {o->urls, o->nurls, o->user, o->password, o->token, o->tls_ca, o->tls_cert, o->tls_key,
                        n->name, o->connect_timeout > 0 ? o->connect_timeout : DEFAULT_CONNECT_TIMEOUT,
-                       subjects, 2, 0};
+                       subjects, 3, 0};
   n->t = transport_open(&to, err, errlen);
   if (!n->t) {
     net_free(n);

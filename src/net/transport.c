@@ -82,6 +82,11 @@ static void set_error(char *err, size_t errlen, const char *what, natsStatus s) 
   natsStatus ls = NATS_OK;
   const char *detail = nats_GetLastError(&ls);
   if (!detail || !*detail) detail = natsStatus_GetText(s);
+  /* cnats prefixes its texts with its source position, "(conn.c:1905): ". */
+  if (detail[0] == '(') {
+    const char *end = strstr(detail, "): ");
+    if (end) detail = end + 3;
+  }
   snprintf(err, errlen, "%s: %s", what, detail);
 }
 
