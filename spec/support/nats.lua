@@ -258,19 +258,33 @@ Proc.wait_output = M.wait_output
 
 --- Stops every process started since the last cleanup (newest first), and
 --- removes the temporary directories. For after_each and teardown; also
---- usable in a finally. Never raises for a process that is already gone.
-function M.cleanup()
+--- usable in a finally. Processes in the list `keep` (e.g. a server shared
+--- by a whole file) stay, with their directories. Never raises for a process
+--- that is already gone; raises if one survived SIGKILL.
+function M.cleanup(keep)
+  local kept, kept_dirs = {}, {}
+  for _, p in ipairs(type(keep) == "table" and keep or {}) do
+    kept[p] = true
+    if p.dir then kept_dirs[p.dir] = true end
+  end
   local errs = {}
-  while #live > 0 do
-    local p = live[#live]
-    local ok, err = pcall(p.stop, p)
-    if not ok then
-      errs[#errs + 1] = tostring(err)
-      table.remove(live) -- an unkillable process: reported, not retried forever
+  for i = #live, 1, -1 do
+    local p = live[i]
+    if not kept[p] then
+      local ok, err = pcall(p.stop, p)
+      if not ok then
+        errs[#errs + 1] = tostring(err)
+        for j = #live, 1, -1 do
+          if live[j] == p then table.remove(live, j) end -- reported, not retried forever
+        end
+      end
     end
   end
-  for _, d in ipairs(tmp_dirs) do os.execute("rm -rf " .. q(d)) end
-  tmp_dirs = {}
+  local dirs = {}
+  for _, d in ipairs(tmp_dirs) do
+    if kept_dirs[d] then dirs[#dirs + 1] = d else os.execute("rm -rf " .. q(d)) end
+  end
+  tmp_dirs = dirs
   if #errs > 0 then error(table.concat(errs, "\n"), 2) end
 end
 
@@ -498,7 +512,7 @@ function M.start_node(opts)
   local dir = M.tmpdir()
   local label = ("node %s (%s)"):format(tostring(args.name or node_count), opts.script)
   local p = spawn(argv, M.lua_env(opts.env), dir .. "/output.txt", label)
-  p.name = args.name
+  p.name, p.dir = args.name, dir
   return p
 end
 
@@ -521,7 +535,10 @@ end
 function M.start_peer(args)
   local argv = { "env", "-u", "LD_PRELOAD", M.PYTHON, M.PEER }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  return spawn(argv, {}, M.tmpdir() .. "/peer.txt", "nats_peer " .. tostring(args[1]))
+  local dir = M.tmpdir()
+  local p = spawn(argv, {}, dir .. "/peer.txt", "nats_peer " .. tostring(args[1]))
+  p.dir = dir
+  return p
 end
 
 -- ---------------------------------------------------------------- misc
