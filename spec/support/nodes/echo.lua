@@ -4,7 +4,8 @@
 --             whose message is a table with op:
 --               echo  v         -> v
 --               fail  why       -> raises "echo failed: <why>" (at the requester)
---               sleep s         -> sleeps s seconds, then "slept"
+--               sleep s         -> prints "sleeping <s>", sleeps s seconds,
+--                                  then answers "slept"
 --               whoami          -> { ref = its ref, node = ref.node, sender = sender }
 --               reply_to ref v  -> sends { reply = "via ref", from = its ref, v = v }
 --                                  to ref; returns true
@@ -12,8 +13,9 @@
 --               blast to n stream -> sends { stream =, seq = 1..n } to `to`
 --                                  (each send may wait 10 s for room); returns
 --                                  how many were accepted
---               run fn          -> fn() (a Lua function that came in the
---                                  message); returns its result
+--               run fn          -> prints "ran function", calls fn (a Lua
+--                                  function that came in the message) and
+--                                  returns its result
 --               ran             -> how many functions "run" has executed
 --             a plain (not table) message or one without op is answered as is.
 --   /counter  (path: counter_path=) counts streams { stream =, seq = } sent
@@ -32,6 +34,8 @@ local function echo_main(context)
     if op == "echo" then return msg.v end
     if op == "fail" then error("echo failed: " .. tostring(msg.why)) end
     if op == "sleep" then
+      io.stdout:write("sleeping " .. tostring(msg.s) .. "\n")
+      io.stdout:flush()
       context:sleep(msg.s)
       return "slept"
     end
@@ -52,6 +56,8 @@ local function echo_main(context)
     end
     if op == "run" then
       ran = ran + 1
+      io.stdout:write("ran function\n")
+      io.stdout:flush()
       return msg.fn()
     end
     if op == "ran" then return ran end
