@@ -488,14 +488,15 @@ end
 local node_count = 0
 
 --- Starts `lua5.4 spec/support/nodes/<script>.lua key=value...` as its own
---- process. opts: script (name, without .lua), args (a table of key =
+--- process. opts: script (name, without .lua) or path (any script file), args (a table of key =
 --- value, passed as key=value words in sorted order, or a list of words),
 --- env (extra environment variables), lua (interpreter, default lua5.4).
 --- Returns a process handle (pid, stop(sig), kill(), signal(sig),
 --- stopped(), output(), wait_output(pattern)) with `name` = args.name.
 function M.start_node(opts)
   node_count = node_count + 1
-  local argv = { opts.lua or os.getenv("IC_LUA") or "lua5.4", M.SUPPORT_DIR .. "/nodes/" .. opts.script .. ".lua" }
+  local script = opts.path or (M.SUPPORT_DIR .. "/nodes/" .. opts.script .. ".lua")
+  local argv = { opts.lua or os.getenv("IC_LUA") or "lua5.4", script }
   local args = opts.args or {}
   if #args > 0 then
     for _, a in ipairs(args) do argv[#argv + 1] = tostring(a) end
@@ -510,7 +511,7 @@ function M.start_node(opts)
     end
   end
   local dir = M.tmpdir()
-  local label = ("node %s (%s)"):format(tostring(args.name or node_count), opts.script)
+  local label = ("node %s (%s)"):format(tostring(args.name or node_count), opts.script or opts.path)
   local p = spawn(argv, M.lua_env(opts.env), dir .. "/output.txt", label)
   p.name, p.dir = args.name, dir
   return p
