@@ -175,8 +175,9 @@ end
 --- and waits for its process to end. Returns the exit status.
 function M.stop_node(cluster, proc, node_name)
   local ctl = cluster:lookup_isolate("/ctl/" .. node_name, 10)
-  assert(ctl, "no /ctl/" .. node_name)
-  assert.equal("bye", ctl:request("shutdown", 10))
+  if not ctl then error("no /ctl/" .. node_name .. " to ask for a shutdown", 2) end
+  local answer = ctl:request("shutdown", 10)
+  if answer ~= "bye" then error("/ctl/" .. node_name .. " answered " .. tostring(answer), 2) end
   local status = proc:wait(30)
   assert(status ~= nil, "node " .. node_name .. " did not end after shutdown; its output:\n" .. proc:output())
   return status

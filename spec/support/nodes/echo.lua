@@ -17,6 +17,8 @@
 --                                  function that came in the message) and
 --                                  returns its result
 --               ran             -> how many functions "run" has executed
+--               crash           -> (sent, not requested) raises, so /echo
+--                                  goes down with "error: ... crash on purpose"
 --             a plain (not table) message or one without op is answered as is.
 --   /counter  (path: counter_path=) counts streams { stream =, seq = } sent
 --             to it; request { op = "stats", stream = S } -> { count =, last =,
@@ -61,6 +63,7 @@ local function echo_main(context)
       return msg.fn()
     end
     if op == "ran" then return ran end
+    if op == "crash" then error("crash on purpose") end
     error("echo: unknown op " .. tostring(op))
   end)
 end
