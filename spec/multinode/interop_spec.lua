@@ -9,8 +9,10 @@
 local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 
-local describe, it, assert, setup, teardown, after_each = describe, it, assert, setup, teardown, after_each
+local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown, after_each, pending
 local _ENV = _G
+
+if MN.skip_under_tsan(describe, pending) then return end
 
 describe("a NATS client that is not a node", function()
   local srv, name, c, counter

@@ -7,8 +7,10 @@
 local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 
-local describe, it, assert, setup, teardown, after_each = describe, it, assert, setup, teardown, after_each
+local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown, after_each, pending
 local _ENV = _G
+
+if MN.skip_under_tsan(describe, pending) then return end
 
 local function nodes_become(c, want, timeout)
   return W.wait_until(function()

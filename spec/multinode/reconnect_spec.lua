@@ -11,8 +11,10 @@
 local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 
-local describe, it, assert, after_each, teardown = describe, it, assert, after_each, teardown
+local describe, it, assert, after_each, teardown, pending = describe, it, assert, after_each, teardown, pending
 local _ENV = _G
+
+if MN.skip_under_tsan(describe, pending) then return end
 
 local N = 20000
 
