@@ -98,7 +98,13 @@ describe("a NATS server restart in the middle of a stream", function()
     run("kill")
   end)
 
-  it("does not declare the peers down when they come back within the bound", function()
+end)
+
+describe("a NATS server outage", function()
+  after_each(function() MN.cleanup() end)
+  teardown(function() MN.cleanup() end)
+
+  it("that is short does not declare the peers down: the same refs keep working", function()
     local srv = H.start_server()
     local name = H.unique_name("restart")
     local c = MN.node(srv, name, "spec")
@@ -112,6 +118,31 @@ describe("a NATS server restart in the middle of a stream", function()
       local ok, r = pcall(echo.request, echo, "same", 2)
       return ok and r
     end, 30, 0.1))
+    assert.same({ "b", "spec" }, c:nodes())
+    assert.is_nil(ev:wait(MN.node_down("b"), 0.5), "b was declared down over a short server restart")
+  end)
+
+  it("longer than the failure-detection bound declares nobody down", function()
+    local srv = H.start_server()
+    local name = H.unique_name("outage")
+    local c = MN.node(srv, name, "spec")
+    local ev = MN.watch(c)
+    MN.start(srv, name, "b")
+    assert.is_not_nil(ev:wait(MN.node_up("b"), 15))
+    local echo = c:lookup_isolate("/echo", 15)
+    srv:stop()
+    -- Nobody hears anybody for longer than the bound (a few seconds): each
+    -- node knows that its own connection is down, so it declares no one down.
+    local during = W.drain(c, 6)
+    for _, m in ipairs(during) do
+      assert.is_false(type(m) == "table" and m.ev == "node_down", "declared down during the outage: " .. tostring(m.name))
+    end
+    srv:restart()
+    assert.equal("back", W.wait_until(function()
+      local ok, r = pcall(echo.request, echo, "back", 2)
+      return ok and r
+    end, 30, 0.1), "the old ref does not work after the outage")
+    assert.is_nil(ev:wait(MN.node_down("b"), 2), "b was declared down after the outage")
     assert.same({ "b", "spec" }, c:nodes())
   end)
 end)
