@@ -114,14 +114,15 @@ local function proc_stat(pid)
   return state, tonumber(ppid)
 end
 
---- Starts argv (a list of words) with env (a table of extra variables)
---- in the background, its stdout and stderr appended to `out`. Returns a
---- process handle. The process does not ignore SIGINT (a background job
+--- Starts argv (a list of words) with env (a table of extra variables,
+--- and `unset`, a list of variables to remove) in the background, its stdout
+--- and stderr appended to `out`. Returns a process handle. The process does not ignore SIGINT (a background job
 --- of a shell otherwise would).
-local function spawn(argv, env, out, label)
+local function spawn(argv, env, out, label, unset)
   local words = {}
   for _, w in ipairs(argv) do words[#words + 1] = q(w) end
   local envs = { "env" }
+  for _, k in ipairs(unset or {}) do envs[#envs + 1] = "-u " .. q(k) end
   local keys = {}
   for k in pairs(env or {}) do keys[#keys + 1] = k end
   table.sort(keys)
@@ -258,19 +259,33 @@ Proc.wait_output = M.wait_output
 
 --- Stops every process started since the last cleanup (newest first), and
 --- removes the temporary directories. For after_each and teardown; also
---- usable in a finally. Never raises for a process that is already gone.
-function M.cleanup()
+--- usable in a finally. Processes in the list `keep` (e.g. a server shared
+--- by a whole file) stay, with their directories. Never raises for a process
+--- that is already gone; raises if one survived SIGKILL.
+function M.cleanup(keep)
+  local kept, kept_dirs = {}, {}
+  for _, p in ipairs(type(keep) == "table" and keep or {}) do
+    kept[p] = true
+    if p.dir then kept_dirs[p.dir] = true end
+  end
   local errs = {}
-  while #live > 0 do
-    local p = live[#live]
-    local ok, err = pcall(p.stop, p)
-    if not ok then
-      errs[#errs + 1] = tostring(err)
-      table.remove(live) -- an unkillable process: reported, not retried forever
+  for i = #live, 1, -1 do
+    local p = live[i]
+    if not kept[p] then
+      local ok, err = pcall(p.stop, p)
+      if not ok then
+        errs[#errs + 1] = tostring(err)
+        for j = #live, 1, -1 do
+          if live[j] == p then table.remove(live, j) end -- reported, not retried forever
+        end
+      end
     end
   end
-  for _, d in ipairs(tmp_dirs) do os.execute("rm -rf " .. q(d)) end
-  tmp_dirs = {}
+  local dirs = {}
+  for _, d in ipairs(tmp_dirs) do
+    if kept_dirs[d] then dirs[#dirs + 1] = d else os.execute("rm -rf " .. q(d)) end
+  end
+  tmp_dirs = dirs
   if #errs > 0 then error(table.concat(errs, "\n"), 2) end
 end
 
@@ -338,7 +353,9 @@ function Server:_launch()
   local argv = { M.NATS_SERVER, "-c", self.config, "--ports_file_dir", ports_dir }
   if self.opts.debug then argv[#argv + 1] = "-DV" end
   for _, a in ipairs(self.opts.args or {}) do argv[#argv + 1] = a end
-  local p = spawn(argv, {}, self.log, "nats-server " .. self.name)
+  -- Without the sanitizer runtime that sanitized test builds preload: the
+  -- server is not ours to check (and is not a C program).
+  local p = spawn(argv, {}, self.log, "nats-server " .. self.name, { "LD_PRELOAD" })
   self.pid, self.shell_pid, self.pipe, self.status = p.pid, p.shell_pid, p.pipe, nil
   -- The spawned handle is this server now: cleanup() stops it through self.
   for i = #live, 1, -1 do
@@ -474,14 +491,15 @@ end
 local node_count = 0
 
 --- Starts `lua5.4 spec/support/nodes/<script>.lua key=value...` as its own
---- process. opts: script (name, without .lua), args (a table of key =
+--- process. opts: script (name, without .lua) or path (any script file), args (a table of key =
 --- value, passed as key=value words in sorted order, or a list of words),
 --- env (extra environment variables), lua (interpreter, default lua5.4).
 --- Returns a process handle (pid, stop(sig), kill(), signal(sig),
 --- stopped(), output(), wait_output(pattern)) with `name` = args.name.
 function M.start_node(opts)
   node_count = node_count + 1
-  local argv = { opts.lua or os.getenv("IC_LUA") or "lua5.4", M.SUPPORT_DIR .. "/nodes/" .. opts.script .. ".lua" }
+  local script = opts.path or (M.SUPPORT_DIR .. "/nodes/" .. opts.script .. ".lua")
+  local argv = { opts.lua or os.getenv("IC_LUA") or "lua5.4", script }
   local args = opts.args or {}
   if #args > 0 then
     for _, a in ipairs(args) do argv[#argv + 1] = tostring(a) end
@@ -496,9 +514,9 @@ function M.start_node(opts)
     end
   end
   local dir = M.tmpdir()
-  local label = ("node %s (%s)"):format(tostring(args.name or node_count), opts.script)
+  local label = ("node %s (%s)"):format(tostring(args.name or node_count), opts.script or opts.path)
   local p = spawn(argv, M.lua_env(opts.env), dir .. "/output.txt", label)
-  p.name = args.name
+  p.name, p.dir = args.name, dir
   return p
 end
 
@@ -519,9 +537,12 @@ end
 
 --- Starts the peer in the background (a process handle, as start_node's).
 function M.start_peer(args)
-  local argv = { "env", "-u", "LD_PRELOAD", M.PYTHON, M.PEER }
+  local argv = { M.PYTHON, M.PEER }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  return spawn(argv, {}, M.tmpdir() .. "/peer.txt", "nats_peer " .. tostring(args[1]))
+  local dir = M.tmpdir()
+  local p = spawn(argv, {}, dir .. "/peer.txt", "nats_peer " .. tostring(args[1]), { "LD_PRELOAD" })
+  p.dir = dir
+  return p
 end
 
 -- ---------------------------------------------------------------- misc
