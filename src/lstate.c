@@ -12,6 +12,11 @@
 #include "runtime.h"
 #include "net/net.h"
 
+/* Longest wait for the other nodes' answers to a path claim: beyond the
+ * failure-detection bound (src/net/membership.h), so a node that cannot
+ * answer has been declared down by then. */
+#define CLAIM_TIMEOUT 5.0
+
 /* Registry keys: the addresses of these constants. */
 static const char CTX_KEY = 'c';
 static const char JOBS_KEY = 'j';
@@ -574,6 +579,16 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     props_len = ctx->buf.len;
   }
   codec_encode(L, arg, "entry", &h, &ctx->lim, &ctx->buf);
+  /* Multi-node: an exact path is claimed from the other nodes first (one
+   * round trip); the claim is held until the isolate is registered. From
+   * here on nothing raises before net_claim_done. */
+  int claimed = 0;
+  if (c->net && path && *path && path[strlen(path) - 1] != '/') {
+    const char *why = net_claim(c->net, path, CLAIM_TIMEOUT);
+    if (why && strcmp(why, "path in use") == 0) return luaL_error(L, "path \"%s\" is already in use", path);
+    if (why) return luaL_error(L, "path \"%s\" could not be claimed: %s", path, why);
+    claimed = 1;
+  }
   if (node) {
     /* Another node spawns it (module name: with its own package.path) and
      * the ref is known at once: this node chose the new isolate's id. */
@@ -582,6 +597,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     const char *why = net_spawn(c->net, node, creator ? creator->id : c->main->id, ctx->buf.data + props_len,
                                 ctx->buf.len - props_len, has_props ? ctx->buf.data : NULL, props_len, path,
                                 (size_t)mbox, (size_t)memlimit, dedicated, &rnode, &rid);
+    if (claimed) net_claim_done(c->net, path); /* the replica holds it as pending now */
     if (why) return luaL_error(L, "spawn_isolate on node \"%s\" failed: %s", node, why);
     lref_push_wire(L, c, rnode, rid);
     return 1;
@@ -600,7 +616,9 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
                   lua_path, lua_cpath, path, hidden, creator, detached, 0};
   ic_isolate *iso;
   char err[256];
-  if (cluster_spawn(c, &a, &iso, err, sizeof err)) return luaL_error(L, "%s", err);
+  int rc = cluster_spawn(c, &a, &iso, err, sizeof err);
+  if (claimed) net_claim_done(c->net, path);
+  if (rc) return luaL_error(L, "%s", err);
   lref_push(L, iso);
   isolate_release(iso); /* the ref and the registry hold it now */
   return 1;
@@ -626,6 +644,30 @@ int lstate_lookup(lua_State *L, ic_cluster *c, int arg) {
   return 1;
 }
 
+/* Appends to the list at idx, after its first `n` items, the refs of the
+ * other nodes' isolates whose path starts with prefix (NULL: all that are
+ * up), in the order they came up there. */
+static void push_remote_refs(lua_State *L, ic_cluster *c, const char *prefix, int idx, lua_Integer n) {
+  idx = lua_absindex(L, idx);
+  uint32_t *nodes;
+  uint64_t *ids;
+  size_t rn;
+  if (net_prefix(c->net, prefix, &nodes, &ids, &rn)) luaL_error(L, "out of memory");
+  /* In Lua-owned memory before anything may raise. */
+  uint64_t *pairs = lua_newuserdatauv(L, (rn + 1) * 2 * sizeof *pairs, 0);
+  for (size_t i = 0; i < rn; i++) {
+    pairs[2 * i] = nodes[i];
+    pairs[2 * i + 1] = ids[i];
+  }
+  free(nodes);
+  free(ids);
+  for (size_t i = 0; i < rn; i++) {
+    lref_push_wire(L, c, (uint32_t)pairs[2 * i], pairs[2 * i + 1]);
+    lua_rawseti(L, idx, n + (lua_Integer)i + 1);
+  }
+  lua_pop(L, 1);
+}
+
 int lstate_lookup_prefix(lua_State *L, ic_cluster *c, int arg) {
   const char *prefix = luaL_checkstring(L, arg);
   size_t n;
@@ -638,26 +680,7 @@ int lstate_lookup_prefix(lua_State *L, ic_cluster *c, int arg) {
   }
   for (size_t i = 0; i < n; i++) isolate_release(all[i]);
   free(all);
-  if (c->net) {
-    /* Then the other nodes' (in the order they came up there). */
-    uint32_t *nodes;
-    uint64_t *ids;
-    size_t rn;
-    if (net_prefix(c->net, prefix, &nodes, &ids, &rn)) return luaL_error(L, "out of memory");
-    /* In Lua-owned memory before anything may raise. */
-    uint64_t *pairs = lua_newuserdatauv(L, (rn + 1) * 2 * sizeof *pairs, 0);
-    for (size_t i = 0; i < rn; i++) {
-      pairs[2 * i] = nodes[i];
-      pairs[2 * i + 1] = ids[i];
-    }
-    free(nodes);
-    free(ids);
-    for (size_t i = 0; i < rn; i++) {
-      lref_push_wire(L, c, (uint32_t)pairs[2 * i], pairs[2 * i + 1]);
-      lua_rawseti(L, -3, (lua_Integer)(n + i) + 1);
-    }
-    lua_pop(L, 1);
-  }
+  if (c->net) push_remote_refs(L, c, prefix, -1, (lua_Integer)n); /* then the other nodes' */
   return 1;
 }
 
@@ -751,6 +774,8 @@ static int l_core_subscribe(lua_State *L) {
   }
   for (size_t i = 0; i < n; i++) isolate_release(up[i]);
   free(up);
+  ic_cluster *c = self->cluster;
+  if (c->net) push_remote_refs(L, c, NULL, -1, (lua_Integer)n); /* the other nodes' too */
   return 1;
 }
 

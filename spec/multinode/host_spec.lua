@@ -48,6 +48,11 @@ describe("the isolate-cluster host as a node", function()
   teardown(function() MN.cleanup() end)
 
   local function start_host(name, node)
+    -- the cleanup after each test removes the temporary directories
+    script = H.tmpdir() .. "/hosted.lua"
+    local f = assert(io.open(script, "w"))
+    f:write(SCRIPT)
+    f:close()
     local out = H.tmpdir() .. "/host.txt"
     local p = H.spawn({ HOST, "--workers", "2", "--nats", srv.url, "--cluster", name, "--node", node,
       script, "x", "y" }, H.lua_env(), out, "isolate-cluster " .. node)

@@ -219,3 +219,31 @@ describe("across two nodes", function()
     assert.is_false((echo:send("after")))
   end)
 end)
+
+describe("path claims", function()
+  teardown(H.cleanup)
+
+  it("three nodes claiming one path at once: exactly one wins, the others are refused", function()
+    local srv = H.start_server()
+    local name = H.unique_name("claim")
+    local c <close> = join(srv, name, "a")
+    local procs = {}
+    for _, n in ipairs({ "b", "d", "e" }) do
+      procs[n] = H.start_node({ script = "claim", args = { nats = srv.url, cluster = name, name = n, path = "/one" } })
+    end
+    local won, refused = 0, 0
+    for n, p in pairs(procs) do
+      H.wait_output(p, "^ready " .. n .. "$")
+      if p:output():find("claimed /one", 1, true) then won = won + 1 end
+      if p:output():find('claim failed: .*path "/one" is already in use') then refused = refused + 1 end
+    end
+    local outs = {}
+    for n, p in pairs(procs) do outs[#outs + 1] = n .. ":\n" .. p:output() end
+    assert.equal(1, won, table.concat(outs, "\n"))
+    assert.equal(2, refused, table.concat(outs, "\n"))
+    local owner = assert(c:lookup_isolate("/one", 10))
+    assert.equal(owner.node, owner:request("who", 10))
+    assert.has_error(function() c:spawn_isolate(function() end, nil, { path = "/one" }) end,
+      'path "/one" is already in use')
+  end)
+end)

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -25,6 +26,14 @@
 #define WINDOW_BYTES (64u << 20)
 /* A frame unacked this long is sent again (with every later one). */
 #define RETRANSMIT_NS 300000000ull
+/* A duplicate ack resends at once what is older than this (fast
+ * retransmit: a peer that dropped frames, e.g. a joiner that got them before
+ * it knew the sender, says so by acking what it has). */
+#define FAST_RETRANSMIT_NS 20000000ull
+/* ic.node waits this long after its first heartbeat to meet the live nodes
+ * (they answer at once) and receive their isolates before it returns, so a
+ * path it claims right away is checked against theirs. */
+#define JOIN_WINDOW_NS 250000000ull
 /* The net thread's tick. */
 #define TICK_NS 50000000ull
 /* Inbound frames handled before the thread looks at its timers again. */
@@ -41,7 +50,18 @@
 #define INTEROP_MAX 65536
 
 /* Kinds of data frames between nets only (beyond the MSG_* kinds). */
-enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22 };
+enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22, NET_CLAIM = 23, NET_CLAIM_REPLY = 24 };
+
+/* A path claim of this node (see net_claim), guarded by net->lock. */
+typedef struct claim {
+  char *path;
+  uint64_t id;
+  int granted;        /* the round is over and won: held until net_claim_done */
+  int denied;
+  uint32_t *waiting;  /* incarnations whose answer is awaited */
+  size_t nwaiting;
+  struct claim *next;
+} claim;
 
 struct net {
   ic_cluster *c;        /* not retained: the cluster owns the net */
@@ -55,6 +75,8 @@ struct net {
   int code_ok;          /* allow_code and a secret */
   uint32_t inc;
   int64_t max_payload;
+  atomic_ullong spawn_seq;  /* "/dir/" segments of spawns on other nodes */
+  atomic_int name_taken;    /* a live node of another incarnation has our name */
 
   plat_mutex lock;
   membership ms;
@@ -63,6 +85,9 @@ struct net {
    * reply subjects; slot id k lives at interop[k % INTEROP_MAX]. */
   char **interop;
   uint64_t interop_next;
+  claim *claims;            /* this node's claims in progress or held (lock) */
+  uint64_t claim_seq;
+  plat_cond claims_cond;    /* an answer came, or a node went down */
 
   plat_thread thread;
   int has_thread;
@@ -70,6 +95,7 @@ struct net {
   /* Net thread only: */
   uint64_t connected_since; /* 0 while disconnected */
   uint64_t seen_reconnects;
+  uint64_t last_name_reply_ns;
   lua_State *vL;            /* the payload checker's state */
 };
 
@@ -206,6 +232,8 @@ static const char *interop_reply(struct net *n, uint64_t slot, int kind, const c
 const char *net_send(struct net *n, uint32_t node, uint64_t to_id, int kind, uint64_t corr,
                      uint64_t from_id, const char *data, size_t len) {
   if (node == INTEROP_NODE) return interop_reply(n, to_id, kind, data, len);
+  /* Known down (its down event came, or its node's): refused like a local one. */
+  if (paths_state(&n->replica, node, to_id) < 0) return "isolate down";
   const char *why = too_large(n, len);
   if (why) return why;
   unsigned char *frame = malloc(envelope_size(ENVELOPE_DATA_BODY + len, &n->key));
@@ -343,6 +371,16 @@ static uint64_t remote_spawn_id(void) {
 const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, const char *boot, size_t boot_len,
                       const char *props, size_t props_len, const char *path, size_t mailbox_cap, size_t memory_limit,
                       int dedicated, uint32_t *node, uint64_t *id) {
+  /* A "/dir/" path gets its unique segment here (from this node's
+   * incarnation and a counter, apart from the node's own "/dir/" segments),
+   * so that the ref's path is known at once. */
+  char full[600];
+  if (path && path[0] && path[strlen(path) - 1] == '/') {
+    if (strlen(path) > 500) return "path too long";
+    snprintf(full, sizeof full, "%s%08x-r%llu", path, (unsigned)n->inc,
+             (unsigned long long)atomic_fetch_add(&n->spawn_seq, 1) + 1);
+    path = full;
+  }
   /* [entry, props | nil, path | nil, mailbox, memory_limit, dedicated] */
   size_t plen = path ? strlen(path) : 0;
   size_t cap = 1 + boot_len + (props_len ? props_len : 1) + mp_sizeof_str((uint32_t)plen) + 9 + 9 + 1;
@@ -375,6 +413,8 @@ const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, cons
       *node = m->inc;
       *id = new_id;
       frame = NULL;
+      /* Known at once, pending until it is up there (or its down says why not). */
+      paths_add_pending(&n->replica, m->inc, new_id, path, props, props_len);
     }
     plat_mutex_unlock(&n->lock);
   }
@@ -485,6 +525,136 @@ int net_prefix(struct net *n, const char *prefix, uint32_t **nodes, uint64_t **i
   return 0;
 }
 
+/* ---- path claims ------------------------------------------------------------- */
+
+/* A node that went down (or was forgotten) answers no claim: stop waiting
+ * for it. net->lock held. */
+static void claims_forget(struct net *n, uint32_t inc) {
+  for (claim *k = n->claims; k; k = k->next)
+    for (size_t i = 0; i < k->nwaiting; i++)
+      if (k->waiting[i] == inc) k->waiting[i] = k->waiting[--k->nwaiting];
+  plat_cond_broadcast(&n->claims_cond);
+}
+
+static claim *claim_find_path(struct net *n, const char *path) {
+  for (claim *k = n->claims; k; k = k->next)
+    if (strcmp(k->path, path) == 0) return k;
+  return NULL;
+}
+
+static void claim_unlink(struct net *n, claim *k) {
+  for (claim **p = &n->claims; *p; p = &(*p)->next)
+    if (*p == k) {
+      *p = k->next;
+      break;
+    }
+  free(k->path);
+  free(k->waiting);
+  free(k);
+}
+
+const char *net_claim(struct net *n, const char *path, double timeout_s) {
+  size_t plen = strlen(path);
+  char *payload = malloc(plen + 5);
+  claim *k = calloc(1, sizeof *k);
+  if (k) k->path = strdup(path);
+  if (!payload || !k || !k->path) {
+    free(payload);
+    if (k) free(k->path);
+    free(k);
+    return "out of memory";
+  }
+  size_t len = (size_t)(mp_encode_str(payload, path, (uint32_t)plen) - payload);
+  size_t flen = envelope_size(ENVELOPE_DATA_BODY + len, &n->key);
+  plat_mutex_lock(&n->lock);
+  if (claim_find_path(n, path)) {
+    /* This node claims it already (another spawn of it is under way). */
+    plat_mutex_unlock(&n->lock);
+    free(payload);
+    free(k->path);
+    free(k);
+    return "path in use";
+  }
+  k->id = ++n->claim_seq;
+  k->waiting = malloc((n->ms.n + 1) * sizeof *k->waiting);
+  if (!k->waiting) {
+    plat_mutex_unlock(&n->lock);
+    free(payload);
+    free(k->path);
+    free(k);
+    return "out of memory";
+  }
+  k->next = n->claims;
+  n->claims = k;
+  for (size_t i = 0; i < n->ms.n; i++) {
+    member *m = n->ms.v[i];
+    if (!m->up) continue;
+    unsigned char *frame = malloc(flen);
+    if (frame && !send_locked(n, m, frame, NET_CLAIM, 0, k->id, 0, payload, len)) k->waiting[k->nwaiting++] = m->inc;
+    else free(frame); /* not asked: it cannot hold what it never heard of */
+  }
+  uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(timeout_s);
+  while (k->nwaiting && !k->denied && n->t && plat_now_ns() < deadline)
+    plat_cond_wait_until(&n->claims_cond, &n->lock, deadline);
+  /* No answer by the deadline (which is past the failure-detection bound,
+   * so a node that went away has been declared down and forgotten by now):
+   * refused rather than risk two owners. */
+  const char *why = k->denied ? "path in use" : k->nwaiting ? "no answer" : NULL;
+  if (why) claim_unlink(n, k);
+  else k->granted = 1;
+  plat_mutex_unlock(&n->lock);
+  free(payload);
+  return why;
+}
+
+void net_claim_done(struct net *n, const char *path) {
+  plat_mutex_lock(&n->lock);
+  claim *k = claim_find_path(n, path);
+  if (k && k->granted) claim_unlink(n, k);
+  plat_mutex_unlock(&n->lock);
+}
+
+/* Another node claims a path: it may have it unless this node holds it (or
+ * its replica says another node does), or claims it too and comes first
+ * (the smaller node name: names are unique among live nodes, so exactly one
+ * of two rival claims wins). Net thread. */
+static void answer_claim(struct net *n, const envelope *e) {
+  const char *p = e->payload;
+  if (!e->payload_len || mp_typeof(*p) != MP_STR) return;
+  uint32_t l;
+  const char *s = mp_decode_str(&p, &l);
+  char path[512];
+  if (l == 0 || l >= sizeof path || memchr(s, 0, l)) return;
+  memcpy(path, s, l);
+  path[l] = 0;
+  remote_id r;
+  int deny = cluster_path_in_use(n->c, path) || paths_find(&n->replica, path, &r);
+  plat_mutex_lock(&n->lock);
+  member *m = membership_find(&n->ms, e->from_inc);
+  claim *k = claim_find_path(n, path);
+  if (k && (k->granted || (m && strcmp(n->name, m->name) < 0))) deny = 1;
+  if (m && m->up) {
+    char answer = deny ? (char)0xc2 : (char)0xc3; /* MessagePack false / true */
+    unsigned char *frame = malloc(envelope_size(ENVELOPE_DATA_BODY + 1, &n->key));
+    if (frame && send_locked(n, m, frame, NET_CLAIM_REPLY, 0, e->corr, 0, &answer, 1)) free(frame);
+  }
+  plat_mutex_unlock(&n->lock);
+}
+
+static void claim_answered(struct net *n, const envelope *e) {
+  int granted = e->payload_len == 1 && (unsigned char)e->payload[0] == 0xc3;
+  plat_mutex_lock(&n->lock);
+  for (claim *k = n->claims; k; k = k->next) {
+    if (k->id != e->corr) continue;
+    for (size_t i = 0; i < k->nwaiting; i++)
+      if (k->waiting[i] == e->from_inc) k->waiting[i] = k->waiting[--k->nwaiting];
+    if (!granted) k->denied = 1;
+    plat_cond_broadcast(&n->claims_cond);
+    break;
+  }
+  plat_mutex_unlock(&n->lock);
+}
+
 /* ---- delivery (net thread) --------------------------------------------------- */
 
 /* An error reply as the core makes them: a MessagePack string. */
@@ -541,6 +711,7 @@ static void member_down_unlock(struct net *n, member *m, const char *reason) {
   memcpy(name, m->name, sizeof name);
   uint32_t inc = m->inc;
   pending_req *pend = membership_take_pending(m, &npend);
+  claims_forget(n, inc);
   membership_set_down(&n->ms, m, plat_now_ns(), &lost); /* m may be freed from here on */
   plat_mutex_unlock(&n->lock);
   if (lost) atomic_fetch_add(&n->c->dead_letters, lost);
@@ -585,7 +756,17 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
   }
   if (strcmp(name, n->name) == 0) {
     plat_mutex_unlock(&n->lock);
-    return; /* another process claims this node's name: ignored */
+    /* Another process has this node's name: while joining, ic.node fails;
+     * later it is ignored (the others ignore the newcomer as well). */
+    atomic_store(&n->name_taken, 1);
+    /* And tell it at once, so that a joining one sees this name taken
+     * within its join window (at most every 100 ms: two holders of one
+     * name must not echo each other for ever). */
+    if (now - n->last_name_reply_ns > 100000000ull) {
+      n->last_name_reply_ns = now;
+      send_named(n, ENV_HEARTBEAT);
+    }
+    return;
   }
   if (membership_find_name(&n->ms, e->name, e->name_len)) {
     /* The name of a live incarnation: a restarted process is admitted once
@@ -597,8 +778,16 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
   m = membership_add(&n->ms, e->from_inc, e->name, e->name_len, now, WINDOW_FRAMES, WINDOW_BYTES);
   plat_mutex_unlock(&n->lock);
   if (!m) return;
-  /* Answer at once, so the newcomer need not wait a heartbeat period. */
+  /* Answer at once, so the newcomer need not wait a heartbeat period; and
+   * ack nothing yet, so it resends at once what it sent before we knew it. */
   send_named(n, ENV_HEARTBEAT);
+  {
+    unsigned char body[8];
+    char subject[SUBJECT_MAX];
+    envelope_put_u64(body, 0);
+    peer_subject(n, name, subject);
+    send_control(n, subject, ENV_ACK, e->from_inc, body, sizeof body);
+  }
   send_snapshot(n, e->from_inc);
   cluster_node_event(n->c, EVENT_NODE_UP, name, NULL);
 }
@@ -758,6 +947,8 @@ static void rejoin(struct net *n, uint32_t by) {
   g.v = calloc(g.cap ? g.cap : 1, sizeof *g.v);
   if (!g.v) g.cap = 0;
   membership_reset(&n->ms, collect_gone, &g);
+  for (claim *k = n->claims; k; k = k->next) k->nwaiting = 0;
+  plat_cond_broadcast(&n->claims_cond);
   uint32_t old = n->inc;
   n->inc = new_incarnation();
   atomic_store(&n->c->node_id, n->inc);
@@ -812,14 +1003,23 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
     return;
   }
   if (e.type == ENV_ACK) {
-    link_ack(&m->link, e.seq);
+    link_frame *f;
+    if (link_ack(&m->link, e.seq) == 0 && e.seq == m->link.acked && (f = link_unacked(&m->link, 0)) != NULL &&
+        now - f->sent_ns > FAST_RETRANSMIT_NS) {
+      char to[SUBJECT_MAX];
+      peer_subject(n, m->name, to);
+      for (size_t k = 0; (f = link_unacked(&m->link, k)) != NULL; k++) {
+        if (transport_publish(n->t, to, f->data, f->len)) break;
+        f->sent_ns = now;
+      }
+    }
     plat_mutex_unlock(&n->lock);
     return;
   }
   /* ENV_DATA */
   int k = e.kind;
   if (k != MSG_USER && k != MSG_REQUEST && k != MSG_REPLY && k != MSG_REPLY_ERROR && k != NET_ISO_UP &&
-      k != NET_ISO_DOWN && k != NET_SPAWN) {
+      k != NET_ISO_DOWN && k != NET_SPAWN && k != NET_CLAIM && k != NET_CLAIM_REPLY) {
     plat_mutex_unlock(&n->lock);
     return;
   }
@@ -833,7 +1033,7 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
   /* Sequence accepted: delivered or counted, never asked for again. */
   if (!payload_ok(n, e.payload, e.payload_len, n->code_ok)) {
     if (k == NET_SPAWN) spawn_failed(n, e.from_inc, e.to_id, "malformed or untrusted spawn refused");
-    if (k == NET_ISO_UP || k == NET_ISO_DOWN || k == NET_SPAWN) return;
+    if (k >= NET_ISO_UP) return;
     cluster_log(n->c, "isolate_cluster: refused a malformed or untrusted message from node %08x",
                 (unsigned)e.from_inc);
     if (k == MSG_REQUEST)
@@ -843,6 +1043,8 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
   }
   if (k == NET_ISO_UP || k == NET_ISO_DOWN) apply_replica(n, &e);
   else if (k == NET_SPAWN) apply_spawn(n, &e);
+  else if (k == NET_CLAIM) answer_claim(n, &e);
+  else if (k == NET_CLAIM_REPLY) claim_answered(n, &e);
   else deliver(n, &e);
 }
 
@@ -973,6 +1175,14 @@ void net_free(struct net *n) {
   if (n->interop)
     for (size_t i = 0; i < INTEROP_MAX; i++) free(n->interop[i]);
   free(n->interop);
+  while (n->claims) {
+    claim *k = n->claims;
+    n->claims = k->next;
+    free(k->path);
+    free(k->waiting);
+    free(k);
+  }
+  plat_cond_destroy(&n->claims_cond);
   plat_mutex_destroy(&n->lock);
   free(n);
 }
@@ -1000,6 +1210,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
     return NULL;
   }
   plat_mutex_init(&n->lock);
+  plat_cond_init(&n->claims_cond);
   membership_init(&n->ms);
   paths_init(&n->replica);
   n->c = c;
@@ -1055,6 +1266,26 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
     return NULL;
   }
   n->has_thread = 1;
+  /* Meet the live nodes before returning (see JOIN_WINDOW_NS). */
+  uint64_t until = plat_now_ns() + JOIN_WINDOW_NS;
+  while (plat_now_ns() < until && !atomic_load(&n->name_taken)) {
+    struct timespec ts = {0, 10000000};
+    nanosleep(&ts, NULL);
+  }
+  if (atomic_load(&n->name_taken)) {
+    snprintf(err, errlen, "node name \"%s\" is already in use by a live node of cluster \"%s\"", n->name,
+             n->cluster_name);
+    /* Leave without a bye: the name's owner must not be taken for gone. */
+    atomic_store(&n->stop, 1);
+    transport_wake(n->t);
+    plat_thread_join(n->thread);
+    n->has_thread = 0;
+    transport *t = n->t;
+    n->t = NULL;
+    transport_close(t, 1.0);
+    net_free(n);
+    return NULL;
+  }
   return n;
 }
 
@@ -1070,6 +1301,7 @@ void net_stop(struct net *n) {
   transport *t = n->t;
   if (t) send_named(n, ENV_BYE);
   n->t = NULL;
+  plat_cond_broadcast(&n->claims_cond); /* a claim round ends with the node */
   plat_mutex_unlock(&n->lock);
   if (t) transport_close(t, 2.0);
 }

@@ -70,7 +70,8 @@ int net_find_path(struct net *n, const char *path, uint32_t *node, uint64_t *id)
 int net_path_taken(struct net *n, const char *path);
 char *net_path_of(struct net *n, uint32_t node, uint64_t id);           /* malloc'ed or NULL */
 struct ic_blob *net_props_of(struct net *n, uint32_t node, uint64_t id); /* retained or NULL */
-/* (node, id) pairs of the remote isolates whose path starts with prefix;
+/* (node, id) pairs of the remote isolates whose path starts with prefix
+ * (NULL: every remote isolate that is up);
  * malloc'ed arrays, *count set; 0 or -1 when out of memory. */
 int net_prefix(struct net *n, const char *prefix, uint32_t **nodes, uint64_t **ids, size_t *count);
 
@@ -84,6 +85,18 @@ int net_prefix(struct net *n, const char *prefix, uint32_t **nodes, uint64_t **i
 const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, const char *boot, size_t boot_len,
                       const char *props, size_t props_len, const char *path, size_t mailbox_cap, size_t memory_limit,
                       int dedicated, uint32_t *node, uint64_t *id);
+/* The claim round for an exact path "/name" (docs/multinode.md, "Claims"):
+ * asks every live node and waits for their answers, or for the silent ones
+ * to be declared down, at most timeout_s. Returns NULL when the path is
+ * this node's to register, "path in use", or "no answer" (a node neither
+ * answered nor was declared down in time). A granted claim
+ * holds the path against other nodes' claims until net_claim_done, which the
+ * caller must call once it has registered the isolate (or failed to).
+ * Blocks the calling thread for one round trip. Any thread but the net
+ * thread. */
+const char *net_claim(struct net *n, const char *path, double timeout_s);
+void net_claim_done(struct net *n, const char *path);
+
 /* Lua functions may cross between the nodes (allow_code and a secret). */
 int net_code_ok(const struct net *n);
 

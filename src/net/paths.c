@@ -47,7 +47,15 @@ int paths_add(paths *p, uint32_t node, uint64_t id, const char *path, size_t pat
   }
   plat_mutex_lock(&p->lock);
   int r = 1;
-  if (find_id(p, node, id)) {
+  path_entry *known = find_id(p, node, id);
+  if (known && known->pending && !known->down) {
+    known->pending = 0; /* it came up: its own announce is what counts */
+    if (!known->props && b) {
+      known->props = b;
+      b = NULL;
+    }
+    r = 2;
+  } else if (known) {
     r = 0; /* already known (up, or already down: a late repeat) */
   } else if (p->n == p->cap) {
     size_t cap = p->cap ? p->cap * 2 : 64;
@@ -59,14 +67,33 @@ int paths_add(paths *p, uint32_t node, uint64_t id, const char *path, size_t pat
     }
   }
   if (r == 1) {
-    p->v[p->n++] = (path_entry){node, id, pc, b, 0};
+    p->v[p->n++] = (path_entry){node, id, pc, b, 0, 0};
     pc = NULL;
     b = NULL;
   }
   plat_mutex_unlock(&p->lock);
   free(pc);
   if (b) blob_release(b);
-  return r;
+  return r == 2 ? 1 : r;
+}
+
+int paths_add_pending(paths *p, uint32_t node, uint64_t id, const char *path, const char *props,
+                      size_t props_len) {
+  int r = paths_add(p, node, id, path, path ? strlen(path) : 0, props, props_len);
+  if (r != 1) return r == 0 ? 1 : -1;
+  plat_mutex_lock(&p->lock);
+  path_entry *e = find_id(p, node, id);
+  if (e) e->pending = 1;
+  plat_mutex_unlock(&p->lock);
+  return 1;
+}
+
+int paths_state(paths *p, uint32_t node, uint64_t id) {
+  plat_mutex_lock(&p->lock);
+  path_entry *e = find_id(p, node, id);
+  int st = !e ? 0 : e->down ? -1 : 1;
+  plat_mutex_unlock(&p->lock);
+  return st;
 }
 
 /* Keeps the order entries came up in (lookup_isolates lists them so). */
@@ -151,12 +178,15 @@ ic_blob *paths_props_of(paths *p, uint32_t node, uint64_t id) {
 }
 
 remote_id *paths_prefix(paths *p, const char *prefix, size_t *n) {
-  size_t plen = strlen(prefix), k = 0;
+  size_t plen = prefix ? strlen(prefix) : 0, k = 0;
   plat_mutex_lock(&p->lock);
   remote_id *out = malloc((p->n + 1) * sizeof *out);
   if (out)
-    for (size_t i = 0; i < p->n; i++)
-      if (!p->v[i].down && p->v[i].path && strncmp(p->v[i].path, prefix, plen) == 0) out[k++] = (remote_id){p->v[i].node, p->v[i].id};
+    for (size_t i = 0; i < p->n; i++) {
+      const path_entry *e = &p->v[i];
+      if (e->down) continue;
+      if (prefix ? e->path && strncmp(e->path, prefix, plen) == 0 : !e->pending) out[k++] = (remote_id){e->node, e->id};
+    }
   plat_mutex_unlock(&p->lock);
   *n = k;
   return out;

@@ -30,6 +30,7 @@ typedef struct path_entry {
   ic_blob *props;  /* MessagePack map, or NULL */
   int down;        /* gone: kept (bounded) so its refs still print their path
                       and read their properties, as a local isolate's do */
+  int pending;     /* spawned from this node, not yet up there */
 } path_entry;
 
 typedef struct paths {
@@ -49,9 +50,16 @@ typedef struct remote_id {
 void paths_init(paths *p);
 void paths_fini(paths *p);
 
-/* Adds (node, id): 1 added, 0 already there, -1 out of memory. Copies. */
+/* Adds (node, id) as up: 1 added (or a pending one is now up), 0 already
+ * there, -1 out of memory. Copies. */
 int paths_add(paths *p, uint32_t node, uint64_t id, const char *path, size_t path_len, const char *props,
               size_t props_len);
+/* Adds (node, id) as pending: spawned from this node on node `node`, so
+ * that its path and properties are known at once. 1, or -1 out of memory. */
+int paths_add_pending(paths *p, uint32_t node, uint64_t id, const char *path, const char *props,
+                      size_t props_len);
+/* 1 up or pending, -1 down, 0 unknown. */
+int paths_state(paths *p, uint32_t node, uint64_t id);
 /* Marks (node, id) down: 1 if it was up, 0 if unknown, -1 if already down.
  * Lookups no longer find it. */
 int paths_remove(paths *p, uint32_t node, uint64_t id);
@@ -64,8 +72,9 @@ int paths_find(paths *p, const char *path, remote_id *out);
 char *paths_path_of(paths *p, uint32_t node, uint64_t id);
 /* Retained properties of (node, id), or NULL. */
 ic_blob *paths_props_of(paths *p, uint32_t node, uint64_t id);
-/* Every live entry whose path starts with prefix, in the order they came up
- * (malloc'ed; *n set; NULL when out of memory). */
+/* Every live entry whose path starts with prefix (prefix NULL: every entry
+ * that is up, with a path or not), in the order they came up (malloc'ed; *n
+ * set; NULL when out of memory). */
 remote_id *paths_prefix(paths *p, const char *prefix, size_t *n);
 
 #endif
