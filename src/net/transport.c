@@ -148,6 +148,7 @@ transport *transport_open(const transport_opts *o, char *err, size_t errlen) {
   if (s == NATS_OK) s = natsOptions_SetPingInterval(opts, 1000);
   if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(opts, 3);
   if (s == NATS_OK) s = natsOptions_SetNoRandomize(opts, true);
+  if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, true);
   if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, on_disconnected, t);
   if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts, on_reconnected, t);
   if (s == NATS_OK) s = natsOptions_SetClosedCB(opts, on_closed, t);
