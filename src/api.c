@@ -4,6 +4,7 @@
  * and compiled there.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +12,7 @@
 
 #include "cluster.h"
 #include "isolate_cluster.h"
+#include "net/net.h"
 
 static int to_ic_error(int e) {
   switch (e) {
@@ -35,6 +37,9 @@ const char *ic_strerror(int err) {
   case IC_ETIMEDOUT: return "timeout";
   case IC_ESHUTDOWN: return "cluster shut down";
   case IC_ESYSTEM: return "system error";
+  case IC_ENET: return "cannot join the cluster over NATS";
+  case IC_EUNREACHABLE: return "node unreachable";
+  case IC_ETOOBIG: return "message too large for the NATS server's max_payload";
   default: return "unknown error";
   }
 }
@@ -51,6 +56,46 @@ int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out) {
   const char *err = NULL;
   *out = cluster_new(&o, &err);
   return *out ? IC_OK : IC_ENOMEM;
+}
+
+int ic_node_create(const ic_cluster_options *opts, const ic_node_options *node, ic_cluster **out, char *errbuf,
+                   size_t errlen) {
+  char scratch[8];
+  if (!errbuf || !errlen) {
+    errbuf = scratch;
+    errlen = sizeof scratch;
+  }
+  errbuf[0] = 0;
+  if (!out || !node || !node->nats || node->nats_count < 1 || (opts && (opts->workers < 0 || opts->time_slice < 0))) {
+    snprintf(errbuf, errlen, "invalid argument");
+    return IC_EINVAL;
+  }
+  cluster_opts o = {0, 0, 0};
+  if (opts) {
+    o.workers = opts->workers;
+    o.mailbox = opts->mailbox;
+    o.slice_seconds = opts->time_slice;
+  }
+  net_opts no;
+  memset(&no, 0, sizeof no);
+  no.urls = (const char **)node->nats;
+  no.nurls = node->nats_count;
+  no.cluster = node->cluster;
+  no.name = node->name;
+  no.user = node->user;
+  no.password = node->password;
+  no.token = node->token;
+  no.secret = node->secret;
+  no.secret_len = node->secret ? (node->secret_len ? node->secret_len : strlen(node->secret)) : 0;
+  no.allow_code = node->allow_code;
+  no.connect_timeout = node->connect_timeout;
+  no.lua_path = node->lua_path;
+  no.lua_cpath = node->lua_cpath;
+  *out = cluster_new_node(&o, &no, errbuf, errlen);
+  if (*out) return IC_OK;
+  if (strstr(errbuf, "out of memory")) return IC_ENOMEM;
+  if (strncmp(errbuf, "opts.", 5) == 0) return IC_EINVAL;
+  return IC_ENET;
 }
 
 int ic_cluster_shutdown(ic_cluster *c, double timeout_s) {
@@ -187,7 +232,15 @@ int ic_spawn_module(ic_cluster *c, const char *module, const char *props, size_t
 
 int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len) {
   if (!c || !one_value(msgpack, len, -1)) return IC_EINVAL;
-  if (to.node != c->node_id) return IC_EDOWN;
+  if (to.node != c->node_id) {
+    if (!c->net) return IC_EDOWN;
+    const char *why = net_send(c->net, to.node, to.id, MSG_USER, 0, c->main->id, msgpack, len);
+    if (!why) return IC_OK;
+    if (strcmp(why, "node unreachable") == 0) return IC_EUNREACHABLE;
+    if (strstr(why, "max_payload")) return IC_ETOOBIG;
+    if (strcmp(why, "out of memory") == 0) return IC_ENOMEM;
+    return IC_EDOWN;
+  }
   ic_isolate *iso = cluster_find_id(c, to.id);
   if (!iso) return IC_EDOWN;
   ic_msg *m = msg_new(MSG_USER, msgpack, len);
@@ -221,8 +274,8 @@ int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *len, ic_ref
       *data = copy;
       *len = m->len;
       if (sender) {
-        sender->node = c->node_id;
-        sender->id = m->sender ? m->sender->id : 0;
+        sender->node = m->from_node ? m->from_node : c->node_id;
+        sender->id = m->sender ? m->sender->id : m->from_id;
       }
       msg_free(m);
       return IC_OK;
@@ -236,9 +289,19 @@ int ic_receive(ic_cluster *c, double timeout_s, char **data, size_t *len, ic_ref
 int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out) {
   if (!c || !path || !out) return IC_EINVAL;
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
-  ic_isolate *iso = wait_s > 0 ? cluster_wait_path(c, path, plat_now_ns() + plat_seconds_to_ns(wait_s))
-                               : cluster_find_path(c, path);
-  if (!iso) return IC_ETIMEDOUT;
+  uint64_t deadline = wait_s > 0 ? plat_now_ns() + plat_seconds_to_ns(wait_s) : 0;
+  ic_isolate *iso;
+  for (;;) {
+    iso = cluster_find_path(c, path);
+    if (iso) break;
+    if (c->net && net_find_path(c->net, path, &out->node, &out->id)) return IC_OK; /* another node's */
+    uint64_t now = plat_now_ns();
+    if (now >= deadline || atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ETIMEDOUT;
+    /* The replica's updates wake this wait too; slices keep it looking at both. */
+    uint64_t slice = c->net ? now + plat_seconds_to_ns(0.05) : deadline;
+    iso = cluster_wait_path(c, path, slice < deadline ? slice : deadline);
+    if (iso) break;
+  }
   out->node = c->node_id;
   out->id = iso->id;
   isolate_release(iso);
