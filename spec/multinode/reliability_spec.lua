@@ -95,9 +95,11 @@ describe("multi-node reliability", function()
       if ev[1] == "iso_down" then isos[ev[2]] = ev[3] else node_down = ev end
     end
     local took = node_down[4] - t0
-    print(("\n  SIGKILL: node down after %.2f s (documented bound: about 3.1 s after the last heartbeat)"):format(took))
+    print(("\n  SIGKILL: node down after %.2f s, reason %s (documented bounds: about 2.5 s through \"no responders\", "
+      .. "3.1 s by silence)"):format(took, node_down[3]))
     assert.equal("b", node_down[2])
-    assert.equal("unreachable", node_down[3])
+    -- its connection is gone: NATS answers "no responders" (or, failing that, the silence bound)
+    assert.is_truthy(node_down[3] == "killed" or node_down[3] == "unreachable", node_down[3])
     assert.is_true(took < 10)
     assert.equal("node down", isos["/svc/echo"])
     assert.equal("node down", isos["/ctl/b"])

@@ -24,6 +24,13 @@
 
 #define MEMBERSHIP_HEARTBEAT_NS 500000000ull /* 0.5 s */
 #define MEMBERSHIP_DOWN_NS 3000000000ull     /* 3 s of silence */
+/* The faster path for a peer whose connection is gone (killed): after 1 s of
+ * silence it is probed; NATS answers "no responders" when it has no
+ * subscription any more, and a second such answer at least 1 s after the
+ * first (a fail-over between NATS servers can make one transient) takes it
+ * down ("killed") before the silence bound. */
+#define MEMBERSHIP_PROBE_NS 1000000000ull
+#define MEMBERSHIP_CONFIRM_NS 1000000000ull
 /* Down incarnations remembered (for fencing and names) beyond the live ones. */
 #define MEMBERSHIP_DOWN_KEEP 1024
 
@@ -39,6 +46,8 @@ typedef struct member {
   int up;
   uint64_t last_seen_ns;
   uint64_t down_ns;       /* when it went down */
+  uint64_t probed_ns;     /* last "no responders" probe sent (see net.c) */
+  uint64_t suspect_ns;    /* first "no responders" answer since last heard, or 0 */
   link link;              /* only while up */
   pending_req *pending;   /* ring of unanswered requests, bounded */
   size_t pending_head, pending_count, pending_cap;

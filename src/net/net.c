@@ -68,6 +68,8 @@ struct net {
   transport *t;         /* NULL once stopped (guarded by lock) */
   char *cluster_name, *name;
   char hb_subject[SUBJECT_MAX], data_subject[SUBJECT_MAX], path_subject[SUBJECT_MAX];
+  char probe_subject[SUBJECT_MAX]; /* "ic.<cluster>.probe.<name>." + ">" */
+  size_t probe_prefix_len;
   size_t path_prefix_len;   /* "ic.<cluster>.path." */
   unsigned char *secret;
   envelope_key key;
@@ -741,7 +743,10 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
     /* A live one is refreshed. A down incarnation stays down (fencing),
      * and is told so: it rejoins as a new incarnation. */
     int fenced = !m->up;
-    if (m->up) m->last_seen_ns = now;
+    if (m->up) {
+      m->last_seen_ns = now;
+      m->suspect_ns = 0;
+    }
     plat_mutex_unlock(&n->lock);
     if (fenced) {
       char subject[SUBJECT_MAX];
@@ -913,6 +918,44 @@ static void handle_interop(struct net *n, natsMsg *msg, const char *subject) {
   else atomic_fetch_add(&n->c->dead_letters, 1);
 }
 
+/* ---- the faster path for a killed peer -------------------------------------- */
+
+/* Probes the peers silent for MEMBERSHIP_PROBE_NS: an empty request to
+ * their data subject (a live peer ignores it, and nobody answers), with a
+ * reply subject naming the peer, so NATS's "no responders" says whose
+ * subscription is gone. Net thread; net->lock held. */
+static void probe_silent(struct net *n, uint64_t now) {
+  for (size_t i = 0; i < n->ms.n; i++) {
+    member *m = n->ms.v[i];
+    if (!m->up || now - m->last_seen_ns < MEMBERSHIP_PROBE_NS || now - m->probed_ns < MEMBERSHIP_PROBE_NS / 2)
+      continue;
+    m->probed_ns = now;
+    char to[SUBJECT_MAX], reply[SUBJECT_MAX];
+    peer_subject(n, m->name, to);
+    snprintf(reply, SUBJECT_MAX, "%.*s%08x", (int)n->probe_prefix_len, n->probe_subject, (unsigned)m->inc);
+    transport_publish_reply(n->t, to, reply, NULL, 0);
+  }
+}
+
+static void handle_probe_answer(struct net *n, natsMsg *msg, const char *suffix, uint64_t now) {
+  if (!natsMsg_IsNoResponders(msg) || !n->connected_since) return;
+  char *end;
+  unsigned long inc = strtoul(suffix, &end, 16);
+  if (*end || end == suffix) return;
+  plat_mutex_lock(&n->lock);
+  member *m = membership_find(&n->ms, (uint32_t)inc);
+  if (!m || !m->up || now - m->last_seen_ns < MEMBERSHIP_PROBE_NS) {
+    plat_mutex_unlock(&n->lock);
+    return;
+  }
+  if (!m->suspect_ns) m->suspect_ns = now;
+  if (now - m->suspect_ns >= MEMBERSHIP_CONFIRM_NS) {
+    member_down_unlock(n, m, "killed");
+    return;
+  }
+  plat_mutex_unlock(&n->lock);
+}
+
 typedef struct gone_member {
   uint32_t inc;
   char name[ENVELOPE_NAME_MAX + 1];
@@ -978,6 +1021,10 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
     handle_interop(n, msg, subject);
     return;
   }
+  if (subject && strncmp(subject, n->probe_subject, n->probe_prefix_len) == 0) {
+    handle_probe_answer(n, msg, subject + n->probe_prefix_len, now);
+    return;
+  }
   const unsigned char *data = (const unsigned char *)natsMsg_GetData(msg);
   int dlen = natsMsg_GetDataLength(msg);
   if (!data || dlen <= 0) return;
@@ -995,6 +1042,7 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
     return; /* a stranger's or a fenced incarnation's frame */
   }
   m->last_seen_ns = now;
+  m->suspect_ns = 0;
   if (e.type == ENV_FENCED) {
     /* A live peer declared this incarnation down (it was hung, or cut off
      * while the others were not). */
@@ -1112,7 +1160,10 @@ static void track_connection(struct net *n, uint64_t now) {
       /* Back: the peers' silence was ours; everything unacked goes again. */
       n->connected_since = now;
       plat_mutex_lock(&n->lock);
-      for (size_t i = 0; i < n->ms.n; i++) n->ms.v[i]->last_seen_ns = now;
+      for (size_t i = 0; i < n->ms.n; i++) {
+        n->ms.v[i]->last_seen_ns = now;
+        n->ms.v[i]->suspect_ns = 0;
+      }
       plat_mutex_unlock(&n->lock);
       send_named(n, ENV_HEARTBEAT);
       retransmit(n, now, 1);
@@ -1150,10 +1201,18 @@ static void *net_main(void *arg) {
       /* This process was stopped or starved (a tick normally takes
        * TICK_NS): the silence was ours, not the peers'. */
       plat_mutex_lock(&n->lock);
-      for (size_t i = 0; i < n->ms.n; i++) n->ms.v[i]->last_seen_ns = now;
+      for (size_t i = 0; i < n->ms.n; i++) {
+        n->ms.v[i]->last_seen_ns = now;
+        n->ms.v[i]->suspect_ns = 0;
+      }
       plat_mutex_unlock(&n->lock);
     }
     last_tick = now;
+    if (n->connected_since) {
+      plat_mutex_lock(&n->lock);
+      probe_silent(n, now);
+      plat_mutex_unlock(&n->lock);
+    }
     expire(n, now);
   }
   return NULL;
@@ -1247,10 +1306,13 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
    * bytes ("ic.<cluster>.path.") are what interop subjects start with. */
   n->path_prefix_len = (size_t)snprintf(n->path_subject, SUBJECT_MAX, "ic.%s.path.", n->cluster_name);
   snprintf(n->path_subject + n->path_prefix_len, SUBJECT_MAX - n->path_prefix_len, ">");
-  const char *subjects[] = {n->hb_subject, n->data_subject, n->path_subject};
+  n->probe_prefix_len =
+      (size_t)snprintf(n->probe_subject, SUBJECT_MAX, "ic.%s.probe.%s.", n->cluster_name, n->name);
+  snprintf(n->probe_subject + n->probe_prefix_len, SUBJECT_MAX - n->probe_prefix_len, ">");
+  const char *subjects[] = {n->hb_subject, n->data_subject, n->path_subject, n->probe_subject};
   transport_opts to = {o->urls, o->nurls, o->user, o->password, o->token, o->tls_ca, o->tls_cert, o->tls_key,
                        n->name, o->connect_timeout > 0 ? o->connect_timeout : DEFAULT_CONNECT_TIMEOUT,
-                       subjects, 3, 0};
+                       subjects, 4, 0};
   n->t = transport_open(&to, err, errlen);
   if (!n->t) {
     net_free(n);
