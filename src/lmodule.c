@@ -60,25 +60,18 @@ static int l_main_reply(lua_State *L) {
   const char *data = lstate_encode(L, 1, "reply", &len);
   lua_pushboolean(L, 1);
   lua_replace(L, lua_upvalueindex(3));
-  if (!r->iso && r->remote) {
-    const char *why = net_send(r->remote->net, r->node, r->id, MSG_REPLY, corr, r->remote->main->id, data, len);
-    if (why) {
-      lua_pushboolean(L, 0);
-      lua_pushstring(L, why);
-      return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+  const char *why;
+  if (r->iso) {
+    ic_msg *m = msg_new(MSG_REPLY, data, len);
+    if (!m) return luaL_error(L, "out of memory");
+    m->corr = corr;
+    why = isolate_post_sys(r->iso, m, NULL);
+  } else if (r->remote) {
+    /* to another node's requester, over the net */
+    why = net_send(r->remote->net, r->node, r->id, MSG_REPLY, corr, r->remote->main->id, data, len);
+  } else {
+    why = "isolate down";
   }
-  if (!r->iso) {
-    lua_pushboolean(L, 0);
-    lua_pushliteral(L, "isolate down");
-    return 2;
-  }
-  ic_msg *m = msg_new(MSG_REPLY, data, len);
-  if (!m) return luaL_error(L, "out of memory");
-  m->corr = corr;
-  const char *why = isolate_post_sys(r->iso, m, NULL);
   if (why) {
     lua_pushboolean(L, 0);
     lua_pushstring(L, why);

@@ -27,17 +27,24 @@ end
 --- nowhere, or a function(text, main_ref) that runs in a logger isolate of
 --- its own (path "/isolate_cluster/logger", never announced) and gets each
 --- line; main_ref is cluster.main, so a test can forward lines to itself.
+-- What ic.single_node and ic.node share: the logger and core.new. Errors
+-- are raised at the caller of those (level 3), without this file's position.
+local create
+
 function M.single_node(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("single_node expects an options table or nothing", 2)
   end
+  return create(opts)
+end
+
+function create(opts)
   local logger = opts and opts.logger
   if logger ~= nil and logger ~= false and type(logger) ~= "function" then
-    error("opts.logger must be a function, false or nil", 2)
+    error("opts.logger must be a function, false or nil", 3)
   end
   local ok, cluster = pcall(core.new, opts)
-  -- raised at the caller, without this file's position
-  if not ok then error((tostring(cluster):gsub("^[^\n]-:%d+: ", "")), 2) end
+  if not ok then error((tostring(cluster):gsub("^[^\n]-:%d+: ", "")), 3) end
   if logger ~= nil then M.set_logger(cluster, logger) end
   return cluster
 end
@@ -81,15 +88,7 @@ function M.node(opts)
   check_keys(opts, NODE_OPTS, "")
   if type(opts.tls) == "table" then check_keys(opts.tls, TLS_OPTS, " in opts.tls") end
   if opts.nats == nil then error("opts.nats (a NATS server URL or a list of them) is required", 2) end
-  local logger = opts.logger
-  if logger ~= nil and logger ~= false and type(logger) ~= "function" then
-    error("opts.logger must be a function, false or nil", 2)
-  end
-  local ok, cluster = pcall(core.new, opts)
-  -- raised at the caller, without this file's position
-  if not ok then error((tostring(cluster):gsub("^[^\n]-:%d+: ", "")), 2) end
-  if logger ~= nil then M.set_logger(cluster, logger) end
-  return cluster
+  return create(opts)
 end
 
 return M
