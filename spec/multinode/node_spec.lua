@@ -5,8 +5,8 @@ local H = require("support.nats")
 local W = require("support.wait")
 local ic = require("isolate_cluster")
 
-local describe, it, assert, setup, teardown, before_each, after_each = describe, it, assert, setup, teardown,
-  before_each, after_each
+local describe, it, assert, setup, teardown, before_each, after_each, pending = describe, it, assert, setup,
+  teardown, before_each, after_each, pending
 local _ENV = _G
 
 -- See .ci/run: libnats is not instrumented for ThreadSanitizer.
