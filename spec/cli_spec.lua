@@ -136,9 +136,10 @@ describe("isolate-cluster", function()
     local out = os.tmpname()
     local _, _, code = os.execute(HOST .. " --workers zero x.lua > " .. out .. " 2>&1")
     assert.equal(2, code)
+    -- --nats without --cluster and --node says what is missing
     _, _, code = os.execute(HOST .. " --nats nats://127.0.0.1:4222 x.lua > " .. out .. " 2>&1")
     assert.equal(2, code)
-    assert.truthy(read(out):find("NATS", 1, true))
+    assert.truthy(read(out):find("--cluster NAME is missing", 1, true), read(out))
     os.remove(out)
   end)
 
