@@ -166,6 +166,19 @@ int main(void) {
   CHECK(ic_lookup(a, "/echo", 10, &echo) == IC_OK);
   CHECK(echo.node == echo_b.node && echo.id == echo_b.id);
   CHECK(echo.node != ic_cluster_main(a).node);
+  /* Prefix lookups list the other nodes' isolates too, after this node's. */
+  ic_spawn_options sl = {"/echo-local", 0, 0, 0};
+  ic_ref local;
+  CHECK(ic_spawn_lua(a, ECHO, strlen(ECHO), "=echo", NULL, 0, &sl, &local) == IC_OK);
+  ic_ref *found = NULL;
+  size_t nfound = 0;
+  CHECK(ic_lookup_prefix(a, "/echo", &found, &nfound) == IC_OK);
+  CHECK(nfound == 2 && found);
+  if (nfound == 2 && found) {
+    CHECK(found[0].node == local.node && found[0].id == local.id);
+    CHECK(found[1].node == echo.node && found[1].id == echo.id);
+  }
+  ic_free(found);
   const char hi[] = "\xa2hi";
   CHECK(ic_send(a, echo, hi, 3) == IC_OK);
   char *data = NULL;

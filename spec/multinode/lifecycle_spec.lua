@@ -1,0 +1,90 @@
+-- The single-node lifecycle rules across nodes (SPEC §2, §3.7, §5):
+-- context:monitor of another node's isolate fires with "node down" when its
+-- node goes, and with "noproc" at once for a ref of a node that is gone; an
+-- isolate whose only handlers are on_node_up / on_node_down has something
+-- left and does not end by itself; ref:send(msg, wait_s) to another node's
+-- isolate is accepted; a waiting lookup for a path another node takes later
+-- ends when its up event comes.
+local MN = require("support.multinode")
+local H, W = MN.H, MN.W
+
+local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown, after_each, pending
+local _ENV = _G
+
+if MN.skip_under_tsan(describe, pending) then return end
+
+describe("lifecycle across nodes", function()
+  local srv
+  setup(function() srv = H.start_server() end)
+  after_each(function() MN.cleanup({ srv }) end)
+  teardown(function() MN.cleanup() end)
+
+  it("a monitor of another node's isolate fires with \"node down\" when that node stops, then \"noproc\"", function()
+    local name = H.unique_name("lc")
+    local c = MN.node(srv, name, "spec")
+    local b = MN.start(srv, name, "b")
+    local echo = c:lookup_isolate("/echo", 15)
+    assert.is_not_nil(echo)
+    c:spawn_isolate(function(context)
+      local main, target = context:property("main"), context:property("target")
+      context:monitor(target, function(ref, reason)
+        main:send({ monitor = 1, reason = reason, same = ref == target })
+        context:monitor(target, function(_, again) main:send({ monitor = 2, reason = again }) end)
+      end)
+      context:on_message(function() return "armed" end)
+    end, { main = c.main, target = echo }):request("ready?", 10)
+    b:kill()
+    local inbox = MN.inbox(c)
+    local first = inbox:wait(function(m) return type(m) == "table" and m.monitor == 1 end, 20)
+    assert.is_not_nil(first)
+    assert.equal("node down", first.reason)
+    assert.is_true(first.same)
+    local second = inbox:wait(function(m) return type(m) == "table" and m.monitor == 2 end, 15)
+    assert.is_not_nil(second)
+    assert.equal("noproc", second.reason)
+  end)
+
+  it("an isolate with only on_node_up / on_node_down handlers stays up to hear of nodes", function()
+    local name = H.unique_name("lc")
+    local c = MN.node(srv, name, "spec")
+    local inbox = MN.inbox(c)
+    local listener = c:spawn_isolate(function(context)
+      local main = context:property("main")
+      context:on_node_up(function(node) main:send({ ev = "node_up", name = node }) end)
+      context:on_node_down(function(node, reason) main:send({ ev = "node_down", name = node, reason = reason }) end)
+      main:send("listening")
+      -- the entry returns: the node handlers are what is left
+    end, { main = c.main })
+    assert.is_not_nil(inbox:wait(function(m) return m == "listening" end, 10))
+    local b = MN.start(srv, name, "b")
+    assert.is_not_nil(inbox:wait(function(m) return type(m) == "table" and m.ev == "node_up" and m.name == "b" end, 15))
+    assert.equal(0, MN.stop_node(c, b, "b"))
+    local down = inbox:wait(function(m) return type(m) == "table" and m.ev == "node_down" and m.name == "b" end, 15)
+    assert.is_not_nil(down)
+    assert.equal("left", down.reason)
+    assert.is_true((listener:send("still there?")))
+  end)
+
+  it("ref:send(msg, wait_s) to another node's isolate is accepted and arrives", function()
+    local name = H.unique_name("lc")
+    local c = MN.node(srv, name, "spec")
+    MN.start(srv, name, "b")
+    local echo = c:lookup_isolate("/echo", 15)
+    assert.is_not_nil(echo)
+    local inbox = MN.inbox(c)
+    assert.is_true((echo:send({ op = "reply_to", ref = c.main, v = "waited" }, 1)))
+    assert.is_not_nil(inbox:wait(function(m) return type(m) == "table" and m.v == "waited" end, 15))
+    assert.error_matches(function() echo:send(1, -1) end, "wait_s")
+  end)
+
+  it("a waiting lookup in the main state ends when another node takes the path", function()
+    local name = H.unique_name("lc")
+    local c = MN.node(srv, name, "spec")
+    -- not waited for: the node program connects while the lookup waits, and
+    -- its isolate's up event is what ends the wait
+    H.start_node({ script = "echo", args = MN.args(srv, name, "b", { echo_path = "/late" }) })
+    local ref = c:lookup_isolate("/late", 20)
+    assert.is_not_nil(ref)
+    assert.equal("b", ref.node)
+  end)
+end)
