@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -309,7 +310,18 @@ static int l_ref_send(lua_State *L) {
   lstate_ctx *ctx = lua_touserdata(L, lua_upvalueindex(1));
   lref *r = lref_check_ctx(L, 1, ctx);
   luaL_checkany(L, 2);
-  return push_send_result(L, post_value(L, ctx, r, MSG_USER, 2, 0));
+  const char *why = post_value(L, ctx, r, MSG_USER, 2, 0);
+  if (why && r->remote && !ctx->self && lua_type(L, 3) == LUA_TNUMBER && strcmp(why, "node unreachable") == 0) {
+    /* The main state may wait (wait_s) for room in the link's window, as
+     * for room in a mailbox: the window drains as the peer acks. */
+    uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(lua_tonumber(L, 3));
+    while (why && strcmp(why, "node unreachable") == 0 && plat_now_ns() < deadline) {
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
+      why = post_value(L, ctx, r, MSG_USER, 2, 0);
+    }
+  }
+  return push_send_result(L, why);
 }
 
 static int l_ref_kill(lua_State *L) {
