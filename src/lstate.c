@@ -592,10 +592,11 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   }
   codec_encode(L, arg, "entry", &h, &ctx->lim, &ctx->buf);
   /* Multi-node: an exact path is claimed from the other nodes first (one
-   * round trip); the claim is held until the isolate is registered. From
+   * round trip); the claim is held until the isolate is registered. A
+   * hidden runtime isolate (the logger) is this node's own business. From
    * here on nothing raises before net_claim_done. */
   int claimed = 0;
-  if (c->net && path && *path && path[strlen(path) - 1] != '/') {
+  if (c->net && !hidden && path && *path && path[strlen(path) - 1] != '/') {
     const char *why = net_claim(c->net, path, CLAIM_TIMEOUT);
     if (why && strcmp(why, "path in use") == 0) return luaL_error(L, "path \"%s\" is already in use", path);
     if (why) return luaL_error(L, "path \"%s\" could not be claimed: %s", path, why);

@@ -46,6 +46,8 @@
 /* Inbound frames handled before the thread looks at its timers again. */
 #define BATCH 4096
 #define DEFAULT_CONNECT_TIMEOUT 2.0
+/* A clean stop waits at most this long for the peers' acks (drain_links). */
+#define STOP_DRAIN_SECONDS 2.0
 #define SUBJECT_MAX 256
 
 /* The node part of the ref that stands for a plain NATS client's request
@@ -697,7 +699,9 @@ static void answer_claim(struct net *n, const envelope *e) {
   memcpy(path, s, l);
   path[l] = 0;
   remote_id r;
-  int deny = cluster_path_in_use(n->c, path) || paths_find(&n->replica, path, &r);
+  ic_isolate *holder = cluster_find_path(n->c, path); /* hidden ones are this node's own */
+  int deny = holder != NULL || paths_find(&n->replica, path, &r);
+  if (holder) isolate_release(holder);
   plat_mutex_lock(&n->lock);
   member *m = membership_find(&n->ms, e->from_inc);
   claim *k = claim_find_path(n, path);
@@ -1439,9 +1443,29 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   return n;
 }
 
+/* Waits (bounded) until every peer has acked everything sent to it, while
+ * the net thread still runs: a message sent just before a clean shutdown is
+ * delivered, not lost to the bye overtaking it (they travel on different
+ * subjects, so nothing orders them at the receiver). */
+static void drain_links(struct net *n, uint64_t deadline) {
+  for (;;) {
+    size_t unacked = 0;
+    plat_mutex_lock(&n->lock);
+    for (size_t i = 0; i < n->ms.n; i++)
+      if (n->ms.v[i]->up) unacked += n->ms.v[i]->link.count;
+    plat_mutex_unlock(&n->lock);
+    if (!unacked || plat_now_ns() >= deadline || !transport_connected(n->t)) return;
+    atomic_store(&n->flush_wanted, 1);
+    transport_wake(n->t);
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+  }
+}
+
 void net_stop(struct net *n) {
   if (!n) return;
   if (n->has_thread) {
+    drain_links(n, plat_now_ns() + plat_seconds_to_ns(STOP_DRAIN_SECONDS));
     atomic_store(&n->stop, 1);
     transport_wake(n->t);
     plat_thread_join(n->thread);
