@@ -1027,10 +1027,10 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   }
   /* Every isolate is down or left running: say bye to the other nodes and
    * stop the net thread, before the scheduler it posts into stops. */
-  net_stop(c->net);
+  uint64_t hard = past + plat_seconds_to_ns(SHUTDOWN_JOIN_MARGIN);
+  net_stop(c->net, hard);
   rwatch_drop_all(c);
   /* A thread still in a turn then is in a blocking C call: left running. */
-  uint64_t hard = past + plat_seconds_to_ns(SHUTDOWN_JOIN_MARGIN);
   sched_stop(&c->sched, hard);
   timer_stop(&c->timers);
   join_dedicated(c, hard);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -535,6 +536,44 @@ static const char *pending_wait_main(pending_send *p, ic_isolate *to, uint64_t d
   }
 }
 
+/* The monotonic deadline wait_s seconds from now (saturating). */
+static uint64_t wait_deadline(double wait_s) {
+  uint64_t now = plat_now_ns(), ns = plat_seconds_to_ns(wait_s); /* saturates */
+  return wait_s == HUGE_VAL || ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
+}
+
+static int is_unreachable(const char *why) { return why && strcmp(why, "node unreachable") == 0; }
+
+/* The main state's wait for room in the link's window to another node (it
+ * drains as the peer acks): the message [2] is encoded once, into a buffer
+ * of its own, and tried again as pending_wait_main does, until it is taken,
+ * the deadline, the cluster stopping or the isolate or its node going down. */
+static const char *remote_wait_main(lua_State *L, lstate_ctx *ctx, lref *r, uint64_t deadline) {
+  ic_cluster *c = r->remote;
+  codec_buf *b = encode_begin(L, ctx, 2, "msg", 1);
+  const char *why = "node unreachable";
+  uint64_t pause = SEND_PAUSE_MIN_NS;
+  for (;;) {
+    uint64_t now = plat_now_ns();
+    if (now >= deadline) break;
+    uint64_t until = deadline - now > pause ? now + pause : deadline;
+    cluster_main_wait(c, NULL, until);
+    if (atomic_load(&c->state) != CLUSTER_RUNNING) {
+      why = "shutdown";
+      break;
+    }
+    if (!net_remote_alive(c->net, r->node, r->id)) {
+      why = "isolate down";
+      break;
+    }
+    why = post_remote(ctx, r, MSG_USER, b->data, b->len, 0);
+    if (!is_unreachable(why)) break;
+    if (pause < SEND_PAUSE_MAX_NS) pause *= 2;
+  }
+  encode_end(L, ctx, b, 0);
+  return why;
+}
+
 /* The wait_s argument: nil/none = do not wait, else seconds >= 0. */
 static double check_wait_s(lua_State *L, int idx) {
   return lstate_check_seconds(L, idx, "send", "wait_s", 0);
@@ -549,9 +588,13 @@ static int send_wait_k(lua_State *L, int status, lua_KContext base) {
 /* ref:send(msg, wait_s) with a wait. [1] ref, [2] msg, [3] wait_s. */
 static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
   /* Another node's mailbox is not seen from here: the message goes into the
-   * link's bounded window at once (src/net/link.h), and wait_s has nothing
-   * to wait for. */
-  if (!r->iso && r->remote) return push_send_result(L, post_value(L, ctx, r, MSG_USER, 2, 0));
+   * link's bounded window (src/net/link.h). When that is full the main state
+   * waits for room in it; an isolate is answered at once. */
+  if (!r->iso && r->remote) {
+    const char *why = post_value(L, ctx, r, MSG_USER, 2, 0);
+    if (ctx->self || wait_s == 0 || !is_unreachable(why)) return push_send_result(L, why);
+    return push_send_result(L, remote_wait_main(L, ctx, r, wait_deadline(wait_s)));
+  }
   if (!r->iso || !atomic_load_explicit(&r->iso->alive, memory_order_acquire))
     return push_send_result(L, "isolate down");
   lua_settop(L, 3);
@@ -583,8 +626,7 @@ static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
    * wait could only run out. */
   int own = ctx->self ? r->iso == ctx->self : r->iso->kind == ISO_MAIN;
   if (!kept || wait_s == 0 || own) return push_send_result(L, why);
-  uint64_t now = plat_now_ns(), ns = plat_seconds_to_ns(wait_s); /* saturates */
-  uint64_t deadline = wait_s == HUGE_VAL || ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
+  uint64_t deadline = wait_deadline(wait_s);
   if (!ctx->self) return push_send_result(L, pending_wait_main(p, r->iso, deadline));
   /* [4] waiter, [5] pending: waiter(pending, ref, wait_s) may yield. */
   lua_pushvalue(L, 1);
@@ -962,10 +1004,11 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   }
   codec_encode(L, arg, "entry", &h, &ctx->lim, buf);
   /* Multi-node: an exact path is claimed from the other nodes first (one
-   * round trip); the claim is held until the isolate is registered. From
+   * round trip); the claim is held until the isolate is registered. A
+   * hidden runtime isolate (the logger) is this node's own business. From
    * here on nothing raises before net_claim_done. */
   int claimed = 0;
-  if (c->net && path && *path && path[strlen(path) - 1] != '/') {
+  if (c->net && !hidden && path && *path && path[strlen(path) - 1] != '/') {
     const char *why = net_claim(c->net, path, CLAIM_TIMEOUT);
     if (why && strcmp(why, "path in use") == 0) return luaL_error(L, "path \"%s\" is already in use", path);
     if (why) return luaL_error(L, "path \"%s\" could not be claimed: %s", path, why);
@@ -1136,8 +1179,10 @@ static int l_core_reply(lua_State *L) {
   ic_msg *m = lstate_encode_msg(L, 4, ok ? "reply" : "error", ok ? MSG_REPLY : MSG_REPLY_ERROR);
   if (m && !r->iso) {
     /* to another node's requester: the net copies the bytes */
-    const char *why = post_remote(self_of(L)->lctx, r, m->kind, m->data, m->len, (uint64_t)corr);
+    ic_isolate *self = self_of(L);
+    const char *why = post_remote(self->lctx, r, m->kind, m->data, m->len, (uint64_t)corr);
     msg_free(m);
+    isolate_close_remote_request(self, r->node, r->id, (uint64_t)corr);
     return push_send_result(L, why);
   }
   if (!m) return push_send_result(L, "out of memory");
@@ -1792,6 +1837,8 @@ void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
    * first, the requester hears so at once (isolate_finish). Without memory
    * to track it, it can still be answered, or it times out. */
   if (m && m->kind == MSG_REQUEST && m->sender) isolate_open_request(iso, m->sender, m->corr);
+  else if (m && m->kind == MSG_REQUEST && m->from_node)
+    isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
   lua_State *P = iso->pump;
   if (!P) {
     isolate_set_ending(iso, "error: isolate state unavailable");

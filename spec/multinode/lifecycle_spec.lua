@@ -4,7 +4,8 @@
 -- isolate whose only handlers are on_node_up / on_node_down has something
 -- left and does not end by itself; ref:send(msg, wait_s) to another node's
 -- isolate is accepted; a waiting lookup for a path another node takes later
--- ends when its up event comes.
+-- ends when its up event comes; a request from another node fails at once
+-- with "isolate down: <reason>" when its receiver goes down before replying.
 local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 
@@ -86,5 +87,36 @@ describe("lifecycle across nodes", function()
     local ref = c:lookup_isolate("/late", 20)
     assert.is_not_nil(ref)
     assert.equal("b", ref.node)
+  end)
+
+  it("a request from another node fails at once with \"isolate down: killed\" when its receiver is killed", function()
+    local name = H.unique_name("lc")
+    local c = MN.node(srv, name, "spec")
+    MN.start(srv, name, "b")
+    local echo = c:lookup_isolate("/echo", 15)
+    assert.is_not_nil(echo)
+    local inbox = MN.inbox(c)
+    -- holder takes the request and waits with it; echo (on b) asked it
+    local holder = c:spawn_isolate(function(context)
+      local main = context:property("main")
+      context:on_message(function(m)
+        if m == "hold" then
+          main:send("taken")
+          context:sleep(60)
+          return "too late"
+        end
+      end)
+    end, { main = c.main })
+    c:spawn_isolate(function(context)
+      local main, echo_ref, target = context:property("main"), context:property("echo"), context:property("target")
+      local ok, err = pcall(echo_ref.request, echo_ref, { op = "call", ref = target, msg = "hold", timeout = 60 }, 90)
+      main:send({ asked = true, ok = ok, err = tostring(err) })
+    end, { main = c.main, echo = echo, target = holder })
+    assert.is_not_nil(inbox:wait(function(m) return m == "taken" end, 20))
+    assert.is_true((holder:kill()))
+    local res = inbox:wait(function(m) return type(m) == "table" and m.asked end, 30)
+    assert.is_not_nil(res)
+    assert.is_false(res.ok)
+    assert.matches("isolate down: killed", res.err, 1, true)
   end)
 end)

@@ -150,4 +150,21 @@ describe("multi-node reliability", function()
     assert.matches("max_payload", tostring(err))
     assert.same({ echo = "small", node = "b", from = "a" }, echo:request("small", 10))
   end)
+
+  it("delivers what a node sent just before its clean shutdown", function()
+    local srv = H.start_server()
+    local name = H.unique_name("d")
+    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", workers = 2 })
+    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b" } })
+    H.wait_output(b, "^ready b$")
+    local echo = assert(c:lookup_isolate("/svc/echo", 10))
+    local n = 30000
+    assert.equal("collecting", echo:request({ collect = n, reply_to = c.main }, 20))
+    -- a second node of this process sends them all, then shuts down at once
+    local quick = ic.node({ nats = srv.url, cluster = name, name = "quick", workers = 1 })
+    local target = assert(quick:lookup_isolate("/svc/echo", 10))
+    for i = 1, n do assert.is_true((target:send({ i = i }, 30))) end
+    assert.is_true(quick:shutdown(10))
+    assert.same({ seen = n, in_order = true }, c:receive(30))
+  end)
 end)

@@ -9,6 +9,7 @@ void membership_init(membership *ms) { memset(ms, 0, sizeof *ms); }
 
 static void member_free(member *m) {
   if (m->up) link_fini(&m->link);
+  free(m->outbox);
   free(m->pending);
   free(m);
 }
@@ -72,6 +73,9 @@ void membership_set_down(membership *ms, member *m, uint64_t now_ns, size_t *los
   *lost = 0;
   if (!m->up) return;
   *lost = link_fini(&m->link);
+  free(m->outbox);
+  m->outbox = NULL;
+  m->out_len = m->out_cap = m->out_frames = 0;
   m->up = 0;
   m->down_ns = now_ns;
   prune_down(ms);

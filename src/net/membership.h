@@ -49,6 +49,8 @@ typedef struct member {
   uint64_t probed_ns;     /* last "no responders" probe sent (see net.c) */
   uint64_t suspect_ns;    /* first "no responders" answer since last heard, or 0 */
   link link;              /* only while up */
+  unsigned char *outbox;  /* the batch of frames not yet published (net.c) */
+  size_t out_len, out_cap, out_frames;
   pending_req *pending;   /* ring of unanswered requests, bounded */
   size_t pending_head, pending_count, pending_cap;
 } member;

@@ -34,11 +34,20 @@
  * (they answer at once) and receive their isolates before it returns, so a
  * path it claims right away is checked against theirs. */
 #define JOIN_WINDOW_NS 250000000ull
+/* Data frames to one peer are gathered into one NATS message (a batch:
+ * 'I' 'B' then [u32 length][frame]...), published by the net thread as soon
+ * as it runs (a sender wakes it), or by the sender once a batch is this big:
+ * fewer writes and fewer messages for the server and the receiver. */
+#define BATCH_MAGIC0 'I'
+#define BATCH_MAGIC1 'B'
+#define BATCH_MAX (60u << 10)
 /* The net thread's tick. */
 #define TICK_NS 50000000ull
 /* Inbound frames handled before the thread looks at its timers again. */
 #define BATCH 4096
 #define DEFAULT_CONNECT_TIMEOUT 2.0
+/* A clean stop waits at most this long for the peers' acks (drain_links). */
+#define STOP_DRAIN_SECONDS 2.0
 #define SUBJECT_MAX 256
 
 /* The node part of the ref that stands for a plain NATS client's request
@@ -79,6 +88,7 @@ struct net {
   int64_t max_payload;
   atomic_ullong spawn_seq;  /* "/dir/" segments of spawns on other nodes */
   atomic_int name_taken;    /* a live node of another incarnation has our name */
+  atomic_int flush_wanted;  /* a batch waits for the net thread to publish it */
 
   plat_mutex lock;
   membership ms;
@@ -200,6 +210,54 @@ static void send_named(struct net *n, int type) {
   send_control(n, n->hb_subject, type, 0, body, 1 + len);
 }
 
+/* Appends a frame to m's batch; 0, or -1 when out of memory. net->lock held. */
+static int batch_append(member *m, const unsigned char *frame, size_t flen) {
+  if (m->out_len == 0) m->out_frames = 0;
+  size_t need = (m->out_len ? m->out_len : 2) + 4 + flen;
+  if (need > m->out_cap) {
+    size_t cap = m->out_cap ? m->out_cap : 4096;
+    while (cap < need) cap *= 2;
+    unsigned char *b = realloc(m->outbox, cap);
+    if (!b) return -1;
+    m->outbox = b;
+    m->out_cap = cap;
+  }
+  if (m->out_len == 0) {
+    m->outbox[0] = BATCH_MAGIC0;
+    m->outbox[1] = BATCH_MAGIC1;
+    m->out_len = 2;
+  }
+  unsigned char *w = m->outbox + m->out_len;
+  w[0] = (unsigned char)(flen >> 24);
+  w[1] = (unsigned char)(flen >> 16);
+  w[2] = (unsigned char)(flen >> 8);
+  w[3] = (unsigned char)flen;
+  memcpy(w + 4, frame, flen);
+  m->out_len += 4 + flen;
+  m->out_frames++;
+  return 0;
+}
+
+/* Publishes m's batch (a lone frame as itself). net->lock held. */
+static void batch_flush(struct net *n, member *m) {
+  if (!m->out_len) return;
+  char subject[SUBJECT_MAX];
+  peer_subject(n, m->name, subject);
+  if (m->out_frames == 1) transport_publish(n->t, subject, m->outbox + 6, m->out_len - 6);
+  else transport_publish(n->t, subject, m->outbox, m->out_len);
+  m->out_len = 0;
+  m->out_frames = 0;
+}
+
+/* Publishes every waiting batch. Net thread. */
+static void flush_batches(struct net *n) {
+  if (!atomic_exchange(&n->flush_wanted, 0)) return;
+  plat_mutex_lock(&n->lock);
+  for (size_t i = 0; i < n->ms.n; i++)
+    if (n->ms.v[i]->up && n->t) batch_flush(n, n->ms.v[i]);
+  plat_mutex_unlock(&n->lock);
+}
+
 /* Frames and queues one data frame to m (net->lock held). Takes frame
  * (room for the whole sealed frame) on success only. */
 static const char *send_locked(struct net *n, member *m, unsigned char *frame, int kind, uint64_t to_id,
@@ -214,11 +272,22 @@ static const char *send_locked(struct net *n, member *m, unsigned char *frame, i
   if (envelope_seal(frame, ENVELOPE_HEADER + body, &n->key)) return "cannot authenticate the message";
   if (link_push(&m->link, frame, flen, kind, from_id, corr, plat_now_ns())) return "node unreachable";
   if (kind == MSG_REQUEST) membership_add_pending(m, from_id, corr);
-  /* Under the lock: frames leave in sequence order. A failed publish (no
-   * connection now) is resent by the net thread. */
-  char subject[SUBJECT_MAX];
-  peer_subject(n, m->name, subject);
-  transport_publish(n->t, subject, frame, flen);
+  /* Into the peer's batch, under the lock: frames leave in sequence order.
+   * A frame that cannot be batched (no memory) or a publish that fails (no
+   * connection now) is resent by the net thread: the link still holds it. */
+  if (batch_append(m, frame, flen)) {
+    char subject[SUBJECT_MAX];
+    batch_flush(n, m);
+    peer_subject(n, m->name, subject);
+    transport_publish(n->t, subject, frame, flen);
+  } else if (m->out_len >= BATCH_MAX || kind == MSG_REQUEST || kind == MSG_REPLY || kind == MSG_REPLY_ERROR) {
+    /* Requests and replies leave at once (with what was batched before
+     * them): someone waits for each; plain messages wait for the net
+     * thread, a context switch away, to leave together. */
+    batch_flush(n, m);
+  } else if (!atomic_exchange(&n->flush_wanted, 1)) {
+    transport_wake(n->t);
+  }
   return NULL;
 }
 
@@ -639,7 +708,9 @@ static void answer_claim(struct net *n, const envelope *e) {
   memcpy(path, s, l);
   path[l] = 0;
   remote_id r;
-  int deny = cluster_path_in_use(n->c, path) || paths_find(&n->replica, path, &r);
+  ic_isolate *holder = cluster_find_path(n->c, path); /* hidden ones are this node's own */
+  int deny = holder != NULL || paths_find(&n->replica, path, &r);
+  if (holder) isolate_release(holder);
   plat_mutex_lock(&n->lock);
   member *m = membership_find(&n->ms, e->from_inc);
   claim *k = claim_find_path(n, path);
@@ -1025,8 +1096,9 @@ static void rejoin(struct net *n, uint32_t by) {
   send_named(n, ENV_HEARTBEAT);
 }
 
+static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, uint64_t now);
+
 static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
-  envelope e;
   const char *subject = natsMsg_GetSubject(msg);
   if (subject && strncmp(subject, n->path_subject, n->path_prefix_len) == 0) {
     handle_interop(n, msg, subject);
@@ -1039,7 +1111,25 @@ static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
   const unsigned char *data = (const unsigned char *)natsMsg_GetData(msg);
   int dlen = natsMsg_GetDataLength(msg);
   if (!data || dlen <= 0) return;
-  if (envelope_parse(data, (size_t)dlen, &n->key, &e)) return;
+  if (dlen >= 2 && data[0] == BATCH_MAGIC0 && data[1] == BATCH_MAGIC1) {
+    /* A batch: [u32 length][frame], ...; a length past the end ends it. */
+    size_t pos = 2, len = (size_t)dlen;
+    while (len - pos >= 4) {
+      size_t flen = (size_t)data[pos] << 24 | (size_t)data[pos + 1] << 16 | (size_t)data[pos + 2] << 8 | data[pos + 3];
+      pos += 4;
+      if (flen > len - pos) break;
+      handle_bytes(n, data + pos, flen, now);
+      pos += flen;
+    }
+    return;
+  }
+  handle_bytes(n, data, (size_t)dlen, now);
+}
+
+/* One frame, from a NATS message or a batch. Net thread. */
+static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, uint64_t now) {
+  envelope e;
+  if (envelope_parse(data, dlen, &n->key, &e)) return;
   if (e.from_inc == n->inc) return; /* our own heartbeat */
   if (e.type == ENV_HEARTBEAT || e.type == ENV_BYE) {
     handle_named(n, &e, now);
@@ -1190,7 +1280,8 @@ static void *net_main(void *arg) {
     uint64_t now = plat_now_ns();
     uint64_t deadline = now + TICK_NS;
     if (next_hb && next_hb < deadline) deadline = next_hb;
-    natsMsg *msg = transport_next(n->t, deadline);
+    flush_batches(n);
+    natsMsg *msg = atomic_load(&n->flush_wanted) ? NULL : transport_next(n->t, deadline);
     for (int i = 0; msg && i < BATCH; i++) {
       handle_frame(n, msg, plat_now_ns());
       natsMsg_Destroy(msg);
@@ -1200,6 +1291,7 @@ static void *net_main(void *arg) {
       handle_frame(n, msg, plat_now_ns());
       natsMsg_Destroy(msg);
     }
+    flush_batches(n);
     send_acks(n);
     now = plat_now_ns();
     track_connection(n, now);
@@ -1233,7 +1325,7 @@ static void *net_main(void *arg) {
 
 void net_free(struct net *n) {
   if (!n) return;
-  net_stop(n);
+  net_stop(n, plat_now_ns() + plat_seconds_to_ns(2.0)); /* normally stopped already */
   membership_fini(&n->ms);
   paths_fini(&n->replica);
   if (n->vL) lua_close(n->vL);
@@ -1362,9 +1454,31 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   return n;
 }
 
-void net_stop(struct net *n) {
+/* Waits (bounded) until every peer has acked everything sent to it, while
+ * the net thread still runs: a message sent just before a clean shutdown is
+ * delivered, not lost to the bye overtaking it (they travel on different
+ * subjects, so nothing orders them at the receiver). */
+static void drain_links(struct net *n, uint64_t deadline) {
+  for (;;) {
+    size_t unacked = 0;
+    plat_mutex_lock(&n->lock);
+    for (size_t i = 0; i < n->ms.n; i++)
+      if (n->ms.v[i]->up) unacked += n->ms.v[i]->link.count;
+    plat_mutex_unlock(&n->lock);
+    if (!unacked || plat_now_ns() >= deadline || !transport_connected(n->t)) return;
+    atomic_store(&n->flush_wanted, 1);
+    transport_wake(n->t);
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+void net_stop(struct net *n, uint64_t until) {
   if (!n) return;
+  uint64_t now = plat_now_ns(), drain_by = now + plat_seconds_to_ns(STOP_DRAIN_SECONDS);
+  if (until < drain_by) drain_by = until;
   if (n->has_thread) {
+    drain_links(n, drain_by);
     atomic_store(&n->stop, 1);
     transport_wake(n->t);
     plat_thread_join(n->thread);
@@ -1372,11 +1486,19 @@ void net_stop(struct net *n) {
   }
   plat_mutex_lock(&n->lock);
   transport *t = n->t;
+  for (size_t i = 0; t && i < n->ms.n; i++)
+    if (n->ms.v[i]->up) batch_flush(n, n->ms.v[i]);
   if (t) send_named(n, ENV_BYE);
   n->t = NULL;
   plat_cond_broadcast(&n->claims_cond); /* a claim round ends with the node */
   plat_mutex_unlock(&n->lock);
-  if (t) transport_close(t, 2.0);
+  /* The final flush gets what is left of the bound (at least a moment, so
+   * that the bye goes out), at most 2 s. */
+  now = plat_now_ns();
+  double flush_s = until > now ? (double)(until - now) / 1e9 : 0.0;
+  if (flush_s > 2.0) flush_s = 2.0;
+  if (flush_s < 0.05) flush_s = 0.05;
+  if (t) transport_close(t, flush_s);
 }
 
 /* ---- names ------------------------------------------------------------------ */

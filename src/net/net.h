@@ -43,9 +43,11 @@ typedef struct net_opts {
  * announces the node. Sets c->node_id to the node's incarnation. Returns
  * the net, or NULL with a message in err. Main thread, once per cluster. */
 struct net *net_start(struct ic_cluster *c, const net_opts *o, char *err, size_t errlen);
-/* Says bye, stops the net thread, closes the connection. Idempotent; after
- * it every send refuses. Called by cluster_shutdown. */
-void net_stop(struct net *n);
+/* Waits for the peers' acks, says bye, stops the net thread, closes the
+ * connection, all by until (monotonic ns; the shutdown's own bound), give or
+ * take the bye's brief flush. Idempotent; after it every send refuses.
+ * Called by cluster_shutdown. */
+void net_stop(struct net *n, uint64_t until);
 void net_free(struct net *n);
 
 /* Frames and sends a message of kind (MSG_USER, MSG_REQUEST, MSG_REPLY,
