@@ -333,16 +333,16 @@ end
 -- (fn(name, reason)); never called in a single-node cluster.
 function methods:on_node_up(fn)
   check_self(self, "on_node_up")
-  check_fn(fn, "on_node_up")
+  check_handler(fn, "on_node_up")
   handlers.node_up = fn
-  core.subscribe(false)
+  if fn ~= nil then core.subscribe(false) end
 end
 
 function methods:on_node_down(fn)
   check_self(self, "on_node_down")
-  check_fn(fn, "on_node_down")
+  check_handler(fn, "on_node_down")
   handlers.node_down = fn
-  core.subscribe(false)
+  if fn ~= nil then core.subscribe(false) end
 end
 
 function methods:on_shutdown(fn)

@@ -148,6 +148,28 @@ function M.watch(cluster)
   return M.inbox(cluster)
 end
 
+--- Spawns an isolate on `cluster` that monitors `target` and, when that
+--- fires, monitors it again: cluster.main gets {monitor = 1, reason =,
+--- same = <the ref given is target>} then {monitor = 2, reason =}. Returns
+--- once the monitor is armed.
+function M.monitor_twice(cluster, target)
+  cluster:spawn_isolate(function(context)
+    local main, t = context:property("main"), context:property("target")
+    context:monitor(t, function(ref, reason)
+      main:send({ monitor = 1, reason = reason, same = ref == t })
+      context:monitor(t, function(_, again) main:send({ monitor = 2, reason = again }) end)
+    end)
+    context:on_message(function() return "armed" end)
+  end, { main = cluster.main, target = target }):request("ready?", 10)
+end
+
+--- The two notices of monitor_twice, waited for (nil for one that did not come).
+function M.monitor_notices(inbox, timeout)
+  local first = inbox:wait(function(m) return type(m) == "table" and m.monitor == 1 end, timeout or 15)
+  local second = first and inbox:wait(function(m) return type(m) == "table" and m.monitor == 2 end, timeout or 15)
+  return first, second
+end
+
 --- Predicates for Inbox:wait.
 function M.node_up(name)
   return function(e) return type(e) == "table" and e.ev == "node_up" and e.name == name end
