@@ -21,101 +21,13 @@
 #include "paths.h"
 #include "transport.h"
 
-/* Retransmit window per link: a send past it is refused ("node unreachable"). */
-#define WINDOW_FRAMES 65536
-#define WINDOW_BYTES (64u << 20)
-/* A frame unacked this long is sent again (with every later one). */
-#define RETRANSMIT_NS 300000000ull
-/* A duplicate ack resends at once what is older than this (fast
- * retransmit: a peer that dropped frames, e.g. a joiner that got them before
- * it knew the sender, says so by acking what it has). */
-#define FAST_RETRANSMIT_NS 20000000ull
-/* ic.node waits this long after its first heartbeat to meet the live nodes
- * (they answer at once) and receive their isolates before it returns, so a
- * path it claims right away is checked against theirs. */
-#define JOIN_WINDOW_NS 250000000ull
-/* Data frames to one peer are gathered into one NATS message (a batch:
- * 'I' 'B' then [u32 length][frame]...), published by the net thread as soon
- * as it runs (a sender wakes it), or by the sender once a batch is this big:
- * fewer writes and fewer messages for the server and the receiver. */
-#define BATCH_MAGIC0 'I'
-#define BATCH_MAGIC1 'B'
-#define BATCH_MAX (60u << 10)
-/* The net thread's tick. */
-#define TICK_NS 50000000ull
-/* Inbound frames handled before the thread looks at its timers again. */
-#define BATCH 4096
-#define DEFAULT_CONNECT_TIMEOUT 2.0
-/* A clean stop waits at most this long for the peers' acks (drain_links). */
-#define STOP_DRAIN_SECONDS 2.0
-#define SUBJECT_MAX 256
-
-/* The node part of the ref that stands for a plain NATS client's request
- * (interop): its id names the reply subject in net->interop. Never an
- * incarnation (new_incarnation avoids it). */
-#define INTEROP_NODE 0xFFFFFFFFu
-/* Interop requests waiting for their reply, at most (the oldest are
- * forgotten: their clients have long timed out). */
-#define INTEROP_MAX 65536
-
-/* Kinds of data frames between nets only (beyond the MSG_* kinds). */
-enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22, NET_CLAIM = 23, NET_CLAIM_REPLY = 24 };
-
-/* A path claim of this node (see net_claim), guarded by net->lock. */
-typedef struct claim {
-  char *path;
-  uint64_t id;
-  int granted;        /* the round is over and won: held until net_claim_done */
-  int denied;
-  uint32_t *waiting;  /* incarnations whose answer is awaited */
-  size_t nwaiting;
-  struct claim *next;
-} claim;
-
-struct net {
-  ic_cluster *c;        /* not retained: the cluster owns the net */
-  transport *t;         /* NULL once stopped (guarded by lock) */
-  char *cluster_name, *name;
-  char hb_subject[SUBJECT_MAX], data_subject[SUBJECT_MAX], path_subject[SUBJECT_MAX];
-  char probe_subject[SUBJECT_MAX]; /* "ic.<cluster>.probe.<name>." + ">" */
-  size_t probe_prefix_len;
-  size_t path_prefix_len;   /* "ic.<cluster>.path." */
-  unsigned char *secret;
-  envelope_key key;
-  char *lua_path, *lua_cpath; /* for isolates spawned here by other nodes */
-  int code_ok;          /* allow_code and a secret */
-  uint32_t inc;
-  int64_t max_payload;
-  atomic_ullong spawn_seq;  /* "/dir/" segments of spawns on other nodes */
-  atomic_int name_taken;    /* a live node of another incarnation has our name */
-  atomic_int flush_wanted;  /* a batch waits for the net thread to publish it */
-
-  plat_mutex lock;
-  membership ms;
-  paths replica;            /* the other nodes' isolates (own lock) */
-  /* Interop requests waiting for a reply (guarded by lock): a ring of
-   * reply subjects; slot id k lives at interop[k % INTEROP_MAX]. */
-  char **interop;
-  uint64_t interop_next;
-  claim *claims;            /* this node's claims in progress or held (lock) */
-  uint64_t claim_seq;
-  plat_cond claims_cond;    /* an answer came, or a node went down */
-
-  plat_thread thread;
-  int has_thread;
-  atomic_int stop;
-  /* Net thread only: */
-  uint64_t connected_since; /* 0 while disconnected */
-  uint64_t seen_reconnects;
-  uint64_t last_name_reply_ns;
-  lua_State *vL;            /* the payload checker's state */
-};
+#include "node.h"
 
 /* A node's data subject is named after the node, not its incarnation: it
  * stays the same when the node rejoins as a new incarnation, so the one
  * subscription made at start serves for the node's whole life. Frames name
  * the incarnation they are for (to_inc) and others are dropped. */
-static void peer_subject(const struct net *n, const char *name, char *out) {
+void net__peer_subject(const struct net *n, const char *name, char *out) {
   snprintf(out, SUBJECT_MAX, "ic.%s.node.%s", n->cluster_name, name);
 }
 
@@ -176,7 +88,7 @@ static int check_protected(lua_State *L) {
 /* Does the payload decode under the limits, with functions refused unless
  * the traffic is trusted with code? The bytes go to an isolate only then,
  * so a malformed or hostile message never reaches (nor takes down) one. */
-static int payload_ok(struct net *n, const char *data, size_t len, int code_ok) {
+int net__payload_ok(struct net *n, const char *data, size_t len, int code_ok) {
   if (len == 0) return 1;
   lua_State *L = n->vL;
   lua_settop(L, 0);
@@ -242,7 +154,7 @@ static int batch_append(member *m, const unsigned char *frame, size_t flen) {
 static void batch_flush(struct net *n, member *m) {
   if (!m->out_len) return;
   char subject[SUBJECT_MAX];
-  peer_subject(n, m->name, subject);
+  net__peer_subject(n, m->name, subject);
   if (m->out_frames == 1) transport_publish(n->t, subject, m->outbox + 6, m->out_len - 6);
   else transport_publish(n->t, subject, m->outbox, m->out_len);
   m->out_len = 0;
@@ -260,7 +172,7 @@ static void flush_batches(struct net *n) {
 
 /* Frames and queues one data frame to m (net->lock held). Takes frame
  * (room for the whole sealed frame) on success only. */
-static const char *send_locked(struct net *n, member *m, unsigned char *frame, int kind, uint64_t to_id,
+const char *net__send_locked(struct net *n, member *m, unsigned char *frame, int kind, uint64_t to_id,
                                uint64_t corr, uint64_t from_id, const char *data, size_t len) {
   size_t body = ENVELOPE_DATA_BODY + len;
   size_t flen = envelope_size(body, &n->key);
@@ -278,7 +190,7 @@ static const char *send_locked(struct net *n, member *m, unsigned char *frame, i
   if (batch_append(m, frame, flen)) {
     char subject[SUBJECT_MAX];
     batch_flush(n, m);
-    peer_subject(n, m->name, subject);
+    net__peer_subject(n, m->name, subject);
     transport_publish(n->t, subject, frame, flen);
   } else if (m->out_len >= BATCH_MAX || kind == MSG_REQUEST || kind == MSG_REPLY || kind == MSG_REPLY_ERROR) {
     /* Requests and replies leave at once (with what was batched before
@@ -291,27 +203,25 @@ static const char *send_locked(struct net *n, member *m, unsigned char *frame, i
   return NULL;
 }
 
-static const char *too_large(struct net *n, size_t len) {
+const char *net__too_large(struct net *n, size_t len) {
   size_t flen = envelope_size(ENVELOPE_DATA_BODY + len, &n->key);
   if (n->max_payload > 0 && flen > (size_t)n->max_payload)
     return "message too large for the NATS server's max_payload";
   return NULL;
 }
 
-static const char *interop_reply(struct net *n, uint64_t slot, int kind, const char *data, size_t len);
-
 const char *net_send(struct net *n, uint32_t node, uint64_t to_id, int kind, uint64_t corr,
                      uint64_t from_id, const char *data, size_t len) {
-  if (node == INTEROP_NODE) return interop_reply(n, to_id, kind, data, len);
+  if (node == INTEROP_NODE) return net__interop_reply(n, to_id, kind, data, len);
   /* Known down (its down event came, or its node's): refused like a local one. */
   if (paths_state(&n->replica, node, to_id) < 0) return "isolate down";
-  const char *why = too_large(n, len);
+  const char *why = net__too_large(n, len);
   if (why) return why;
   unsigned char *frame = malloc(envelope_size(ENVELOPE_DATA_BODY + len, &n->key));
   if (!frame) return "out of memory";
   plat_mutex_lock(&n->lock);
   member *m = membership_find(&n->ms, node);
-  why = !n->t ? "isolate down" : !m ? "node unreachable" : send_locked(n, m, frame, kind, to_id, corr, from_id, data, len);
+  why = !n->t ? "isolate down" : !m ? "node unreachable" : net__send_locked(n, m, frame, kind, to_id, corr, from_id, data, len);
   plat_mutex_unlock(&n->lock);
   if (why) free(frame);
   return why;
@@ -339,8 +249,8 @@ static char *iso_up_payload(ic_isolate *iso, size_t *len) {
 }
 
 /* Sends kind with payload to one member (inc), or to every live one (0). */
-static void send_to_members(struct net *n, uint32_t inc, int kind, uint64_t id, const char *data, size_t len) {
-  if (too_large(n, len)) {
+void net__send_to_members(struct net *n, uint32_t inc, int kind, uint64_t id, const char *data, size_t len) {
+  if (net__too_large(n, len)) {
     cluster_log(n->c, "isolate_cluster: the properties of isolate %llu are too large to announce to other nodes",
                 (unsigned long long)id);
     return;
@@ -351,7 +261,7 @@ static void send_to_members(struct net *n, uint32_t inc, int kind, uint64_t id, 
     member *m = n->ms.v[i];
     if (!m->up || (inc && m->inc != inc)) continue;
     unsigned char *frame = malloc(flen);
-    if (!frame || send_locked(n, m, frame, kind, 0, 0, id, data, len)) {
+    if (!frame || net__send_locked(n, m, frame, kind, 0, 0, id, data, len)) {
       free(frame);
       cluster_log(n->c, "isolate_cluster: node %s missed an isolate event (window full or out of memory)", m->name);
     }
@@ -363,7 +273,7 @@ static void announce_up_to(struct net *n, uint32_t inc, ic_isolate *iso) {
   size_t len;
   char *payload = iso_up_payload(iso, &len);
   if (!payload) return;
-  send_to_members(n, inc, NET_ISO_UP, iso->id, payload, len);
+  net__send_to_members(n, inc, NET_ISO_UP, iso->id, payload, len);
   free(payload);
 }
 
@@ -373,7 +283,7 @@ void net_announce_down(struct net *n, ic_isolate *iso, const char *reason) {
   char buf[512];
   size_t len = strlen(reason ? reason : "normal");
   if (len > sizeof buf - 5) len = sizeof buf - 5;
-  send_to_members(n, 0, NET_ISO_DOWN, iso->id, buf, codec_put_str(buf, reason ? reason : "normal", (uint32_t)len));
+  net__send_to_members(n, 0, NET_ISO_DOWN, iso->id, buf, codec_put_str(buf, reason ? reason : "normal", (uint32_t)len));
 }
 
 typedef struct snapshot_ctx {
@@ -471,7 +381,7 @@ const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, cons
   w = mp_encode_uint(w, memory_limit);
   w = mp_encode_bool(w, dedicated != 0);
   size_t len = (size_t)(w - payload);
-  const char *why = too_large(n, len);
+  const char *why = net__too_large(n, len);
   unsigned char *frame = why ? NULL : malloc(envelope_size(ENVELOPE_DATA_BODY + len, &n->key));
   if (!why && !frame) why = "out of memory";
   uint64_t new_id = remote_spawn_id();
@@ -479,7 +389,7 @@ const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, cons
     plat_mutex_lock(&n->lock);
     member *m = membership_find_name(&n->ms, name, strlen(name));
     if (!m) why = "no such node";
-    else why = send_locked(n, m, frame, NET_SPAWN, new_id, 0, creator_id, payload, len);
+    else why = net__send_locked(n, m, frame, NET_SPAWN, new_id, 0, creator_id, payload, len);
     if (!why) {
       *node = m->inc;
       *id = new_id;
@@ -500,7 +410,7 @@ static void spawn_failed(struct net *n, uint32_t inc, uint64_t id, const char *e
   snprintf(reason, sizeof reason, "error: %s", err);
   char buf[sizeof reason + 5];
   size_t len = strlen(reason);
-  send_to_members(n, inc, NET_ISO_DOWN, id, buf, codec_put_str(buf, reason, (uint32_t)len));
+  net__send_to_members(n, inc, NET_ISO_DOWN, id, buf, codec_put_str(buf, reason, (uint32_t)len));
 }
 
 /* A NET_SPAWN from a peer (payload already checked by the decoder). */
@@ -605,142 +515,10 @@ int net_prefix(struct net *n, const char *prefix, uint32_t **nodes, uint64_t **i
   return 0;
 }
 
-/* ---- path claims ------------------------------------------------------------- */
-
-/* A node that went down (or was forgotten) answers no claim: stop waiting
- * for it. net->lock held. */
-static void claims_forget(struct net *n, uint32_t inc) {
-  for (claim *k = n->claims; k; k = k->next)
-    for (size_t i = 0; i < k->nwaiting; i++)
-      if (k->waiting[i] == inc) k->waiting[i] = k->waiting[--k->nwaiting];
-  plat_cond_broadcast(&n->claims_cond);
-}
-
-static claim *claim_find_path(struct net *n, const char *path) {
-  for (claim *k = n->claims; k; k = k->next)
-    if (strcmp(k->path, path) == 0) return k;
-  return NULL;
-}
-
-static void claim_unlink(struct net *n, claim *k) {
-  for (claim **p = &n->claims; *p; p = &(*p)->next)
-    if (*p == k) {
-      *p = k->next;
-      break;
-    }
-  free(k->path);
-  free(k->waiting);
-  free(k);
-}
-
-const char *net_claim(struct net *n, const char *path, double timeout_s) {
-  size_t plen = strlen(path);
-  char *payload = malloc(plen + 5);
-  claim *k = calloc(1, sizeof *k);
-  if (k) k->path = strdup(path);
-  if (!payload || !k || !k->path) {
-    free(payload);
-    if (k) free(k->path);
-    free(k);
-    return "out of memory";
-  }
-  size_t len = (size_t)(mp_encode_str(payload, path, (uint32_t)plen) - payload);
-  size_t flen = envelope_size(ENVELOPE_DATA_BODY + len, &n->key);
-  plat_mutex_lock(&n->lock);
-  if (claim_find_path(n, path)) {
-    /* This node claims it already (another spawn of it is under way). */
-    plat_mutex_unlock(&n->lock);
-    free(payload);
-    free(k->path);
-    free(k);
-    return "path in use";
-  }
-  k->id = ++n->claim_seq;
-  k->waiting = malloc((n->ms.n + 1) * sizeof *k->waiting);
-  if (!k->waiting) {
-    plat_mutex_unlock(&n->lock);
-    free(payload);
-    free(k->path);
-    free(k);
-    return "out of memory";
-  }
-  k->next = n->claims;
-  n->claims = k;
-  for (size_t i = 0; i < n->ms.n; i++) {
-    member *m = n->ms.v[i];
-    if (!m->up) continue;
-    unsigned char *frame = malloc(flen);
-    if (frame && !send_locked(n, m, frame, NET_CLAIM, 0, k->id, 0, payload, len)) k->waiting[k->nwaiting++] = m->inc;
-    else free(frame); /* not asked: it cannot hold what it never heard of */
-  }
-  uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(timeout_s);
-  while (k->nwaiting && !k->denied && n->t && plat_now_ns() < deadline)
-    plat_cond_wait_until(&n->claims_cond, &n->lock, deadline);
-  /* No answer by the deadline (which is past the failure-detection bound,
-   * so a node that went away has been declared down and forgotten by now):
-   * refused rather than risk two owners. */
-  const char *why = k->denied ? "path in use" : k->nwaiting ? "no answer" : NULL;
-  if (why) claim_unlink(n, k);
-  else k->granted = 1;
-  plat_mutex_unlock(&n->lock);
-  free(payload);
-  return why;
-}
-
-void net_claim_done(struct net *n, const char *path) {
-  plat_mutex_lock(&n->lock);
-  claim *k = claim_find_path(n, path);
-  if (k && k->granted) claim_unlink(n, k);
-  plat_mutex_unlock(&n->lock);
-}
-
-/* Another node claims a path: it may have it unless this node holds it (or
- * its replica says another node does), or claims it too and comes first
- * (the smaller node name: names are unique among live nodes, so exactly one
- * of two rival claims wins). Net thread. */
-static void answer_claim(struct net *n, const envelope *e) {
-  const char *p = e->payload;
-  if (!e->payload_len || mp_typeof(*p) != MP_STR) return;
-  uint32_t l;
-  const char *s = mp_decode_str(&p, &l);
-  char path[512];
-  if (l == 0 || l >= sizeof path || memchr(s, 0, l)) return;
-  memcpy(path, s, l);
-  path[l] = 0;
-  remote_id r;
-  ic_isolate *holder = cluster_find_path(n->c, path); /* hidden ones are this node's own */
-  int deny = holder != NULL || paths_find(&n->replica, path, &r);
-  if (holder) isolate_release(holder);
-  plat_mutex_lock(&n->lock);
-  member *m = membership_find(&n->ms, e->from_inc);
-  claim *k = claim_find_path(n, path);
-  if (k && (k->granted || (m && strcmp(n->name, m->name) < 0))) deny = 1;
-  if (m && m->up) {
-    char answer = deny ? (char)0xc2 : (char)0xc3; /* MessagePack false / true */
-    unsigned char *frame = malloc(envelope_size(ENVELOPE_DATA_BODY + 1, &n->key));
-    if (frame && send_locked(n, m, frame, NET_CLAIM_REPLY, 0, e->corr, 0, &answer, 1)) free(frame);
-  }
-  plat_mutex_unlock(&n->lock);
-}
-
-static void claim_answered(struct net *n, const envelope *e) {
-  int granted = e->payload_len == 1 && (unsigned char)e->payload[0] == 0xc3;
-  plat_mutex_lock(&n->lock);
-  for (claim *k = n->claims; k; k = k->next) {
-    if (k->id != e->corr) continue;
-    for (size_t i = 0; i < k->nwaiting; i++)
-      if (k->waiting[i] == e->from_inc) k->waiting[i] = k->waiting[--k->nwaiting];
-    if (!granted) k->denied = 1;
-    plat_cond_broadcast(&n->claims_cond);
-    break;
-  }
-  plat_mutex_unlock(&n->lock);
-}
-
 /* ---- delivery (net thread) --------------------------------------------------- */
 
 /* An error reply as the core makes them: a MessagePack string. */
-static void reply_error_to_local(ic_cluster *c, uint64_t requester, uint64_t corr, const char *why) {
+void net__reply_error_to_local(ic_cluster *c, uint64_t requester, uint64_t corr, const char *why) {
   ic_isolate *iso = cluster_find_id(c, requester);
   if (!iso) return;
   char bytes[128];
@@ -793,11 +571,11 @@ static void member_down_unlock(struct net *n, member *m, const char *reason) {
   memcpy(name, m->name, sizeof name);
   uint32_t inc = m->inc;
   pending_req *pend = membership_take_pending(m, &npend);
-  claims_forget(n, inc);
+  net__claims_forget(n, inc);
   membership_set_down(&n->ms, m, plat_now_ns(), &lost); /* m may be freed from here on */
   plat_mutex_unlock(&n->lock);
   if (lost) atomic_fetch_add(&n->c->dead_letters, lost);
-  for (size_t i = 0; i < npend; i++) reply_error_to_local(n->c, pend[i].from_id, pend[i].corr, "isolate down: node down");
+  for (size_t i = 0; i < npend; i++) net__reply_error_to_local(n->c, pend[i].from_id, pend[i].corr, "isolate down: node down");
   free(pend);
   cluster_log(n->c, "isolate_cluster: node %s is down (%s)", name, reason);
   /* Its isolates first: a handler of the node's down sees them gone. */
@@ -831,7 +609,7 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
     plat_mutex_unlock(&n->lock);
     if (fenced) {
       char subject[SUBJECT_MAX];
-      peer_subject(n, name, subject);
+      net__peer_subject(n, name, subject);
       send_control(n, subject, ENV_FENCED, e->from_inc, NULL, 0);
     }
     return;
@@ -871,132 +649,11 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
     unsigned char body[8];
     char subject[SUBJECT_MAX];
     envelope_put_u64(body, 0);
-    peer_subject(n, name, subject);
+    net__peer_subject(n, name, subject);
     send_control(n, subject, ENV_ACK, e->from_inc, body, sizeof body);
   }
   send_snapshot(n, e->from_inc);
   cluster_node_event(n->c, EVENT_NODE_UP, name, NULL);
-}
-
-/* ---- interop: plain NATS clients on ic.<cluster>.path.<segments> ----------- */
-
-/* Remembers a reply subject; returns its slot id (>= 1), 0 when out of memory. */
-static uint64_t interop_remember(struct net *n, const char *reply) {
-  char *copy = strdup(reply);
-  if (!copy) return 0;
-  plat_mutex_lock(&n->lock);
-  uint64_t slot = ++n->interop_next;
-  char **at = &n->interop[slot % INTEROP_MAX];
-  free(*at); /* a request old enough to be forgotten */
-  *at = copy;
-  plat_mutex_unlock(&n->lock);
-  return slot;
-}
-
-/* The reply subject of slot (taken: one reply per request), or NULL. */
-static char *interop_take(struct net *n, uint64_t slot) {
-  char *reply = NULL;
-  plat_mutex_lock(&n->lock);
-  if (slot && slot <= n->interop_next && n->interop_next - slot < INTEROP_MAX) {
-    reply = n->interop[slot % INTEROP_MAX];
-    n->interop[slot % INTEROP_MAX] = NULL;
-  }
-  plat_mutex_unlock(&n->lock);
-  return reply;
-}
-
-/* Publishes {error = <value at data>} (data: one MessagePack value). */
-static void publish_error_map(struct net *n, const char *reply, const char *data, size_t len) {
-  char *buf = malloc(len + 16);
-  if (!buf) return;
-  char *w = mp_encode_map(buf, 1);
-  w = mp_encode_str(w, "error", 5);
-  memcpy(w, data, len);
-  w += len;
-  transport_publish(n->t, reply, buf, (size_t)(w - buf));
-  free(buf);
-}
-
-static void publish_error_text(struct net *n, const char *reply, const char *text) {
-  char buf[300];
-  size_t len = strlen(text);
-  if (len > sizeof buf - 5) len = sizeof buf - 5;
-  publish_error_map(n, reply, buf, codec_put_str(buf, text, (uint32_t)len));
-}
-
-/* A reply (or error) of an isolate to a plain NATS client: plain
- * MessagePack on the client's reply subject. Any thread. */
-static const char *interop_reply(struct net *n, uint64_t slot, int kind, const char *data, size_t len) {
-  char *reply = interop_take(n, slot);
-  if (!reply) return "isolate down"; /* answered already, or forgotten */
-  plat_mutex_lock(&n->lock);
-  if (n->t) {
-    if (kind == MSG_REPLY_ERROR) publish_error_map(n, reply, data, len);
-    else if (kind == MSG_REPLY) transport_publish(n->t, reply, data, len);
-  }
-  plat_mutex_unlock(&n->lock);
-  free(reply);
-  return NULL;
-}
-
-/* Is this node the one that answers for a path nobody holds? The first
- * live node by name, so that one answer comes back. */
-static int answers_for_nobody(struct net *n) {
-  plat_mutex_lock(&n->lock);
-  int first = 1;
-  for (size_t i = 0; i < n->ms.n && first; i++)
-    if (n->ms.v[i]->up && strcmp(n->ms.v[i]->name, n->name) < 0) first = 0;
-  plat_mutex_unlock(&n->lock);
-  return first;
-}
-
-/* A message on ic.<cluster>.path.a.b: for the isolate at /a/b, if it lives
- * here. The payload is plain MessagePack (functions refused); with a reply
- * subject it is a request and the handler's first return value goes back. */
-static void handle_interop(struct net *n, natsMsg *msg, const char *subject) {
-  const char *tokens = subject + n->path_prefix_len;
-  size_t tlen = strlen(tokens);
-  const char *reply = natsMsg_GetReply(msg);
-  if (reply && !*reply) reply = NULL;
-  char path[512];
-  if (tlen == 0 || tlen + 2 > sizeof path) return;
-  path[0] = '/';
-  for (size_t i = 0; i <= tlen; i++) path[i + 1] = tokens[i] == '.' ? '/' : tokens[i];
-  const char *data = natsMsg_GetData(msg);
-  int dlen = natsMsg_GetDataLength(msg);
-  if (dlen < 0 || (dlen > 0 && !data)) return;
-  ic_isolate *iso = cluster_find_path(n->c, path);
-  if (!iso) {
-    remote_id r;
-    if (reply && !paths_find(&n->replica, path, &r) && answers_for_nobody(n)) {
-      char text[600];
-      snprintf(text, sizeof text, "no isolate at path %s", path);
-      publish_error_text(n, reply, text);
-    }
-    return;
-  }
-  const char *why = NULL;
-  if (!payload_ok(n, data, (size_t)dlen, 0)) why = "malformed message refused";
-  uint64_t slot = 0;
-  if (!why && reply && !(slot = interop_remember(n, reply))) why = "out of memory";
-  if (!why) {
-    ic_msg *m = msg_new(reply ? MSG_REQUEST : MSG_USER, data, (size_t)dlen);
-    if (!m) {
-      why = "out of memory";
-    } else {
-      if (reply) {
-        m->from_node = INTEROP_NODE;
-        m->from_id = slot;
-        m->corr = slot;
-      }
-      why = isolate_post(iso, m, NULL);
-    }
-  }
-  isolate_release(iso);
-  if (!why) return;
-  if (slot) free(interop_take(n, slot));
-  if (reply) publish_error_text(n, reply, why);
-  else atomic_fetch_add(&n->c->dead_letters, 1);
 }
 
 /* ---- the faster path for a killed peer -------------------------------------- */
@@ -1012,7 +669,7 @@ static void probe_silent(struct net *n, uint64_t now) {
       continue;
     m->probed_ns = now;
     char to[SUBJECT_MAX], reply[SUBJECT_MAX];
-    peer_subject(n, m->name, to);
+    net__peer_subject(n, m->name, to);
     snprintf(reply, SUBJECT_MAX, "%.*s%08x", (int)n->probe_prefix_len, n->probe_subject, (unsigned)m->inc);
     transport_publish_reply(n->t, to, reply, NULL, 0);
   }
@@ -1083,7 +740,7 @@ static void rejoin(struct net *n, uint32_t by) {
     gone_member *x = &g.v[i];
     if (x->lost) atomic_fetch_add(&n->c->dead_letters, x->lost);
     for (size_t k = 0; k < x->npend; k++)
-      reply_error_to_local(n->c, x->pend[k].from_id, x->pend[k].corr, "isolate down: node down");
+      net__reply_error_to_local(n->c, x->pend[k].from_id, x->pend[k].corr, "isolate down: node down");
     free(x->pend);
     size_t nrem = 0;
     remote_id *gone = paths_remove_node(&n->replica, x->inc, &nrem);
@@ -1101,7 +758,7 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
 static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
   const char *subject = natsMsg_GetSubject(msg);
   if (subject && strncmp(subject, n->path_subject, n->path_prefix_len) == 0) {
-    handle_interop(n, msg, subject);
+    net__handle_interop(n, msg, subject);
     return;
   }
   if (subject && strncmp(subject, n->probe_subject, n->probe_prefix_len) == 0) {
@@ -1156,7 +813,7 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
     if (link_ack(&m->link, e.seq) == 0 && e.seq == m->link.acked && (f = link_unacked(&m->link, 0)) != NULL &&
         now - f->sent_ns > FAST_RETRANSMIT_NS) {
       char to[SUBJECT_MAX];
-      peer_subject(n, m->name, to);
+      net__peer_subject(n, m->name, to);
       for (size_t k = 0; (f = link_unacked(&m->link, k)) != NULL; k++) {
         if (transport_publish(n->t, to, f->data, f->len)) break;
         f->sent_ns = now;
@@ -1180,7 +837,7 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
   plat_mutex_unlock(&n->lock);
   if (verdict != LINK_DELIVER) return;
   /* Sequence accepted: delivered or counted, never asked for again. */
-  if (!payload_ok(n, e.payload, e.payload_len, n->code_ok)) {
+  if (!net__payload_ok(n, e.payload, e.payload_len, n->code_ok)) {
     if (k == NET_SPAWN) spawn_failed(n, e.from_inc, e.to_id, "malformed or untrusted spawn refused");
     if (k >= NET_ISO_UP) return;
     cluster_log(n->c, "isolate_cluster: refused a malformed or untrusted message from node %08x",
@@ -1192,8 +849,8 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
   }
   if (k == NET_ISO_UP || k == NET_ISO_DOWN) apply_replica(n, &e);
   else if (k == NET_SPAWN) apply_spawn(n, &e);
-  else if (k == NET_CLAIM) answer_claim(n, &e);
-  else if (k == NET_CLAIM_REPLY) claim_answered(n, &e);
+  else if (k == NET_CLAIM) net__answer_claim(n, &e);
+  else if (k == NET_CLAIM_REPLY) net__claim_answered(n, &e);
   else deliver(n, &e);
 }
 
@@ -1208,7 +865,7 @@ static void send_acks(struct net *n) {
     unsigned char body[8];
     envelope_put_u64(body, link_delivered(&m->link));
     char subject[SUBJECT_MAX];
-    peer_subject(n, m->name, subject);
+    net__peer_subject(n, m->name, subject);
     send_control(n, subject, ENV_ACK, m->inc, body, sizeof body);
   }
   plat_mutex_unlock(&n->lock);
@@ -1224,7 +881,7 @@ static void retransmit(struct net *n, uint64_t now, int all) {
     link_frame *f = link_unacked(&m->link, 0);
     if (!f || (!all && now - f->sent_ns < RETRANSMIT_NS)) continue;
     char subject[SUBJECT_MAX];
-    peer_subject(n, m->name, subject);
+    net__peer_subject(n, m->name, subject);
     for (size_t k = 0; (f = link_unacked(&m->link, k)) != NULL; k++) {
       if (transport_publish(n->t, subject, f->data, f->len)) break;
       f->sent_ns = now;
@@ -1404,7 +1061,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   if (n->code_ok) luaL_openlibs(n->vL);
   n->inc = new_incarnation();
   snprintf(n->hb_subject, SUBJECT_MAX, "ic.%s.hb", n->cluster_name);
-  peer_subject(n, n->name, n->data_subject);
+  net__peer_subject(n, n->name, n->data_subject);
   /* path_subject is the wildcard subscribed to; its first path_prefix_len
    * bytes ("ic.<cluster>.path.") are what interop subjects start with. */
   n->path_prefix_len = (size_t)snprintf(n->path_subject, SUBJECT_MAX, "ic.%s.path.", n->cluster_name);
