@@ -12,19 +12,7 @@ local _ENV = _G
 
 if MN.skip_under_tsan(describe, pending) then return end
 
-local function find_host()
-  local env = os.getenv("IC_HOST_BIN")
-  if env and env ~= "" then return env end
-  for _, p in ipairs({ "build/isolate-cluster", "build-rel/isolate-cluster" }) do
-    local f = io.open(p)
-    if f then
-      f:close()
-      return p
-    end
-  end
-end
-
-local HOST = find_host()
+local HOST = W.host_binary()
 
 local SCRIPT = [[
 cluster:spawn_isolate(function(context)

@@ -41,12 +41,7 @@ describe("across nodes", function()
         local ok, why = counter:send({ stream = "s1", seq = i }, 10)
         assert(ok, ("send %d refused: %s"):format(i, tostring(why)))
       end
-      local stats = W.wait_until(function()
-        local s = counter:request({ op = "stats", stream = "s1" }, 10)
-        if s.count >= n then return s end
-      end, 60, 0.1)
-      assert.is_not_nil(stats, "not all 10,000 messages arrived")
-      assert.same({ count = n, last = n, dups = 0, gaps = 0 }, stats)
+      assert.same(MN.in_order(n), MN.stream_stats(counter, "s1", n, 60))
     end)
 
     it("delivers 10,000 messages from a remote isolate to this node's main state in order", function()
@@ -206,11 +201,7 @@ describe("across nodes", function()
       end
       local sent, why = counter:send({ stream = "big", seq = 1, pad = big })
       if sent then
-        local stats = W.wait_until(function()
-          local s = counter:request({ op = "stats", stream = "big" }, 10)
-          if s.count >= 1 then return s end
-        end, 30, 0.1)
-        assert.is_not_nil(stats, "an accepted large message never arrived")
+        assert.same(MN.in_order(1), MN.stream_stats(counter, "big", 1), "an accepted large message never arrived")
       else
         assert.matches("payload", tostring(why):lower())
       end
