@@ -65,12 +65,14 @@ function M.quote(s)
 end
 local q = M.quote
 
+-- The file's contents, or "" when it cannot be read (a /proc file of a
+-- process that ended between the open and the read reads as nothing).
 local function read_file(path)
   local f = io.open(path, "rb")
   if not f then return "" end
   local s = f:read("a")
   f:close()
-  return s
+  return s or ""
 end
 M.read_file = read_file
 
