@@ -263,6 +263,17 @@ describe("the NATS test harness", function()
       assert.equal("b", key2)
     end)
 
+    it("cleanup() fails when a node program's output shows a sanitizer error", function()
+      local line = "==1==ERROR: AddressSanitizer: heap-use-after-free"
+      local node = H.start_node({ script = "probe", args = { exit = "1", say = line } })
+      node:wait(15)
+      local ok, err = pcall(H.cleanup)
+      assert.is_false(ok)
+      assert.matches("reported a sanitizer error", tostring(err))
+      assert.matches("heap%-use%-after%-free", tostring(err))
+      H.cleanup() -- reported once, then forgotten
+    end)
+
     it("cleanup() stops every process still running, by pid", function()
       local srv = H.start_server()
       local node = H.start_node({ script = "probe", args = { name = "p7" } })

@@ -37,8 +37,8 @@ describe("the isolate-cluster host as a node", function()
 
   local function start_host(name, node)
     local out = H.tmpdir() .. "/host.txt"
-    local p = H.spawn({ HOST, "--workers", "2", "--nats", srv.url, "--cluster", name, "--node", node,
-      script, "x", "y" }, H.lua_env(), out, "isolate-cluster " .. node)
+    local argv = { HOST, "--workers", "2", "--nats", srv.url, "--cluster", name, "--node", node, script, "x", "y" }
+    local p = H.check_output(H.spawn(argv, H.lua_env(), out, "isolate-cluster " .. node))
     H.wait_output(p, "^ready " .. node .. " x,y$", 30)
     return p
   end

@@ -104,6 +104,20 @@ end
 -- ---------------------------------------------------------------- processes
 
 local live = {} -- every process started and not yet stopped, in start order
+local checked = {} -- processes whose output cleanup() checks (see M.SANITIZER_MARKERS)
+
+--- Lines that a sanitizer runtime (the ASan+UBSan test build preloads it into
+--- every lua5.4 it starts) writes when it finds a bug. cleanup() fails when
+--- the output of a node program contains one, even if the spec passed: a
+--- node that crashed or leaked in its own process must not go unseen.
+M.SANITIZER_MARKERS = { "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error: ",
+  "WARNING: ThreadSanitizer" }
+
+--- Marks process p for the sanitizer check in cleanup(); returns p.
+function M.check_output(p)
+  checked[#checked + 1] = p
+  return p
+end
 
 local Proc = {}
 Proc.__index = Proc
@@ -263,7 +277,8 @@ Proc.wait_output = M.wait_output
 --- removes the temporary directories. For after_each and teardown; also
 --- usable in a finally. Processes in the list `keep` (e.g. a server shared
 --- by a whole file) stay, with their directories. Never raises for a process
---- that is already gone; raises if one survived SIGKILL.
+--- that is already gone; raises if one survived SIGKILL, or if a node
+--- program's output shows a sanitizer error (M.SANITIZER_MARKERS).
 function M.cleanup(keep)
   local kept, kept_dirs = {}, {}
   for _, p in ipairs(type(keep) == "table" and keep or {}) do
@@ -283,6 +298,23 @@ function M.cleanup(keep)
       end
     end
   end
+  local still = {}
+  for _, p in ipairs(checked) do
+    if kept[p] then
+      still[#still + 1] = p
+    else
+      local out = p:output()
+      for _, marker in ipairs(M.SANITIZER_MARKERS) do
+        local at = out:find(marker, 1, true)
+        if at then
+          errs[#errs + 1] = ("%s (pid %d) reported a sanitizer error:\n%s"):format(
+            p.label, p.pid, out:sub(math.max(1, at - 200), at + 3000))
+          break
+        end
+      end
+    end
+  end
+  checked = still
   local dirs = {}
   for _, d in ipairs(tmp_dirs) do
     if kept_dirs[d] then dirs[#dirs + 1] = d else os.execute("rm -rf " .. q(d)) end
@@ -519,7 +551,7 @@ function M.start_node(opts)
   local label = ("node %s (%s)"):format(tostring(args.name or node_count), opts.script or opts.path)
   local p = spawn(argv, M.lua_env(opts.env), dir .. "/output.txt", label)
   p.name, p.dir = args.name, dir
-  return p
+  return M.check_output(p)
 end
 
 -- ---------------------------------------------------------------- the peer
