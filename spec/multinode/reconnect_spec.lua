@@ -123,7 +123,8 @@ describe("a NATS server outage", function()
     -- node knows that its own connection is down, so it declares no one down.
     local during = W.drain(c, 6)
     for _, m in ipairs(during) do
-      assert.is_false(type(m) == "table" and m.ev == "node_down", "declared down during the outage: " .. tostring(m.name))
+      assert.is_false(type(m) == "table" and m.ev == "node_down",
+        "declared down during the outage: " .. tostring(m.name))
     end
     srv:restart()
     assert.equal("back", MN.request_until(echo, "back"), "the old ref does not work after the outage")
