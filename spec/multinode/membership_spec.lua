@@ -91,6 +91,50 @@ describe("membership", function()
   end)
 end)
 
+describe("ic.node", function()
+  local srv
+  setup(function() srv = H.start_server() end)
+  after_each(function() MN.cleanup({ srv }) end)
+  teardown(function() MN.cleanup() end)
+
+  local ic = require("isolate_cluster")
+
+  it("raises for a missing nats, cluster or name, naming it", function()
+    local name = H.unique_name("opts")
+    assert.matches("nats", W.error_of(ic.node, { cluster = name, name = "a" }))
+    assert.matches("cluster", W.error_of(ic.node, { nats = srv.url, name = "a" }))
+    assert.matches("name", W.error_of(ic.node, { nats = srv.url, cluster = name }))
+  end)
+
+  it("raises for an unknown option, naming it", function()
+    assert.matches('unknown option "pth"',
+      W.error_of(ic.node, { nats = srv.url, cluster = H.unique_name("opts"), name = "a", pth = "/x" }))
+  end)
+
+  it("fails within a bounded time when no server listens", function()
+    local dead = H.start_server()
+    local url = dead.url
+    dead:stop()
+    local t0 = W.now()
+    local ok, c, err = pcall(MN.node, url, H.unique_name("opts"), "a")
+    assert.is_false(ok and c ~= nil)
+    assert.is_true(W.now() - t0 < 30, "took too long")
+    assert.is_string(ok and err or c)
+  end)
+
+  it("fails within a bounded time against a server that accepts TCP but never speaks NATS", function()
+    -- cnats 3.4.1 can spin in its handshake against such a server (nats.c
+    -- #706): the node's connect timeout must still end the attempt. Tried in
+    -- a node program, so that a hang cannot hang this process.
+    local hole = H.start_peer({ "nats://127.0.0.1:0", "blackhole" })
+    local _, port = H.wait_output(hole, "^listening (%d+)$")
+    local node = H.start_node({ script = "echo",
+      args = MN.args("nats://127.0.0.1:" .. port, H.unique_name("opts"), "a") })
+    H.wait_output(node, "^node error: ", 30)
+    assert.equal(3, node:wait(15))
+  end)
+end)
+
 describe("isolate events across nodes", function()
   local srv
   setup(function() srv = H.start_server() end)

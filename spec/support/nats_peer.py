@@ -32,6 +32,11 @@ Commands (one line of output per event, flushed; exit status 0 on success,
                               prints "hostile: published N to M subjects
                               (K captured)"
 
+    blackhole                 not a client: listens on URL's host and port (port 0:
+                              a free one), prints "listening PORT", accepts every
+                              connection and never writes a byte (a server that
+                              takes TCP but never speaks NATS); runs until killed
+
 Values printed as JSON: MessagePack strings as JSON strings, binary as
 {"$bin": hex}, extension types as {"$ext": type, "hex": hex}, map keys that
 are not strings as their JSON text.
@@ -355,6 +360,19 @@ def cmd_hostile(c, a):
     return 0
 
 
+def blackhole(url):
+    u = urllib.parse.urlparse(url)
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((u.hostname or "127.0.0.1", u.port or 0))
+    srv.listen(64)
+    out("listening %d" % srv.getsockname()[1])
+    held = []  # keep every accepted socket open, silent
+    while True:
+        conn, _ = srv.accept()
+        held.append(conn)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--user")
@@ -382,7 +400,11 @@ def main():
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--listen", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=1)
+    cmds.add_parser("blackhole")
     a = ap.parse_args()
+    if a.command == "blackhole":
+        blackhole(a.url)
+        return 0
     try:
         c = Conn(a.url, a.user, a.password, a.token)
     except (ServerError, OSError) as e:
