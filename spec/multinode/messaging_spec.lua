@@ -17,21 +17,22 @@ local _ENV = _G
 if MN.skip_under_tsan(describe, pending) then return end
 
 describe("across nodes", function()
-  local srv, name, c, echo, counter
+  local srv, c, echo, counter
 
   setup(function() srv = H.start_server() end)
   teardown(function() MN.cleanup() end)
   -- The server lives for the whole file; nodes for one test.
   after_each(function() MN.cleanup({ srv }) end)
 
+  -- This node and node b; sets c, echo, counter; returns b's process.
   local function two_nodes()
-    name = H.unique_name("msg")
-    c = MN.node(srv, name, "spec")
-    MN.start(srv, name, "b")
+    local b
+    c, b = MN.pair(srv, "msg")
     echo = c:lookup_isolate("/echo", 15)
     counter = c:lookup_isolate("/counter", 15)
     assert.is_not_nil(echo, "/echo of node b not found")
     assert.is_not_nil(counter, "/counter of node b not found")
+    return b
   end
 
   describe("send", function()
@@ -58,6 +59,28 @@ describe("across nodes", function()
         end
       end
       assert.same({}, W.drain(c, 0.5)) -- and nothing twice
+    end)
+
+    it("keeps each sender's order when two isolates of one node send to one remote isolate", function()
+      two_nodes()
+      local n = 3000
+      local sender = function(context)
+        local p = context:properties()
+        context:on_message(function()
+          for i = 1, p.n do p.target:send({ stream = p.stream, seq = i }, 10) end
+          p.main:send({ sent = p.stream })
+        end)
+      end
+      local a = c:spawn_isolate(sender, { target = counter, n = n, stream = "two-a", main = c.main })
+      local b = c:spawn_isolate(sender, { target = counter, n = n, stream = "two-b", main = c.main })
+      assert.is_true((a:send("go")))
+      assert.is_true((b:send("go")))
+      local inbox = MN.inbox(c)
+      for _ = 1, 2 do
+        assert.is_not_nil(inbox:wait(function(m) return type(m) == "table" and m.sent end, 60))
+      end
+      assert.same(MN.in_order(n), MN.stream_stats(counter, "two-a", n, 60))
+      assert.same(MN.in_order(n), MN.stream_stats(counter, "two-b", n, 60))
     end)
 
     it("carries every copyable plain value intact", function()
@@ -145,6 +168,16 @@ describe("across nodes", function()
       local all = echo:properties()
       assert.equal("echo", all.kind)
       assert.same({ 1, 2, 3 }, all.list)
+    end)
+
+    it("a remote ref's properties are read without asking its node (they work while it is hung)", function()
+      local b = two_nodes()
+      -- SIGSTOP: node b answers nothing now; it is declared down only
+      -- seconds later, and the properties are needed at once
+      assert.is_true(b:signal("STOP"))
+      assert.equal("echo", echo:property("kind"))
+      assert.same({ 1, 2, 3 }, echo:properties().list)
+      b:signal("CONT")
     end)
 
     it("a ref's properties are copies: changing one does not change the next", function()
