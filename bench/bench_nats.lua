@@ -14,7 +14,8 @@
 -- stops both by pid at the end. Run from the repository root, with
 -- LUA_PATH/LUA_CPATH pointing at a build (see README). Goals: at least 50% of
 -- the raw throughput, at most 1.5x the raw round-trip time. Figures depend on
--- the machine and its load: compare ratios, not absolutes.
+-- the machine and its load: compare ratios, not absolutes. Exits with 1 when
+-- either side could not be measured.
 package.path = "spec/?.lua;" .. package.path
 local H = require("support.nats")
 
@@ -119,6 +120,9 @@ local ok, failure = pcall(function()
   row("request round trip, p99", mine and mine.rtt_p99_us, "us", base and base.rtt_p99_us, false, 1.5)
   if not base then print("raw cnats: " .. tostring(berr)) end
   if not mine then print("isolate_cluster: " .. tostring(merr)) end
+  return base ~= nil and mine ~= nil
 end)
 H.cleanup()
 if not ok then error(failure, 0) end
+-- A part that could not run fails the run (bench smoke tests rely on it).
+if not failure then os.exit(1) end
