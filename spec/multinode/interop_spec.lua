@@ -47,8 +47,10 @@ describe("a NATS client that is not a node", function()
   it("requests and gets the handler's first return value as MessagePack", function()
     cluster_with_b()
     assert.equal('"hello"', request("ic." .. name .. ".path.echo", '"hello"'))
-    assert.equal('{"a": [1, 2, {"b": null}], "n": -7, "f": 1.5}',
-      request("ic." .. name .. ".path.echo", '{"op":"echo","v":{"a":[1,2,{"b":null}],"n":-7,"f":1.5}}'))
+    -- (arrays and one-key maps: the order of a Lua table's keys is not defined; a nil
+    -- in a list or an empty table has no one MessagePack form)
+    assert.equal('[1, -7, 1.5, "s", true, [{"k": [2]}]]',
+      request("ic." .. name .. ".path.echo", '{"op":"echo","v":[1,-7,1.5,"s",true,[{"k":[2]}]]}'))
   end)
 
   it("gets a handler's error as a map {error = \"...\"}", function()

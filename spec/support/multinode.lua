@@ -58,12 +58,16 @@ end
 
 --- The usual start of a test: a fresh cluster name from `prefix`, this
 --- process as node "spec" and node program `script` (default "echo") as
---- node "b" with b_extra arguments. Returns the spec's cluster, b's process
---- and the cluster name.
+--- node "b" with b_extra arguments. Returns once this node knows b (its
+--- /ctl/b is visible here; b printing "ready" does not mean that this node
+--- has heard of it yet): the spec's cluster, b's process and the cluster name.
 function M.pair(servers, prefix, b_extra, script)
   local name = H.unique_name(prefix)
   local c = M.node(servers, name, "spec")
   local b = M.start(servers, name, "b", b_extra, script)
+  if not c:lookup_isolate("/ctl/b", 15) then
+    error("node b is up but this node does not see it; b's output:\n" .. b:output(), 2)
+  end
   return c, b, name
 end
 
