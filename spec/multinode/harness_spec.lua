@@ -116,6 +116,29 @@ describe("the NATS test harness", function()
     end)
   end)
 
+  describe("TLS", function()
+    it("tls_files makes certificates that a server requiring TLS accepts", function()
+      local files = H.tls_files()
+      for _, k in ipairs({ "ca", "server_cert", "server_key", "client_cert", "client_key", "other_ca" }) do
+        assert.is_true(#H.read_file(files[k]) > 0, k)
+      end
+      local srv = H.start_server({ config = H.tls_config(files, true) })
+      local out, code = H.peer({ srv.url, "info" })
+      assert.equal(2, code, out) -- plain text is refused
+      local ok
+      ok, out = peer_ok(srv.url, "--tls-ca", files.ca, "info")
+      assert.is_false(ok, "accepted without a client certificate: " .. out)
+      ok, out = peer_ok(srv.url, "--tls-ca", files.ca, "--tls-cert", files.client_cert, "--tls-key",
+        files.client_key, "info")
+      assert.is_true(ok, out)
+      assert.matches('"tls_required": true', out)
+      local v = io.popen(("openssl verify -CAfile %s %s %s 2>&1"):format(files.ca, files.server_cert,
+        files.client_cert)):read("a")
+      assert.matches("server.pem: OK", v)
+      assert.matches("client.pem: OK", v)
+    end)
+  end)
+
   describe("a cluster of two servers joined by a route", function()
     it("is up on both sides and carries a message from one server to the other", function()
       local a, b = H.start_cluster()

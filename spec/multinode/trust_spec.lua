@@ -1,6 +1,7 @@
--- SPEC §5 "optional: user, password, token" (authentication enforced by the
--- NATS server, configured the safe way: users inside a named account, no
--- `authorization` block, see support.nats.auth_config) and "Trust: ... Lua
+-- SPEC §5 "optional: user, password, token, tls = { ca =, cert =, key = }"
+-- (authentication enforced by the NATS server, configured the safe way: users
+-- inside a named account, no `authorization` block, see
+-- support.nats.auth_config; TLS with client certificates) and "Trust: ... Lua
 -- bytecode from another node is refused unless `allow_code = true` and the
 -- traffic is authenticated with `secret`".
 local MN = require("support.multinode")
@@ -63,6 +64,50 @@ describe("authentication", function()
     local url = srv.url:gsub("^nats://", "nats://node:s3cret@")
     local c = MN.node(url, name, "spec")
     assert.equal("spec", c.node)
+  end)
+end)
+
+describe("TLS (tls = { ca =, cert =, key = })", function()
+  local files, srv
+  setup(function()
+    files = H.tls_files()
+    srv = H.start_server({ config = H.tls_config(files, true) }) -- client certificates required
+  end)
+  after_each(function() MN.cleanup({ srv, files.dir }) end)
+  teardown(function() MN.cleanup() end)
+
+  local function join_error(extra)
+    local t0 = W.now()
+    local ok, c, err = pcall(MN.node, srv, H.unique_name("tls"), "spec", extra)
+    assert.is_true(W.now() - t0 < 30, "a refused connection took too long to report")
+    assert.is_false(ok and c ~= nil, "joined without the right TLS settings")
+    return tostring(ok and err or c)
+  end
+
+  it("with the CA and a client certificate nodes join a server that verifies clients, and talk", function()
+    local name = H.unique_name("tls")
+    local c = MN.node(srv, name, "spec", { tls = { ca = files.ca, cert = files.client_cert, key = files.client_key } })
+    MN.start(srv, name, "b", { tls_ca = files.ca, tls_cert = files.client_cert, tls_key = files.client_key })
+    local echo = c:lookup_isolate("/echo", 15)
+    assert.is_not_nil(echo)
+    assert.equal("over tls", echo:request("over tls", 10))
+  end)
+
+  it("without tls a node cannot join a server that requires it", function()
+    assert.is_string(join_error())
+  end)
+
+  it("without a client certificate a node cannot join a server that verifies clients", function()
+    assert.is_string(join_error({ tls = { ca = files.ca } }))
+  end)
+
+  it("a node refuses a server whose certificate its CA did not sign", function()
+    assert.is_string(join_error({ tls = { ca = files.other_ca, cert = files.client_cert, key = files.client_key } }))
+  end)
+
+  it("a missing certificate file is a clear error", function()
+    local err = join_error({ tls = { ca = files.dir .. "/no-such-ca.pem" } })
+    assert.matches("no%-such%-ca%.pem", err)
   end)
 end)
 

@@ -276,14 +276,19 @@ Proc.wait_output = M.wait_output
 --- Stops every process started since the last cleanup (newest first), and
 --- removes the temporary directories. For after_each and teardown; also
 --- usable in a finally. Processes in the list `keep` (e.g. a server shared
---- by a whole file) stay, with their directories. Never raises for a process
+--- by a whole file) stay, with their directories, and so do directories
+--- named in it. Never raises for a process
 --- that is already gone; raises if one survived SIGKILL, or if a node
 --- program's output shows a sanitizer error (M.SANITIZER_MARKERS).
 function M.cleanup(keep)
   local kept, kept_dirs = {}, {}
   for _, p in ipairs(type(keep) == "table" and keep or {}) do
-    kept[p] = true
-    if p.dir then kept_dirs[p.dir] = true end
+    if type(p) == "string" then
+      kept_dirs[p] = true -- a directory (tls_files().dir, say)
+    else
+      kept[p] = true
+      if p.dir then kept_dirs[p.dir] = true end
+    end
   end
   local errs = {}
   for i = #live, 1, -1 do
@@ -507,6 +512,43 @@ function M.auth_config(users, account)
     list[#list + 1] = ('{ user: "%s", password: "%s" }'):format(u.user, u.password)
   end
   return ("accounts {\n  %s: { users: [ %s ] }\n}"):format(account or "IC", table.concat(list, ", "))
+end
+
+--- Makes a small PKI for TLS tests with the openssl command (EC P-256 keys,
+--- valid for two days) in a fresh temporary directory: a CA, a server
+--- certificate for 127.0.0.1/localhost and a client certificate, both signed
+--- by it, and a second CA that signed neither. Returns { dir, ca, server_cert,
+--- server_key, client_cert, client_key, other_ca } (paths). Raises with
+--- openssl's output if a step fails.
+function M.tls_files()
+  local d = M.tmpdir()
+  local f = {
+    dir = d, ca = d .. "/ca.pem", server_cert = d .. "/server.pem", server_key = d .. "/server.key",
+    client_cert = d .. "/client.pem", client_key = d .. "/client.key", other_ca = d .. "/other-ca.pem",
+  }
+  write_file(d .. "/san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+  local key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+  local steps = {
+    ("openssl req -x509 %s -keyout ca.key -out ca.pem -days 2 -subj /CN=ic-test-ca"):format(key),
+    ("openssl req -x509 %s -keyout other-ca.key -out other-ca.pem -days 2 -subj /CN=ic-other-ca"):format(key),
+    ("openssl req %s -keyout server.key -out server.csr -subj /CN=127.0.0.1"):format(key),
+    "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2"
+      .. " -extfile san.ext",
+    ("openssl req %s -keyout client.key -out client.csr -subj /CN=ic-node"):format(key),
+    "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2",
+  }
+  for _, step in ipairs(steps) do
+    local out = shell(("cd %s && env -u LD_PRELOAD %s 2>&1; echo \"@@exit=$?\""):format(q(d), step))
+    if not out:find("@@exit=0", 1, true) then error("openssl failed: " .. step .. "\n" .. out, 2) end
+  end
+  return f
+end
+
+--- Server configuration text for TLS with the files of tls_files():
+--- verify = true also requires and checks client certificates.
+function M.tls_config(files, verify)
+  return ('tls {\n  cert_file: "%s"\n  key_file: "%s"\n  ca_file: "%s"\n  verify: %s\n  timeout: 5\n}'):format(
+    files.server_cert, files.server_key, files.ca, verify and "true" or "false")
 end
 
 -- ---------------------------------------------------------------- nodes
