@@ -222,6 +222,38 @@ describe("across nodes", function()
     end)
   end)
 
+  describe("messages around a small max_payload", function()
+    it("either arrive whole or are refused with a clear error: never accepted and lost", function()
+      local limit = 16384
+      local small = H.start_server({ max_payload = limit })
+      local c2, b2 = MN.pair(small, "limit")
+      local counter2 = c2:lookup_isolate("/counter", 15)
+      local echo2 = c2:lookup_isolate("/echo", 15)
+      local accepted, refused = 0, 0
+      for i, size in ipairs({ limit - 512, limit - 128, limit - 48, limit - 16, limit, limit + 16, 4 * limit }) do
+        local pad = string.rep("p", size)
+        local ok, why = counter2:send({ stream = "edge", seq = accepted + 1, pad = pad })
+        if ok then
+          accepted = accepted + 1
+        else
+          refused = refused + 1
+          assert.matches("payload", tostring(why):lower(), ("size %d"):format(size))
+        end
+        -- a request (and its reply, as large) either comes back whole or fails saying why
+        local rok, res = pcall(echo2.request, echo2, { op = "echo", v = pad }, 20)
+        if rok then
+          assert.is_true(res == pad, ("size %d came back changed"):format(size))
+        else
+          assert.is_nil(tostring(res):match("timeout"), ("size %d: %s"):format(size, tostring(res)))
+        end
+        assert.equal(i, echo2:request({ op = "echo", v = i }, 10)) -- and the link still works
+      end
+      assert.is_true(accepted >= 1 and refused >= 1, ("accepted %d, refused %d"):format(accepted, refused))
+      assert.same(MN.in_order(accepted), MN.stream_stats(counter2, "edge", accepted))
+      assert.is_true(b2:alive())
+    end)
+  end)
+
   describe("large messages", function()
     it("a message over the server's max_payload arrives whole, or is refused with a clear error", function()
       two_nodes()

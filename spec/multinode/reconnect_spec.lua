@@ -137,6 +137,17 @@ describe("two NATS servers joined as a cluster", function()
   after_each(function() MN.cleanup() end)
   teardown(function() MN.cleanup() end)
 
+  it("a node given a list whose first server is down connects to the next", function()
+    local dead = H.start_server()
+    local url = dead.url
+    dead:stop()
+    local srv = H.start_server()
+    local name = H.unique_name("list")
+    local c = MN.node({ url, srv.url }, name, "spec")
+    MN.start({ url, srv.url }, name, "b")
+    assert.equal("listed", c:lookup_isolate("/echo", 15):request("listed", 10))
+  end)
+
   it("nodes connected to different servers see and message each other", function()
     local a, b_srv = H.start_cluster()
     local name = H.unique_name("route")

@@ -67,6 +67,27 @@ describe("authentication", function()
   end)
 end)
 
+describe("token authentication", function()
+  local srv
+  -- A token lives in an `authorization` block; without an `accounts` block
+  -- and system account beside it, CVE-2023-47090 does not apply.
+  setup(function() srv = H.start_server({ config = 'authorization { token: "t0k-en" }' }) end)
+  after_each(function() MN.cleanup({ srv }) end)
+  teardown(function() MN.cleanup() end)
+
+  it("with the right token nodes join and talk; without it or with another they cannot", function()
+    local name = H.unique_name("token")
+    local c = MN.node(srv, name, "spec", { token = "t0k-en" })
+    MN.start(srv, name, "b", { token = "t0k-en" })
+    assert.equal("token", c:lookup_isolate("/echo", 15):request("token", 10))
+    for _, extra in ipairs({ {}, { token = "wrong" } }) do
+      local ok, c2, err = pcall(MN.node, srv, name, "intruder", extra)
+      assert.is_false(ok and c2 ~= nil, "joined with token " .. tostring(extra.token))
+      assert.matches("[Aa]uthoriz", tostring(ok and err or c2))
+    end
+  end)
+end)
+
 describe("TLS (tls = { ca =, cert =, key = })", function()
   local files, srv
   setup(function()
