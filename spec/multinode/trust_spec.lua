@@ -13,6 +13,16 @@ local _ENV = _G
 
 if MN.skip_under_tsan(describe, pending) then return end
 
+-- Tries to join srv with extra options, which must fail in a bounded time
+-- (ic.node may raise or return nil, err); returns the error, which must say why.
+local function join_error(srv, extra)
+  local t0 = W.now()
+  local ok, c, err = pcall(MN.node, srv, H.unique_name("refused"), "spec", extra)
+  assert.is_true(W.now() - t0 < 30, "a refused connection took too long to report")
+  assert.is_false(ok and c ~= nil, "joined although it should not have")
+  return tostring(ok and err or c)
+end
+
 describe("authentication", function()
   local srv
   setup(function()
@@ -21,25 +31,16 @@ describe("authentication", function()
   after_each(function() MN.cleanup({ srv }) end)
   teardown(function() MN.cleanup() end)
 
-  -- ic.node may raise or return nil, err: either way the error must say why.
-  local function join_error(extra)
-    local t0 = W.now()
-    local ok, c, err = pcall(MN.node, srv, H.unique_name("auth"), "spec", extra)
-    assert.is_true(W.now() - t0 < 30, "a refused connection took too long to report")
-    assert.is_false(ok and c ~= nil, "joined without the right credentials")
-    return tostring(ok and err or c)
-  end
-
   it("without credentials a node cannot join, and the error says authorization", function()
-    assert.matches("[Aa]uthoriz", join_error())
+    assert.matches("[Aa]uthoriz", join_error(srv))
   end)
 
   it("with a wrong password a node cannot join", function()
-    assert.matches("[Aa]uthoriz", join_error({ user = "node", password = "wrong" }))
+    assert.matches("[Aa]uthoriz", join_error(srv, { user = "node", password = "wrong" }))
   end)
 
   it("with an unknown user a node cannot join", function()
-    assert.matches("[Aa]uthoriz", join_error({ user = "nobody", password = "s3cret" }))
+    assert.matches("[Aa]uthoriz", join_error(srv, { user = "nobody", password = "s3cret" }))
   end)
 
   it("a node program without credentials reports the error and exits", function()
@@ -97,14 +98,6 @@ describe("TLS (tls = { ca =, cert =, key = })", function()
   after_each(function() MN.cleanup({ srv, files.dir }) end)
   teardown(function() MN.cleanup() end)
 
-  local function join_error(extra)
-    local t0 = W.now()
-    local ok, c, err = pcall(MN.node, srv, H.unique_name("tls"), "spec", extra)
-    assert.is_true(W.now() - t0 < 30, "a refused connection took too long to report")
-    assert.is_false(ok and c ~= nil, "joined without the right TLS settings")
-    return tostring(ok and err or c)
-  end
-
   it("with the CA and a client certificate nodes join a server that verifies clients, and talk", function()
     local name = H.unique_name("tls")
     local c = MN.node(srv, name, "spec", { tls = { ca = files.ca, cert = files.client_cert, key = files.client_key } })
@@ -115,19 +108,20 @@ describe("TLS (tls = { ca =, cert =, key = })", function()
   end)
 
   it("without tls a node cannot join a server that requires it", function()
-    assert.is_string(join_error())
+    assert.is_string(join_error(srv))
   end)
 
   it("without a client certificate a node cannot join a server that verifies clients", function()
-    assert.is_string(join_error({ tls = { ca = files.ca } }))
+    assert.is_string(join_error(srv, { tls = { ca = files.ca } }))
   end)
 
   it("a node refuses a server whose certificate its CA did not sign", function()
-    assert.is_string(join_error({ tls = { ca = files.other_ca, cert = files.client_cert, key = files.client_key } }))
+    local tls = { ca = files.other_ca, cert = files.client_cert, key = files.client_key }
+    assert.is_string(join_error(srv, { tls = tls }))
   end)
 
   it("a missing certificate file is a clear error", function()
-    local err = join_error({ tls = { ca = files.dir .. "/no-such-ca.pem" } })
+    local err = join_error(srv, { tls = { ca = files.dir .. "/no-such-ca.pem" } })
     assert.matches("no%-such%-ca%.pem", err)
   end)
 end)
