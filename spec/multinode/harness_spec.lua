@@ -297,6 +297,18 @@ describe("the NATS test harness", function()
       H.cleanup() -- reported once, then forgotten
     end)
 
+    it("a process whose owner dies without stopping it is killed by the harness's watcher", function()
+      local owner = H.start_node({ script = "owner", args = { name = "owner" } })
+      local _, probe_pid = H.wait_output(owner, "^probe (%d+)$")
+      local function probe_alive()
+        local st = H.read_file("/proc/" .. probe_pid .. "/stat"):match("%) (%S)")
+        return st ~= nil and st ~= "Z"
+      end
+      assert.is_true(probe_alive())
+      owner:kill()
+      assert.truthy(H.poll(function() return not probe_alive() end, 15), "the orphaned probe still runs")
+    end)
+
     it("cleanup() stops every process still running, by pid", function()
       local srv = H.start_server()
       local node = H.start_node({ script = "probe", args = { name = "p7" } })

@@ -130,10 +130,15 @@ local function proc_stat(pid)
   return state, tonumber(ppid)
 end
 
+-- This Lua process: the owner of everything spawn() starts.
+local OWNER = tonumber(read_file("/proc/self/stat"):match("^(%d+)"))
+M.OWNER = OWNER
+
 --- Starts argv (a list of words) with env (a table of extra variables,
 --- and `unset`, a list of variables to remove) in the background, its stdout
---- and stderr appended to `out`. Returns a process handle. The process does not ignore SIGINT (a background job
---- of a shell otherwise would).
+--- and stderr appended to `out`. Returns a process handle. The process does
+--- not ignore SIGINT (a background job of a shell otherwise would), and is
+--- killed within about a second if this Lua process ends without stopping it.
 local function spawn(argv, env, out, label, unset)
   local words = {}
   for _, w in ipairs(argv) do words[#words + 1] = q(w) end
@@ -143,10 +148,21 @@ local function spawn(argv, env, out, label, unset)
   for k in pairs(env or {}) do keys[#keys + 1] = k end
   table.sort(keys)
   for _, k in ipairs(keys) do envs[#envs + 1] = q(k .. "=" .. env[k]) end
+  -- The bash script: start the process; a watcher subshell kills it if this
+  -- Lua process disappears without stopping it (busted killed by a
+  -- timeout, say), checking first that the pid is still this bash's child;
+  -- then wait, wake the watcher through a FIFO (so it ends at once, without
+  -- leaving a `sleep` behind) and report the exit status.
+  local fifo = out .. ".wake"
   local script = table.concat({
     "exec </dev/null;",
-    "(trap - INT QUIT; exec", table.concat(envs, " "), table.concat(words, " "), ") >>" .. q(out), "2>&1 &",
-    "pid=$!; echo \"$$ $pid\"; wait $pid; echo \"exit=$?\"",
+    "rm -f", q(fifo), "&& mkfifo", q(fifo), "&& exec 3<>" .. q(fifo), "&& rm -f", q(fifo), "|| exit 1;",
+    "(trap - INT QUIT; exec", table.concat(envs, " "), table.concat(words, " "), ") 3>&- >>" .. q(out), "2>&1 &",
+    "pid=$!; echo \"$$ $pid\";",
+    "( while kill -0", OWNER, "&& kill -0 $pid; do read -t 1 -u 3 && break; done;",
+    "if ! kill -0", OWNER, "; then read -r _ _ _ pp _ < /proc/$pid/stat && [ \"$pp\" = \"$$\" ] && kill -KILL $pid; fi",
+    ") >/dev/null 2>&1 & wpid=$!;",
+    "wait $pid; st=$?; echo >&3; wait $wpid; echo \"exit=$st\"",
   }, " ")
   -- bash reports a job killed by a signal on its stderr: not ours to print.
   local pipe = assert(io.popen("bash -c " .. q(script) .. " 2>/dev/null", "r"))
