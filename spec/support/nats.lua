@@ -18,7 +18,9 @@
 -- the harness checks that the pid is still that bash's child (a pid is never
 -- signalled after it could have been reused), and it only ever signals pids it
 -- started itself. stop() sends SIGTERM (and SIGCONT, for a stopped process),
--- waits, then SIGKILL after a deadline.
+-- waits, then SIGKILL after a deadline. If the spec's process itself dies
+-- (busted killed by a ctest timeout), a watcher beside each process kills it
+-- within about a second, so no server or node outlives the run.
 --
 -- Ports. nats-server picks free ports itself (port -1) and writes them to a
 -- ports file (--ports_file_dir); the harness reads them back. restart() starts
