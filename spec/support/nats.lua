@@ -84,8 +84,6 @@ local function write_file(path, text)
   f:close()
 end
 
-local function poll_pause() os.execute("sleep 0.05") end
-
 -- Polls fn() every 50 ms until it returns a truthy value or `timeout` seconds
 -- pass. Returns fn's values, or nil on timeout.
 local function poll(fn, timeout)
@@ -650,6 +648,8 @@ function M.unique_name(prefix)
   return ("%s-%s-%d"):format(prefix or "t", rnd, name_count)
 end
 
-M.pause = poll_pause
+--- A 50 ms pause: only as the interval of a loop that polls with its own
+--- deadline (prefer poll / wait_output, which have one).
+function M.pause() W.wait_until(function() return false end, 0.05, 0.05) end
 
 return M
