@@ -36,9 +36,15 @@ describe("the isolate-cluster host as a node", function()
   teardown(function() MN.cleanup() end)
 
   local function start_host(name, node)
+    -- the cleanup after each test removes the temporary directories
+    script = H.tmpdir() .. "/hosted.lua"
+    local f = assert(io.open(script, "w"))
+    f:write(SCRIPT)
+    f:close()
     local out = H.tmpdir() .. "/host.txt"
-    local argv = { HOST, "--workers", "2", "--nats", srv.url, "--cluster", name, "--node", node, script, "x", "y" }
-    local p = H.check_output(H.spawn(argv, H.lua_env(), out, "isolate-cluster " .. node))
+    local p = H.spawn({ HOST, "--workers", "2", "--nats", srv.url, "--cluster", name, "--node", node,
+      script, "x", "y" }, H.lua_env(), out, "isolate-cluster " .. node)
+    H.check_output(p)
     H.wait_output(p, "^ready " .. node .. " x,y$", 30)
     return p
   end

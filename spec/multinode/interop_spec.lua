@@ -47,10 +47,12 @@ describe("a NATS client that is not a node", function()
   it("requests and gets the handler's first return value as MessagePack", function()
     cluster_with_b()
     assert.equal('"hello"', request("ic." .. name .. ".path.echo", '"hello"'))
-    -- (arrays and one-key maps: the order of a Lua table's keys is not defined; a nil
-    -- in a list or an empty table has no one MessagePack form)
-    assert.equal('[1, -7, 1.5, "s", true, [{"k": [2]}]]',
-      request("ic." .. name .. ".path.echo", '{"op":"echo","v":[1,-7,1.5,"s",true,[{"k":[2]}]]}'))
+    -- a Lua table cannot hold a nil value ({"b": null} arrives as {}), and
+    -- a map's keys come back in the order the receiver's table lists them
+    local reply = request("ic." .. name .. ".path.echo", '{"op":"echo","v":{"a":[1,2,{"b":null}],"n":-7,"f":1.5}}')
+    for _, part in ipairs({ '"a": [1, 2, {}]', '"n": -7', '"f": 1.5' }) do
+      assert.is_truthy(reply:find(part, 1, true), reply)
+    end
   end)
 
   it("gets a handler's error as a map {error = \"...\"}", function()
@@ -65,7 +67,9 @@ describe("a NATS client that is not a node", function()
       context:on_message(function(m) return { got = m, at = context.isolate_ref.path } end)
     end, nil, { path = "/py/svc" })
     assert.is_not_nil(c:lookup_isolate("/py/svc"))
-    assert.equal('{"got": 5, "at": "/py/svc"}', request("ic." .. name .. ".path.py.svc", "5"))
+    local reply = request("ic." .. name .. ".path.py.svc", "5")
+    assert.is_truthy(reply:find('"got": 5', 1, true), reply)
+    assert.is_truthy(reply:find('"at": "/py/svc"', 1, true), reply)
   end)
 
   it("a plain message reaches the isolate's handler (and nothing needs a reply)", function()
