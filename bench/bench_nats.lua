@@ -7,18 +7,24 @@
 --   round trip   request/reply of 64 bytes to an isolate on the other node:
 --                median and p99
 --
---   lua5.4 bench/bench_nats.lua [--quick] [--n N] [--rtt-n N] [--baseline path/to/nats_baseline]
+--   lua5.4 bench/bench_nats.lua [--quick] [--n N] [--rtt-n N] [--rounds R]
+--                               [--baseline path/to/nats_baseline]
+--
+-- Each side is measured R times (default 3, 1 with --quick), alternating
+-- raw and ours, and the best of each figure is printed: on a shared machine
+-- single runs vary by a factor of 2 or more.
 --
 -- Starts its own nats-server on a free loopback port and the other node
 -- (bench/nats_node.lua) through the spec harness (spec/support/nats.lua), and
 -- stops both by pid at the end. Run from the repository root, with
 -- LUA_PATH/LUA_CPATH pointing at a build (see README). Goals: at least 50% of
 -- the raw throughput, at most 1.5x the raw round-trip time. Figures depend on
--- the machine and its load: compare ratios, not absolutes.
+-- the machine and its load: compare ratios, not absolutes. Exits with 1 when
+-- either side could not be measured.
 package.path = "spec/?.lua;" .. package.path
 local H = require("support.nats")
 
-local opts = { quick = false, n = nil, rtt_n = nil, baseline = nil }
+local opts = { quick = false, n = nil, rtt_n = nil, rounds = nil, baseline = nil }
 do
   local i = 1
   while arg[i] do
@@ -26,6 +32,7 @@ do
     if a == "--quick" then opts.quick = true
     elseif a == "--n" then i = i + 1; opts.n = tonumber(arg[i])
     elseif a == "--rtt-n" then i = i + 1; opts.rtt_n = tonumber(arg[i])
+    elseif a == "--rounds" then i = i + 1; opts.rounds = tonumber(arg[i])
     elseif a == "--baseline" then i = i + 1; opts.baseline = arg[i]
     else error("unknown argument " .. a) end
     i = i + 1
@@ -39,6 +46,7 @@ if not opts.baseline then
 end
 local N = opts.n or (opts.quick and 2000 or 500000)
 local RTT_N = opts.rtt_n or (opts.quick and 200 or 10000)
+local ROUNDS = opts.rounds or (opts.quick and 1 or 3)
 local MSG = string.rep("m", 62) -- 64 bytes of MessagePack: a str8 header (2 bytes) and 62 bytes
 
 local function percentile(sorted, p)
@@ -100,9 +108,24 @@ end
 
 local srv = H.start_server()
 local ok, failure = pcall(function()
-  print(("nats-server %s, %d messages, %d round trips"):format(srv.url, N, RTT_N))
-  local base, berr = raw(srv.url)
-  local mine, merr = ours(srv)
+  print(("nats-server %s, %d messages, %d round trips, best of %d rounds"):format(srv.url, N, RTT_N, ROUNDS))
+  -- The best of each figure over the rounds (highest rate, lowest times).
+  local function best(into, r)
+    if not r then return into end
+    if not into then return r end
+    for k, v in pairs(r) do
+      local higher = k:find("per_s", 1, true)
+      if into[k] == nil or (higher and v > into[k]) or (not higher and v < into[k]) then into[k] = v end
+    end
+    return into
+  end
+  local base, berr, mine, merr
+  for _ = 1, ROUNDS do
+    local b, e1 = raw(srv.url)
+    local m, e2 = ours(srv)
+    base, mine = best(base, b), best(mine, m)
+    berr, merr = berr or e1, merr or e2
+  end
   local function row(name, value, unit, ref, higher_better, goal)
     local line = ("%-30s %14s %-6s"):format(name, value and ("%.1f"):format(value) or "-", unit)
     if ref then
@@ -119,6 +142,9 @@ local ok, failure = pcall(function()
   row("request round trip, p99", mine and mine.rtt_p99_us, "us", base and base.rtt_p99_us, false, 1.5)
   if not base then print("raw cnats: " .. tostring(berr)) end
   if not mine then print("isolate_cluster: " .. tostring(merr)) end
+  return base ~= nil and mine ~= nil
 end)
 H.cleanup()
 if not ok then error(failure, 0) end
+-- A part that could not run fails the run (bench smoke tests rely on it).
+if not failure then os.exit(1) end

@@ -5,19 +5,7 @@ local W = require("support.wait")
 local describe, it, assert, setup = describe, it, assert, setup
 local _ENV = _G
 
-local function find_host()
-  local env = os.getenv("IC_HOST_BIN")
-  if env and env ~= "" then return env end
-  for _, p in ipairs({ "build/isolate-cluster", "build-rel/isolate-cluster" }) do
-    local f = io.open(p)
-    if f then
-      f:close()
-      return p
-    end
-  end
-end
-
-local HOST = find_host()
+local HOST = W.host_binary()
 
 local function write(path, text)
   local f = assert(io.open(path, "w"))

@@ -10,7 +10,8 @@
 local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 
-local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown, after_each, pending
+local describe, it, assert, setup, teardown, after_each, pending =
+  describe, it, assert, setup, teardown, after_each, pending
 local _ENV = _G
 
 if MN.skip_under_tsan(describe, pending) then return end

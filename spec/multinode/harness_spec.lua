@@ -116,6 +116,29 @@ describe("the NATS test harness", function()
     end)
   end)
 
+  describe("TLS", function()
+    it("tls_files makes certificates that a server requiring TLS accepts", function()
+      local files = H.tls_files()
+      for _, k in ipairs({ "ca", "server_cert", "server_key", "client_cert", "client_key", "other_ca" }) do
+        assert.is_true(#H.read_file(files[k]) > 0, k)
+      end
+      local srv = H.start_server({ config = H.tls_config(files, true) })
+      local out, code = H.peer({ srv.url, "info" })
+      assert.equal(2, code, out) -- plain text is refused
+      local ok
+      ok, out = peer_ok(srv.url, "--tls-ca", files.ca, "info")
+      assert.is_false(ok, "accepted without a client certificate: " .. out)
+      ok, out = peer_ok(srv.url, "--tls-ca", files.ca, "--tls-cert", files.client_cert, "--tls-key",
+        files.client_key, "info")
+      assert.is_true(ok, out)
+      assert.matches('"tls_required": true', out)
+      local v = io.popen(("openssl verify -CAfile %s %s %s 2>&1"):format(files.ca, files.server_cert,
+        files.client_cert)):read("a")
+      assert.matches("server.pem: OK", v)
+      assert.matches("client.pem: OK", v)
+    end)
+  end)
+
   describe("a cluster of two servers joined by a route", function()
     it("is up on both sides and carries a message from one server to the other", function()
       local a, b = H.start_cluster()
@@ -261,6 +284,29 @@ describe("the NATS test harness", function()
       assert.equal("a", key)
       local _, key2 = H.wait_output(node, "^arg (%w)=", 10, next_line)
       assert.equal("b", key2)
+    end)
+
+    it("cleanup() fails when a node program's output shows a sanitizer error", function()
+      local line = "==1==ERROR: AddressSanitizer: heap-use-after-free"
+      local node = H.start_node({ script = "probe", args = { exit = "1", say = line } })
+      node:wait(15)
+      local ok, err = pcall(H.cleanup)
+      assert.is_false(ok)
+      assert.matches("reported a sanitizer error", tostring(err))
+      assert.matches("heap%-use%-after%-free", tostring(err))
+      H.cleanup() -- reported once, then forgotten
+    end)
+
+    it("a process whose owner dies without stopping it is killed by the harness's watcher", function()
+      local owner = H.start_node({ script = "owner", args = { name = "owner" } })
+      local _, probe_pid = H.wait_output(owner, "^probe (%d+)$")
+      local function probe_alive()
+        local st = H.read_file("/proc/" .. probe_pid .. "/stat"):match("%) (%S)")
+        return st ~= nil and st ~= "Z"
+      end
+      assert.is_true(probe_alive())
+      owner:kill()
+      assert.truthy(H.poll(function() return not probe_alive() end, 15), "the orphaned probe still runs")
     end)
 
     it("cleanup() stops every process still running, by pid", function()

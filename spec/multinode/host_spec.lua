@@ -12,19 +12,7 @@ local _ENV = _G
 
 if MN.skip_under_tsan(describe, pending) then return end
 
-local function find_host()
-  local env = os.getenv("IC_HOST_BIN")
-  if env and env ~= "" then return env end
-  for _, p in ipairs({ "build/isolate-cluster", "build-rel/isolate-cluster" }) do
-    local f = io.open(p)
-    if f then
-      f:close()
-      return p
-    end
-  end
-end
-
-local HOST = find_host()
+local HOST = W.host_binary()
 
 local SCRIPT = [[
 cluster:spawn_isolate(function(context)
@@ -56,6 +44,7 @@ describe("the isolate-cluster host as a node", function()
     local out = H.tmpdir() .. "/host.txt"
     local p = H.spawn({ HOST, "--workers", "2", "--nats", srv.url, "--cluster", name, "--node", node,
       script, "x", "y" }, H.lua_env(), out, "isolate-cluster " .. node)
+    H.check_output(p)
     H.wait_output(p, "^ready " .. node .. " x,y$", 30)
     return p
   end

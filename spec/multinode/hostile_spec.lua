@@ -8,7 +8,8 @@
 local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 
-local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown, after_each, pending
+local describe, it, assert, setup, teardown, after_each, pending =
+  describe, it, assert, setup, teardown, after_each, pending
 local _ENV = _G
 
 if MN.skip_under_tsan(describe, pending) then return end
@@ -59,16 +60,20 @@ describe("hostile bytes on the cluster's subjects", function()
     assert.is_true(b:alive(), "node b died:\n" .. b:output())
     assert.equal("alive", echo:request("alive", 10))
     assert.equal("here", here:request("here", 10))
-    assert.same({ "b", "spec" }, c:nodes())
+    -- b and this node are still each other's peers. Without a secret a
+    -- mutated heartbeat is a valid one from a node that does not exist (any
+    -- client of the account may pose as a node, see docs/security.md): such
+    -- a phantom may be listed until its heartbeats stop; with the secret,
+    -- never.
+    local live = {}
+    for _, n in ipairs(c:nodes()) do live[n] = true end
+    assert.is_true(live.b and live.spec, table.concat(c:nodes(), ","))
+    if node_opts and node_opts.secret then assert.same({ "b", "spec" }, c:nodes()) end
     local ctl_here = c:lookup_isolate("/ctl/b", 10)
     assert.equal("pong", ctl_here:request("ping", 10))
     -- and the link is not corrupted: a fresh stream arrives whole
     for i = 1, 1000 do assert.is_true((counter:send({ stream = "after", seq = i }, 10))) end
-    local stats = W.wait_until(function()
-      local s = counter:request({ op = "stats", stream = "after" }, 10)
-      if s.count >= 1000 then return s end
-    end, 30, 0.1)
-    assert.same({ count = 1000, last = 1000, dups = 0, gaps = 0 }, stats)
+    assert.same(MN.in_order(1000), MN.stream_stats(counter, "after", 1000))
     -- the other direction too
     assert.equal(500, echo:request({ op = "blast", to = c.main, n = 500, stream = "back" }, 60))
     local msgs = W.collect(c, 500, 30)

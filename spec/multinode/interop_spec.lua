@@ -9,7 +9,8 @@
 local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 
-local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown, after_each, pending
+local describe, it, assert, setup, teardown, after_each, pending =
+  describe, it, assert, setup, teardown, after_each, pending
 local _ENV = _G
 
 if MN.skip_under_tsan(describe, pending) then return end
@@ -40,11 +41,7 @@ describe("a NATS client that is not a node", function()
     local out, code = H.peer({ srv.url, "pub", "ic." .. name .. ".path.counter", '{"stream":"py","seq":0}',
       "--count", "500", "--seq", "seq" })
     assert.equal(0, code, out)
-    local stats = W.wait_until(function()
-      local s = counter:request({ op = "stats", stream = "py" }, 10)
-      if s.count >= 500 then return s end
-    end, 30, 0.1)
-    assert.same({ count = 500, last = 500, dups = 0, gaps = 0 }, stats)
+    assert.same(MN.in_order(500), MN.stream_stats(counter, "py", 500))
   end)
 
   it("requests and gets the handler's first return value as MessagePack", function()

@@ -7,7 +7,8 @@
 local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 
-local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown, after_each, pending
+local describe, it, assert, setup, teardown, after_each, pending =
+  describe, it, assert, setup, teardown, after_each, pending
 local _ENV = _G
 
 if MN.skip_under_tsan(describe, pending) then return end
@@ -67,9 +68,7 @@ describe("membership", function()
   end)
 
   it("a second node with the name of a live node cannot join", function()
-    local name = H.unique_name("mem")
-    local c = MN.node(srv, name, "spec")
-    MN.start(srv, name, "b")
+    local c, _, name = MN.pair(srv, "mem")
     assert.is_not_nil(nodes_become(c, { "b", "spec" }))
     local dup = H.start_node({ script = "echo", args = MN.args(srv, name, "b") })
     local line = H.wait_output(dup, "^node error: ", 30)
@@ -93,6 +92,50 @@ describe("membership", function()
   end)
 end)
 
+describe("ic.node", function()
+  local srv
+  setup(function() srv = H.start_server() end)
+  after_each(function() MN.cleanup({ srv }) end)
+  teardown(function() MN.cleanup() end)
+
+  local ic = require("isolate_cluster")
+
+  it("raises for a missing nats, cluster or name, naming it", function()
+    local name = H.unique_name("opts")
+    assert.matches("nats", W.error_of(ic.node, { cluster = name, name = "a" }))
+    assert.matches("cluster", W.error_of(ic.node, { nats = srv.url, name = "a" }))
+    assert.matches("name", W.error_of(ic.node, { nats = srv.url, cluster = name }))
+  end)
+
+  it("raises for an unknown option, naming it", function()
+    assert.matches('unknown option "pth"',
+      W.error_of(ic.node, { nats = srv.url, cluster = H.unique_name("opts"), name = "a", pth = "/x" }))
+  end)
+
+  it("fails within a bounded time when no server listens", function()
+    local dead = H.start_server()
+    local url = dead.url
+    dead:stop()
+    local t0 = W.now()
+    local ok, c, err = pcall(MN.node, url, H.unique_name("opts"), "a")
+    assert.is_false(ok and c ~= nil)
+    assert.is_true(W.now() - t0 < 30, "took too long")
+    assert.is_string(ok and err or c)
+  end)
+
+  it("fails within a bounded time against a server that accepts TCP but never speaks NATS", function()
+    -- cnats 3.4.1 can spin in its handshake against such a server (nats.c
+    -- #706): the node's connect timeout must still end the attempt. Tried in
+    -- a node program, so that a hang cannot hang this process.
+    local hole = H.start_peer({ "nats://127.0.0.1:0", "blackhole" })
+    local _, port = H.wait_output(hole, "^listening (%d+)$")
+    local node = H.start_node({ script = "echo",
+      args = MN.args("nats://127.0.0.1:" .. port, H.unique_name("opts"), "a") })
+    H.wait_output(node, "^node error: ", 30)
+    assert.equal(3, node:wait(15))
+  end)
+end)
+
 describe("isolate events across nodes", function()
   local srv
   setup(function() srv = H.start_server() end)
@@ -113,9 +156,7 @@ describe("isolate events across nodes", function()
   end)
 
   it("on_isolate_up with existing = true replays the remote isolates already up", function()
-    local name = H.unique_name("ev")
-    local c = MN.node(srv, name, "spec")
-    MN.start(srv, name, "b")
+    local c = MN.pair(srv, "ev")
     assert.is_not_nil(c:lookup_isolate("/echo", 15))
     c:spawn_isolate(function(context)
       local main = context:property("main")
@@ -129,9 +170,7 @@ describe("isolate events across nodes", function()
   end)
 
   it("an isolate spawned later on a remote node is reported up, and down with its reason", function()
-    local name = H.unique_name("ev")
-    local c = MN.node(srv, name, "spec")
-    MN.start(srv, name, "b")
+    local c = MN.pair(srv, "ev")
     local ev = MN.watch(c)
     local w = c:spawn_isolate("support.nodes.remote_worker", nil, { node = "b", path = "/ev/w" })
     assert.is_not_nil(ev:wait(MN.isolate_up("/ev/w"), 15), ev:dump())
@@ -143,9 +182,7 @@ describe("isolate events across nodes", function()
   end)
 
   it("a normal stop of a remote isolate is reported down with reason \"normal\"", function()
-    local name = H.unique_name("ev")
-    local c = MN.node(srv, name, "spec")
-    MN.start(srv, name, "b")
+    local c = MN.pair(srv, "ev")
     local ev = MN.watch(c)
     local w = c:spawn_isolate("support.nodes.remote_worker", nil, { node = "b", path = "/ev/n" })
     assert.is_not_nil(ev:wait(MN.isolate_up("/ev/n"), 15))
@@ -158,9 +195,7 @@ describe("isolate events across nodes", function()
   end)
 
   it("a remote isolate that crashes is reported down with its error", function()
-    local name = H.unique_name("ev")
-    local c = MN.node(srv, name, "spec")
-    MN.start(srv, name, "b")
+    local c = MN.pair(srv, "ev")
     local echo = c:lookup_isolate("/echo", 15)
     local ev = MN.watch(c)
     assert.is_true((echo:send({ op = "crash" })))

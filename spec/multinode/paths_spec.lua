@@ -4,7 +4,8 @@
 local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 
-local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown, after_each, pending
+local describe, it, assert, setup, teardown, after_each, pending =
+  describe, it, assert, setup, teardown, after_each, pending
 local _ENV = _G
 
 if MN.skip_under_tsan(describe, pending) then return end
@@ -30,9 +31,7 @@ describe("cluster-wide paths", function()
   end)
 
   it("a path claimed on another node cannot be claimed here", function()
-    local name = H.unique_name("paths")
-    local c = MN.node(srv, name, "spec")
-    local b = MN.start(srv, name, "b", { path = "/a" }, "claim")
+    local c, b = MN.pair(srv, "paths", { path = "/a" }, "claim")
     assert.matches("claimed /a", b:output())
     assert.is_not_nil(c:lookup_isolate("/a", 15))
     local err = W.error_of(c.spawn_isolate, c, serve_node, { node = "spec" }, { path = "/a" })
@@ -59,9 +58,7 @@ describe("cluster-wide paths", function()
   end)
 
   it("a path unique segment appended to a \"/dir/\" path is unique across nodes", function()
-    local name = H.unique_name("paths")
-    local c = MN.node(srv, name, "spec")
-    local b = MN.start(srv, name, "b", { n = "5" }, "workers")
+    local c, b = MN.pair(srv, "paths", { n = "5" }, "workers")
     local here = {}
     for i = 1, 5 do here[#here + 1] = c:spawn_isolate(serve_node, { node = "spec" }, { path = "/w/" }).path end
     local seen = {}
@@ -79,9 +76,7 @@ describe("cluster-wide paths", function()
   end)
 
   it("lookup_isolate finds an isolate of another node", function()
-    local name = H.unique_name("paths")
-    local c = MN.node(srv, name, "spec")
-    MN.start(srv, name, "b")
+    local c = MN.pair(srv, "paths")
     local echo = c:lookup_isolate("/echo", 15)
     assert.is_not_nil(echo)
     assert.equal("b", echo.node)
@@ -115,9 +110,7 @@ describe("cluster-wide paths", function()
   end)
 
   it("a waiting lookup_isolate gives nil when the path never comes, by its deadline", function()
-    local name = H.unique_name("paths")
-    local c = MN.node(srv, name, "spec")
-    MN.start(srv, name, "b")
+    local c = MN.pair(srv, "paths")
     local t0 = W.now()
     assert.is_nil(c:lookup_isolate("/never", 1))
     assert.is_true(W.now() - t0 < 10)
@@ -148,9 +141,7 @@ describe("cluster-wide paths", function()
   end)
 
   it("the paths of a node that leaves are free again, and gone from lookups", function()
-    local name = H.unique_name("paths")
-    local c = MN.node(srv, name, "spec")
-    local b = MN.start(srv, name, "b", { path = "/a" }, "claim")
+    local c, b = MN.pair(srv, "paths", { path = "/a" }, "claim")
     assert.is_not_nil(c:lookup_isolate("/a", 15))
     MN.stop_node(c, b, "b")
     assert.truthy(W.wait_until(function() return c:lookup_isolate("/a") == nil end, 15, 0.05),

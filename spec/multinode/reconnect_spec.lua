@@ -59,14 +59,7 @@ local function finish_stream(inbox, counter, stream)
   io.stderr:write(("\n[multinode] %s: %d accepted, %d refusals (%s)\n"):format(
     stream, done.done, done.refused, tostring(done.why)))
   assert.equal(N, done.done, "the sender gave up: " .. tostring(done.why))
-  local stats = W.wait_until(function()
-    local ok, s = pcall(counter.request, counter, { op = "stats", stream = stream }, 5)
-    if ok and s.count >= done.done then return s end
-  end, 60, 0.2)
-  local last = select(2, pcall(counter.request, counter, { op = "stats", stream = stream }, 5))
-  assert.is_not_nil(stats, "accepted messages never arrived: " .. (type(last) == "table" and
-    ("count %d, last %d, dups %d, gaps %d"):format(last.count, last.last, last.dups, last.gaps) or tostring(last)))
-  assert.same({ count = done.done, last = done.done, dups = 0, gaps = 0 }, stats)
+  assert.same(MN.in_order(done.done), MN.stream_stats(counter, stream, done.done, 60))
 end
 
 describe("a NATS server restart in the middle of a stream", function()
@@ -75,9 +68,7 @@ describe("a NATS server restart in the middle of a stream", function()
 
   local function run(how)
     local srv = H.start_server()
-    local name = H.unique_name("restart")
-    local c = MN.node(srv, name, "spec")
-    local b = MN.start(srv, name, "b")
+    local c, b = MN.pair(srv, "restart")
     local counter = c:lookup_isolate("/counter", 15)
     assert.is_not_nil(counter)
     local inbox = start_stream(c, counter, how)
@@ -114,10 +105,7 @@ describe("a NATS server outage", function()
     srv:restart()
     -- both reconnect; b stays the same incarnation: its refs keep working
     local echo = c:lookup_isolate("/echo", 15)
-    assert.equal("same", W.wait_until(function()
-      local ok, r = pcall(echo.request, echo, "same", 2)
-      return ok and r
-    end, 30, 0.1))
+    assert.equal("same", MN.request_until(echo, "same"))
     assert.same({ "b", "spec" }, c:nodes())
     assert.is_nil(ev:wait(MN.node_down("b"), 0.5), "b was declared down over a short server restart")
   end)
@@ -135,13 +123,11 @@ describe("a NATS server outage", function()
     -- node knows that its own connection is down, so it declares no one down.
     local during = W.drain(c, 6)
     for _, m in ipairs(during) do
-      assert.is_false(type(m) == "table" and m.ev == "node_down", "declared down during the outage: " .. tostring(m.name))
+      assert.is_false(type(m) == "table" and m.ev == "node_down",
+        "declared down during the outage: " .. tostring(m.name))
     end
     srv:restart()
-    assert.equal("back", W.wait_until(function()
-      local ok, r = pcall(echo.request, echo, "back", 2)
-      return ok and r
-    end, 30, 0.1), "the old ref does not work after the outage")
+    assert.equal("back", MN.request_until(echo, "back"), "the old ref does not work after the outage")
     assert.is_nil(ev:wait(MN.node_down("b"), 2), "b was declared down after the outage")
     assert.same({ "b", "spec" }, c:nodes())
   end)
@@ -150,6 +136,17 @@ end)
 describe("two NATS servers joined as a cluster", function()
   after_each(function() MN.cleanup() end)
   teardown(function() MN.cleanup() end)
+
+  it("a node given a list whose first server is down connects to the next", function()
+    local dead = H.start_server()
+    local url = dead.url
+    dead:stop()
+    local srv = H.start_server()
+    local name = H.unique_name("list")
+    local c = MN.node({ url, srv.url }, name, "spec")
+    MN.start({ url, srv.url }, name, "b")
+    assert.equal("listed", c:lookup_isolate("/echo", 15):request("listed", 10))
+  end)
 
   it("nodes connected to different servers see and message each other", function()
     local a, b_srv = H.start_cluster()
@@ -163,11 +160,7 @@ describe("two NATS servers joined as a cluster", function()
     assert.equal("across", echo:request("across", 10))
     local counter = c:lookup_isolate("/counter", 15)
     for i = 1, 1000 do assert.is_true((counter:send({ stream = "r", seq = i }, 10))) end
-    local stats = W.wait_until(function()
-      local s = counter:request({ op = "stats", stream = "r" }, 10)
-      if s.count >= 1000 then return s end
-    end, 30, 0.1)
-    assert.same({ count = 1000, last = 1000, dups = 0, gaps = 0 }, stats)
+    assert.same(MN.in_order(1000), MN.stream_stats(counter, "r", 1000))
   end)
 
   it("when one server is killed the nodes fail over to the other, and nothing accepted is lost", function()

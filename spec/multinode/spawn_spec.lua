@@ -7,7 +7,8 @@ local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 local supervisor = require("isolate_cluster.supervisor")
 
-local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown, after_each, pending
+local describe, it, assert, setup, teardown, after_each, pending =
+  describe, it, assert, setup, teardown, after_each, pending
 local _ENV = _G
 
 if MN.skip_under_tsan(describe, pending) then return end
@@ -19,9 +20,7 @@ describe("spawning on another node", function()
   teardown(function() MN.cleanup() end)
 
   local function two_nodes()
-    local name = H.unique_name("spawn")
-    local c = MN.node(srv, name, "spec")
-    MN.start(srv, name, "b")
+    local c, _, name = MN.pair(srv, "spawn")
     assert.is_not_nil(c:lookup_isolate("/ctl/b", 15))
     return c, name
   end
@@ -110,9 +109,7 @@ describe("supervision across nodes", function()
   teardown(function() MN.cleanup() end)
 
   it("a supervisor restarts a child that runs on another node when it crashes", function()
-    local name = H.unique_name("sup")
-    local c = MN.node(srv, name, "spec")
-    MN.start(srv, name, "b")
+    local c = MN.pair(srv, "sup")
     assert.is_not_nil(c:lookup_isolate("/ctl/b", 15))
     local sup = supervisor.spawn(c, {
       intensity = 5, period = 10,
@@ -136,9 +133,7 @@ describe("supervision across nodes", function()
   end)
 
   it("a local supervisor sees its remote child go down with \"node down\" when that node is killed", function()
-    local name = H.unique_name("sup")
-    local c = MN.node(srv, name, "spec")
-    local b = MN.start(srv, name, "b")
+    local c, b = MN.pair(srv, "sup")
     assert.is_not_nil(c:lookup_isolate("/ctl/b", 15))
     local ev = MN.watch(c)
     supervisor.spawn(c, {

@@ -1,15 +1,27 @@
--- SPEC §5 "optional: user, password, token" (authentication enforced by the
--- NATS server, configured the safe way: users inside a named account, no
--- `authorization` block, see support.nats.auth_config) and "Trust: ... Lua
+-- SPEC §5 "optional: user, password, token, tls = { ca =, cert =, key = }"
+-- (authentication enforced by the NATS server, configured the safe way: users
+-- inside a named account, no `authorization` block, see
+-- support.nats.auth_config; TLS with client certificates) and "Trust: ... Lua
 -- bytecode from another node is refused unless `allow_code = true` and the
 -- traffic is authenticated with `secret`".
 local MN = require("support.multinode")
 local H, W = MN.H, MN.W
 
-local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown, after_each, pending
+local describe, it, assert, setup, teardown, after_each, pending =
+  describe, it, assert, setup, teardown, after_each, pending
 local _ENV = _G
 
 if MN.skip_under_tsan(describe, pending) then return end
+
+-- Tries to join srv with extra options, which must fail in a bounded time
+-- (ic.node may raise or return nil, err); returns the error, which must say why.
+local function join_error(srv, extra)
+  local t0 = W.now()
+  local ok, c, err = pcall(MN.node, srv, H.unique_name("refused"), "spec", extra)
+  assert.is_true(W.now() - t0 < 30, "a refused connection took too long to report")
+  assert.is_false(ok and c ~= nil, "joined although it should not have")
+  return tostring(ok and err or c)
+end
 
 describe("authentication", function()
   local srv
@@ -19,25 +31,16 @@ describe("authentication", function()
   after_each(function() MN.cleanup({ srv }) end)
   teardown(function() MN.cleanup() end)
 
-  -- ic.node may raise or return nil, err: either way the error must say why.
-  local function join_error(extra)
-    local t0 = W.now()
-    local ok, c, err = pcall(MN.node, srv, H.unique_name("auth"), "spec", extra)
-    assert.is_true(W.now() - t0 < 30, "a refused connection took too long to report")
-    assert.is_false(ok and c ~= nil, "joined without the right credentials")
-    return tostring(ok and err or c)
-  end
-
   it("without credentials a node cannot join, and the error says authorization", function()
-    assert.matches("[Aa]uthoriz", join_error())
+    assert.matches("[Aa]uthoriz", join_error(srv))
   end)
 
   it("with a wrong password a node cannot join", function()
-    assert.matches("[Aa]uthoriz", join_error({ user = "node", password = "wrong" }))
+    assert.matches("[Aa]uthoriz", join_error(srv, { user = "node", password = "wrong" }))
   end)
 
   it("with an unknown user a node cannot join", function()
-    assert.matches("[Aa]uthoriz", join_error({ user = "nobody", password = "s3cret" }))
+    assert.matches("[Aa]uthoriz", join_error(srv, { user = "nobody", password = "s3cret" }))
   end)
 
   it("a node program without credentials reports the error and exits", function()
@@ -62,6 +65,64 @@ describe("authentication", function()
     local url = srv.url:gsub("^nats://", "nats://node:s3cret@")
     local c = MN.node(url, name, "spec")
     assert.equal("spec", c.node)
+  end)
+end)
+
+describe("token authentication", function()
+  local srv
+  -- A token lives in an `authorization` block; without an `accounts` block
+  -- and system account beside it, CVE-2023-47090 does not apply.
+  setup(function() srv = H.start_server({ config = 'authorization { token: "t0k-en" }' }) end)
+  after_each(function() MN.cleanup({ srv }) end)
+  teardown(function() MN.cleanup() end)
+
+  it("with the right token nodes join and talk; without it or with another they cannot", function()
+    local name = H.unique_name("token")
+    local c = MN.node(srv, name, "spec", { token = "t0k-en" })
+    MN.start(srv, name, "b", { token = "t0k-en" })
+    assert.equal("token", c:lookup_isolate("/echo", 15):request("token", 10))
+    for _, extra in ipairs({ {}, { token = "wrong" } }) do
+      local ok, c2, err = pcall(MN.node, srv, name, "intruder", extra)
+      assert.is_false(ok and c2 ~= nil, "joined with token " .. tostring(extra.token))
+      assert.matches("[Aa]uthoriz", tostring(ok and err or c2))
+    end
+  end)
+end)
+
+describe("TLS (tls = { ca =, cert =, key = })", function()
+  local files, srv
+  setup(function()
+    files = H.tls_files()
+    srv = H.start_server({ config = H.tls_config(files, true) }) -- client certificates required
+  end)
+  after_each(function() MN.cleanup({ srv, files.dir }) end)
+  teardown(function() MN.cleanup() end)
+
+  it("with the CA and a client certificate nodes join a server that verifies clients, and talk", function()
+    local name = H.unique_name("tls")
+    local c = MN.node(srv, name, "spec", { tls = { ca = files.ca, cert = files.client_cert, key = files.client_key } })
+    MN.start(srv, name, "b", { tls_ca = files.ca, tls_cert = files.client_cert, tls_key = files.client_key })
+    local echo = c:lookup_isolate("/echo", 15)
+    assert.is_not_nil(echo)
+    assert.equal("over tls", echo:request("over tls", 10))
+  end)
+
+  it("without tls a node cannot join a server that requires it", function()
+    assert.is_string(join_error(srv))
+  end)
+
+  it("without a client certificate a node cannot join a server that verifies clients", function()
+    assert.is_string(join_error(srv, { tls = { ca = files.ca } }))
+  end)
+
+  it("a node refuses a server whose certificate its CA did not sign", function()
+    local tls = { ca = files.other_ca, cert = files.client_cert, key = files.client_key }
+    assert.is_string(join_error(srv, { tls = tls }))
+  end)
+
+  it("a missing certificate file is a clear error", function()
+    local err = join_error(srv, { tls = { ca = files.dir .. "/no-such-ca.pem" } })
+    assert.matches("no%-such%-ca%.pem", err)
   end)
 end)
 

@@ -56,6 +56,21 @@ function M.start(servers, cluster_name, node_name, extra, script)
   return node
 end
 
+--- The usual start of a test: a fresh cluster name from `prefix`, this
+--- process as node "spec" and node program `script` (default "echo") as
+--- node "b" with b_extra arguments. Returns once this node knows b (its
+--- /ctl/b is visible here; b printing "ready" does not mean that this node
+--- has heard of it yet): the spec's cluster, b's process and the cluster name.
+function M.pair(servers, prefix, b_extra, script)
+  local name = H.unique_name(prefix)
+  local c = M.node(servers, name, "spec")
+  local b = M.start(servers, name, "b", b_extra, script)
+  if not c:lookup_isolate("/ctl/b", 15) then
+    error("node b is up but this node does not see it; b's output:\n" .. b:output(), 2)
+  end
+  return c, b, name
+end
+
 --- Shuts down every node this process made (bounded), then stops every
 --- process the spec started (support.nats.cleanup) but those in the list
 --- `keep` (a server shared by the file). For after_each and teardown.
@@ -191,6 +206,36 @@ function M.lookup_until(cluster, path, pred, timeout)
     local ref = cluster:lookup_isolate(path)
     if ref and (pred == nil or pred(ref)) then return ref end
   end, timeout or 15, 0.05)
+end
+
+--- Polls /counter (spec/support/nodes/echo.lua) until stream `stream` has
+--- seen at least n messages, within timeout seconds (default 30). Returns
+--- its stats { count =, last =, dups =, gaps = }: the last ones it gave when
+--- the deadline passed (so an assertion shows what did arrive), or nil when
+--- it never answered.
+function M.stream_stats(counter, stream, n, timeout)
+  local last
+  W.wait_until(function()
+    local ok, s = pcall(counter.request, counter, { op = "stats", stream = stream }, 5)
+    if ok then last = s end
+    return ok and s.count >= n
+  end, timeout or 30, 0.1)
+  return last
+end
+
+--- The stats of a stream of n messages that arrived exactly once, in order.
+function M.in_order(n)
+  return { count = n, last = n, dups = 0, gaps = 0 }
+end
+
+--- Requests msg from ref until a request succeeds (each with a 2 s
+--- timeout), within timeout seconds (default 30): for a link that is coming
+--- back. Returns the reply, or nil.
+function M.request_until(ref, msg, timeout)
+  return W.wait_until(function()
+    local ok, r = pcall(ref.request, ref, msg, 2)
+    if ok then return r end
+  end, timeout or 30, 0.1)
 end
 
 --- Asks node program `node_name` to shut down cleanly (its /ctl isolate)

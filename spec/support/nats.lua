@@ -18,7 +18,9 @@
 -- the harness checks that the pid is still that bash's child (a pid is never
 -- signalled after it could have been reused), and it only ever signals pids it
 -- started itself. stop() sends SIGTERM (and SIGCONT, for a stopped process),
--- waits, then SIGKILL after a deadline.
+-- waits, then SIGKILL after a deadline. If the spec's process itself dies
+-- (busted killed by a ctest timeout), a watcher beside each process kills it
+-- within about a second, so no server or node outlives the run.
 --
 -- Ports. nats-server picks free ports itself (port -1) and writes them to a
 -- ports file (--ports_file_dir); the harness reads them back. restart() starts
@@ -65,12 +67,14 @@ function M.quote(s)
 end
 local q = M.quote
 
+-- The file's contents, or "" when it cannot be read (a /proc file of a
+-- process that ended between the open and the read reads as nothing).
 local function read_file(path)
   local f = io.open(path, "rb")
   if not f then return "" end
   local s = f:read("a")
   f:close()
-  return s
+  return s or ""
 end
 M.read_file = read_file
 
@@ -79,8 +83,6 @@ local function write_file(path, text)
   f:write(text)
   f:close()
 end
-
-local function poll_pause() os.execute("sleep 0.05") end
 
 -- Polls fn() every 50 ms until it returns a truthy value or `timeout` seconds
 -- pass. Returns fn's values, or nil on timeout.
@@ -102,6 +104,20 @@ end
 -- ---------------------------------------------------------------- processes
 
 local live = {} -- every process started and not yet stopped, in start order
+local checked = {} -- processes whose output cleanup() checks (see M.SANITIZER_MARKERS)
+
+--- Lines that a sanitizer runtime (the ASan+UBSan test build preloads it into
+--- every lua5.4 it starts) writes when it finds a bug. cleanup() fails when
+--- the output of a node program contains one, even if the spec passed: a
+--- node that crashed or leaked in its own process must not go unseen.
+M.SANITIZER_MARKERS = { "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error: ",
+  "WARNING: ThreadSanitizer" }
+
+--- Marks process p for the sanitizer check in cleanup(); returns p.
+function M.check_output(p)
+  checked[#checked + 1] = p
+  return p
+end
 
 local Proc = {}
 Proc.__index = Proc
@@ -114,10 +130,15 @@ local function proc_stat(pid)
   return state, tonumber(ppid)
 end
 
+-- This Lua process: the owner of everything spawn() starts.
+local OWNER = tonumber(read_file("/proc/self/stat"):match("^(%d+)"))
+M.OWNER = OWNER
+
 --- Starts argv (a list of words) with env (a table of extra variables,
 --- and `unset`, a list of variables to remove) in the background, its stdout
---- and stderr appended to `out`. Returns a process handle. The process does not ignore SIGINT (a background job
---- of a shell otherwise would).
+--- and stderr appended to `out`. Returns a process handle. The process does
+--- not ignore SIGINT (a background job of a shell otherwise would), and is
+--- killed within about a second if this Lua process ends without stopping it.
 local function spawn(argv, env, out, label, unset)
   local words = {}
   for _, w in ipairs(argv) do words[#words + 1] = q(w) end
@@ -127,10 +148,21 @@ local function spawn(argv, env, out, label, unset)
   for k in pairs(env or {}) do keys[#keys + 1] = k end
   table.sort(keys)
   for _, k in ipairs(keys) do envs[#envs + 1] = q(k .. "=" .. env[k]) end
+  -- The bash script: start the process; a watcher subshell kills it if this
+  -- Lua process disappears without stopping it (busted killed by a
+  -- timeout, say), checking first that the pid is still this bash's child;
+  -- then wait, wake the watcher through a FIFO (so it ends at once, without
+  -- leaving a `sleep` behind) and report the exit status.
+  local fifo = out .. ".wake"
   local script = table.concat({
     "exec </dev/null;",
-    "(trap - INT QUIT; exec", table.concat(envs, " "), table.concat(words, " "), ") >>" .. q(out), "2>&1 &",
-    "pid=$!; echo \"$$ $pid\"; wait $pid; echo \"exit=$?\"",
+    "rm -f", q(fifo), "&& mkfifo", q(fifo), "&& exec 3<>" .. q(fifo), "&& rm -f", q(fifo), "|| exit 1;",
+    "(trap - INT QUIT; exec", table.concat(envs, " "), table.concat(words, " "), ") 3>&- >>" .. q(out), "2>&1 &",
+    "pid=$!; echo \"$$ $pid\";",
+    "( while kill -0", OWNER, "&& kill -0 $pid; do read -t 1 -u 3 && break; done;",
+    "if ! kill -0", OWNER, "; then read -r _ _ _ pp _ < /proc/$pid/stat && [ \"$pp\" = \"$$\" ] && kill -KILL $pid; fi",
+    ") >/dev/null 2>&1 & wpid=$!;",
+    "wait $pid; st=$?; echo >&3; wait $wpid; echo \"exit=$st\"",
   }, " ")
   -- bash reports a job killed by a signal on its stderr: not ours to print.
   local pipe = assert(io.popen("bash -c " .. q(script) .. " 2>/dev/null", "r"))
@@ -260,13 +292,19 @@ Proc.wait_output = M.wait_output
 --- Stops every process started since the last cleanup (newest first), and
 --- removes the temporary directories. For after_each and teardown; also
 --- usable in a finally. Processes in the list `keep` (e.g. a server shared
---- by a whole file) stay, with their directories. Never raises for a process
---- that is already gone; raises if one survived SIGKILL.
+--- by a whole file) stay, with their directories, and so do directories
+--- named in it. Never raises for a process
+--- that is already gone; raises if one survived SIGKILL, or if a node
+--- program's output shows a sanitizer error (M.SANITIZER_MARKERS).
 function M.cleanup(keep)
   local kept, kept_dirs = {}, {}
   for _, p in ipairs(type(keep) == "table" and keep or {}) do
-    kept[p] = true
-    if p.dir then kept_dirs[p.dir] = true end
+    if type(p) == "string" then
+      kept_dirs[p] = true -- a directory (tls_files().dir, say)
+    else
+      kept[p] = true
+      if p.dir then kept_dirs[p.dir] = true end
+    end
   end
   local errs = {}
   for i = #live, 1, -1 do
@@ -281,6 +319,23 @@ function M.cleanup(keep)
       end
     end
   end
+  local still = {}
+  for _, p in ipairs(checked) do
+    if kept[p] then
+      still[#still + 1] = p
+    else
+      local out = p:output()
+      for _, marker in ipairs(M.SANITIZER_MARKERS) do
+        local at = out:find(marker, 1, true)
+        if at then
+          errs[#errs + 1] = ("%s (pid %d) reported a sanitizer error:\n%s"):format(
+            p.label, p.pid, out:sub(math.max(1, at - 200), at + 3000))
+          break
+        end
+      end
+    end
+  end
+  checked = still
   local dirs = {}
   for _, d in ipairs(tmp_dirs) do
     if kept_dirs[d] then dirs[#dirs + 1] = d else os.execute("rm -rf " .. q(d)) end
@@ -475,6 +530,43 @@ function M.auth_config(users, account)
   return ("accounts {\n  %s: { users: [ %s ] }\n}"):format(account or "IC", table.concat(list, ", "))
 end
 
+--- Makes a small PKI for TLS tests with the openssl command (EC P-256 keys,
+--- valid for two days) in a fresh temporary directory: a CA, a server
+--- certificate for 127.0.0.1/localhost and a client certificate, both signed
+--- by it, and a second CA that signed neither. Returns { dir, ca, server_cert,
+--- server_key, client_cert, client_key, other_ca } (paths). Raises with
+--- openssl's output if a step fails.
+function M.tls_files()
+  local d = M.tmpdir()
+  local f = {
+    dir = d, ca = d .. "/ca.pem", server_cert = d .. "/server.pem", server_key = d .. "/server.key",
+    client_cert = d .. "/client.pem", client_key = d .. "/client.key", other_ca = d .. "/other-ca.pem",
+  }
+  write_file(d .. "/san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+  local key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+  local steps = {
+    ("openssl req -x509 %s -keyout ca.key -out ca.pem -days 2 -subj /CN=ic-test-ca"):format(key),
+    ("openssl req -x509 %s -keyout other-ca.key -out other-ca.pem -days 2 -subj /CN=ic-other-ca"):format(key),
+    ("openssl req %s -keyout server.key -out server.csr -subj /CN=127.0.0.1"):format(key),
+    "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2"
+      .. " -extfile san.ext",
+    ("openssl req %s -keyout client.key -out client.csr -subj /CN=ic-node"):format(key),
+    "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2",
+  }
+  for _, step in ipairs(steps) do
+    local out = shell(("cd %s && env -u LD_PRELOAD %s 2>&1; echo \"@@exit=$?\""):format(q(d), step))
+    if not out:find("@@exit=0", 1, true) then error("openssl failed: " .. step .. "\n" .. out, 2) end
+  end
+  return f
+end
+
+--- Server configuration text for TLS with the files of tls_files():
+--- verify = true also requires and checks client certificates.
+function M.tls_config(files, verify)
+  return ('tls {\n  cert_file: "%s"\n  key_file: "%s"\n  ca_file: "%s"\n  verify: %s\n  timeout: 5\n}'):format(
+    files.server_cert, files.server_key, files.ca, verify and "true" or "false")
+end
+
 -- ---------------------------------------------------------------- nodes
 
 --- The environment of a child Lua process: this process's module paths, with
@@ -517,7 +609,7 @@ function M.start_node(opts)
   local label = ("node %s (%s)"):format(tostring(args.name or node_count), opts.script or opts.path)
   local p = spawn(argv, M.lua_env(opts.env), dir .. "/output.txt", label)
   p.name, p.dir = args.name, dir
-  return p
+  return M.check_output(p)
 end
 
 -- ---------------------------------------------------------------- the peer
@@ -556,6 +648,8 @@ function M.unique_name(prefix)
   return ("%s-%s-%d"):format(prefix or "t", rnd, name_count)
 end
 
-M.pause = poll_pause
+--- A 50 ms pause: only as the interval of a loop that polls with its own
+--- deadline (prefer poll / wait_output, which have one).
+function M.pause() W.wait_until(function() return false end, 0.05, 0.05) end
 
 return M

@@ -6,7 +6,12 @@ show that any NATS client can talk to isolates by their path subject, and to
 throw hostile bytes at a cluster's subjects. Run it with Debian's
 /usr/bin/python3 (it has python3-msgpack).
 
-    nats_peer.py [--user U --password P | --token T] URL COMMAND ...
+    nats_peer.py [--user U --password P | --token T]
+                 [--tls-ca CA [--tls-cert CERT --tls-key KEY]] URL COMMAND ...
+
+With --tls-ca the connection is upgraded to TLS after the server's INFO (as
+NATS does), the server's certificate checked against CA, and CERT/KEY given
+as the client certificate.
 
 Commands (one line of output per event, flushed; exit status 0 on success,
 1 when the expected thing did not happen, 2 when the server refused us):
@@ -31,6 +36,11 @@ Commands (one line of output per event, flushed; exit status 0 on success,
                               subjects and to made-up ones under ic.CLUSTER;
                               prints "hostile: published N to M subjects
                               (K captured)"
+
+    blackhole                 not a client: listens on URL's host and port (port 0:
+                              a free one), prints "listening PORT", accepts every
+                              connection and never writes a byte (a server that
+                              takes TCP but never speaks NATS); runs until killed
 
 Values printed as JSON: MessagePack strings as JSON strings, binary as
 {"$bin": hex}, extension types as {"$ext": type, "hex": hex}, map keys that
@@ -83,7 +93,7 @@ def decode(payload):
 class Conn:
     """One NATS connection. Not thread-safe; one reader."""
 
-    def __init__(self, url, user=None, password=None, token=None, timeout=10):
+    def __init__(self, url, user=None, password=None, token=None, timeout=10, tls=None):
         u = urllib.parse.urlparse(url)
         host, port = u.hostname or "127.0.0.1", u.port or 4222
         user = user or (urllib.parse.unquote(u.username) if u.username else None)
@@ -96,6 +106,15 @@ class Conn:
         if not op or op[0] != "INFO":
             raise ServerError("expected INFO, got %r" % (op,))
         self.info = op[1]
+        if tls is not None:
+            import ssl
+            ctx = ssl.create_default_context(cafile=tls["ca"])
+            ctx.check_hostname = False  # the certificate names 127.0.0.1; the CA is what is checked
+            if tls.get("cert"):
+                ctx.load_cert_chain(tls["cert"], tls.get("key"))
+            if self.buf:
+                raise ServerError("bytes after INFO before the TLS upgrade")
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=host)
         connect = {"verbose": False, "pedantic": False, "lang": "python-raw", "version": "0",
                    "name": "nats_peer", "protocol": 1, "headers": True, "no_responders": True}
         if user is not None:
@@ -137,9 +156,11 @@ class Conn:
         self.send(head.encode() + payload + b"\r\n")
 
     def _fill(self, timeout):
-        r, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
-        if not r:
-            return False
+        pending = getattr(self.sock, "pending", None)  # bytes TLS already decrypted
+        if not (pending and pending() > 0):
+            r, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+            if not r:
+                return False
         data = self.sock.recv(65536)
         if not data:
             raise ServerError("the server closed the connection")
@@ -355,11 +376,27 @@ def cmd_hostile(c, a):
     return 0
 
 
+def blackhole(url):
+    u = urllib.parse.urlparse(url)
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((u.hostname or "127.0.0.1", u.port or 0))
+    srv.listen(64)
+    out("listening %d" % srv.getsockname()[1])
+    held = []  # keep every accepted socket open, silent
+    while True:
+        conn, _ = srv.accept()
+        held.append(conn)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--user")
     ap.add_argument("--password")
     ap.add_argument("--token")
+    ap.add_argument("--tls-ca")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     ap.add_argument("url")
     cmds = ap.add_subparsers(dest="command", required=True)
     cmds.add_parser("info")
@@ -382,9 +419,14 @@ def main():
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--listen", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=1)
+    cmds.add_parser("blackhole")
     a = ap.parse_args()
+    if a.command == "blackhole":
+        blackhole(a.url)
+        return 0
     try:
-        c = Conn(a.url, a.user, a.password, a.token)
+        tls = {"ca": a.tls_ca, "cert": a.tls_cert, "key": a.tls_key} if a.tls_ca else None
+        c = Conn(a.url, a.user, a.password, a.token, tls=tls)
     except (ServerError, OSError) as e:
         out("error: %s" % e)
         return 2

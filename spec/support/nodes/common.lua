@@ -6,6 +6,7 @@
 --   cluster=NAME        cluster name
 --   name=NAME           node name
 --   user= password= token= secret=   credentials and the cluster secret
+--   tls_ca= tls_cert= tls_key=       files for opts.tls = { ca =, cert =, key = }
 --   allow_code=true     accept Lua functions from other nodes
 --   workers=N           worker threads (default 2: the test machine is small)
 --   lifetime=S          the node shuts itself down after S seconds (default
@@ -65,6 +66,7 @@ function M.node_opts(o)
   if o.token then opts.token = o.token end
   if o.secret then opts.secret = o.secret end
   if o.allow_code == "true" then opts.allow_code = true end
+  if o.tls_ca or o.tls_cert then opts.tls = { ca = o.tls_ca, cert = o.tls_cert, key = o.tls_key } end
   return opts
 end
 

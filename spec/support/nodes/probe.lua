@@ -2,9 +2,11 @@
 -- cluster (so it runs without the NATS transport). It prints its arguments
 -- and whether isolate_cluster loads, then serves a single-node cluster for
 -- lifetime seconds (default 120) or until a signal ends the process.
---   probe.lua name=N lifetime=S [exit=CODE]   (exit: exit at once with CODE)
+--   probe.lua name=N lifetime=S [exit=CODE] [say=LINE]
+--   (exit: exit at once with CODE; say: print LINE first)
 local common = require("support.nodes.common")
 local o = common.parse(arg)
+if o.say then common.say(o.say) end
 if o.exit then
   common.say("exiting " .. o.exit)
   os.exit(tonumber(o.exit))
