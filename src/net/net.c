@@ -755,6 +755,18 @@ static void rejoin(struct net *n, uint32_t by) {
 
 static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, uint64_t now);
 
+/* Go-back-N: publishes again every frame m has not acked, oldest first
+ * (stops at the first failed publish: no connection now). net->lock held. */
+static void resend_unacked(struct net *n, member *m, uint64_t now) {
+  char subject[SUBJECT_MAX];
+  net__peer_subject(n, m->name, subject);
+  link_frame *f;
+  for (size_t k = 0; (f = link_unacked(&m->link, k)) != NULL; k++) {
+    if (transport_publish(n->t, subject, f->data, f->len)) break;
+    f->sent_ns = now;
+  }
+}
+
 static void handle_frame(struct net *n, natsMsg *msg, uint64_t now) {
   const char *subject = natsMsg_GetSubject(msg);
   if (subject && strncmp(subject, n->path_subject, n->path_prefix_len) == 0) {
@@ -812,12 +824,7 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
     link_frame *f;
     if (link_ack(&m->link, e.seq) == 0 && e.seq == m->link.acked && (f = link_unacked(&m->link, 0)) != NULL &&
         now - f->sent_ns > FAST_RETRANSMIT_NS) {
-      char to[SUBJECT_MAX];
-      net__peer_subject(n, m->name, to);
-      for (size_t k = 0; (f = link_unacked(&m->link, k)) != NULL; k++) {
-        if (transport_publish(n->t, to, f->data, f->len)) break;
-        f->sent_ns = now;
-      }
+      resend_unacked(n, m, now);
     }
     plat_mutex_unlock(&n->lock);
     return;
@@ -880,12 +887,7 @@ static void retransmit(struct net *n, uint64_t now, int all) {
     if (!m->up) continue;
     link_frame *f = link_unacked(&m->link, 0);
     if (!f || (!all && now - f->sent_ns < RETRANSMIT_NS)) continue;
-    char subject[SUBJECT_MAX];
-    net__peer_subject(n, m->name, subject);
-    for (size_t k = 0; (f = link_unacked(&m->link, k)) != NULL; k++) {
-      if (transport_publish(n->t, subject, f->data, f->len)) break;
-      f->sent_ns = now;
-    }
+    resend_unacked(n, m, now);
   }
   plat_mutex_unlock(&n->lock);
 }
