@@ -15,15 +15,20 @@ description = {
 Each isolate is its own lua_State with its own globals and mailbox, run M:N on a
 pool of worker threads; isolates share nothing but copied messages. Isolates are
 written in plain Lua (context:on_message, ref:send, ref:request) and tested with
-busted.]],
+busted. Multi-node clusters meet through a NATS server.]],
   license = "MIT",
   labels = { "concurrency", "actors", "messaging", "msgpack" },
 }
 dependencies = {
   "lua >= 5.4, < 5.5",
 }
+-- libnats (cnats) and libcrypto: the NATS transport of multi-node clusters
+-- (CMake finds them with pkg-config; listed so that luarocks says what is
+-- missing before the build does).
 external_dependencies = {
   MSGPUCK = { header = "msgpuck.h" },
+  NATS = { header = "nats/nats.h" },
+  CRYPTO = { header = "openssl/hmac.h" },
 }
 build = {
   type = "cmake",

@@ -1,11 +1,12 @@
 /*
  * isolate_cluster — a cluster of Lua 5.4 isolates that talk by copied
  * MessagePack messages. The C interface (docs/c-api.md is its guide):
- * create a single-node cluster, spawn Lua isolates (from source or a module
- * name) with MessagePack properties and native isolates (C handlers), send,
- * request with a timeout, receive and answer what isolates send to the
- * program, kill, look up and list paths, follow isolate up/down events,
- * watch a file descriptor from an event loop, read statistics, shut down.
+ * create a single-node cluster (or a node of a multi-node cluster over NATS,
+ * ic_node_create), spawn Lua isolates (from source or a module name) with
+ * MessagePack properties and native isolates (C handlers), send, request
+ * with a timeout, receive and answer what isolates send to the program,
+ * kill, look up and list paths, follow isolate up/down events, watch a file
+ * descriptor from an event loop, read statistics, shut down.
  *
  * Conventions (as libuv's): functions return 0 or a negative IC_E* code;
  * ic_strerror() names it. Every function may be called from any thread
@@ -50,6 +51,9 @@ enum {
   IC_ESHUTDOWN = -7,  /* the cluster is shutting down or shut down */
   IC_ESYSTEM = -8,    /* a thread could not be started */
   IC_EREMOTE = -9,    /* the handler of a request raised an error */
+  IC_ENET = -10,      /* multi-node: no NATS server could be reached (or it refused us) */
+  IC_EUNREACHABLE = -11, /* multi-node: unknown node, or its retransmit window is full */
+  IC_ETOOBIG = -12,   /* multi-node: larger than the NATS server's max_payload */
 };
 
 /* Names an error code ("isolate down", ...). Never NULL. */
@@ -96,6 +100,30 @@ typedef struct ic_spawn_options {
  * time_slice), IC_ENOMEM (also a thread that could not start). */
 IC_EXTERN int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out);
 
+/* A node of a multi-node cluster (docs/multinode.md). Strings are copied. */
+typedef struct ic_node_options {
+  const char *const *nats;  /* NATS server URLs (servers of one NATS cluster) */
+  int nats_count;
+  const char *cluster;      /* the cluster's name: 1-64 of [A-Za-z0-9_-] */
+  const char *name;         /* this node's name, unique among the live nodes: likewise */
+  const char *user, *password, *token; /* NULL = none */
+  const char *secret;       /* authenticates node traffic; NULL = none */
+  size_t secret_len;
+  int allow_code;           /* accept Lua functions from other nodes (needs secret) */
+  double connect_timeout;   /* seconds; 0 = 2 */
+  const char *lua_path, *lua_cpath; /* package.path/cpath of isolates other nodes
+                                       spawn here by module name; NULL = Lua's defaults */
+} ic_node_options;
+
+/* Creates this process's node of a multi-node cluster: connects, joins and
+ * starts its threads (a process may hold several). On failure a message is
+ * written to errbuf (if not NULL). Errors: IC_EINVAL (bad options), IC_ENET
+ * (no server, refused credentials, a live node has the name), IC_ENOMEM.
+ * Refs of other nodes' isolates work with ic_send and ic_lookup like local
+ * ones. */
+IC_EXTERN int ic_node_create(const ic_cluster_options *opts, const ic_node_options *node, ic_cluster **out,
+                             char *errbuf, size_t errlen);
+
 /* Shuts the cluster down: runs on_shutdown handlers, stops every isolate,
  * joins every thread. Returns 1 if everything finished within timeout_s,
  * 0 if not (handlers still computing were interrupted), IC_EINVAL for a
@@ -132,7 +160,10 @@ IC_EXTERN int ic_spawn_module(ic_cluster *c, const char *module, const char *pro
 
 /* Sends one MessagePack value (len bytes, checked to be exactly one
  * well-formed value) to `to`, with the program's ref as its sender.
- * Errors: IC_EINVAL, IC_EDOWN, IC_EFULL, IC_ENOMEM. Never waits for room. */
+ * Errors: IC_EINVAL, IC_EDOWN, IC_EFULL, IC_ENOMEM; to another node's
+ * isolate also IC_EUNREACHABLE and IC_ETOOBIG (a remote mailbox that is full
+ * cannot refuse at once: that message becomes a dead letter there). Never
+ * waits for room. */
 IC_EXTERN int ic_send(ic_cluster *c, ic_ref to, const void *msgpack, size_t len);
 
 /* Takes the next message sent to the program's ref, waiting up to timeout_s
@@ -195,7 +226,8 @@ IC_EXTERN int ic_reply_error(ic_cluster *c, ic_message *msg, const char *text);
 IC_EXTERN int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double timeout_s,
                          char **reply, size_t *reply_len);
 
-/* The ref at path, waiting up to wait_s (0: no wait) for it to be taken.
+/* The ref at path (on any live node of a multi-node cluster), waiting up to
+ * wait_s (0: no wait) for it to be taken.
  * Errors: IC_ETIMEDOUT (not there), IC_EINVAL (also a negative or NaN
  * wait_s), IC_ESHUTDOWN. Blocks up to wait_s. */
 IC_EXTERN int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out);

@@ -60,10 +60,15 @@ now() { date +%s; }
 
 # ---- packages ---------------------------------------------------------------
 
-BASE_PKGS=(cmake gcc libc6-dev make pkg-config liblua5.4-dev lua5.4 lua-busted libmsgpuck-dev)
+# libnats-dev (cnats) and libssl-dev (libcrypto, for the node envelope's
+# HMAC) build the NATS transport of multi-node clusters.
+BASE_PKGS=(cmake gcc libc6-dev make pkg-config liblua5.4-dev lua5.4 lua-busted libmsgpuck-dev libnats-dev libssl-dev)
 # gcc-12's sanitizer runtimes (libgcc-12-dev depends on them; listed so that a
 # trimmed system gets them back) and the tools some tests call.
-TEST_PKGS=(libasan8 libubsan1 libtsan2 python3 python3-msgpack valgrind luarocks lua-luv)
+# nats-server: the multi-node specs start real servers on loopback ports;
+# openssl: the TLS spec makes a throwaway certificate authority; lua-luv: the
+# event-loop example.
+TEST_PKGS=(libasan8 libubsan1 libtsan2 python3 python3-msgpack valgrind luarocks lua-luv nats-server openssl)
 
 is_installed() {
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]

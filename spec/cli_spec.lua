@@ -5,19 +5,7 @@ local W = require("support.wait")
 local describe, it, assert, setup = describe, it, assert, setup
 local _ENV = _G
 
-local function find_host()
-  local env = os.getenv("IC_HOST_BIN")
-  if env and env ~= "" then return env end
-  for _, p in ipairs({ "build/isolate-cluster", "build-rel/isolate-cluster" }) do
-    local f = io.open(p)
-    if f then
-      f:close()
-      return p
-    end
-  end
-end
-
-local HOST = find_host()
+local HOST = W.host_binary()
 
 local function write(path, text)
   local f = assert(io.open(path, "w"))
@@ -136,9 +124,10 @@ describe("isolate-cluster", function()
     local out = os.tmpname()
     local _, _, code = os.execute(HOST .. " --workers zero x.lua > " .. out .. " 2>&1")
     assert.equal(2, code)
+    -- --nats without --cluster and --node says what is missing
     _, _, code = os.execute(HOST .. " --nats nats://127.0.0.1:4222 x.lua > " .. out .. " 2>&1")
     assert.equal(2, code)
-    assert.truthy(read(out):find("NATS", 1, true))
+    assert.truthy(read(out):find("--cluster NAME is missing", 1, true), read(out))
     os.remove(out)
   end)
 

@@ -15,6 +15,7 @@
 #include "native.h"
 #include "stats.h"
 #include "isolate_cluster.h"
+#include "net/net.h"
 
 static int to_ic_error(int e) {
   switch (e) {
@@ -40,6 +41,9 @@ const char *ic_strerror(int err) {
   case IC_ESHUTDOWN: return "cluster shut down";
   case IC_ESYSTEM: return "system error";
   case IC_EREMOTE: return "the handler raised an error";
+  case IC_ENET: return "cannot join the cluster over NATS";
+  case IC_EUNREACHABLE: return "node unreachable";
+  case IC_ETOOBIG: return "message too large for the NATS server's max_payload";
   default: return "unknown error";
   }
 }
@@ -58,6 +62,48 @@ int ic_cluster_create(const ic_cluster_options *opts, ic_cluster **out) {
   const char *err = NULL;
   *out = cluster_new(&o, &err);
   return *out ? IC_OK : IC_ENOMEM;
+}
+
+int ic_node_create(const ic_cluster_options *opts, const ic_node_options *node, ic_cluster **out, char *errbuf,
+                   size_t errlen) {
+  char scratch[8];
+  if (!errbuf || !errlen) {
+    errbuf = scratch;
+    errlen = sizeof scratch;
+  }
+  errbuf[0] = 0;
+  if (!out || !node || !node->nats || node->nats_count < 1 || (opts && (opts->workers < 0 || !(opts->time_slice >= 0)))) {
+    snprintf(errbuf, errlen, "invalid argument");
+    return IC_EINVAL;
+  }
+  cluster_opts o = {0, 0, 0, NULL, NULL};
+  if (opts) {
+    o.workers = opts->workers;
+    o.mailbox = opts->mailbox;
+    o.slice_seconds = opts->time_slice;
+    o.state_hook = opts->state_hook;
+    o.state_hook_ud = opts->state_hook_ud;
+  }
+  net_opts no;
+  memset(&no, 0, sizeof no);
+  no.urls = (const char **)node->nats;
+  no.nurls = node->nats_count;
+  no.cluster = node->cluster;
+  no.name = node->name;
+  no.user = node->user;
+  no.password = node->password;
+  no.token = node->token;
+  no.secret = node->secret;
+  no.secret_len = node->secret ? (node->secret_len ? node->secret_len : strlen(node->secret)) : 0;
+  no.allow_code = node->allow_code;
+  no.connect_timeout = node->connect_timeout;
+  no.lua_path = node->lua_path;
+  no.lua_cpath = node->lua_cpath;
+  *out = cluster_new_node(&o, &no, errbuf, errlen);
+  if (*out) return IC_OK;
+  if (strstr(errbuf, "out of memory")) return IC_ENOMEM;
+  if (strncmp(errbuf, "opts.", 5) == 0) return IC_EINVAL;
+  return IC_ENET;
 }
 
 int ic_cluster_shutdown(ic_cluster *c, double timeout_s) {
@@ -141,7 +187,7 @@ int api_one_value(const char *data, size_t len, int type) {
 static int spawn_boot(ic_cluster *c, const char *boot, size_t boot_len, const char *props, size_t props_len,
                       const ic_spawn_options *opts, ic_ref *out) {
   if (props && !api_one_value(props, props_len, MP_MAP)) return IC_EINVAL;
-  spawn_args a = {ISO_POOL, 0, 0, props, props_len, boot, boot_len, NULL, NULL, NULL, 0, NULL, 1, NULL};
+  spawn_args a = {ISO_POOL, 0, 0, props, props_len, boot, boot_len, NULL, NULL, NULL, 0, NULL, 1, NULL, 0};
   if (opts) {
     a.kind = opts->dedicated ? ISO_DEDICATED : ISO_POOL;
     a.mailbox = opts->mailbox;
@@ -194,7 +240,16 @@ int ic_spawn_module(ic_cluster *c, const char *module, const char *props, size_t
 int api_send_from(ic_cluster *c, ic_isolate *from, uint64_t to_node, uint64_t to_id, const void *msgpack,
                   size_t len, int kind, uint64_t corr, const char **why_out) {
   if (why_out) *why_out = NULL;
-  if (to_node != c->node_id) return IC_EDOWN;
+  if (to_node != c->node_id) {
+    if (!c->net) return IC_EDOWN;
+    const char *why = net_send(c->net, (uint32_t)to_node, to_id, kind, corr, from->id, msgpack, len);
+    if (why_out) *why_out = why;
+    if (!why) return IC_OK;
+    if (strcmp(why, "node unreachable") == 0) return IC_EUNREACHABLE;
+    if (strstr(why, "max_payload")) return IC_ETOOBIG;
+    if (strcmp(why, "out of memory") == 0) return IC_ENOMEM;
+    return IC_EDOWN;
+  }
   ic_isolate *iso = cluster_find_id(c, to_id);
   if (!iso) return IC_EDOWN;
   ic_msg *m = msg_new(kind, msgpack, len);
@@ -244,9 +299,10 @@ int ic_receive_msg(ic_cluster *c, double timeout_s, ic_message *msg) {
     return IC_ENOMEM;
   }
   msg->len = m->len;
-  msg->sender.node = c->node_id;
-  msg->sender.id = m->sender ? m->sender->id : 0;
-  msg->is_request = m->kind == MSG_REQUEST && m->sender;
+  /* A message from another node has no local sender: its (node, id). */
+  msg->sender.node = m->from_node ? m->from_node : c->node_id;
+  msg->sender.id = m->sender ? m->sender->id : m->from_id;
+  msg->is_request = m->kind == MSG_REQUEST && (m->sender || m->from_node);
   msg->request_id = m->corr;
   msg_free(m);
   return IC_OK;
@@ -276,7 +332,15 @@ static int post_reply(ic_cluster *c, ic_message *msg, int kind, const char *valu
   if (!r) return IC_ENOMEM;
   r->corr = msg->request_id;
   msg->is_request = 0;
-  ic_isolate *to = msg->sender.node == c->node_id ? cluster_find_id(c, msg->sender.id) : NULL;
+  if (msg->sender.node != c->node_id) {
+    /* The requester is on another node: the reply goes over the net. */
+    const char *why = c->net ? net_send(c->net, msg->sender.node, msg->sender.id, kind, msg->request_id, c->main->id,
+                                        r->data, r->len)
+                             : "isolate down";
+    msg_free(r);
+    return why ? IC_EDOWN : IC_OK;
+  }
+  ic_isolate *to = cluster_find_id(c, msg->sender.id);
   if (!to) {
     msg_free(r);
     return IC_EDOWN;
@@ -327,22 +391,30 @@ int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double
   if (!c || !reply || !reply_len || timeout_s != timeout_s || !api_one_value(msgpack, len, -1)) return IC_EINVAL;
   if (to.node == c->node_id && to.id == c->main->id) return IC_EINVAL; /* would wait for itself */
   if (atomic_load(&c->state) == CLUSTER_DOWN) return IC_ESHUTDOWN;
-  if (to.node != c->node_id) return IC_EDOWN;
-  ic_isolate *iso = cluster_find_id(c, to.id);
-  if (!iso) return IC_EDOWN;
+  ic_isolate *iso = NULL;
+  if (to.node == c->node_id) {
+    iso = cluster_find_id(c, to.id);
+    if (!iso) return IC_EDOWN;
+  } else if (!c->net) {
+    return IC_EDOWN;
+  }
   ic_msg *m = msg_new(MSG_REQUEST, msgpack, len);
   if (!m) {
-    isolate_release(iso);
+    if (iso) isolate_release(iso);
     return IC_ENOMEM;
   }
   ic_msg *x = NULL;
   const char *why = NULL;
   uint64_t timeout_ns = timeout_s < 0 ? UINT64_MAX / 2 : plat_seconds_to_ns(timeout_s);
-  int rc = mainq_request(c, iso, m, timeout_ns, 0, &x, &why);
-  isolate_release(iso);
+  int rc = mainq_request(c, iso, to.node, to.id, m, timeout_ns, 0, &x, &why);
+  if (iso) isolate_release(iso);
   switch (rc) {
   case MAINQ_OK: break;
-  case MAINQ_REFUSED: return strcmp(why, "mailbox full") == 0 ? IC_EFULL : IC_EDOWN;
+  case MAINQ_REFUSED:
+    if (strcmp(why, "mailbox full") == 0) return IC_EFULL;
+    if (strcmp(why, "node unreachable") == 0) return IC_EUNREACHABLE;
+    if (strstr(why, "max_payload")) return IC_ETOOBIG;
+    return IC_EDOWN;
   case MAINQ_TIMEOUT: return IC_ETIMEDOUT;
   default: return IC_ESHUTDOWN;
   }
@@ -366,9 +438,13 @@ int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double
 int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out) {
   if (!c || !path || !out || !(wait_s >= 0)) return IC_EINVAL;
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
-  ic_isolate *iso = wait_s > 0 ? cluster_wait_path(c, path, plat_now_ns() + plat_seconds_to_ns(wait_s))
-                               : cluster_find_path(c, path);
-  if (!iso) return IC_ETIMEDOUT;
+  uint64_t deadline = wait_s > 0 ? plat_now_ns() + plat_seconds_to_ns(wait_s) : 0;
+  /* A wait ends too when another node's isolate holds the path. */
+  ic_isolate *iso = deadline ? cluster_wait_path(c, path, deadline) : cluster_find_path(c, path);
+  if (!iso) {
+    if (c->net && net_find_path(c->net, path, &out->node, &out->id)) return IC_OK; /* another node's */
+    return IC_ETIMEDOUT;
+  }
   out->node = c->node_id;
   out->id = iso->id;
   isolate_release(iso);
@@ -378,26 +454,39 @@ int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out) {
 int ic_lookup_prefix(ic_cluster *c, const char *prefix, ic_ref **refs, size_t *n) {
   if (!c || !prefix || !refs || !n) return IC_EINVAL;
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
-  size_t count = 0;
+  size_t count = 0, rn = 0;
+  /* This node's isolates, then (multi-node) the other nodes' from the replica. */
+  uint32_t *rnodes = NULL;
+  uint64_t *rids = NULL;
+  if (c->net && net_prefix(c->net, prefix, &rnodes, &rids, &rn)) return IC_ENOMEM;
   ic_isolate **all = cluster_find_prefix(c, prefix, &count);
-  if (!all) return IC_ENOMEM;
   ic_ref *out = NULL;
-  if (count) {
-    out = malloc(count * sizeof *out);
+  if (all && count + rn) {
+    out = malloc((count + rn) * sizeof *out);
     if (!out) {
       for (size_t i = 0; i < count; i++) isolate_release(all[i]);
-      free(all);
-      return IC_ENOMEM;
     }
+  }
+  if (!all || (count + rn && !out)) {
+    free(all);
+    free(rnodes);
+    free(rids);
+    return IC_ENOMEM;
   }
   for (size_t i = 0; i < count; i++) {
     out[i].node = c->node_id;
     out[i].id = all[i]->id;
     isolate_release(all[i]);
   }
+  for (size_t i = 0; i < rn; i++) {
+    out[count + i].node = rnodes[i];
+    out[count + i].id = rids[i];
+  }
   free(all);
+  free(rnodes);
+  free(rids);
   *refs = out;
-  *n = count;
+  *n = count + rn;
   return IC_OK;
 }
 

@@ -12,6 +12,7 @@
 #include <msgpuck.h>
 
 #include "runtime.h"
+#include "net/net.h"
 
 #define TOMB ((ic_isolate *)(uintptr_t)1)
 #define DEFAULT_MAILBOX 1000000u
@@ -111,6 +112,13 @@ void cluster_log(ic_cluster *c, const char *fmt, ...) {
   if (text != stackbuf) free(text);
 }
 
+/* Lets go of what an event holds. */
+static void event_clear(cluster_event *e) {
+  if (e->iso) isolate_release(e->iso);
+  free(e->reason);
+  free(e->node);
+}
+
 /* ---- creation and lifetime --------------------------------------------- */
 
 ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
@@ -131,6 +139,7 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   plat_mutex_init(&c->lock);
   plat_mutex_init(&c->log_lock);
   plat_cond_init(&c->live_cond);
+  plat_mutex_init(&c->rwatch_lock);
   c->by_id_cap = 64;
   c->by_id = calloc(c->by_id_cap, sizeof *c->by_id);
   c->by_path_cap = 64;
@@ -180,10 +189,29 @@ fail:
   free(c->by_id);
   free(c->by_path);
   plat_cond_destroy(&c->live_cond);
+  plat_mutex_destroy(&c->rwatch_lock);
   plat_mutex_destroy(&c->log_lock);
   plat_mutex_destroy(&c->lock);
   free(c);
   return NULL;
+}
+
+ic_cluster *cluster_new_node(const cluster_opts *o, const net_opts *no, char *err, size_t errlen) {
+  const char *e = "unknown error";
+  ic_cluster *c = cluster_new(o, &e);
+  if (!c) {
+    snprintf(err, errlen, "%s", e);
+    return NULL;
+  }
+  /* Before any ref of this cluster exists: net_start sets the node part. */
+  c->net = net_start(c, no, err, errlen);
+  if (!c->net) {
+    cluster_shutdown(c, 1.0);
+    cluster_close(c);
+    cluster_release(c);
+    return NULL;
+  }
+  return c;
 }
 
 void cluster_retain(ic_cluster *c) { atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); }
@@ -194,9 +222,9 @@ void cluster_release(ic_cluster *c) {
   ic_isolate *main = c->main;
   c->main = NULL;
   if (main) isolate_release(main);
+  net_free(c->net);
   for (size_t i = 0; i < c->log_len; i++) {
-    isolate_release(c->log[i].iso);
-    free(c->log[i].reason);
+    event_clear(&c->log[i]);
   }
   free(c->log);
   free(c->subs);
@@ -209,6 +237,7 @@ void cluster_release(ic_cluster *c) {
   free(c->boot_error);
   if (atomic_load(&c->main_fd) >= 0) close(atomic_load(&c->main_fd));
   plat_cond_destroy(&c->live_cond);
+  plat_mutex_destroy(&c->rwatch_lock);
   plat_mutex_destroy(&c->log_lock);
   plat_mutex_destroy(&c->lock);
   free(c);
@@ -320,14 +349,21 @@ int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *err
     size_t n = strlen(path);
     if (path[n - 1] == '/') {
       /* "/dir/": append a number no isolate of this cluster has had as a
-       * segment there, skipping any "/dir/N" a user took by name. */
-      own = malloc(n + 24);
+       * segment there, skipping any "/dir/N" a user took by name. In a
+       * multi-node cluster the node's incarnation makes the segment unique
+       * across the nodes too, and the other nodes' names are skipped. */
+      own = malloc(n + 40);
       if (own) {
-        do snprintf(own, n + 24, "%s%llu", path, (unsigned long long)++c->path_seq);
-        while (path_slot(c, own) != SIZE_MAX);
+        do {
+          if (c->net)
+            snprintf(own, n + 40, "%s%08x-%llu", path, (unsigned)c->node_id, (unsigned long long)++c->path_seq);
+          else
+            snprintf(own, n + 40, "%s%llu", path, (unsigned long long)++c->path_seq);
+        } while (path_slot(c, own) != SIZE_MAX || (c->net && net_path_taken(c->net, own)));
       }
     } else {
-      if (path_slot(c, path) != SIZE_MAX) {
+      /* Unique across the live nodes too (their replica, src/net/paths.h). */
+      if (path_slot(c, path) != SIZE_MAX || (c->net && net_path_taken(c->net, path))) {
         plat_mutex_unlock(&c->lock);
         snprintf(errbuf, errlen, "path \"%s\" is already in use", path);
         return EEXIST;
@@ -338,7 +374,13 @@ int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *err
   }
   if ((c->by_id_len + c->by_id_tomb + 1) * 2 > c->by_id_cap && id_table_grow(c)) goto oom;
   if (own && (c->by_path_len + c->by_path_tomb + 1) * 2 > c->by_path_cap && path_table_grow(c)) goto oom;
-  iso->id = c->next_id++;
+  if (iso->id && id_slot(c, iso->id) != SIZE_MAX) {
+    plat_mutex_unlock(&c->lock);
+    free(own);
+    snprintf(errbuf, errlen, "isolate id %llu is already in use", (unsigned long long)iso->id);
+    return EEXIST;
+  }
+  if (!iso->id) iso->id = c->next_id++;
   iso->path = own;
   {
     size_t mask = c->by_id_cap - 1, j = mix64(iso->id) & mask;
@@ -387,6 +429,13 @@ ic_isolate *cluster_find_path(ic_cluster *c, const char *path) {
   return iso;
 }
 
+int cluster_path_in_use(ic_cluster *c, const char *path) {
+  plat_mutex_lock(&c->lock);
+  int used = path_slot(c, path) != SIZE_MAX;
+  plat_mutex_unlock(&c->lock);
+  return used;
+}
+
 ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline) {
   ic_isolate *iso = NULL;
   plat_mutex_lock(&c->lock);
@@ -397,6 +446,8 @@ ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline
       isolate_retain(iso);
       break;
     }
+    /* Another node's isolate holds it: the caller looks there. */
+    if (c->net && net_path_taken(c->net, path)) break;
     if (atomic_load(&c->state) != CLUSTER_RUNNING) break;
     if (plat_cond_wait_until(&c->live_cond, &c->lock, deadline) == ETIMEDOUT) {
       j = path_slot(c, path);
@@ -448,15 +499,15 @@ static void log_trim(ic_cluster *c) {
   if (keep <= c->log_base) return;
   size_t drop = (size_t)(keep - c->log_base);
   for (size_t i = 0; i < drop; i++) {
-    isolate_release(c->log[i].iso);
-    free(c->log[i].reason);
+    event_clear(&c->log[i]);
   }
   memmove(c->log, c->log + drop, (c->log_len - drop) * sizeof *c->log);
   c->log_len -= drop;
   c->log_base = keep;
 }
 
-static void log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *reason) {
+/* Returns the new entry, or NULL when out of memory (the event is lost and logged). */
+static cluster_event *log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *reason) {
   if (c->log_len >= c->log_trim_at) {
     log_trim(c);
     c->log_trim_at = c->log_len * 2 > 1024 ? c->log_len * 2 : 1024;
@@ -467,7 +518,7 @@ static void log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *rea
     if (!l) {
       cluster_log(c, "isolate_cluster: out of memory: an isolate %s event was lost",
                   kind == EVENT_UP ? "up" : "down");
-      return;
+      return NULL;
     }
     c->log = l;
     c->log_cap = cap;
@@ -475,14 +526,161 @@ static void log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *rea
   cluster_event *e = &c->log[c->log_len++];
   e->kind = kind;
   e->iso = iso;
-  isolate_retain(iso);
+  if (iso) isolate_retain(iso);
   e->reason = reason ? strdup(reason) : NULL;
+  e->node = NULL;
+  e->rnode = 0;
+  e->rid = 0;
   for (size_t i = 0; i < c->nsubs; i++) {
     ic_isolate *s = c->subs[i];
     if (s == iso) continue;
     atomic_store(&s->events_pending, 1);
     isolate_wake(s, NULL);
   }
+  return e;
+}
+
+void cluster_node_event(ic_cluster *c, int kind, const char *name, const char *reason) {
+  plat_mutex_lock(&c->lock);
+  cluster_event *e = log_append(c, kind, NULL, reason);
+  if (e) e->node = strdup(name);
+  plat_mutex_unlock(&c->lock);
+}
+
+/* ---- monitors of other nodes' isolates ---------------------------------- */
+
+typedef struct remote_watch {
+  struct remote_watch *next;
+  uint32_t node;
+  uint64_t id;
+  monitor_set set;
+} remote_watch;
+
+/* Unlinks and returns the entries of (node, id) (every id of node when
+ * all), rwatch_lock held. */
+static remote_watch *rwatch_take(ic_cluster *c, uint32_t node, uint64_t id, int all) {
+  remote_watch *taken = NULL, **pp = &c->rwatch;
+  while (*pp) {
+    remote_watch *w = *pp;
+    if (w->node == node && (all || w->id == id)) {
+      *pp = w->next;
+      w->next = taken;
+      taken = w;
+    } else {
+      pp = &w->next;
+    }
+  }
+  return taken;
+}
+
+/* Fires (reason) or, with reason NULL, just lets go of a list of entries;
+ * no lock held. */
+static void rwatch_finish(remote_watch *w, const char *reason) {
+  while (w) {
+    remote_watch *next = w->next;
+    if (reason) monitor_fire(&w->set, reason);
+    monitor_set_fini(&w->set);
+    free(w);
+    w = next;
+  }
+}
+
+int cluster_remote_monitor(ic_cluster *c, uint32_t node, uint64_t id, ic_isolate *watcher, uint64_t mid) {
+  if (!c->net) return ESRCH;
+  plat_mutex_lock(&c->rwatch_lock);
+  remote_watch *w = c->rwatch;
+  while (w && (w->node != node || w->id != id)) w = w->next;
+  if (!w) {
+    w = calloc(1, sizeof *w);
+    if (!w || monitor_set_init(&w->set)) {
+      plat_mutex_unlock(&c->rwatch_lock);
+      free(w);
+      return ENOMEM;
+    }
+    w->node = node;
+    w->id = id;
+    w->next = c->rwatch;
+    c->rwatch = w;
+  }
+  int rc = monitor_add(&w->set, watcher, mid);
+  plat_mutex_unlock(&c->rwatch_lock);
+  if (rc) return rc;
+  /* Looked at after the entry is in: a down event marks the replica first
+   * and fires the entries after, so either it finds this entry or this look
+   * sees it down. Down here with the entry still listed: its event has
+   * passed (or is passing), and the entry's monitors hear "noproc". */
+  if (!net_remote_alive(c->net, node, id)) {
+    plat_mutex_lock(&c->rwatch_lock);
+    remote_watch *gone = rwatch_take(c, node, id, 0);
+    plat_mutex_unlock(&c->rwatch_lock);
+    rwatch_finish(gone, "noproc");
+  }
+  return 0;
+}
+
+void cluster_remote_demonitor(ic_cluster *c, uint32_t node, uint64_t id, ic_isolate *watcher, uint64_t mid) {
+  remote_watch *empty = NULL;
+  plat_mutex_lock(&c->rwatch_lock);
+  for (remote_watch **pp = &c->rwatch; *pp; pp = &(*pp)->next) {
+    remote_watch *w = *pp;
+    if (w->node != node || w->id != id) continue;
+    monitor_remove(&w->set, watcher, mid);
+    plat_mutex_lock(&w->set.lock);
+    int none = w->set.n == 0;
+    plat_mutex_unlock(&w->set.lock);
+    if (none) {
+      *pp = w->next;
+      w->next = NULL;
+      empty = w;
+    }
+    break;
+  }
+  plat_mutex_unlock(&c->rwatch_lock);
+  rwatch_finish(empty, NULL);
+}
+
+void cluster_remote_node_gone(ic_cluster *c, uint32_t node) {
+  plat_mutex_lock(&c->rwatch_lock);
+  remote_watch *gone = rwatch_take(c, node, 0, 1);
+  plat_mutex_unlock(&c->rwatch_lock);
+  rwatch_finish(gone, "node down");
+}
+
+/* Lets go of every remote monitor (the net has stopped: no event comes). */
+static void rwatch_drop_all(ic_cluster *c) {
+  plat_mutex_lock(&c->rwatch_lock);
+  remote_watch *all = c->rwatch;
+  c->rwatch = NULL;
+  plat_mutex_unlock(&c->rwatch_lock);
+  rwatch_finish(all, NULL);
+}
+
+void cluster_remote_event(ic_cluster *c, int kind, uint32_t node, uint64_t id, const char *reason) {
+  plat_mutex_lock(&c->lock);
+  cluster_event *e = log_append(c, kind, NULL, reason);
+  if (e) {
+    e->rnode = node;
+    e->rid = id;
+  }
+  plat_cond_broadcast(&c->live_cond); /* waiting lookups look at the replica too */
+  if (kind == EVENT_UP && atomic_load(&c->main_path_waits)) isolate_wake(c->main, NULL);
+  plat_mutex_unlock(&c->lock);
+  if (kind == EVENT_DOWN) {
+    plat_mutex_lock(&c->rwatch_lock);
+    remote_watch *gone = rwatch_take(c, node, id, 0);
+    plat_mutex_unlock(&c->rwatch_lock);
+    rwatch_finish(gone, reason ? reason : "normal");
+  }
+}
+
+void cluster_each_up(ic_cluster *c, void (*fn)(ic_isolate *iso, void *ud), void *ud) {
+  plat_mutex_lock(&c->lock);
+  for (size_t i = 0; i < c->by_id_cap; i++) {
+    ic_isolate *x = c->by_id[i];
+    if (!x || x == TOMB || !x->up || x->kind == ISO_MAIN || x->hidden || !atomic_load(&x->alive)) continue;
+    fn(x, ud);
+  }
+  plat_mutex_unlock(&c->lock);
 }
 
 void cluster_announce_up(ic_cluster *c, ic_isolate *iso) {
@@ -493,6 +691,8 @@ void cluster_announce_up(ic_cluster *c, ic_isolate *iso) {
   if (!iso->up) {
     iso->up = 1;
     if (!iso->hidden) log_append(c, EVENT_UP, iso, NULL);
+    /* Under c->lock: the other nodes hear of its up before its down. */
+    if (!iso->hidden && c->net) net_announce_up(c->net, iso);
   }
   plat_mutex_unlock(&c->lock);
 }
@@ -564,10 +764,11 @@ cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n) {
       cluster_event *e = &c->log[p - c->log_base];
       if (e->iso == iso || (e->kind == EVENT_UP && p < iso->up_replayed)) continue;
       out[k] = *e;
-      isolate_retain(e->iso);
+      if (e->iso) isolate_retain(e->iso);
       out[k].reason = e->reason ? strdup(e->reason) : NULL;
+      out[k].node = e->node ? strdup(e->node) : NULL;
       k++;
-      if (e->reason && !out[k - 1].reason) copied = 0;
+      if ((e->reason && !out[k - 1].reason) || (e->node && !out[k - 1].node)) copied = 0;
     }
     if (copied) {
       iso->event_cursor = end;
@@ -590,8 +791,7 @@ cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n) {
 
 void cluster_free_events(cluster_event *ev, size_t n) {
   for (size_t i = 0; i < n; i++) {
-    isolate_release(ev[i].iso);
-    free(ev[i].reason);
+    event_clear(&ev[i]);
   }
   free(ev);
 }
@@ -620,6 +820,9 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
     /* Every isolate's end is published, also one that failed before it
      * came up: supervisors must hear of it. */
     if (!iso->hidden) log_append(c, EVENT_DOWN, iso, reason);
+    /* Also one that never came up, as locally (a remote supervisor hears
+     * of a child that failed to start). */
+    if (!iso->hidden && c->net) net_announce_down(c->net, iso, reason);
     c->live--;
     plat_cond_broadcast(&c->live_cond);
   }
@@ -883,8 +1086,12 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
     cluster_broadcast_control(c, CONTROL_KILL);
     wait_live_zero(c, past + plat_seconds_to_ns(SHUTDOWN_KILL_MARGIN));
   }
-  /* A thread still in a turn then is in a blocking C call: left running. */
+  /* Every isolate is down or left running: say bye to the other nodes and
+   * stop the net thread, before the scheduler it posts into stops. */
   uint64_t hard = past + plat_seconds_to_ns(SHUTDOWN_JOIN_MARGIN);
+  net_stop(c->net, hard);
+  rwatch_drop_all(c);
+  /* A thread still in a turn then is in a blocking C call: left running. */
   sched_stop(&c->sched, hard);
   timer_stop(&c->timers);
   join_dedicated(c, hard);
@@ -911,8 +1118,7 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   c->log_base += nlog;
   plat_mutex_unlock(&c->lock);
   for (size_t i = 0; i < nlog; i++) {
-    isolate_release(log[i].iso);
-    free(log[i].reason);
+    event_clear(&log[i]);
   }
   free(log);
   /* The logger isolate holds the cluster: let go of it (and back to stderr).
@@ -959,6 +1165,7 @@ int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *er
    * is registered must not queue it a second time (cluster_start_isolate
    * queues it). */
   atomic_store(&iso->sched, SCHED_SCHEDULED);
+  iso->id = a->id;
   int rc = cluster_register(c, iso, a->path, errbuf, errlen);
   if (rc) {
     isolate_release(iso);
@@ -1006,6 +1213,9 @@ ic_isolate *cluster_main_wait_path(ic_cluster *c, const char *path, uint64_t dea
     /* IDLE before the look: a registration after it wakes this wait. */
     atomic_store(&m->sched, SCHED_IDLE);
     if ((iso = cluster_find_path(c, path)) != NULL) break;
+    /* Another node's isolate holds it (its up event wakes this wait too):
+     * the caller looks there. */
+    if (c->net && net_path_taken(c->net, path)) break;
     if (atomic_load(&c->state) != CLUSTER_RUNNING || atomic_load(&m->sigint)) break;
     if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) {
       iso = cluster_find_path(c, path);

@@ -21,19 +21,31 @@
 typedef void (*ic_log_fn)(void *ud, const char *text);
 
 enum { CLUSTER_RUNNING = 0, CLUSTER_STOPPING = 1, CLUSTER_DOWN = 2 };
-enum { EVENT_UP = 1, EVENT_DOWN = 2 };
+enum { EVENT_UP = 1, EVENT_DOWN = 2, EVENT_NODE_UP = 3, EVENT_NODE_DOWN = 4 };
 
 typedef struct cluster_event {
   int kind;
-  ic_isolate *iso;  /* strong reference */
-  char *reason;     /* EVENT_DOWN only */
+  ic_isolate *iso;  /* strong reference; NULL for a node event */
+  char *reason;     /* EVENT_DOWN, EVENT_NODE_DOWN */
+  char *node;       /* EVENT_NODE_*: the node's name */
+  uint32_t rnode;   /* an isolate of another node (iso NULL): its ref */
+  uint64_t rid;
 } cluster_event;
+
+struct net;
+struct net_opts;
 
 typedef struct ic_cluster {
   atomic_int refs;
   atomic_int state;           /* CLUSTER_* */
   atomic_int shutdown_in_time; /* the result of the shutdown, once DOWN */
-  uint32_t node_id;           /* the node part of every ref */
+  _Atomic uint32_t node_id;   /* the node part of every ref (a multi-node
+                                 cluster: this node's incarnation, which
+                                 changes when the node rejoins after it was
+                                 declared down: src/net/membership.h) */
+  struct net *net;            /* multi-node: the network side (src/net/net.h);
+                                 NULL for a single node. Set before any
+                                 isolate exists, freed with the cluster. */
   int nworkers;
   size_t default_mailbox;
   double slice_seconds;       /* preemption time slice */
@@ -53,6 +65,12 @@ typedef struct ic_cluster {
   atomic_int main_path_waits; /* the main state waits for a path: register wakes it */
   plat_cond live_cond;        /* signalled when live drops, a path is taken,
                                  or the cluster is down */
+  /* Monitors of other nodes' isolates (context:monitor of a remote ref):
+   * one monitor_set per watched (node, id), fired by that isolate's down
+   * event or its node's, then freed. Guarded by rwatch_lock, which is taken
+   * with no other lock held (the sets' own locks are taken inside it). */
+  plat_mutex rwatch_lock;
+  struct remote_watch *rwatch;
 
   /* The event log: entries [log_base, log_base + log_len). */
   cluster_event *log;
@@ -118,6 +136,9 @@ typedef struct cluster_opts {
 
 /* Creates a cluster with its threads running; NULL and *err set on failure. */
 ic_cluster *cluster_new(const cluster_opts *o, const char **err);
+/* The same, as a node of a multi-node cluster: also connects to its NATS
+ * servers (src/net/net.h). NULL and a message in err on failure. */
+ic_cluster *cluster_new_node(const cluster_opts *o, const struct net_opts *no, char *err, size_t errlen);
 void cluster_retain(ic_cluster *c);
 void cluster_release(ic_cluster *c);
 
@@ -126,6 +147,23 @@ void cluster_release(ic_cluster *c);
 int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *errbuf, size_t errlen);
 /* Removes iso from the registry, appends its down event; releases the hold. */
 void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason);
+/* Appends a node up/down event (name and reason copied). Any thread. */
+void cluster_node_event(ic_cluster *c, int kind, const char *name, const char *reason);
+/* Appends the up/down event of isolate (node, id) of another node, and
+ * wakes waiting lookups. Net thread. */
+void cluster_remote_event(ic_cluster *c, int kind, uint32_t node, uint64_t id, const char *reason);
+/* context:monitor of another node's isolate (node, id) by watcher, with
+ * the watcher's monitor number mid. 0; ESRCH when it is down already or
+ * its node is not live (the caller answers "noproc"); ENOMEM. */
+int cluster_remote_monitor(ic_cluster *c, uint32_t node, uint64_t id, ic_isolate *watcher, uint64_t mid);
+/* Cancels such a monitor if it has not fired. */
+void cluster_remote_demonitor(ic_cluster *c, uint32_t node, uint64_t id, ic_isolate *watcher, uint64_t mid);
+/* Fires every monitor of node's isolates with "node down" (called once the
+ * node is known down: also those of isolates the replica never listed). */
+void cluster_remote_node_gone(ic_cluster *c, uint32_t node);
+/* Calls fn for every isolate that is up (not hidden, not the main state),
+ * under c->lock: fn must not take c->lock. */
+void cluster_each_up(ic_cluster *c, void (*fn)(ic_isolate *iso, void *ud), void *ud);
 /* Appends iso's up event. */
 void cluster_announce_up(ic_cluster *c, ic_isolate *iso);
 
@@ -135,8 +173,11 @@ int cluster_path_is_name(const char *path);
 /* Retained isolate or NULL. */
 ic_isolate *cluster_find_id(ic_cluster *c, uint64_t id);
 ic_isolate *cluster_find_path(ic_cluster *c, const char *path);
+/* Is path held by an isolate of this node (hidden ones too)? */
+int cluster_path_in_use(ic_cluster *c, const char *path);
 /* Like cluster_find_path, waiting until deadline (monotonic ns) for the path
- * to be registered. */
+ * to be registered. In a multi-node cluster it returns NULL at once when
+ * another node's isolate holds the path (the caller looks in the replica). */
 ic_isolate *cluster_wait_path(ic_cluster *c, const char *path, uint64_t deadline);
 /* Retained isolates whose path starts with prefix, in spawn order; *n set.
  * Caller frees the array and releases each. */
@@ -202,6 +243,8 @@ typedef struct spawn_args {
   int detached;               /* not linked to the creator */
   struct ic_native *native;   /* a native isolate's handler (taken on success
                                  and failure), or NULL for a Lua isolate */
+  uint64_t id;                /* 0 = the next id; else this one: chosen by the
+                                 node that asked for the spawn (src/net/net.c) */
 } spawn_args;
 
 /* Creates, registers and starts an isolate. Returns 0 with *out retained

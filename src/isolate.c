@@ -12,6 +12,7 @@
 #include "codec.h"
 #include "lstate.h"
 #include "native.h"
+#include "net/net.h"
 
 /* Messages one turn may handle before the isolate goes to the back of the
  * run queue (fairness between isolates, as skynet's weighted batches). */
@@ -73,17 +74,17 @@ static void tell_parent(ic_isolate *iso);
 /* Longest down reason a refused requester gets (a traceback may be long). */
 #define REFUSAL_REASON_MAX 2048
 
-/* Fails request corr of `to` at once: a MSG_REPLY_ERROR whose value is the
+/* The refusal of a request: a MSG_REPLY_ERROR whose value is the
  * MessagePack string "isolate down: <reason>" (every reply's value is
- * MessagePack). Out of memory: nothing is sent, the requester times out. */
-static void refuse_corr(ic_isolate *iso, ic_isolate *to, uint64_t corr) {
+ * MessagePack), or NULL out of memory (the requester times out). */
+static ic_msg *refusal(ic_isolate *iso, uint64_t corr) {
   static const char prefix[] = "isolate down";
   const char *reason = iso->reason;
   size_t rlen = reason ? strlen(reason) : 0;
   if (rlen > REFUSAL_REASON_MAX) rlen = REFUSAL_REASON_MAX;
   size_t len = sizeof prefix - 1 + (reason ? 2 + rlen : 0);
   ic_msg *r = msg_new(MSG_REPLY_ERROR, NULL, len + 5);
-  if (!r) return;
+  if (!r) return NULL;
   char *w = mp_encode_strl(r->inline_data, (uint32_t)len);
   memcpy(w, prefix, sizeof prefix - 1);
   w += sizeof prefix - 1;
@@ -94,12 +95,62 @@ static void refuse_corr(ic_isolate *iso, ic_isolate *to, uint64_t corr) {
   }
   r->len = (size_t)(w - r->inline_data);
   r->corr = corr;
-  isolate_post_sys(to, r, iso->worker);
+  return r;
+}
+
+/* Fails request corr of `to` at once. */
+static void refuse_corr(ic_isolate *iso, ic_isolate *to, uint64_t corr) {
+  ic_msg *r = refusal(iso, corr);
+  if (r) isolate_post_sys(to, r, iso->worker);
+}
+
+/* Fails request corr of another node's isolate (node, id) at once, over the
+ * net (which copies the bytes; after the net has stopped it refuses). */
+static void refuse_remote(ic_isolate *iso, uint32_t node, uint64_t id, uint64_t corr) {
+  /* (The main state's isolate may outlive its cluster; it takes no requests
+   * through this set.) */
+  if (iso->kind == ISO_MAIN) return;
+  ic_cluster *c = iso->cluster;
+  if (!c || !c->net) return;
+  ic_msg *r = refusal(iso, corr);
+  if (!r) return;
+  net_send(c->net, node, id, MSG_REPLY_ERROR, corr, iso->id, r->data, r->len);
+  msg_free(r);
 }
 
 /* Answers a request that will never be handled, so the requester fails fast. */
 static void refuse_request(ic_isolate *iso, ic_msg *m) {
-  if (m->kind == MSG_REQUEST && m->sender) refuse_corr(iso, m->sender, m->corr);
+  if (m->kind != MSG_REQUEST) return;
+  if (m->sender) refuse_corr(iso, m->sender, m->corr);
+  else if (m->from_node) refuse_remote(iso, m->from_node, m->from_id, m->corr);
+}
+
+typedef struct remote_request {
+  uint32_t node;
+  uint64_t id, corr;
+} remote_request;
+
+int isolate_open_remote_request(ic_isolate *iso, uint32_t node, uint64_t id, uint64_t corr) {
+  if (iso->ropen_len == iso->ropen_cap) {
+    size_t cap = iso->ropen_cap ? iso->ropen_cap * 2 : 4;
+    remote_request *v = realloc(iso->ropen, cap * sizeof *v);
+    if (!v) return ENOMEM;
+    iso->ropen = v;
+    iso->ropen_cap = cap;
+  }
+  iso->ropen[iso->ropen_len++] = (remote_request){node, id, corr};
+  return 0;
+}
+
+void isolate_close_remote_request(ic_isolate *iso, uint32_t node, uint64_t id, uint64_t corr) {
+  /* From the newest: a request is mostly answered in the turn that took it. */
+  for (size_t i = iso->ropen_len; i-- > 0;) {
+    remote_request *x = &iso->ropen[i];
+    if (x->node == node && x->id == id && x->corr == corr) {
+      *x = iso->ropen[--iso->ropen_len];
+      return;
+    }
+  }
 }
 
 typedef struct open_request {
@@ -174,6 +225,12 @@ static void refuse_open_requests(ic_isolate *iso) {
     isolate_release(t[i].sender);
   }
   free(t);
+  remote_request *v = iso->ropen;
+  size_t n = iso->ropen_len;
+  iso->ropen = NULL;
+  iso->ropen_len = iso->ropen_cap = 0;
+  for (size_t i = 0; i < n; i++) refuse_remote(iso, v[i].node, v[i].id, v[i].corr);
+  free(v);
 }
 
 static size_t drain_dead_letters(ic_isolate *iso) {

@@ -104,6 +104,10 @@ typedef struct ic_isolate {
    * down, each requester gets "isolate down: <reason>" at once. */
   struct open_request *open_reqs;
   size_t open_len, open_cap;
+  /* The same for requests from other nodes' isolates (few at a time: most
+   * are answered in the turn that takes them), refused over the net. */
+  struct remote_request *ropen;
+  size_t ropen_len, ropen_cap;
   struct ic_isolate **children; /* spawned by this isolate and linked to it */
   struct ic_isolate *parent;    /* the isolate this one is linked to (strong), told
                                    when this one goes down; set before it starts */
@@ -181,6 +185,9 @@ int isolate_link_child(ic_isolate *parent, ic_isolate *child);
 int isolate_open_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr);
 /* The request is answered: forgets it. Owner thread only. */
 void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr);
+/* The same for a request from another node's isolate (node, id). */
+int isolate_open_remote_request(ic_isolate *iso, uint32_t node, uint64_t id, uint64_t corr);
+void isolate_close_remote_request(ic_isolate *iso, uint32_t node, uint64_t id, uint64_t corr);
 
 /* interrupt codes */
 enum { INTERRUPT_KILL = 1, INTERRUPT_SHUTDOWN = 2 };

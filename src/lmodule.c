@@ -20,6 +20,8 @@
 #include "lstate.h"
 #include "mainq.h"
 #include "stats.h"
+#include "sigint.h"
+#include "net/net.h"
 
 #define LCLUSTER_MT "isolate_cluster.cluster"
 #define DEFAULT_REQUEST_TIMEOUT 5.0
@@ -75,15 +77,22 @@ static int l_main_reply(lua_State *L) {
   ic_msg *m = lstate_encode_msg(L, 1, "reply", MSG_REPLY);
   lua_pushboolean(L, 1);
   lua_replace(L, lua_upvalueindex(3));
-  if (!r->iso) {
+  if (!r->iso && !r->remote) {
     msg_free(m);
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "isolate down");
     return 2;
   }
   if (!m) return luaL_error(L, "out of memory");
-  m->corr = corr;
-  const char *why = isolate_post_sys(r->iso, m, NULL);
+  const char *why;
+  if (r->iso) {
+    m->corr = corr;
+    why = isolate_post_sys(r->iso, m, NULL);
+  } else {
+    /* to another node's requester, over the net (which copies the bytes) */
+    why = net_send(r->remote->net, r->node, r->id, MSG_REPLY, corr, r->remote->main->id, m->data, m->len);
+    msg_free(m);
+  }
   if (why) {
     lua_pushboolean(L, 0);
     lua_pushstring(L, why);
@@ -99,8 +108,9 @@ static int push_received(lua_State *L) {
   ic_cluster *c = lua_touserdata(L, 2);
   if (lstate_decode_msg(L, c, m) != LUA_OK) return lua_error(L);
   if (m->sender) lref_push(L, m->sender);
+  else if (m->from_node) lref_push_wire(L, c, m->from_node, m->from_id);
   else lua_pushnil(L);
-  if (m->kind != MSG_REQUEST || !m->sender) return 2;
+  if (m->kind != MSG_REQUEST || lua_isnil(L, -1)) return 2;
   lua_pushvalue(L, -1);
   lua_pushinteger(L, (lua_Integer)m->corr);
   lua_pushboolean(L, 0);
@@ -137,11 +147,11 @@ static int l_main_request(lua_State *L) {
   lref *r = lref_check(L, 1);
   luaL_checkany(L, 2);
   double t = lua_isnoneornil(L, 3) ? DEFAULT_REQUEST_TIMEOUT : lstate_check_seconds(L, 3, "request", "timeout", 1);
-  if (!r->iso || !atomic_load(&r->iso->alive)) {
+  if (!r->remote && (!r->iso || !atomic_load(&r->iso->alive))) {
     lua_settop(L, 1);
     return luaL_error(L, "request to %s failed: isolate down", luaL_tolstring(L, 1, NULL));
   }
-  ic_cluster *c = r->iso->cluster;
+  ic_cluster *c = r->iso ? r->iso->cluster : r->remote;
   if (r->iso == c->main) {
     /* This thread blocks until the reply, so nothing could answer it. */
     lua_settop(L, 1);
@@ -152,7 +162,7 @@ static int l_main_request(lua_State *L) {
   if (!m) return luaL_error(L, "out of memory");
   ic_msg *x = NULL;
   const char *why = NULL;
-  int rc = mainq_request(c, r->iso, m, plat_seconds_to_ns(t), 1, &x, &why);
+  int rc = mainq_request(c, r->iso, r->node, r->id, m, plat_seconds_to_ns(t), 1, &x, &why);
   if (rc == MAINQ_OK) {
     int is_error = x->kind == MSG_REPLY_ERROR;
     int st = lstate_decode_msg(L, c, x);
@@ -374,6 +384,25 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
+/* cluster:nodes() -> sorted names of the live nodes, this one included. */
+static int l_nodes(lua_State *L) {
+  ic_cluster *c = check_cluster(L, 1);
+  lua_newtable(L);
+  if (!c->net) return 1;
+  size_t n = 0;
+  char **names = net_nodes(c->net, &n);
+  if (!names) return luaL_error(L, "out of memory");
+  /* Copy into Lua before freeing: lua_pushstring may raise only for memory,
+   * and then the names are lost to a bounded leak rather than to a crash. */
+  for (size_t i = 0; i < n; i++) {
+    lua_pushstring(L, names[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  for (size_t i = 0; i < n; i++) free(names[i]);
+  free(names);
+  return 1;
+}
+
 static int l_send_all(lua_State *L) {
   check_cluster(L, 1);
   return lstate_send_all(L, 2, 3);
@@ -410,6 +439,12 @@ static int l_cluster_index(lua_State *L) {
     lref_push(L, lc->c->main);
     return 1;
   }
+  if (k && strcmp(k, "node") == 0) {
+    if (!lc->c) return luaL_error(L, "the cluster is closed");
+    if (lc->c->net) lua_pushstring(L, net_self_name(lc->c->net));
+    else lua_pushnil(L);
+    return 1;
+  }
   lua_pushvalue(L, 2);
   lua_rawget(L, lua_upvalueindex(1));
   return 1;
@@ -426,23 +461,115 @@ static int l_cluster_tostring(lua_State *L) {
  * must fit the int the pool keeps it in. */
 #define MAX_WORKERS 1024 /* as the host's --workers */
 
+#define NODE_MAX_URLS 16
+
+/* A string field of table t, or NULL; the string stays referenced by t. */
+static const char *opt_str_field(lua_State *L, int t, const char *k, const char *where) {
+  const char *v = NULL;
+  int ty = lua_getfield(L, t, k);
+  if (ty == LUA_TSTRING) v = lua_tostring(L, -1);
+  else if (ty != LUA_TNIL) luaL_error(L, "%s.%s must be a string", where, k);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* The options of ic.node (SPEC §5) from table t. Raises on a wrong type;
+ * every string stays referenced by t, which outlives the cluster's creation. */
+static void read_node_opts(lua_State *L, int t, net_opts *no, const char **urls) {
+  memset(no, 0, sizeof *no);
+  no->urls = urls;
+  int ty = lua_getfield(L, t, "nats");
+  if (ty == LUA_TSTRING) {
+    urls[no->nurls++] = lua_tostring(L, -1);
+  } else if (ty == LUA_TTABLE) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    if (n < 1 || n > NODE_MAX_URLS) luaL_error(L, "opts.nats must list 1 to %d server URLs", NODE_MAX_URLS);
+    for (lua_Integer i = 1; i <= n; i++) {
+      if (lua_rawgeti(L, -1, i) != LUA_TSTRING) luaL_error(L, "opts.nats[%d] must be a URL string", (int)i);
+      urls[no->nurls++] = lua_tostring(L, -1);
+      lua_pop(L, 1);
+    }
+  } else {
+    luaL_error(L, "opts.nats must be a server URL or a list of them");
+  }
+  lua_pop(L, 1);
+  no->cluster = opt_str_field(L, t, "cluster", "opts");
+  no->name = opt_str_field(L, t, "name", "opts");
+  if (!no->cluster) luaL_error(L, "opts.cluster (the cluster's name) is required");
+  if (!no->name) luaL_error(L, "opts.name (this node's name) is required");
+  no->user = opt_str_field(L, t, "user", "opts");
+  no->password = opt_str_field(L, t, "password", "opts");
+  no->token = opt_str_field(L, t, "token", "opts");
+  if (lua_getfield(L, t, "secret") != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0) luaL_error(L, "opts.secret must be a non-empty string");
+    no->secret = lua_tolstring(L, -1, &no->secret_len);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, t, "allow_code");
+  no->allow_code = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (lua_getfield(L, t, "connect_timeout") != LUA_TNIL)
+    no->connect_timeout = lstate_check_seconds(L, -1, "node", "opts.connect_timeout", 1);
+  lua_pop(L, 1);
+  ty = lua_getfield(L, t, "tls");
+  if (ty == LUA_TTABLE) {
+    int tt = lua_gettop(L);
+    static const char *const tls_known[] = {"ca", "cert", "key", NULL};
+    lstate_check_options(L, tt, "node (opts.tls)", tls_known);
+    no->tls_ca = opt_str_field(L, tt, "ca", "opts.tls");
+    no->tls_cert = opt_str_field(L, tt, "cert", "opts.tls");
+    no->tls_key = opt_str_field(L, tt, "key", "opts.tls");
+    if (!no->tls_ca && !no->tls_cert) luaL_error(L, "opts.tls needs ca, or cert and key");
+    /* The table stays referenced by opts; its strings by it. */
+  } else if (ty != LUA_TNIL) {
+    luaL_error(L, "opts.tls must be a table {ca =, cert =, key =}");
+  }
+  lua_pop(L, 1);
+}
+
 static int l_new(lua_State *L) {
   cluster_opts o = {0, 0, 0, NULL, NULL};
+  /* core.new(opts, node): ic.node's options, or single_node's. */
+  int is_node = lua_toboolean(L, 2);
+  if (is_node) luaL_checktype(L, 1, LUA_TTABLE);
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
     static const char *const known[] = {"workers", "mailbox", "time_slice", "logger", NULL};
-    lstate_check_options(L, 1, "single_node", known);
-    o.workers = (int)lstate_opt_integer(L, 1, "single_node", "workers", 0, 1, MAX_WORKERS);
-    o.mailbox = (size_t)lstate_opt_integer(L, 1, "single_node", "mailbox", 0, 1, LUA_MAXINTEGER);
+    static const char *const node_known[] = {"nats",   "cluster",    "name",       "user",    "password",
+                                             "token",  "tls",        "secret",     "allow_code",
+                                             "connect_timeout", "workers", "mailbox", "time_slice",
+                                             "logger", NULL};
+    const char *fname = is_node ? "node" : "single_node";
+    lstate_check_options(L, 1, fname, is_node ? node_known : known);
+    o.workers = (int)lstate_opt_integer(L, 1, fname, "workers", 0, 1, MAX_WORKERS);
+    o.mailbox = (size_t)lstate_opt_integer(L, 1, fname, "mailbox", 0, 1, LUA_MAXINTEGER);
     if (lua_getfield(L, 1, "time_slice") != LUA_TNIL) {
-      o.slice_seconds = lstate_check_seconds(L, -1, "single_node", "opts.time_slice", 1);
+      o.slice_seconds = lstate_check_seconds(L, -1, is_node ? "node" : "single_node", "opts.time_slice", 1);
     }
     lua_pop(L, 1);
+  }
+  net_opts no;
+  const char *urls[NODE_MAX_URLS];
+  if (is_node) {
+    read_node_opts(L, 1, &no, urls);
+    /* Isolates other nodes spawn here by module name find it with this
+     * state's package.path (stays on the stack while the node is created). */
+    lua_getglobal(L, "package");
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      if (lua_getfield(L, -1, "path") == LUA_TSTRING) no.lua_path = lua_tostring(L, -1);
+      if (lua_getfield(L, -2, "cpath") == LUA_TSTRING) no.lua_cpath = lua_tostring(L, -1);
+    }
   }
   lstate_open(L);
   lcluster *lc = lua_newuserdatauv(L, sizeof *lc, 0);
   lc->c = NULL; /* safe to collect before the cluster exists */
   luaL_setmetatable(L, LCLUSTER_MT);
+  if (is_node) {
+    char err[512];
+    lc->c = cluster_new_node(&o, &no, err, sizeof err);
+    if (!lc->c) return luaL_error(L, "cannot create the node: %s", err);
+    return 1;
+  }
   const char *err = "unknown error";
   lc->c = cluster_new(&o, &err);
   if (!lc->c) return luaL_error(L, "cannot create the cluster: %s", err);
@@ -494,7 +621,7 @@ __attribute__((visibility("default"))) int luaopen_isolate_cluster_core(lua_Stat
         {"spawn_isolate", l_spawn}, {"lookup_isolate", l_lookup}, {"lookup_isolates", l_lookup_prefix},
         {"receive", l_receive},     {"run", l_run},               {"shutdown", l_shutdown},
         {"drain", l_drain},         {"stats", l_stats},           {"close", l_close},
-        {"send_all", l_send_all},   {"fd", l_fd},
+        {"send_all", l_send_all},   {"fd", l_fd},                 {"nodes", l_nodes},
         {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_pushcclosure(L, l_cluster_index, 1);

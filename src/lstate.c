@@ -5,12 +5,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
 
 #include "pool.h"
 #include "runtime.h"
+#include "net/net.h"
+
+/* Longest wait for the other nodes' answers to a path claim: beyond the
+ * failure-detection bound (src/net/membership.h), so a node that cannot
+ * answer has been declared down by then. */
+#define CLAIM_TIMEOUT 5.0
 
 /* Registry keys: the addresses of these constants. */
 static const char CTX_KEY = 'c';
@@ -162,6 +169,7 @@ static void ref_new(lua_State *L, const lstate_ctx *ctx, ic_isolate *iso, uint32
                     uint64_t id) {
   lref *r = lua_newuserdatauv(L, sizeof *r, 0);
   r->iso = NULL;
+  r->remote = NULL;
   r->node = node;
   r->id = id;
   luaL_setmetatable(L, LREF_MT);
@@ -185,17 +193,26 @@ void lref_push_wire(lua_State *L, ic_cluster *c, uint32_t node, uint64_t id) {
   if (ref_cache_get(L, ctx, node, id)) return;
   /* The userdata first, then the hold, which it takes over: a memory error
    * while making it leaves no hold behind. An isolate already gone (or of
-   * another node) gives a ref that refuses messages with "isolate down" but
-   * still compares and prints. */
+   * another cluster) gives a ref that refuses messages with "isolate down"
+   * but still compares and prints; one of another node of this cluster goes
+   * through the cluster's net. */
   ref_new(L, ctx, NULL, node, id);
-  if (c && node == c->node_id) ((lref *)lua_touserdata(L, -1))->iso = cluster_find_id(c, id);
+  lref *r = lua_touserdata(L, -1);
+  if (c && node == c->node_id) {
+    r->iso = cluster_find_id(c, id);
+  } else if (c && c->net) {
+    cluster_retain(c);
+    r->remote = c;
+  }
 }
 
 static int ref_to_wire(lua_State *L, int idx, void *ud, uint32_t *node, uint64_t *id) {
   (void)ud;
   lref *r = lref_test(L, idx);
   if (!r) return 0;
-  *node = r->node;
+  /* A ref of this node goes out with the node's current incarnation (it
+   * changes when the node rejoins: src/net/membership.h). */
+  *node = r->iso ? atomic_load(&r->iso->cluster->node_id) : r->node;
   *id = r->id;
   return 1;
 }
@@ -216,7 +233,22 @@ codec_hooks lstate_hooks(ic_cluster *c) {
 
 static ic_cluster *ref_cluster(lua_State *L, lref *r) {
   (void)L;
-  return r->iso ? r->iso->cluster : NULL;
+  return r->iso ? r->iso->cluster : r->remote;
+}
+
+/* The id a message from this state to a ref of cluster c names as its
+ * sender: this isolate, or c's main state. */
+static uint64_t state_sender_id(lstate_ctx *ctx, ic_cluster *c) {
+  return ctx->self ? ctx->self->id : c->main->id;
+}
+
+/* Sends to a ref of another node: the net frames, windows and publishes
+ * (src/net/net.h). NULL or why it failed. */
+static const char *post_remote(lstate_ctx *ctx, lref *r, int kind, const char *data, size_t len,
+                               uint64_t corr) {
+  ic_cluster *c = r->remote;
+  if (atomic_load(&c->state) == CLUSTER_DOWN) return "isolate down";
+  return net_send(c->net, r->node, r->id, kind, corr, state_sender_id(ctx, c), data, len);
 }
 
 /* The isolate that sends from this state: itself, or the main state of the
@@ -357,6 +389,12 @@ static const char *post_from(lstate_ctx *ctx, ic_isolate *to, ic_msg *m) {
 /* Builds and posts a message of kind to r. Returns NULL or why it failed. */
 static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, int idx,
                               uint64_t corr) {
+  if (!r->iso && r->remote) {
+    codec_buf *b = encode_begin(L, ctx, idx, "msg", 0);
+    const char *why = post_remote(ctx, r, kind, b->data, b->len, corr); /* runs no Lua code */
+    encode_end(L, ctx, b, 0);
+    return why;
+  }
   if (!r->iso) return "isolate down";
   if (!atomic_load_explicit(&r->iso->alive, memory_order_acquire)) return "isolate down";
   ic_msg *m = encode_msg_ctx(L, ctx, idx, "msg", kind);
@@ -413,6 +451,8 @@ int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
     if (r->iso) {
       ic_msg *m = msg_new_shared(MSG_USER, blob);
       why = m ? post_from(ctx, r->iso, m) : "out of memory";
+    } else if (r->remote) {
+      why = post_remote(ctx, r, MSG_USER, blob->data, blob->len, 0);
     }
     whys[i - 1] = why;
     if (!why) sent++;
@@ -496,6 +536,44 @@ static const char *pending_wait_main(pending_send *p, ic_isolate *to, uint64_t d
   }
 }
 
+/* The monotonic deadline wait_s seconds from now (saturating). */
+static uint64_t wait_deadline(double wait_s) {
+  uint64_t now = plat_now_ns(), ns = plat_seconds_to_ns(wait_s); /* saturates */
+  return wait_s == HUGE_VAL || ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
+}
+
+static int is_unreachable(const char *why) { return why && strcmp(why, "node unreachable") == 0; }
+
+/* The main state's wait for room in the link's window to another node (it
+ * drains as the peer acks): the message [2] is encoded once, into a buffer
+ * of its own, and tried again as pending_wait_main does, until it is taken,
+ * the deadline, the cluster stopping or the isolate or its node going down. */
+static const char *remote_wait_main(lua_State *L, lstate_ctx *ctx, lref *r, uint64_t deadline) {
+  ic_cluster *c = r->remote;
+  codec_buf *b = encode_begin(L, ctx, 2, "msg", 1);
+  const char *why = "node unreachable";
+  uint64_t pause = SEND_PAUSE_MIN_NS;
+  for (;;) {
+    uint64_t now = plat_now_ns();
+    if (now >= deadline) break;
+    uint64_t until = deadline - now > pause ? now + pause : deadline;
+    cluster_main_wait(c, NULL, until);
+    if (atomic_load(&c->state) != CLUSTER_RUNNING) {
+      why = "shutdown";
+      break;
+    }
+    if (!net_remote_alive(c->net, r->node, r->id)) {
+      why = "isolate down";
+      break;
+    }
+    why = post_remote(ctx, r, MSG_USER, b->data, b->len, 0);
+    if (!is_unreachable(why)) break;
+    if (pause < SEND_PAUSE_MAX_NS) pause *= 2;
+  }
+  encode_end(L, ctx, b, 0);
+  return why;
+}
+
 /* The wait_s argument: nil/none = do not wait, else seconds >= 0. */
 static double check_wait_s(lua_State *L, int idx) {
   return lstate_check_seconds(L, idx, "send", "wait_s", 0);
@@ -509,6 +587,14 @@ static int send_wait_k(lua_State *L, int status, lua_KContext base) {
 
 /* ref:send(msg, wait_s) with a wait. [1] ref, [2] msg, [3] wait_s. */
 static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
+  /* Another node's mailbox is not seen from here: the message goes into the
+   * link's bounded window (src/net/link.h). When that is full the main state
+   * waits for room in it; an isolate is answered at once. */
+  if (!r->iso && r->remote) {
+    const char *why = post_value(L, ctx, r, MSG_USER, 2, 0);
+    if (ctx->self || wait_s == 0 || !is_unreachable(why)) return push_send_result(L, why);
+    return push_send_result(L, remote_wait_main(L, ctx, r, wait_deadline(wait_s)));
+  }
   if (!r->iso || !atomic_load_explicit(&r->iso->alive, memory_order_acquire))
     return push_send_result(L, "isolate down");
   lua_settop(L, 3);
@@ -540,8 +626,7 @@ static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
    * wait could only run out. */
   int own = ctx->self ? r->iso == ctx->self : r->iso->kind == ISO_MAIN;
   if (!kept || wait_s == 0 || own) return push_send_result(L, why);
-  uint64_t now = plat_now_ns(), ns = plat_seconds_to_ns(wait_s); /* saturates */
-  uint64_t deadline = wait_s == HUGE_VAL || ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
+  uint64_t deadline = wait_deadline(wait_s);
   if (!ctx->self) return push_send_result(L, pending_wait_main(p, r->iso, deadline));
   /* [4] waiter, [5] pending: waiter(pending, ref, wait_s) may yield. */
   lua_pushvalue(L, 1);
@@ -573,7 +658,30 @@ static int l_ref_kill(lua_State *L) {
 }
 
 /* Pushes the decoded property map of r, or nil. */
+static int decode_blob_protected(lua_State *L) {
+  ic_blob *b = lua_touserdata(L, 1);
+  ic_cluster *c = lua_touserdata(L, 2);
+  codec_hooks h = lstate_hooks(c);
+  codec_decode(L, b->data, b->len, &h, &lstate_ctx_of(L)->lim);
+  return 1;
+}
+
 static void push_props(lua_State *L, lref *r) {
+  if (!r->iso && r->remote) {
+    /* Another node's isolate: its properties came with its up event. */
+    ic_blob *b = net_props_of(r->remote->net, r->node, r->id);
+    if (!b) {
+      lua_pushnil(L);
+      return;
+    }
+    lua_pushcfunction(L, decode_blob_protected);
+    lua_pushlightuserdata(L, b);
+    lua_pushlightuserdata(L, r->remote);
+    int st = lua_pcall(L, 2, 1, 0);
+    blob_release(b);
+    if (st != LUA_OK) lua_error(L);
+    return;
+  }
   if (!r->iso || !r->iso->props) {
     lua_pushnil(L);
     return;
@@ -581,6 +689,17 @@ static void push_props(lua_State *L, lref *r) {
   lstate_ctx *ctx = lstate_ctx_of(L);
   codec_hooks h = lstate_hooks(ref_cluster(L, r));
   codec_decode(L, r->iso->props->data, r->iso->props->len, &h, &ctx->lim);
+}
+
+/* Pushes a remote ref's path (from the replica), or nil. */
+static void push_remote_path(lua_State *L, lref *r) {
+  char *p = r->remote ? net_path_of(r->remote->net, r->node, r->id) : NULL;
+  if (!p) {
+    lua_pushnil(L);
+    return;
+  }
+  lua_pushstring(L, p); /* may raise only for memory: then p is lost, bounded */
+  free(p);
 }
 
 static int l_ref_property(lua_State *L) {
@@ -613,11 +732,20 @@ static int l_ref_index(lua_State *L) {
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k && strcmp(k, "path") == 0) {
     if (r->iso && r->iso->path) lua_pushstring(L, r->iso->path);
+    else if (!r->iso && r->remote) push_remote_path(L, r);
     else lua_pushnil(L);
     return 1;
   }
   if (k && strcmp(k, "id") == 0) {
     lua_pushinteger(L, (lua_Integer)r->id);
+    return 1;
+  }
+  if (k && strcmp(k, "node") == 0) {
+    ic_cluster *c = ref_cluster(L, r);
+    char name[128];
+    if (r->iso && c->net) lua_pushstring(L, net_self_name(c->net));
+    else if (c && c->net && net_node_name(c->net, r->node, name, sizeof name) == 0) lua_pushstring(L, name);
+    else lua_pushnil(L);
     return 1;
   }
   lua_pushnil(L);
@@ -637,13 +765,24 @@ static int l_ref_tostring(lua_State *L) {
                     (lua_Integer)r->id);
   else if (r->iso && r->iso->kind == ISO_MAIN)
     lua_pushfstring(L, "isolate_ref(main, %I:%I)", (lua_Integer)r->node, (lua_Integer)r->id);
-  else
+  else if (r->remote) {
+    push_remote_path(L, r);
+    if (lua_isnil(L, -1))
+      lua_pushfstring(L, "isolate_ref(%I:%I)", (lua_Integer)r->node, (lua_Integer)r->id);
+    else
+      lua_pushfstring(L, "isolate_ref(%s, %I:%I)", lua_tostring(L, -1), (lua_Integer)r->node, (lua_Integer)r->id);
+  } else
     lua_pushfstring(L, "isolate_ref(%I:%I)", (lua_Integer)r->node, (lua_Integer)r->id);
   return 1;
 }
 
 static int l_ref_gc(lua_State *L) {
   lref *r = lua_touserdata(L, 1);
+  if (r->remote) {
+    ic_cluster *c = r->remote;
+    r->remote = NULL;
+    cluster_release(c);
+  }
   if (r->iso) {
     ic_isolate *iso = r->iso;
     r->iso = NULL;
@@ -835,14 +974,14 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   int has_props = !lua_isnoneornil(L, arg + 1);
   if (has_props && lua_type(L, arg + 1) != LUA_TTABLE)
     return luaL_error(L, "spawn_isolate: properties must be a table, got %s", luaL_typename(L, arg + 1));
-  const char *path = NULL;
+  const char *path = NULL, *node = NULL;
   int dedicated = 0, detached = 0;
   lua_Integer mbox = (lua_Integer)c->default_mailbox, memlimit = 0;
   if (!lua_isnoneornil(L, arg + 2)) {
     if (lua_type(L, arg + 2) != LUA_TTABLE)
       return luaL_error(L, "spawn_isolate: opts must be a table, got %s", luaL_typename(L, arg + 2));
     int o = arg + 2;
-    static const char *const known[] = {"path", "dedicated", "detached", "mailbox", "memory_limit", NULL};
+    static const char *const known[] = {"path", "dedicated", "detached", "mailbox", "memory_limit", "node", NULL};
     lstate_check_options(L, o, "spawn_isolate", known);
     /* The string stays on the stack until the spawn is done: opts need
      * not hold it (an __index may have made it), and the encodes below run
@@ -858,10 +997,25 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     mbox = lstate_opt_integer(L, o, "spawn_isolate", "mailbox", mbox, 1, LUA_MAXINTEGER);
     /* 0: no limit */
     memlimit = lstate_opt_integer(L, o, "spawn_isolate", "memory_limit", 0, 0, LUA_MAXINTEGER);
+    /* Stays on the stack until the spawn is done, as path does. */
+    if (lua_getfield(L, o, "node") != LUA_TNIL) {
+      if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "spawn_isolate: opts.node must be a node name");
+      node = lua_tostring(L, -1);
+      if (!c->net) return luaL_error(L, "spawn_isolate: opts.node needs a multi-node cluster (ic.node)");
+      if (strcmp(node, net_self_name(c->net)) == 0) node = NULL; /* this node */
+    } else {
+      lua_pop(L, 1);
+    }
   }
   /* The caller's hold on the new isolate, while its ref is made; made
    * before the encodes, whose bytes no allocation may come between. */
   guard *g = guard_push(L, release_isolate);
+  if (node && et == LUA_TFUNCTION && !net_code_ok(c->net))
+    return luaL_error(L, "a Lua function entry cannot be spawned on another node (node \"%s\") unless the "
+                      "nodes have allow_code and a secret: give a module name", node);
+  if (node && path && *path && path[strlen(path) - 1] != '/' &&
+      (cluster_path_in_use(c, path) || net_path_taken(c->net, path)))
+    return luaL_error(L, "path \"%s\" is already in use", path);
   /* Encode everything first: the encodes may raise, and nothing is
    * allocated outside Lua until they have succeeded. The bytes go to a
    * buffer of the spawn's own: the reads below and the encodes themselves
@@ -876,6 +1030,31 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     props_len = buf->len;
   }
   codec_encode(L, arg, "entry", &h, &ctx->lim, buf);
+  /* Multi-node: an exact path is claimed from the other nodes first (one
+   * round trip); the claim is held until the isolate is registered. A
+   * hidden runtime isolate (the logger) is this node's own business. From
+   * here on nothing raises before net_claim_done. */
+  int claimed = 0;
+  if (c->net && !hidden && path && *path && path[strlen(path) - 1] != '/') {
+    const char *why = net_claim(c->net, path, CLAIM_TIMEOUT);
+    if (why && strcmp(why, "path in use") == 0) return luaL_error(L, "path \"%s\" is already in use", path);
+    if (why) return luaL_error(L, "path \"%s\" could not be claimed: %s", path, why);
+    claimed = 1;
+  }
+  if (node) {
+    /* Another node spawns it (module name: with its own package.path) and
+     * the ref is known at once: this node chose the new isolate's id. */
+    uint32_t rnode;
+    uint64_t rid;
+    const char *why = net_spawn(c->net, node, creator ? creator->id : c->main->id, buf->data + props_len,
+                                buf->len - props_len, has_props ? buf->data : NULL, props_len, path,
+                                (size_t)mbox, (size_t)memlimit, dedicated, &rnode, &rid);
+    if (claimed) net_claim_done(c->net, path); /* the replica holds it as pending now */
+    codec_buf_free(buf);
+    if (why) return luaL_error(L, "spawn_isolate on node \"%s\" failed: %s", node, why);
+    lref_push_wire(L, c, rnode, rid);
+    return 1;
+  }
 
   const char *lua_path = NULL, *lua_cpath = NULL;
   lua_getglobal(L, "package"); /* stays on the stack: keeps the strings alive */
@@ -887,10 +1066,11 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox, (size_t)memlimit,
                   has_props ? buf->data : NULL, props_len,
                   buf->data + props_len, buf->len - props_len,
-                  lua_path, lua_cpath, path, hidden, creator, detached, NULL};
+                  lua_path, lua_cpath, path, hidden, creator, detached, NULL, 0};
   ic_isolate *iso;
   char err[256];
   int failed = cluster_spawn(c, &a, &iso, err, sizeof err);
+  if (claimed) net_claim_done(c->net, path);
   codec_buf_free(buf);
   if (failed) return luaL_error(L, "%s", err);
   g->p = iso;
@@ -908,6 +1088,14 @@ static ic_isolate *find_or_wait(void *ud, ic_cluster *c, const char *path) {
   return deadline ? cluster_wait_path(c, path, deadline) : cluster_find_path(c, path);
 }
 
+int lstate_push_remote_path(lua_State *L, ic_cluster *c, const char *path) {
+  uint32_t node;
+  uint64_t id;
+  if (!c->net || !net_find_path(c->net, path, &node, &id)) return 0;
+  lref_push_wire(L, c, node, id);
+  return 1;
+}
+
 int lstate_lookup_with(lua_State *L, ic_cluster *c, int arg, lstate_find_fn find, void *ud) {
   const char *path = lstate_check_path(L, arg, "lookup_isolate");
   if (!cluster_path_is_name(path)) {
@@ -917,9 +1105,11 @@ int lstate_lookup_with(lua_State *L, ic_cluster *c, int arg, lstate_find_fn find
     return 2;
   }
   guard *g = guard_push(L, release_isolate);
+  /* A wait also ends when another node's isolate holds the path (the
+   * replica, src/net/paths.h): then its ref is pushed. */
   ic_isolate *iso = (find ? find : find_or_wait)(ud, c, path);
   if (!iso) {
-    lua_pushnil(L);
+    if (!lstate_push_remote_path(L, c, path)) lua_pushnil(L);
     return 1;
   }
   g->p = iso;
@@ -940,11 +1130,37 @@ static void push_ref_list(lua_State *L, guard *g) {
   guard_drop(g);
 }
 
+/* Appends to the list at idx, after its first `n` items, the refs of the
+ * other nodes' isolates whose path starts with prefix (NULL: all that are
+ * up), in the order they came up there. */
+static void push_remote_refs(lua_State *L, ic_cluster *c, const char *prefix, int idx, lua_Integer n) {
+  idx = lua_absindex(L, idx);
+  uint32_t *nodes;
+  uint64_t *ids;
+  size_t rn;
+  if (net_prefix(c->net, prefix, &nodes, &ids, &rn)) luaL_error(L, "out of memory");
+  /* In Lua-owned memory before anything may raise. */
+  uint64_t *pairs = lua_newuserdatauv(L, (rn + 1) * 2 * sizeof *pairs, 0);
+  for (size_t i = 0; i < rn; i++) {
+    pairs[2 * i] = nodes[i];
+    pairs[2 * i + 1] = ids[i];
+  }
+  free(nodes);
+  free(ids);
+  for (size_t i = 0; i < rn; i++) {
+    lref_push_wire(L, c, (uint32_t)pairs[2 * i], pairs[2 * i + 1]);
+    lua_rawseti(L, idx, n + (lua_Integer)i + 1);
+  }
+  lua_pop(L, 1);
+}
+
 int lstate_lookup_prefix(lua_State *L, ic_cluster *c, int arg) {
   const char *prefix = lstate_check_path(L, arg, "lookup_isolates");
   guard *g = guard_push(L, release_isolates);
   if (!(g->p = cluster_find_prefix(c, prefix, &g->n))) return luaL_error(L, "out of memory");
+  lua_Integer n = (lua_Integer)g->n;
   push_ref_list(L, g);
+  if (c->net) push_remote_refs(L, c, prefix, -1, n); /* then the other nodes' */
   return 1;
 }
 
@@ -992,8 +1208,16 @@ static int l_core_reply(lua_State *L) {
   lref *r = lref_check(L, 1);
   lua_Integer corr = luaL_checkinteger(L, 2);
   int ok = lua_toboolean(L, 3);
-  if (!r->iso) return push_send_result(L, "isolate down");
+  if (!r->iso && !r->remote) return push_send_result(L, "isolate down");
   ic_msg *m = lstate_encode_msg(L, 4, ok ? "reply" : "error", ok ? MSG_REPLY : MSG_REPLY_ERROR);
+  if (m && !r->iso) {
+    /* to another node's requester: the net copies the bytes */
+    ic_isolate *self = self_of(L);
+    const char *why = post_remote(self->lctx, r, m->kind, m->data, m->len, (uint64_t)corr);
+    msg_free(m);
+    isolate_close_remote_request(self, r->node, r->id, (uint64_t)corr);
+    return push_send_result(L, why);
+  }
   if (!m) return push_send_result(L, "out of memory");
   m->corr = (uint64_t)corr;
   ic_isolate *self = self_of(L);
@@ -1074,6 +1298,8 @@ static int l_core_subscribe(lua_State *L) {
   g->p = up;
   g->n = n;
   push_ref_list(L, g);
+  ic_cluster *c = self->cluster;
+  if (c->net) push_remote_refs(L, c, NULL, -1, (lua_Integer)n); /* the other nodes' too */
   return 1;
 }
 
@@ -1091,7 +1317,9 @@ static int l_core_events(lua_State *L) {
   for (size_t i = 0; i < n; i++) {
     lua_pushinteger(L, ev[i].kind);
     lua_rawseti(L, -2, (lua_Integer)(3 * i + 1));
-    lref_push(L, ev[i].iso);
+    if (ev[i].iso) lref_push(L, ev[i].iso);
+    else if (ev[i].rnode) lref_push_wire(L, self->cluster, ev[i].rnode, ev[i].rid);
+    else lua_pushstring(L, ev[i].node ? ev[i].node : "?"); /* a node event: its name */
     lua_rawseti(L, -2, (lua_Integer)(3 * i + 2));
     if (ev[i].reason) lua_pushstring(L, ev[i].reason);
     else lua_pushboolean(L, 0);
@@ -1101,14 +1329,18 @@ static int l_core_events(lua_State *L) {
   return 1;
 }
 
-/* core.monitor(ref, id): ref's monitor set gets (this isolate, id); a ref
- * already down, or not of this node, is answered "noproc" through the same
- * kind of notice, so the function runs later as any other event. */
+/* core.monitor(ref, id): ref's monitor set gets (this isolate, id) (for
+ * another node's isolate, the cluster's set for it: it fires with that
+ * isolate's down reason or "node down"); a ref already down, or of no live
+ * node, is answered "noproc" through the same kind of notice, so the
+ * function runs later as any other event. */
 static int l_core_monitor(lua_State *L) {
   ic_isolate *self = self_of(L);
   lref *r = lref_check_ctx(L, 1, self->lctx);
   uint64_t id = (uint64_t)luaL_checkinteger(L, 2);
-  int rc = r->iso ? monitor_add(&r->iso->monitors, self, id) : ESRCH;
+  int rc = r->iso      ? monitor_add(&r->iso->monitors, self, id)
+           : r->remote ? cluster_remote_monitor(r->remote, r->node, r->id, self, id)
+                       : ESRCH;
   if (rc == ENOMEM) return luaL_error(L, "monitor: out of memory");
   if (rc) monitor_notify(self, id, "noproc");
   return 0;
@@ -1120,6 +1352,7 @@ static int l_core_demonitor(lua_State *L) {
   lref *r = lref_check_ctx(L, 1, self->lctx);
   uint64_t id = (uint64_t)luaL_checkinteger(L, 2);
   if (r->iso) monitor_remove(&r->iso->monitors, self, id);
+  else if (r->remote) cluster_remote_demonitor(r->remote, r->node, r->id, self, id);
   return 0;
 }
 
@@ -1373,6 +1606,7 @@ static int l_core_take(lua_State *L) {
     lua_pushnil(L);
   }
   if (m->sender) lref_push_ctx(L, ctx, m->sender);
+  else if (m->from_node) lref_push_wire(L, self->cluster, m->from_node, m->from_id);
   else lua_pushnil(L);
   lua_pushinteger(L, (lua_Integer)m->corr);
   return 3;
@@ -1640,6 +1874,8 @@ void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
    * first, the requester hears so at once (isolate_finish). Without memory
    * to track it, it can still be answered, or it times out. */
   if (m && m->kind == MSG_REQUEST && m->sender) isolate_open_request(iso, m->sender, m->corr);
+  else if (m && m->kind == MSG_REQUEST && m->from_node)
+    isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
   lua_State *P = iso->pump;
   if (!P) {
     isolate_set_ending(iso, "error: isolate state unavailable");

@@ -28,6 +28,8 @@ void lstate_arm_hook(ic_isolate *iso);
 
 typedef struct lref {
   ic_isolate *iso;   /* strong reference, or NULL for an isolate not of this node */
+  ic_cluster *remote; /* an isolate of another node of this multi-node cluster:
+                         the cluster (retained) whose net reaches it; else NULL */
   uint32_t node;
   uint64_t id;
 } lref;
@@ -71,17 +73,21 @@ int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m);
  * context:spawn_isolate: arguments entry, properties, opts at arg..arg+2.
  * Pushes the new ref. Raises on misuse. */
 int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden);
-/* lookup_isolate(path): pushes the ref at the path or nil, waiting until
- * deadline (monotonic ns; 0 = no wait), and returns 1; for a path no
- * isolate can hold (cluster_path_is_name) pushes nil, true at once and
- * returns 2. */
+/* lookup_isolate(path): pushes the ref at the path (of this node or, in a
+ * multi-node cluster, of another) or nil, waiting until deadline (monotonic
+ * ns; 0 = no wait), and returns 1; for a path no isolate can hold
+ * (cluster_path_is_name) pushes nil, true at once and returns 2. */
+int lstate_lookup(lua_State *L, ic_cluster *c, int arg, uint64_t deadline);
 /* lookup_isolate with the finding done by find(ud, c, path), which returns
- * a retained isolate or NULL (e.g. a wait the caller can interrupt); the
- * hold is released even when pushing the ref raises. Pushes and returns as
+ * a retained isolate or NULL (e.g. a wait the caller can interrupt; a wait
+ * ends too when another node's isolate holds the path); the hold is
+ * released even when pushing the ref raises. Pushes and returns as
  * lstate_lookup. */
 typedef ic_isolate *(*lstate_find_fn)(void *ud, ic_cluster *c, const char *path);
 int lstate_lookup_with(lua_State *L, ic_cluster *c, int arg, lstate_find_fn find, void *ud);
-int lstate_lookup(lua_State *L, ic_cluster *c, int arg, uint64_t deadline);
+/* Pushes the ref of another node's isolate at path and returns 1, or
+ * pushes nothing and returns 0. */
+int lstate_push_remote_path(lua_State *L, ic_cluster *c, const char *path);
 /* The path at idx, a string without NUL bytes; raises naming fname. */
 const char *lstate_check_path(lua_State *L, int idx, const char *fname);
 /* Raises `<fname>: unknown option "KEY"` for a key of the options table at

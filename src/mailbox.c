@@ -25,6 +25,8 @@ ic_msg *msg_new(int kind, const char *data, size_t len) {
   if (!m) return NULL;
   atomic_init(&m->next, NULL);
   m->sender = NULL;
+  m->from_node = 0;
+  m->from_id = 0;
   m->corr = 0;
   m->shared = NULL;
   m->kind = (uint8_t)kind;
@@ -39,6 +41,8 @@ ic_msg *msg_new_shared(int kind, ic_blob *b) {
   if (!m) return NULL;
   atomic_init(&m->next, NULL);
   m->sender = NULL;
+  m->from_node = 0;
+  m->from_id = 0;
   m->corr = 0;
   blob_retain(b);
   m->shared = b;

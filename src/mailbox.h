@@ -45,6 +45,8 @@ enum { CONTROL_SHUTDOWN = 1, CONTROL_KILL, CONTROL_STOP, CONTROL_CHILD_DOWN };
 typedef struct ic_msg {
   _Atomic(struct ic_msg *) next;
   struct ic_isolate *sender; /* strong reference (isolate_retain) or NULL */
+  uint32_t from_node;        /* a message from another node: its sender's */
+  uint64_t from_id;          /*   ref (node incarnation, id); sender is NULL */
   uint64_t corr;
   ic_blob *shared;           /* set when data points into a shared blob */
   const char *data;          /* MessagePack bytes */

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "mainq.h"
+#include "net/net.h"
 #include "sigint.h"
 
 void mainq_block_begin(mainq_block *b) {
@@ -71,16 +72,23 @@ static int wait_reply(ic_cluster *c, uint64_t deadline) {
   return 1;
 }
 
-int mainq_request(ic_cluster *c, ic_isolate *to, ic_msg *m, uint64_t timeout_ns, int interruptible,
-                  ic_msg **reply, const char **why) {
+int mainq_request(ic_cluster *c, ic_isolate *to, uint32_t to_node, uint64_t to_id, ic_msg *m,
+                  uint64_t timeout_ns, int interruptible, ic_msg **reply, const char **why) {
   ic_isolate *main = c->main;
   uint64_t corr = ++main->next_corr;
-  isolate_retain(main);
-  m->sender = main;
-  m->corr = corr;
   /* Replies to earlier requests that timed out are of no use now. */
   drop_all(&main->sysq);
-  *why = isolate_post(to, m, NULL);
+  if (to) {
+    isolate_retain(main);
+    m->sender = main;
+    m->corr = corr;
+    *why = isolate_post(to, m, NULL);
+  } else {
+    /* Another node's isolate: the net copies the bytes into its frame; the
+     * reply comes back to the main state's system queue like a local one. */
+    *why = c->net ? net_send(c->net, to_node, to_id, MSG_REQUEST, corr, main->id, m->data, m->len) : "isolate down";
+    msg_free(m);
+  }
   if (*why) return MAINQ_REFUSED;
   uint64_t deadline = plat_now_ns() + timeout_ns;
   mainq_block b = MAINQ_BLOCK(c);

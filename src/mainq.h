@@ -48,15 +48,16 @@ enum {
  * returns stays queued for the next one. */
 int mainq_receive(ic_cluster *c, uint64_t deadline, int interruptible, ic_msg **out);
 
-/* Posts m (a MSG_REQUEST; taken on success and failure) to `to` with the
+/* Posts m (a MSG_REQUEST; taken on success and failure) to `to` (or, with
+ * `to` NULL, to isolate to_id of another node, over the net) with the
  * main state's ref as its sender and a fresh correlation id, then waits up
  * to timeout_ns (from after the post) for its reply. MAINQ_OK: *reply (the
  * caller's) is a MSG_REPLY, or a MSG_REPLY_ERROR whose value is the error
  * (the text "isolate down: <reason>" when `to` went down before
  * answering). MAINQ_REFUSED: *why is "isolate down" or "mailbox full". A
  * reply that comes after the call returned is dropped later. */
-int mainq_request(ic_cluster *c, ic_isolate *to, ic_msg *m, uint64_t timeout_ns, int interruptible,
-                  ic_msg **reply, const char **why);
+int mainq_request(ic_cluster *c, ic_isolate *to, uint32_t to_node, uint64_t to_id, ic_msg *m,
+                  uint64_t timeout_ns, int interruptible, ic_msg **reply, const char **why);
 
 /* Waits until the event log has something for the main state (it is
  * subscribed: main->events_pending), the cluster is down, or deadline.

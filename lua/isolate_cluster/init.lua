@@ -36,15 +36,24 @@ end
 --- nowhere, or a function(text, main_ref) that runs in a logger isolate of
 --- its own (path "/isolate_cluster/logger", never announced) and gets each
 --- line; main_ref is cluster.main, so a test can forward lines to itself.
+-- What ic.single_node and ic.node share: the logger and core.new. Errors
+-- are raised at the caller of those (level 3), without this file's position.
+local create
+
 function M.single_node(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("single_node expects an options table or nothing", 2)
   end
+  return create(opts, false)
+end
+
+function create(opts, node)
   local logger = opts and opts.logger
   if logger ~= nil and logger ~= false and type(logger) ~= "function" then
-    error("opts.logger must be a function, false or nil", 2)
+    error("opts.logger must be a function, false or nil", 3)
   end
-  local cluster = core.new(opts)
+  local ok, cluster = pcall(core.new, opts, node)
+  if not ok then error((tostring(cluster):gsub("^[^\n]-:%d+: ", "")), 3) end
   if logger ~= nil then M.set_logger(cluster, logger) end
   return cluster
 end
@@ -74,10 +83,22 @@ function M.set_logger(cluster, logger)
   end
 end
 
---- Multi-node clusters meet through a NATS server; this build has no NATS
---- transport, so asking for one is an error rather than a silent single node.
+--- Creates this process's node of a multi-node cluster (docs/multinode.md):
+--- opts.nats (a server URL or a list of them), opts.cluster (the cluster's
+--- name), opts.name (this node's name, unique among the live nodes), and
+--- optionally user/password or token, tls = {ca, cert, key}, secret (HMAC
+--- key authenticating node traffic), allow_code (accept Lua functions from
+--- other nodes; needs secret), connect_timeout (seconds, default 2), and
+--- workers, mailbox, time_slice, logger as for single_node.
 function M.node(opts)
-  error("ic.node: multi-node clusters need the NATS transport, which is not part of this build", 2)
+  if type(opts) ~= "table" then error("ic.node expects an options table", 2) end
+  -- Unknown keys (also in opts.tls) are refused by core.new, as single_node's.
+  if opts.nats == nil then
+    core.check_options(opts, "node", "cluster", "name", "user", "password", "token", "tls", "secret",
+      "allow_code", "connect_timeout", "workers", "mailbox", "time_slice", "logger")
+    error("opts.nats (a NATS server URL or a list of them) is required", 2)
+  end
+  return create(opts, true)
 end
 
 return M

@@ -16,7 +16,7 @@ local on_error, fail_with, done_reply, noop = S.on_error, S.fail_with, S.done_re
 local K_USER, K_REQUEST, K_REPLY, K_REPLY_ERROR, K_TIMER, K_DOWN = 1, 2, 3, 4, 5, 7
 local K_EVENTS, K_RESUME, K_SHUTDOWN = 10, 11, 12
 local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
-local EVENT_UP = 1
+local EVENT_UP, EVENT_NODE_UP, EVENT_NODE_DOWN = 1, 3, 4
 
 local cocreate, coresume, coyield, corunning = S.cocreate, S.coresume, S.coyield, S.corunning
 local type, tostring, error, xpcall, setmetatable, getmetatable, next = type, tostring, error, xpcall,
@@ -195,6 +195,11 @@ local function check_events()
       local cur = S.current
       if cur and cur.kind == "lookup" and ref.path == cur.token then wake(cur, ref) end
       if handlers.up then enqueue(handlers.up, ref) end
+    elseif kind == EVENT_NODE_UP then
+      -- a node event carries the node's name where an isolate event has a ref
+      if handlers.node_up then enqueue(handlers.node_up, ref) end
+    elseif kind == EVENT_NODE_DOWN then
+      if handlers.node_down then enqueue(handlers.node_down, ref, reason) end
     elseif handlers.down then
       enqueue(handlers.down, ref, reason)
     end
@@ -264,6 +269,7 @@ end
 -- Nothing here is left to run (see nothing_left in runtime.lua).
 local function idle()
   return not S.current and qhead > qtail and not handlers.up and not handlers.down
+    and not handlers.node_up and not handlers.node_down
     and not handlers.shutdown and next(timers) == nil and next(monitors) == nil
 end
 
@@ -349,6 +355,22 @@ function methods:monitor(ref, fn)
   core.monitor(ref, id) -- checks ref; a notice comes later, even for "noproc"
   monitors[id] = { fn = fn, ref = ref }
   return setmetatable({ id = id }, Monitor)
+end
+
+-- Nodes of a multi-node cluster coming up (fn(name)) and going down
+-- (fn(name, reason)); never called in a single-node cluster.
+function methods:on_node_up(fn)
+  check_self(self, "on_node_up")
+  check_handler(fn, "on_node_up")
+  handlers.node_up = fn
+  if fn ~= nil then core.subscribe(false) end
+end
+
+function methods:on_node_down(fn)
+  check_self(self, "on_node_down")
+  check_handler(fn, "on_node_down")
+  handlers.node_down = fn
+  if fn ~= nil then core.subscribe(false) end
 end
 
 function methods:on_shutdown(fn)

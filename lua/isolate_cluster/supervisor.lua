@@ -104,7 +104,7 @@ end
 
 local SPEC_KEYS = { intensity = true, period = true, children = true }
 local CHILD_KEYS = { path = true, entry = true, properties = true, restart = true, opts = true }
-local SPAWN_KEYS = { dedicated = true, detached = true, mailbox = true, memory_limit = true }
+local SPAWN_KEYS = { dedicated = true, detached = true, mailbox = true, memory_limit = true, node = true }
 
 --- Checks a supervisor spec; raises with a message naming the problem.
 function M.check(spec)

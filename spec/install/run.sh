@@ -51,6 +51,8 @@ cmake -S "$SRC/spec/install/outside" -B "$T/outside" -DCMAKE_PREFIX_PATH="$P" >"
 cmake --build "$T/outside" >>"$T/outside.log"
 "$T/outside/ic_outside"
 pass "find_package build runs"
+"$T/outside/ic_outside_static"
+pass "find_package build against the static library runs"
 
 step "a C program with pkg-config"
 cflags=$(PKG_CONFIG_PATH="$P/lib/pkgconfig" pkg-config --cflags --libs isolate_cluster)
@@ -68,6 +70,20 @@ for ex in "$SRC"/examples/*.c; do
     { cat "$T/$name.log" >&2; echo "example $name failed against the prefix" >&2; exit 1; }
   pass "example $name"
 done
+
+step "a static C program with pkg-config --static"
+# The archive itself in place of -lisolate_cluster (which would pick the
+# shared library); every other flag, libnats and libcrypto among them, from
+# the .pc file's private requirements.
+slibs=$(PKG_CONFIG_PATH="$P/lib/pkgconfig" pkg-config --static --cflags --libs isolate_cluster)
+# shellcheck disable=SC2086 # the flags are words
+cc -o "$T/pc_static" "$SRC/spec/install/outside/main.c" ${slibs/-lisolate_cluster/$P/lib/libisolate_cluster.a}
+if ldd "$T/pc_static" | grep -q libisolate_cluster; then
+  echo "the static build links the shared library" >&2
+  exit 1
+fi
+"$T/pc_static"
+pass "pkg-config --static build runs"
 
 step "luarocks make into a local tree"
 if ! command -v luarocks >/dev/null; then

@@ -143,6 +143,20 @@ function M.run_lua(code, timeout, env)
   return out, status
 end
 
+--- The isolate-cluster host binary: $IC_HOST_BIN (ctest sets it), else
+--- build/ or build-rel/ of this checkout; nil when none is built.
+function M.host_binary()
+  local env = os.getenv("IC_HOST_BIN")
+  if env and env ~= "" then return env end
+  for _, p in ipairs({ "build/isolate-cluster", "build-rel/isolate-cluster" }) do
+    local f = io.open(p)
+    if f then
+      f:close()
+      return p
+    end
+  end
+end
+
 --- Runs fn(cluster) on a new cluster and always shuts it down; fails if
 --- fn fails or if shutdown does not report that every isolate stopped in time.
 function M.with_cluster(opts, fn)

@@ -1,10 +1,13 @@
 /*
  * isolate-cluster — runs a Lua script as the main state of a cluster.
  *
- *   isolate-cluster [--workers N] [--shutdown-timeout S] [--stats S] script.lua [args...]
+ *   isolate-cluster [--workers N] [--shutdown-timeout S] [--stats S]
+ *                   [--nats URL --cluster NAME --node NAME
+ *                   [--user U --password P | --token T] [--secret S [--allow-code]]]
+ *                   script.lua [args...]
  *
- * The script finds a global `cluster` (a single-node cluster, already
- * running) and `arg` (arg[0] = script, arg[1..] = args), as lua5.4 gives it.
+ * The script finds a global `cluster` (a single-node cluster, or with --nats
+ * this process's node of a multi-node cluster, already running) and `arg` (arg[0] = script, arg[1..] = args), as lua5.4 gives it.
  * After the script has run, the host serves until the cluster shuts down (an
  * isolate calls context:shutdown_cluster(), or the script called
  * cluster:shutdown()); SIGINT and SIGTERM shut it down gracefully. The Lua
@@ -54,7 +57,14 @@ static void usage(FILE *f) {
           "  --shutdown-timeout S   seconds the final shutdown may take (default 5)\n"
           "  --stats S              print a table of the isolates to stderr every S seconds\n"
           "  --nats URL --cluster NAME --node NAME\n"
-          "                         multi-node clusters (not part of this build)\n"
+          "                         be a node of a multi-node cluster (docs/multinode.md); --nats\n"
+          "                         may be repeated or a comma-separated list (servers of one NATS\n"
+          "                         cluster)\n"
+          "  --user U --password P | --token T\n"
+          "                         NATS credentials (or IC_NATS_USER, IC_NATS_PASSWORD,\n"
+          "                         IC_NATS_TOKEN, which keep them out of the process list)\n"
+          "  --secret S             the cluster secret that authenticates node traffic (or IC_SECRET)\n"
+          "  --allow-code           accept Lua functions from other nodes (needs the secret)\n"
           "  --version              print the version and exit\n"
           "  --help                 print this text and exit\n"
           "Exit status: 0; 1 the script raised; 2 bad usage; 3 the shutdown timed out.\n");
@@ -88,6 +98,11 @@ typedef struct host {
   int script;    /* index of the script in argv */
   int workers;
   double shutdown_seconds;
+  /* multi-node (all NULL for a single node); the URLs are argv strings */
+  const char *urls[16];
+  int nurls;
+  const char *cluster_name, *node, *user, *password, *token, *secret;
+  int allow_code;
   sigset_t signals;
   ic_cluster *cluster;
   double stats_seconds; /* 0: no --stats */
@@ -212,15 +227,35 @@ static int run(lua_State *L) {
   }
   lua_setglobal(L, "arg");
 
-  /* cluster = require("isolate_cluster").single_node{ workers = N } */
+  /* cluster = require("isolate_cluster").single_node{ workers = N }, or
+   * .node{ nats = ..., cluster = ..., name = ..., workers = N, ... } */
   lua_getglobal(L, "require");
   lua_pushliteral(L, "isolate_cluster");
   lua_call(L, 1, 1);
-  lua_getfield(L, -1, "single_node");
-  lua_createtable(L, 0, 1);
+  lua_getfield(L, -1, h->nurls ? "node" : "single_node");
+  lua_createtable(L, 0, 8);
   if (h->workers > 0) {
     lua_pushinteger(L, h->workers);
     lua_setfield(L, -2, "workers");
+  }
+  if (h->nurls) {
+    lua_createtable(L, h->nurls, 0);
+    for (int i = 0; i < h->nurls; i++) {
+      lua_pushstring(L, h->urls[i]);
+      lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "nats");
+    const char *fields[][2] = {{"cluster", h->cluster_name}, {"name", h->node}, {"user", h->user},
+                               {"password", h->password}, {"token", h->token}, {"secret", h->secret}};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+      if (!fields[i][1]) continue;
+      lua_pushstring(L, fields[i][1]);
+      lua_setfield(L, -2, fields[i][0]);
+    }
+    if (h->allow_code) {
+      lua_pushboolean(L, 1);
+      lua_setfield(L, -2, "allow_code");
+    }
   }
   lua_call(L, 1, 1);
   h->cluster = lmodule_cluster(L, -1);
@@ -309,11 +344,29 @@ int main(int argc, char **argv) {
         return EXIT_USAGE;
       }
       h.workers = (int)n;
-    } else if (strcmp(argv[i], "--nats") == 0 || strcmp(argv[i], "--cluster") == 0 ||
-               strcmp(argv[i], "--node") == 0) {
-      fprintf(stderr, "isolate-cluster: %s: multi-node clusters need the NATS transport, "
-                      "which is not part of this build\n", argv[i]);
-      return EXIT_USAGE;
+    } else if (strcmp(argv[i], "--nats") == 0 && i + 1 < argc) {
+      /* a comma-separated list is split in place: argv is ours */
+      for (char *u = strtok(argv[++i], ","); u; u = strtok(NULL, ",")) {
+        if (h.nurls == (int)(sizeof h.urls / sizeof h.urls[0])) {
+          fprintf(stderr, "isolate-cluster: at most %d NATS server URLs\n", h.nurls);
+          return EXIT_USAGE;
+        }
+        h.urls[h.nurls++] = u;
+      }
+    } else if (strcmp(argv[i], "--cluster") == 0 && i + 1 < argc) {
+      h.cluster_name = argv[++i];
+    } else if (strcmp(argv[i], "--node") == 0 && i + 1 < argc) {
+      h.node = argv[++i];
+    } else if (strcmp(argv[i], "--user") == 0 && i + 1 < argc) {
+      h.user = argv[++i];
+    } else if (strcmp(argv[i], "--password") == 0 && i + 1 < argc) {
+      h.password = argv[++i];
+    } else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc) {
+      h.token = argv[++i];
+    } else if (strcmp(argv[i], "--secret") == 0 && i + 1 < argc) {
+      h.secret = argv[++i];
+    } else if (strcmp(argv[i], "--allow-code") == 0) {
+      h.allow_code = 1;
     } else if (strcmp(argv[i], "--") == 0) {
       i++;
       break;
@@ -328,6 +381,25 @@ int main(int argc, char **argv) {
     return EXIT_USAGE;
   }
   h.script = i;
+  if (!h.user) h.user = getenv("IC_NATS_USER");
+  if (!h.password) h.password = getenv("IC_NATS_PASSWORD");
+  if (!h.token) h.token = getenv("IC_NATS_TOKEN");
+  if (!h.secret) h.secret = getenv("IC_SECRET");
+  if (h.nurls || h.cluster_name || h.node) {
+    const char *missing = !h.nurls ? "--nats URL" : !h.cluster_name ? "--cluster NAME" : !h.node ? "--node NAME" : NULL;
+    if (missing) {
+      fprintf(stderr, "isolate-cluster: a multi-node cluster needs --nats URL, --cluster NAME and --node NAME "
+                      "(%s is missing)\n", missing);
+      return EXIT_USAGE;
+    }
+  } else if (h.user || h.password || h.token || h.secret || h.allow_code) {
+    /* credentials from the environment alone do not make a node */
+    if (h.allow_code) {
+      fprintf(stderr, "isolate-cluster: --allow-code is for a multi-node cluster (--nats)\n");
+      return EXIT_USAGE;
+    }
+    h.user = h.password = h.token = h.secret = NULL;
+  }
 
   /* Block the shutdown signals before any thread starts, so every thread
    * inherits the mask and only the signal thread takes them. */

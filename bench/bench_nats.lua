@@ -1,0 +1,150 @@
+-- Cross-node benchmark of isolate_cluster over NATS, beside raw cnats figures
+-- measured in the same run against the same nats-server (bench/nats_baseline.c):
+--
+--   messages/s   64-byte messages from this node's main state to an isolate
+--                on another node (process), from the first send until a
+--                request queued behind the last one is answered
+--   round trip   request/reply of 64 bytes to an isolate on the other node:
+--                median and p99
+--
+--   lua5.4 bench/bench_nats.lua [--quick] [--n N] [--rtt-n N] [--rounds R]
+--                               [--baseline path/to/nats_baseline]
+--
+-- Each side is measured R times (default 3, 1 with --quick), alternating
+-- raw and ours, and the best of each figure is printed: on a shared machine
+-- single runs vary by a factor of 2 or more.
+--
+-- Starts its own nats-server on a free loopback port and the other node
+-- (bench/nats_node.lua) through the spec harness (spec/support/nats.lua), and
+-- stops both by pid at the end. Run from the repository root, with
+-- LUA_PATH/LUA_CPATH pointing at a build (see README). Goals: at least 50% of
+-- the raw throughput, at most 1.5x the raw round-trip time. Figures depend on
+-- the machine and its load: compare ratios, not absolutes. Exits with 1 when
+-- either side could not be measured.
+package.path = "spec/?.lua;" .. package.path
+local H = require("support.nats")
+
+local opts = { quick = false, n = nil, rtt_n = nil, rounds = nil, baseline = nil }
+do
+  local i = 1
+  while arg[i] do
+    local a = arg[i]
+    if a == "--quick" then opts.quick = true
+    elseif a == "--n" then i = i + 1; opts.n = tonumber(arg[i])
+    elseif a == "--rtt-n" then i = i + 1; opts.rtt_n = tonumber(arg[i])
+    elseif a == "--rounds" then i = i + 1; opts.rounds = tonumber(arg[i])
+    elseif a == "--baseline" then i = i + 1; opts.baseline = arg[i]
+    else error("unknown argument " .. a) end
+    i = i + 1
+  end
+end
+if not opts.baseline then
+  for _, p in ipairs({ "build/nats_baseline", "build-rel/nats_baseline" }) do
+    local f = io.open(p)
+    if f then f:close(); opts.baseline = p; break end
+  end
+end
+local N = opts.n or (opts.quick and 2000 or 500000)
+local RTT_N = opts.rtt_n or (opts.quick and 200 or 10000)
+local ROUNDS = opts.rounds or (opts.quick and 1 or 3)
+local MSG = string.rep("m", 62) -- 64 bytes of MessagePack: a str8 header (2 bytes) and 62 bytes
+
+local function percentile(sorted, p)
+  local i = math.max(1, math.min(#sorted, math.floor(#sorted * p) + 1))
+  return sorted[i]
+end
+
+local function raw(url)
+  if not opts.baseline then return nil, "no nats_baseline (build it, or pass --baseline)" end
+  local r = {}
+  for _, what in ipairs({ { "pubsub", N }, { "rtt", RTT_N } }) do
+    local p = io.popen(("%s %s %s %d 2>&1"):format(opts.baseline, url, what[1], what[2]))
+    local out = p:read("a")
+    p:close()
+    for k, v in out:gmatch("(%S+) (%S+)") do r[k] = tonumber(v) end
+    if not r[what[1] == "pubsub" and "pubsub_msgs_per_s" or "rtt_median_us"] then return nil, out end
+  end
+  return r
+end
+
+local function ours(srv)
+  local ok, ic = pcall(require, "isolate_cluster")
+  if not ok then return nil, ic end
+  local cname = H.unique_name("bench")
+  local ok2, c = pcall(ic.node, { nats = srv.url, cluster = cname, name = "bench-a", logger = false })
+  if not ok2 or not c then return nil, "ic.node: " .. tostring(c) end
+  local node = H.start_node({ path = "bench/nats_node.lua",
+    args = { nats = srv.url, cluster = cname, name = "bench-b", lifetime = "600" } })
+  local result, err = pcall(function()
+    H.wait_output(node, "^ready bench%-b$", 30)
+    local sink = assert(c:lookup_isolate("/sink", 15), "no /sink")
+    local echo = assert(c:lookup_isolate("/echo", 15), "no /echo")
+    local r = {}
+    -- throughput
+    local t0 = ic.now()
+    for i = 1, N do
+      local sent, why = sink:send(MSG, 30)
+      if not sent then error("send " .. i .. " refused: " .. tostring(why)) end
+    end
+    local got = sink:request("count", 120)
+    r.msgs_per_s = N / (ic.now() - t0)
+    assert(got == N, ("sink got %s of %d"):format(tostring(got), N))
+    -- round trips (a few to warm up first)
+    for _ = 1, 20 do echo:request(MSG, 10) end
+    local t = {}
+    for i = 1, RTT_N do
+      local s = ic.now()
+      echo:request(MSG, 10)
+      t[i] = (ic.now() - s) * 1e6
+    end
+    table.sort(t)
+    r.rtt_median_us, r.rtt_p99_us = percentile(t, 0.5), percentile(t, 0.99)
+    return r
+  end)
+  c:shutdown(10)
+  if result then return err end
+  return nil, err
+end
+
+local srv = H.start_server()
+local ok, failure = pcall(function()
+  print(("nats-server %s, %d messages, %d round trips, best of %d rounds"):format(srv.url, N, RTT_N, ROUNDS))
+  -- The best of each figure over the rounds (highest rate, lowest times).
+  local function best(into, r)
+    if not r then return into end
+    if not into then return r end
+    for k, v in pairs(r) do
+      local higher = k:find("per_s", 1, true)
+      if into[k] == nil or (higher and v > into[k]) or (not higher and v < into[k]) then into[k] = v end
+    end
+    return into
+  end
+  local base, berr, mine, merr
+  for _ = 1, ROUNDS do
+    local b, e1 = raw(srv.url)
+    local m, e2 = ours(srv)
+    base, mine = best(base, b), best(mine, m)
+    berr, merr = berr or e1, merr or e2
+  end
+  local function row(name, value, unit, ref, higher_better, goal)
+    local line = ("%-30s %14s %-6s"):format(name, value and ("%.1f"):format(value) or "-", unit)
+    if ref then
+      line = line .. ("  raw cnats %12.1f"):format(ref)
+      if value then
+        local ratio = value / ref
+        line = line .. ("  ratio %.2f (goal %s %.2f)"):format(ratio, higher_better and ">=" or "<=", goal)
+      end
+    end
+    print(line)
+  end
+  row("cross-node messages/s", mine and mine.msgs_per_s, "msg/s", base and base.pubsub_msgs_per_s, true, 0.5)
+  row("request round trip, median", mine and mine.rtt_median_us, "us", base and base.rtt_median_us, false, 1.5)
+  row("request round trip, p99", mine and mine.rtt_p99_us, "us", base and base.rtt_p99_us, false, 1.5)
+  if not base then print("raw cnats: " .. tostring(berr)) end
+  if not mine then print("isolate_cluster: " .. tostring(merr)) end
+  return base ~= nil and mine ~= nil
+end)
+H.cleanup()
+if not ok then error(failure, 0) end
+-- A part that could not run fails the run (bench smoke tests rely on it).
+if not failure then os.exit(1) end

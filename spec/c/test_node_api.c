@@ -1,0 +1,204 @@
+/* The C interface to multi-node clusters (include/isolate_cluster.h):
+ * ic_node_create, and ic_lookup / ic_send / ic_receive across two nodes of
+ * one cluster in this process, on a real nats-server started here on a free
+ * loopback port and stopped by its pid. Exit status 77 (skipped) when
+ * nats-server is not installed, or under ThreadSanitizer unless
+ * IC_TSAN_NATS is set (see .ci/run). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "isolate_cluster.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TEST_TSAN 1
+#endif
+#endif
+
+static int failures;
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      failures++;                                                              \
+    }                                                                          \
+  } while (0)
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  int port = -1;
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+    port = ntohs(a.sin_port);
+  if (fd >= 0) close(fd);
+  return port;
+}
+
+static int accepts(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((unsigned short)port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+  if (fd >= 0) close(fd);
+  return ok;
+}
+
+static void pause_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Starts nats-server on port; its pid, or -1 (77 for "not installed"). */
+static pid_t start_server(int port) {
+  char p[16];
+  snprintf(p, sizeof p, "%d", port);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+      dup2(null, 1);
+      dup2(null, 2);
+    }
+    execlp("nats-server", "nats-server", "-a", "127.0.0.1", "-p", p, (char *)NULL);
+    _exit(127);
+  }
+  for (int i = 0; i < 200 && pid > 0; i++) {
+    if (accepts(port)) return pid;
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) && WEXITSTATUS(st) == 127 ? -77 : -1;
+    pause_ms(50);
+  }
+  if (pid > 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+  }
+  return -1;
+}
+
+static void stop_server(pid_t pid) {
+  kill(pid, SIGTERM);
+  for (int i = 0; i < 100; i++) {
+    if (waitpid(pid, NULL, WNOHANG) == pid) return;
+    pause_ms(50);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+}
+
+static const char ECHO[] =
+    "return function(context) context:on_message(function(m, sender) sender:send(m) end) end";
+
+int main(void) {
+#ifdef TEST_TSAN
+  if (!getenv("IC_TSAN_NATS")) {
+    printf("test_node_api: skipped under ThreadSanitizer without IC_TSAN_NATS (see .ci/run)\n");
+    return 77;
+  }
+#endif
+  int port = free_port();
+  pid_t srv = port > 0 ? start_server(port) : -1;
+  if (srv == -77) {
+    printf("test_node_api: skipped: nats-server is not installed\n");
+    return 77;
+  }
+  if (srv < 0) {
+    fprintf(stderr, "test_node_api: cannot start nats-server\n");
+    return 1;
+  }
+  char url[64];
+  snprintf(url, sizeof url, "nats://127.0.0.1:%d", port);
+  const char *urls[] = {url};
+  char cname[32];
+  snprintf(cname, sizeof cname, "capi-%d", (int)getpid());
+  ic_cluster_options co = {2, 0, 0, NULL, NULL};
+  char err[256];
+
+  /* Bad options and no server: clear errors. */
+  ic_node_options bad = {urls, 1, "not a token", "a", NULL, NULL, NULL, NULL, 0, 0, 0, NULL, NULL};
+  ic_cluster *c = NULL;
+  CHECK(ic_node_create(&co, &bad, &c, err, sizeof err) == IC_EINVAL && c == NULL);
+  CHECK(strstr(err, "opts.cluster") != NULL);
+  const char *nowhere[] = {"nats://127.0.0.1:1"};
+  ic_node_options none = {nowhere, 1, cname, "a", NULL, NULL, NULL, NULL, 0, 0, 1.0, NULL, NULL};
+  CHECK(ic_node_create(&co, &none, &c, err, sizeof err) == IC_ENET && c == NULL);
+  CHECK(strstr(err, "cannot connect to NATS") != NULL);
+
+  /* Two nodes of one cluster. */
+  ic_node_options oa = {urls, 1, cname, "a", NULL, NULL, NULL, NULL, 0, 0, 0, NULL, NULL};
+  ic_node_options ob = oa;
+  ob.name = "b";
+  ic_cluster *a = NULL, *b = NULL;
+  CHECK(ic_node_create(&co, &oa, &a, err, sizeof err) == IC_OK);
+  CHECK(ic_node_create(&co, &ob, &b, err, sizeof err) == IC_OK);
+  if (!a || !b) {
+    fprintf(stderr, "test_node_api: %s\n", err);
+    stop_server(srv);
+    return 1;
+  }
+  /* A live node's name is refused. */
+  ic_cluster *dup = NULL;
+  CHECK(ic_node_create(&co, &ob, &dup, err, sizeof err) == IC_ENET && dup == NULL);
+  CHECK(strstr(err, "already in use") != NULL);
+
+  ic_spawn_options so = {"/echo", 0, 0, 0};
+  ic_ref echo_b;
+  CHECK(ic_spawn_lua(b, ECHO, strlen(ECHO), "=echo", NULL, 0, &so, &echo_b) == IC_OK);
+  ic_ref echo;
+  CHECK(ic_lookup(a, "/echo", 10, &echo) == IC_OK);
+  CHECK(echo.node == echo_b.node && echo.id == echo_b.id);
+  CHECK(echo.node != ic_cluster_main(a).node);
+  /* Prefix lookups list the other nodes' isolates too, after this node's. */
+  ic_spawn_options sl = {"/echo-local", 0, 0, 0};
+  ic_ref local;
+  CHECK(ic_spawn_lua(a, ECHO, strlen(ECHO), "=echo", NULL, 0, &sl, &local) == IC_OK);
+  ic_ref *found = NULL;
+  size_t nfound = 0;
+  CHECK(ic_lookup_prefix(a, "/echo", &found, &nfound) == IC_OK);
+  CHECK(nfound == 2 && found);
+  if (nfound == 2 && found) {
+    CHECK(found[0].node == local.node && found[0].id == local.id);
+    CHECK(found[1].node == echo.node && found[1].id == echo.id);
+  }
+  ic_free(found);
+  const char hi[] = "\xa2hi";
+  CHECK(ic_send(a, echo, hi, 3) == IC_OK);
+  char *data = NULL;
+  size_t len = 0;
+  ic_ref from = {0, 0};
+  CHECK(ic_receive(a, 10, &data, &len, &from) == IC_OK);
+  CHECK(len == 3 && data && memcmp(data, hi, 3) == 0);
+  CHECK(from.node == echo.node && from.id == echo.id);
+  ic_free(data);
+  /* A node that does not exist. */
+  ic_ref nobody = {echo.node ^ 0x5a5a5a5au, 1};
+  CHECK(ic_send(a, nobody, hi, 3) == IC_EUNREACHABLE);
+
+  ic_cluster_destroy(b);
+  ic_cluster_destroy(a);
+  stop_server(srv);
+  if (failures) {
+    fprintf(stderr, "test_node_api: %d failures\n", failures);
+    return 1;
+  }
+  printf("test_node_api: ok\n");
+  return 0;
+}

@@ -1,0 +1,323 @@
+-- The multi-node test harness itself (spec/support/nats.lua, the node
+-- programs' launcher, spec/support/nats_peer.py), against real nats-server
+-- processes. Needs no NATS transport in isolate_cluster: it checks that the
+-- tools the multi-node specs stand on do what they say, and that every
+-- process they start is stopped by its pid.
+local H = require("support.nats")
+
+local describe, it, assert, setup, after_each, teardown = describe, it, assert, setup, after_each, teardown
+local _ENV = _G
+
+local function peer_ok(url, ...)
+  local out, status = H.peer({ url, ... })
+  return status == 0 and out:find("\nok\n", 1, true) ~= nil, out
+end
+
+describe("the NATS test harness", function()
+  setup(function()
+    local out, status = H.peer({ "--help" })
+    assert(status == 0, "spec/support/nats_peer.py needs /usr/bin/python3 with python3-msgpack: " .. out)
+    local v = io.popen(H.NATS_SERVER .. " --version 2>&1"):read("a")
+    assert(v:find("nats%-server"), "these specs need nats-server on PATH (apt-get install nats-server): " .. v)
+  end)
+  after_each(H.cleanup)
+  teardown(H.cleanup)
+
+  describe("start_server", function()
+    it("starts a server on a free loopback port that a client can use", function()
+      local srv = H.start_server()
+      assert.matches("^nats://127%.0%.0%.1:%d+$", srv.url)
+      assert.is_true(srv.port > 0)
+      assert.is_true(srv:alive())
+      local ok, out = peer_ok(srv.url, "info")
+      assert.is_true(ok, out)
+      assert.matches('"port": ' .. srv.port, out)
+    end)
+
+    it("two servers get different ports", function()
+      local a, b = H.start_server(), H.start_server()
+      assert.are_not.equal(a.port, b.port)
+      assert.are_not.equal(a.pid, b.pid)
+    end)
+
+    it("stop() ends the server by its pid, and the port no longer answers", function()
+      local srv = H.start_server()
+      local status = srv:stop()
+      assert.is_number(status)
+      assert.is_true(srv:stopped())
+      local out, code = H.peer({ srv.url, "info" })
+      assert.equal(2, code, out)
+      assert.matches("error:", out)
+    end)
+
+    it("kill() sends SIGKILL", function()
+      local srv = H.start_server()
+      assert.equal(128 + 9, srv:kill())
+      assert.is_true(srv:stopped())
+    end)
+
+    it("restart() brings the server back on the same port", function()
+      local srv = H.start_server()
+      local port, first_pid = srv.port, srv.pid
+      srv:restart()
+      assert.equal(port, srv.port)
+      assert.are_not.equal(first_pid, srv.pid)
+      local ok, out = peer_ok(srv.url, "info")
+      assert.is_true(ok, out)
+    end)
+
+    it("restart() also works after the server was killed", function()
+      local srv = H.start_server()
+      local port = srv.port
+      srv:kill()
+      srv:restart()
+      assert.equal(port, srv.port)
+      assert.is_true((peer_ok(srv.url, "info")))
+    end)
+
+    it("raises with the server's log when its configuration is wrong", function()
+      local ok, err = pcall(H.start_server, { config = "this is { not a config" })
+      assert.is_false(ok)
+      assert.matches("did not become ready", tostring(err))
+      assert.equal(0, #H.live_processes())
+    end)
+
+    it("honours max_payload", function()
+      local srv = H.start_server({ max_payload = 4096 })
+      local _, out = peer_ok(srv.url, "info")
+      assert.matches('"max_payload": 4096', out)
+    end)
+  end)
+
+  describe("authentication with users inside a named account", function()
+    local srv
+    local function start()
+      srv = H.start_server({ config = H.auth_config({ { user = "node", password = "s3cret" } }) })
+    end
+
+    it("refuses a client without credentials", function()
+      start()
+      local out, code = H.peer({ srv.url, "info" })
+      assert.equal(2, code, out)
+      assert.matches("[Aa]uthorization", out)
+    end)
+
+    it("refuses a wrong password", function()
+      start()
+      local out, code = H.peer({ "--user", "node", "--password", "wrong", srv.url, "info" })
+      assert.equal(2, code, out)
+      assert.matches("[Aa]uthorization", out)
+    end)
+
+    it("accepts the right user and password", function()
+      start()
+      local ok, out = peer_ok(srv.url, "--user", "node", "--password", "s3cret", "info")
+      assert.is_true(ok, out)
+    end)
+  end)
+
+  describe("TLS", function()
+    it("tls_files makes certificates that a server requiring TLS accepts", function()
+      local files = H.tls_files()
+      for _, k in ipairs({ "ca", "server_cert", "server_key", "client_cert", "client_key", "other_ca" }) do
+        assert.is_true(#H.read_file(files[k]) > 0, k)
+      end
+      local srv = H.start_server({ config = H.tls_config(files, true) })
+      local out, code = H.peer({ srv.url, "info" })
+      assert.equal(2, code, out) -- plain text is refused
+      local ok
+      ok, out = peer_ok(srv.url, "--tls-ca", files.ca, "info")
+      assert.is_false(ok, "accepted without a client certificate: " .. out)
+      ok, out = peer_ok(srv.url, "--tls-ca", files.ca, "--tls-cert", files.client_cert, "--tls-key",
+        files.client_key, "info")
+      assert.is_true(ok, out)
+      assert.matches('"tls_required": true', out)
+      local v = io.popen(("openssl verify -CAfile %s %s %s 2>&1"):format(files.ca, files.server_cert,
+        files.client_cert)):read("a")
+      assert.matches("server.pem: OK", v)
+      assert.matches("client.pem: OK", v)
+    end)
+  end)
+
+  describe("a cluster of two servers joined by a route", function()
+    it("is up on both sides and carries a message from one server to the other", function()
+      local a, b = H.start_cluster()
+      assert.is_true(a:routes() >= 1)
+      assert.is_true(b:routes() >= 1)
+      local sub = H.start_peer({ b.url, "sub", "harness.route", "--count", "1", "--timeout", "30" })
+      H.wait_output(sub, "^subscribed$")
+      -- The subscription's interest crosses the route a moment after it is
+      -- made: publish until it arrives, within a deadline.
+      local got = H.poll(function()
+        local out, code = H.peer({ a.url, "pub", "harness.route", '{"hello":"route"}' })
+        assert.equal(0, code, out)
+        return sub:output():find('msg harness.route - {"hello": "route"}', 1, true)
+      end, 15)
+      assert.truthy(got, sub:output())
+      assert.equal(0, sub:wait(10))
+    end)
+
+    it("survives one of its servers: the other still serves clients", function()
+      local a, b = H.start_cluster()
+      a:kill()
+      assert.is_true((peer_ok(b.url, "info")))
+      a:restart()
+      a:wait_routes(1)
+      b:wait_routes(1)
+    end)
+  end)
+
+  describe("the raw NATS peer", function()
+    it("publishes MessagePack that a subscriber decodes", function()
+      local srv = H.start_server()
+      local sub = H.start_peer({ srv.url, "sub", "ic.x.path.a", "--count", "3", "--timeout", "20" })
+      H.wait_output(sub, "^subscribed$")
+      local out, code = H.peer({ srv.url, "pub", "ic.x.path.a", '{"n":0,"s":"x"}', "--count", "3", "--seq", "n" })
+      assert.equal(0, code, out)
+      assert.equal(0, sub:wait(20), sub:output())
+      local text = sub:output()
+      for i = 1, 3 do
+        assert.truthy(text:find('"n": ' .. i, 1, true), text)
+      end
+      assert.matches("done 3", text)
+    end)
+
+    it("reports no responders for a request nobody answers", function()
+      local srv = H.start_server()
+      local out, code = H.peer({ srv.url, "request", "ic.x.path.nobody", '"hi"', "--timeout", "5" })
+      assert.equal(1, code)
+      assert.matches("no responders", out)
+    end)
+
+    it("gets a reply to a request", function()
+      -- A second peer answers: it subscribes, and the spec publishes its reply
+      -- to the reply subject it printed.
+      local srv = H.start_server()
+      local sub = H.start_peer({ srv.url, "sub", "ic.x.path.svc", "--count", "1", "--timeout", "20" })
+      H.wait_output(sub, "^subscribed$")
+      local req = H.start_peer({ srv.url, "request", "ic.x.path.svc", '{"q":1}', "--timeout", "20" })
+      local _, reply = H.wait_output(sub, "^msg ic%.x%.path%.svc (%S+) ")
+      local out, code = H.peer({ srv.url, "pub", reply, '{"answer":42}' })
+      assert.equal(0, code, out)
+      assert.equal(0, req:wait(20), req:output())
+      assert.matches('reply {"answer": 42}', req:output())
+    end)
+
+    it("hostile mode learns the subjects in use and publishes within its bounds", function()
+      local srv = H.start_server()
+      -- Some traffic on the cluster's subjects to learn and mutate.
+      local chatter = H.start_peer({ srv.url, "sub", "ic.hx.path.echo", "--count", "1000", "--timeout", "60" })
+      H.wait_output(chatter, "^subscribed$")
+      local hostile = H.start_peer({ srv.url, "hostile", "hx", "--count", "500", "--seconds", "20", "--listen", "2" })
+      H.poll(function()
+        H.peer({ srv.url, "pub", "ic.hx.path.echo", '{"op":"echo","v":[1,2,3]}' })
+        return hostile:output():find("learned", 1, true)
+      end, 20)
+      assert.equal(0, hostile:wait(40), hostile:output())
+      local out = hostile:output()
+      assert.matches("learned %d+ subjects: .*ic%.hx%.path%.echo", out)
+      assert.matches("published 500 to", out)
+      assert.is_true((peer_ok(srv.url, "info")), "the server still serves after the hostile run")
+    end)
+  end)
+
+  describe("start_node", function()
+    it("runs a node program with this process's module paths and its arguments", function()
+      local node = H.start_node({ script = "probe", args = { name = "p1", color = "blue" } })
+      H.wait_output(node, "^ready p1$")
+      local out = node:output()
+      assert.matches("arg color=blue", out)
+      assert.matches("echo hello", out)
+      assert.is_true(node:alive())
+    end)
+
+    it("stop() ends it by SIGTERM", function()
+      local node = H.start_node({ script = "probe", args = { name = "p2" } })
+      H.wait_output(node, "^ready p2$")
+      local status = node:stop()
+      assert.is_true(node:stopped())
+      assert.is_number(status)
+    end)
+
+    it("kill() ends it by SIGKILL and the exit status says so", function()
+      local node = H.start_node({ script = "probe", args = { name = "p3" } })
+      H.wait_output(node, "^ready p3$")
+      assert.equal(137, node:kill())
+    end)
+
+    it("SIGSTOP pauses it and SIGCONT resumes it", function()
+      local node = H.start_node({ script = "probe", args = { name = "p4" } })
+      H.wait_output(node, "^ready p4$")
+      assert.is_true(node:signal("STOP"))
+      assert.truthy(H.poll(function() return node:paused() end, 5))
+      assert.is_true(node:signal("CONT"))
+      assert.truthy(H.poll(function() return not node:paused() end, 5))
+      assert.is_true(node:alive())
+    end)
+
+    it("stop() also ends a process that is stopped by SIGSTOP", function()
+      local node = H.start_node({ script = "probe", args = { name = "p5" } })
+      H.wait_output(node, "^ready p5$")
+      node:signal("STOP")
+      assert.truthy(H.poll(function() return node:paused() end, 5))
+      node:stop()
+      assert.is_true(node:stopped())
+    end)
+
+    it("reports the exit status of a program that ends by itself", function()
+      local node = H.start_node({ script = "probe", args = { exit = "7" } })
+      assert.equal(7, node:wait(15))
+      assert.matches("exiting 7", node:output())
+    end)
+
+    it("wait_output fails at once, with the output, when the program ends without the line", function()
+      local node = H.start_node({ script = "probe", args = { exit = "0" } })
+      local ok, err = pcall(H.wait_output, node, "^never$", 30)
+      assert.is_false(ok)
+      assert.matches("ended without a line", tostring(err))
+      assert.matches("exiting 0", tostring(err))
+    end)
+
+    it("a later occurrence of a line can be awaited from a given line on", function()
+      local node = H.start_node({ script = "probe", args = { name = "p6", a = "1", b = "2" } })
+      local _, key, next_line = H.wait_output(node, "^arg (%w)=")
+      assert.equal("a", key)
+      local _, key2 = H.wait_output(node, "^arg (%w)=", 10, next_line)
+      assert.equal("b", key2)
+    end)
+
+    it("cleanup() fails when a node program's output shows a sanitizer error", function()
+      local line = "==1==ERROR: AddressSanitizer: heap-use-after-free"
+      local node = H.start_node({ script = "probe", args = { exit = "1", say = line } })
+      node:wait(15)
+      local ok, err = pcall(H.cleanup)
+      assert.is_false(ok)
+      assert.matches("reported a sanitizer error", tostring(err))
+      assert.matches("heap%-use%-after%-free", tostring(err))
+      H.cleanup() -- reported once, then forgotten
+    end)
+
+    it("a process whose owner dies without stopping it is killed by the harness's watcher", function()
+      local owner = H.start_node({ script = "owner", args = { name = "owner" } })
+      local _, probe_pid = H.wait_output(owner, "^probe (%d+)$")
+      local function probe_alive()
+        local st = H.read_file("/proc/" .. probe_pid .. "/stat"):match("%) (%S)")
+        return st ~= nil and st ~= "Z"
+      end
+      assert.is_true(probe_alive())
+      owner:kill()
+      assert.truthy(H.poll(function() return not probe_alive() end, 15), "the orphaned probe still runs")
+    end)
+
+    it("cleanup() stops every process still running, by pid", function()
+      local srv = H.start_server()
+      local node = H.start_node({ script = "probe", args = { name = "p7" } })
+      H.wait_output(node, "^ready p7$")
+      assert.equal(2, #H.live_processes())
+      H.cleanup()
+      assert.equal(0, #H.live_processes())
+      assert.is_true(node:stopped())
+      assert.is_true(srv:stopped())
+    end)
+  end)
+end)

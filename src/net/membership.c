@@ -1,0 +1,144 @@
+#include "membership.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define PENDING_MAX 65536
+
+void membership_init(membership *ms) { memset(ms, 0, sizeof *ms); }
+
+static void member_free(member *m) {
+  if (m->up) link_fini(&m->link);
+  free(m->outbox);
+  free(m->pending);
+  free(m);
+}
+
+void membership_fini(membership *ms) {
+  for (size_t i = 0; i < ms->n; i++) member_free(ms->v[i]);
+  free(ms->v);
+  memset(ms, 0, sizeof *ms);
+}
+
+member *membership_find(membership *ms, uint32_t inc) {
+  for (size_t i = 0; i < ms->n; i++)
+    if (ms->v[i]->inc == inc) return ms->v[i];
+  return NULL;
+}
+
+member *membership_find_name(membership *ms, const char *name, size_t len) {
+  for (size_t i = 0; i < ms->n; i++) {
+    member *m = ms->v[i];
+    if (m->up && strlen(m->name) == len && memcmp(m->name, name, len) == 0) return m;
+  }
+  return NULL;
+}
+
+/* Forgets the oldest down member once too many are kept. */
+static void prune_down(membership *ms) {
+  size_t down = 0, oldest = SIZE_MAX;
+  for (size_t i = 0; i < ms->n; i++) {
+    if (ms->v[i]->up) continue;
+    down++;
+    if (oldest == SIZE_MAX || ms->v[i]->down_ns < ms->v[oldest]->down_ns) oldest = i;
+  }
+  if (down <= MEMBERSHIP_DOWN_KEEP) return;
+  member_free(ms->v[oldest]);
+  ms->v[oldest] = ms->v[--ms->n];
+}
+
+member *membership_add(membership *ms, uint32_t inc, const char *name, size_t len, uint64_t now_ns,
+                       size_t window_frames, size_t window_bytes) {
+  if (len > ENVELOPE_NAME_MAX) return NULL;
+  if (ms->n == ms->cap) {
+    size_t cap = ms->cap ? ms->cap * 2 : 16;
+    member **v = realloc(ms->v, cap * sizeof *v);
+    if (!v) return NULL;
+    ms->v = v;
+    ms->cap = cap;
+  }
+  member *m = calloc(1, sizeof *m);
+  if (!m) return NULL;
+  m->inc = inc;
+  memcpy(m->name, name, len);
+  m->name[len] = 0;
+  m->up = 1;
+  m->last_seen_ns = now_ns;
+  link_init(&m->link, window_frames, window_bytes);
+  ms->v[ms->n++] = m;
+  return m;
+}
+
+void membership_set_down(membership *ms, member *m, uint64_t now_ns, size_t *lost) {
+  *lost = 0;
+  if (!m->up) return;
+  *lost = link_fini(&m->link);
+  free(m->outbox);
+  m->outbox = NULL;
+  m->out_len = m->out_cap = m->out_frames = 0;
+  m->up = 0;
+  m->down_ns = now_ns;
+  prune_down(ms);
+}
+
+void membership_add_pending(member *m, uint64_t from_id, uint64_t corr) {
+  if (m->pending_count == m->pending_cap) {
+    if (m->pending_cap >= PENDING_MAX) {
+      /* The oldest is almost surely timed out by now. */
+      m->pending_head = (m->pending_head + 1) % m->pending_cap;
+      m->pending_count--;
+    } else {
+      size_t cap = m->pending_cap ? m->pending_cap * 2 : 16;
+      pending_req *p = malloc(cap * sizeof *p);
+      if (!p) return;
+      for (size_t i = 0; i < m->pending_count; i++)
+        p[i] = m->pending[(m->pending_head + i) % m->pending_cap];
+      free(m->pending);
+      m->pending = p;
+      m->pending_cap = cap;
+      m->pending_head = 0;
+    }
+  }
+  m->pending[(m->pending_head + m->pending_count) % m->pending_cap] = (pending_req){from_id, corr};
+  m->pending_count++;
+}
+
+void membership_answered(member *m, uint64_t from_id, uint64_t corr) {
+  /* Replies mostly come in request order: look from the oldest. */
+  for (size_t i = 0; i < m->pending_count; i++) {
+    size_t k = (m->pending_head + i) % m->pending_cap;
+    if (m->pending[k].from_id != from_id || m->pending[k].corr != corr) continue;
+    if (i == 0) {
+      m->pending_head = (m->pending_head + 1) % m->pending_cap;
+    } else {
+      for (size_t j = i; j + 1 < m->pending_count; j++)
+        m->pending[(m->pending_head + j) % m->pending_cap] =
+            m->pending[(m->pending_head + j + 1) % m->pending_cap];
+    }
+    m->pending_count--;
+    return;
+  }
+}
+
+pending_req *membership_take_pending(member *m, size_t *n) {
+  *n = m->pending_count;
+  pending_req *out = NULL;
+  if (m->pending_count) {
+    out = malloc(m->pending_count * sizeof *out);
+    if (out)
+      for (size_t i = 0; i < m->pending_count; i++) out[i] = m->pending[(m->pending_head + i) % m->pending_cap];
+    else *n = 0;
+  }
+  free(m->pending);
+  m->pending = NULL;
+  m->pending_head = m->pending_count = m->pending_cap = 0;
+  return out;
+}
+
+void membership_reset(membership *ms, void (*each)(member *m, void *ud), void *ud) {
+  for (size_t i = 0; i < ms->n; i++) {
+    each(ms->v[i], ud);
+    member_free(ms->v[i]);
+  }
+  ms->n = 0;
+}

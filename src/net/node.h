@@ -1,0 +1,141 @@
+/*
+ * node — the inside of a node's net (src/net/net.h), shared by the files
+ * that implement it: net.c (lifecycle, the net thread, membership, links,
+ * replication, delivery), claims.c (path claims) and interop.c (plain NATS
+ * clients on path subjects). Not part of the core's interface: the core
+ * includes net.h only. Functions here are named net__* (internal).
+ *
+ * Locks: as in net.h (net->lock guards the membership, the links, the
+ * claims and the interop slots; never held while taking c->lock).
+ */
+#ifndef IC_NET_NODE_H
+#define IC_NET_NODE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+#include <nats/nats.h>
+
+#include "cluster.h"
+#include "envelope.h"
+#include "membership.h"
+#include "net.h"
+#include "paths.h"
+#include "transport.h"
+
+/* Retransmit window per link: a send past it is refused ("node unreachable"). */
+#define WINDOW_FRAMES 65536
+#define WINDOW_BYTES (64u << 20)
+/* A frame unacked this long is sent again (with every later one). */
+#define RETRANSMIT_NS 300000000ull
+/* A duplicate ack resends at once what is older than this (fast
+ * retransmit: a peer that dropped frames, e.g. a joiner that got them before
+ * it knew the sender, says so by acking what it has). */
+#define FAST_RETRANSMIT_NS 20000000ull
+/* ic.node waits this long after its first heartbeat to meet the live nodes
+ * (they answer at once) and receive their isolates before it returns, so a
+ * path it claims right away is checked against theirs. */
+#define JOIN_WINDOW_NS 250000000ull
+/* Data frames to one peer are gathered into one NATS message (a batch:
+ * 'I' 'B' then [u32 length][frame]...), published by the net thread as soon
+ * as it runs (a sender wakes it), or by the sender once a batch is this big:
+ * fewer writes and fewer messages for the server and the receiver. */
+#define BATCH_MAGIC0 'I'
+#define BATCH_MAGIC1 'B'
+#define BATCH_MAX (60u << 10)
+/* The net thread's tick. */
+#define TICK_NS 50000000ull
+/* Inbound frames handled before the thread looks at its timers again. */
+#define BATCH 4096
+#define DEFAULT_CONNECT_TIMEOUT 2.0
+/* A clean stop waits at most this long for the peers' acks (drain_links). */
+#define STOP_DRAIN_SECONDS 2.0
+#define SUBJECT_MAX 256
+
+/* The node part of the ref that stands for a plain NATS client's request
+ * (interop): its id names the reply subject in net->interop. Never an
+ * incarnation (new_incarnation avoids it). */
+#define INTEROP_NODE 0xFFFFFFFFu
+/* Interop requests waiting for their reply, at most (the oldest are
+ * forgotten: their clients have long timed out). */
+#define INTEROP_MAX 65536
+
+/* Kinds of data frames between nets only (beyond the MSG_* kinds). */
+enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22, NET_CLAIM = 23, NET_CLAIM_REPLY = 24 };
+
+/* A path claim of this node (see net_claim), guarded by net->lock. */
+typedef struct claim {
+  char *path;
+  uint64_t id;
+  int granted;        /* the round is over and won: held until net_claim_done */
+  int denied;
+  uint32_t *waiting;  /* incarnations whose answer is awaited */
+  size_t nwaiting;
+  struct claim *next;
+} claim;
+
+struct net {
+  ic_cluster *c;        /* not retained: the cluster owns the net */
+  transport *t;         /* NULL once stopped (guarded by lock) */
+  char *cluster_name, *name;
+  char hb_subject[SUBJECT_MAX], data_subject[SUBJECT_MAX], path_subject[SUBJECT_MAX];
+  char probe_subject[SUBJECT_MAX]; /* "ic.<cluster>.probe.<name>." + ">" */
+  size_t probe_prefix_len;
+  size_t path_prefix_len;   /* "ic.<cluster>.path." */
+  unsigned char *secret;
+  envelope_key key;
+  char *lua_path, *lua_cpath; /* for isolates spawned here by other nodes */
+  int code_ok;          /* allow_code and a secret */
+  uint32_t inc;
+  int64_t max_payload;
+  atomic_ullong spawn_seq;  /* "/dir/" segments of spawns on other nodes */
+  atomic_int name_taken;    /* a live node of another incarnation has our name */
+  atomic_int flush_wanted;  /* a batch waits for the net thread to publish it */
+
+  plat_mutex lock;
+  membership ms;
+  paths replica;            /* the other nodes' isolates (own lock) */
+  /* Interop requests waiting for a reply (guarded by lock): a ring of
+   * reply subjects; slot id k lives at interop[k % INTEROP_MAX]. */
+  char **interop;
+  uint64_t interop_next;
+  claim *claims;            /* this node's claims in progress or held (lock) */
+  uint64_t claim_seq;
+  plat_cond claims_cond;    /* an answer came, or a node went down */
+
+  plat_thread thread;
+  int has_thread;
+  atomic_int stop;
+  /* Net thread only: */
+  uint64_t connected_since; /* 0 while disconnected */
+  uint64_t seen_reconnects;
+  uint64_t last_name_reply_ns;
+  lua_State *vL;            /* the payload checker's state */
+};
+
+/* The data subject of node `name`. */
+void net__peer_subject(const struct net *n, const char *name, char *out);
+/* Does the payload decode under the limits (functions only with code_ok)? Net thread. */
+int net__payload_ok(struct net *n, const char *data, size_t len, int code_ok);
+/* Frames and queues one data frame to m (net->lock held); takes frame on success. */
+const char *net__send_locked(struct net *n, member *m, unsigned char *frame, int kind, uint64_t to_id,
+                             uint64_t corr, uint64_t from_id, const char *data, size_t len);
+/* Sends kind with payload to one member (inc), or to every live one (0). */
+void net__send_to_members(struct net *n, uint32_t inc, int kind, uint64_t id, const char *data, size_t len);
+/* The refusal of a message of len payload bytes over max_payload, or NULL. */
+const char *net__too_large(struct net *n, size_t len);
+/* Posts an error reply (a MessagePack string) to local requester `requester`. */
+void net__reply_error_to_local(ic_cluster *c, uint64_t requester, uint64_t corr, const char *why);
+
+/* claims.c */
+void net__claims_forget(struct net *n, uint32_t inc);
+void net__answer_claim(struct net *n, const envelope *e);
+void net__claim_answered(struct net *n, const envelope *e);
+
+/* interop.c */
+const char *net__interop_reply(struct net *n, uint64_t slot, int kind, const char *data, size_t len);
+void net__handle_interop(struct net *n, natsMsg *msg, const char *subject);
+
+#endif
