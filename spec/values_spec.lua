@@ -31,6 +31,71 @@ describe("values", function()
     return echo:request(v, 30)
   end
 
+  -- Scalars and short strings take a shorter way through send and take than
+  -- other values: both ways must give exactly what the encoder and decoder
+  -- give, at every width boundary.
+  describe("plain sends of scalars and short strings", function()
+    local function bounce(v)
+      local back = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(m, sender) sender:send(m) end)
+      end)
+      assert.is_true(back:send(v))
+      local got = c:receive(30)
+      back:kill()
+      return got
+    end
+
+    it("keep value and number subtype at every encoding width", function()
+      local values = { 0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295, 4294967296,
+        math.maxinteger, -1, -32, -33, -128, -129, -32768, -32769, math.mininteger,
+        0.0, -0.0, 1.0, 0.5, -2.5, math.huge, -math.huge, 2^53, 1e308 }
+      for _, v in ipairs(values) do
+        local got = bounce(v)
+        assert.equal(math.type(v), math.type(got), tostring(v))
+        assert.equal(v, got)
+        if v == 0 and math.type(v) == "float" then assert.equal(1 / v, 1 / got) end
+      end
+      local nan = bounce(0 / 0)
+      assert.is_true(nan ~= nan)
+    end)
+
+    it("arrive with their own sender, whether it changes or repeats", function()
+      local collector = c:spawn_isolate(function(ctx)
+        local seen = {}
+        ctx:on_message(function(m, sender)
+          if m == "report" then return seen end
+          seen[#seen + 1] = { m, sender }
+        end)
+      end)
+      -- Short-lived senders, one after another (each gone before the next
+      -- starts), then one sending twice after another one.
+      local expected = {}
+      for i = 1, 20 do
+        local s = c:spawn_isolate(function(ctx)
+          ctx:on_message(function(m) ctx:property("to"):send(m) end)
+        end, { to = collector })
+        assert.is_true(s:request(i, 30) == nil)
+        expected[#expected + 1] = { i, s }
+        if i % 3 ~= 0 then s:kill() end
+      end
+      local seen = collector:request("report", 30)
+      assert.equal(#expected, #seen)
+      for k, e in ipairs(expected) do
+        assert.equal(e[1], seen[k][1])
+        assert.is_true(e[2] == seen[k][2], "message " .. k .. " came with another sender")
+      end
+    end)
+
+    it("keep booleans and strings up to and past 31 bytes, UTF-8 or not", function()
+      assert.is_true(bounce(true))
+      assert.is_false(bounce(false))
+      for _, s in ipairs({ "", "x", ("a"):rep(31), ("b"):rep(32), "caf\u{e9}", "\xff\xfe",
+        ("\0"):rep(31), ("z"):rep(300) }) do
+        assert.equal(s, bounce(s))
+      end
+    end)
+  end)
+
   describe("round trips", function()
     it("nil and booleans", function()
       assert.is_nil(trip(nil))

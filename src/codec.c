@@ -968,6 +968,30 @@ static int enc_run(lua_State *L)
   return 0;
 }
 
+size_t codec_encode_scalar(lua_State *L, int idx, char out[CODEC_SCALAR_MAX])
+{
+  switch (lua_type(L, idx)) {
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx)) {
+      lua_Integer v = lua_tointeger(L, idx);
+      char *w = v >= 0 ? mp_encode_uint(out, (uint64_t)v) : mp_encode_int(out, v);
+      return (size_t)(w - out);
+    }
+    return (size_t)(mp_encode_double(out, (double)lua_tonumber(L, idx)) - out);
+  case LUA_TBOOLEAN:
+    return (size_t)(mp_encode_bool(out, lua_toboolean(L, idx)) - out);
+  case LUA_TSTRING: {
+    size_t len;
+    const char *str = lua_tolstring(L, idx, &len); /* a string: no allocation */
+    if (len > 31 || !is_utf8((const unsigned char *)str, len))
+      return 0;
+    return (size_t)(mp_encode_str(out, str, (uint32_t)len) - out);
+  }
+  default:
+    return 0;
+  }
+}
+
 void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *hooks,
                   const codec_limits *lim, codec_buf *b)
 {
@@ -1647,6 +1671,29 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
   if (len > lim->max_bytes) {
     lua_pushfstring(L, "malformed message: larger than %I bytes", (lua_Integer)lim->max_bytes);
     lua_error(L);
+  }
+  /* The commonest small messages, a small integer or a short string, are
+   * complete in their first byte's count: pushed without the decoder's
+   * set-up (an allocation failure raises like any other). */
+  if (len >= 1) {
+    uint8_t c = (uint8_t)data[0];
+    const char *p = data + 1;
+    if (len == 1 && (c <= 0x7f || c >= 0xe0)) {
+      lua_pushinteger(L, (lua_Integer)(int8_t)c); /* fixint, both signs */
+      return;
+    }
+    if ((c & 0xe0) == 0xa0 && (size_t)(c & 0x1f) == len - 1) {
+      lua_pushlstring(L, p, len - 1);
+      return;
+    }
+    if ((c == 0xcc && len == 2) || (c == 0xcd && len == 3) || (c == 0xce && len == 5)) {
+      lua_pushinteger(L, (lua_Integer)(c == 0xcc ? mp_load_u8(&p) : c == 0xcd ? mp_load_u16(&p) : mp_load_u32(&p)));
+      return;
+    }
+    if (c == 0xcb && len == 9) {
+      lua_pushnumber(L, (lua_Number)mp_load_double(&p));
+      return;
+    }
   }
   if (!lua_checkstack(L, 2 + CODEC_STACK_PER_LEVEL)) {
     lua_pushliteral(L, "not enough memory to decode a message");

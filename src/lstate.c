@@ -359,7 +359,12 @@ static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, 
                               uint64_t corr) {
   if (!r->iso) return "isolate down";
   if (!atomic_load_explicit(&r->iso->alive, memory_order_acquire)) return "isolate down";
-  ic_msg *m = encode_msg_ctx(L, ctx, idx, "msg", kind);
+  /* A number, boolean or short string: encoded on the stack, without the
+   * encoder's set-up. */
+  char small[CODEC_SCALAR_MAX];
+  size_t len = codec_encode_scalar(L, idx, small);
+  ic_msg *m = len && len <= ctx->lim.max_bytes ? msg_new(kind, small, len)
+                                               : encode_msg_ctx(L, ctx, idx, "msg", kind);
   if (!m) return "out of memory";
   m->corr = corr;
   return post_from(ctx, r->iso, m);
@@ -672,6 +677,8 @@ lstate_ctx *lstate_open(lua_State *L) {
 
   lua_newtable(L);
   ctx->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushboolean(L, 0);
+  ctx->last_sender_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   if (luaL_newmetatable(L, LREF_MT)) {
     static const luaL_Reg methods[] = {
@@ -1339,8 +1346,18 @@ static int l_core_take(lua_State *L) {
   } else {
     lua_pushnil(L);
   }
-  if (m->sender) lref_push_ctx(L, ctx, m->sender);
-  else lua_pushnil(L);
+  if (m->sender == ctx->last_sender && m->sender) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->last_sender_ref);
+  } else if (m->sender) {
+    lref_push_ctx(L, ctx, m->sender);
+    if (((lref *)lua_touserdata(L, -1))->iso == m->sender) {
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, LUA_REGISTRYINDEX, ctx->last_sender_ref);
+      ctx->last_sender = m->sender;
+    }
+  } else {
+    lua_pushnil(L);
+  }
   lua_pushinteger(L, (lua_Integer)m->corr);
   return 3;
 }
