@@ -157,7 +157,9 @@ local function pump_body(m, kind)
     elseif X then
       mode = X.settle()
     end
-    if mode == WAIT_NONE and nothing_left() then
+    -- (an isolate with a message handler has something left: checked here
+    -- first, without the call, as after almost every message)
+    if mode == WAIT_NONE and not handlers.message and nothing_left() then
       S.fail("normal")
       mode = WAIT_BLOCKED
     end
