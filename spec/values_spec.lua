@@ -172,6 +172,35 @@ describe("values", function()
       assert.equal("t", r.self.child.parent.name)
     end)
 
+    -- The root is remembered without the table of seen values until a
+    -- second table or function comes: every order of root, nested and
+    -- repeated values must still come back with its identities.
+    it("keeps identities through the root, whichever comes first", function()
+      local t = {}
+      t[1] = t -- the root is the first nested value
+      t[2] = { t, t }
+      local r = trip(t)
+      assert.is_true(rawequal(r, r[1]))
+      assert.is_true(rawequal(r, r[2][1]) and rawequal(r, r[2][2]))
+      local inner = {}
+      local u = { inner, inner, { inner }, u }
+      u[4] = u
+      local ru = trip(u)
+      assert.is_true(rawequal(ru[1], ru[2]) and rawequal(ru[1], ru[3][1]))
+      assert.is_true(rawequal(ru, ru[4]))
+      assert.is_false(rawequal(ru, ru[1]))
+      local flat = trip({ 7, "x" })
+      assert.same({ 7, "x" }, flat)
+      local function f() return f end
+      local rf = trip(f)
+      assert.is_true(rawequal(rf, rf()))
+      local g
+      local holder = { fn = function() return g end }
+      g = holder
+      local rg = trip(holder)
+      assert.is_true(rawequal(rg, rg.fn()))
+    end)
+
     it("does not copy metatables", function()
       local r = trip(setmetatable({ 1 }, { __index = function() return "meta" end }))
       assert.is_nil(getmetatable(r))

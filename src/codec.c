@@ -574,8 +574,23 @@ static lua_Integer enc_seen(enc *e, int obj, const enc_frame *at)
 {
   lua_State *L = e->L;
   if (lua_isnil(L, e->seen)) {
+    /* The root (at stack index 2, see enc_run), when it is a table or a
+     * function, is always the first one met, index 0: it is compared by
+     * identity, and the seen table is made only for a second one. A
+     * message of one flat table never makes it. */
+    if (e->nseen == 0 && obj == 2) {
+      e->nseen = 1;
+      return -1;
+    }
+    if (e->nseen == 1 && lua_rawequal(L, obj, 2))
+      return 0;
     lua_createtable(L, 0, 4);
     lua_replace(L, e->seen);
+    if (e->nseen == 1) {
+      lua_pushvalue(L, 2);
+      lua_pushinteger(L, 0);
+      lua_rawset(L, e->seen);
+    }
   } else {
     lua_pushvalue(L, obj);
     if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
@@ -1103,8 +1118,20 @@ static void dec_register(dec *d)
 {
   lua_State *L = d->L;
   if (lua_isnil(L, d->objs)) {
+    /* The root, when it is a table or a function, is the first one
+     * registered and stays just above the list's slot: back-reference 0
+     * finds it there, and the list is made only for a second one. A
+     * message of one flat table never makes it. */
+    if (d->nobjs == 0 && lua_gettop(L) == d->objs + 1) {
+      d->nobjs = 1;
+      return;
+    }
     lua_createtable(L, 8, 0);
     lua_replace(L, d->objs);
+    if (d->nobjs == 1) {
+      lua_pushvalue(L, d->objs + 1);
+      lua_rawseti(L, d->objs, 1);
+    }
   }
   lua_pushvalue(L, -1);
   lua_rawseti(L, d->objs, ++d->nobjs);
@@ -1242,7 +1269,10 @@ static void dec_ext(dec *d)
     uint32_t i = mp_load_u32(&q);
     if ((lua_Integer)i >= d->nobjs)
       dec_fail(d, at, "bad back-reference %I", (lua_Integer)i);
-    lua_rawgeti(L, d->objs, (lua_Integer)i + 1);
+    if (lua_isnil(L, d->objs))
+      lua_pushvalue(L, d->objs + 1); /* the root, see dec_register */
+    else
+      lua_rawgeti(L, d->objs, (lua_Integer)i + 1);
     break;
   }
   case CODEC_EXT_CFUNC:
