@@ -257,6 +257,7 @@ if opts.callgrind then
     { "reqrep", "request/reply", "round trip", 10000, 30000 },
     { "mpsc", "fan-in 2 -> 1 {i, \"x\"}", "message", 10000, 30000 }, -- per producer
     { "spawns", "spawn (up, idle, shut down)", "isolate", 500, 1500 },
+    { "spawns_lean", "lean spawn (up, idle, shut down)", "isolate", 500, 1500 },
   }
   for _, r in ipairs(runs) do
     local name, label, unit, n1, n2 = r[1], r[2], r[3], r[4], r[5]
@@ -277,7 +278,7 @@ if opts.only == nil then
   local common = (opts.quick and " --quick" or "") ..
     (opts.workers and " --workers " .. opts.workers or "") ..
     (opts.baseline and " --baseline " .. q(opts.baseline) or "")
-  for _, name in ipairs({ "pingpong", "reqrep", "mpsc", "spawns", "copy", "parallel" }) do
+  for _, name in ipairs({ "pingpong", "reqrep", "mpsc", "spawns", "spawns_lean", "copy", "parallel" }) do
     local p = io.popen(q(lua) .. " " .. q(arg[0]) .. " --only " .. name .. common)
     local out = p:read("a")
     local ok = p:close()
@@ -302,7 +303,7 @@ if wanted("mpsc") then
   n = count(1000000)
   report("2 producers -> 1 consumer {i,\"x\"}", mpsc(n), "msg/s", baseline("mpsc", n), true)
 end
-for _, lean in ipairs({ false }) do
+for _, lean in ipairs({ false, true }) do
   if wanted(lean and "spawns_lean" or "spawns") then
     n = count(20000)
     local rate, per, down, shutdown_s = spawns(n, lean)

@@ -873,6 +873,7 @@ int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *er
   ic_isolate *iso = isolate_new(c, a->kind, a->mailbox ? a->mailbox : c->default_mailbox);
   if (!iso) goto oom;
   iso->mem_limit = a->memory_limit;
+  iso->lean = a->lean;
   iso->hidden = a->hidden;
   if (a->props && !(iso->props = blob_new(a->props, a->props_len))) goto oom_iso;
   if (!(iso->boot = blob_new(a->boot, a->boot_len))) goto oom_iso;

@@ -161,6 +161,7 @@ typedef struct spawn_args {
   int hidden;                 /* a runtime isolate: never announced nor listed */
   ic_isolate *creator;        /* the spawning isolate (its thread), or NULL */
   int detached;               /* not linked to the creator */
+  int lean;                   /* only the base library opened at start */
 } spawn_args;
 
 /* Creates, registers and starts an isolate. Returns 0 with *out retained

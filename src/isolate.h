@@ -111,6 +111,7 @@ typedef struct ic_isolate {
                                    they keep an isolate with nothing else to run up */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */
+  int lean;                     /* opts.lean: string opened on first use too */
   monitor_set monitors;         /* who watches this isolate go down (monitor.h) */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
 

@@ -804,12 +804,12 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   int has_props = !lua_isnoneornil(L, arg + 1);
   if (has_props) luaL_checktype(L, arg + 1, LUA_TTABLE);
   const char *path = NULL;
-  int dedicated = 0, detached = 0;
+  int dedicated = 0, detached = 0, lean = 0;
   lua_Integer mbox = (lua_Integer)c->default_mailbox, memlimit = 0;
   if (!lua_isnoneornil(L, arg + 2)) {
     luaL_checktype(L, arg + 2, LUA_TTABLE);
     int o = arg + 2;
-    static const char *const known[] = {"path", "dedicated", "detached", "mailbox", "memory_limit", NULL};
+    static const char *const known[] = {"path", "dedicated", "detached", "mailbox", "memory_limit", "lean", NULL};
     lstate_check_options(L, o, "spawn_isolate", known);
     /* The string stays on the stack until the spawn is done: opts need
      * not hold it (an __index may have made it), and the encodes below run
@@ -825,6 +825,9 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     lua_pop(L, 1);
     lua_getfield(L, o, "detached");
     detached = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, o, "lean");
+    lean = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (lua_getfield(L, o, "mailbox") != LUA_TNIL) {
       int ok;
@@ -867,7 +870,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox, (size_t)memlimit,
                   has_props ? buf->data : NULL, props_len,
                   buf->data + props_len, buf->len - props_len,
-                  lua_path, lua_cpath, path, hidden, creator, detached};
+                  lua_path, lua_cpath, path, hidden, creator, detached, lean};
   ic_isolate *iso;
   char err[256];
   int failed = cluster_spawn(c, &a, &iso, err, sizeof err);
@@ -1409,8 +1412,28 @@ static void set_paths(lua_State *L, const ic_isolate *iso) {
   }
 }
 
+/* A lean isolate (opts.lean) opens the string library on first use too:
+ * on a read of the global `string`, on require("string"), or on the first
+ * string method call (through this __index of the strings' metatable,
+ * which luaopen_string replaces with its own). */
+static void open_string(lua_State *L) {
+  luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+  codec_forget_names(L); /* new standard functions to name */
+}
+
+static int lazy_string_index(lua_State *L) {
+  open_string(L);
+  lua_pushvalue(L, 2);
+  lua_gettable(L, -2);
+  return 1;
+}
+
 static int lazy_global(lua_State *L) {
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  if (k && strcmp(k, LUA_STRLIBNAME) == 0 && self_of(L)->lean) {
+    open_string(L);
+    return 1;
+  }
   if (k) {
     /* require is the package library's only global function. */
     int req = strcmp(k, "require") == 0;
@@ -1431,12 +1454,25 @@ static int lazy_global(lua_State *L) {
   return 0;
 }
 
-static void open_libs(lua_State *L) {
+static void open_libs(lua_State *L, int lean) {
   for (const luaL_Reg *lib = eager_libs; lib->func; lib++) {
+    if (lean && lib->func == luaopen_string) continue;
     luaL_requiref(L, lib->name, lib->func, 1);
     lua_pop(L, 1);
   }
+  if (lean) {
+    lua_pushliteral(L, "");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, lazy_string_index);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_pop(L, 1);
+  }
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  if (lean) {
+    lua_pushcfunction(L, luaopen_string);
+    lua_setfield(L, -2, LUA_STRLIBNAME);
+  }
   for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
     lua_pushcfunction(L, lib->func);
     lua_setfield(L, -2, lib->name);
@@ -1453,7 +1489,7 @@ static void open_libs(lua_State *L) {
 static int l_boot(lua_State *L) {
   ic_isolate *iso = lua_touserdata(L, 1);
   ic_cluster *c = iso->cluster;
-  open_libs(L); /* package, opened on first use, takes iso's paths then */
+  open_libs(L, iso->lean); /* package, opened on first use, takes iso's paths then */
   lstate_ctx *ctx = lstate_open(L);
   ctx->self = iso;
   iso->lctx = ctx;
