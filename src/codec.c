@@ -1702,6 +1702,10 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
     lua_pushfstring(L, "malformed message: larger than %I bytes", (lua_Integer)lim->max_bytes);
     lua_error(L);
   }
+  if (!lua_checkstack(L, 2 + CODEC_STACK_PER_LEVEL)) {
+    lua_pushliteral(L, "not enough memory to decode a message");
+    lua_error(L);
+  }
   /* The commonest small messages, a small integer or a short string, are
    * complete in their first byte's count: pushed without the decoder's
    * set-up (an allocation failure raises like any other). */
@@ -1724,10 +1728,6 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
       lua_pushnumber(L, (lua_Number)mp_load_double(&p));
       return;
     }
-  }
-  if (!lua_checkstack(L, 2 + CODEC_STACK_PER_LEVEL)) {
-    lua_pushliteral(L, "not enough memory to decode a message");
-    lua_error(L);
   }
   lua_pushnil(L);
   d.objs = lua_gettop(L);
