@@ -1007,6 +1007,51 @@ size_t codec_encode_scalar(lua_State *L, int idx, char out[CODEC_SCALAR_MAX])
   }
 }
 
+/* A table whose keys are exactly 1..n (n <= 15), met in that order, with
+ * only numbers, booleans and short UTF-8 strings as values (the commonest
+ * small message, {i, "x"}): written without the protected call. The bytes
+ * are what enc_table writes for it (a fixarray of the values, each as
+ * codec_encode_scalar writes it; a table that is only values is never a
+ * back-reference). Returns 0 having written nothing for anything else, or
+ * when the bytes do not fit (the protected path then raises the error).
+ * Raw reads only: runs no Lua code, raises nothing. Needs 2 free stack
+ * slots. */
+static int enc_small_array(enc *e, int idx)
+{
+  lua_State *L = e->L;
+  lua_Unsigned n = lua_rawlen(L, idx);
+  if (n == 0 || n > 15)
+    return 0;
+  char tmp[1 + 15 * CODEC_SCALAR_MAX];
+  size_t len = 1;
+  tmp[0] = (char)(0x90 | n);
+  lua_Integer next = 1;
+  int top = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    size_t k = 0;
+    if (next > (lua_Integer)n || !lua_isinteger(L, -2) || lua_tointeger(L, -2) != next ||
+        (k = codec_encode_scalar(L, -1, tmp + len)) == 0) {
+      lua_settop(L, top);
+      return 0;
+    }
+    len += k;
+    next++;
+    lua_pop(L, 1);
+  }
+  if ((lua_Unsigned)(next - 1) != n)
+    return 0;
+  /* The globals table is written as a marker, whatever it holds. */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int globals = lua_rawequal(L, -1, idx);
+  lua_pop(L, 1);
+  if (globals || enc_grow(e, len) <= 0)
+    return 0;
+  memcpy(e->b->data + e->b->len, tmp, len);
+  e->b->len += len;
+  return 1;
+}
+
 void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *hooks,
                   const codec_limits *lim, codec_buf *b)
 {
@@ -1049,6 +1094,8 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
     lua_pushfstring(L, "not enough memory to copy %s", e.root);
     raise_error(L);
   }
+  if (t == LUA_TTABLE && enc_small_array(&e, idx))
+    return;
   /* Any error inside, including a memory error from a Lua API call, comes
    * back here, so the buffer is cut back on every path. A light C function
    * and a light userdata cost no allocation. */
