@@ -226,6 +226,29 @@ describe("values", function()
       assert.same({ 7, "x" }, ic.decode(ic.encode({ 7, "x" })))
     end)
 
+    -- Likewise, a message that is a small array of scalars is decoded by a
+    -- shorter way: it must give what the general decoder gives for the same
+    -- array one level down, and leave malformed bytes to it.
+    it("small arrays of scalars decode as the general decoder decodes them", function()
+      local function general(b)
+        return ic.decode(string.char(0x91) .. b)[1]
+      end
+      local good = {
+        "\x91\x05", "\x92\x07\xa1x", "\x93\xff\xe0\x7f", "\x92\xcc\xff\xcd\xff\xff",
+        "\x91\xce\xff\xff\xff\xff", "\x92\xcb\x3f\xe0\x00\x00\x00\x00\x00\x00\xc3",
+        "\x92\xc2\xa0", "\x91\xbf" .. ("z"):rep(31), "\x92\xc0\x01", "\x91\x91\x01",
+        "\x9f" .. ("\x01"):rep(15), "\x91\xd0\x80", "\x91\xcf\x00\x00\x00\x00\x00\x00\x00\x01",
+      }
+      for i, b in ipairs(good) do
+        assert.same(general(b), ic.decode(b), "message " .. i)
+        assert.equal(math.type(general(b)[1]), math.type(ic.decode(b)[1]), "message " .. i)
+      end
+      local bad = { "\x92\x01", "\x91\xa3ab", "\x91\xcd\x01", "\x91\x01\x02", "\x91\xcb\x00" }
+      for i, b in ipairs(bad) do
+        assert.is_false(pcall(ic.decode, b), "bad message " .. i)
+      end
+    end)
+
     it("does not copy metatables", function()
       local r = trip(setmetatable({ 1 }, { __index = function() return "meta" end }))
       assert.is_nil(getmetatable(r))
