@@ -291,7 +291,7 @@ run_valgrind() {
   local b="$ROOT/build"
   local lpath="$b/share/lua/5.4/?.lua;$b/share/lua/5.4/?/init.lua;$ROOT/spec/?.lua;;"
   local cpath="$b/lib/lua/5.4/?.so;;"
-  local runs=("c:test_api" "c:test_pool" "c:test_codec"
+  local runs=("c:test_api" "c:test_pool" "c:test_codec" "c:test_alloc_fail"
     "lua:messaging_spec" "lua:values_spec" "lua:cluster_spec")
   local r
   for r in "${runs[@]}"; do

@@ -128,7 +128,8 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
     c->runtime_extras = runtime_compile(ic_runtime_extras_lua, ic_runtime_extras_lua_len,
                                         "=isolate_cluster.runtime_extras", &c->boot_error);
   if (!c->runtime_code || !c->runtime_extras) {
-    *err = c->boot_error ? c->boot_error : "cannot compile the isolate runtime";
+    /* runtime_compile leaves boot_error NULL only when memory ran out. */
+    *err = c->boot_error ? c->boot_error : "cannot compile the isolate runtime: not enough memory";
     goto fail;
   }
   if (timer_init(&c->timers)) goto oom;
@@ -284,11 +285,17 @@ static int valid_path(const char *p) {
   return 1;
 }
 
+int cluster_path_is_name(const char *path) {
+  return valid_path(path) && path[strlen(path) - 1] != '/';
+}
+
 int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *errbuf, size_t errlen) {
   char *own = NULL;
   if (path) {
     if (!valid_path(path)) {
-      snprintf(errbuf, errlen, "invalid path \"%s\" (a path is \"/name\" or \"/dir/\", without empty segments)", path);
+      snprintf(errbuf, errlen,
+               "invalid path \"%s\" (a path is \"/name\" or \"/dir/\", without empty segments or control characters)",
+               path);
       return EINVAL;
     }
   }
@@ -521,16 +528,28 @@ cluster_event *cluster_read_events(ic_cluster *c, ic_isolate *iso, size_t *n) {
   cluster_event *out = NULL;
   if (iso->event_cursor < end) {
     out = malloc((size_t)(end - iso->event_cursor) * sizeof *out);
-    if (out) {
-      for (uint64_t p = iso->event_cursor; p < end; p++) {
-        cluster_event *e = &c->log[p - c->log_base];
-        if (e->iso == iso || (e->kind == EVENT_UP && p < iso->up_replayed)) continue;
-        out[k] = *e;
-        isolate_retain(e->iso);
-        out[k].reason = e->reason ? strdup(e->reason) : NULL;
-        k++;
-      }
+    int copied = out != NULL;
+    for (uint64_t p = iso->event_cursor; copied && p < end; p++) {
+      cluster_event *e = &c->log[p - c->log_base];
+      if (e->iso == iso || (e->kind == EVENT_UP && p < iso->up_replayed)) continue;
+      out[k] = *e;
+      isolate_retain(e->iso);
+      out[k].reason = e->reason ? strdup(e->reason) : NULL;
+      k++;
+      if (e->reason && !out[k - 1].reason) copied = 0;
+    }
+    if (copied) {
       iso->event_cursor = end;
+    } else {
+      /* Out of memory: all or nothing (a down event without its reason
+       * would be a wrong event). The events stay in the log, and the flag
+       * brings the isolate back for them, else they would wait for the
+       * next event. The log still holds each isolate: no release here is
+       * the last. */
+      if (out) cluster_free_events(out, k);
+      out = NULL;
+      k = 0;
+      atomic_store(&iso->events_pending, 1);
     }
   }
   plat_mutex_unlock(&c->lock);
@@ -627,28 +646,39 @@ int cluster_drain(ic_cluster *c, double timeout) {
 }
 
 void cluster_broadcast_control(ic_cluster *c, int code) {
-  plat_mutex_lock(&c->lock);
-  size_t n = 0;
-  ic_isolate **all = malloc((c->by_id_len + 1) * sizeof *all);
-  if (all) {
-    for (size_t i = 0; i < c->by_id_cap; i++) {
-      ic_isolate *iso = c->by_id[i];
+  /* Must reach every isolate even when memory has run out, or the shutdown
+   * would wait out its whole deadline: so no allocation for the snapshot
+   * (taken a chunk at a time), and an isolate whose control message cannot
+   * be allocated is interrupted instead (it stops at its next turn, as a
+   * kill does, without its on_shutdown handler). Called only once the
+   * cluster has left CLUSTER_RUNNING: nothing registers any more, so the
+   * table is not rebuilt and its slots stay put between chunks. */
+  ic_isolate *chunk[64];
+  size_t next = 0;
+  for (;;) {
+    size_t n = 0;
+    plat_mutex_lock(&c->lock);
+    for (; next < c->by_id_cap && n < sizeof chunk / sizeof chunk[0]; next++) {
+      ic_isolate *iso = c->by_id[next];
       if (!iso || iso == TOMB || iso->kind == ISO_MAIN) continue;
       isolate_retain(iso);
-      all[n++] = iso;
+      chunk[n++] = iso;
     }
-  }
-  plat_mutex_unlock(&c->lock);
-  for (size_t i = 0; i < n; i++) {
-    ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
-    if (m) {
-      m->corr = (uint64_t)code;
-      isolate_post_sys(all[i], m, NULL);
+    int more = next < c->by_id_cap;
+    plat_mutex_unlock(&c->lock);
+    for (size_t i = 0; i < n; i++) {
+      ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
+      if (code == CONTROL_KILL || !m) isolate_interrupt(chunk[i], INTERRUPT_SHUTDOWN);
+      if (m) {
+        m->corr = (uint64_t)code;
+        isolate_post_sys(chunk[i], m, NULL);
+      } else {
+        isolate_wake(chunk[i], NULL);
+      }
+      isolate_release(chunk[i]);
     }
-    if (code == CONTROL_KILL) isolate_interrupt(all[i], INTERRUPT_SHUTDOWN);
-    isolate_release(all[i]);
+    if (!more) break;
   }
-  free(all);
 }
 
 static int wait_live_zero(ic_cluster *c, uint64_t deadline) {

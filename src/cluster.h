@@ -103,6 +103,9 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason);
 /* Appends iso's up event. */
 void cluster_announce_up(ic_cluster *c, ic_isolate *iso);
 
+/* 1 when an isolate can hold exactly this path ("/name", valid, not a
+ * "/dir/" prefix): a lookup of any other path is nil and need not wait. */
+int cluster_path_is_name(const char *path);
 /* Retained isolate or NULL. */
 ic_isolate *cluster_find_id(ic_cluster *c, uint64_t id);
 ic_isolate *cluster_find_path(ic_cluster *c, const char *path);

@@ -101,6 +101,10 @@ static const char *const base_functions[] = {
   "require", "select", "setmetatable", "tonumber", "tostring", "type", "warn", "xpcall", NULL,
 };
 
+/* The registry name of the metatable of io's file handles (LUA_FILEHANDLE,
+ * which lives in lauxlib.h). */
+#define FILE_HANDLE_MT "FILE*"
+
 static int in_list(const char *const *list, const char *s, size_t len)
 {
   for (; *list != NULL; list++) {
@@ -757,6 +761,26 @@ static void enc_function(enc *e, int fn, const enc_frame *at)
   e->depth--;
 }
 
+/* names[f] = "lib.name" for each C function f at a string key of the table
+ * at t that has no name yet. Leaves the stack as it was. */
+static void name_functions(lua_State *L, int names, int t, const char *lib)
+{
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, names) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushfstring(L, "%s.%s", lib, lua_tostring(L, -2));
+        lua_rawset(L, names); /* names[function] = "lib.name"; leaves the key */
+        continue;
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+}
+
 /* Builds { [C function] = "lib.name" } ("name" for the base library) from
  * package.loaded, once per state, and caches it in the registry. When a
  * function has several names the first library in standard_libs wins. */
@@ -794,22 +818,19 @@ static void push_cfunc_names(lua_State *L)
         lua_settop(L, t);
       }
     } else {
-      lua_pushnil(L);
-      while (lua_next(L, t)) {
-        if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
-          lua_pushvalue(L, -1);
-          if (lua_rawget(L, names) == LUA_TNIL) {
-            lua_pop(L, 1);
-            lua_pushfstring(L, "%s.%s", *lib, lua_tostring(L, -2));
-            lua_rawset(L, names); /* names[function] = "lib.name"; leaves the key */
-            continue;
-          }
-          lua_pop(L, 1);
-        }
-        lua_pop(L, 1);
-      }
+      name_functions(L, names, t, *lib);
     }
     lua_settop(L, loaded);
+  }
+  /* The methods of io's file handles (io.stdout.write, f:lines) are
+   * standard functions too, reachable only through the handles' metatable
+   * (registry "FILE*", there once io is open): "FILE*.write". */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, FILE_HANDLE_MT) == LUA_TTABLE) {
+    int mt = lua_gettop(L);
+    if (lua_getfield(L, mt, "__index") == LUA_TTABLE)
+      name_functions(L, names, mt + 1, FILE_HANDLE_MT);
+    lua_settop(L, mt);
+    name_functions(L, names, mt, FILE_HANDLE_MT); /* __gc, __close, __tostring */
   }
   lua_settop(L, names);
   lua_pushvalue(L, names);
@@ -1240,6 +1261,41 @@ static void dec_trusted(dec *d, const char *at)
     dec_fail(d, at, "functions and globals are not accepted from this sender");
 }
 
+/* Resolves "FILE*.name", a method (or metamethod) of io's file handles, in
+ * the receiving state; its metatable is made when io is opened, which in an
+ * isolate happens when the global is first read. */
+static void dec_file_method(dec *d, const char *at, const char *name, uint32_t len, const char *fname, size_t flen)
+{
+  lua_State *L = d->L;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, FILE_HANDLE_MT) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_getglobal(L, "io");
+    lua_pop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, FILE_HANDLE_MT);
+  }
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    if (lua_getfield(L, -1, "__index") == LUA_TTABLE) {
+      lua_pushlstring(L, fname, flen);
+      if (lua_rawget(L, -2) == LUA_TFUNCTION) {
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        return;
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_pushlstring(L, fname, flen);
+    if (lua_rawget(L, -2) == LUA_TFUNCTION && fname[0] == '_') { /* a metamethod */
+      lua_replace(L, -2);
+      return;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_pushlstring(L, name, len > 64 ? 64 : len);
+  dec_fail(d, at, "unknown function \"%s\"", lua_tostring(L, -1));
+}
+
 /* Resolves "lib.name" (or a base library "name") in the receiving state. */
 static void dec_cfunc(dec *d, const char *at, const char *name, uint32_t len)
 {
@@ -1255,6 +1311,10 @@ static void dec_cfunc(dec *d, const char *at, const char *name, uint32_t len)
   }
   /* Only the names the encoder writes: "name" for the base library and
    * "lib.name" for the others ("_G.print" is not one of them). */
+  if (liblen == strlen(FILE_HANDLE_MT) && memcmp(lib, FILE_HANDLE_MT, liblen) == 0) {
+    dec_file_method(d, at, name, len, fname, flen);
+    return;
+  }
   int known = dot == NULL ? in_list(base_functions, fname, flen)
                           : in_list(standard_libs, lib, liblen) && !(liblen == 2 && lib[0] == '_');
   if (known) {

@@ -15,6 +15,11 @@
  * run queue (fairness between isolates, as skynet's weighted batches). */
 #define TURN_BATCH 256
 
+/* The down reason when there was no memory to copy the real one: never
+ * "normal" by default, which would tell a supervisor that a crash was a
+ * clean end. Not freed (isolate_release). */
+static const char REASON_LOST[] = "error: not enough memory (to record why the isolate went down)";
+
 ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
   ic_isolate *iso = calloc(1, sizeof *iso);
   if (!iso) return NULL;
@@ -194,7 +199,7 @@ void isolate_release(ic_isolate *iso) {
   stop_children(iso);
   if (iso->parent) isolate_release(iso->parent);
   free(iso->path);
-  free(iso->reason);
+  if (iso->reason != REASON_LOST) free(iso->reason);
   blob_release(iso->props);
   blob_release(iso->boot);
   free(iso->lua_path);
@@ -290,6 +295,7 @@ void isolate_set_ending(ic_isolate *iso, const char *reason) {
   if (iso->ending) return;
   iso->ending = 1;
   iso->reason = strdup(reason ? reason : "normal");
+  if (!iso->reason) iso->reason = (char *)REASON_LOST;
 }
 
 /* Goes down: no more messages accepted, state closed, registry entry and

@@ -43,6 +43,12 @@ static ic_cluster *check_cluster(lua_State *L, int idx) {
   return lc->c;
 }
 
+/* The cluster, or NULL once closed: for the calls a closed cluster answers
+ * as a shut-down one does (shutdown, run, receive, spawn, lookup). */
+static ic_cluster *cluster_or_closed(lua_State *L, int idx) {
+  return ((lcluster *)luaL_checkudata(L, idx, LCLUSTER_MT))->c;
+}
+
 /* The deadline of a wait of the seconds at idx (nil: none), checked as the
  * isolates check theirs. */
 static uint64_t deadline_from(lua_State *L, int idx, const char *fname, const char *what) {
@@ -122,8 +128,12 @@ static int push_received(lua_State *L) {
 }
 
 static int l_receive(lua_State *L) {
-  ic_cluster *c = check_cluster(L, 1);
+  ic_cluster *c = cluster_or_closed(L, 1);
   uint64_t deadline = deadline_from(L, 2, "receive", "timeout");
+  if (!c) {
+    lua_pushnil(L);
+    return 1;
+  }
   ic_isolate *main = c->main;
   main_block b = {main, -1, 0};
   for (;;) {
@@ -173,6 +183,12 @@ static int l_main_request(lua_State *L) {
   }
   ic_cluster *c = r->iso->cluster;
   ic_isolate *main = c->main;
+  if (r->iso == main) {
+    /* This thread blocks until the reply, so nothing could answer it. */
+    lua_settop(L, 1);
+    return luaL_error(L, "request to %s failed: the main state cannot request itself (nothing answers while it waits)",
+                      luaL_tolstring(L, 1, NULL));
+  }
   ic_msg *m = lstate_encode_msg(L, 2, "msg", MSG_REQUEST);
   if (!m) return luaL_error(L, "out of memory");
   uint64_t corr = ++main->next_corr;
@@ -229,7 +245,11 @@ static int l_main_request(lua_State *L) {
 
 /* ---- cluster methods ------------------------------------------------------- */
 
-static int l_spawn(lua_State *L) { return lstate_spawn(L, check_cluster(L, 1), 2, NULL, 0); }
+static int l_spawn(lua_State *L) {
+  ic_cluster *c = cluster_or_closed(L, 1);
+  if (!c) return luaL_error(L, "spawn_isolate after shutdown");
+  return lstate_spawn(L, c, 2, NULL, 0);
+}
 
 /* core.set_logger(cluster, entry | false | nil): entry runs in a hidden
  * isolate of its own that receives every log line as a message. */
@@ -272,26 +292,33 @@ static ic_isolate *main_find_waiting(void *ud, ic_cluster *c, const char *path) 
 }
 
 static int l_lookup(lua_State *L) {
-  ic_cluster *c = check_cluster(L, 1);
+  ic_cluster *c = cluster_or_closed(L, 1);
   lstate_check_path(L, 2, "lookup_isolate");
   uint64_t deadline = lua_isnoneornil(L, 3) ? 0 : deadline_from(L, 3, "lookup_isolate", "wait");
-  if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "lookup_isolate after shutdown");
-  if (!deadline) return lstate_lookup(L, c, 2, 0);
+  if (!c || atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "lookup_isolate after shutdown");
+  if (!deadline) {
+    if (lstate_lookup(L, c, 2, 0) == 2) lua_pop(L, 1); /* the ref or nil only */
+    return 1;
+  }
   main_wait_path w = {deadline, 0};
-  lstate_lookup_with(L, c, 2, main_find_waiting, &w);
+  if (lstate_lookup_with(L, c, 2, main_find_waiting, &w) == 2) lua_pop(L, 1);
   if (w.interrupted) return raise_interrupted(L);
   return 1;
 }
 
 static int l_lookup_prefix(lua_State *L) {
-  ic_cluster *c = check_cluster(L, 1);
-  if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "lookup_isolates after shutdown");
+  ic_cluster *c = cluster_or_closed(L, 1);
+  if (!c || atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "lookup_isolates after shutdown");
   return lstate_lookup_prefix(L, c, 2);
 }
 
 static int l_run(lua_State *L) {
-  ic_cluster *c = check_cluster(L, 1);
+  ic_cluster *c = cluster_or_closed(L, 1);
   uint64_t deadline = deadline_from(L, 2, "run", "timeout");
+  if (!c) {
+    lua_pushboolean(L, 1); /* closed: shut down long ago */
+    return 1;
+  }
   main_block b = {c->main, -1, 0};
   block_begin(&b);
   /* Woken by each message to the main state too: they stay queued. */
@@ -309,8 +336,12 @@ static int l_run(lua_State *L) {
 }
 
 static int l_shutdown(lua_State *L) {
-  ic_cluster *c = check_cluster(L, 1);
+  ic_cluster *c = cluster_or_closed(L, 1);
   double t = lua_isnoneornil(L, 2) ? CLOSE_SHUTDOWN_SECONDS : lstate_check_seconds(L, 2, "shutdown", "timeout", 0);
+  if (!c) {
+    lua_pushboolean(L, 1); /* idempotent: close shut it down */
+    return 1;
+  }
   /* Bounded, and it runs the on_shutdown handlers: a Ctrl-C meanwhile
    * must not kill the process half-way, so it is held until the shutdown
    * is over and then handed to the handler that was there before (lua.c
@@ -381,21 +412,13 @@ static int l_cluster_index(lua_State *L) {
 static int l_cluster_tostring(lua_State *L) {
   lcluster *lc = luaL_checkudata(L, 1, LCLUSTER_MT);
   if (!lc->c) lua_pushliteral(L, "isolate_cluster(closed)");
-  else /* the node part unsigned, as refs print it */
-    lua_pushfstring(L, "isolate_cluster(node %I, %d workers)", (lua_Integer)lc->c->node_id, lc->c->nworkers);
+  else lua_pushfstring(L, "isolate_cluster(node %I, %d workers)", (LUAI_UACINT)lc->c->node_id, lc->c->nworkers);
   return 1;
 }
 
-static lua_Integer opt_int_field(lua_State *L, int t, const char *k, lua_Integer dflt, lua_Integer min) {
-  lua_Integer v = dflt;
-  if (lua_getfield(L, t, k) != LUA_TNIL) {
-    int ok;
-    v = lua_tointegerx(L, -1, &ok);
-    if (!ok || v < min) luaL_error(L, "opts.%s must be an integer >= %d", k, (int)min);
-  }
-  lua_pop(L, 1);
-  return v;
-}
+/* More workers than this is a mistake (each is an OS thread), and the count
+ * must fit the int the pool keeps it in. */
+#define MAX_WORKERS 1024 /* as the host's --workers */
 
 static int l_new(lua_State *L) {
   cluster_opts o = {0, 0, 0};
@@ -403,8 +426,8 @@ static int l_new(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     static const char *const known[] = {"workers", "mailbox", "time_slice", "logger", NULL};
     lstate_check_options(L, 1, "single_node", known);
-    o.workers = (int)opt_int_field(L, 1, "workers", 0, 1);
-    o.mailbox = (size_t)opt_int_field(L, 1, "mailbox", 0, 1);
+    o.workers = (int)lstate_opt_integer(L, 1, "single_node", "workers", 0, 1, MAX_WORKERS);
+    o.mailbox = (size_t)lstate_opt_integer(L, 1, "single_node", "mailbox", 0, 1, LUA_MAXINTEGER);
     if (lua_getfield(L, 1, "time_slice") != LUA_TNIL) {
       o.slice_seconds = lstate_check_seconds(L, -1, "single_node", "opts.time_slice", 1);
     }
@@ -432,7 +455,9 @@ static int l_encode(lua_State *L) {
  * back as refs that no isolate of this process answers to. */
 static int l_decode(lua_State *L) {
   size_t len;
-  const char *data = luaL_checklstring(L, 1, &len);
+  /* Bytes only: luaL_checklstring would decode 5 as the string "5". */
+  luaL_checktype(L, 1, LUA_TSTRING);
+  const char *data = lua_tolstring(L, 1, &len);
   lstate_ctx *ctx = lstate_open(L);
   codec_limits lim = ctx->lim;
   lim.allow_functions = lua_toboolean(L, 2);

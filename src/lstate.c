@@ -753,6 +753,41 @@ double lstate_check_seconds(lua_State *L, int idx, const char *fname, const char
   return lua_error(L);
 }
 
+lua_Integer lstate_opt_integer(lua_State *L, int t, const char *fname, const char *what, lua_Integer dflt,
+                               lua_Integer min, lua_Integer max) {
+  lua_Integer v = dflt;
+  if (lua_getfield(L, t, what) != LUA_TNIL) {
+    int ok = 0;
+    /* lua_tointegerx alone would take "10" too: options are values, not
+     * text, as times are. */
+    if (lua_type(L, -1) == LUA_TNUMBER) v = lua_tointegerx(L, -1, &ok);
+    if (!ok || v < min || v > max) {
+      if (max == LUA_MAXINTEGER)
+        lua_pushfstring(L, "%s: opts.%s must be an integer >= %I, got ", fname, what, (LUAI_UACINT)min);
+      else
+        lua_pushfstring(L, "%s: opts.%s must be an integer from %I to %I, got ", fname, what, (LUAI_UACINT)min,
+                        (LUAI_UACINT)max);
+      if (lua_type(L, -2) == LUA_TNUMBER) luaL_tolstring(L, -2, NULL);
+      else lua_pushstring(L, luaL_typename(L, -2));
+      lua_concat(L, 2);
+      lua_error(L);
+    }
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+int lstate_opt_flag(lua_State *L, int t, const char *fname, const char *what) {
+  int ty = lua_getfield(L, t, what);
+  if (ty != LUA_TNIL && ty != LUA_TBOOLEAN) {
+    lua_pushfstring(L, "%s: opts.%s must be a boolean, got %s", fname, what, luaL_typename(L, -1));
+    lua_error(L);
+  }
+  int v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
 void lstate_check_options(lua_State *L, int idx, const char *fname, const char *const *allowed) {
   idx = lua_absindex(L, idx);
   lua_pushnil(L);
@@ -799,15 +834,20 @@ static int l_core_check_seconds(lua_State *L) {
 int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden) {
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return luaL_error(L, "spawn_isolate after shutdown");
   int et = lua_type(L, arg);
+  /* Named here, not by luaL_argerror: inside an isolate the C function
+   * behind context:spawn_isolate is core.spawn, a name the user never wrote. */
   if (et != LUA_TFUNCTION && et != LUA_TSTRING)
-    return luaL_argerror(L, arg, "entry must be a function or a module name");
+    return luaL_error(L, "spawn_isolate: the entry must be a function or a module name, got %s",
+                      luaL_typename(L, arg));
   int has_props = !lua_isnoneornil(L, arg + 1);
-  if (has_props) luaL_checktype(L, arg + 1, LUA_TTABLE);
+  if (has_props && lua_type(L, arg + 1) != LUA_TTABLE)
+    return luaL_error(L, "spawn_isolate: properties must be a table, got %s", luaL_typename(L, arg + 1));
   const char *path = NULL;
   int dedicated = 0, detached = 0, lean = 0;
   lua_Integer mbox = (lua_Integer)c->default_mailbox, memlimit = 0;
   if (!lua_isnoneornil(L, arg + 2)) {
-    luaL_checktype(L, arg + 2, LUA_TTABLE);
+    if (lua_type(L, arg + 2) != LUA_TTABLE)
+      return luaL_error(L, "spawn_isolate: opts must be a table, got %s", luaL_typename(L, arg + 2));
     int o = arg + 2;
     static const char *const known[] = {"path", "dedicated", "detached", "mailbox", "memory_limit", "lean", NULL};
     lstate_check_options(L, o, "spawn_isolate", known);
@@ -820,27 +860,12 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     } else {
       lua_pop(L, 1);
     }
-    lua_getfield(L, o, "dedicated");
-    dedicated = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    lua_getfield(L, o, "detached");
-    detached = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    lua_getfield(L, o, "lean");
-    lean = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (lua_getfield(L, o, "mailbox") != LUA_TNIL) {
-      int ok;
-      mbox = lua_tointegerx(L, -1, &ok);
-      if (!ok || mbox <= 0) return luaL_error(L, "opts.mailbox must be a positive integer");
-    }
-    lua_pop(L, 1);
-    if (lua_getfield(L, o, "memory_limit") != LUA_TNIL) {
-      int ok;
-      memlimit = lua_tointegerx(L, -1, &ok);
-      if (!ok || memlimit < 0) return luaL_error(L, "opts.memory_limit must be a number of bytes");
-    }
-    lua_pop(L, 1);
+    dedicated = lstate_opt_flag(L, o, "spawn_isolate", "dedicated");
+    detached = lstate_opt_flag(L, o, "spawn_isolate", "detached");
+    lean = lstate_opt_flag(L, o, "spawn_isolate", "lean");
+    mbox = lstate_opt_integer(L, o, "spawn_isolate", "mailbox", mbox, 1, LUA_MAXINTEGER);
+    /* 0: no limit */
+    memlimit = lstate_opt_integer(L, o, "spawn_isolate", "memory_limit", 0, 0, LUA_MAXINTEGER);
   }
   /* The caller's hold on the new isolate, while its ref is made; made
    * before the encodes, whose bytes no allocation may come between. */
@@ -893,6 +918,12 @@ static ic_isolate *find_or_wait(void *ud, ic_cluster *c, const char *path) {
 
 int lstate_lookup_with(lua_State *L, ic_cluster *c, int arg, lstate_find_fn find, void *ud) {
   const char *path = lstate_check_path(L, arg, "lookup_isolate");
+  if (!cluster_path_is_name(path)) {
+    /* "/", "/dir/", "a": never an isolate's path, so not worth a wait */
+    lua_pushnil(L);
+    lua_pushboolean(L, 1);
+    return 2;
+  }
   guard *g = guard_push(L, release_isolate);
   ic_isolate *iso = (find ? find : find_or_wait)(ud, c, path);
   if (!iso) {

@@ -79,10 +79,13 @@ int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m);
  * Pushes the new ref. Raises on misuse. */
 int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int hidden);
 /* lookup_isolate(path): pushes the ref at the path or nil, waiting until
- * deadline (monotonic ns; 0 = no wait). */
+ * deadline (monotonic ns; 0 = no wait), and returns 1; for a path no
+ * isolate can hold (cluster_path_is_name) pushes nil, true at once and
+ * returns 2. */
 /* lookup_isolate with the finding done by find(ud, c, path), which returns
  * a retained isolate or NULL (e.g. a wait the caller can interrupt); the
- * hold is released even when pushing the ref raises. Pushes the ref or nil. */
+ * hold is released even when pushing the ref raises. Pushes and returns as
+ * lstate_lookup. */
 typedef ic_isolate *(*lstate_find_fn)(void *ud, ic_cluster *c, const char *path);
 int lstate_lookup_with(lua_State *L, ic_cluster *c, int arg, lstate_find_fn find, void *ud);
 int lstate_lookup(lua_State *L, ic_cluster *c, int arg, uint64_t deadline);
@@ -98,6 +101,14 @@ int lstate_core_check_options(lua_State *L);
  * Raises "<fname>: <what> must be ..." otherwise; the main state and the
  * isolates' runtime check every time they take with it. */
 double lstate_check_seconds(lua_State *L, int idx, const char *fname, const char *what, int positive);
+/* Option field `what` of the table at t, when set: an integer-valued number
+ * (not a string that converts) within [min, max]; nil leaves dflt. Raises
+ * "<fname>: opts.<what> must be ..." otherwise. */
+lua_Integer lstate_opt_integer(lua_State *L, int t, const char *fname, const char *what, lua_Integer dflt,
+                               lua_Integer min, lua_Integer max);
+/* Option field `what` of the table at t: nil or false is 0, true is 1,
+ * anything else raises "<fname>: opts.<what> must be a boolean, got ...". */
+int lstate_opt_flag(lua_State *L, int t, const char *fname, const char *what);
 /* send_all(refs, msg): pushes the number accepted and a table of reasons by
  * index (or nil). Encodes msg once. */
 int lstate_send_all(lua_State *L, int refs_idx, int msg_idx);

@@ -201,18 +201,35 @@ int timer_held_before(timer_wheel *t, uint64_t deadline) {
   return held;
 }
 
-static void fire(timer_entry *e) {
+/* Posts e's timer message; 0, or ENOMEM when the message cannot be
+ * allocated (then e keeps its hold on the isolate, for a retry). */
+static int fire(timer_entry *e) {
   ic_isolate *iso = e->iso;
   if (atomic_load(&iso->alive)) {
     ic_msg *m = msg_new(MSG_TIMER, NULL, 0);
-    if (m) {
-      m->corr = e->id;
-      isolate_post_sys(iso, m, NULL);
-    }
-    /* Out of memory: the timer is lost; the waiter's own timeout logic or
-     * the next timer recovers. Nothing else can be done without memory. */
+    if (!m) return ENOMEM;
+    m->corr = e->id;
+    isolate_post_sys(iso, m, NULL);
   }
   isolate_release(iso);
+  return 0;
+}
+
+/* Out of memory when e fired: put it back, due again in a millisecond. A
+ * timer is also what ends a wait (a request's timeout, a sleep), so losing
+ * it could leave an isolate waiting for ever. Returns 0 when it is queued
+ * again; -1 when it cannot be (no room without allocating, or the same
+ * timer was armed again meanwhile): then the caller releases its hold,
+ * outside the lock. Called with t->lock held. */
+static int refire_later(timer_wheel *t, const timer_entry *e) {
+  if (t->len == t->cap || index_find(t, e->iso, e->id) != SIZE_MAX || index_reserve(t)) return -1;
+  size_t pos = t->len++;
+  t->heap[pos] = *e;
+  t->heap[pos].deadline = plat_now_ns() + 1000000;
+  t->heap[pos].seq = t->seq++;
+  index_put(t, pos);
+  heap_up(t, pos);
+  return 0;
 }
 
 static void *timer_main(void *arg) {
@@ -235,8 +252,13 @@ static void *timer_main(void *arg) {
     timer_entry e = heap_take(t, 0);
     /* Post outside the lock: waking takes other locks. */
     plat_mutex_unlock(&t->lock);
-    fire(&e);
+    int rc = fire(&e);
     plat_mutex_lock(&t->lock);
+    if (rc && refire_later(t, &e) != 0) {
+      plat_mutex_unlock(&t->lock);
+      isolate_release(e.iso);
+      plat_mutex_lock(&t->lock);
+    }
   }
   plat_mutex_unlock(&t->lock);
   return NULL;

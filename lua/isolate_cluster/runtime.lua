@@ -32,6 +32,7 @@ local S = {
   -- the coroutine functions as Lua made them (the isolate's own are wrapped
   -- below)
   cocreate = cocreate, coyield = coyield, coresume = coresume, corunning = corunning,
+  coisyieldable = coroutine.isyieldable,
   handlers = {},   -- message, up, down, shutdown
   current = false, -- the job that waits or was preempted (managed by the extras)
   failed = false,  -- going down: nothing more runs
@@ -78,12 +79,21 @@ local function done_reply(job, ok, r)
   if not ok and type(r) ~= "table" then return fail_with(r) end
   local sender, corr, deferred = job.reply_to, job.corr, job.deferred
   if deferred and (ok or deferred.used) then return end
+  -- reply raises for a value it cannot copy, and returns false, why when
+  -- the message cannot be sent (out of memory): either way the requester
+  -- gets an error rather than waiting for its timeout.
   if ok then
-    local sent, why = pcall(reply, sender, corr, true, r)
-    if not sent then reply(sender, corr, false, "cannot send the reply: " .. tostring(why)) end
+    local called, sent, why = pcall(reply, sender, corr, true, r)
+    if not (called and sent) then
+      reply(sender, corr, false, "cannot send the reply: " .. tostring(called and why or sent))
+    end
   else
-    local e = r.err
-    if not pcall(reply, sender, corr, false, e) then reply(sender, corr, false, tostring(e)) end
+    -- r is on_error's record, or for a memory error (Lua calls no message
+    -- handler then) the bare error value itself.
+    local e = r
+    if type(r) == "table" and r.trace then e = r.err end
+    local called, sent = pcall(reply, sender, corr, false, e)
+    if not (called and sent) then reply(sender, corr, false, tostring(e)) end
   end
 end
 S.done_reply = done_reply

@@ -19,7 +19,8 @@ local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
 local EVENT_UP = 1
 
 local cocreate, coresume, coyield, corunning = S.cocreate, S.coresume, S.coyield, S.corunning
-local type, tostring, error, xpcall, setmetatable, next = type, tostring, error, xpcall, setmetatable, next
+local type, tostring, error, xpcall, setmetatable, getmetatable, next = type, tostring, error, xpcall,
+  setmetatable, getmetatable, next
 local fmt = string.format
 local running, take, check_seconds = core.running, core.take, core.check_seconds
 
@@ -76,17 +77,17 @@ step = function(job, resumed, tag, ok, r)
   end
 end
 
-local function start(fn, done, a, b, c, d, reply_to, corr)
+local function start(fn, done, a, b, c, d, reply_to, corr, on_shutdown)
   local job
   if npool > 0 then
     job = pool[npool]
     pool[npool] = nil
     npool = npool - 1
   else
-    job = { co = cocreate(body), kind = false, token = false, timer = false, entry = false }
+    job = { co = cocreate(body), kind = false, token = false, timer = false, entry = false, on_shutdown = false }
     jobs[job.co] = job
   end
-  job.done, job.reply_to, job.corr = done, reply_to or false, corr or false
+  job.done, job.reply_to, job.corr, job.on_shutdown = done, reply_to or false, corr or false, on_shutdown or false
   running(job.co)
   return step(job, coresume(job.co, fn, a, b, c, d))
 end
@@ -123,12 +124,34 @@ end
 
 -- A job waits: records what for, arms the timeout, yields (to step, or to C
 -- when the job is a pump).
-local function wait(kind, token, timeout, what)
+-- The job that may wait here, or an error (at `level`) saying why not.
+local function waiting_job(what, level)
   local job = jobs[corunning()]
   if not job or (job.pump and not job.active) then
     error(fmt("%s can only wait in a handler or entry function of this isolate, "
-      .. "not inside a coroutine of its own", what), 3)
+      .. "not inside a coroutine of its own", what), level + 1)
   end
+  if not S.coisyieldable() then
+    -- A finalizer, or a callback of a C function (table.sort's comparator,
+    -- string.gsub's replacement): Lua cannot suspend through those.
+    error(fmt("%s cannot wait inside a finalizer (__gc) or a callback of a C function", what), level + 1)
+  end
+  if S.failed then
+    -- context:stop was called: the isolate goes down when this handler
+    -- returns, so a wait could never be woken.
+    error(fmt("%s cannot wait: this isolate is stopping (context:stop was called)", what), level + 1)
+  end
+  if job.on_shutdown then
+    -- The isolate stops as soon as its on_shutdown handler returns or
+    -- waits: a wait there would end it silently, in the middle.
+    error(fmt("%s cannot wait in an on_shutdown handler: the isolate stops when the handler returns", what),
+      level + 1)
+  end
+  return job
+end
+
+local function wait(kind, token, timeout, what)
+  local job = waiting_job(what, 3)
   job.kind, job.token, job.timer = kind, token, false
   if timeout then
     next_timer = next_timer + 1
@@ -229,7 +252,7 @@ local function dispatch(kind, m)
     if cur and cur.kind == "preempted" then wake(cur) end
   elseif kind == K_SHUTDOWN then
     -- Runs to completion or to its first wait; the isolate stops after.
-    if handlers.shutdown then start(handlers.shutdown, done_shutdown) end
+    if handlers.shutdown then start(handlers.shutdown, done_shutdown, nil, nil, nil, nil, nil, nil, true) end
   end
 end
 
@@ -264,6 +287,7 @@ end
 local Timer = {}
 Timer.__index = Timer
 function Timer:cancel()
+  if getmetatable(self) ~= Timer then error("timer:cancel must be called with ':' on a timer", 2) end
   if timers[self.id] then
     timers[self.id] = nil
     core.cancel_timer(self.id)
@@ -287,6 +311,9 @@ function methods:on_isolate_up(fn, opts)
   if opts ~= nil then
     if type(opts) ~= "table" then error("on_isolate_up: opts must be a table", 2) end
     core.check_options(opts, "on_isolate_up", "existing")
+    if opts.existing ~= nil and type(opts.existing) ~= "boolean" then
+      error("on_isolate_up: opts.existing must be a boolean, got " .. type(opts.existing), 2)
+    end
   end
   handlers.up = fn
   if fn == nil then return end
@@ -307,6 +334,7 @@ local Monitor = {}
 Monitor.__index = Monitor
 -- Cancelling a monitor that fired (or was cancelled) does nothing.
 function Monitor:cancel()
+  if getmetatable(self) ~= Monitor then error("monitor:cancel must be called with ':' on a monitor", 2) end
   local mon = monitors[self.id]
   if mon then
     monitors[self.id] = nil
@@ -340,8 +368,9 @@ end
 function methods:lookup_isolate(path, wait_s)
   check_self(self, "lookup_isolate")
   if wait_s ~= nil then check_seconds(wait_s, "lookup_isolate", "wait") end
-  local ref = core.lookup(path)
-  if ref or not wait_s or wait_s <= 0 then return ref end
+  local ref, never = core.lookup(path) -- never: no isolate can hold that path
+  if ref or never or not wait_s or wait_s <= 0 then return ref end
+  waiting_job("context:lookup_isolate", 2) -- before subscribing to events for nothing
   core.subscribe(false)
   ref = core.lookup(path) -- it may have come up while subscribing
   if ref then return ref end
@@ -427,6 +456,14 @@ end
 -- ref:request inside an isolate: suspends only this isolate's handler.
 local function request(ref, msg, timeout_s)
   if timeout_s == nil then timeout_s = 5 else check_seconds(timeout_s, "request", "timeout", true) end
+  if rawequal(ref, self_ref) or ref == self_ref then
+    -- Its own handler waits for the reply, so nothing could ever answer.
+    error(fmt("request to %s failed: an isolate cannot request itself (nothing answers while it waits)",
+      tostring(ref)), 2)
+  end
+  -- Before sending: a request that cannot wait must not leave its message
+  -- behind to be answered to nobody.
+  waiting_job("request", 2)
   next_corr = next_corr + 1
   local corr = next_corr
   local ok, why = core.request(ref, msg, corr)

@@ -831,7 +831,10 @@ static void test_refusals(void)
                "cannot copy a C function at msg.handler (only standard library C functions can be copied)");
   encode_error("C closure", "return {gen = coroutine.wrap(function() end)}", NULL,
                "cannot copy a C function at msg.gen*");
-  encode_error("file method", "return {m = io.stdout.write}", NULL, "cannot copy a C function at msg.m*");
+  /* File handle methods are standard functions (SPEC §4): they copy by name. */
+  roundtrip("file method", "return {m = io.stdout.write, g = getmetatable(io.stdout).__tostring}",
+            "local v = ... return rawequal(v.m, io.stdout.write) and rawequal(v.g, getmetatable(io.stdout).__tostring)");
+  exact_bytes("bytes FILE*.write", "return io.stdout.write", "c70b0446494c452a2e7772697465");
   encode_error("light userdata", "return {p = lightud()}", NULL, "cannot copy a light userdata at msg.p");
   encode_error("bad root value", "return coroutine.create(print)", NULL, "cannot copy a thread at msg");
   encode_error("ref without hooks", "return {ref(1, 2)}", "{hooks = false}",
