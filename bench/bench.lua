@@ -2,15 +2,25 @@
 -- in the same run (bench_baseline, built with the project).
 --
 --   lua5.4 bench/bench.lua [--quick] [--workers N] [--baseline path/to/bench_baseline]
---                          [--only pingpong|mpsc|spawns|copy]
+--                          [--only pingpong|reqrep|mpsc|spawns|spawns_lean|copy|parallel]
+--                          [--n COUNT] [--callgrind]
 --
 -- Each benchmark runs in a fresh process (the script runs itself with --only).
+--
+-- --callgrind prints instructions per round trip (ping-pong, request/reply),
+-- per message (fan-in) and per spawn instead: each benchmark runs twice
+-- under `valgrind --tool=callgrind` with two counts, and the difference of
+-- the two totals divided by the difference of the counts is the cost of
+-- one more unit of work, start-up and shutdown cancelling out. Instruction
+-- counts do not swing with the load on the machine as wall time does.
+-- Under valgrind the threads take turns, so it runs with one worker unless
+-- --workers says otherwise.
 --
 -- With LUA_PATH/LUA_CPATH pointing at a build (see README). Figures depend on
 -- the machine and its load; compare ratios between runs, not absolutes.
 local ic = require("isolate_cluster")
 
-local opts = { quick = false, workers = nil, baseline = nil, only = nil }
+local opts = { quick = false, workers = nil, baseline = nil, only = nil, n = nil, callgrind = false }
 do
   local i = 1
   while arg[i] do
@@ -19,6 +29,8 @@ do
     elseif a == "--workers" then i = i + 1; opts.workers = tonumber(arg[i])
     elseif a == "--baseline" then i = i + 1; opts.baseline = arg[i]
     elseif a == "--only" then i = i + 1; opts.only = arg[i]
+    elseif a == "--n" then i = i + 1; opts.n = tonumber(arg[i])
+    elseif a == "--callgrind" then opts.callgrind = true
     else error("unknown argument " .. a) end
     i = i + 1
   end
@@ -31,7 +43,7 @@ if not opts.baseline then
 end
 
 local scale = opts.quick and 0.01 or 1
-local function count(n) return math.max(10, math.floor(n * scale)) end
+local function count(n) return opts.n or math.max(10, math.floor(n * scale)) end
 
 local function baseline(name, n)
   if not opts.baseline then return nil end
@@ -52,8 +64,8 @@ local function report(name, value, unit, base, higher_is_better)
   print(line)
 end
 
-local function cluster()
-  return ic.single_node({ workers = opts.workers, logger = false })
+local function cluster(workers)
+  return ic.single_node({ workers = workers or opts.workers, logger = false })
 end
 
 -- Ping-pong: two isolates bounce one message; round trips per second.
@@ -81,13 +93,34 @@ local function pingpong(n)
   return n / dt
 end
 
+-- Request/reply: one isolate asks another n times, one request at a time
+-- (each a wait inside a handler); round trips per second.
+local function reqrep(n)
+  local c = cluster()
+  c:spawn_isolate(function(ctx)
+    ctx:on_message(function(msg) return msg end)
+  end, nil, { path = "/server" })
+  local client = c:spawn_isolate(function(ctx)
+    local server = ctx:lookup_isolate("/server", 5)
+    ctx:on_message(function(k, sender)
+      local t0 = ctx:now()
+      for i = 1, k do server:request(i, 60) end
+      sender:send(ctx:now() - t0)
+    end)
+  end)
+  client:send(n)
+  local dt = c:receive(600)
+  c:shutdown()
+  return n / dt
+end
+
 -- Two producers, one consumer: messages per second into one mailbox.
 local function mpsc(n)
   local c = cluster()
   local consumer = c:spawn_isolate(function(ctx)
     local got, t0, report_to = 0, nil, nil
     ctx:on_message(function(msg, sender)
-      if type(msg) == "table" then
+      if msg.start then
         report_to, t0 = sender, ctx:now()
         return
       end
@@ -100,7 +133,7 @@ local function mpsc(n)
     local target, k = ctx:property("target"), ctx:property("n")
     ctx:on_message(function()
       for i = 1, k do
-        while not target:send(i) do ctx:sleep(0.001) end
+        while not target:send({ i, "x" }) do ctx:sleep(0.001) end
       end
     end)
   end
@@ -122,13 +155,14 @@ local function rss_kb()
   return tonumber(s:match("VmRSS:%s+(%d+)"))
 end
 
-local function spawns(n)
+local function spawns(n, lean)
   local c = cluster()
   local entry = function(ctx) ctx:on_message(function(m) return m end) end
+  local o = lean and { lean = true } or nil
   collectgarbage()
   local r0 = rss_kb()
   local t0 = ic.now()
-  for _ = 1, n do c:spawn_isolate(entry) end
+  for _ = 1, n do c:spawn_isolate(entry, nil, o) end
   -- Isolates boot in spawn order on the pool: once the last one answers,
   -- all of them have run their entry functions.
   local last = c:spawn_isolate(entry)
@@ -138,6 +172,31 @@ local function spawns(n)
   local ok = c:shutdown(60)
   local t2 = ic.now()
   return n / (t1 - t0), r0 and r1 and (r1 - r0) / n or nil, ok, t2 - t1
+end
+
+-- Scaling: two isolates each run the same arithmetic loop, on one worker
+-- and then on two; the speed-up of two workers over one.
+local function parallel(k)
+  local function run(workers)
+    local c = cluster(workers)
+    local entry = function(ctx)
+      ctx:on_message(function(steps, sender)
+        local x = 0.0
+        for i = 1, steps do x = x + (i % 7) * 0.5 end
+        sender:send(x)
+      end)
+    end
+    local a, b = c:spawn_isolate(entry), c:spawn_isolate(entry)
+    local t0 = ic.now()
+    a:send(k)
+    b:send(k)
+    c:receive(600)
+    c:receive(600)
+    local dt = ic.now() - t0
+    c:shutdown()
+    return dt
+  end
+  return run(1) / run(2)
 end
 
 -- Copy: a 10,000-entry string -> number table from one isolate to another.
@@ -174,16 +233,52 @@ end
 print(string.format("isolate_cluster %s benchmarks, %s workers%s", ic._VERSION,
   opts.workers or "default", opts.quick and " (quick: tiny counts, figures meaningless)" or ""))
 
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local lua = arg[-1] or "lua5.4"
+
+-- Instructions of one run of benchmark name with count n (valgrind's total).
+local function instructions(name, n, workers)
+  local cmd = "valgrind --tool=callgrind --callgrind-out-file=/dev/null " .. q(lua) .. " " .. q(arg[0]) ..
+    " --only " .. name .. " --n " .. n .. " --workers " .. workers .. " 2>&1"
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  local ir = out:match("Collected : (%d+)")
+  if not ir then error("callgrind run failed:\n" .. out) end
+  return tonumber(ir)
+end
+
+if opts.callgrind then
+  local workers = opts.workers or 1
+  print(string.format("instructions per unit of work (callgrind, %d worker%s, difference of two counts)",
+    workers, workers == 1 and "" or "s"))
+  local runs = {
+    { "pingpong", "ping-pong", "round trip", 20000, 60000 },
+    { "reqrep", "request/reply", "round trip", 10000, 30000 },
+    { "mpsc", "fan-in 2 -> 1 {i, \"x\"}", "message", 10000, 30000 }, -- per producer
+    { "spawns", "spawn (up, idle, shut down)", "isolate", 500, 1500 },
+    { "spawns_lean", "lean spawn (up, idle, shut down)", "isolate", 500, 1500 },
+  }
+  for _, r in ipairs(runs) do
+    local name, label, unit, n1, n2 = r[1], r[2], r[3], r[4], r[5]
+    if opts.only == nil or opts.only == name then
+      if opts.quick then n1, n2 = n1 // 100, n2 // 100 end
+      local per_unit = name == "mpsc" and 2 or 1
+      local i1, i2 = instructions(name, n1, workers), instructions(name, n2, workers)
+      print(string.format("%-34s %14.0f instructions per %s", label, (i2 - i1) / ((n2 - n1) * per_unit), unit))
+    end
+  end
+  return
+end
+
 -- Without --only, each benchmark runs in a process of its own, so none of
 -- them inherits another's threads and allocator arenas (the memory figure
 -- in particular would otherwise count memory an earlier one freed).
 if opts.only == nil then
-  local lua = arg[-1] or "lua5.4"
-  local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
   local common = (opts.quick and " --quick" or "") ..
     (opts.workers and " --workers " .. opts.workers or "") ..
     (opts.baseline and " --baseline " .. q(opts.baseline) or "")
-  for _, name in ipairs({ "pingpong", "mpsc", "spawns", "copy" }) do
+  for _, name in ipairs({ "pingpong", "reqrep", "mpsc", "spawns", "spawns_lean", "copy", "parallel" }) do
     local p = io.popen(q(lua) .. " " .. q(arg[0]) .. " --only " .. name .. common)
     local out = p:read("a")
     local ok = p:close()
@@ -200,18 +295,29 @@ if wanted("pingpong") then
   n = count(300000)
   report("ping-pong round trips/s", pingpong(n), "rt/s", baseline("pingpong", n), true)
 end
+if wanted("reqrep") then
+  n = count(200000)
+  report("request/reply round trips/s", reqrep(n), "rt/s", baseline("pingpong", n), true)
+end
 if wanted("mpsc") then
   n = count(1000000)
-  report("2 producers -> 1 consumer", mpsc(n), "msg/s", baseline("mpsc", n), true)
+  report("2 producers -> 1 consumer {i,\"x\"}", mpsc(n), "msg/s", baseline("mpsc", n), true)
 end
-if wanted("spawns") then
-  n = count(20000)
-  local rate, per, down, shutdown_s = spawns(n)
-  report("spawns/s (up and answering)", rate, "spawns/s")
-  if per then report("resident memory per idle isolate", per, "KB") end
-  report(string.format("shutdown of %d idle isolates", n), shutdown_s * 1000, down and "ms" or "ms (late!)")
+for _, lean in ipairs({ false, true }) do
+  if wanted(lean and "spawns_lean" or "spawns") then
+    n = count(20000)
+    local rate, per, down, shutdown_s = spawns(n, lean)
+    local kind = lean and "lean " or ""
+    report(kind .. "spawns/s (up and answering)", rate, "spawns/s")
+    if per then report("resident memory per idle " .. kind .. "isolate", per, "KB") end
+    report(string.format("shutdown of %d idle %sisolates", n, kind), shutdown_s * 1000, down and "ms" or "ms (late!)")
+  end
 end
 if wanted("copy") then
   n = count(300)
   report("copy 10,000-entry table", copy(n), "ms/message", baseline("copy", n), false)
+end
+if wanted("parallel") then
+  n = count(20000000)
+  report("2 isolates computing, 2 workers/1", parallel(n), "x speed-up", baseline("parallel", n), true)
 end

@@ -9,8 +9,10 @@
  *             mutex-protected queue (messages/s)
  *   copy      msgpuck encode + decode of a map of 10,000 string -> number
  *             entries (ms per copy)
+ *   parallel  the same arithmetic loop of N steps run twice, on one thread
+ *             and then on two threads at once (the speed-up, 1 -> 2)
  *
- * Usage: bench_baseline pingpong|mpsc|copy N   (prints one number)
+ * Usage: bench_baseline pingpong|mpsc|copy|parallel N   (prints one number)
  */
 #define MP_SOURCE 1
 #include <msgpuck.h>
@@ -158,9 +160,32 @@ static double bench_copy(long n) {
   return dt / (double)n * 1000.0; /* ms per copy */
 }
 
+/* The loop of bench.lua's parallel workload: no memory traffic, so two
+ * threads can only be held back by the machine, not by each other. */
+static void *spin_main(void *arg) {
+  long n = *(long *)arg;
+  volatile double x = 0;
+  for (long i = 0; i < n; i++) x = x + (double)(i % 7) * 0.5;
+  return NULL;
+}
+
+static double bench_parallel(long n) {
+  pthread_t t1, t2;
+  double t0 = now();
+  spin_main(&n);
+  spin_main(&n);
+  double one = now() - t0;
+  t0 = now();
+  pthread_create(&t1, NULL, spin_main, &n);
+  pthread_create(&t2, NULL, spin_main, &n);
+  pthread_join(t1, NULL);
+  pthread_join(t2, NULL);
+  return one / (now() - t0); /* speed-up of two threads over one */
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: %s pingpong|mpsc|copy N\n", argv[0]);
+    fprintf(stderr, "usage: %s pingpong|mpsc|copy|parallel N\n", argv[0]);
     return 2;
   }
   long n = atol(argv[2]);
@@ -168,6 +193,7 @@ int main(int argc, char **argv) {
   if (strcmp(argv[1], "pingpong") == 0) r = bench_pingpong(n);
   else if (strcmp(argv[1], "mpsc") == 0) r = bench_mpsc(n);
   else if (strcmp(argv[1], "copy") == 0) r = bench_copy(n);
+  else if (strcmp(argv[1], "parallel") == 0) r = bench_parallel(n);
   else {
     fprintf(stderr, "unknown benchmark %s\n", argv[1]);
     return 2;

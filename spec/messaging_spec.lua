@@ -173,6 +173,33 @@ describe("messaging", function()
       local report = W.receive(c, 20)
       assert.same({ count = 1000, in_order = true }, report)
     end)
+
+    it("a queued run of messages keeps its order when a handler in the middle waits, and a request after it is answered", function()
+      local r = c:spawn_isolate(function(ctx)
+        -- The entry computes (no wait, so nothing is taken meanwhile): the
+        -- messages and the request queue in the mailbox, and are then
+        -- handled as one run.
+        local t0 = os.clock()
+        while os.clock() - t0 < 0.2 do end
+        local log = {}
+        ctx:on_message(function(m)
+          if m == "log" then return log end
+          log[#log + 1] = m
+          if m % 25 == 0 then
+            ctx:sleep(0.001)
+            log[#log + 1] = "woke " .. m
+          end
+        end)
+      end)
+      for i = 1, 100 do assert.is_true(r:send(i)) end
+      local log = r:request("log", 30)
+      local want = {}
+      for i = 1, 100 do
+        want[#want + 1] = i
+        if i % 25 == 0 then want[#want + 1] = "woke " .. i end
+      end
+      assert.same(want, log)
+    end)
   end)
 
   describe("values", function()

@@ -31,6 +31,71 @@ describe("values", function()
     return echo:request(v, 30)
   end
 
+  -- Scalars and short strings take a shorter way through send and take than
+  -- other values: both ways must give exactly what the encoder and decoder
+  -- give, at every width boundary.
+  describe("plain sends of scalars and short strings", function()
+    local function bounce(v)
+      local back = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(m, sender) sender:send(m) end)
+      end)
+      assert.is_true(back:send(v))
+      local got = c:receive(30)
+      back:kill()
+      return got
+    end
+
+    it("keep value and number subtype at every encoding width", function()
+      local values = { 0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295, 4294967296,
+        math.maxinteger, -1, -32, -33, -128, -129, -32768, -32769, math.mininteger,
+        0.0, -0.0, 1.0, 0.5, -2.5, math.huge, -math.huge, 2^53, 1e308 }
+      for _, v in ipairs(values) do
+        local got = bounce(v)
+        assert.equal(math.type(v), math.type(got), tostring(v))
+        assert.equal(v, got)
+        if v == 0 and math.type(v) == "float" then assert.equal(1 / v, 1 / got) end
+      end
+      local nan = bounce(0 / 0)
+      assert.is_true(nan ~= nan)
+    end)
+
+    it("arrive with their own sender, whether it changes or repeats", function()
+      local collector = c:spawn_isolate(function(ctx)
+        local seen = {}
+        ctx:on_message(function(m, sender)
+          if m == "report" then return seen end
+          seen[#seen + 1] = { m, sender }
+        end)
+      end)
+      -- Short-lived senders, one after another (each gone before the next
+      -- starts), then one sending twice after another one.
+      local expected = {}
+      for i = 1, 20 do
+        local s = c:spawn_isolate(function(ctx)
+          ctx:on_message(function(m) ctx:property("to"):send(m) end)
+        end, { to = collector })
+        assert.is_true(s:request(i, 30) == nil)
+        expected[#expected + 1] = { i, s }
+        if i % 3 ~= 0 then s:kill() end
+      end
+      local seen = collector:request("report", 30)
+      assert.equal(#expected, #seen)
+      for k, e in ipairs(expected) do
+        assert.equal(e[1], seen[k][1])
+        assert.is_true(e[2] == seen[k][2], "message " .. k .. " came with another sender")
+      end
+    end)
+
+    it("keep booleans and strings up to and past 31 bytes, UTF-8 or not", function()
+      assert.is_true(bounce(true))
+      assert.is_false(bounce(false))
+      for _, s in ipairs({ "", "x", ("a"):rep(31), ("b"):rep(32), "caf\u{e9}", "\xff\xfe",
+        ("\0"):rep(31), ("z"):rep(300) }) do
+        assert.equal(s, bounce(s))
+      end
+    end)
+  end)
+
   describe("round trips", function()
     it("nil and booleans", function()
       assert.is_nil(trip(nil))
@@ -105,6 +170,83 @@ describe("values", function()
       assert.is_true(rawequal(r, r.self))
       assert.is_true(rawequal(r, r.child.parent))
       assert.equal("t", r.self.child.parent.name)
+    end)
+
+    -- The root is remembered without the table of seen values until a
+    -- second table or function comes: every order of root, nested and
+    -- repeated values must still come back with its identities.
+    it("keeps identities through the root, whichever comes first", function()
+      local t = {}
+      t[1] = t -- the root is the first nested value
+      t[2] = { t, t }
+      local r = trip(t)
+      assert.is_true(rawequal(r, r[1]))
+      assert.is_true(rawequal(r, r[2][1]) and rawequal(r, r[2][2]))
+      local inner = {}
+      local u = { inner, inner, { inner }, u }
+      u[4] = u
+      local ru = trip(u)
+      assert.is_true(rawequal(ru[1], ru[2]) and rawequal(ru[1], ru[3][1]))
+      assert.is_true(rawequal(ru, ru[4]))
+      assert.is_false(rawequal(ru, ru[1]))
+      local flat = trip({ 7, "x" })
+      assert.same({ 7, "x" }, flat)
+      local function f() return f end
+      local rf = trip(f)
+      assert.is_true(rawequal(rf, rf()))
+      local g
+      local holder = { fn = function() return g end }
+      g = holder
+      local rg = trip(holder)
+      assert.is_true(rawequal(rg, rg.fn()))
+    end)
+
+    -- A small table of scalars is encoded by a shorter way than tables in
+    -- general: its bytes must be those the general way writes, which a
+    -- table nested one level down always takes.
+    it("small tables of scalars encode to the bytes of the general encoder", function()
+      local function general(t) return ic.encode({ t }):sub(2) end
+      local hashed = {}
+      hashed[2] = "b"
+      hashed[1] = "a"
+      local shapes = {
+        { 1 }, { 7, "x" }, { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 },
+        { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 },
+        { 1, nil, 3 }, { 1, 2, x = 3 }, { [1] = 1, [3] = 3 }, { [0] = 0, 1 }, hashed,
+        { 0.5, -0.0, 1 / 0, math.maxinteger, math.mininteger, -1, 255, 65536, 2 ^ 53 },
+        { true, false, "" }, { ("a"):rep(31), ("b"):rep(32) }, { "\xff" }, { "caf\u{e9}" },
+        { {} }, { function() end }, { [1.5] = 1 }, _G, setmetatable({ 1, 2 }, { __index = function() return 0 end }),
+      }
+      for i, t in ipairs(shapes) do
+        assert.equal(general(t), ic.encode(t), "shape " .. i)
+      end
+      for i = 1, 3 do -- and they come back as they went
+        assert.same(shapes[i], trip(shapes[i]))
+      end
+      assert.same({ 7, "x" }, ic.decode(ic.encode({ 7, "x" })))
+    end)
+
+    -- Likewise, a message that is a small array of scalars is decoded by a
+    -- shorter way: it must give what the general decoder gives for the same
+    -- array one level down, and leave malformed bytes to it.
+    it("small arrays of scalars decode as the general decoder decodes them", function()
+      local function general(b)
+        return ic.decode(string.char(0x91) .. b)[1]
+      end
+      local good = {
+        "\x91\x05", "\x92\x07\xa1x", "\x93\xff\xe0\x7f", "\x92\xcc\xff\xcd\xff\xff",
+        "\x91\xce\xff\xff\xff\xff", "\x92\xcb\x3f\xe0\x00\x00\x00\x00\x00\x00\xc3",
+        "\x92\xc2\xa0", "\x91\xbf" .. ("z"):rep(31), "\x92\xc0\x01", "\x91\x91\x01",
+        "\x9f" .. ("\x01"):rep(15), "\x91\xd0\x80", "\x91\xcf\x00\x00\x00\x00\x00\x00\x00\x01",
+      }
+      for i, b in ipairs(good) do
+        assert.same(general(b), ic.decode(b), "message " .. i)
+        assert.equal(math.type(general(b)[1]), math.type(ic.decode(b)[1]), "message " .. i)
+      end
+      local bad = { "\x92\x01", "\x91\xa3ab", "\x91\xcd\x01", "\x91\x01\x02", "\x91\xcb\x00" }
+      for i, b in ipairs(bad) do
+        assert.is_false(pcall(ic.decode, b), "bad message " .. i)
+      end
     end)
 
     it("does not copy metatables", function()

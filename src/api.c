@@ -187,7 +187,7 @@ int api_one_value(const char *data, size_t len, int type) {
 static int spawn_boot(ic_cluster *c, const char *boot, size_t boot_len, const char *props, size_t props_len,
                       const ic_spawn_options *opts, ic_ref *out) {
   if (props && !api_one_value(props, props_len, MP_MAP)) return IC_EINVAL;
-  spawn_args a = {ISO_POOL, 0, 0, props, props_len, boot, boot_len, NULL, NULL, NULL, 0, NULL, 1, NULL, 0};
+  spawn_args a = {ISO_POOL, 0, 0, props, props_len, boot, boot_len, NULL, NULL, NULL, 0, NULL, 1, NULL, 0, 0};
   if (opts) {
     a.kind = opts->dedicated ? ISO_DEDICATED : ISO_POOL;
     a.mailbox = opts->mailbox;

@@ -1042,9 +1042,14 @@ int cluster_join_stopper(ic_cluster *c) {
 
 void cluster_detach_stopper(ic_cluster *c) {
   plat_mutex_lock(&c->lock);
-  if (c->has_stopper) pthread_detach(c->stopper);
+  int had = c->has_stopper;
+  if (had) pthread_detach(c->stopper);
   c->has_stopper = 0;
   plat_mutex_unlock(&c->lock);
+  /* The stopper, and the workers its shutdown still waits for, run on after
+   * the cluster is closed (at the end of a script: while lua_close unloads
+   * the module): the code they run must stay mapped. */
+  if (had) plat_pin_code();
 }
 
 /* Whatever the main state waits for now, it looks again (it sees the state
@@ -1155,6 +1160,7 @@ int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *er
   }
   iso->native = a->native;
   iso->mem_limit = a->memory_limit;
+  iso->lean = a->lean;
   iso->hidden = a->hidden;
   if (a->props && !(iso->props = blob_new(a->props, a->props_len))) goto oom_iso;
   if (!(iso->boot = blob_new(a->boot, a->boot_len))) goto oom_iso;

@@ -245,6 +245,7 @@ typedef struct spawn_args {
                                  and failure), or NULL for a Lua isolate */
   uint64_t id;                /* 0 = the next id; else this one: chosen by the
                                  node that asked for the spawn (src/net/net.c) */
+  int lean;                   /* only the base library opened at start */
 } spawn_args;
 
 /* Creates, registers and starts an isolate. Returns 0 with *out retained

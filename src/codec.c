@@ -578,8 +578,23 @@ static lua_Integer enc_seen(enc *e, int obj, const enc_frame *at)
 {
   lua_State *L = e->L;
   if (lua_isnil(L, e->seen)) {
+    /* The root (at stack index 2, see enc_run), when it is a table or a
+     * function, is always the first one met, index 0: it is compared by
+     * identity, and the seen table is made only for a second one. A
+     * message of one flat table never makes it. */
+    if (e->nseen == 0 && obj == 2) {
+      e->nseen = 1;
+      return -1;
+    }
+    if (e->nseen == 1 && lua_rawequal(L, obj, 2))
+      return 0;
     lua_createtable(L, 0, 4);
     lua_replace(L, e->seen);
+    if (e->nseen == 1) {
+      lua_pushvalue(L, 2);
+      lua_pushinteger(L, 0);
+      lua_rawset(L, e->seen);
+    }
   } else {
     lua_pushvalue(L, obj);
     if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
@@ -989,6 +1004,75 @@ static int enc_run(lua_State *L)
   return 0;
 }
 
+size_t codec_encode_scalar(lua_State *L, int idx, char out[CODEC_SCALAR_MAX])
+{
+  switch (lua_type(L, idx)) {
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx)) {
+      lua_Integer v = lua_tointeger(L, idx);
+      char *w = v >= 0 ? mp_encode_uint(out, (uint64_t)v) : mp_encode_int(out, v);
+      return (size_t)(w - out);
+    }
+    return (size_t)(mp_encode_double(out, (double)lua_tonumber(L, idx)) - out);
+  case LUA_TBOOLEAN:
+    return (size_t)(mp_encode_bool(out, lua_toboolean(L, idx)) - out);
+  case LUA_TSTRING: {
+    size_t len;
+    const char *str = lua_tolstring(L, idx, &len); /* a string: no allocation */
+    if (len > 31 || !is_utf8((const unsigned char *)str, len))
+      return 0;
+    return (size_t)(mp_encode_str(out, str, (uint32_t)len) - out);
+  }
+  default:
+    return 0;
+  }
+}
+
+/* A table whose keys are exactly 1..n (n <= 15), met in that order, with
+ * only numbers, booleans and short UTF-8 strings as values (the commonest
+ * small message, {i, "x"}): written without the protected call. The bytes
+ * are what enc_table writes for it (a fixarray of the values, each as
+ * codec_encode_scalar writes it; a table that is only values is never a
+ * back-reference). Returns 0 having written nothing for anything else, or
+ * when the bytes do not fit (the protected path then raises the error).
+ * Raw reads only: runs no Lua code, raises nothing. Needs 2 free stack
+ * slots. */
+static int enc_small_array(enc *e, int idx)
+{
+  lua_State *L = e->L;
+  lua_Unsigned n = lua_rawlen(L, idx);
+  if (n == 0 || n > 15)
+    return 0;
+  char tmp[1 + 15 * CODEC_SCALAR_MAX];
+  size_t len = 1;
+  tmp[0] = (char)(0x90 | n);
+  lua_Integer next = 1;
+  int top = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    size_t k = 0;
+    if (next > (lua_Integer)n || !lua_isinteger(L, -2) || lua_tointeger(L, -2) != next ||
+        (k = codec_encode_scalar(L, -1, tmp + len)) == 0) {
+      lua_settop(L, top);
+      return 0;
+    }
+    len += k;
+    next++;
+    lua_pop(L, 1);
+  }
+  if ((lua_Unsigned)(next - 1) != n)
+    return 0;
+  /* The globals table is written as a marker, whatever it holds. */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int globals = lua_rawequal(L, -1, idx);
+  lua_pop(L, 1);
+  if (globals || enc_grow(e, len) <= 0)
+    return 0;
+  memcpy(e->b->data + e->b->len, tmp, len);
+  e->b->len += len;
+  return 1;
+}
+
 void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *hooks,
                   const codec_limits *lim, codec_buf *b)
 {
@@ -1031,6 +1115,8 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
     lua_pushfstring(L, "not enough memory to copy %s", e.root);
     raise_error(L);
   }
+  if (t == LUA_TTABLE && enc_small_array(&e, idx))
+    return;
   /* Any error inside, including a memory error from a Lua API call, comes
    * back here, so the buffer is cut back on every path. A light C function
    * and a light userdata cost no allocation. */
@@ -1100,8 +1186,20 @@ static void dec_register(dec *d)
 {
   lua_State *L = d->L;
   if (lua_isnil(L, d->objs)) {
+    /* The root, when it is a table or a function, is the first one
+     * registered and stays just above the list's slot: back-reference 0
+     * finds it there, and the list is made only for a second one. A
+     * message of one flat table never makes it. */
+    if (d->nobjs == 0 && lua_gettop(L) == d->objs + 1) {
+      d->nobjs = 1;
+      return;
+    }
     lua_createtable(L, 8, 0);
     lua_replace(L, d->objs);
+    if (d->nobjs == 1) {
+      lua_pushvalue(L, d->objs + 1);
+      lua_rawseti(L, d->objs, 1);
+    }
   }
   lua_pushvalue(L, -1);
   lua_rawseti(L, d->objs, ++d->nobjs);
@@ -1278,7 +1376,10 @@ static void dec_ext(dec *d)
     uint32_t i = mp_load_u32(&q);
     if ((lua_Integer)i >= d->nobjs)
       dec_fail(d, at, "bad back-reference %I", (lua_Integer)i);
-    lua_rawgeti(L, d->objs, (lua_Integer)i + 1);
+    if (lua_isnil(L, d->objs))
+      lua_pushvalue(L, d->objs + 1); /* the root, see dec_register */
+    else
+      lua_rawgeti(L, d->objs, (lua_Integer)i + 1);
     break;
   }
   case CODEC_EXT_CFUNC:
@@ -1684,6 +1785,66 @@ static void dec_value(dec *d)
   }
 }
 
+/* Pushes the scalar at *p (before end) if it is one dec_value would push
+ * as such (a fixint of either sign, a uint8/16/32, a float64, a boolean, a
+ * fixstr) and returns 1, moving *p past it; returns 0, pushing nothing,
+ * for anything else or a truncated one. */
+static int dec_small_scalar(lua_State *L, const char **pp, const char *end)
+{
+  const char *p = *pp;
+  uint8_t c = (uint8_t)*p++;
+  size_t left = (size_t)(end - p);
+  if (c <= 0x7f || c >= 0xe0) {
+    lua_pushinteger(L, (lua_Integer)(int8_t)c);
+  } else if ((c & 0xe0) == 0xa0) {
+    size_t n = c & 0x1f;
+    if (n > left)
+      return 0;
+    lua_pushlstring(L, p, n);
+    p += n;
+  } else if (c == 0xc2 || c == 0xc3) {
+    lua_pushboolean(L, c == 0xc3);
+  } else if (c == 0xcc && left >= 1) {
+    lua_pushinteger(L, (lua_Integer)mp_load_u8(&p));
+  } else if (c == 0xcd && left >= 2) {
+    lua_pushinteger(L, (lua_Integer)mp_load_u16(&p));
+  } else if (c == 0xce && left >= 4) {
+    lua_pushinteger(L, (lua_Integer)mp_load_u32(&p));
+  } else if (c == 0xcb && left >= 8) {
+    lua_pushnumber(L, (lua_Number)mp_load_double(&p));
+  } else {
+    return 0;
+  }
+  *pp = p;
+  return 1;
+}
+
+/* A message that is a fixarray of such scalars and nothing else (the
+ * commonest small message, {i, "x"}): pushed as the table dec_array makes,
+ * without the decoder's set-up. Returns 0 with the stack as it was for
+ * anything else (the general decoder then takes it, and reports what is
+ * wrong with it). Needs 2 free stack slots; a memory error raises. */
+static int dec_small_array(lua_State *L, const char *data, size_t len)
+{
+  int n = (uint8_t)data[0] & 0x0f;
+  const char *p = data + 1, *end = data + len;
+  if (n == 0)
+    return 0;
+  lua_createtable(L, n, 0);
+  for (int i = 1; i <= n; i++) {
+    if (p >= end || !dec_small_scalar(L, &p, end)) {
+      lua_pop(L, 1);
+      return 0;
+    }
+    lua_rawseti(L, -2, i);
+  }
+  if (p != end) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
 void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks *hooks,
                   const codec_limits *lim)
 {
@@ -1711,6 +1872,31 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
   if (!lua_checkstack(L, 2 + CODEC_STACK_PER_LEVEL)) {
     lua_pushliteral(L, "not enough memory to decode a message");
     lua_error(L);
+  }
+  /* The commonest small messages, a small integer or a short string, are
+   * complete in their first byte's count: pushed without the decoder's
+   * set-up (an allocation failure raises like any other). */
+  if (len >= 1) {
+    uint8_t c = (uint8_t)data[0];
+    const char *p = data + 1;
+    if (len == 1 && (c <= 0x7f || c >= 0xe0)) {
+      lua_pushinteger(L, (lua_Integer)(int8_t)c); /* fixint, both signs */
+      return;
+    }
+    if ((c & 0xe0) == 0xa0 && (size_t)(c & 0x1f) == len - 1) {
+      lua_pushlstring(L, p, len - 1);
+      return;
+    }
+    if ((c == 0xcc && len == 2) || (c == 0xcd && len == 3) || (c == 0xce && len == 5)) {
+      lua_pushinteger(L, (lua_Integer)(c == 0xcc ? mp_load_u8(&p) : c == 0xcd ? mp_load_u16(&p) : mp_load_u32(&p)));
+      return;
+    }
+    if (c == 0xcb && len == 9) {
+      lua_pushnumber(L, (lua_Number)mp_load_double(&p));
+      return;
+    }
+    if ((c & 0xf0) == 0x90 && dec_small_array(L, data, len))
+      return;
   }
   lua_pushnil(L);
   d.objs = lua_gettop(L);

@@ -124,6 +124,7 @@ typedef struct ic_isolate {
   atomic_size_t stat_mem;       /* mem_used as of the end of its last turn */
   struct ic_native *native;     /* a native isolate's C handler (native.h), or NULL;
                                    set before it starts, freed with the isolate */
+  int lean;                     /* opts.lean: string opened on first use too */
   monitor_set monitors;         /* who watches this isolate go down (monitor.h) */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
 

@@ -397,7 +397,12 @@ static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, 
   }
   if (!r->iso) return "isolate down";
   if (!atomic_load_explicit(&r->iso->alive, memory_order_acquire)) return "isolate down";
-  ic_msg *m = encode_msg_ctx(L, ctx, idx, "msg", kind);
+  /* A number, boolean or short string: encoded on the stack, without the
+   * encoder's set-up. */
+  char small[CODEC_SCALAR_MAX];
+  size_t len = codec_encode_scalar(L, idx, small);
+  ic_msg *m = len && len <= ctx->lim.max_bytes ? msg_new(kind, small, len)
+                                               : encode_msg_ctx(L, ctx, idx, "msg", kind);
   if (!m) return "out of memory";
   m->corr = corr;
   return post_from(ctx, r->iso, m);
@@ -811,6 +816,8 @@ lstate_ctx *lstate_open(lua_State *L) {
 
   lua_newtable(L);
   ctx->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushboolean(L, 0);
+  ctx->last_sender_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   if (luaL_newmetatable(L, LREF_MT)) {
     static const luaL_Reg methods[] = {
@@ -975,13 +982,13 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   if (has_props && lua_type(L, arg + 1) != LUA_TTABLE)
     return luaL_error(L, "spawn_isolate: properties must be a table, got %s", luaL_typename(L, arg + 1));
   const char *path = NULL, *node = NULL;
-  int dedicated = 0, detached = 0;
+  int dedicated = 0, detached = 0, lean = 0;
   lua_Integer mbox = (lua_Integer)c->default_mailbox, memlimit = 0;
   if (!lua_isnoneornil(L, arg + 2)) {
     if (lua_type(L, arg + 2) != LUA_TTABLE)
       return luaL_error(L, "spawn_isolate: opts must be a table, got %s", luaL_typename(L, arg + 2));
     int o = arg + 2;
-    static const char *const known[] = {"path", "dedicated", "detached", "mailbox", "memory_limit", "node", NULL};
+    static const char *const known[] = {"path", "dedicated", "detached", "mailbox", "memory_limit", "node", "lean", NULL};
     lstate_check_options(L, o, "spawn_isolate", known);
     /* The string stays on the stack until the spawn is done: opts need
      * not hold it (an __index may have made it), and the encodes below run
@@ -994,6 +1001,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     }
     dedicated = lstate_opt_flag(L, o, "spawn_isolate", "dedicated");
     detached = lstate_opt_flag(L, o, "spawn_isolate", "detached");
+    lean = lstate_opt_flag(L, o, "spawn_isolate", "lean");
     mbox = lstate_opt_integer(L, o, "spawn_isolate", "mailbox", mbox, 1, LUA_MAXINTEGER);
     /* 0: no limit */
     memlimit = lstate_opt_integer(L, o, "spawn_isolate", "memory_limit", 0, 0, LUA_MAXINTEGER);
@@ -1066,7 +1074,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox, (size_t)memlimit,
                   has_props ? buf->data : NULL, props_len,
                   buf->data + props_len, buf->len - props_len,
-                  lua_path, lua_cpath, path, hidden, creator, detached, NULL, 0};
+                  lua_path, lua_cpath, path, hidden, creator, detached, NULL, 0, lean};
   ic_isolate *iso;
   char err[256];
   int failed = cluster_spawn(c, &a, &iso, err, sizeof err);
@@ -1605,9 +1613,20 @@ static int l_core_take(lua_State *L) {
   } else {
     lua_pushnil(L);
   }
-  if (m->sender) lref_push_ctx(L, ctx, m->sender);
-  else if (m->from_node) lref_push_wire(L, self->cluster, m->from_node, m->from_id);
-  else lua_pushnil(L);
+  if (m->sender == ctx->last_sender && m->sender) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->last_sender_ref);
+  } else if (m->sender) {
+    lref_push_ctx(L, ctx, m->sender);
+    if (((lref *)lua_touserdata(L, -1))->iso == m->sender) {
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, LUA_REGISTRYINDEX, ctx->last_sender_ref);
+      ctx->last_sender = m->sender;
+    }
+  } else if (m->from_node) {
+    lref_push_wire(L, self->cluster, m->from_node, m->from_id);
+  } else {
+    lua_pushnil(L);
+  }
   lua_pushinteger(L, (lua_Integer)m->corr);
   return 3;
 }
@@ -1659,8 +1678,28 @@ static void set_paths(lua_State *L, const ic_isolate *iso) {
   }
 }
 
+/* A lean isolate (opts.lean) opens the string library on first use too:
+ * on a read of the global `string`, on require("string"), or on the first
+ * string method call (through this __index of the strings' metatable,
+ * which luaopen_string replaces with its own). */
+static void open_string(lua_State *L) {
+  luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+  codec_forget_names(L); /* new standard functions to name */
+}
+
+static int lazy_string_index(lua_State *L) {
+  open_string(L);
+  lua_pushvalue(L, 2);
+  lua_gettable(L, -2);
+  return 1;
+}
+
 static int lazy_global(lua_State *L) {
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  if (k && strcmp(k, LUA_STRLIBNAME) == 0 && self_of(L)->lean) {
+    open_string(L);
+    return 1;
+  }
   if (k) {
     /* require is the package library's only global function. */
     int req = strcmp(k, "require") == 0;
@@ -1681,12 +1720,25 @@ static int lazy_global(lua_State *L) {
   return 0;
 }
 
-static void open_libs(lua_State *L) {
+static void open_libs(lua_State *L, int lean) {
   for (const luaL_Reg *lib = eager_libs; lib->func; lib++) {
+    if (lean && lib->func == luaopen_string) continue;
     luaL_requiref(L, lib->name, lib->func, 1);
     lua_pop(L, 1);
   }
+  if (lean) {
+    lua_pushliteral(L, "");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, lazy_string_index);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_pop(L, 1);
+  }
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  if (lean) {
+    lua_pushcfunction(L, luaopen_string);
+    lua_setfield(L, -2, LUA_STRLIBNAME);
+  }
   for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
     lua_pushcfunction(L, lib->func);
     lua_setfield(L, -2, lib->name);
@@ -1703,7 +1755,7 @@ static void open_libs(lua_State *L) {
 static int l_boot(lua_State *L) {
   ic_isolate *iso = lua_touserdata(L, 1);
   ic_cluster *c = iso->cluster;
-  open_libs(L); /* package, opened on first use, takes iso's paths then */
+  open_libs(L, iso->lean); /* package, opened on first use, takes iso's paths then */
   /* The application's own C functions, before anything of the isolate's
    * runs (a raise in it fails the boot like a bad entry). */
   if (c->state_hook && c->state_hook(L, c->state_hook_ud) != 0)

@@ -44,6 +44,13 @@ typedef struct lstate_ctx {
    * from their isolate rather than by a registry lookup: */
   const void *ref_mt; /* the ref metatable (anchored in the registry) */
   int cache_ref;      /* registry index of the ref cache table */
+  /* The sender of the last message this isolate took, and the registry
+   * index of its ref (held strongly there, so the ref, which retains the
+   * sender, keeps the pointer from being reused): most messages come from
+   * the same sender as the one before, and its ref is then pushed without
+   * a cache lookup. NULL until a message whose ref retains its sender. */
+  const ic_isolate *last_sender;
+  int last_sender_ref;
 } lstate_ctx;
 
 /* Sets up refs and the per-state data in L (idempotent). May raise. */

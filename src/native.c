@@ -123,7 +123,7 @@ int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spaw
   n->on_down = nopts->on_down;
   n->ud = nopts->ud;
   /* boot: never read (a native isolate has no Lua state to boot) */
-  spawn_args a = {ISO_POOL, 0, 0, NULL, 0, "\xc0", 1, NULL, NULL, NULL, 0, NULL, 1, n, 0};
+  spawn_args a = {ISO_POOL, 0, 0, NULL, 0, "\xc0", 1, NULL, NULL, NULL, 0, NULL, 1, n, 0, 0};
   if (opts) {
     a.kind = opts->dedicated ? ISO_DEDICATED : ISO_POOL;
     a.mailbox = opts->mailbox;

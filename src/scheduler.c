@@ -38,6 +38,9 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
     atomic_init(&s->workers[i].lifo, NULL);
     atomic_init(&s->workers[i].lifo_pushes, 0);
     atomic_init(&s->workers[i].exit_state, THREAD_RUNNING);
+    atomic_init(&s->workers[i].current, NULL);
+    atomic_init(&s->workers[i].turn_start, 0);
+    atomic_init(&s->workers[i].watched, 0);
     plat_mutex_init(&s->workers[i].cur_lock);
   }
   return 0;
@@ -67,17 +70,31 @@ void sched_check_lifo(worker *w) {
   }
 }
 
+/* The hand-off path takes no lock: a turn begins and ends with two atomic
+ * stores, and an end waits only while a reader is looking (see worker in
+ * scheduler.h). */
 void worker_begin_turn(worker *w, ic_isolate *iso, uint64_t now) {
-  plat_mutex_lock(&w->cur_lock);
-  w->current = iso;
-  w->turn_start = now;
-  w->preempted = 0;
-  plat_mutex_unlock(&w->cur_lock);
+  atomic_store_explicit(&w->turn_start, now, memory_order_relaxed);
+  atomic_store_explicit(&w->current, iso, memory_order_release);
 }
 
 void worker_end_turn(worker *w) {
+  atomic_store(&w->current, NULL);
+  if (atomic_load(&w->watched)) {
+    plat_mutex_lock(&w->cur_lock);
+    plat_mutex_unlock(&w->cur_lock);
+  }
+}
+
+/* Returns what w runs now, which cannot end its turn until worker_unwatch. */
+static ic_isolate *worker_watch(worker *w) {
   plat_mutex_lock(&w->cur_lock);
-  w->current = NULL;
+  atomic_store(&w->watched, 1);
+  return atomic_load(&w->current);
+}
+
+static void worker_unwatch(worker *w) {
+  atomic_store(&w->watched, 0);
   plat_mutex_unlock(&w->cur_lock);
 }
 
@@ -110,21 +127,19 @@ static void *monitor_main(void *arg) {
     int moved = 0;
     for (int i = 0; i < s->nworkers; i++) {
       worker *w = &s->workers[i];
-      plat_mutex_lock(&w->cur_lock);
+      ic_isolate *cur = worker_watch(w);
+      uint64_t start = atomic_load_explicit(&w->turn_start, memory_order_relaxed);
       /* turn_start may be later than `now` (read before the lock). Asked
        * again at every tick while the turn goes on: the Lua thread that
        * runs may have changed since the last ask. */
-      if (w->current && now > w->turn_start && now - w->turn_start > s->slice_ns) {
-        w->preempted = 1;
-        isolate_preempt(w->current);
-      }
+      if (cur && now > start && now - start > s->slice_ns) isolate_preempt(cur);
       /* An isolate waiting in the LIFO slot while a turn goes on: the
        * shared queue (and an idle worker) take it. At the fast pace only
        * one that has waited since the last look (no hand-off in between:
        * the slot is pushed to only by its owner, so an unchanged count
        * means the same occupant); at the slow pace, a slice apart, any. */
       uint64_t pushes = atomic_load_explicit(&w->lifo_pushes, memory_order_relaxed);
-      if (w->current && (watch != LIFO_WATCH_ON || pushes == w->lifo_seen) &&
+      if (cur && (watch != LIFO_WATCH_ON || pushes == w->lifo_seen) &&
           atomic_load_explicit(&w->lifo, memory_order_relaxed)) {
         ic_isolate *waiting = atomic_exchange(&w->lifo, NULL);
         if (waiting) {
@@ -133,7 +148,7 @@ static void *monitor_main(void *arg) {
         }
       }
       w->lifo_seen = pushes;
-      plat_mutex_unlock(&w->cur_lock);
+      worker_unwatch(w);
     }
     plat_mutex_lock(&s->lock);
     if (watch == LIFO_WATCH_ON) {
@@ -291,10 +306,9 @@ static void leave_worker(sched *s, worker *w) {
     plat_thread_join(w->thread);
     return;
   }
-  plat_mutex_lock(&w->cur_lock);
-  ic_isolate *iso = w->current;
+  ic_isolate *iso = worker_watch(w);
   if (iso) isolate_retain(iso);
-  plat_mutex_unlock(&w->cur_lock);
+  worker_unwatch(w);
   plat_thread_detach(w->thread);
   plat_pin_code();
   if (iso) {

@@ -36,13 +36,19 @@ typedef struct worker {
   int index;
   int started;
   atomic_int exit_state;     /* THREAD_* (isolate.h): who lets go when it ends */
-  /* What the worker runs now, for the monitor. cur_lock is held only to
-   * switch `current` and by the monitor while it touches that isolate, so
-   * the isolate cannot end its turn (and go away) under the monitor. */
+  /* What the worker runs now, for the monitor. The worker switches
+   * `current` without a lock; the monitor (or a shutdown leaving the
+   * worker) that reads it holds cur_lock and sets `watched` first, and a
+   * worker ending its turn that then finds `watched` set waits for
+   * cur_lock: both sides are sequentially consistent, so either the
+   * reader sees NULL or the worker waits, and the isolate cannot end its
+   * turn (and go away) under the reader (worker_watch in scheduler.c).
+   * turn_start is written before `current` is set, and stays as it is
+   * until the turn ends. */
   plat_mutex cur_lock;
-  struct ic_isolate *current;
-  uint64_t turn_start;
-  int preempted;             /* the monitor asked this turn to yield */
+  _Atomic(struct ic_isolate *) current;
+  _Atomic uint64_t turn_start;
+  atomic_int watched;
 } worker;
 
 enum { LIFO_WATCH_OFF, LIFO_WATCH_ON, LIFO_WATCH_RESTING };

@@ -36,6 +36,7 @@ local S = {
   handlers = {},   -- message, up, down, shutdown
   current = false, -- the job that waits or was preempted (managed by the extras)
   failed = false,  -- going down: nothing more runs
+  queued = false,  -- the extras hold handler runs queued behind a waiting job
   jobs = setmetatable({}, { __mode = "k" }), -- coroutine -> job record
 }
 core.set_jobs(S.jobs)
@@ -164,10 +165,14 @@ local function pump_body(m, kind)
     local mode = WAIT_NONE
     if S.failed then
       mode = WAIT_BLOCKED
-    elseif X then
+    elseif X and (S.current or S.queued) then
+      -- (with no job current and nothing queued there is nothing to settle:
+      -- the extras' settle would return WAIT_NONE)
       mode = X.settle()
     end
-    if mode == WAIT_NONE and nothing_left() then
+    -- (an isolate with a message handler has something left: checked here
+    -- first, without the call, as after almost every message)
+    if mode == WAIT_NONE and not handlers.message and nothing_left() then
       S.fail("normal")
       mode = WAIT_BLOCKED
     end

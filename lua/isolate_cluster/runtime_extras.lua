@@ -104,9 +104,12 @@ local function done_shutdown(_, ok, r)
 end
 
 -- Runs fn after the waiting job (if any) has finished.
+-- S.queued says whether the queue holds anything (the pump settles only
+-- when it does or a job is current).
 local function enqueue(fn, a, b, c)
   qtail = qtail + 1
   queue[qtail] = { fn, a, b, c }
+  S.queued = true
 end
 
 local function drain()
@@ -116,7 +119,7 @@ local function drain()
     qhead = qhead + 1
     start(item[1], done_plain, item[2], item[3], item[4])
   end
-  if qhead > qtail then qhead, qtail = 1, 0 end
+  if qhead > qtail then qhead, qtail, S.queued = 1, 0, false end
 end
 
 -- A job waits: records what for, arms the timeout, yields (to step, or to C

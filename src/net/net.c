@@ -453,7 +453,7 @@ static void apply_spawn(struct net *n, const envelope *e) {
   int dedicated = mp_decode_bool(&p);
   if (!(e->to_id & (1ull << 62))) return; /* not an id chosen for a remote spawn */
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mailbox_cap, (size_t)memory_limit, props, props_len,
-                  boot, boot_len, n->lua_path, n->lua_cpath, has_path ? path : NULL, 0, NULL, 1, NULL, e->to_id};
+                  boot, boot_len, n->lua_path, n->lua_cpath, has_path ? path : NULL, 0, NULL, 1, NULL, e->to_id, 0};
   ic_isolate *iso;
   char err[256];
   if (cluster_spawn(n->c, &a, &iso, err, sizeof err)) {

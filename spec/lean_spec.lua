@@ -1,0 +1,80 @@
+-- Lean isolates (opts.lean = true): only the base and coroutine libraries
+-- are opened at start; `string` is opened on first use, whichever way it is
+-- first reached, and behaves as in any other isolate from then on.
+local ic = require("isolate_cluster")
+
+local describe, it, before_each, after_each, assert = describe, it, before_each, after_each, assert
+local _ENV = _G
+
+describe("lean isolates", function()
+  local c
+  before_each(function() c = ic.single_node({ workers = 2 }) end)
+  after_each(function() assert.is_true(c:shutdown()) end)
+
+  -- Each probe runs first thing in a fresh lean isolate and reports whether
+  -- `string` was open before it, and what it gave.
+  local function probe(fn, opts)
+    local r = c:spawn_isolate(function(ctx)
+      local f = ctx:property("fn")
+      ctx:on_message(function()
+        local before = rawget(_G, "string") ~= nil
+        local ok, v = pcall(f)
+        return { before = before, ok = ok, value = v, after = rawget(_G, "string") ~= nil }
+      end)
+    end, { fn = fn }, opts or { lean = true })
+    return r:request("go", 30)
+  end
+
+  it("open string on the first read of the global", function()
+    local got = probe(function() return string.upper("abc") end)
+    assert.same({ before = false, ok = true, value = "ABC", after = true }, got)
+  end)
+
+  it("open string on the first string method call", function()
+    local got = probe(function() return ("ab"):rep(3) .. ("%d"):format(7) end)
+    assert.same({ before = false, ok = true, value = "ababab7", after = true }, got)
+  end)
+
+  it("open string through require, the same table as the global", function()
+    local got = probe(function() return require("string") == string and #("xyz") end)
+    assert.same({ before = false, ok = true, value = 3, after = true }, got)
+  end)
+
+  it("have the other libraries on first use as every isolate", function()
+    local got = probe(function() return math.max(1, 5) + #table.concat({ "a", "b" }) end)
+    assert.is_true(got.ok)
+    assert.equal(7, got.value)
+  end)
+
+  it("are not what an isolate without the option is", function()
+    local got = probe(function() return 1 end, {})
+    assert.is_true(got.before)
+    assert.is_true(probe(function() return 1 end, { lean = false }).before)
+  end)
+
+  it("copy standard string functions once string is open", function()
+    local r = c:spawn_isolate(function(ctx)
+      ctx:on_message(function() return string.rep end)
+    end, nil, { lean = true })
+    local rep = r:request("go", 30)
+    assert.equal(string.rep, rep)
+  end)
+
+  it("can be spawned from an isolate, and the option is still checked by name", function()
+    local r = c:spawn_isolate(function(ctx)
+      ctx:on_message(function()
+        local child = ctx:spawn_isolate(function(cctx)
+          cctx:on_message(function() return rawget(_G, "string") == nil end)
+        end, nil, { lean = true })
+        return child:request("go", 30)
+      end)
+    end)
+    assert.is_true(r:request("go", 30))
+    local ok, err = pcall(c.spawn_isolate, c, function() end, nil, { lean = true, leaner = true })
+    assert.is_false(ok)
+    assert.matches('unknown option "leaner"', err, 1, true)
+    ok, err = pcall(c.spawn_isolate, c, function() end, nil, { lean = 1 })
+    assert.is_false(ok)
+    assert.matches("opts.lean must be a boolean, got number", err, 1, true)
+  end)
+end)
