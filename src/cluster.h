@@ -122,7 +122,7 @@ typedef struct ic_cluster {
   char *boot_error;
 } ic_cluster;
 
-/* Called in every new Lua isolate's state (src/lstate.c l_boot); see
+/* Called in every new Lua isolate's state (src/lboot.c l_boot); see
  * ic_state_hook in include/isolate_cluster.h. */
 typedef int (*cluster_state_hook)(void *L, void *ud);
 
