@@ -1,6 +1,9 @@
 /*
  * cluster — the set of isolates of one node: the registry (ids and paths),
  * the event log (isolate up/down), the scheduler, the timers, and shutdown.
+ * The code: src/cluster.c (creation, lifetime, log, the main state's
+ * waits), registry.c, eventlog.c, remote_monitor.c, drain.c (drain and
+ * shutdown), spawn.c; src/cluster_int.h is what they share.
  *
  * Locks: c->lock guards the registry, the paths, the event log and the
  * subscriber list. It may be held while taking the scheduler's lock or an
