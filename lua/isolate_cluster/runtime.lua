@@ -79,6 +79,9 @@ local function done_reply(job, ok, r)
   if not ok and type(r) ~= "table" then return fail_with(r) end
   local sender, corr, deferred = job.reply_to, job.corr, job.deferred
   if deferred and (ok or deferred.used) then return end
+  -- The handler's error answers a deferred request: its reply function
+  -- then raises as after any answer.
+  if deferred then deferred.used = true end
   -- reply raises for a value it cannot copy, and returns false, why when
   -- the message cannot be sent (out of memory): either way the requester
   -- gets an error rather than waiting for its timeout.

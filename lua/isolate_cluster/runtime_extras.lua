@@ -174,8 +174,11 @@ local function reply_function(sender, corr, state)
   state = state or {}
   return function(value)
     if state.used then error("this request has already been answered", 2) end
+    -- Answered once the value is copied: a reply that raised (a value it
+    -- cannot copy) answered nothing, so a second try still can.
+    local sent, why = core.reply(sender, corr, true, value)
     state.used = true
-    return core.reply(sender, corr, true, value)
+    return sent, why
   end
 end
 
