@@ -54,6 +54,18 @@ static void isolate_log(void *ud, const char *text) {
   default_log(NULL, text);
 }
 
+/* A logger isolate that is no longer the destination ends once it has
+ * written the lines already posted to it: a MessagePack nil after them is
+ * its signal (a line is always a string). Called after the switch, so no
+ * line can follow the nil. Releases the caller's hold on old. When the nil
+ * cannot be posted (its mailbox is full, it is down) it ends with the
+ * cluster, as before. */
+static void retire_logger(ic_isolate *old) {
+  ic_msg *m = msg_new(MSG_USER, "\xc0", 1);
+  if (m) (void)isolate_post(old, m, NULL); /* takes m either way */
+  isolate_release(old);
+}
+
 void cluster_set_logger(ic_cluster *c, ic_isolate *logger, int discard) {
   plat_mutex_lock(&c->log_lock);
   ic_isolate *old = c->logger;
@@ -67,7 +79,8 @@ void cluster_set_logger(ic_cluster *c, ic_isolate *logger, int discard) {
     c->log_ud = NULL;
   }
   plat_mutex_unlock(&c->log_lock);
-  if (old) isolate_release(old);
+  if (old && old != logger) retire_logger(old);
+  else if (old) isolate_release(old);
 }
 
 void cluster_set_log_fn(ic_cluster *c, ic_log_fn fn, void *ud) {
@@ -77,7 +90,7 @@ void cluster_set_log_fn(ic_cluster *c, ic_log_fn fn, void *ud) {
   c->log_fn = fn ? fn : default_log;
   c->log_ud = fn ? ud : NULL;
   plat_mutex_unlock(&c->log_lock);
-  if (old) isolate_release(old);
+  if (old) retire_logger(old);
 }
 
 void cluster_log(ic_cluster *c, const char *fmt, ...) {

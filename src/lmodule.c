@@ -189,14 +189,17 @@ static int l_spawn(lua_State *L) {
 }
 
 /* core.set_logger(cluster, entry | false | nil): entry runs in a hidden
- * isolate of its own that receives every log line as a message. */
+ * isolate of its own that receives every log line as a message, and a nil
+ * once it is replaced (src/cluster.c, retire_logger). Each one has a path
+ * of its own under /isolate_cluster/logger/: the one it replaces may still
+ * be writing its last lines. */
 static int l_set_logger(lua_State *L) {
   ic_cluster *c = check_cluster(L, 1);
   if (lua_isfunction(L, 2)) {
     lua_settop(L, 2);
     lua_pushnil(L); /* properties */
     lua_createtable(L, 0, 2);
-    lua_pushliteral(L, "/isolate_cluster/logger");
+    lua_pushliteral(L, "/isolate_cluster/logger/");
     lua_setfield(L, -2, "path");
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "dedicated");

@@ -34,7 +34,7 @@ end
 --- opts.logger: where the runtime's log lines go (an isolate's error with
 --- its traceback, a failed on_shutdown handler...): nil = stderr, false =
 --- nowhere, or a function(text, main_ref) that runs in a logger isolate of
---- its own (path "/isolate_cluster/logger", never announced) and gets each
+--- its own (path "/isolate_cluster/logger/N", never announced) and gets each
 --- line; main_ref is cluster.main, so a test can forward lines to itself.
 -- What ic.single_node and ic.node share: the logger and core.new. Errors
 -- are raised at the caller of those (level 3), without this file's position.
@@ -67,6 +67,9 @@ function M.set_logger(cluster, logger)
       -- its error go to stderr (never back to itself), and the next lines
       -- come to it as before.
       context:on_message(function(text)
+        -- nil: another logger has replaced this one, which has written
+        -- every line it was sent (src/cluster.c, retire_logger).
+        if text == nil then return context:stop() end
         local ok, err = pcall(logger, text, main)
         if not ok then
           local shown = select(2, pcall(tostring, err))
