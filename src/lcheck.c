@@ -23,6 +23,28 @@
  * runtime's own functions first, and the message must read the same in the
  * main state and in isolates. */
 
+/* Pushes s (len bytes) with its NUL bytes and other control characters
+ * written as Lua escapes ("\0", "\t", "\127"), so that a message quoting it
+ * is whole and readable. */
+static void push_shown(lua_State *L, const char *s, size_t len) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    char esc[8];
+    if (ch == '\t') luaL_addstring(&b, "\\t");
+    else if (ch == '\n') luaL_addstring(&b, "\\n");
+    else if (ch == '\r') luaL_addstring(&b, "\\r");
+    else if (ch < 0x20 || ch == 0x7f) {
+      /* decimal, as Lua writes it; a digit after it would read as part of it */
+      int next_digit = i + 1 < len && s[i + 1] >= '0' && s[i + 1] <= '9';
+      snprintf(esc, sizeof esc, next_digit ? "\\%03u" : "\\%u", (unsigned)ch);
+      luaL_addstring(&b, esc);
+    } else luaL_addchar(&b, (char)ch);
+  }
+  luaL_pushresult(&b);
+}
+
 const char *lstate_check_path(lua_State *L, int idx, const char *fname) {
   if (lua_type(L, idx) != LUA_TSTRING) {
     lua_pushfstring(L, "%s: a path must be a string, got %s", fname, luaL_typename(L, idx));
@@ -31,18 +53,28 @@ const char *lstate_check_path(lua_State *L, int idx, const char *fname) {
   size_t len;
   const char *path = lua_tolstring(L, idx, &len);
   if (strlen(path) != len) {
-    /* Shown with its NUL bytes escaped, so the message itself is whole. */
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (size_t i = 0; i < len; i++) {
-      if (path[i]) luaL_addchar(&b, path[i]);
-      else luaL_addstring(&b, "\\0");
-    }
-    luaL_pushresult(&b);
+    push_shown(L, path, len);
     lua_pushfstring(L, "%s: invalid path \"%s\": a path cannot contain a NUL byte", fname, lua_tostring(L, -1));
     lua_error(L);
   }
   return path;
+}
+
+const char *lstate_check_module(lua_State *L, int idx, const char *fname) {
+  size_t len;
+  const char *name = lua_tolstring(L, idx, &len);
+  if (len == 0) {
+    lua_pushfstring(L, "%s: the module name is empty", fname);
+    lua_error(L);
+  }
+  if (strlen(name) != len) {
+    /* require() would take the part before the NUL: another module */
+    push_shown(L, name, len);
+    lua_pushfstring(L, "%s: invalid module name \"%s\": a module name cannot contain a NUL byte", fname,
+                    lua_tostring(L, -1));
+    lua_error(L);
+  }
+  return name;
 }
 
 double lstate_check_seconds(lua_State *L, int idx, const char *fname, const char *what, int positive) {
@@ -72,7 +104,9 @@ lua_Integer lstate_opt_integer(lua_State *L, int t, const char *fname, const cha
       else
         lua_pushfstring(L, "%s: opts.%s must be an integer from %I to %I, got ", fname, what, (LUAI_UACINT)min,
                         (LUAI_UACINT)max);
-      if (lua_type(L, -2) == LUA_TNUMBER) luaL_tolstring(L, -2, NULL);
+      if (lua_type(L, -2) == LUA_TNUMBER && lua_tonumber(L, -2) != lua_tonumber(L, -2))
+        lua_pushliteral(L, "NaN"); /* as times say it, whatever its sign or the C library */
+      else if (lua_type(L, -2) == LUA_TNUMBER) luaL_tolstring(L, -2, NULL);
       else lua_pushstring(L, luaL_typename(L, -2));
       lua_concat(L, 2);
       lua_error(L);

@@ -37,6 +37,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   if (et != LUA_TFUNCTION && et != LUA_TSTRING)
     return luaL_error(L, "spawn_isolate: the entry must be a function or a module name, got %s",
                       luaL_typename(L, arg));
+  if (et == LUA_TSTRING) lstate_check_module(L, arg, "spawn_isolate");
   int has_props = !lua_isnoneornil(L, arg + 1);
   if (has_props && lua_type(L, arg + 1) != LUA_TTABLE)
     return luaL_error(L, "spawn_isolate: properties must be a table, got %s", luaL_typename(L, arg + 1));
@@ -53,7 +54,8 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
      * not hold it (an __index may have made it), and the encodes below run
      * the collector. */
     if (lua_getfield(L, o, "path") != LUA_TNIL) {
-      if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "opts.path must be a string");
+      if (lua_type(L, -1) != LUA_TSTRING)
+        return luaL_error(L, "spawn_isolate: opts.path must be a string, got %s", luaL_typename(L, -1));
       path = lstate_check_path(L, -1, "spawn_isolate");
     } else {
       lua_pop(L, 1);

@@ -103,6 +103,9 @@ int lstate_lookup_with(lua_State *L, ic_cluster *c, int arg, lstate_find_fn find
 int lstate_push_remote_path(lua_State *L, ic_cluster *c, const char *path);
 /* The path at idx, a string without NUL bytes; raises naming fname. */
 const char *lstate_check_path(lua_State *L, int idx, const char *fname);
+/* The module name at idx (a string): not empty and without NUL bytes, or
+ * raises naming fname. */
+const char *lstate_check_module(lua_State *L, int idx, const char *fname);
 /* Raises `<fname>: unknown option "KEY"` for a key of the options table at
  * idx that is not in allowed (NULL-terminated), or that is not a string. */
 void lstate_check_options(lua_State *L, int idx, const char *fname, const char *const *allowed);

@@ -115,13 +115,47 @@ int cluster_path_is_name(const char *path) {
   return valid_path(path) && path[strlen(path) - 1] != '/';
 }
 
+/* Writes path into out (cap bytes, NUL-terminated, cut with "..." when it
+ * does not fit) with its control characters as Lua escapes ("\t", "\127"):
+ * a message quoting a refused path shows what was wrong with it. */
+static void show_path(char *out, size_t cap, const char *path) {
+  size_t k = 0;
+  if (cap < 4) {
+    if (cap) out[0] = 0;
+    return;
+  }
+  for (const char *s = path; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    char esc[8];
+    if (ch == '\t') snprintf(esc, sizeof esc, "\\t");
+    else if (ch == '\n') snprintf(esc, sizeof esc, "\\n");
+    else if (ch == '\r') snprintf(esc, sizeof esc, "\\r");
+    else if (ch < 0x20 || ch == 0x7f)
+      snprintf(esc, sizeof esc, s[1] >= '0' && s[1] <= '9' ? "\\%03u" : "\\%u", (unsigned)ch);
+    else {
+      esc[0] = (char)ch;
+      esc[1] = 0;
+    }
+    size_t n = strlen(esc);
+    if (k + n + 4 > cap) {
+      memcpy(out + k, "...", 4); /* k + 4 <= cap: every step left room for it */
+      return;
+    }
+    memcpy(out + k, esc, n);
+    k += n;
+  }
+  out[k] = 0;
+}
+
 int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *errbuf, size_t errlen) {
   char *own = NULL;
   if (path) {
     if (!valid_path(path)) {
+      char shown[160];
+      show_path(shown, sizeof shown, path);
       snprintf(errbuf, errlen,
                "invalid path \"%s\" (a path is \"/name\" or \"/dir/\", without empty segments or control characters)",
-               path);
+               shown);
       return EINVAL;
     }
   }

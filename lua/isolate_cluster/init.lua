@@ -42,7 +42,7 @@ local create
 
 function M.single_node(opts)
   if opts ~= nil and type(opts) ~= "table" then
-    error("single_node expects an options table or nothing", 2)
+    error("single_node: opts must be a table, got " .. type(opts), 2)
   end
   return create(opts, false)
 end
@@ -50,7 +50,8 @@ end
 function create(opts, node)
   local logger = opts and opts.logger
   if logger ~= nil and logger ~= false and type(logger) ~= "function" then
-    error("opts.logger must be a function, false or nil", 3)
+    error((node and "node" or "single_node") .. ": opts.logger must be a function, false or nil, got "
+      .. type(logger), 3)
   end
   local ok, cluster = pcall(core.new, opts, node)
   if not ok then error((tostring(cluster):gsub("^[^\n]-:%d+: ", "")), 3) end
@@ -60,6 +61,9 @@ end
 
 --- Replaces the log function of a cluster (see single_node's opts.logger).
 function M.set_logger(cluster, logger)
+  if type(cluster) ~= "userdata" then
+    error("set_logger: bad argument #1 (a cluster expected, got " .. type(cluster) .. ")", 2)
+  end
   if type(logger) == "function" then
     local main = cluster.main
     core.set_logger(cluster, function(context)
@@ -82,7 +86,7 @@ function M.set_logger(cluster, logger)
   elseif logger == nil or logger == false then
     core.set_logger(cluster, logger)
   else
-    error("the logger must be a function, false or nil", 2)
+    error("set_logger: the logger must be a function, false or nil, got " .. type(logger), 2)
   end
 end
 
