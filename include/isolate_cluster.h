@@ -117,7 +117,8 @@ typedef struct ic_node_options {
 
 /* Creates this process's node of a multi-node cluster: connects, joins and
  * starts its threads (a process may hold several). On failure a message is
- * written to errbuf (if not NULL). Errors: IC_EINVAL (bad options), IC_ENET
+ * written to errbuf (if not NULL). Errors: IC_EINVAL (bad options: also a
+ * NULL among the URLs, a negative or NaN connect_timeout), IC_ENET
  * (no server, refused credentials, a live node has the name), IC_ENOMEM.
  * Refs of other nodes' isolates work with ic_send and ic_lookup like local
  * ones. */
@@ -136,7 +137,8 @@ IC_EXTERN int ic_cluster_shutdown(ic_cluster *c, double timeout_s);
  * handle. Refs stay plain data; using c afterwards is undefined. */
 IC_EXTERN void ic_cluster_destroy(ic_cluster *c);
 
-/* The program's own ref (plain data). */
+/* The program's own ref (plain data); for a NULL c, {0, 0}, a ref of no
+ * isolate. */
 IC_EXTERN ic_ref ic_cluster_main(ic_cluster *c);
 
 /* Spawns a Lua isolate whose entry function is what `source` (a Lua chunk,
@@ -228,8 +230,9 @@ IC_EXTERN int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t l
 
 /* The ref at path (on any live node of a multi-node cluster), waiting up to
  * wait_s (0: no wait) for it to be taken.
- * Errors: IC_ETIMEDOUT (not there), IC_EINVAL (also a negative or NaN
- * wait_s), IC_ESHUTDOWN. Blocks up to wait_s. */
+ * Errors: IC_ETIMEDOUT (not there; at once, without a wait, for a path no
+ * isolate can hold: "/", "/dir/", "", "a"), IC_EINVAL (also a negative or
+ * NaN wait_s), IC_ESHUTDOWN. Blocks up to wait_s. */
 IC_EXTERN int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out);
 
 /* The refs of the isolates whose path starts with prefix ("/workers/"), in
@@ -329,7 +332,8 @@ typedef struct ic_native_options {
 IC_EXTERN int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spawn_options *opts,
                               ic_ref *out);
 
-/* The isolate's own ref, and its cluster (for ic_reply and the like). */
+/* The isolate's own ref, and its cluster (for ic_reply and the like);
+ * {0, 0} and NULL for a NULL self. */
 IC_EXTERN ic_ref ic_native_ref(ic_native *self);
 IC_EXTERN ic_cluster *ic_native_cluster(ic_native *self);
 
@@ -417,7 +421,8 @@ IC_EXTERN void ic_isolate_stats_free(ic_isolate_stats *rows, size_t n);
 #define IC_REF_MSGPACK_SIZE 15
 
 /* Writes r as a MessagePack value into buf (at least IC_REF_MSGPACK_SIZE
- * bytes); returns the number of bytes written (IC_REF_MSGPACK_SIZE). */
+ * bytes); returns the number of bytes written (IC_REF_MSGPACK_SIZE), 0 for
+ * a NULL buf. */
 IC_EXTERN size_t ic_ref_encode(char *buf, ic_ref r);
 
 /* Reads a ref value at data[0..len) (as ic_ref_encode writes it, or any

@@ -76,6 +76,17 @@ int ic_node_create(const ic_cluster_options *opts, const ic_node_options *node, 
     snprintf(errbuf, errlen, "invalid argument");
     return IC_EINVAL;
   }
+  *out = NULL;
+  for (int i = 0; i < node->nats_count; i++) {
+    if (!node->nats[i]) {
+      snprintf(errbuf, errlen, "invalid argument: nats[%d] is NULL", i);
+      return IC_EINVAL;
+    }
+  }
+  if (!(node->connect_timeout >= 0)) { /* also NaN */
+    snprintf(errbuf, errlen, "invalid argument: connect_timeout must be a number of seconds >= 0");
+    return IC_EINVAL;
+  }
   cluster_opts o = {0, 0, 0, NULL, NULL};
   if (opts) {
     o.workers = opts->workers;
@@ -122,7 +133,11 @@ void ic_cluster_destroy(ic_cluster *c) {
 }
 
 ic_ref ic_cluster_main(ic_cluster *c) {
-  ic_ref r = {c->node_id, c->main->id};
+  ic_ref r = {0, 0}; /* for NULL: a ref of no isolate, which every call refuses */
+  if (c) {
+    r.node = c->node_id;
+    r.id = c->main->id;
+  }
   return r;
 }
 
@@ -438,6 +453,9 @@ int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double
 int ic_lookup(ic_cluster *c, const char *path, double wait_s, ic_ref *out) {
   if (!c || !path || !out || !(wait_s >= 0)) return IC_EINVAL;
   if (atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
+  /* "/", "/dir/", "a": no isolate can hold it, so not worth a wait (as
+   * lookup_isolate in Lua) */
+  if (!cluster_path_is_name(path)) return IC_ETIMEDOUT;
   uint64_t deadline = wait_s > 0 ? plat_now_ns() + plat_seconds_to_ns(wait_s) : 0;
   /* A wait ends too when another node's isolate holds the path. */
   ic_isolate *iso = deadline ? cluster_wait_path(c, path, deadline) : cluster_find_path(c, path);
@@ -643,6 +661,7 @@ void ic_isolate_stats_free(ic_isolate_stats *rows, size_t n) {
 }
 
 size_t ic_ref_encode(char *buf, ic_ref r) {
+  if (!buf) return 0;
   /* ext 8 (0xc7), 12 bytes, type 1: the node and the id, big endian (the
    * wire format of docs/wire-format.md; msgpuck's mp_encode_ext is not in
    * every packaged version). */

@@ -155,11 +155,15 @@ int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spaw
 }
 
 ic_ref ic_native_ref(ic_native *self) {
-  ic_ref r = {self->iso->cluster->node_id, self->iso->id};
+  ic_ref r = {0, 0}; /* for NULL: a ref of no isolate, which every call refuses */
+  if (self) {
+    r.node = self->iso->cluster->node_id;
+    r.id = self->iso->id;
+  }
   return r;
 }
 
-ic_cluster *ic_native_cluster(ic_native *self) { return self->iso->cluster; }
+ic_cluster *ic_native_cluster(ic_native *self) { return self ? self->iso->cluster : NULL; }
 
 int ic_native_send(ic_native *self, ic_ref to, const void *msgpack, size_t len) {
   if (!self || !api_one_value(msgpack, len, -1)) return IC_EINVAL;
