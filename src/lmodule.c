@@ -466,51 +466,71 @@ static int l_cluster_tostring(lua_State *L) {
 
 #define NODE_MAX_URLS 16
 
-/* A string field of table t, or NULL; the string stays referenced by t. */
-static const char *opt_str_field(lua_State *L, int t, const char *k, const char *where) {
-  const char *v = NULL;
-  int ty = lua_getfield(L, t, k);
-  if (ty == LUA_TSTRING) v = lua_tostring(L, -1);
-  else if (ty != LUA_TNIL) luaL_error(L, "%s.%s must be a string", where, k);
-  lua_pop(L, 1);
+/* Keeps the value on top alive (pops it): appends it to the anchor table
+ * at index anchor. A value read with lua_getfield need not be referenced by
+ * the options table (an __index may have made it), and later reads run the
+ * collector. */
+static void anchor_top(lua_State *L, int anchor) {
+  lua_rawseti(L, anchor, (lua_Integer)lua_rawlen(L, anchor) + 1);
+}
+
+/* The string at idx, checked to hold no NUL byte (C would cut it there and
+ * use another name than the one given). */
+static const char *checked_cstring(lua_State *L, int idx, const char *where, const char *k) {
+  size_t len;
+  const char *v = lua_tolstring(L, idx, &len);
+  if (strlen(v) != len) luaL_error(L, "%s%s cannot contain a NUL byte", where, k);
   return v;
 }
 
-/* The options of ic.node (SPEC §5) from table t. Raises on a wrong type;
- * every string stays referenced by t, which outlives the cluster's creation. */
+/* A string field of table t, or NULL; the string is kept by the anchor. */
+static const char *opt_str_field(lua_State *L, int t, const char *k, const char *where, int anchor) {
+  const char *v = NULL;
+  int ty = lua_getfield(L, t, k);
+  if (ty == LUA_TSTRING) v = checked_cstring(L, -1, where, k);
+  else if (ty != LUA_TNIL) luaL_error(L, "%s%s must be a string", where, k);
+  anchor_top(L, anchor);
+  return v;
+}
+
+/* The options of ic.node (SPEC §5) from table t. Raises on a wrong type.
+ * Pushes a table that keeps every value read (strings, the nats and tls
+ * tables) alive: it stays on the stack until the cluster is created. */
 static void read_node_opts(lua_State *L, int t, net_opts *no, const char **urls) {
   memset(no, 0, sizeof *no);
   no->urls = urls;
+  lua_createtable(L, 16, 0);
+  int anchor = lua_gettop(L);
   int ty = lua_getfield(L, t, "nats");
   if (ty == LUA_TSTRING) {
-    urls[no->nurls++] = lua_tostring(L, -1);
+    urls[no->nurls++] = checked_cstring(L, -1, "opts.", "nats");
   } else if (ty == LUA_TTABLE) {
     lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
     if (n < 1 || n > NODE_MAX_URLS) luaL_error(L, "opts.nats must list 1 to %d server URLs", NODE_MAX_URLS);
     for (lua_Integer i = 1; i <= n; i++) {
       if (lua_rawgeti(L, -1, i) != LUA_TSTRING) luaL_error(L, "opts.nats[%d] must be a URL string", (int)i);
-      urls[no->nurls++] = lua_tostring(L, -1);
+      char k[32];
+      snprintf(k, sizeof k, "nats[%d]", (int)i);
+      urls[no->nurls++] = checked_cstring(L, -1, "opts.", k); /* kept by the list */
       lua_pop(L, 1);
     }
   } else {
     luaL_error(L, "opts.nats must be a server URL or a list of them");
   }
-  lua_pop(L, 1);
-  no->cluster = opt_str_field(L, t, "cluster", "opts");
-  no->name = opt_str_field(L, t, "name", "opts");
+  anchor_top(L, anchor);
+  no->cluster = opt_str_field(L, t, "cluster", "opts.", anchor);
+  no->name = opt_str_field(L, t, "name", "opts.", anchor);
   if (!no->cluster) luaL_error(L, "opts.cluster (the cluster's name) is required");
   if (!no->name) luaL_error(L, "opts.name (this node's name) is required");
-  no->user = opt_str_field(L, t, "user", "opts");
-  no->password = opt_str_field(L, t, "password", "opts");
-  no->token = opt_str_field(L, t, "token", "opts");
+  no->user = opt_str_field(L, t, "user", "opts.", anchor);
+  no->password = opt_str_field(L, t, "password", "opts.", anchor);
+  no->token = opt_str_field(L, t, "token", "opts.", anchor);
   if (lua_getfield(L, t, "secret") != LUA_TNIL) {
     if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0) luaL_error(L, "opts.secret must be a non-empty string");
-    no->secret = lua_tolstring(L, -1, &no->secret_len);
+    no->secret = lua_tolstring(L, -1, &no->secret_len); /* binary: its length goes with it */
   }
-  lua_pop(L, 1);
-  lua_getfield(L, t, "allow_code");
-  no->allow_code = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  anchor_top(L, anchor);
+  no->allow_code = lstate_opt_flag(L, t, "node", "allow_code");
   if (lua_getfield(L, t, "connect_timeout") != LUA_TNIL)
     no->connect_timeout = lstate_check_seconds(L, -1, "node", "opts.connect_timeout", 1);
   lua_pop(L, 1);
@@ -519,11 +539,10 @@ static void read_node_opts(lua_State *L, int t, net_opts *no, const char **urls)
     int tt = lua_gettop(L);
     static const char *const tls_known[] = {"ca", "cert", "key", NULL};
     lstate_check_options(L, tt, "node (opts.tls)", tls_known);
-    no->tls_ca = opt_str_field(L, tt, "ca", "opts.tls");
-    no->tls_cert = opt_str_field(L, tt, "cert", "opts.tls");
-    no->tls_key = opt_str_field(L, tt, "key", "opts.tls");
+    no->tls_ca = opt_str_field(L, tt, "ca", "opts.tls.", anchor);
+    no->tls_cert = opt_str_field(L, tt, "cert", "opts.tls.", anchor);
+    no->tls_key = opt_str_field(L, tt, "key", "opts.tls.", anchor);
     if (!no->tls_ca && !no->tls_cert) luaL_error(L, "opts.tls needs ca, or cert and key");
-    /* The table stays referenced by opts; its strings by it. */
   } else if (ty != LUA_TNIL) {
     luaL_error(L, "opts.tls must be a table {ca =, cert =, key =}");
   }

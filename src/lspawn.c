@@ -69,7 +69,9 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     /* Stays on the stack until the spawn is done, as path does. */
     if (lua_getfield(L, o, "node") != LUA_TNIL) {
       if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "spawn_isolate: opts.node must be a node name");
-      node = lua_tostring(L, -1);
+      size_t nlen;
+      node = lua_tolstring(L, -1, &nlen);
+      if (strlen(node) != nlen) return luaL_error(L, "spawn_isolate: opts.node cannot contain a NUL byte");
       if (!c->net) return luaL_error(L, "spawn_isolate: opts.node needs a multi-node cluster (ic.node)");
       if (strcmp(node, net_self_name(c->net)) == 0) node = NULL; /* this node */
     } else {
