@@ -117,6 +117,13 @@ function M.check(spec)
   if spec.period ~= nil and (type(spec.period) ~= "number" or not (spec.period > 0)) then -- NaN too
     error("supervisor spec: period must be a positive number of seconds", 3)
   end
+  -- ipairs would stop at a hole and leave the children after it unstarted
+  local n = 0
+  for _ in next, spec.children do n = n + 1 end
+  if n ~= #spec.children then
+    error("supervisor spec: children must be a list (children[1] to children[n], without holes or other keys)", 3)
+  end
+  local at_path = {}
   for i, c in ipairs(spec.children) do
     if type(c) ~= "table" then error(("supervisor spec: children[%d] must be a table"):format(i), 3) end
     check_keys(c, ("supervisor spec: children[%d]"):format(i), CHILD_KEYS)
@@ -135,12 +142,23 @@ function M.check(spec)
     if c.path ~= nil and (type(c.path) ~= "string" or c.path:sub(-1) == "/") then
       error(("supervisor spec: children[%d].path must be a full path like \"/name\""):format(i), 3)
     end
+    if c.path ~= nil then
+      -- the second one could never start: the first holds the path
+      if at_path[c.path] then
+        error(("supervisor spec: children[%d].path %q is also children[%d]'s"):format(i, c.path, at_path[c.path]), 3)
+      end
+      at_path[c.path] = i
+    end
   end
 end
 
 --- Spawns a supervisor isolate from a cluster or an isolate's context and
 --- returns its ref. opts are the supervisor's own spawn options (path...).
 function M.spawn(spawner, spec, opts)
+  local st = type(spawner)
+  if (st ~= "userdata" and st ~= "table") or spawner.spawn_isolate == nil then
+    error("supervisor.spawn: the first argument must be a cluster or an isolate's context, got " .. st, 2)
+  end
   M.check(spec)
   return spawner:spawn_isolate(supervisor_main, spec, opts)
 end
