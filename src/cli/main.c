@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -191,14 +193,42 @@ static void *stats_main(void *arg) {
   return NULL;
 }
 
+/* Seconds a script may go on computing after a shutdown signal, beyond the
+ * shutdown's own time, before the process ends without it. */
+#define SIGNAL_GRACE_SECONDS 1.0
+
 /* The only thread that takes SIGINT/SIGTERM (they are blocked everywhere
- * else): it asks for a graceful shutdown, which cluster:run() sees. */
+ * else): it asks for a graceful shutdown, which cluster:run() sees. A
+ * script that never gets back to the runtime (a loop in Lua or in C) would
+ * keep the process alive for ever, since the signals reach only this
+ * thread: once the shutdown's time and a grace second have passed without
+ * the host being done (SIGUSR2), the process exits with the status of a
+ * late shutdown. The cluster's shutdown has run by then. */
 static void *signal_main(void *arg) {
   host *h = arg;
   int sig;
-  while (sigwait(&h->signals, &sig) == 0) {
+  int asked = 0;
+  uint64_t deadline = 0;
+  for (;;) {
+    if (!asked) {
+      if (sigwait(&h->signals, &sig) != 0) break;
+    } else {
+      /* from the first signal on: a later one does not put the end off */
+      uint64_t now = plat_now_ns(), left = deadline > now ? deadline - now : 0;
+      struct timespec grace = {(time_t)(left / 1000000000u), (long)(left % 1000000000u)};
+      sig = sigtimedwait(&h->signals, NULL, &grace);
+      if (sig < 0 && errno == EINTR) continue;
+      if (sig < 0) { /* the time is up: the script still runs */
+        fprintf(stderr, "isolate-cluster: the script did not return within %g s of the signal; exiting\n",
+                h->shutdown_seconds + SIGNAL_GRACE_SECONDS);
+        fflush(stdout);
+        _exit(EXIT_SHUTDOWN_LATE);
+      }
+    }
     if (sig == SIGINT || sig == SIGTERM) {
       cluster_request_shutdown(h->cluster, h->shutdown_seconds);
+      if (!asked) deadline = plat_now_ns() + plat_seconds_to_ns(h->shutdown_seconds + SIGNAL_GRACE_SECONDS);
+      asked = 1;
     } else if (sig == SIGUSR2) {
       break; /* the host is done */
     }
