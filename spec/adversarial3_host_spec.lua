@@ -10,12 +10,6 @@ local _ENV = _G
 
 local HOST = W.host_binary()
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
 local function alive(pid)
   local _, _, code = os.execute("kill -0 " .. pid .. " 2>/dev/null")
   return code == 0
@@ -31,7 +25,7 @@ describe("isolate-cluster with a script that never returns", function()
       local script, out, mark, pidf, st = os.tmpname(), os.tmpname(), os.tmpname(), os.tmpname(), os.tmpname()
       os.remove(mark)
       os.remove(st)
-      write(script, ([[
+      W.write_file(script, ([[
         cluster:spawn_isolate(function(ctx)
           ctx:on_shutdown(function() print("on_shutdown ran") end)
           local f = io.open(%q, "w") f:write("up") f:close()

@@ -116,6 +116,13 @@ function M.read_file(path)
   return s
 end
 
+--- Writes text to the file at path (replacing it).
+function M.write_file(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
 --- Runs `code` as a script in a child lua5.4 with this process's package.path
 --- and package.cpath. Returns its combined stdout+stderr, and its exit code.
 --- The child is bounded by coreutils `timeout` (seconds, default 30) so a hang
