@@ -58,13 +58,23 @@ function S.fail(reason)
 end
 
 -- Error values get their traceback where they are raised.
+-- An error value as text, also one whose __tostring raises or returns no
+-- string: then the text names its type, and the value itself is still
+-- what a requester gets.
+local function error_text(e)
+  local ok, text = pcall(tostring, e)
+  if ok then return text end
+  return "(error object is a " .. type(e) .. " value; its __tostring failed)"
+end
+S.error_text = error_text
+
 local function on_error(e)
-  return { err = e, trace = traceback(tostring(e), 2) }
+  return { err = e, trace = traceback(error_text(e), 2) }
 end
 S.on_error = on_error
 
 local function fail_with(r)
-  S.fail("error: " .. (type(r) == "table" and r.trace or tostring(r)))
+  S.fail("error: " .. (type(r) == "table" and r.trace or error_text(r)))
 end
 S.fail_with = fail_with
 
@@ -96,7 +106,7 @@ local function done_reply(job, ok, r)
     local e = r
     if type(r) == "table" and r.trace then e = r.err end
     local called, sent = pcall(reply, sender, corr, false, e)
-    if not (called and sent) then reply(sender, corr, false, tostring(e)) end
+    if not (called and sent) then reply(sender, corr, false, error_text(e)) end
   end
 end
 S.done_reply = done_reply

@@ -99,7 +99,7 @@ end
 local function done_shutdown(_, ok, r)
   if not ok then
     core.log("isolate_cluster: on_shutdown handler of " .. tostring(self_ref) .. " failed: "
-      .. (type(r) == "table" and r.trace or tostring(r)))
+      .. (type(r) == "table" and r.trace or S.error_text(r)))
   end
 end
 

@@ -1,0 +1,53 @@
+-- Error values whose __tostring raises or returns no string. The runtime
+-- writes every error as text for its traceback; when that failed, the error
+-- raised at a requester was the __tostring failure ("'__tostring' must
+-- return a string", "ts boom") instead of the handler's own error value,
+-- which is a copyable table. Now the text falls back to naming the value's
+-- type, and the requester gets the table.
+local W = require("support.wait")
+
+local describe, it, assert = describe, it, assert
+local _ENV = _G
+local with_cluster = W.with_cluster
+
+local function thrower(ctx)
+  ctx:on_message(function(m)
+    local mt = {}
+    if m == "self" then mt.__tostring = function(t) return t end end
+    if m == "raises" then mt.__tostring = function() error("ts boom") end end
+    error(setmetatable({ code = 7 }, mt))
+  end)
+end
+
+describe("a request handler's error with a bad __tostring", function()
+  for _, case in ipairs({ "self", "raises" }) do
+    it("reaches the requester as the error value it raised (__tostring " .. case .. ")", function()
+      with_cluster({ workers = 1, logger = false }, function(c)
+        local t = c:spawn_isolate(thrower)
+        local ok, err = pcall(t.request, t, case, W.TIMEOUT)
+        assert.is_false(ok)
+        assert.is_table(err, tostring(err))
+        assert.equal(7, err.code)
+        -- and the isolate keeps running, as after any request error
+        ok, err = pcall(t.request, t, case, W.TIMEOUT)
+        assert.is_table(err)
+      end)
+    end)
+  end
+
+  it("in a plain message takes the isolate down with an \"error: \" reason naming the value's type", function()
+    with_cluster({ workers = 1, logger = false }, function(c)
+      local watcher = c:spawn_isolate(function(ctx)
+        local main = ctx:property("main")
+        ctx:on_isolate_down(function(ref, reason) main:send({ path = ref.path, reason = reason }) end)
+      end, { main = c.main })
+      assert.truthy(W.wait_until(function() return watcher:send("ping") end))
+      local t = c:spawn_isolate(thrower, nil, { path = "/thrower" })
+      c:lookup_isolate("/thrower", W.TIMEOUT)
+      t:send("self")
+      local m = W.receive_match(c, function(msg) return type(msg) == "table" and msg.path == "/thrower" end)
+      assert.is_table(m)
+      assert.truthy(m.reason:find("^error: %(error object is a table value"), m.reason)
+    end)
+  end)
+end)
