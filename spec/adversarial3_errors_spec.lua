@@ -51,3 +51,28 @@ describe("a request handler's error with a bad __tostring", function()
     end)
   end)
 end)
+
+describe("a down reason with a NUL byte", function()
+  it("is kept whole, the NUL written \\0, rather than cut at it", function()
+    with_cluster({ workers = 1, logger = false }, function(c)
+      local watcher = c:spawn_isolate(function(ctx)
+        local main = ctx:property("main")
+        ctx:on_isolate_down(function(ref, reason) main:send({ path = ref.path, reason = reason }) end)
+      end, { main = c.main })
+      assert.truthy(W.wait_until(function() return watcher:send("ping") end))
+      c:lookup_isolate("/none", 0.1) -- the watcher's entry has run
+      c:spawn_isolate(function(ctx)
+        ctx:on_message(function() end)
+        ctx:stop("before\0after")
+      end, nil, { path = "/stopped" })
+      c:spawn_isolate(function() error("raised\0after", 0) end, nil, { path = "/raised" })
+      local reasons = {}
+      W.receive_match(c, function(m)
+        if type(m) == "table" and m.path then reasons[m.path] = m.reason end
+        return reasons["/stopped"] and reasons["/raised"]
+      end)
+      assert.equal("before\\0after", reasons["/stopped"])
+      assert.truthy(tostring(reasons["/raised"]):find("^error: raised\\0after"), tostring(reasons["/raised"]))
+    end)
+  end)
+end)

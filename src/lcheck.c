@@ -45,6 +45,20 @@ static void push_shown(lua_State *L, const char *s, size_t len) {
   luaL_pushresult(&b);
 }
 
+const char *lstate_tocstring(lua_State *L, int idx) {
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  if (!s || strlen(s) == len) return s;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (size_t i = 0; i < len; i++) {
+    if (s[i]) luaL_addchar(&b, s[i]);
+    else luaL_addstring(&b, "\\0");
+  }
+  luaL_pushresult(&b);
+  return lua_tostring(L, -1);
+}
+
 const char *lstate_check_path(lua_State *L, int idx, const char *fname) {
   if (lua_type(L, idx) != LUA_TSTRING) {
     lua_pushfstring(L, "%s: a path must be a string, got %s", fname, luaL_typename(L, idx));

@@ -145,7 +145,11 @@ int l_core_up(lua_State *L) {
 int l_core_stop(lua_State *L) {
   ic_isolate *self = self_of(L);
   const char *why = interrupt_reason(self);
-  isolate_set_ending(self, why ? why : luaL_optstring(L, 1, "normal"));
+  if (!why && !lua_isnoneornil(L, 1)) {
+    luaL_checkstring(L, 1);
+    why = lstate_tocstring(L, 1); /* a reason with NUL bytes is not cut at the first */
+  }
+  isolate_set_ending(self, why ? why : "normal");
   return 0;
 }
 
@@ -157,7 +161,8 @@ int l_core_shutdown_cluster(lua_State *L) {
 }
 
 int l_core_log(lua_State *L) {
-  cluster_log(self_of(L)->cluster, "%s", luaL_checkstring(L, 1));
+  luaL_checkstring(L, 1);
+  cluster_log(self_of(L)->cluster, "%s", lstate_tocstring(L, 1));
   return 0;
 }
 

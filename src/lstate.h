@@ -103,6 +103,11 @@ int lstate_lookup_with(lua_State *L, ic_cluster *c, int arg, lstate_find_fn find
 int lstate_push_remote_path(lua_State *L, ic_cluster *c, const char *path);
 /* The path at idx, a string without NUL bytes; raises naming fname. */
 const char *lstate_check_path(lua_State *L, int idx, const char *fname);
+/* The string (or number) at idx as a C string: when it holds NUL bytes, a
+ * copy with each written "\0" is pushed and returned, so that C, which
+ * stops at the first NUL, keeps all of it (a down reason, a log line).
+ * NULL for other values. May raise for memory. */
+const char *lstate_tocstring(lua_State *L, int idx);
 /* The module name at idx (a string): not empty and without NUL bytes, or
  * raises naming fname. */
 const char *lstate_check_module(lua_State *L, int idx, const char *fname);

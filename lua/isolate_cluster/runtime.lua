@@ -69,7 +69,8 @@ end
 S.error_text = error_text
 
 local function on_error(e)
-  return { err = e, trace = traceback(error_text(e), 2) }
+  -- traceback stops at a NUL byte: written \0, the reason keeps all of it
+  return { err = e, trace = traceback((error_text(e):gsub("\0", "\\0")), 2) }
 end
 S.on_error = on_error
 
