@@ -8,11 +8,15 @@
 #
 #   bash scripts/bootstrap.sh test
 #       The same packages plus the test tools, then every test in three builds:
-#         build/        -DIC_WERROR=ON                  ctest (C tests, busted, busted
-#                                                       with the GC stressed, quickstart)
+#         build/        -DIC_WERROR=ON                  ctest: the C tests, every spec
+#                                                       (spec/ and spec/multinode/), the
+#                                                       single-process specs again with
+#                                                       the GC stressed, the examples
 #         build-asan/   -DIC_SANITIZE=address,undefined the same ctest suite
-#         build-tsan/   -DIC_SANITIZE=thread            the same ctest suite
-#         build/ again  valgrind memcheck               the C tests and three busted
+#         build-tsan/   -DIC_SANITIZE=thread            the C tests, the specs where
+#                                                       threads meet (see .ci/run), the
+#                                                       examples
+#         build/ again  valgrind memcheck               four C tests and three busted
 #                                                       specs, no leaks, no errors
 #       A failing step does not stop the others; a summary comes at the end,
 #       then a line "N passed, M failed" (ctest tests over all three builds
@@ -21,8 +25,11 @@
 #
 # Environment knobs (all optional):
 #   IC_JOBS=n              parallel compile jobs (default: nproc)
-#   IC_CTEST_JOBS=n        parallel tests within one build (default: 1, serial:
-#                          the tests time themselves and run many threads each)
+#   IC_CTEST_JOBS=n        parallel tests within one build (default: 2; the
+#                          entries that keep the CPU busy hold a ctest
+#                          RESOURCE_LOCK, so they never run beside each other,
+#                          only beside the multi-node ones, which mostly wait;
+#                          see the test section of CMakeLists.txt)
 #   IC_SAN_BUILD_TYPE=t    CMAKE_BUILD_TYPE of the sanitizer builds
 #                          (default RelWithDebInfo: -O2 -g, fast enough for 2 cores)
 #   IC_SKIP_APT=1          never call apt-get (only report what is missing)
@@ -47,7 +54,7 @@ cd "$ROOT" || exit 1
 [ -f CMakeLists.txt ] || { echo "bootstrap: $ROOT has no CMakeLists.txt" >&2; exit 1; }
 
 JOBS=${IC_JOBS:-$(nproc 2>/dev/null || echo 2)}
-CTEST_JOBS=${IC_CTEST_JOBS:-1}
+CTEST_JOBS=${IC_CTEST_JOBS:-2}
 SAN_BUILD_TYPE=${IC_SAN_BUILD_TYPE:-RelWithDebInfo}
 export DEBIAN_FRONTEND=noninteractive
 
