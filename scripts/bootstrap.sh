@@ -13,9 +13,10 @@
 #                                                       single-process specs again with
 #                                                       the GC stressed, the examples
 #         build-asan/   -DIC_SANITIZE=address,undefined the same ctest suite
-#         build-tsan/   -DIC_SANITIZE=thread            the C tests, the specs where
-#                                                       threads meet (see .ci/run), the
-#                                                       examples
+#         build-tsan/   -DIC_SANITIZE=thread            the C tests, the single-process
+#                                                       specs, the multi-node specs where
+#                                                       threads meet most (see .ci/run),
+#                                                       the examples
 #         build/ again  valgrind memcheck               four C tests and three busted
 #                                                       specs, no leaks, no errors
 #       A failing step does not stop the others; a summary comes at the end,
@@ -286,9 +287,10 @@ SAN_PREFIX=()
 
 # (d) valgrind memcheck over a representative subset, on the normal build:
 # the C tests and the message/value/cluster specs. Zero definite or indirect
-# leaks and zero errors, or the step fails. (The sanitizer builds run
+# leaks and zero errors, or the step fails. (The ASan build runs
 # everything; this catches what needs no instrumentation to see, in the
-# binaries as they ship.) IC_TEST_QUICK trims test_codec's random rounds.
+# binaries as they ship.) IC_TEST_QUICK trims the rounds that only repeat:
+# test_codec's random inputs and prefix cuts, test_alloc_fail's points.
 run_valgrind() {
   local t0 failed=0 total=0 log name
   t0=$(now)
@@ -303,15 +305,14 @@ run_valgrind() {
   local b="$ROOT/build"
   local lpath="$b/share/lua/5.4/?.lua;$b/share/lua/5.4/?/init.lua;$ROOT/spec/?.lua;;"
   local cpath="$b/lib/lua/5.4/?.so;;"
-  local runs=("c:test_api" "c:test_pool" "c:test_codec" "c:test_alloc_fail"
-    "lua:messaging_spec" "lua:values_spec" "lua:cluster_spec")
-  local r
-  for r in "${runs[@]}"; do
-    name=${r#*:}
-    log="$b/valgrind-$name.log"
-    total=$((total + 1))
-    local rc
-    if [ "${r%%:*}" = c ]; then
+  # The longest first; CTEST_JOBS of them at a time (each is one process
+  # doing little but computing, valgrind runs its threads one at a time).
+  local runs=("c:test_alloc_fail" "c:test_codec" "lua:values_spec" "lua:messaging_spec"
+    "lua:cluster_spec" "c:test_api" "c:test_pool")
+  vg_one() { # vg_one KIND NAME LOG: one run, its exit status and seconds in LOG.rc
+    local kind=$1 name=$2 log=$3 s rc
+    s=$(now)
+    if [ "$kind" = c ]; then
       (cd "$ROOT" && IC_TEST_QUICK=1 "${vg[@]}" "$b/$name") >"$log" 2>&1
       rc=$?
     else
@@ -319,11 +320,31 @@ run_valgrind() {
         "${vg[@]}" lua5.4 "$(command -v busted)" -o utfTerminal "spec/$name.lua") >"$log" 2>&1
       rc=$?
     fi
+    echo "$rc $(($(now) - s))" >"$log.rc"
+  }
+  local r running=0
+  for r in "${runs[@]}"; do
+    name=${r#*:}
+    rm -f "$b/valgrind-$name.log.rc"
+    if [ "$running" -ge "$CTEST_JOBS" ]; then
+      wait -n
+      running=$((running - 1))
+    fi
+    vg_one "${r%%:*}" "$name" "$b/valgrind-$name.log" &
+    running=$((running + 1))
+  done
+  wait
+  for r in "${runs[@]}"; do
+    name=${r#*:}
+    log="$b/valgrind-$name.log"
+    total=$((total + 1))
+    local rc=1 secs=0
+    [ -f "$log.rc" ] && read -r rc secs <"$log.rc"
     if [ "$rc" -eq 0 ]; then
-      echo "valgrind: $name ok"
+      echo "valgrind: $name ok (${secs}s)"
     else
       failed=$((failed + 1))
-      echo "valgrind: $name FAILED (exit $rc); the end of $log:"
+      echo "valgrind: $name FAILED (exit $rc, ${secs}s); the end of $log:"
       tail -n 40 "$log"
     fi
   done
