@@ -27,10 +27,10 @@
 # Environment knobs (all optional):
 #   IC_JOBS=n              parallel compile jobs (default: nproc)
 #   IC_CTEST_JOBS=n        parallel tests within one build (default: 2; the
-#                          entries that keep the CPU busy hold a ctest
-#                          RESOURCE_LOCK, so they never run beside each other,
-#                          only beside the multi-node ones, which mostly wait;
-#                          see the test section of CMakeLists.txt)
+#                          spec entries mostly wait, and the two C tests that
+#                          only compute hold a ctest RESOURCE_LOCK: see the
+#                          test section of CMakeLists.txt); also the valgrind
+#                          runs at a time
 #   IC_SAN_BUILD_TYPE=t    CMAKE_BUILD_TYPE of the sanitizer builds
 #                          (default RelWithDebInfo: -O2 -g, fast enough for 2 cores)
 #   IC_SKIP_APT=1          never call apt-get (only report what is missing)
