@@ -2,7 +2,7 @@
 -- gets back to the runtime: the signals reach only the host's signal
 -- thread, so the process used to run on for ever (only SIGKILL ended it).
 -- It ends with status 3 (a late shutdown) once the shutdown's time and a
--- grace second have passed, the cluster's on_shutdown handlers having run.
+-- grace time (5 s) have passed, the cluster's on_shutdown handlers having run.
 local W = require("support.wait")
 
 local describe, it, assert, setup = describe, it, assert, setup

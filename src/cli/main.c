@@ -194,14 +194,16 @@ static void *stats_main(void *arg) {
 }
 
 /* Seconds a script may go on computing after a shutdown signal, beyond the
- * shutdown's own time, before the process ends without it. */
-#define SIGNAL_GRACE_SECONDS 1.0
+ * shutdown's own time, before the process ends without it: generous, so that
+ * a host that does return (closing the cluster, freeing the states) is never
+ * cut short on a loaded machine. */
+#define SIGNAL_GRACE_SECONDS 5.0
 
 /* The only thread that takes SIGINT/SIGTERM (they are blocked everywhere
  * else): it asks for a graceful shutdown, which cluster:run() sees. A
  * script that never gets back to the runtime (a loop in Lua or in C) would
  * keep the process alive for ever, since the signals reach only this
- * thread: once the shutdown's time and a grace second have passed without
+ * thread: once the shutdown's time and a grace time have passed without
  * the host being done (SIGUSR2), the process exits with the status of a
  * late shutdown. The cluster's shutdown has run by then. */
 static void *signal_main(void *arg) {
