@@ -368,9 +368,11 @@ static int l_stats(lua_State *L) {
     luaL_checktype(L, 2, LUA_TTABLE);
     static const char *const known[] = {"rows", "refs", NULL};
     lstate_check_options(L, 2, "stats", known);
-    rows = lua_getfield(L, 2, "rows") == LUA_TNIL || lua_toboolean(L, -1);
-    refs = lua_getfield(L, 2, "refs") != LUA_TNIL && lua_toboolean(L, -1);
-    lua_pop(L, 2);
+    /* flags are booleans ("no" would be true), as every option flag */
+    rows = lua_getfield(L, 2, "rows") == LUA_TNIL;
+    lua_pop(L, 1);
+    if (!rows) rows = lstate_opt_flag(L, 2, "stats", "rows");
+    refs = lstate_opt_flag(L, 2, "stats", "refs");
   }
   lstate_stats(L, c);
   if (!rows) return 1;

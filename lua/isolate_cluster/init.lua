@@ -23,6 +23,11 @@ function M.decode(bytes, opts)
   if opts ~= nil then
     if type(opts) ~= "table" then error("decode: opts must be a table", 2) end
     core.check_options(opts, "decode", "functions")
+    -- a flag, not any true value: functions = "false" must not load bytecode
+    local f = opts.functions
+    if f ~= nil and type(f) ~= "boolean" then
+      error("decode: opts.functions must be a boolean, got " .. type(f), 2)
+    end
   end
   return core.decode(bytes, opts and opts.functions or false)
 end
