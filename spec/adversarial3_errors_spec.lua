@@ -19,6 +19,18 @@ local function thrower(ctx)
   end)
 end
 
+-- Spawns an isolate that sends the main state { path =, reason = } for
+-- every isolate that goes down, and returns once it listens (its entry has
+-- run when it answers a request).
+local function watch_downs(c)
+  local watcher = c:spawn_isolate(function(ctx)
+    local main = ctx:property("main")
+    ctx:on_isolate_down(function(ref, reason) main:send({ path = ref.path, reason = reason }) end)
+    ctx:on_message(function() return "listening" end)
+  end, { main = c.main })
+  assert.equal("listening", watcher:request("ready?", W.TIMEOUT))
+end
+
 describe("a request handler's error with a bad __tostring", function()
   for _, case in ipairs({ "self", "raises" }) do
     it("reaches the requester as the error value it raised (__tostring " .. case .. ")", function()
@@ -37,13 +49,8 @@ describe("a request handler's error with a bad __tostring", function()
 
   it("in a plain message takes the isolate down with an \"error: \" reason naming the value's type", function()
     with_cluster({ workers = 1, logger = false }, function(c)
-      local watcher = c:spawn_isolate(function(ctx)
-        local main = ctx:property("main")
-        ctx:on_isolate_down(function(ref, reason) main:send({ path = ref.path, reason = reason }) end)
-      end, { main = c.main })
-      assert.truthy(W.wait_until(function() return watcher:send("ping") end))
+      watch_downs(c)
       local t = c:spawn_isolate(thrower, nil, { path = "/thrower" })
-      c:lookup_isolate("/thrower", W.TIMEOUT)
       t:send("self")
       local m = W.receive_match(c, function(msg) return type(msg) == "table" and msg.path == "/thrower" end)
       assert.is_table(m)
@@ -55,12 +62,7 @@ end)
 describe("a down reason with a NUL byte", function()
   it("is kept whole, the NUL written \\0, rather than cut at it", function()
     with_cluster({ workers = 1, logger = false }, function(c)
-      local watcher = c:spawn_isolate(function(ctx)
-        local main = ctx:property("main")
-        ctx:on_isolate_down(function(ref, reason) main:send({ path = ref.path, reason = reason }) end)
-      end, { main = c.main })
-      assert.truthy(W.wait_until(function() return watcher:send("ping") end))
-      c:lookup_isolate("/none", 0.1) -- the watcher's entry has run
+      watch_downs(c)
       c:spawn_isolate(function(ctx)
         ctx:on_message(function() end)
         ctx:stop("before\0after")
