@@ -224,6 +224,8 @@ static void *signal_main(void *arg) {
         fprintf(stderr, "isolate-cluster: the script did not return within %g s of the signal; exiting\n",
                 h->shutdown_seconds + SIGNAL_GRACE_SECONDS);
         fflush(stdout);
+        /* the shutdown's own thread has finished: joined, as at any end */
+        if (!cluster_join_stopper(h->cluster)) cluster_detach_stopper(h->cluster);
         _exit(EXIT_SHUTDOWN_LATE);
       }
     }
