@@ -10,9 +10,10 @@
 --   lua5.4 bench/bench_nats.lua [--quick] [--n N] [--rtt-n N] [--rounds R]
 --                               [--baseline path/to/nats_baseline]
 --
--- Each side is measured R times (default 3, 1 with --quick), alternating
--- raw and ours, and the best of each figure is printed: on a shared machine
--- single runs vary by a factor of 2 or more.
+-- Each side is measured R times (default 5, 1 with --quick), alternating
+-- raw and ours, and the median of each figure over the rounds is printed
+-- (with the best beside it): on a shared machine single runs vary by a
+-- factor of 2 or more, and interleaving exposes both sides to the same load.
 --
 -- Starts its own nats-server on a free loopback port and the other node
 -- (bench/nats_node.lua) through the spec harness (spec/support/nats.lua), and
@@ -46,7 +47,7 @@ if not opts.baseline then
 end
 local N = opts.n or (opts.quick and 2000 or 500000)
 local RTT_N = opts.rtt_n or (opts.quick and 200 or 10000)
-local ROUNDS = opts.rounds or (opts.quick and 1 or 3)
+local ROUNDS = opts.rounds or (opts.quick and 1 or 5)
 local MSG = string.rep("m", 62) -- 64 bytes of MessagePack: a str8 header (2 bytes) and 62 bytes
 
 local function percentile(sorted, p)
@@ -108,24 +109,41 @@ end
 
 local srv = H.start_server()
 local ok, failure = pcall(function()
-  print(("nats-server %s, %d messages, %d round trips, best of %d rounds"):format(srv.url, N, RTT_N, ROUNDS))
-  -- The best of each figure over the rounds (highest rate, lowest times).
-  local function best(into, r)
+  print(("nats-server %s, %d messages, %d round trips, median of %d interleaved rounds"):format(srv.url, N, RTT_N,
+    ROUNDS))
+  -- Every round's figures, per key; then the median and the best of each.
+  local function collect(into, r)
     if not r then return into end
-    if not into then return r end
+    into = into or {}
     for k, v in pairs(r) do
-      local higher = k:find("per_s", 1, true)
-      if into[k] == nil or (higher and v > into[k]) or (not higher and v < into[k]) then into[k] = v end
+      into[k] = into[k] or {}
+      table.insert(into[k], v)
     end
     return into
   end
-  local base, berr, mine, merr
-  for _ = 1, ROUNDS do
+  local function summary(all)
+    if not all then return nil, nil end
+    local med, best = {}, {}
+    for k, v in pairs(all) do
+      table.sort(v)
+      local n = #v
+      med[k] = n % 2 == 1 and v[(n + 1) // 2] or (v[n // 2] + v[n // 2 + 1]) / 2
+      best[k] = k:find("per_s", 1, true) and v[n] or v[1]
+    end
+    return med, best
+  end
+  local base_all, mine_all, berr, merr
+  for round = 1, ROUNDS do
     local b, e1 = raw(srv.url)
     local m, e2 = ours(srv)
-    base, mine = best(base, b), best(mine, m)
+    base_all, mine_all = collect(base_all, b), collect(mine_all, m)
     berr, merr = berr or e1, merr or e2
+    print(("round %d: raw %s msg/s, %s us median rtt; ours %s msg/s, %s us median rtt"):format(round,
+      b and ("%.0f"):format(b.pubsub_msgs_per_s) or "-", b and ("%.1f"):format(b.rtt_median_us) or "-",
+      m and ("%.0f"):format(m.msgs_per_s) or "-", m and ("%.1f"):format(m.rtt_median_us) or "-"))
   end
+  local base, base_best = summary(base_all)
+  local mine, mine_best = summary(mine_all)
   local function row(name, value, unit, ref, higher_better, goal)
     local line = ("%-30s %14s %-6s"):format(name, value and ("%.1f"):format(value) or "-", unit)
     if ref then
@@ -140,6 +158,10 @@ local ok, failure = pcall(function()
   row("cross-node messages/s", mine and mine.msgs_per_s, "msg/s", base and base.pubsub_msgs_per_s, true, 0.5)
   row("request round trip, median", mine and mine.rtt_median_us, "us", base and base.rtt_median_us, false, 1.5)
   row("request round trip, p99", mine and mine.rtt_p99_us, "us", base and base.rtt_p99_us, false, 1.5)
+  if mine and base then
+    print(("best of the rounds: ours %.0f msg/s, %.1f us median rtt; raw %.0f msg/s, %.1f us median rtt"):format(
+      mine_best.msgs_per_s, mine_best.rtt_median_us, base_best.pubsub_msgs_per_s, base_best.rtt_median_us))
+  end
   if not base then print("raw cnats: " .. tostring(berr)) end
   if not mine then print("isolate_cluster: " .. tostring(merr)) end
   return base ~= nil and mine ~= nil

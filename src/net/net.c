@@ -16,10 +16,12 @@
 #include "cluster.h"
 #include "codec.h"
 #include "envelope.h"
+#include "inbound.h"
 #include "isolate.h"
 #include "membership.h"
 #include "paths.h"
 #include "transport.h"
+#include "wirecheck.h"
 
 #include "node.h"
 
@@ -183,7 +185,7 @@ const char *net__send_locked(struct net *n, member *m, unsigned char *frame, int
   if (len) memcpy(frame + ENVELOPE_HEADER + ENVELOPE_DATA_BODY, data, len);
   if (envelope_seal(frame, ENVELOPE_HEADER + body, &n->key)) return "cannot authenticate the message";
   if (link_push(&m->link, frame, flen, kind, from_id, corr, plat_now_ns())) return "node unreachable";
-  if (kind == MSG_REQUEST) membership_add_pending(m, from_id, corr);
+  if (kind == MSG_REQUEST) inbound_add_pending(&n->in, m->inc, from_id, corr);
   /* Into the peer's batch, under the lock: frames leave in sequence order.
    * A frame that cannot be batched (no memory) or a publish that fails (no
    * connection now) is resent by the net thread: the link still holds it. */
@@ -541,23 +543,31 @@ static void reply_error_to_remote(struct net *n, uint32_t node, uint64_t request
            codec_put_str(bytes, why, (uint32_t)len));
 }
 
+/* Posts a checked message, request or reply to its local receiver: NULL, or
+ * why not (nothing was posted). Takes c->lock and the receiver's mailbox
+ * lock briefly, never blocks: the data callback calls it too. */
+static const char *post_local(struct net *n, const envelope *e) {
+  int kind = e->kind;
+  ic_isolate *iso = cluster_find_id(n->c, e->to_id);
+  if (!iso) return "isolate down";
+  const char *why;
+  ic_msg *m = msg_new(kind, e->payload, e->payload_len);
+  if (!m) {
+    why = "out of memory";
+  } else {
+    m->corr = e->corr;
+    m->from_node = e->from_inc;
+    m->from_id = e->from_id;
+    why = kind == MSG_USER || kind == MSG_REQUEST ? isolate_post(iso, m, NULL) : isolate_post_sys(iso, m, NULL);
+  }
+  isolate_release(iso);
+  return why;
+}
+
 static void deliver(struct net *n, const envelope *e) {
   ic_cluster *c = n->c;
   int kind = e->kind;
-  ic_isolate *iso = cluster_find_id(c, e->to_id);
-  const char *why = iso ? NULL : "isolate down";
-  if (iso) {
-    ic_msg *m = msg_new(kind, e->payload, e->payload_len);
-    if (!m) {
-      why = "out of memory";
-    } else {
-      m->corr = e->corr;
-      m->from_node = e->from_inc;
-      m->from_id = e->from_id;
-      why = kind == MSG_USER || kind == MSG_REQUEST ? isolate_post(iso, m, NULL) : isolate_post_sys(iso, m, NULL);
-    }
-    isolate_release(iso);
-  }
+  const char *why = post_local(n, e);
   if (!why) return;
   if (kind == MSG_REQUEST) reply_error_to_remote(n, e->from_inc, e->from_id, e->corr, e->to_id, why);
   else if (kind == MSG_USER) atomic_fetch_add(&c->dead_letters, 1);
@@ -570,7 +580,7 @@ static void member_down_unlock(struct net *n, member *m, const char *reason) {
   char name[ENVELOPE_NAME_MAX + 1];
   memcpy(name, m->name, sizeof name);
   uint32_t inc = m->inc;
-  pending_req *pend = membership_take_pending(m, &npend);
+  pending_req *pend = inbound_remove(&n->in, inc, &npend);
   net__claims_forget(n, inc);
   membership_set_down(&n->ms, m, plat_now_ns(), &lost); /* m may be freed from here on */
   plat_mutex_unlock(&n->lock);
@@ -640,6 +650,11 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
     return;
   }
   m = membership_add(&n->ms, e->from_inc, e->name, e->name_len, now, WINDOW_FRAMES, WINDOW_BYTES);
+  if (m && inbound_add(&n->in, e->from_inc)) {
+    size_t lost;
+    membership_set_down(&n->ms, m, now, &lost); /* out of memory: met again by its next heartbeat */
+    m = NULL;
+  }
   plat_mutex_unlock(&n->lock);
   if (!m) return;
   /* Answer at once, so the newcomer need not wait a heartbeat period; and
@@ -704,6 +719,7 @@ typedef struct gone_member {
 typedef struct gone_list {
   gone_member *v;
   size_t n, cap;
+  inbound *in;
 } gone_list;
 
 static void collect_gone(member *m, void *ud) {
@@ -712,7 +728,7 @@ static void collect_gone(member *m, void *ud) {
   gone_member *x = &g->v[g->n++];
   x->inc = m->inc;
   memcpy(x->name, m->name, sizeof x->name);
-  x->pend = membership_take_pending(m, &x->npend);
+  x->pend = inbound_remove(g->in, m->inc, &x->npend);
   x->lost = m->link.count;
 }
 
@@ -722,7 +738,7 @@ static void collect_gone(member *m, void *ud) {
  * as a new node through its next heartbeat. Net thread. */
 static void rejoin(struct net *n, uint32_t by) {
   (void)by;
-  gone_list g = {NULL, 0, 0};
+  gone_list g = {NULL, 0, 0, &n->in};
   plat_mutex_lock(&n->lock);
   g.cap = n->ms.n;
   g.v = calloc(g.cap ? g.cap : 1, sizeof *g.v);
@@ -732,6 +748,7 @@ static void rejoin(struct net *n, uint32_t by) {
   plat_cond_broadcast(&n->claims_cond);
   uint32_t old = n->inc;
   n->inc = new_incarnation();
+  inbound_set_self(&n->in, n->inc);
   atomic_store(&n->c->node_id, n->inc);
   plat_mutex_unlock(&n->lock);
   cluster_log(n->c, "isolate_cluster: node %s (incarnation %08x) was declared down by the others; it rejoins as "
@@ -754,6 +771,7 @@ static void rejoin(struct net *n, uint32_t by) {
 }
 
 static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, uint64_t now);
+static void handle_data(struct net *n, const envelope *ep, uint64_t now);
 
 /* Go-back-N: publishes again every frame m has not acked, oldest first
  * (stops at the first failed publish: no connection now). net->lock held. */
@@ -804,6 +822,12 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
     handle_named(n, &e, now);
     return;
   }
+  if (e.type == ENV_DATA) {
+    /* Only from the data subject, handed over by its callback: while the
+     * net thread handles those, the callback delivers nothing. */
+    if (n->handing_over) handle_data(n, &e, now);
+    return;
+  }
   if (e.to_inc != n->inc) return;
   plat_mutex_lock(&n->lock);
   member *m = membership_find(&n->ms, e.from_inc);
@@ -826,51 +850,126 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
         now - f->sent_ns > FAST_RETRANSMIT_NS) {
       resend_unacked(n, m, now);
     }
-    plat_mutex_unlock(&n->lock);
-    return;
-  }
-  /* ENV_DATA */
-  int k = e.kind;
-  if (k != MSG_USER && k != MSG_REQUEST && k != MSG_REPLY && k != MSG_REPLY_ERROR && k != NET_ISO_UP &&
-      k != NET_ISO_DOWN && k != NET_SPAWN && k != NET_CLAIM && k != NET_CLAIM_REPLY) {
-    plat_mutex_unlock(&n->lock);
-    return;
-  }
-  int verdict = link_accept(&m->link, e.seq);
-  if (verdict == LINK_DELIVER && (k == MSG_REPLY || k == MSG_REPLY_ERROR)) {
-    /* The peer answered request (to_id, corr) of ours. */
-    membership_answered(m, e.to_id, e.corr);
   }
   plat_mutex_unlock(&n->lock);
-  if (verdict != LINK_DELIVER) return;
+}
+
+static int plain_kind(int k) { return k == MSG_USER || k == MSG_REQUEST || k == MSG_REPLY || k == MSG_REPLY_ERROR; }
+
+static int is_reply(int k) { return k == MSG_REPLY || k == MSG_REPLY_ERROR; }
+
+/* A data frame the net thread handles: one the data callback handed it
+ * (TAG_DEFERRED). Net thread. */
+static void handle_data(struct net *n, const envelope *ep, uint64_t now) {
+  envelope e = *ep;
+  int k = e.kind;
+  if (!plain_kind(k) && k != NET_ISO_UP && k != NET_ISO_DOWN && k != NET_SPAWN && k != NET_CLAIM &&
+      k != NET_CLAIM_REPLY)
+    return;
+  if (inbound_peek(&n->in, e.to_inc, e.from_inc, e.seq, now) != LINK_DELIVER) return;
   /* Sequence accepted: delivered or counted, never asked for again. */
   if (!net__payload_ok(n, e.payload, e.payload_len, n->code_ok)) {
     if (k == NET_SPAWN) spawn_failed(n, e.from_inc, e.to_id, "malformed or untrusted spawn refused");
-    if (k >= NET_ISO_UP) return;
-    cluster_log(n->c, "isolate_cluster: refused a malformed or untrusted message from node %08x",
-                (unsigned)e.from_inc);
-    if (k == MSG_REQUEST)
-      reply_error_to_remote(n, e.from_inc, e.from_id, e.corr, e.to_id, "malformed or untrusted message refused");
-    else atomic_fetch_add(&n->c->dead_letters, 1);
-    return;
-  }
-  if (k == NET_ISO_UP || k == NET_ISO_DOWN) apply_replica(n, &e);
+    if (k < NET_ISO_UP) {
+      cluster_log(n->c, "isolate_cluster: refused a malformed or untrusted message from node %08x",
+                  (unsigned)e.from_inc);
+      if (k == MSG_REQUEST)
+        reply_error_to_remote(n, e.from_inc, e.from_id, e.corr, e.to_id, "malformed or untrusted message refused");
+      else atomic_fetch_add(&n->c->dead_letters, 1);
+    }
+  } else if (k == NET_ISO_UP || k == NET_ISO_DOWN) apply_replica(n, &e);
   else if (k == NET_SPAWN) apply_spawn(n, &e);
   else if (k == NET_CLAIM) net__answer_claim(n, &e);
   else if (k == NET_CLAIM_REPLY) net__claim_answered(n, &e);
   else deliver(n, &e);
+  inbound_advance(&n->in, e.from_inc, e.seq, is_reply(k), e.to_id, e.corr);
+}
+
+/* ---- the data subscription's callback (a cnats thread) ------------------------ */
+
+/* One frame of a data subject message, delivered here if it can be: 1 when
+ * done with (delivered, or dropped as the net thread would drop it), 0 when
+ * the net thread must take it. *since: the most frames accepted from a
+ * peer since its last ack. */
+static int fast_frame(struct net *n, const unsigned char *data, size_t len, uint64_t now, size_t *since) {
+  envelope e;
+  if (envelope_parse(data, len, &n->key, &e)) return 1;
+  if (e.type != ENV_DATA || !plain_kind(e.kind) || wirecheck_plain(e.payload, e.payload_len) != WIRECHECK_OK)
+    return 0;
+  int verdict = inbound_peek(&n->in, e.to_inc, e.from_inc, e.seq, now);
+  if (verdict != LINK_DELIVER) return 1; /* a duplicate, a gap, or not ours: never delivered */
+  /* Not posted (no receiver, a full mailbox, no memory): the net thread
+   * tries again and refuses it as it must (dead letter, error reply). */
+  if (post_local(n, &e)) return 0;
+  size_t s = inbound_advance(&n->in, e.from_inc, e.seq, is_reply(e.kind), e.to_id, e.corr);
+  if (s > *since) *since = s;
+  return 1;
+}
+
+/* Every message on this node's data subject, on its subscription's cnats
+ * thread (one at a time). Never blocks and never touches a lua_State
+ * (transport.h): it takes the inbound lock and, to post, c->lock and a
+ * mailbox's lock, each for a moment. What it cannot finish goes to the net
+ * thread (see `deferred` in node.h); a single frame of another type (an
+ * ack, a fenced notice) goes there as any other subject's message does. */
+static void on_data(void *ud, transport *t, natsMsg *msg) {
+  struct net *n = ud;
+  const unsigned char *data = (const unsigned char *)natsMsg_GetData(msg);
+  int dlen = natsMsg_GetDataLength(msg);
+  if (!data || dlen <= 0 || atomic_load(&n->rx_closed)) {
+    natsMsg_Destroy(msg); /* a probe (empty), or too late */
+    return;
+  }
+  size_t len = (size_t)dlen, since = 0;
+  int batch = len >= 2 && data[0] == BATCH_MAGIC0 && data[1] == BATCH_MAGIC1;
+  int done = 1;
+  if (!batch) {
+    envelope e;
+    if (envelope_parse(data, len, &n->key, &e) == NULL && e.type != ENV_DATA) {
+      if (transport_enqueue(t, msg, 0)) natsMsg_Destroy(msg);
+      return;
+    }
+  }
+  uint64_t now = plat_now_ns();
+  if (atomic_load_explicit(&n->deferred, memory_order_acquire) > 0) {
+    done = 0;
+  } else if (!batch) {
+    done = fast_frame(n, data, len, now, &since);
+  } else {
+    /* A batch: [u32 length][frame], ...; a length past the end ends it. */
+    size_t pos = 2;
+    while (done && len - pos >= 4) {
+      size_t flen = (size_t)data[pos] << 24 | (size_t)data[pos + 1] << 16 | (size_t)data[pos + 2] << 8 | data[pos + 3];
+      pos += 4;
+      if (flen > len - pos) break;
+      done = fast_frame(n, data + pos, flen, now, &since);
+      pos += flen;
+    }
+  }
+  if (since >= ACK_EVERY && !atomic_exchange(&n->ack_wanted, 1)) transport_wake(t);
+  if (done) {
+    natsMsg_Destroy(msg);
+    return;
+  }
+  /* The whole message goes: what was delivered of it is a duplicate there. */
+  atomic_fetch_add_explicit(&n->deferred, 1, memory_order_acq_rel);
+  if (transport_enqueue(t, msg, TAG_DEFERRED)) {
+    atomic_fetch_sub_explicit(&n->deferred, 1, memory_order_acq_rel);
+    natsMsg_Destroy(msg); /* the queue is full: the link resends */
+  }
 }
 
 /* ---- timers (net thread) -------------------------------------------------------- */
 
 static void send_acks(struct net *n) {
+  atomic_store(&n->ack_wanted, 0);
   plat_mutex_lock(&n->lock);
   for (size_t i = 0; i < n->ms.n; i++) {
     member *m = n->ms.v[i];
-    if (!m->up || !m->link.ack_due) continue;
-    m->link.ack_due = 0;
+    uint64_t cum;
+    if (!m->up || !inbound_take_ack(&n->in, m->inc, &cum)) continue;
     unsigned char body[8];
-    envelope_put_u64(body, link_delivered(&m->link));
+    envelope_put_u64(body, cum);
     char subject[SUBJECT_MAX];
     net__peer_subject(n, m->name, subject);
     send_control(n, subject, ENV_ACK, m->inc, body, sizeof body);
@@ -932,6 +1031,32 @@ static void track_connection(struct net *n, uint64_t now) {
   if (!up) n->connected_since = 0;
 }
 
+/* A peer heard on its data subject (by the data callback) counts as heard. */
+static void sync_seen(struct net *n) {
+  plat_mutex_lock(&n->lock);
+  for (size_t i = 0; i < n->ms.n; i++) {
+    member *m = n->ms.v[i];
+    if (!m->up) continue;
+    uint64_t seen = inbound_last_seen(&n->in, m->inc);
+    if (seen > m->last_seen_ns) {
+      m->last_seen_ns = seen;
+      m->suspect_ns = 0;
+    }
+  }
+  plat_mutex_unlock(&n->lock);
+}
+
+/* Handles one message from the transport's queue, and destroys it. */
+static void handle_queued(struct net *n, natsMsg *msg, int tag) {
+  n->handing_over = tag == TAG_DEFERRED;
+  handle_frame(n, msg, plat_now_ns());
+  n->handing_over = 0;
+  natsMsg_Destroy(msg);
+  /* Its frames are delivered: the data callback may deliver the next ones
+   * (the release orders them after these). */
+  if (tag == TAG_DEFERRED) atomic_fetch_sub_explicit(&n->deferred, 1, memory_order_acq_rel);
+}
+
 static void *net_main(void *arg) {
   struct net *n = arg;
   uint64_t next_hb = 0, last_tick = plat_now_ns();
@@ -940,16 +1065,14 @@ static void *net_main(void *arg) {
     uint64_t deadline = now + TICK_NS;
     if (next_hb && next_hb < deadline) deadline = next_hb;
     flush_batches(n);
-    natsMsg *msg = atomic_load(&n->flush_wanted) ? NULL : transport_next(n->t, deadline);
+    int tag = 0;
+    natsMsg *msg = atomic_load(&n->flush_wanted) || atomic_load(&n->ack_wanted) ? NULL
+                                                                               : transport_next(n->t, deadline, &tag);
     for (int i = 0; msg && i < BATCH; i++) {
-      handle_frame(n, msg, plat_now_ns());
-      natsMsg_Destroy(msg);
-      msg = i + 1 < BATCH ? transport_next(n->t, 0) : NULL;
+      handle_queued(n, msg, tag);
+      msg = i + 1 < BATCH ? transport_next(n->t, 0, &tag) : NULL;
     }
-    if (msg) {
-      handle_frame(n, msg, plat_now_ns());
-      natsMsg_Destroy(msg);
-    }
+    if (msg) handle_queued(n, msg, tag);
     flush_batches(n);
     send_acks(n);
     now = plat_now_ns();
@@ -970,6 +1093,7 @@ static void *net_main(void *arg) {
       plat_mutex_unlock(&n->lock);
     }
     last_tick = now;
+    sync_seen(n);
     if (n->connected_since) {
       plat_mutex_lock(&n->lock);
       probe_silent(n, now);
@@ -985,7 +1109,11 @@ static void *net_main(void *arg) {
 void net_free(struct net *n) {
   if (!n) return;
   net_stop(n, plat_now_ns() + plat_seconds_to_ns(2.0)); /* normally stopped already */
+  /* cnats may still call on_data, which names n: n stays (a bounded leak of
+   * a connection that would not close). */
+  if (n->transport_leaked) return;
   membership_fini(&n->ms);
+  inbound_fini(&n->in);
   paths_fini(&n->replica);
   if (n->vL) lua_close(n->vL);
   free(n->cluster_name);
@@ -1033,6 +1161,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   plat_mutex_init(&n->lock);
   plat_cond_init(&n->claims_cond);
   membership_init(&n->ms);
+  inbound_init(&n->in);
   paths_init(&n->replica);
   n->c = c;
   n->cluster_name = strdup(o->cluster);
@@ -1062,6 +1191,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   /* Functions in a trusted message may name standard functions. */
   if (n->code_ok) luaL_openlibs(n->vL);
   n->inc = new_incarnation();
+  inbound_set_self(&n->in, n->inc);
   snprintf(n->hb_subject, SUBJECT_MAX, "ic.%s.hb", n->cluster_name);
   net__peer_subject(n, n->name, n->data_subject);
   /* path_subject is the wildcard subscribed to; its first path_prefix_len
@@ -1074,7 +1204,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   const char *subjects[] = {n->hb_subject, n->data_subject, n->path_subject, n->probe_subject};
   transport_opts to = {o->urls, o->nurls, o->user, o->password, o->token, o->tls_ca, o->tls_cert, o->tls_key,
                        n->name, o->connect_timeout > 0 ? o->connect_timeout : DEFAULT_CONNECT_TIMEOUT,
-                       subjects, 4, 0};
+                       subjects, 4, 0, on_data, n, 1};
   n->t = transport_open(&to, err, errlen);
   if (!n->t) {
     net_free(n);
@@ -1106,7 +1236,8 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
     n->has_thread = 0;
     transport *t = n->t;
     n->t = NULL;
-    transport_close(t, 1.0);
+    atomic_store(&n->rx_closed, 1);
+    if (transport_close(t, 1.0)) n->transport_leaked = 1;
     net_free(n);
     return NULL;
   }
@@ -1138,6 +1269,7 @@ void net_stop(struct net *n, uint64_t until) {
   if (until < drain_by) drain_by = until;
   if (n->has_thread) {
     drain_links(n, drain_by);
+    atomic_store(&n->rx_closed, 1);
     atomic_store(&n->stop, 1);
     transport_wake(n->t);
     plat_thread_join(n->thread);
@@ -1157,7 +1289,8 @@ void net_stop(struct net *n, uint64_t until) {
   double flush_s = until > now ? (double)(until - now) / 1e9 : 0.0;
   if (flush_s > 2.0) flush_s = 2.0;
   if (flush_s < 0.05) flush_s = 0.05;
-  if (t) transport_close(t, flush_s);
+  atomic_store(&n->rx_closed, 1);
+  if (t && transport_close(t, flush_s)) n->transport_leaked = 1;
 }
 
 /* ---- names ------------------------------------------------------------------ */

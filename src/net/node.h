@@ -20,6 +20,7 @@
 
 #include "cluster.h"
 #include "envelope.h"
+#include "inbound.h"
 #include "membership.h"
 #include "net.h"
 #include "paths.h"
@@ -45,6 +46,13 @@
 #define BATCH_MAGIC0 'I'
 #define BATCH_MAGIC1 'B'
 #define BATCH_MAX (60u << 10)
+/* The receiver asks the net thread for an ack at once after this many
+ * accepted frames (otherwise the ack goes with its next tick, at most
+ * TICK_NS later): the sender's window empties well before it fills. */
+#define ACK_EVERY 4096
+/* The tag of a data subject message the data subscription's callback hands
+ * to the net thread (transport_enqueue), see struct net's `deferred`. */
+#define TAG_DEFERRED 1
 /* The net thread's tick. */
 #define TICK_NS 50000000ull
 /* Inbound frames handled before the thread looks at its timers again. */
@@ -93,6 +101,22 @@ struct net {
   atomic_ullong spawn_seq;  /* "/dir/" segments of spawns on other nodes */
   atomic_int name_taken;    /* a live node of another incarnation has our name */
   atomic_int flush_wanted;  /* a batch waits for the net thread to publish it */
+  atomic_int ack_wanted;    /* the data callback asked for acks now */
+
+  /* Data frames are delivered by the data subscription's cnats callback
+   * (on_data in net.c) straight into the receivers' mailboxes: frame and
+   * sequence checks, duplicate suppression, a payload check in C
+   * (wirecheck.h). A frame it cannot finish there (another kind, a payload
+   * only the full decoder can judge, a full mailbox) goes with the rest of
+   * its NATS message to the net thread (TAG_DEFERRED), and so does every
+   * data message after it until the net thread has handled them all:
+   * `deferred` counts those queued, and while it is not 0 the callback
+   * delivers nothing itself, so one peer's frames are delivered in order
+   * by one thread at a time. */
+  inbound in;
+  atomic_int deferred;
+  atomic_int rx_closed;     /* stopping: the callback drops data */
+  int transport_leaked;     /* cnats kept callbacks past the close: n must stay */
 
   plat_mutex lock;
   membership ms;
@@ -112,6 +136,7 @@ struct net {
   uint64_t connected_since; /* 0 while disconnected */
   uint64_t seen_reconnects;
   uint64_t last_name_reply_ns;
+  int handing_over;         /* handling a message the data callback handed over */
   lua_State *vL;            /* the payload checker's state */
 };
 
