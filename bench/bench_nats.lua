@@ -55,56 +55,84 @@ local function percentile(sorted, p)
   return sorted[i]
 end
 
-local function raw(url)
+-- One raw cnats figure: what = "pubsub" (N messages) or "rtt" (RTT_N round trips).
+local function raw(url, what)
   if not opts.baseline then return nil, "no nats_baseline (build it, or pass --baseline)" end
   local r = {}
-  for _, what in ipairs({ { "pubsub", N }, { "rtt", RTT_N } }) do
-    local p = io.popen(("%s %s %s %d 2>&1"):format(opts.baseline, url, what[1], what[2]))
-    local out = p:read("a")
-    p:close()
-    for k, v in out:gmatch("(%S+) (%S+)") do r[k] = tonumber(v) end
-    if not r[what[1] == "pubsub" and "pubsub_msgs_per_s" or "rtt_median_us"] then return nil, out end
-  end
+  local p = io.popen(("%s %s %s %d 2>&1"):format(opts.baseline, url, what, what == "pubsub" and N or RTT_N))
+  local out = p:read("a")
+  p:close()
+  for k, v in out:gmatch("(%S+) (%S+)") do r[k] = tonumber(v) end
+  if not r[what == "pubsub" and "pubsub_msgs_per_s" or "rtt_median_us"] then return nil, out end
   return r
 end
 
-local function ours(srv)
+-- Our two nodes, made once for every round: this process (bench-a) and
+-- bench/nats_node.lua (bench-b, serving /sink and /echo).
+local function ours_start(srv)
   local ok, ic = pcall(require, "isolate_cluster")
   if not ok then return nil, ic end
   local cname = H.unique_name("bench")
   local ok2, c = pcall(ic.node, { nats = srv.url, cluster = cname, name = "bench-a", logger = false })
   if not ok2 or not c then return nil, "ic.node: " .. tostring(c) end
   local node = H.start_node({ path = "bench/nats_node.lua",
-    args = { nats = srv.url, cluster = cname, name = "bench-b", lifetime = "600" } })
-  local result, err = pcall(function()
+    args = { nats = srv.url, cluster = cname, name = "bench-b", lifetime = "3600" } })
+  local ok3, err = pcall(function()
     H.wait_output(node, "^ready bench%-b$", 30)
     local sink = assert(c:lookup_isolate("/sink", 15), "no /sink")
     local echo = assert(c:lookup_isolate("/echo", 15), "no /echo")
-    local r = {}
-    -- throughput
+    for _ = 1, 20 do echo:request(MSG, 10) end -- warm up
+    return { sink = sink, echo = echo }
+  end)
+  if not ok3 then
+    c:shutdown(10)
+    return nil, err
+  end
+  err.ic, err.c, err.sent = ic, c, 0
+  return err
+end
+
+-- Throughput: N messages, from the first send until a request queued behind
+-- the last one is answered (the sink counts every message since the start).
+local function ours_msgs(o)
+  local ic = o.ic
+  local ok, r = pcall(function()
     local t0 = ic.now()
     for i = 1, N do
-      local sent, why = sink:send(MSG, 30)
+      local sent, why = o.sink:send(MSG, 30)
       if not sent then error("send " .. i .. " refused: " .. tostring(why)) end
     end
-    local got = sink:request("count", 120)
-    r.msgs_per_s = N / (ic.now() - t0)
-    assert(got == N, ("sink got %s of %d"):format(tostring(got), N))
-    -- round trips (a few to warm up first)
-    for _ = 1, 20 do echo:request(MSG, 10) end
+    o.sent = o.sent + N
+    local got = o.sink:request("count", 120)
+    local rate = N / (ic.now() - t0)
+    assert(got == o.sent, ("sink got %s of %d"):format(tostring(got), o.sent))
+    return { msgs_per_s = rate }
+  end)
+  if ok then return r end
+  return nil, r
+end
+
+local function ours_rtt(o)
+  local ic = o.ic
+  local ok, r = pcall(function()
     local t = {}
     for i = 1, RTT_N do
       local s = ic.now()
-      echo:request(MSG, 10)
+      o.echo:request(MSG, 10)
       t[i] = (ic.now() - s) * 1e6
     end
     table.sort(t)
-    r.rtt_median_us, r.rtt_p99_us = percentile(t, 0.5), percentile(t, 0.99)
-    return r
+    return { rtt_median_us = percentile(t, 0.5), rtt_p99_us = percentile(t, 0.99) }
   end)
-  c:shutdown(10)
-  if result then return err end
-  return nil, err
+  if ok then return r end
+  return nil, r
+end
+
+-- Both tables' keys into one.
+local function merge(a, b)
+  if not a or not b then return nil end
+  for k, v in pairs(b) do a[k] = v end
+  return a
 end
 
 local srv = H.start_server()
@@ -133,15 +161,25 @@ local ok, failure = pcall(function()
     return med, best
   end
   local base_all, mine_all, berr, merr
+  local o, oerr = ours_start(srv)
+  merr = oerr
   for round = 1, ROUNDS do
-    local b, e1 = raw(srv.url)
-    local m, e2 = ours(srv)
+    -- Finely interleaved: each figure of ours right after the same raw one.
+    local bp, e1 = raw(srv.url, "pubsub")
+    local mp, e2 = nil, oerr
+    if o then mp, e2 = ours_msgs(o) end
+    local br, e3 = raw(srv.url, "rtt")
+    local mr, e4 = nil, oerr
+    if o then mr, e4 = ours_rtt(o) end
+    local b, m = merge(bp, br), merge(mp, mr)
+    e1, e2 = e1 or e3, e2 or e4
     base_all, mine_all = collect(base_all, b), collect(mine_all, m)
     berr, merr = berr or e1, merr or e2
     print(("round %d: raw %s msg/s, %s us median rtt; ours %s msg/s, %s us median rtt"):format(round,
       b and ("%.0f"):format(b.pubsub_msgs_per_s) or "-", b and ("%.1f"):format(b.rtt_median_us) or "-",
       m and ("%.0f"):format(m.msgs_per_s) or "-", m and ("%.1f"):format(m.rtt_median_us) or "-"))
   end
+  if o then o.c:shutdown(10) end
   local base, base_best = summary(base_all)
   local mine, mine_best = summary(mine_all)
   local function row(name, value, unit, ref, higher_better, goal)

@@ -51,6 +51,11 @@ size_t link_fini(link *l);
 /* Sequence number the next link_push gets. */
 static inline uint64_t link_next_seq(const link *l) { return l->next_seq; }
 
+/* Is there room for frames more frames of bytes bytes in all? */
+static inline int link_room(const link *l, size_t frames, size_t bytes) {
+  return l->count + frames <= l->max_frames && (l->count == 0 || l->bytes + bytes <= l->max_bytes);
+}
+
 /* Appends a frame (ownership of data passes to the link on success only).
  * Its seq must be link_next_seq(l). Returns 0, or -1 when the window is full
  * or out of memory. */

@@ -188,7 +188,10 @@ const char *net__send_locked(struct net *n, member *m, unsigned char *frame, int
   if (kind == MSG_REQUEST) inbound_add_pending(&n->in, m->inc, from_id, corr);
   /* Into the peer's batch, under the lock: frames leave in sequence order.
    * A frame that cannot be batched (no memory) or a publish that fails (no
-   * connection now) is resent by the net thread: the link still holds it. */
+   * connection now) is resent by the net thread: the link still holds it.
+   * A batch stays within max_payload: what is batched leaves first when
+   * this frame would take it over (a lone frame is published as itself). */
+  if (m->out_len && n->max_payload > 0 && m->out_len + 4 + flen > (size_t)n->max_payload) batch_flush(n, m);
   if (batch_append(m, frame, flen)) {
     char subject[SUBJECT_MAX];
     batch_flush(n, m);
@@ -217,8 +220,14 @@ const char *net_send(struct net *n, uint32_t node, uint64_t to_id, int kind, uin
   if (node == INTEROP_NODE) return net__interop_reply(n, to_id, kind, data, len);
   /* Known down (its down event came, or its node's): refused like a local one. */
   if (paths_state(&n->replica, node, to_id) < 0) return "isolate down";
-  const char *why = net__too_large(n, len);
-  if (why) return why;
+  const char *why;
+  if (net__chunked(n, len)) {
+    plat_mutex_lock(&n->lock);
+    member *m = membership_find(&n->ms, node);
+    why = !n->t ? "isolate down" : !m ? "node unreachable" : net__send_chunked(n, m, kind, to_id, corr, from_id, data, len);
+    plat_mutex_unlock(&n->lock);
+    return why;
+  }
   unsigned char *frame = malloc(envelope_size(ENVELOPE_DATA_BODY + len, &n->key));
   if (!frame) return "out of memory";
   plat_mutex_lock(&n->lock);
@@ -534,8 +543,8 @@ void net__reply_error_to_local(ic_cluster *c, uint64_t requester, uint64_t corr,
   isolate_release(iso);
 }
 
-static void reply_error_to_remote(struct net *n, uint32_t node, uint64_t requester, uint64_t corr,
-                                  uint64_t from_id, const char *why) {
+void net__reply_error_to_remote(struct net *n, uint32_t node, uint64_t requester, uint64_t corr, uint64_t from_id,
+                                const char *why) {
   char bytes[128];
   size_t len = strlen(why);
   if (len > sizeof bytes - 5) len = sizeof bytes - 5;
@@ -564,12 +573,12 @@ static const char *post_local(struct net *n, const envelope *e) {
   return why;
 }
 
-static void deliver(struct net *n, const envelope *e) {
+void net__deliver(struct net *n, const envelope *e) {
   ic_cluster *c = n->c;
   int kind = e->kind;
   const char *why = post_local(n, e);
   if (!why) return;
-  if (kind == MSG_REQUEST) reply_error_to_remote(n, e->from_inc, e->from_id, e->corr, e->to_id, why);
+  if (kind == MSG_REQUEST) net__reply_error_to_remote(n, e->from_inc, e->from_id, e->corr, e->to_id, why);
   else if (kind == MSG_USER) atomic_fetch_add(&c->dead_letters, 1);
 }
 
@@ -582,6 +591,7 @@ static void member_down_unlock(struct net *n, member *m, const char *reason) {
   uint32_t inc = m->inc;
   pending_req *pend = inbound_remove(&n->in, inc, &npend);
   net__claims_forget(n, inc);
+  net__chunks_forget(n, inc);
   membership_set_down(&n->ms, m, plat_now_ns(), &lost); /* m may be freed from here on */
   plat_mutex_unlock(&n->lock);
   if (lost) atomic_fetch_add(&n->c->dead_letters, lost);
@@ -755,6 +765,7 @@ static void rejoin(struct net *n, uint32_t by) {
               "incarnation %08x (refs of the old one stay down)", n->name, (unsigned)old, (unsigned)n->inc);
   for (size_t i = 0; i < g.n; i++) {
     gone_member *x = &g.v[i];
+    net__chunks_forget(n, x->inc);
     if (x->lost) atomic_fetch_add(&n->c->dead_letters, x->lost);
     for (size_t k = 0; k < x->npend; k++)
       net__reply_error_to_local(n->c, x->pend[k].from_id, x->pend[k].corr, "isolate down: node down");
@@ -864,9 +875,15 @@ static void handle_data(struct net *n, const envelope *ep, uint64_t now) {
   envelope e = *ep;
   int k = e.kind;
   if (!plain_kind(k) && k != NET_ISO_UP && k != NET_ISO_DOWN && k != NET_SPAWN && k != NET_CLAIM &&
-      k != NET_CLAIM_REPLY)
+      k != NET_CLAIM_REPLY && k != NET_CHUNK)
     return;
   if (inbound_peek(&n->in, e.to_inc, e.from_inc, e.seq, now) != LINK_DELIVER) return;
+  if (k == NET_CHUNK) {
+    /* Checked as a whole once complete (chunks.c). */
+    int whole = net__chunk_arrived(n, &e);
+    inbound_advance(&n->in, e.from_inc, e.seq, is_reply(whole), e.to_id, e.corr);
+    return;
+  }
   /* Sequence accepted: delivered or counted, never asked for again. */
   if (!net__payload_ok(n, e.payload, e.payload_len, n->code_ok)) {
     if (k == NET_SPAWN) spawn_failed(n, e.from_inc, e.to_id, "malformed or untrusted spawn refused");
@@ -874,14 +891,14 @@ static void handle_data(struct net *n, const envelope *ep, uint64_t now) {
       cluster_log(n->c, "isolate_cluster: refused a malformed or untrusted message from node %08x",
                   (unsigned)e.from_inc);
       if (k == MSG_REQUEST)
-        reply_error_to_remote(n, e.from_inc, e.from_id, e.corr, e.to_id, "malformed or untrusted message refused");
+        net__reply_error_to_remote(n, e.from_inc, e.from_id, e.corr, e.to_id, "malformed or untrusted message refused");
       else atomic_fetch_add(&n->c->dead_letters, 1);
     }
   } else if (k == NET_ISO_UP || k == NET_ISO_DOWN) apply_replica(n, &e);
   else if (k == NET_SPAWN) apply_spawn(n, &e);
   else if (k == NET_CLAIM) net__answer_claim(n, &e);
   else if (k == NET_CLAIM_REPLY) net__claim_answered(n, &e);
-  else deliver(n, &e);
+  else net__deliver(n, &e);
   inbound_advance(&n->in, e.from_inc, e.seq, is_reply(k), e.to_id, e.corr);
 }
 
@@ -1114,6 +1131,7 @@ void net_free(struct net *n) {
   if (n->transport_leaked) return;
   membership_fini(&n->ms);
   inbound_fini(&n->in);
+  reasm_fini(&n->reasm);
   paths_fini(&n->replica);
   if (n->vL) lua_close(n->vL);
   free(n->cluster_name);
@@ -1162,6 +1180,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   plat_cond_init(&n->claims_cond);
   membership_init(&n->ms);
   inbound_init(&n->in);
+  reasm_init(&n->reasm, CHUNKED_MAX, REASSEMBLY_MAX);
   paths_init(&n->replica);
   n->c = c;
   n->cluster_name = strdup(o->cluster);

@@ -24,6 +24,7 @@
 #include "membership.h"
 #include "net.h"
 #include "paths.h"
+#include "reasm.h"
 #include "transport.h"
 
 /* Retransmit window per link: a send past it is refused ("node unreachable"). */
@@ -71,7 +72,14 @@
 #define INTEROP_MAX 65536
 
 /* Kinds of data frames between nets only (beyond the MSG_* kinds). */
-enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22, NET_CLAIM = 23, NET_CLAIM_REPLY = 24 };
+enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22, NET_CLAIM = 23, NET_CLAIM_REPLY = 24, NET_CHUNK = 25 };
+
+/* Messages over the server's max_payload travel in chunks (chunks.c): at
+ * most this large, and the partial messages of all peers together hold at
+ * most REASSEMBLY_MAX bytes at a receiver. */
+#define CHUNKED_MAX (32u << 20)
+#define REASSEMBLY_MAX (128u << 20)
+
 
 /* A path claim of this node (see net_claim), guarded by net->lock. */
 typedef struct claim {
@@ -115,6 +123,7 @@ struct net {
    * by one thread at a time. */
   inbound in;
   atomic_int deferred;
+  reasm reasm;              /* chunked messages in progress (net thread only) */
   atomic_int rx_closed;     /* stopping: the callback drops data */
   int transport_leaked;     /* cnats kept callbacks past the close: n must stay */
 
@@ -151,8 +160,25 @@ const char *net__send_locked(struct net *n, member *m, unsigned char *frame, int
 void net__send_to_members(struct net *n, uint32_t inc, int kind, uint64_t id, const char *data, size_t len);
 /* The refusal of a message of len payload bytes over max_payload, or NULL. */
 const char *net__too_large(struct net *n, size_t len);
+/* Delivers a checked message, request or reply from a peer to its local
+ * receiver, or refuses it (dead letter, error reply). Net thread. */
+void net__deliver(struct net *n, const envelope *e);
+/* Sends an error reply (a MessagePack string) to requester of node `node`. */
+void net__reply_error_to_remote(struct net *n, uint32_t node, uint64_t requester, uint64_t corr, uint64_t from_id,
+                                const char *why);
 /* Posts an error reply (a MessagePack string) to local requester `requester`. */
 void net__reply_error_to_local(ic_cluster *c, uint64_t requester, uint64_t corr, const char *why);
+
+/* chunks.c: does a payload of len bytes need chunks? */
+int net__chunked(const struct net *n, size_t len);
+/* Sends it in chunks to m (net->lock held); NULL or why not (nothing sent). */
+const char *net__send_chunked(struct net *n, member *m, int kind, uint64_t to_id, uint64_t corr, uint64_t from_id,
+                              const char *data, size_t len);
+/* A NET_CHUNK frame arrived in sequence (net thread): returns the message's
+ * kind when it completed it (and delivered or refused it), else 0. */
+int net__chunk_arrived(struct net *n, const envelope *e);
+/* Peer inc went: its partial message is dropped. Net thread. */
+void net__chunks_forget(struct net *n, uint32_t inc);
 
 /* claims.c */
 void net__claims_forget(struct net *n, uint32_t inc);
