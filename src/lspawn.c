@@ -113,12 +113,17 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
      * the ref is known at once: this node chose the new isolate's id. */
     uint32_t rnode;
     uint64_t rid;
-    const char *why = net_spawn(c->net, node, creator ? creator->id : c->main->id, buf->data + props_len,
+    /* An isolate's child there, as here (unless detached): shut down with
+     * its creator, and counted among the creator's live children until its
+     * down comes back (CONTROL_CHILD_DOWN, src/net/net.h). */
+    int linked = creator && !detached;
+    const char *why = net_spawn(c->net, node, creator ? creator->id : c->main->id, linked, buf->data + props_len,
                                 buf->len - props_len, has_props ? buf->data : NULL, props_len, path,
                                 (size_t)mbox, (size_t)memlimit, dedicated, &rnode, &rid);
     if (claimed) net_claim_done(c->net, path); /* the replica holds it as pending now */
     codec_buf_free(buf);
     if (why) return luaL_error(L, "spawn_isolate on node \"%s\" failed: %s", node, why);
+    if (linked) creator->live_children++; /* this is the creator's thread */
     lref_push_wire(L, c, rnode, rid);
     return 1;
   }

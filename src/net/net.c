@@ -18,6 +18,8 @@
 #include "envelope.h"
 #include "inbound.h"
 #include "isolate.h"
+#include "kin.h"
+#include "mailbox.h"
 #include "membership.h"
 #include "paths.h"
 #include "transport.h"
@@ -291,6 +293,9 @@ static void announce_up_to(struct net *n, uint32_t inc, ic_isolate *iso) {
 void net_announce_up(struct net *n, ic_isolate *iso) { announce_up_to(n, 0, iso); }
 
 void net_announce_down(struct net *n, ic_isolate *iso, const char *reason) {
+  plat_mutex_lock(&n->lock);
+  kin_remove_local(&n->kids_in, iso->id); /* a child of another node's isolate: no longer to shut down */
+  plat_mutex_unlock(&n->lock);
   char buf[512];
   size_t len = strlen(reason ? reason : "normal");
   if (len > sizeof buf - 5) len = sizeof buf - 5;
@@ -311,6 +316,35 @@ static void snapshot_one(ic_isolate *iso, void *ud) {
 static void send_snapshot(struct net *n, uint32_t inc) {
   snapshot_ctx s = {n, inc};
   cluster_each_up(n->c, snapshot_one, &s);
+}
+
+/* Posts control code to each local isolate of ids (freeing ids). */
+static void post_control(struct net *n, uint64_t *ids, size_t count, int code) {
+  for (size_t i = 0; i < count; i++) {
+    ic_isolate *iso = cluster_find_id(n->c, ids[i]);
+    if (!iso) continue;
+    ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
+    if (m) {
+      m->corr = (uint64_t)code;
+      isolate_post_sys(iso, m, NULL);
+    }
+    isolate_release(iso);
+  }
+  free(ids);
+}
+
+/* Isolate `remote` of node inc went down (all: every isolate of inc; inc
+ * 0: of every node): its creator here hears of its child's end, and its
+ * children here are shut down with it, as local children are
+ * (src/isolate.c). Net thread; net->lock not held. */
+static void kin_gone(struct net *n, uint32_t inc, uint64_t remote, int all) {
+  size_t nparents, nchildren;
+  plat_mutex_lock(&n->lock);
+  uint64_t *parents = kin_take(&n->kids_out, inc, remote, all, &nparents);
+  uint64_t *children = kin_take(&n->kids_in, inc, remote, all, &nchildren);
+  plat_mutex_unlock(&n->lock);
+  post_control(n, parents, nparents, CONTROL_CHILD_DOWN);
+  post_control(n, children, nchildren, CONTROL_SHUTDOWN);
 }
 
 /* A NET_ISO_UP / NET_ISO_DOWN from a peer (payload already checked). */
@@ -347,6 +381,7 @@ static void apply_replica(struct net *n, const envelope *e) {
    * locally. Already down (with its node): not twice. */
   if (paths_remove(&n->replica, e->from_inc, e->from_id) >= 0)
     cluster_remote_event(n->c, EVENT_DOWN, e->from_inc, e->from_id, reason);
+  kin_gone(n, e->from_inc, e->from_id, 0);
 }
 
 int net_code_ok(const struct net *n) { return n->code_ok; }
@@ -360,9 +395,9 @@ static uint64_t remote_spawn_id(void) {
   return (v & ~(1ull << 63)) | (1ull << 62);
 }
 
-const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, const char *boot, size_t boot_len,
-                      const char *props, size_t props_len, const char *path, size_t mailbox_cap, size_t memory_limit,
-                      int dedicated, uint32_t *node, uint64_t *id) {
+const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, int linked, const char *boot,
+                      size_t boot_len, const char *props, size_t props_len, const char *path, size_t mailbox_cap,
+                      size_t memory_limit, int dedicated, uint32_t *node, uint64_t *id) {
   /* A "/dir/" path gets its unique segment here (from this node's
    * incarnation and a counter, apart from the node's own "/dir/" segments),
    * so that the ref's path is known at once. */
@@ -373,12 +408,12 @@ const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, cons
              (unsigned long long)atomic_fetch_add(&n->spawn_seq, 1) + 1);
     path = full;
   }
-  /* [entry, props | nil, path | nil, mailbox, memory_limit, dedicated] */
+  /* [entry, props | nil, path | nil, mailbox, memory_limit, dedicated, linked] */
   size_t plen = path ? strlen(path) : 0;
-  size_t cap = 1 + boot_len + (props_len ? props_len : 1) + mp_sizeof_str((uint32_t)plen) + 9 + 9 + 1;
+  size_t cap = 1 + boot_len + (props_len ? props_len : 1) + mp_sizeof_str((uint32_t)plen) + 9 + 9 + 1 + 1;
   char *payload = malloc(cap);
   if (!payload) return "out of memory";
-  char *w = mp_encode_array(payload, 6);
+  char *w = mp_encode_array(payload, 7);
   memcpy(w, boot, boot_len);
   w += boot_len;
   if (props_len) {
@@ -391,6 +426,7 @@ const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, cons
   w = mp_encode_uint(w, mailbox_cap);
   w = mp_encode_uint(w, memory_limit);
   w = mp_encode_bool(w, dedicated != 0);
+  w = mp_encode_bool(w, linked != 0);
   size_t len = (size_t)(w - payload);
   const char *why = net__too_large(n, len);
   unsigned char *frame = why ? NULL : malloc(envelope_size(ENVELOPE_DATA_BODY + len, &n->key));
@@ -400,7 +436,15 @@ const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, cons
     plat_mutex_lock(&n->lock);
     member *m = membership_find_name(&n->ms, name, strlen(name));
     if (!m) why = "no such node";
-    else why = net__send_locked(n, m, frame, NET_SPAWN, new_id, 0, creator_id, payload, len);
+    if (!why && linked && kin_add(&n->kids_out, m->inc, new_id, creator_id)) {
+      /* Cannot be told of its end: the creator would wait for it for ever. */
+      why = "out of memory";
+    }
+    if (!why) why = net__send_locked(n, m, frame, NET_SPAWN, new_id, 0, creator_id, payload, len);
+    if (why && linked && m) {
+      size_t k;
+      free(kin_take(&n->kids_out, m->inc, new_id, 0, &k));
+    }
     if (!why) {
       *node = m->inc;
       *id = new_id;
@@ -427,7 +471,8 @@ static void spawn_failed(struct net *n, uint32_t inc, uint64_t id, const char *e
 /* A NET_SPAWN from a peer (payload already checked by the decoder). */
 static void apply_spawn(struct net *n, const envelope *e) {
   const char *p = e->payload, *end = e->payload + e->payload_len;
-  if (!e->payload_len || mp_typeof(*p) != MP_ARRAY || mp_decode_array(&p) != 6) return;
+  uint32_t fields;
+  if (!e->payload_len || mp_typeof(*p) != MP_ARRAY || ((fields = mp_decode_array(&p)) != 6 && fields != 7)) return;
   const char *boot = p;
   mp_next(&p);
   size_t boot_len = (size_t)(p - boot);
@@ -461,16 +506,57 @@ static void apply_spawn(struct net *n, const envelope *e) {
   if (p >= end || mp_typeof(*p) != MP_UINT) return;
   uint64_t memory_limit = mp_decode_uint(&p);
   if (p >= end || mp_typeof(*p) != MP_BOOL) return;
-  int dedicated = mp_decode_bool(&p);
+  int dedicated = mp_decode_bool(&p), linked = 0;
+  if (fields == 7) {
+    if (p >= end || mp_typeof(*p) != MP_BOOL) return;
+    linked = mp_decode_bool(&p);
+  }
   if (!(e->to_id & (1ull << 62))) return; /* not an id chosen for a remote spawn */
+  /* A child of its creator there: linked before it starts, so that its own
+   * end (net_announce_down) finds the link to undo. */
+  if (linked) {
+    plat_mutex_lock(&n->lock);
+    int failed = kin_add(&n->kids_in, e->from_inc, e->from_id, e->to_id);
+    plat_mutex_unlock(&n->lock);
+    if (failed) {
+      spawn_failed(n, e->from_inc, e->to_id, "out of memory");
+      return;
+    }
+  }
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mailbox_cap, (size_t)memory_limit, props, props_len,
                   boot, boot_len, n->lua_path, n->lua_cpath, has_path ? path : NULL, 0, NULL, 1, NULL, e->to_id, 0};
   ic_isolate *iso;
   char err[256];
   if (cluster_spawn(n->c, &a, &iso, err, sizeof err)) {
+    if (linked) {
+      plat_mutex_lock(&n->lock);
+      kin_remove_local(&n->kids_in, e->to_id);
+      plat_mutex_unlock(&n->lock);
+    }
     spawn_failed(n, e->from_inc, e->to_id, err);
     return;
   }
+  isolate_release(iso);
+}
+
+const char *net_kill(struct net *n, uint32_t node, uint64_t id) {
+  if (node == INTEROP_NODE || paths_state(&n->replica, node, id) < 0) return "isolate down";
+  unsigned char *frame = malloc(envelope_size(ENVELOPE_DATA_BODY, &n->key));
+  if (!frame) return "out of memory";
+  plat_mutex_lock(&n->lock);
+  member *m = membership_find(&n->ms, node);
+  const char *why = !n->t || !m || !m->up ? "isolate down" : net__send_locked(n, m, frame, NET_KILL, id, 0, 0, NULL, 0);
+  plat_mutex_unlock(&n->lock);
+  if (why) free(frame);
+  return why;
+}
+
+/* A NET_KILL from a peer: its isolate to_id here is killed, as ref:kill()
+ * does locally (not the main state's, nor the runtime's hidden ones). */
+static void apply_kill(struct net *n, const envelope *e) {
+  ic_isolate *iso = cluster_find_id(n->c, e->to_id);
+  if (!iso) return;
+  if (iso->kind != ISO_MAIN && !iso->hidden) isolate_kill(iso);
   isolate_release(iso);
 }
 
@@ -604,6 +690,7 @@ static void member_down_unlock(struct net *n, member *m, const char *reason) {
   for (size_t i = 0; i < nrem; i++) cluster_remote_event(n->c, EVENT_DOWN, gone[i].node, gone[i].id, "node down");
   free(gone);
   cluster_remote_node_gone(n->c, inc); /* monitors of its isolates the replica did not list */
+  kin_gone(n, inc, 0, 1);
   cluster_node_event(n->c, EVENT_NODE_DOWN, name, reason);
 }
 
@@ -775,6 +862,7 @@ static void rejoin(struct net *n, uint32_t by) {
     for (size_t k = 0; k < nrem; k++) cluster_remote_event(n->c, EVENT_DOWN, gone[k].node, gone[k].id, "node down");
     free(gone);
     cluster_remote_node_gone(n->c, x->inc);
+    kin_gone(n, x->inc, 0, 1);
     cluster_node_event(n->c, EVENT_NODE_DOWN, x->name, "unreachable");
   }
   free(g.v);
@@ -875,7 +963,7 @@ static void handle_data(struct net *n, const envelope *ep, uint64_t now) {
   envelope e = *ep;
   int k = e.kind;
   if (!plain_kind(k) && k != NET_ISO_UP && k != NET_ISO_DOWN && k != NET_SPAWN && k != NET_CLAIM &&
-      k != NET_CLAIM_REPLY && k != NET_CHUNK)
+      k != NET_CLAIM_REPLY && k != NET_CHUNK && k != NET_KILL)
     return;
   if (inbound_peek(&n->in, e.to_inc, e.from_inc, e.seq, now) != LINK_DELIVER) return;
   if (k == NET_CHUNK) {
@@ -896,6 +984,7 @@ static void handle_data(struct net *n, const envelope *ep, uint64_t now) {
     }
   } else if (k == NET_ISO_UP || k == NET_ISO_DOWN) apply_replica(n, &e);
   else if (k == NET_SPAWN) apply_spawn(n, &e);
+  else if (k == NET_KILL) apply_kill(n, &e);
   else if (k == NET_CLAIM) net__answer_claim(n, &e);
   else if (k == NET_CLAIM_REPLY) net__claim_answered(n, &e);
   else net__deliver(n, &e);
@@ -1130,6 +1219,8 @@ void net_free(struct net *n) {
    * a connection that would not close). */
   if (n->transport_leaked) return;
   membership_fini(&n->ms);
+  kin_fini(&n->kids_out);
+  kin_fini(&n->kids_in);
   inbound_fini(&n->in);
   reasm_fini(&n->reasm);
   paths_fini(&n->replica);
@@ -1179,6 +1270,8 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   plat_mutex_init(&n->lock);
   plat_cond_init(&n->claims_cond);
   membership_init(&n->ms);
+  kin_init(&n->kids_out);
+  kin_init(&n->kids_in);
   inbound_init(&n->in);
   reasm_init(&n->reasm, CHUNKED_MAX, REASSEMBLY_MAX);
   paths_init(&n->replica);

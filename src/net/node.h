@@ -21,6 +21,7 @@
 #include "cluster.h"
 #include "envelope.h"
 #include "inbound.h"
+#include "kin.h"
 #include "membership.h"
 #include "net.h"
 #include "paths.h"
@@ -72,7 +73,8 @@
 #define INTEROP_MAX 65536
 
 /* Kinds of data frames between nets only (beyond the MSG_* kinds). */
-enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22, NET_CLAIM = 23, NET_CLAIM_REPLY = 24, NET_CHUNK = 25 };
+enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22, NET_CLAIM = 23, NET_CLAIM_REPLY = 24, NET_CHUNK = 25,
+       NET_KILL = 26 };
 
 /* Messages over the server's max_payload travel in chunks (chunks.c): at
  * most this large, and the partial messages of all peers together hold at
@@ -135,6 +137,10 @@ struct net {
   char **interop;
   uint64_t interop_next;
   claim *claims;            /* this node's claims in progress or held (lock) */
+  /* Children across nodes (src/net/kin.h; lock): those this node's
+   * isolates spawned elsewhere (inc, child id -> creator id) and those
+   * other nodes' isolates spawned here (inc, creator id -> child id). */
+  kin kids_out, kids_in;
   uint64_t claim_seq;
   plat_cond claims_cond;    /* an answer came, or a node went down */
 
