@@ -113,6 +113,7 @@ local function ours_msgs(o)
 end
 
 local function ours_rtt(o)
+  collectgarbage() -- the throughput part's garbage is not this part's to collect
   local ic = o.ic
   local ok, r = pcall(function()
     local t = {}
@@ -178,6 +179,8 @@ local ok, failure = pcall(function()
     print(("round %d: raw %s msg/s, %s us median rtt; ours %s msg/s, %s us median rtt"):format(round,
       b and ("%.0f"):format(b.pubsub_msgs_per_s) or "-", b and ("%.1f"):format(b.rtt_median_us) or "-",
       m and ("%.0f"):format(m.msgs_per_s) or "-", m and ("%.1f"):format(m.rtt_median_us) or "-"))
+    if not m then print("  ours failed: " .. tostring(e2)) end
+    if not b then print("  raw failed: " .. tostring(e1)) end
   end
   if o then o.c:shutdown(10) end
   local base, base_best = summary(base_all)

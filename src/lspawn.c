@@ -20,6 +20,7 @@
 #include <lualib.h>
 
 #include "net/net.h"
+#include "sigint.h"
 
 /* Longest wait for the other nodes' answers to a path claim: beyond the
  * failure-detection bound (src/net/membership.h), so a node that cannot
@@ -103,7 +104,16 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
    * here on nothing raises before net_claim_done. */
   int claimed = 0;
   if (c->net && !hidden && path && *path && path[strlen(path) - 1] != '/') {
-    const char *why = net_claim(c->net, path, CLAIM_TIMEOUT);
+    /* The main state's wait is Ctrl-C's to interrupt (SPEC §3.10), as its
+     * other waits are; an isolate's blocks its worker for the round trip. */
+    int token = 0, in_main = creator == NULL;
+    if (in_main) token = sigint_begin(c->main);
+    const char *why = net_claim(c->net, path, CLAIM_TIMEOUT, in_main ? &c->main->sigint : NULL);
+    if (in_main && sigint_end(c->main, token) && !why) {
+      net_claim_done(c->net, path);
+      why = "interrupted";
+    }
+    if (why && strcmp(why, "interrupted") == 0) return luaL_error(L, "interrupted!");
     if (why && strcmp(why, "path in use") == 0) return luaL_error(L, "path \"%s\" is already in use", path);
     if (why) return luaL_error(L, "path \"%s\" could not be claimed: %s", path, why);
     claimed = 1;

@@ -24,6 +24,8 @@ Scenarios:
              target answers with an error), a whole that is not MessagePack,
              and a last good one ("after", 4 chunks). Good messages are
              MessagePack strings "<name>:" followed by padding.
+    silent   stays a live node for 20 s (heartbeats, acks) and answers
+             nothing: a path claim waits for it (its answer never comes).
 """
 
 import os
@@ -210,6 +212,11 @@ def scenario_chunks(f):
     f.chunked(MSG_USER, good("after"), 4)
 
 
+def scenario_silent(f):
+    out("silent")
+    f.pump(20)
+
+
 def main():
     url, cluster, name, target, scenario = sys.argv[1:6]
     path = sys.argv[6] if len(sys.argv) > 6 else "/sink"
@@ -217,7 +224,7 @@ def main():
     if not f.until(lambda: f.target_inc is not None and f.joined and f.iso is not None, 15):
         out("not joined (target %r, joined %r, isolate %r)" % (f.target_inc, f.joined, f.iso))
         return 1
-    {"chunks": scenario_chunks}[scenario](f)
+    {"chunks": scenario_chunks, "silent": scenario_silent}[scenario](f)
     ok = f.until(lambda: f.acked >= f.seq, 15)
     out("done" if ok else "not acked: %d of %d" % (f.acked, f.seq))
     f.pump(0.5)  # what comes back (an error reply)

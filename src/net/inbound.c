@@ -161,3 +161,10 @@ uint64_t inbound_last_seen(inbound *in, uint32_t inc) {
   plat_mutex_unlock(&in->lock);
   return t;
 }
+
+void inbound_heard(inbound *in, uint32_t inc, uint64_t now_ns) {
+  plat_mutex_lock(&in->lock);
+  inbound_peer *p = find(in, inc);
+  if (p && now_ns > p->last_seen_ns) p->last_seen_ns = now_ns;
+  plat_mutex_unlock(&in->lock);
+}

@@ -40,7 +40,7 @@ typedef struct pending_req {
 typedef struct inbound_peer {
   uint32_t inc;
   link_rx rx;
-  uint64_t last_seen_ns;  /* a data frame came (0: none since it joined) */
+  uint64_t last_seen_ns;  /* a data frame or heartbeat came (0: none since it joined) */
   size_t since_ack;       /* frames accepted since the last ack was taken */
   pending_req *pending;   /* ring of unanswered requests */
   size_t pending_head, pending_count, pending_cap;
@@ -83,7 +83,10 @@ void inbound_add_pending(inbound *in, uint32_t inc, uint64_t from_id, uint64_t c
 /* If an ack to peer inc is due: 1, with the cumulative sequence number to
  * ack in *cum (the ack is then no longer due); else 0. */
 int inbound_take_ack(inbound *in, uint32_t inc, uint64_t *cum);
-/* When a data frame of peer inc last came, or 0. */
+/* When a data frame (or a heartbeat: inbound_heard) of peer inc last came,
+ * or 0. */
 uint64_t inbound_last_seen(inbound *in, uint32_t inc);
+/* Peer inc (if a live peer) was heard at now_ns. */
+void inbound_heard(inbound *in, uint32_t inc, uint64_t now_ns);
 
 #endif

@@ -1022,6 +1022,17 @@ static void on_data(void *ud, transport *t, natsMsg *msg) {
   struct net *n = ud;
   const unsigned char *data = (const unsigned char *)natsMsg_GetData(msg);
   int dlen = natsMsg_GetDataLength(msg);
+  const char *subject = natsMsg_GetSubject(msg);
+  if (subject && strcmp(subject, n->hb_subject) == 0) {
+    /* A heartbeat: the net thread handles it, and here the peer is marked
+     * heard at once (inbound_heard), so that a net thread slow to get to
+     * it (a loaded machine) does not take a live peer for a silent one. */
+    envelope e;
+    if (data && dlen > 0 && envelope_parse(data, (size_t)dlen, &n->key, &e) == NULL && e.type == ENV_HEARTBEAT)
+      inbound_heard(&n->in, e.from_inc, plat_now_ns());
+    if (transport_enqueue(t, msg, 0)) natsMsg_Destroy(msg);
+    return;
+  }
   if (!data || dlen <= 0 || atomic_load(&n->rx_closed)) {
     natsMsg_Destroy(msg); /* a probe (empty), or too late */
     return;
@@ -1316,7 +1327,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   const char *subjects[] = {n->hb_subject, n->data_subject, n->path_subject, n->probe_subject};
   transport_opts to = {o->urls, o->nurls, o->user, o->password, o->token, o->tls_ca, o->tls_cert, o->tls_key,
                        n->name, o->connect_timeout > 0 ? o->connect_timeout : DEFAULT_CONNECT_TIMEOUT,
-                       subjects, 4, 0, on_data, n, 1};
+                       subjects, 4, 0, on_data, n, 1u << 0 | 1u << 1};
   n->t = transport_open(&to, err, errlen);
   if (!n->t) {
     net_free(n);

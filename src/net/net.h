@@ -18,6 +18,7 @@
 #ifndef IC_NET_NET_H
 #define IC_NET_NET_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -104,13 +105,14 @@ const char *net_kill(struct net *n, uint32_t node, uint64_t id);
 /* The claim round for an exact path "/name" (docs/multinode.md, "Claims"):
  * asks every live node and waits for their answers, or for the silent ones
  * to be declared down, at most timeout_s. Returns NULL when the path is
- * this node's to register, "path in use", or "no answer" (a node neither
- * answered nor was declared down in time). A granted claim
- * holds the path against other nodes' claims until net_claim_done, which the
- * caller must call once it has registered the isolate (or failed to).
- * Blocks the calling thread for one round trip. Any thread but the net
- * thread. */
-const char *net_claim(struct net *n, const char *path, double timeout_s);
+ * this node's to register, "path in use", "no answer" (a node neither
+ * answered nor was declared down in time), or "interrupted" (*interrupt,
+ * when not NULL, became set: the main state's Ctrl-C, looked at every
+ * 50 ms). A granted claim holds the path against other nodes' claims until
+ * net_claim_done, which the caller must call once it has registered the
+ * isolate (or failed to). Blocks the calling thread for one round trip.
+ * Any thread but the net thread. */
+const char *net_claim(struct net *n, const char *path, double timeout_s, atomic_int *interrupt);
 void net_claim_done(struct net *n, const char *path);
 
 /* Lua functions may cross between the nodes (allow_code and a secret). */

@@ -193,7 +193,7 @@ transport *transport_open(const transport_opts *o, char *err, size_t errlen) {
   }
   atomic_store(&t->connected, 1);
   for (int i = 0; i < o->nsubjects && s == NATS_OK; i++) {
-    int direct = o->direct && i == o->direct_sub;
+    int direct = o->direct && i < 32 && (o->direct_mask >> i & 1u);
     s = natsConnection_Subscribe(&t->subs[i], t->nc, o->subjects[i], direct ? on_direct : on_msg, t);
     if (s == NATS_OK) {
       t->nsubs++;

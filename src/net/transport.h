@@ -41,12 +41,13 @@ typedef struct transport_opts {
   const char **subjects;  /* subscribed once, for the connection's life */
   int nsubjects;
   size_t inbound_max;     /* bounded inbound queue, in messages */
-  /* Or NULL: the handler of subjects[direct_sub]'s messages, called on that
-   * subscription's cnats thread; it owns each message (destroys it, or
-   * passes it on with transport_enqueue). It must not block. */
+  /* Or NULL: the handler of the messages of the subjects in direct_mask
+   * (bit i: subjects[i]), called on their subscriptions' cnats threads; it
+   * owns each message (destroys it, or passes it on with
+   * transport_enqueue). It must not block. */
   void (*direct)(void *ud, transport *t, natsMsg *msg);
   void *direct_ud;
-  int direct_sub;
+  unsigned direct_mask;
 } transport_opts;
 
 /* Connects and subscribes. NULL with a message in err on failure (no
