@@ -18,6 +18,7 @@
 #include "net/inbound.h"
 #include "net/link.h"
 #include "net/membership.h"
+#include "net/paths.h"
 #include "net/reasm.h"
 #include "net/wirecheck.h"
 
@@ -175,6 +176,64 @@ static void test_envelope(void) {
     if (!envelope_parse(junk, n, (i & 1) ? &key : &none, &e)) passed++;
   }
   CHECK(passed == 0);
+}
+
+/* ---- the replica: indexed, right through growth, downs and trimming ---- */
+
+static void test_paths(void) {
+  paths p;
+  paths_init(&p);
+  enum { N = 100000 };
+  char path[64];
+  for (uint64_t i = 1; i <= N; i++) {
+    snprintf(path, sizeof path, "/w/%llu", (unsigned long long)i);
+    CHECK(paths_add(&p, (uint32_t)(i % 7 + 1), i, i % 2 ? path : NULL, i % 2 ? strlen(path) : 0, NULL, 0) == 1);
+  }
+  CHECK(paths_add(&p, 8, 1, NULL, 0, NULL, 0) == 1); /* another node's id 1 */
+  CHECK(paths_add(&p, 1 % 7 + 1, 1, NULL, 0, NULL, 0) == 0); /* known */
+  remote_id r;
+  CHECK(paths_find(&p, "/w/99999", &r) == 1 && r.id == 99999 && r.node == 99999 % 7 + 1);
+  CHECK(paths_find(&p, "/w/2", &r) == 0); /* even ids have no path */
+  CHECK(paths_state(&p, 50000 % 7 + 1, 50000) == 1);
+  CHECK(paths_state(&p, 9, 50000) == 0);
+  /* Down: not found by path, still by id (its path prints). */
+  CHECK(paths_remove(&p, 99999 % 7 + 1, 99999) == 1);
+  CHECK(paths_remove(&p, 99999 % 7 + 1, 99999) == -1);
+  CHECK(paths_find(&p, "/w/99999", &r) == 0);
+  char *s = paths_path_of(&p, 99999 % 7 + 1, 99999);
+  CHECK(s && strcmp(s, "/w/99999") == 0);
+  free(s);
+  CHECK(paths_state(&p, 99999 % 7 + 1, 99999) == -1);
+  /* The same path again, by another node: found, and the older live one
+   * first while both live. */
+  CHECK(paths_add(&p, 9, 1, "/w/99999", 8, NULL, 0) == 1);
+  CHECK(paths_find(&p, "/w/99999", &r) == 1 && r.node == 9);
+  CHECK(paths_add(&p, 10, 1, "/w/99999", 8, NULL, 0) == 1);
+  CHECK(paths_find(&p, "/w/99999", &r) == 1 && r.node == 9);
+  /* A node goes: each of its entries down; then many downs trim the
+   * oldest down entries, and the rest is found as before. */
+  size_t n;
+  remote_id *gone = paths_remove_node(&p, 3, &n);
+  CHECK(gone && n > 14000);
+  free(gone);
+  CHECK(paths_find(&p, "/w/99995", &r) == 1 && r.id == 99995); /* of node 99995 % 7 + 1 == 1 */
+  CHECK(paths_find(&p, "/w/99997", &r) == 0);                   /* of node 3 */
+  CHECK(paths_state(&p, 3, 2) == 0 || paths_state(&p, 3, 2) == -1);
+  CHECK(p.ndown <= 2 * PATHS_DOWN_KEEP);
+  CHECK(paths_find(&p, "/w/1", &r) == 1 && r.id == 1);
+  for (uint64_t i = 1; i <= N; i += 2) {
+    snprintf(path, sizeof path, "/w/%llu", (unsigned long long)i);
+    int live = (i % 7 + 1) != 3; /* (/w/99999 is held again, by node 9) */
+    if (paths_find(&p, path, &r) != live) {
+      CHECK(!"a live path not found, or a down one found");
+      break;
+    }
+  }
+  size_t k;
+  remote_id *all = paths_prefix(&p, "/w/1", &k);
+  CHECK(all && k > 0 && all[0].id == 1); /* in the order they came up */
+  free(all);
+  paths_fini(&p);
 }
 
 /* ---- reassembly of chunked messages: bounded, whatever the chunks say ---- */
@@ -389,6 +448,7 @@ int main(void) {
   test_link_accept();
   test_inbound();
   test_envelope();
+  test_paths();
   test_reasm();
   test_wirecheck();
   if (failures) {
