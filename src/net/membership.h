@@ -45,6 +45,8 @@ typedef struct member {
   link link;              /* outbound, only while up (inbound: src/net/inbound.h) */
   unsigned char *outbox;  /* the batch of frames not yet published (net.c) */
   size_t out_len, out_cap, out_frames;
+  uint64_t rto_ns;        /* the link's retransmit wait now (net.c; 0: the base) */
+  uint64_t resent_ns;     /* its last resend */
 } member;
 
 typedef struct membership {

@@ -875,6 +875,9 @@ static void handle_data(struct net *n, const envelope *ep, uint64_t now);
 /* Go-back-N: publishes again every frame m has not acked, oldest first
  * (stops at the first failed publish: no connection now). net->lock held. */
 static void resend_unacked(struct net *n, member *m, uint64_t now) {
+  uint64_t rto = m->rto_ns ? m->rto_ns : RETRANSMIT_NS;
+  m->rto_ns = rto * 2 < RETRANSMIT_MAX_NS ? rto * 2 : RETRANSMIT_MAX_NS;
+  m->resent_ns = now;
   char subject[SUBJECT_MAX];
   net__peer_subject(n, m->name, subject);
   link_frame *f;
@@ -945,8 +948,10 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
   }
   if (e.type == ENV_ACK) {
     link_frame *f;
-    if (link_ack(&m->link, e.seq) == 0 && e.seq == m->link.acked && (f = link_unacked(&m->link, 0)) != NULL &&
-        now - f->sent_ns > FAST_RETRANSMIT_NS) {
+    size_t freed = link_ack(&m->link, e.seq);
+    if (freed) m->rto_ns = 0; /* progress: back to the base wait */
+    if (freed == 0 && e.seq == m->link.acked && (f = link_unacked(&m->link, 0)) != NULL &&
+        now - f->sent_ns > FAST_RETRANSMIT_NS && now - m->resent_ns >= (m->rto_ns ? m->rto_ns : RETRANSMIT_NS) / 2) {
       resend_unacked(n, m, now);
     }
   }
@@ -1080,6 +1085,7 @@ static void on_data(void *ud, transport *t, natsMsg *msg) {
 
 static void send_acks(struct net *n) {
   atomic_store(&n->ack_wanted, 0);
+  n->last_acks_ns = plat_now_ns();
   plat_mutex_lock(&n->lock);
   for (size_t i = 0; i < n->ms.n; i++) {
     member *m = n->ms.v[i];
@@ -1102,7 +1108,7 @@ static void retransmit(struct net *n, uint64_t now, int all) {
     member *m = n->ms.v[i];
     if (!m->up) continue;
     link_frame *f = link_unacked(&m->link, 0);
-    if (!f || (!all && now - f->sent_ns < RETRANSMIT_NS)) continue;
+    if (!f || (!all && now - f->sent_ns < (m->rto_ns ? m->rto_ns : RETRANSMIT_NS))) continue;
     resend_unacked(n, m, now);
   }
   plat_mutex_unlock(&n->lock);
@@ -1183,10 +1189,13 @@ static void *net_main(void *arg) {
     if (next_hb && next_hb < deadline) deadline = next_hb;
     flush_batches(n);
     int tag = 0;
-    natsMsg *msg = atomic_load(&n->flush_wanted) || atomic_load(&n->ack_wanted) ? NULL
-                                                                               : transport_next(n->t, deadline, &tag);
+    /* With batches or acks to send, only what is queued already: no wait. */
+    int busy = atomic_load(&n->flush_wanted) || atomic_load(&n->ack_wanted);
+    natsMsg *msg = transport_next(n->t, busy ? 0 : deadline, &tag);
     for (int i = 0; msg && i < BATCH; i++) {
       handle_queued(n, msg, tag);
+      /* A long queue (large chunks, a backlog) does not hold the acks back. */
+      if (plat_now_ns() - n->last_acks_ns > ACK_INTERVAL_NS) send_acks(n);
       msg = i + 1 < BATCH ? transport_next(n->t, 0, &tag) : NULL;
     }
     if (msg) handle_queued(n, msg, tag);

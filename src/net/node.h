@@ -31,11 +31,19 @@
 /* Retransmit window per link: a send past it is refused ("node unreachable"). */
 #define WINDOW_FRAMES 65536
 #define WINDOW_BYTES (64u << 20)
-/* A frame unacked this long is sent again (with every later one). */
+/* A frame unacked this long is sent again (with every later one). Each
+ * resend without progress doubles the wait for that link, up to
+ * RETRANSMIT_MAX_NS; an ack that moves on brings it back: a receiver slow to
+ * catch up is not buried under copies of what it has not read yet. */
 #define RETRANSMIT_NS 300000000ull
+#define RETRANSMIT_MAX_NS 2400000000ull
+/* The net thread sends due acks at least this often while it works
+ * through its queue. */
+#define ACK_INTERVAL_NS 10000000ull
 /* A duplicate ack resends at once what is older than this (fast
  * retransmit: a peer that dropped frames, e.g. a joiner that got them before
- * it knew the sender, says so by acking what it has). */
+ * it knew the sender, says so by acking what it has), unless the link
+ * resent less than half its current wait ago. */
 #define FAST_RETRANSMIT_NS 20000000ull
 /* ic.node waits this long after its first heartbeat to meet the live nodes
  * (they answer at once) and receive their isolates before it returns, so a
@@ -152,6 +160,7 @@ struct net {
   uint64_t seen_reconnects;
   uint64_t last_name_reply_ns;
   int handing_over;         /* handling a message the data callback handed over */
+  uint64_t last_acks_ns;    /* send_acks last ran */
   lua_State *vL;            /* the payload checker's state */
 };
 
