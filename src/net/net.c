@@ -1154,13 +1154,17 @@ static void track_connection(struct net *n, uint64_t now) {
   if (!up) n->connected_since = 0;
 }
 
-/* A peer heard on its data subject (by the data callback) counts as heard. */
-static void sync_seen(struct net *n) {
+/* A peer the callbacks heard (data, heartbeats) counts as heard. now: the
+ * time the timers below compare with; a callback may have stamped a later
+ * one meanwhile, which counts as now (a time past it would make the
+ * silence `now - last_seen` wrap around to years). */
+static void sync_seen(struct net *n, uint64_t now) {
   plat_mutex_lock(&n->lock);
   for (size_t i = 0; i < n->ms.n; i++) {
     member *m = n->ms.v[i];
     if (!m->up) continue;
     uint64_t seen = inbound_last_seen(&n->in, m->inc);
+    if (seen > now) seen = now;
     if (seen > m->last_seen_ns) {
       m->last_seen_ns = seen;
       m->suspect_ns = 0;
@@ -1219,7 +1223,7 @@ static void *net_main(void *arg) {
       plat_mutex_unlock(&n->lock);
     }
     last_tick = now;
-    sync_seen(n);
+    sync_seen(n, now);
     if (n->connected_since) {
       plat_mutex_lock(&n->lock);
       probe_silent(n, now);
