@@ -95,7 +95,15 @@ static void test_inbound(void) {
   CHECK(inbound_take_ack(&in, 9, &cum) == 0);
   CHECK(inbound_peek(&in, 7, 9, 1, 100) == LINK_DELIVER);
   CHECK(inbound_peek(&in, 7, 9, 1, 100) == LINK_DELIVER); /* not advanced yet */
-  CHECK(inbound_last_seen(&in, 9) == 100);
+  CHECK(inbound_last_seen(&in, 9, UINT64_MAX) == 100);
+  /* A stamp later than the asker's now counts as its now (no wrap-around
+   * of now - last_seen: a live peer taken for one silent for years). */
+  inbound_heard(&in, 9, 500);
+  CHECK(inbound_last_seen(&in, 9, 300) == 300);
+  inbound_heard(&in, 9, 400); /* never back in time */
+  CHECK(inbound_last_seen(&in, 9, UINT64_MAX) == 500);
+  inbound_heard(&in, 8, 600); /* not a peer */
+  CHECK(inbound_last_seen(&in, 8, UINT64_MAX) == 0);
   CHECK(inbound_advance(&in, 9, 1, 0, 0, 0) == 1);
   CHECK(inbound_advance(&in, 9, 1, 0, 0, 0) == 0); /* twice: no */
   CHECK(inbound_peek(&in, 7, 9, 1, 101) == LINK_DUPLICATE);

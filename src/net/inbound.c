@@ -76,7 +76,7 @@ int inbound_peek(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, 
   plat_mutex_lock(&in->lock);
   inbound_peer *p = to_inc == in->self ? find(in, from_inc) : NULL;
   if (p) {
-    p->last_seen_ns = now_ns;
+    if (now_ns > p->last_seen_ns) p->last_seen_ns = now_ns;
     p->rx.ack_due = 1;
     verdict = link_rx_peek(&p->rx, seq);
   }
@@ -154,12 +154,12 @@ int inbound_take_ack(inbound *in, uint32_t inc, uint64_t *cum) {
   return due;
 }
 
-uint64_t inbound_last_seen(inbound *in, uint32_t inc) {
+uint64_t inbound_last_seen(inbound *in, uint32_t inc, uint64_t not_after) {
   plat_mutex_lock(&in->lock);
   inbound_peer *p = find(in, inc);
   uint64_t t = p ? p->last_seen_ns : 0;
   plat_mutex_unlock(&in->lock);
-  return t;
+  return t < not_after ? t : not_after;
 }
 
 void inbound_heard(inbound *in, uint32_t inc, uint64_t now_ns) {

@@ -84,8 +84,10 @@ void inbound_add_pending(inbound *in, uint32_t inc, uint64_t from_id, uint64_t c
  * ack in *cum (the ack is then no longer due); else 0. */
 int inbound_take_ack(inbound *in, uint32_t inc, uint64_t *cum);
 /* When a data frame (or a heartbeat: inbound_heard) of peer inc last came,
- * or 0. */
-uint64_t inbound_last_seen(inbound *in, uint32_t inc);
+ * or 0; at most not_after. The callbacks stamp on their own threads, so a
+ * stamp may be later than the time a caller took just before asking: it
+ * counts as that time (the caller's `now - last_seen` must not wrap). */
+uint64_t inbound_last_seen(inbound *in, uint32_t inc, uint64_t not_after);
 /* Peer inc (if a live peer) was heard at now_ns. */
 void inbound_heard(inbound *in, uint32_t inc, uint64_t now_ns);
 

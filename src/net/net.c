@@ -1163,8 +1163,7 @@ static void sync_seen(struct net *n, uint64_t now) {
   for (size_t i = 0; i < n->ms.n; i++) {
     member *m = n->ms.v[i];
     if (!m->up) continue;
-    uint64_t seen = inbound_last_seen(&n->in, m->inc);
-    if (seen > now) seen = now;
+    uint64_t seen = inbound_last_seen(&n->in, m->inc, now);
     if (seen > m->last_seen_ns) {
       m->last_seen_ns = seen;
       m->suspect_ns = 0;
