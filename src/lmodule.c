@@ -510,6 +510,7 @@ static void read_node_opts(lua_State *L, int t, net_opts *no, const char **urls)
     lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
     if (n < 1 || n > NODE_MAX_URLS) luaL_error(L, "opts.nats must list 1 to %d server URLs", NODE_MAX_URLS);
     for (lua_Integer i = 1; i <= n; i++) {
+      /* Raw: held by the list, which stays on the stack. */
       if (lua_rawgeti(L, -1, i) != LUA_TSTRING) luaL_error(L, "opts.nats[%d] must be a URL string", (int)i);
       char k[32];
       snprintf(k, sizeof k, "nats[%d]", (int)i);
@@ -548,7 +549,6 @@ static void read_node_opts(lua_State *L, int t, net_opts *no, const char **urls)
   } else if (ty != LUA_TNIL) {
     luaL_error(L, "opts.tls must be a table {ca =, cert =, key =}");
   }
-  lua_pop(L, 1);
 }
 
 static int l_new(lua_State *L) {
