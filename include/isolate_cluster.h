@@ -244,24 +244,36 @@ IC_EXTERN int ic_lookup_prefix(ic_cluster *c, const char *prefix, ic_ref **refs,
  * (already down, or of another node). Does not block. */
 IC_EXTERN int ic_kill(ic_cluster *c, ic_ref r);
 
-/* ---- isolate up/down events ---------------------------------------------- */
+/* ---- isolate and node up/down events -------------------------------------- */
 
-enum { IC_EVENT_UP = 1, IC_EVENT_DOWN = 2 };
+enum { IC_EVENT_UP = 1, IC_EVENT_DOWN = 2, IC_EVENT_NODE_UP = 3, IC_EVENT_NODE_DOWN = 4 };
 
-/* An isolate came up (its entry function returned) or went down. path and
- * reason are NUL-terminated texts or NULL, the caller's until
- * ic_event_free. reason (down events only): "normal", "killed",
- * "shutdown", "error: <message and traceback>" (a chunk that does not
- * compile, an entry or a handler that raised)... as in Lua. */
+/* An isolate came up (its entry function returned) or went down, on this
+ * node or (multi-node) on another; or (multi-node) another node joined the
+ * cluster or left it. path, reason and node are NUL-terminated texts or
+ * NULL, the caller's until ic_event_free.
+ * - IC_EVENT_UP / IC_EVENT_DOWN: ref is the isolate's; path its path (NULL
+ *   when it has none, and for another node's isolate once that node has
+ *   forgotten it, as for most of their down events); reason (down only):
+ *   "normal", "killed", "shutdown", "node down" (its node went down),
+ *   "error: <message and traceback>" (a chunk that does not compile, an
+ *   entry or a handler that raised)... as in Lua.
+ * - IC_EVENT_NODE_UP / IC_EVENT_NODE_DOWN: ref is zero, path NULL; reason
+ *   (down only): "left" (a clean shutdown), "unreachable" (no heartbeat
+ *   within the failure-detection bound), "killed"... as on_node_down's.
+ * node: the name of the node the event is about (for an isolate, the node
+ * it lives on; NULL in a single-node cluster, or when no longer known). */
 typedef struct ic_event {
-  int kind;      /* IC_EVENT_UP or IC_EVENT_DOWN */
+  int kind;      /* IC_EVENT_UP, IC_EVENT_DOWN, IC_EVENT_NODE_UP or IC_EVENT_NODE_DOWN */
   ic_ref ref;
   char *path;    /* the isolate's path, or NULL */
   char *reason;  /* down events only, else NULL */
+  char *node;    /* the node's name, or NULL */
 } ic_event;
 
-/* Starts recording events for the program: every isolate up and down event
- * from this call on, in the order they happened, for ic_next_event.
+/* Starts recording events for the program: every isolate and node up and
+ * down event from this call on, in the order they happened (an isolate's
+ * down before its node's), for ic_next_event.
  * Idempotent. Events are kept until they are taken (take them, or they use
  * memory). Errors: IC_EINVAL, IC_ESHUTDOWN, IC_ENOMEM. Does not block (one
  * short lock). Threads: as ic_receive_msg. */

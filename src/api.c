@@ -535,23 +535,60 @@ static int refill_events(ic_cluster *c) {
   return 0;
 }
 
+/* Fills *ev from e and lets go of what e holds (its texts are handed over),
+ * or, out of memory, leaves e as it was and returns IC_ENOMEM (the event
+ * stays first in line). Three kinds of entries: an isolate of this node
+ * (e->iso), an isolate of another node (e->rnode, e->rid: its path is read
+ * from the replica, which no longer has it once it is down), a node
+ * (e->node: its name). */
+static int hand_out_event(ic_cluster *c, cluster_event *e, ic_event *ev) {
+  char *path = NULL, *node = NULL;
+  if (e->kind == EVENT_NODE_UP || e->kind == EVENT_NODE_DOWN) {
+    node = e->node; /* handed over below */
+  } else {
+    uint32_t where = e->iso ? atomic_load(&c->node_id) : e->rnode;
+    if (e->iso && e->iso->path) {
+      if (!(path = strdup(e->iso->path))) return IC_ENOMEM;
+    } else if (!e->iso && c->net) {
+      path = net_path_of(c->net, e->rnode, e->rid); /* NULL: none, or gone */
+    }
+    char name[128];
+    if (c->net && net_node_name(c->net, where, name, sizeof name) == 0 && !(node = strdup(name))) {
+      free(path);
+      return IC_ENOMEM;
+    }
+  }
+  switch (e->kind) {
+  case EVENT_UP: ev->kind = IC_EVENT_UP; break;
+  case EVENT_DOWN: ev->kind = IC_EVENT_DOWN; break;
+  case EVENT_NODE_UP: ev->kind = IC_EVENT_NODE_UP; break;
+  default: ev->kind = IC_EVENT_NODE_DOWN; break;
+  }
+  if (e->iso) {
+    ev->ref.node = atomic_load(&c->node_id);
+    ev->ref.id = e->iso->id;
+    isolate_release(e->iso);
+  } else if (e->kind == EVENT_UP || e->kind == EVENT_DOWN) {
+    ev->ref.node = e->rnode;
+    ev->ref.id = e->rid;
+  }
+  ev->path = path;
+  ev->node = node;
+  ev->reason = e->reason; /* handed over */
+  if (node != e->node) free(e->node);
+  memset(e, 0, sizeof *e);
+  return IC_OK;
+}
+
 int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev) {
   if (ev) memset(ev, 0, sizeof *ev);
   if (!c || !ev || timeout_s != timeout_s || !atomic_load(&c->api_subscribed)) return IC_EINVAL;
   uint64_t deadline = deadline_of(timeout_s);
   for (;;) {
     if (c->api_evpos < c->api_nev) {
-      cluster_event *e = &c->api_events[c->api_evpos];
-      char *path = e->iso->path ? strdup(e->iso->path) : NULL;
-      if (e->iso->path && !path) return IC_ENOMEM;
-      c->api_evpos++;
-      ev->kind = e->kind == EVENT_UP ? IC_EVENT_UP : IC_EVENT_DOWN;
-      ev->ref.node = c->node_id;
-      ev->ref.id = e->iso->id;
-      ev->path = path;
-      ev->reason = e->reason; /* handed over */
-      isolate_release(e->iso);
-      return IC_OK;
+      int rc = hand_out_event(c, &c->api_events[c->api_evpos], ev);
+      if (rc == IC_OK) c->api_evpos++;
+      return rc;
     }
     if (refill_events(c)) return IC_ENOMEM;
     if (c->api_evpos < c->api_nev) continue;
@@ -579,6 +616,7 @@ void ic_event_free(ic_event *ev) {
   if (!ev) return;
   free(ev->path);
   free(ev->reason);
+  free(ev->node);
   memset(ev, 0, sizeof *ev);
 }
 
