@@ -54,6 +54,8 @@ enum {
   IC_ENET = -10,      /* multi-node: no NATS server could be reached (or it refused us) */
   IC_EUNREACHABLE = -11, /* multi-node: unknown node, or its retransmit window is full */
   IC_ETOOBIG = -12,   /* multi-node: larger than the NATS server's max_payload */
+  IC_EBUSY = -13,     /* another thread takes from the program's queues now
+                         (ic_receive, ic_receive_msg, ic_request, ic_next_event) */
 };
 
 /* Names an error code ("isolate down", ...). Never NULL. */
@@ -191,10 +193,12 @@ typedef struct ic_message {
  * says whether it is a request (an isolate's `ref:request(x)` on a ref of
  * the program, e.g. one it was sent). On success *msg is filled (release it with
  * ic_message_free); on failure *msg is zeroed. Errors: IC_ETIMEDOUT,
- * IC_ESHUTDOWN, IC_ENOMEM (the message is lost), IC_EINVAL. Blocks up to
- * timeout_s (negative: no limit). Threads: one at a time, and not while
- * another thread is in ic_receive or ic_request (they share the program's
- * queues). */
+ * IC_ESHUTDOWN, IC_ENOMEM (the message is lost), IC_EINVAL, IC_EBUSY. Blocks up to
+ * timeout_s (negative: no limit). Threads: any, but one at a time with
+ * ic_receive, ic_request and ic_next_event, which take from the same
+ * queues of the program: while one of them runs on a thread, a call of
+ * any of them from another thread returns IC_EBUSY at once (it neither
+ * waits for the first nor disturbs it). */
 IC_EXTERN int ic_receive_msg(ic_cluster *c, double timeout_s, ic_message *msg);
 
 /* Releases msg->data and zeroes *msg (a NULL msg is ignored). */
@@ -221,8 +225,9 @@ IC_EXTERN int ic_reply_error(ic_cluster *c, ic_message *msg, const char *text);
  * every other error *reply is NULL and *reply_len 0: IC_EINVAL (NULL
  * arguments, not one value, NaN timeout, the program's own ref), IC_EDOWN
  * (down or unknown when sent), IC_EFULL, IC_ETIMEDOUT, IC_ESHUTDOWN (the
- * cluster shut down meanwhile), IC_ENOMEM. Blocks the caller. Threads:
- * as ic_receive_msg; never from inside an isolate or a native handler. */
+ * cluster shut down meanwhile), IC_ENOMEM, IC_EBUSY. Blocks the caller.
+ * Threads: as ic_receive_msg; never from inside an isolate or a native
+ * handler. */
 IC_EXTERN int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double timeout_s,
                          char **reply, size_t *reply_len);
 
@@ -276,15 +281,14 @@ typedef struct ic_event {
  * down before its node's), for ic_next_event.
  * Idempotent. Events are kept until they are taken (take them, or they use
  * memory). Errors: IC_EINVAL, IC_ESHUTDOWN, IC_ENOMEM. Does not block (one
- * short lock). Threads: as ic_receive_msg. */
+ * short lock). Any thread. */
 IC_EXTERN int ic_subscribe_events(ic_cluster *c);
 
 /* Takes the next event, waiting up to timeout_s (negative: no limit). On
  * success *ev is filled (release it with ic_event_free); on failure it is
  * zeroed. Errors: IC_EINVAL (NULL, NaN, not subscribed), IC_ETIMEDOUT,
- * IC_ESHUTDOWN (the cluster is down and every event was taken), IC_ENOMEM.
- * Blocks up to timeout_s. Threads: as ic_receive_msg (the program's
- * thread, one call at a time). */
+ * IC_ESHUTDOWN (the cluster is down and every event was taken), IC_ENOMEM,
+ * IC_EBUSY. Blocks up to timeout_s. Threads: as ic_receive_msg. */
 IC_EXTERN int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev);
 
 /* Releases ev's texts and zeroes *ev (NULL is ignored). */

@@ -44,6 +44,7 @@ const char *ic_strerror(int err) {
   case IC_ENET: return "cannot join the cluster over NATS";
   case IC_EUNREACHABLE: return "node unreachable";
   case IC_ETOOBIG: return "message too large for the NATS server's max_payload";
+  case IC_EBUSY: return "another thread is taking from the program's queues";
   default: return "unknown error";
   }
 }
@@ -276,6 +277,20 @@ static uint64_t deadline_of(double timeout_s) {
   return timeout_s < 0 ? UINT64_MAX : plat_now_ns() + plat_seconds_to_ns(timeout_s);
 }
 
+/* The program's queues have one taker at a time: ic_receive_msg,
+ * ic_request and ic_next_event share the main isolate's wake-up (one
+ * semaphore, so a second waiter could take the first one's wake-up and
+ * leave it asleep until its deadline), its system queue (a request drops
+ * the replies that are not its own) and the fd's arming. A second thread
+ * is refused at once (IC_EBUSY) instead of racing: no wait behind a
+ * receive that may never return. */
+static int take_begin(ic_cluster *c) {
+  int idle = 0;
+  return atomic_compare_exchange_strong(&c->api_taking, &idle, 1) ? IC_OK : IC_EBUSY;
+}
+
+static void take_end(ic_cluster *c) { atomic_store(&c->api_taking, 0); }
+
 static char *copy_bytes(const char *data, size_t len) {
   char *copy = malloc(len + 1);
   if (!copy) return NULL;
@@ -287,8 +302,11 @@ static char *copy_bytes(const char *data, size_t len) {
 int ic_receive_msg(ic_cluster *c, double timeout_s, ic_message *msg) {
   if (msg) memset(msg, 0, sizeof *msg);
   if (!c || !msg || timeout_s != timeout_s) return IC_EINVAL;
+  if (take_begin(c)) return IC_EBUSY;
   ic_msg *m = NULL;
-  switch (mainq_receive(c, deadline_of(timeout_s), 0, &m)) {
+  int got = mainq_receive(c, deadline_of(timeout_s), 0, &m);
+  take_end(c);
+  switch (got) {
   case MAINQ_OK: break;
   case MAINQ_TIMEOUT: return IC_ETIMEDOUT;
   default: return IC_ESHUTDOWN;
@@ -406,7 +424,13 @@ int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double
   ic_msg *x = NULL;
   const char *why = NULL;
   uint64_t timeout_ns = timeout_s < 0 ? UINT64_MAX / 2 : plat_seconds_to_ns(timeout_s);
+  if (take_begin(c)) {
+    msg_free(m);
+    if (iso) isolate_release(iso);
+    return IC_EBUSY;
+  }
   int rc = mainq_request(c, iso, to.node, to.id, m, timeout_ns, 0, &x, &why);
+  take_end(c);
   if (iso) isolate_release(iso);
   switch (rc) {
   case MAINQ_OK: break;
@@ -580,10 +604,19 @@ static int hand_out_event(ic_cluster *c, cluster_event *e, ic_event *ev) {
   return IC_OK;
 }
 
+static int next_event(ic_cluster *c, uint64_t deadline, ic_event *ev);
+
 int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev) {
   if (ev) memset(ev, 0, sizeof *ev);
   if (!c || !ev || timeout_s != timeout_s || !atomic_load(&c->api_subscribed)) return IC_EINVAL;
-  uint64_t deadline = deadline_of(timeout_s);
+  if (take_begin(c)) return IC_EBUSY;
+  int rc = next_event(c, deadline_of(timeout_s), ev);
+  take_end(c);
+  return rc;
+}
+
+/* ic_next_event's loop: the caller is the queues' taker (take_begin). */
+static int next_event(ic_cluster *c, uint64_t deadline, ic_event *ev) {
   for (;;) {
     if (c->api_evpos < c->api_nev) {
       int rc = hand_out_event(c, &c->api_events[c->api_evpos], ev);

@@ -96,6 +96,8 @@ typedef struct ic_cluster {
   size_t api_nev, api_evpos;
   atomic_int api_subscribed;  /* ic_subscribe_events was called (main->subscribed
                                  is cleared when shutdown unregisters main) */
+  atomic_int api_taking;      /* a thread is in ic_receive_msg, ic_request or
+                                 ic_next_event: another gets IC_EBUSY (src/api.c) */
   /* What the program had not read of the log when shutdown dropped it:
    * written by shutdown before the cluster is DOWN, taken after (c->lock). */
   cluster_event *api_tail;
