@@ -366,6 +366,34 @@ IC_EXTERN int ic_native_request(ic_native *self, ic_ref to, const void *msgpack,
  * messages still queued become dead letters. Callbacks only. */
 IC_EXTERN void ic_native_stop(ic_native *self);
 
+/* ---- native isolates that Lua code spawns (and supervisors restart) --------
+ *
+ * A kind of native isolate registered by name: Lua code spawns one with
+ * the entry `{ native = name }`, as in
+ * `context:spawn_isolate({ native = "db" }, properties, opts)` (or the
+ * cluster's), and a supervisor child spec `{ native = name, path = ..., properties =
+ * ..., restart = ... }` starts one and starts a new one each time it is
+ * restarted, exactly as a Lua child. Each spawn calls the factory for that
+ * one isolate's callbacks and ud. */
+
+/* Makes one native isolate of a kind: fills *out (on_message required,
+ * on_down, ud) from props (the spawn's properties as a MessagePack map, or
+ * NULL with props_len 0; valid during the call) and returns 0. A non-zero
+ * return, or no on_message, refuses the spawn (the Lua call raises with
+ * the kind's name); nothing of *out is called then. When the spawn fails
+ * after the factory succeeded (a path in use...), out->on_down is called
+ * with reason "error: spawn failed" so that ud is freed. Called on the
+ * spawning thread (any worker, several at once: factory_ud must be
+ * thread-safe); it must return soon and must not call this library. */
+typedef int (*ic_native_factory)(void *factory_ud, const char *props, size_t props_len, ic_native_options *out);
+
+/* Registers the kind `name` (1-64 bytes, copied) with its factory; it stays
+ * registered until ic_cluster_destroy, which does not touch factory_ud.
+ * Errors: IC_EINVAL (NULL, empty or long name), IC_EEXIST (the name is
+ * registered already), IC_ESHUTDOWN, IC_ENOMEM. Any thread; does not
+ * block. Kinds are of this node: a spawn on another node cannot name one. */
+IC_EXTERN int ic_register_native(ic_cluster *c, const char *name, ic_native_factory factory, void *factory_ud);
+
 /* ---- the runtime's log ------------------------------------------------------ */
 
 /* Receives one log line (NUL-terminated, no newline): an isolate that went

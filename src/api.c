@@ -254,6 +254,11 @@ int api_send_from(ic_cluster *c, ic_isolate *from, uint64_t to_node, uint64_t to
   ic_isolate *iso = cluster_find_id(c, to_id);
   if (!iso) return IC_EDOWN;
   ic_msg *m = msg_new(kind, msgpack, len);
+  /* A request carries its own failure (mailbox.h): it can always be failed. */
+  if (m && kind == MSG_REQUEST && msg_add_spare(m)) {
+    msg_free(m);
+    m = NULL;
+  }
   if (!m) {
     isolate_release(iso);
     return IC_ENOMEM;
@@ -436,6 +441,7 @@ int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double
   case MAINQ_OK: break;
   case MAINQ_REFUSED:
     if (strcmp(why, "mailbox full") == 0) return IC_EFULL;
+    if (strcmp(why, "out of memory") == 0) return IC_ENOMEM;
     if (strcmp(why, "node unreachable") == 0) return IC_EUNREACHABLE;
     if (strstr(why, "max_payload")) return IC_ETOOBIG;
     return IC_EDOWN;

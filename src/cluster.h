@@ -98,6 +98,8 @@ typedef struct ic_cluster {
                                  is cleared when shutdown unregisters main) */
   atomic_int api_taking;      /* a thread is in ic_receive_msg, ic_request or
                                  ic_next_event: another gets IC_EBUSY (src/api.c) */
+  struct native_kind *native_kinds; /* ic_register_native's list (c->lock); freed
+                                       with the cluster (src/native.c) */
   /* What the program had not read of the log when shutdown dropped it:
    * written by shutdown before the cluster is DOWN, taken after (c->lock). */
   cluster_event *api_tail;
