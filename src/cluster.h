@@ -75,9 +75,12 @@ typedef struct ic_cluster {
   plat_mutex rwatch_lock;
   struct remote_watch *rwatch;
 
-  /* The event log: entries [log_base, log_base + log_len). */
+  /* The event log: entries [log_base, log_base + log_len). log_reserved:
+   * slots kept free for the events the registered isolates will surely
+   * have (an up until announced, a down), so that they are never lost for
+   * want of memory (src/eventlog.c). */
   cluster_event *log;
-  size_t log_len, log_cap;
+  size_t log_len, log_cap, log_reserved;
   uint64_t log_base;
   size_t log_trim_at;
   ic_isolate **subs;          /* isolates that read the log */

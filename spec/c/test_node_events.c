@@ -102,9 +102,29 @@ int main(void) {
   CHECK(ev.reason && strcmp(ev.reason, "left") == 0);
   ic_event_free(&ev);
 
-  /* Events not taken when the cluster goes are released with it. */
+  /* Events not taken when the cluster goes are released with it: two more
+   * nodes join and spawn; once a has heard of both isolates, one take reads
+   * the whole log (node events among what stays untaken). */
   CHECK(ic_spawn_lua(a, IDLE, strlen(IDLE), "=idle", NULL, 0, NULL, NULL) == IC_OK);
+  ic_node_options oc = oa, od = oa;
+  oc.name = "c";
+  od.name = "d";
+  ic_cluster *nc = NULL, *nd = NULL;
+  CHECK(ic_node_create(&co, &oc, &nc, err, sizeof err) == IC_OK);
+  CHECK(ic_node_create(&co, &od, &nd, err, sizeof err) == IC_OK);
+  ic_spawn_options sc = {"/on-c", 0, 0, 0}, sd = {"/on-d", 0, 0, 0};
+  ic_ref found;
+  if (nc && nd) {
+    CHECK(ic_spawn_lua(nc, IDLE, strlen(IDLE), "=idle", NULL, 0, &sc, NULL) == IC_OK);
+    CHECK(ic_spawn_lua(nd, IDLE, strlen(IDLE), "=idle", NULL, 0, &sd, NULL) == IC_OK);
+    CHECK(ic_lookup(a, "/on-c", 20, &found) == IC_OK);
+    CHECK(ic_lookup(a, "/on-d", 20, &found) == IC_OK);
+  }
+  CHECK(ic_next_event(a, 10, &ev) == IC_OK);
+  ic_event_free(&ev);
   ic_cluster_destroy(a);
+  ic_cluster_destroy(nc);
+  ic_cluster_destroy(nd);
   stop_server(srv);
   printf("test_node_events: %d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
