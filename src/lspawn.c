@@ -39,6 +39,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
    * registered (ic_register_native). The name stays on the stack. */
   const char *native = NULL;
   if (et == LUA_TTABLE) {
+    lua_settop(L, arg + 2); /* properties and opts keep their slots below the name */
     if (lua_getfield(L, arg, "native") != LUA_TSTRING)
       return luaL_error(L, "spawn_isolate: a table entry must be { native = \"kind\" } (a native isolate kind's name)");
     native = lua_tostring(L, -1);
