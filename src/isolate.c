@@ -212,7 +212,7 @@ void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr) {
 }
 
 ic_msg *isolate_take_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr, const char *text) {
-  if (!iso->open_len) return NULL;
+  if (!iso->open_len || !sender) return NULL; /* (a free slot's sender is NULL) */
   open_request *t = iso->open_reqs;
   size_t mask = iso->open_cap - 1, j = open_slot_of(sender, corr, mask);
   while (t[j].sender != sender || t[j].corr != corr) {

@@ -498,7 +498,7 @@ int l_core_reply(lua_State *L) {
   if (!m) {
     /* No memory for the answer: the request's spare carries the failure, so
      * the requester does not wait for its timeout. */
-    ic_msg *spare = isolate_take_request(self, to, (uint64_t)corr, "not enough memory for the reply");
+    ic_msg *spare = to ? isolate_take_request(self, to, (uint64_t)corr, "not enough memory for the reply") : NULL;
     if (!spare) return push_send_result(L, "out of memory");
     return push_send_result(L, isolate_post_sys(to, spare, self->worker));
   }
