@@ -2,7 +2,7 @@
 -- shutdown, and shuts down gracefully on SIGTERM/SIGINT.
 local W = require("support.wait")
 
-local describe, it, assert, setup = describe, it, assert, setup
+local describe, it, assert, setup, pending = describe, it, assert, setup, pending
 local _ENV = _G
 
 local HOST = W.host_binary()
