@@ -30,6 +30,21 @@ static int next_of(ic_cluster *c, int kind, ic_ref who, ic_event *ev) {
   return -1;
 }
 
+/* Spawns an idle Lua isolate at path (or none) on c; IC_OK or the error. */
+static int spawn_idle(ic_cluster *c, const char *path, ic_ref *out) {
+  ic_spawn_options so = {path, 0, 0, 0};
+  return ic_spawn_lua(c, IDLE, strlen(IDLE), "=idle", NULL, 0, &so, out);
+}
+
+/* The next up event of r (it must be there): path and node name. */
+static void check_up(ic_cluster *c, ic_ref r, const char *path, const char *node) {
+  ic_event ev;
+  CHECK(next_of(c, IC_EVENT_UP, r, &ev) == 0);
+  CHECK(ev.path && strcmp(ev.path, path) == 0);
+  CHECK(ev.node && strcmp(ev.node, node) == 0);
+  ic_event_free(&ev);
+}
+
 int main(void) {
   pid_t srv;
   char url[64];
@@ -68,31 +83,20 @@ int main(void) {
   ic_event_free(&ev);
 
   /* An isolate of b comes up and is killed; one of a comes up. */
-  ic_spawn_options so = {"/on-b", 0, 0, 0};
-  ic_ref rb;
-  CHECK(ic_spawn_lua(b, IDLE, strlen(IDLE), "=idle", NULL, 0, &so, &rb) == IC_OK);
-  CHECK(next_of(a, IC_EVENT_UP, rb, &ev) == 0);
-  CHECK(ev.path && strcmp(ev.path, "/on-b") == 0);
-  CHECK(ev.node && strcmp(ev.node, "b") == 0);
-  ic_event_free(&ev);
-  ic_spawn_options sa = {"/on-a", 0, 0, 0};
-  ic_ref ra;
-  CHECK(ic_spawn_lua(a, IDLE, strlen(IDLE), "=idle", NULL, 0, &sa, &ra) == IC_OK);
-  CHECK(next_of(a, IC_EVENT_UP, ra, &ev) == 0);
-  CHECK(ev.path && strcmp(ev.path, "/on-a") == 0);
-  CHECK(ev.node && strcmp(ev.node, "a") == 0);
-  ic_event_free(&ev);
+  ic_ref rb, ra;
+  CHECK(spawn_idle(b, "/on-b", &rb) == IC_OK);
+  check_up(a, rb, "/on-b", "b");
+  CHECK(spawn_idle(a, "/on-a", &ra) == IC_OK);
+  check_up(a, ra, "/on-a", "a");
   CHECK(ic_kill(b, rb) == IC_OK);
   CHECK(next_of(a, IC_EVENT_DOWN, rb, &ev) == 0);
   CHECK(ev.reason && strcmp(ev.reason, "killed") == 0);
   ic_event_free(&ev);
 
   /* b leaves with an isolate up: its down, then b's own, reason "left". */
-  ic_spawn_options s2 = {"/last-on-b", 0, 0, 0};
   ic_ref rb2;
-  CHECK(ic_spawn_lua(b, IDLE, strlen(IDLE), "=idle", NULL, 0, &s2, &rb2) == IC_OK);
-  CHECK(next_of(a, IC_EVENT_UP, rb2, &ev) == 0);
-  ic_event_free(&ev);
+  CHECK(spawn_idle(b, "/last-on-b", &rb2) == IC_OK);
+  check_up(a, rb2, "/last-on-b", "b");
   ic_cluster_destroy(b);
   CHECK(next_of(a, IC_EVENT_DOWN, rb2, &ev) == 0);
   CHECK(ev.reason && (strcmp(ev.reason, "shutdown") == 0 || strcmp(ev.reason, "node down") == 0));
@@ -105,18 +109,17 @@ int main(void) {
   /* Events not taken when the cluster goes are released with it: two more
    * nodes join and spawn; once a has heard of both isolates, one take reads
    * the whole log (node events among what stays untaken). */
-  CHECK(ic_spawn_lua(a, IDLE, strlen(IDLE), "=idle", NULL, 0, NULL, NULL) == IC_OK);
+  CHECK(spawn_idle(a, NULL, NULL) == IC_OK);
   ic_node_options oc = oa, od = oa;
   oc.name = "c";
   od.name = "d";
   ic_cluster *nc = NULL, *nd = NULL;
   CHECK(ic_node_create(&co, &oc, &nc, err, sizeof err) == IC_OK);
   CHECK(ic_node_create(&co, &od, &nd, err, sizeof err) == IC_OK);
-  ic_spawn_options sc = {"/on-c", 0, 0, 0}, sd = {"/on-d", 0, 0, 0};
   ic_ref found;
   if (nc && nd) {
-    CHECK(ic_spawn_lua(nc, IDLE, strlen(IDLE), "=idle", NULL, 0, &sc, NULL) == IC_OK);
-    CHECK(ic_spawn_lua(nd, IDLE, strlen(IDLE), "=idle", NULL, 0, &sd, NULL) == IC_OK);
+    CHECK(spawn_idle(nc, "/on-c", NULL) == IC_OK);
+    CHECK(spawn_idle(nd, "/on-d", NULL) == IC_OK);
     CHECK(ic_lookup(a, "/on-c", 20, &found) == IC_OK);
     CHECK(ic_lookup(a, "/on-d", 20, &found) == IC_OK);
   }
