@@ -371,9 +371,9 @@ IC_EXTERN void ic_native_stop(ic_native *self);
  * A kind of native isolate registered by name: Lua code spawns one with
  * the entry `{ native = name }`, as in
  * `context:spawn_isolate({ native = "db" }, properties, opts)` (or the
- * cluster's), and a supervisor child spec `{ native = name, path = ..., properties =
- * ..., restart = ... }` starts one and starts a new one each time it is
- * restarted, exactly as a Lua child. Each spawn calls the factory for that
+ * cluster's), and a supervisor child spec `{ native = name, path = ...,
+ * properties = ..., restart = ... }` starts one and starts a new one each
+ * time it is restarted, exactly as a Lua child. Each spawn calls the factory for that
  * one isolate's callbacks and ud. */
 
 /* Makes one native isolate of a kind: fills *out (on_message required,
@@ -383,8 +383,9 @@ IC_EXTERN void ic_native_stop(ic_native *self);
  * the kind's name); nothing of *out is called then. When the spawn fails
  * after the factory succeeded (a path in use...), out->on_down is called
  * with reason "error: spawn failed" so that ud is freed. Called on the
- * spawning thread (any worker, several at once: factory_ud must be
- * thread-safe); it must return soon and must not call this library. */
+ * spawning thread (a worker running the spawning isolate, or the thread of
+ * a Lua main state; several at once: factory_ud must be thread-safe); it
+ * must return soon and must not call this library. */
 typedef int (*ic_native_factory)(void *factory_ud, const char *props, size_t props_len, ic_native_options *out);
 
 /* Registers the kind `name` (1-64 bytes, copied) with its factory; it stays
