@@ -18,39 +18,31 @@ local core = ...
 local K_USER, K_REQUEST, K_START = 1, 2, 13
 local WAIT_NONE, WAIT_BLOCKED = 0, 2
 
-local cocreate, coyield, coresume, corunning = coroutine.create, coroutine.yield, coroutine.resume,
-  coroutine.running
-local xpcall, tostring, type, error, setmetatable, rawget = xpcall, tostring, type, error, setmetatable,
-  rawget
-local traceback, take, up, reply = core.traceback, core.take, core.up, core.reply
+-- (the coroutine functions as Lua made them: the isolate's own are wrapped
+-- below)
+local cocreate, coyield, coresume, corunning, coisyieldable = coroutine.create, coroutine.yield,
+  coroutine.resume, coroutine.running, coroutine.isyieldable
+local xpcall, pcall, tostring, type, error, setmetatable = xpcall, pcall, tostring, type, error, setmetatable
+local traceback, take, up, reply, children = core.traceback, core.take, core.up, core.reply, core.children
 
-local DONE = {}
--- State shared with the extras.
+-- Every table, closure and constant here is built in each isolate, so this
+-- part holds only what an isolate that boots and handles messages runs;
+-- everything else waits in the extras, which get what they share with this
+-- part as arguments (see `extras` below) and the state that both change in S.
 local S = {
-  core = core,
-  DONE = DONE,
-  -- the coroutine functions as Lua made them (the isolate's own are wrapped
-  -- below)
-  cocreate = cocreate, coyield = coyield, coresume = coresume, corunning = corunning,
-  coisyieldable = coroutine.isyieldable,
-  handlers = {},   -- message, up, down, shutdown
-  current = false, -- the job that waits or was preempted (managed by the extras)
-  failed = false,  -- going down: nothing more runs
-  queued = false,  -- the extras hold handler runs queued behind a waiting job
-  jobs = setmetatable({}, { __mode = "k" }), -- coroutine -> job record
+  current = false,    -- the job that waits or was preempted (managed by the extras)
+  failed = false,     -- going down: nothing more runs
+  queued = false,     -- the extras hold handler runs queued behind a waiting job
+  entry_done = false, -- the entry function has returned
 }
-core.set_jobs(S.jobs)
-local handlers, jobs = S.handlers, S.jobs
+local handlers = {} -- message, up, down, shutdown...
+local jobs = setmetatable({}, { __mode = "k" }) -- coroutine -> job record
+core.set_jobs(jobs)
 local self_ref = core.self()
-S.self_ref = self_ref
-
 local X -- the extras, once loaded
-local function extras()
-  if not X then X = core.load_extras()(S) end
-  return X
-end
+local CONTEXT
 
-function S.fail(reason)
+local function fail(reason)
   if not S.failed then
     S.failed = true
     core.stop(reason)
@@ -61,12 +53,10 @@ end
 local function on_error(e)
   return { err = e, trace = traceback(tostring(e), 2) }
 end
-S.on_error = on_error
 
 local function fail_with(r)
-  S.fail("error: " .. (type(r) == "table" and r.trace or tostring(r)))
+  fail("error: " .. (type(r) == "table" and r.trace or tostring(r)))
 end
-S.fail_with = fail_with
 
 -- The end of a request handler: its first return value is the reply, its
 -- error is raised at the requester. With reply_later the answer comes from
@@ -88,18 +78,12 @@ local function done_reply(job, ok, r)
       reply(sender, corr, false, "cannot send the reply: " .. tostring(called and why or sent))
     end
   else
-    -- r is on_error's record, or for a memory error (Lua calls no message
-    -- handler then) the bare error value itself.
-    local e = r
-    if type(r) == "table" and r.trace then e = r.err end
+    -- r is on_error's record
+    local e = r.err
     local called, sent = pcall(reply, sender, corr, false, e)
     if not (called and sent) then reply(sender, corr, false, tostring(e)) end
   end
 end
-S.done_reply = done_reply
-
-local function noop() end
-S.noop = noop
 
 local pump_job -- the record of the current pump
 
@@ -110,12 +94,6 @@ local pump_job -- the record of the current pump
 -- spawns workers and returns stays while they work). Checked after every
 -- dispatch, so also when the last timer fires or is cancelled, a handler is
 -- removed, or the last child goes down (C dispatches a check then).
-local children = core.children
-local function nothing_left()
-  return S.entry_done and not S.failed and not handlers.message and (not X or X.idle())
-    and not children()
-end
-
 local function pump_body(m, kind)
   local pjob = pump_job
   while true do
@@ -146,7 +124,7 @@ local function pump_body(m, kind)
       if pjob.adopted then break end
     elseif kind == K_START then
       pjob.active, pjob.entry = true, true
-      local ok, r = xpcall(m, on_error, S.CONTEXT)
+      local ok, r = xpcall(m, on_error, CONTEXT)
       pjob.active = false
       S.entry_done = true
       if not ok then
@@ -171,28 +149,67 @@ local function pump_body(m, kind)
       mode = X.settle()
     end
     -- (an isolate with a message handler has something left: checked here
-    -- first, without the call, as after almost every message)
-    if mode == WAIT_NONE and not handlers.message and nothing_left() then
-      S.fail("normal")
+    -- first, as after almost every message)
+    if mode == WAIT_NONE and not handlers.message and S.entry_done and not S.failed
+      and (not X or X.idle()) and not children() then
+      fail("normal")
       mode = WAIT_BLOCKED
     end
     m, kind = coyield(mode)
   end
   -- Adopted: this coroutine waited as a job and has now finished; whoever
   -- resumed it sees DONE.
-  return DONE, true
+  return X.DONE, true
 end
 
 local function new_pump()
   local co = cocreate(pump_body)
   pump_job = {
-    co = co, pump = true, adopted = false, active = false, done = noop, reply_to = false,
+    co = co, pump = true, adopted = false, active = false, done = false, reply_to = false,
     corr = false, deferred = false, kind = false, token = false, timer = false, entry = false,
   }
   jobs[co] = pump_job
   return co
 end
-S.new_pump = new_pump
+
+-- ---- the context: the part every isolate uses ------------------------------
+-- on_message, property and properties; the first read of any other method
+-- loads the extras, which then serve the context's methods from a table.
+
+local ctx_mt = {}
+CONTEXT = setmetatable({ isolate_ref = self_ref }, ctx_mt)
+
+local function check_self(ctx, name)
+  if ctx ~= CONTEXT then error(("context:%s must be called with ':'"):format(name), 3) end
+end
+
+-- A handler is removed with nil (an isolate left with no handler and
+-- nothing else to run ends, see pump_body).
+local eager = {
+  on_message = function(ctx, fn)
+    check_self(ctx, "on_message")
+    if fn ~= nil and type(fn) ~= "function" then
+      error("on_message expects a function or nil, got " .. type(fn), 2)
+    end
+    handlers.message = fn
+  end,
+  property = function(ctx, key)
+    check_self(ctx, "property")
+    return self_ref:property(key)
+  end,
+  properties = function(ctx)
+    check_self(ctx, "properties")
+    return self_ref:properties()
+  end,
+}
+
+local function extras()
+  if not X then
+    X = core.load_extras()(S, core, handlers, jobs, self_ref, ctx_mt, eager, check_self, fail, on_error,
+      fail_with, done_reply, new_pump, cocreate, coresume, coyield, corunning, coisyieldable)
+  end
+  return X
+end
 
 -- Called by C when the pump yielded from inside a handler: to wait (the
 -- handler called a waiting function), or preempted (the hook yielded
@@ -201,44 +218,9 @@ local function adopt(preempted)
   return extras().adopt(pump_job, preempted)
 end
 
--- ---- the context: the part every isolate uses ------------------------------
-
-local methods = {}
-local CONTEXT = setmetatable({ isolate_ref = self_ref }, { __index = methods })
-S.CONTEXT, S.methods = CONTEXT, methods
-
-local function check_self(ctx, name)
-  if ctx ~= CONTEXT then error(("context:%s must be called with ':'"):format(name), 3) end
+ctx_mt.__index = function(_, k)
+  return eager[k] or extras().methods[k]
 end
-S.check_self = check_self
-
-function methods:property(key)
-  check_self(self, "property")
-  return self_ref:property(key)
-end
-
-function methods:properties()
-  check_self(self, "properties")
-  return self_ref:properties()
-end
-
--- A handler is removed with nil (an isolate left with no handler and
--- nothing else to run ends, see nothing_left).
-function methods:on_message(fn)
-  check_self(self, "on_message")
-  if fn ~= nil and type(fn) ~= "function" then
-    error("on_message expects a function or nil, got " .. type(fn), 2)
-  end
-  handlers.message = fn
-end
-
--- Any other method loads the extras, which add themselves to `methods`.
-setmetatable(methods, {
-  __index = function(_, k)
-    extras()
-    return rawget(methods, k)
-  end,
-})
 
 -- ---- coroutines the user makes ---------------------------------------------
 -- A handler's own coroutine.yield would reach the runtime (the handler runs in

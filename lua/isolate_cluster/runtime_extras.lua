@@ -8,28 +8,35 @@
 -- Replies and timers reach a waiting handler through the isolate's system
 -- queue, which the C side delivers even while the isolate is blocked.
 
-local S = ...
-local core, handlers, jobs, DONE = S.core, S.handlers, S.jobs, S.DONE
-local self_ref, CONTEXT, methods, check_self = S.self_ref, S.CONTEXT, S.methods, S.check_self
-local on_error, fail_with, done_reply, noop = S.on_error, S.fail_with, S.done_reply, S.noop
+-- S: the state runtime.lua shares (current, failed, queued, entry_done);
+-- the rest are its values and functions, and the coroutine functions as Lua
+-- made them.
+local S, core, handlers, jobs, self_ref, ctx_mt, eager, check_self, fail, on_error, fail_with,
+  done_reply, new_pump, cocreate, coresume, coyield, corunning, coisyieldable = ...
+local DONE = {} -- what a job's coroutine yields when its handler has finished
+local function noop() end
 
 local K_USER, K_REQUEST, K_REPLY, K_REPLY_ERROR, K_TIMER, K_DOWN = 1, 2, 3, 4, 5, 7
 local K_EVENTS, K_RESUME, K_SHUTDOWN = 10, 11, 12
 local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
 local EVENT_UP, EVENT_NODE_UP, EVENT_NODE_DOWN = 1, 3, 4
 
-local cocreate, coresume, coyield, corunning = S.cocreate, S.coresume, S.coyield, S.corunning
 local type, tostring, error, xpcall, setmetatable, getmetatable, next = type, tostring, error, xpcall,
   setmetatable, getmetatable, next
 local fmt = string.format
 local running, take, check_seconds = core.running, core.take, core.check_seconds
+
+-- The context's methods: the ones runtime.lua serves itself, and the rest
+-- below; from now on the context looks them up in this table.
+local methods = {}
+for k, v in next, eager do methods[k] = v end
+ctx_mt.__index = methods
 
 local WAIT, TIMEOUT = {}, {}
 local pool, npool, POOL_MAX = {}, 0, 16
 local queue, qhead, qtail = {}, 1, 0 -- handler runs deferred while a job waits
 local timers = {}                    -- user timers: id -> { fn =, every =, handle = }
 local monitors = {}                  -- armed monitors: id -> { fn =, ref = }
-S.monitors = monitors                -- empty once every monitor fired or was cancelled
 local next_timer, next_corr, next_monitor = 0, 0, 0
 
 -- ---- jobs: handler runs in coroutines of their own -------------------------
@@ -131,7 +138,7 @@ local function waiting_job(what, level)
     error(fmt("%s can only wait in a handler or entry function of this isolate, "
       .. "not inside a coroutine of its own", what), level + 1)
   end
-  if not S.coisyieldable() then
+  if not coisyieldable() then
     -- A finalizer, or a callback of a C function (table.sort's comparator,
     -- string.gsub's replacement): Lua cannot suspend through those.
     error(fmt("%s cannot wait inside a finalizer (__gc) or a callback of a C function", what), level + 1)
@@ -285,7 +292,7 @@ local function adopt(pjob, preempted)
     pjob.entry = false
     core.up() -- "up" also means: the entry function waits
   end
-  return S.new_pump(), mode()
+  return new_pump(), mode()
 end
 
 -- ---- the rest of the context ---------------------------------------------------
@@ -453,7 +460,7 @@ end
 
 function methods:stop(reason)
   check_self(self, "stop")
-  S.fail(reason and tostring(reason) or "normal")
+  fail(reason and tostring(reason) or "normal")
 end
 
 function methods:shutdown_cluster(timeout_s)
@@ -521,4 +528,7 @@ local function send_wait(pending, ref, wait_s)
   end
 end
 
-return { dispatch = dispatch, settle = settle, adopt = adopt, request = request, send_wait = send_wait, idle = idle }
+return {
+  dispatch = dispatch, settle = settle, adopt = adopt, request = request, send_wait = send_wait, idle = idle,
+  methods = methods, DONE = DONE,
+}
