@@ -1,6 +1,9 @@
 /*
  * cluster — the set of isolates of one node: the registry (ids and paths),
  * the event log (isolate up/down), the scheduler, the timers, and shutdown.
+ * The code: src/cluster.c (creation, lifetime, log, the main state's
+ * waits), registry.c, eventlog.c, remote_monitor.c, drain.c (drain and
+ * shutdown), spawn.c; src/cluster_int.h is what they share.
  *
  * Locks: c->lock guards the registry, the paths, the event log and the
  * subscriber list. It may be held while taking the scheduler's lock or an
@@ -122,7 +125,7 @@ typedef struct ic_cluster {
   char *boot_error;
 } ic_cluster;
 
-/* Called in every new Lua isolate's state (src/lstate.c l_boot); see
+/* Called in every new Lua isolate's state (src/lboot.c l_boot); see
  * ic_state_hook in include/isolate_cluster.h. */
 typedef int (*cluster_state_hook)(void *L, void *ud);
 

@@ -1323,7 +1323,7 @@ static void dec_cfunc(dec *d, const char *at, const char *name, uint32_t len)
       lua_pushlstring(L, lib, liblen);
       if (lua_rawget(L, -2) != LUA_TTABLE) {
         /* Not opened yet: isolates open some standard libraries on first
-         * use (src/lstate.c), and reading the global opens it. */
+         * use (src/lboot.c), and reading the global opens it. */
         lua_pop(L, 1);
         lua_pushglobaltable(L);
         lua_pushlstring(L, lib, liblen);

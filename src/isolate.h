@@ -96,7 +96,7 @@ typedef struct ic_isolate {
   int up;                       /* announced up */
   struct worker *worker;        /* the pool worker running it now, or NULL */
   size_t mem_used, mem_limit;   /* bytes of Lua heap; limit 0 = none */
-  pool pool;                    /* the Lua state's small blocks (isolate_alloc in lstate.c):
+  pool pool;                    /* the Lua state's small blocks (isolate_alloc in lboot.c):
                                    touched only by the thread running the state, released
                                    by lstate_close or isolate_release */
   /* Requests this isolate has taken from its mailbox and not answered yet

@@ -2,6 +2,12 @@
  * lstate — everything that touches a lua_State: the ref userdata shared by
  * the main state and the isolates, the `core` functions the isolate runtime
  * calls, and booting, dispatching into and closing an isolate's state.
+ * The code is split by concept: src/lstate.c (per-state data, guards,
+ * lstate_open), lref.c (refs), lsend.c (encode, decode, posting, send),
+ * lcheck.c (argument checks), lspawn.c (spawn, lookup, stats), lcore.c
+ * (the core functions), lhook.c (interrupts, preemption), lboot.c
+ * (allocator, libraries, boot, pump, close); src/lstate_int.h is what
+ * they share.
  *
  * Threads: each function runs on the thread that owns the lua_State it is
  * given (an isolate's worker, or the thread of the main state).
@@ -66,7 +72,7 @@ codec_hooks lstate_hooks(ic_cluster *c);
 /* Encodes the value at idx into a new message of kind (sender and corr
  * unset): NULL when out of memory. Raises on an uncopyable value, naming the
  * path inside it from root. Safe to call from a __gc finalizer while another
- * encode of this state is in flight (see src/lstate.c, "Encode buffers"). */
+ * encode of this state is in flight (see src/lsend.c, "Encode buffers"). */
 ic_msg *lstate_encode_msg(lua_State *L, int idx, const char *root, int kind);
 /* Encodes the value at idx and pushes its bytes as a string. Raises on an
  * uncopyable value. */

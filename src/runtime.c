@@ -34,7 +34,7 @@ static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
 #define DUMP_SOURCE_AT (4 + 1 + 1 + 6 + 3 + sizeof(lua_Integer) + sizeof(lua_Number) + 1)
 
 /* A stripped dump drops the source name too, but the preemption hook must
- * recognise the runtime's own functions by it (src/lstate.c, in_runtime).
+ * recognise the runtime's own functions by it (src/lhook.c, in_runtime).
  * Nested functions inherit the main function's source when loaded, so the
  * name is put back for the main function only (as an unstripped dump
  * writes it: size + 1 as Lua's varint, then the bytes). */

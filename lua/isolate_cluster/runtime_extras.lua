@@ -507,7 +507,7 @@ end
 
 
 -- ref:send(msg, wait_s) inside an isolate whose first try found the
--- mailbox full (src/lstate.c, send_waiting): the C side holds the encoded
+-- mailbox full (src/lsend.c, send_waiting): the C side holds the encoded
 -- message in `pending`; this looks for room again at growing intervals
 -- (0.1 ms up to 5 ms), suspending only this handler in between, until the
 -- message is taken, the receiver is down, the cluster shuts down or wait_s

@@ -1,0 +1,382 @@
+/*
+ * lboot — an isolate's lua_State from birth to close: its allocator, the
+ * standard libraries (most opened on first use), l_boot (runtime, core
+ * table, entry), the pump that every dispatch resumes, and lstate_close.
+ *
+ * Threads: the isolate's worker, which owns its lua_State; iso->hook_lock
+ * is taken only to tell the hook which Lua thread runs (set_running).
+ */
+#include "lstate_int.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "pool.h"
+#include "runtime.h"
+
+/* ---- boot, dispatch, close ---------------------------------------------------- */
+
+/* Where a block of Lua's of `size` bytes lives: small ones in the
+ * isolate's pool (src/pool.h), the others with malloc. A block moves when a
+ * resize crosses POOL_MAX, so that rule always holds and a free needs no
+ * lookup. Under ASan the pool poisons what it has not handed out, so the
+ * sanitizer builds check this allocator as it ships. */
+#define IN_POOL(size) ((size) <= POOL_MAX)
+
+static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  ic_isolate *iso = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    if (ptr && IN_POOL(osize)) pool_free(&iso->pool, ptr, osize);
+    else free(ptr);
+    iso->mem_used -= old;
+    return NULL;
+  }
+  if (iso->mem_limit && nsize > old && iso->mem_used + (nsize - old) > iso->mem_limit) return NULL;
+  void *p;
+  if (!ptr) {
+    p = IN_POOL(nsize) ? pool_alloc(&iso->pool, nsize) : malloc(nsize);
+  } else if (IN_POOL(osize) && IN_POOL(nsize) && pool_same_class(osize, nsize)) {
+    pool_resize(ptr, osize, nsize);
+    p = ptr;
+  } else if (!IN_POOL(osize) && !IN_POOL(nsize)) {
+    p = realloc(ptr, nsize);
+  } else {
+    /* Into or out of the pool, or to another class: copy. A failure leaves
+     * the old block as it was, which Lua expects. */
+    p = IN_POOL(nsize) ? pool_alloc(&iso->pool, nsize) : malloc(nsize);
+    if (!p) return NULL;
+    memcpy(p, ptr, osize < nsize ? osize : nsize);
+    if (IN_POOL(osize)) pool_free(&iso->pool, ptr, osize);
+    else free(ptr);
+  }
+  if (!p) return NULL;
+  iso->mem_used = iso->mem_used - old + nsize;
+  return p;
+}
+
+/* core.traceback(msg, level): debug.traceback without loading the debug
+ * library into every isolate. */
+static int l_core_traceback(lua_State *L) {
+  const char *msg = luaL_optstring(L, 1, NULL);
+  int level = (int)luaL_optinteger(L, 2, 1);
+  luaL_traceback(L, L, msg, level);
+  return 1;
+}
+
+/* core.load_extras() -> chunk: the second part of the runtime. */
+static int l_core_load_extras(lua_State *L) {
+  ic_cluster *c = self_of(L)->cluster;
+  if (luaL_loadbufferx(L, c->runtime_extras->data, c->runtime_extras->len, "=isolate_cluster.runtime_extras",
+                       "b") != LUA_OK)
+    return lua_error(L);
+  return 1;
+}
+
+/*
+ * Standard libraries. Every isolate gets all of them, but only these are
+ * opened at once; the others are opened the first time a global of that name
+ * is read (an __index on _G; `require` opens package) or they are required
+ * (package.preload). They are about half of what a fresh Lua state costs, and
+ * most isolates never touch package, table, io, os, math, utf8 or debug. The
+ * difference shows only to code that inspects _G's metatable or uses rawget.
+ */
+static const luaL_Reg eager_libs[] = {
+    {LUA_GNAME, luaopen_base}, {LUA_COLIBNAME, luaopen_coroutine}, {LUA_STRLIBNAME, luaopen_string},
+    {NULL, NULL}};
+static const luaL_Reg lazy_libs[] = {
+    {LUA_LOADLIBNAME, luaopen_package}, {LUA_TABLIBNAME, luaopen_table}, {LUA_IOLIBNAME, luaopen_io},
+    {LUA_OSLIBNAME, luaopen_os},        {LUA_MATHLIBNAME, luaopen_math}, {LUA_UTF8LIBNAME, luaopen_utf8},
+    {LUA_DBLIBNAME, luaopen_debug},     {NULL, NULL}};
+
+/* package.path and cpath as the isolate was given them (see spawn). The
+ * package library is on the top of the stack. */
+static void set_paths(lua_State *L, const ic_isolate *iso) {
+  if (iso->lua_path) {
+    lua_pushstring(L, iso->lua_path);
+    lua_setfield(L, -2, "path");
+  }
+  if (iso->lua_cpath) {
+    lua_pushstring(L, iso->lua_cpath);
+    lua_setfield(L, -2, "cpath");
+  }
+}
+
+/* A lean isolate (opts.lean) opens the string library on first use too:
+ * on a read of the global `string`, on require("string"), or on the first
+ * string method call (through this __index of the strings' metatable,
+ * which luaopen_string replaces with its own). */
+static void open_string(lua_State *L) {
+  luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+  codec_forget_names(L); /* new standard functions to name */
+}
+
+static int lazy_string_index(lua_State *L) {
+  open_string(L);
+  lua_pushvalue(L, 2);
+  lua_gettable(L, -2);
+  return 1;
+}
+
+static int lazy_global(lua_State *L) {
+  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  if (k && strcmp(k, LUA_STRLIBNAME) == 0 && self_of(L)->lean) {
+    open_string(L);
+    return 1;
+  }
+  if (k) {
+    /* require is the package library's only global function. */
+    int req = strcmp(k, "require") == 0;
+    for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
+      if (strcmp(k, lib->name) == 0 || (req && lib->func == luaopen_package)) {
+        luaL_requiref(L, lib->name, lib->func, 1);
+        if (lib->func == luaopen_package) set_paths(L, self_of(L));
+        codec_forget_names(L); /* new standard functions to name */
+        if (req) {
+          lua_pop(L, 1);
+          lua_pushvalue(L, 2);
+          lua_rawget(L, 1);
+        }
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+
+static void open_libs(lua_State *L, int lean) {
+  for (const luaL_Reg *lib = eager_libs; lib->func; lib++) {
+    if (lean && lib->func == luaopen_string) continue;
+    luaL_requiref(L, lib->name, lib->func, 1);
+    lua_pop(L, 1);
+  }
+  if (lean) {
+    lua_pushliteral(L, "");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, lazy_string_index);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_pop(L, 1);
+  }
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  if (lean) {
+    lua_pushcfunction(L, luaopen_string);
+    lua_setfield(L, -2, LUA_STRLIBNAME);
+  }
+  for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
+    lua_pushcfunction(L, lib->func);
+    lua_setfield(L, -2, lib->name);
+  }
+  lua_pop(L, 1);
+  lua_pushglobaltable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, lazy_global);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+}
+
+static int l_boot(lua_State *L) {
+  ic_isolate *iso = lua_touserdata(L, 1);
+  ic_cluster *c = iso->cluster;
+  open_libs(L, iso->lean); /* package, opened on first use, takes iso's paths then */
+  /* The application's own C functions, before anything of the isolate's
+   * runs (a raise in it fails the boot like a bad entry). */
+  if (c->state_hook && c->state_hook(L, c->state_hook_ud) != 0)
+    return luaL_error(L, "the application's state hook failed");
+  lstate_ctx *ctx = lstate_open(L);
+  ctx->self = iso;
+  iso->lctx = ctx;
+  /* Under a memory limit the key cache would hold memory the isolate's own
+   * values may need. */
+  if (iso->mem_limit) ctx->lim.key_cache = 0;
+
+  static const luaL_Reg core[] = {
+      {"self", l_core_self}, {"main", l_core_main}, {"request", l_core_request},
+      {"reply", l_core_reply}, {"timer", l_core_timer}, {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn},
+      {"lookup", l_core_lookup}, {"lookup_prefix", l_core_lookup_prefix},
+      {"subscribe", l_core_subscribe}, {"events", l_core_events}, {"up", l_core_up},
+      {"children", l_core_children},
+      {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
+      {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
+      {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},
+      {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras},
+      {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
+      {"check_options", lstate_core_check_options}, {"monitor", l_core_monitor},
+      {"demonitor", l_core_demonitor}, {"set_send_wait", l_core_set_send_wait},
+      {"post_pending", l_core_post_pending}, {NULL, NULL}};
+  if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, RUNTIME_SOURCE, "b") != LUA_OK)
+    return lua_error(L);
+  luaL_newlib(L, core);
+  lua_call(L, 1, 2); /* -> spawn_pump, adopt */
+
+  /* The entry: a function, or a module name whose module returns one. */
+  codec_hooks h = lstate_hooks(c);
+  codec_decode(L, iso->boot->data, iso->boot->len, &h, &ctx->lim);
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *name = lua_tostring(L, -1);
+    lua_getglobal(L, "require");
+    lua_pushvalue(L, -2);
+    lua_call(L, 1, 1);
+    if (lua_type(L, -1) != LUA_TFUNCTION)
+      return luaL_error(L, "module '%s' must return the entry function (it returned a %s)", name,
+                        luaL_typename(L, -1));
+    lua_remove(L, -2);
+  } else if (lua_type(L, -1) == LUA_TTABLE) {
+    /* { source = chunk, name = chunkname }: from ic_spawn_lua. */
+    size_t len;
+    lua_getfield(L, -1, "source");
+    lua_getfield(L, -2, "name");
+    const char *src = lua_tolstring(L, -2, &len);
+    const char *name = lua_tostring(L, -1);
+    if (!src) return luaL_error(L, "the entry chunk is missing");
+    if (luaL_loadbufferx(L, src, len, name ? name : "=entry", "t") != LUA_OK) return lua_error(L);
+    lua_call(L, 0, 1);
+    if (lua_type(L, -1) != LUA_TFUNCTION)
+      return luaL_error(L, "the entry chunk must return the entry function (it returned a %s)",
+                        luaL_typename(L, -1));
+    lua_replace(L, -4);
+    lua_pop(L, 2);
+  }
+  if (lua_type(L, -1) != LUA_TFUNCTION) return luaL_error(L, "the entry is not a function");
+  blob_release(iso->boot);
+  iso->boot = NULL;
+  return 3; /* spawn_pump, adopt, entry */
+}
+
+static void fail_from_status(ic_isolate *iso, lua_State *L) {
+  const char *why = interrupt_reason(iso);
+  if (why) {
+    isolate_set_ending(iso, why);
+    return;
+  }
+  const char *msg = lua_tostring(L, -1);
+  size_t n = strlen(msg ? msg : "") + 8;
+  char *r = malloc(n);
+  if (r) snprintf(r, n, "error: %s", msg ? msg : "(error object is not a string)");
+  isolate_set_ending(iso, r ? r : "error: not enough memory");
+  free(r);
+}
+
+/* Stack of the isolate's main thread: [1] spawn_pump, [2] adopt. */
+#define SPAWN_PUMP_IDX 1
+#define ADOPT_IDX 2
+
+/* Pops a new pump coroutine from L's top and makes it the isolate's pump. */
+static void set_pump(ic_isolate *iso, lua_State *L) {
+  lua_State *P = lua_tothread(L, -1);
+  if (iso->pump_ref) luaL_unref(L, LUA_REGISTRYINDEX, iso->pump_ref);
+  iso->pump_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  iso->pump = P;
+}
+
+/* Resumes the pump with nargs values already pushed on it. */
+static void pump_resume(ic_isolate *iso, int nargs) {
+  lua_State *L = iso->L, *P = iso->pump;
+  int nres = 0;
+  set_running(iso, P);
+  int st = lua_resume(P, L, nargs, &nres);
+  set_running(iso, L);
+  if (st == LUA_YIELD) {
+    if (nres == 1 && lua_isinteger(P, -1)) {
+      iso->wait = (int)lua_tointeger(P, -1);
+      lua_pop(P, 1);
+      return;
+    }
+    /* A handler running in the pump waits (it yielded a marker) or was
+     * preempted (the hook yielded nothing): the pump becomes a job and the
+     * runtime hands over a new pump. */
+    lua_pop(P, nres);
+    lua_pushvalue(L, ADOPT_IDX);
+    lua_pushboolean(L, nres == 0);
+    if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+      fail_from_status(iso, L);
+      lua_settop(L, ADOPT_IDX);
+      return;
+    }
+    iso->wait = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    set_pump(iso, L);
+    return;
+  }
+  if (st == LUA_OK) {
+    lua_settop(P, 0);
+    isolate_set_ending(iso, "error: the isolate's pump ended");
+    return;
+  }
+  fail_from_status(iso, P);
+}
+
+void lstate_boot(ic_isolate *iso) {
+  lua_State *L = lua_newstate(isolate_alloc, iso);
+  if (!L) {
+    isolate_set_ending(iso, "error: not enough memory to create the isolate's Lua state");
+    return;
+  }
+  iso->L = L;
+  *(ic_isolate **)lua_getextraspace(L) = iso;
+#ifdef IC_SYNC_HOOK
+  lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, HOOK_COUNT);
+#endif
+  set_running(iso, L);
+  lua_pushcfunction(L, l_boot);
+  lua_pushlightuserdata(L, iso);
+  if (lua_pcall(L, 1, 3, 0) != LUA_OK) {
+    fail_from_status(iso, L);
+    lua_settop(L, 0);
+    return;
+  }
+  /* [spawn_pump, adopt, entry] */
+  lua_pushvalue(L, SPAWN_PUMP_IDX);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    fail_from_status(iso, L);
+    lua_settop(L, 0);
+    return;
+  }
+  set_pump(iso, L);
+  lua_xmove(L, iso->pump, 1); /* the entry */
+  lua_pushinteger(iso->pump, LSTATE_START);
+  pump_resume(iso, 2);
+}
+
+void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
+  /* From here the request is this isolate's to answer; if it goes down
+   * first, the requester hears so at once (isolate_finish). Without memory
+   * to track it, it can still be answered, or it times out. */
+  if (m && m->kind == MSG_REQUEST && m->sender) isolate_open_request(iso, m->sender, m->corr);
+  else if (m && m->kind == MSG_REQUEST && m->from_node)
+    isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
+  lua_State *P = iso->pump;
+  if (!P) {
+    isolate_set_ending(iso, "error: isolate state unavailable");
+    return;
+  }
+  if (!lua_checkstack(P, 2)) {
+    isolate_set_ending(iso, "error: not enough memory");
+    return;
+  }
+  if (m) lua_pushlightuserdata(P, m);
+  else lua_pushnil(P);
+  lua_pushinteger(P, kind);
+  pump_resume(iso, 2);
+}
+
+void lstate_close(ic_isolate *iso) {
+  lua_State *L = iso->L;
+  plat_mutex_lock(&iso->hook_lock);
+  iso->running_L = NULL;
+  iso->armed_L = NULL;
+  plat_mutex_unlock(&iso->hook_lock);
+  iso->L = NULL;
+  iso->pump = NULL;
+  iso->lctx = NULL;
+  if (L) lua_close(L);
+  pool_release(&iso->pool); /* after lua_close: its last frees go to the pool */
+}

@@ -1,0 +1,174 @@
+/*
+ * lhook — interrupts (kill, shutdown) and preemption of a running isolate:
+ * the one-shot count hook, arming it from another thread, and tracking which
+ * Lua thread of the isolate runs now.
+ *
+ * Threads: lstate_arm_hook runs on any thread with iso->hook_lock held;
+ * the hook itself on the isolate's worker, inside its Lua code;
+ * set_running and core.running on the worker, taking iso->hook_lock.
+ */
+#include "lstate_int.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+/* Registry key of the runtime's jobs table: the address of this constant. */
+static const char JOBS_KEY = 'j';
+
+/* Instructions between two calls of the hook once it is armed (see
+ * interrupt_hook): a kill or a preemption acts within that many. */
+#define HOOK_LOOK_COUNT 100
+
+/* ---- interrupts and preemption ------------------------------------------------ */
+
+int l_core_set_jobs(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &JOBS_KEY);
+  return 0;
+}
+
+/*
+ * Lua traces every instruction while any hook is set on a thread, which
+ * roughly halves the speed of the interpreter. So no hook is set while all
+ * is well: the monitor (slice over) or a killer installs a one-shot count
+ * hook on the Lua thread the isolate runs right now (running_L, kept up to
+ * date by the runtime through core.running), the same asynchronous use of
+ * lua_sethook that lua.c makes from its SIGINT handler.
+ *
+ * ThreadSanitizer rightly sees that asynchronous store as a race, so the
+ * TSan build (IC_SYNC_HOOK) keeps a permanent count hook instead and
+ * installs nothing from other threads.
+ */
+/* Is L a coroutine running a handler (a job, or the pump inside a handler)? */
+static int running_job(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &JOBS_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pushthread(L);
+  int is_job = 0;
+  if (lua_rawget(L, -2) == LUA_TTABLE) {
+    lua_getfield(L, -1, "pump");
+    lua_getfield(L, -2, "active");
+    is_job = !lua_toboolean(L, -2) || lua_toboolean(L, -1);
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 2);
+  return is_job;
+}
+
+/* Is the function the hook interrupted part of the runtime? Its own code
+ * (waiting, request, dispatch) must never be cut in the middle: a wait
+ * half-recorded would miss its reply or timer. */
+static int in_runtime(lua_State *L, lua_Debug *ar) {
+  if (!lua_getinfo(L, "S", ar)) return 0;
+  return strncmp(ar->source, "=isolate_cluster.runtime", 24) == 0;
+}
+
+/* Removes the hook from L (the thread running it), unless a newer arming
+ * aimed at L since. O(1): lua_sethook walks the call stack only to set a
+ * hook, never to clear one. */
+static void hook_disarm(ic_isolate *iso, lua_State *L) {
+  plat_mutex_lock(&iso->hook_lock);
+  lua_sethook(L, NULL, 0, 0);
+  if (iso->armed_L == L) iso->armed_L = NULL;
+  plat_mutex_unlock(&iso->hook_lock);
+}
+
+/*
+ * Setting a hook costs time proportional to the depth of the thread's call
+ * stack (lua_sethook marks every Lua frame so that it traces), so the hook
+ * is set once per ask (a preemption, an interrupt) and never re-set while
+ * the ask waits: it is armed with
+ * a count of HOOK_LOOK_COUNT instructions and, when it cannot act yet (a
+ * preemption inside a C call such as string.gsub's callback, or inside the
+ * runtime's own code), it just returns and Lua calls it again that many
+ * instructions later. A handler recursing a million frames deep inside a C
+ * call would otherwise pay a walk of its whole stack every few instructions.
+ */
+void interrupt_hook(lua_State *L, lua_Debug *ar) {
+  ic_isolate *iso = self_of(L);
+  int irq = atomic_load(&iso->interrupt);
+  if (irq) {
+    /* Stays armed, at every instruction: user code that catches the error
+     * (a pcall in a loop) meets it again at once, until the isolate is down.
+     * Set once: the count reads back as 1 from then on. */
+    if (lua_gethookcount(L) != 1) lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "%s", irq == INTERRUPT_KILL ? "killed" : "interrupted by shutdown");
+  }
+#ifdef IC_SYNC_HOOK
+  if (plat_now_ns() > iso->slice_deadline) atomic_store(&iso->preempt, 1);
+#endif
+  if (atomic_load(&iso->preempt)) {
+    /* Out of time: a handler's coroutine yields back to the runtime, which
+     * resumes it on the isolate's next turn (like Erlang's reductions). */
+    if (lua_isyieldable(L) && !in_runtime(L, ar) && running_job(L)) {
+      atomic_store(&iso->preempt, 0);
+#ifndef IC_SYNC_HOOK
+      hook_disarm(iso, L);
+#endif
+      lua_yield(L, 0);
+    }
+    /* Not at a point where it can yield (inside a C call, or in the
+     * runtime's own code): the hook stays, and looks again
+     * HOOK_LOOK_COUNT instructions later. */
+    return;
+  }
+#ifndef IC_SYNC_HOOK
+  hook_disarm(iso, L); /* one shot: nothing asked any more */
+#endif
+}
+
+void lstate_arm_hook(ic_isolate *iso) {
+#ifndef IC_SYNC_HOOK
+  /* Armed already (the monitor asks again at every tick of a long turn):
+   * setting it again would walk the stack again for nothing. */
+  if (iso->running_L && iso->armed_L != iso->running_L) {
+    /* An interrupt acts at the next instruction; a preemption may wait. */
+    int count = atomic_load(&iso->interrupt) ? 1 : HOOK_LOOK_COUNT;
+    lua_sethook(iso->running_L, interrupt_hook, LUA_MASKCOUNT, count);
+    iso->armed_L = iso->running_L;
+  }
+#else
+  (void)iso;
+#endif
+}
+
+/* Makes T the Lua thread iso runs now. Caller holds iso->hook_lock. An
+ * armed_L left from another thread is forgotten: that thread may be
+ * collected and its address reused by a thread that has no hook. */
+static void track_running(ic_isolate *iso, lua_State *T) {
+  if (iso->running_L != T) iso->armed_L = NULL;
+  iso->running_L = T;
+  /* An interrupt or preemption asked for while another Lua thread ran (or
+   * nothing was tracked): aim at this one too. */
+  if (T && (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
+            atomic_load_explicit(&iso->preempt, memory_order_relaxed)))
+    lstate_arm_hook(iso);
+}
+
+/* core.running([co]): the runtime says which Lua thread runs now: co, or
+ * the caller itself. */
+int l_core_running(lua_State *L) {
+  ic_isolate *iso = self_of(L);
+  lua_State *co = lua_tothread(L, 1);
+  plat_mutex_lock(&iso->hook_lock);
+  track_running(iso, co ? co : L);
+  plat_mutex_unlock(&iso->hook_lock);
+  return 0;
+}
+
+/* Makes T the Lua thread iso runs now (the caller is its worker). */
+void set_running(ic_isolate *iso, lua_State *T) {
+  plat_mutex_lock(&iso->hook_lock);
+  track_running(iso, T);
+  plat_mutex_unlock(&iso->hook_lock);
+}

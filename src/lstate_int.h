@@ -1,0 +1,159 @@
+/*
+ * lstate_int.h — what the files of the lstate core (src/lstate.c, lref.c,
+ * lsend.c, lcheck.c, lspawn.c, lcore.c, lhook.c, lboot.c) share among
+ * themselves and nothing else includes: guards, the hot ref checks (inline,
+ * as they are on every send), and the functions l_boot puts in an isolate's
+ * core table.
+ *
+ * Threads: as src/lstate.h — the thread that owns the lua_State given.
+ */
+#ifndef IC_LSTATE_INT_H
+#define IC_LSTATE_INT_H
+
+#include <lauxlib.h>
+
+#include "lstate.h"
+
+/* Instructions between two looks at the interrupt flag and the slice clock
+ * when a hook stays set (TSan builds, or a handler not yet able to yield). */
+#define HOOK_COUNT 1000
+
+/* The chunk name the isolate runtime is loaded under (l_boot): its
+ * coroutine.wrap, resume and yield copy as the standard functions they
+ * stand for (SPEC §2, §4), not as closures over the runtime's state. */
+#define RUNTIME_SOURCE "=isolate_cluster.runtime"
+
+/* Registry key of the per-state data: its address (src/lstate.c). */
+extern const char lstate_ctx_key;
+
+/* lstate_ctx_of, inline for the files of the core: every ref check and
+ * encode looks the ctx up. */
+static inline lstate_ctx *ctx_of(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &lstate_ctx_key);
+  lstate_ctx *ctx = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return ctx;
+}
+
+/* ---- guards: C resources held across Lua allocations ---------------------- */
+
+/*
+ * A C resource that a Lua error must not leak (an array of retained
+ * isolates, a list of events): the guard userdata is made in Lua's memory
+ * *before* the resource is acquired, so a memory error raised while the
+ * result is pushed leaves the resource with the guard, whose __gc frees it.
+ * guard_drop frees it at once on the way out.
+ */
+typedef void (*guard_free_fn)(void *p, size_t n);
+typedef struct guard {
+  guard_free_fn free;
+  void *p;     /* NULL: holds nothing */
+  size_t n;
+} guard;
+
+static inline void guard_drop(guard *g) {
+  void *p = g->p;
+  g->p = NULL;
+  if (p) g->free(p, g->n);
+}
+
+/* Pushes an empty guard. May raise, before anything is acquired. */
+guard *guard_push(lua_State *L, guard_free_fn fn);
+/* guard_free_fn for an array of n retained isolates (malloc'ed). */
+void release_isolates(void *p, size_t n);
+/* guard_free_fn for one retained isolate. */
+void release_isolate(void *p, size_t n);
+
+/* Pushes a list of refs to the n isolates of the guarded array, then frees
+ * the array (src/lspawn.c). */
+void push_ref_list(lua_State *L, guard *g);
+/* Appends to the list at idx, after its first `n` items, the refs of the
+ * other nodes' isolates whose path starts with prefix (NULL: all that are
+ * up), in the order they came up there. */
+void push_remote_refs(lua_State *L, ic_cluster *c, const char *prefix, int idx, lua_Integer n);
+
+/* ---- refs ---------------------------------------------------------------- */
+
+/* A ref is a userdata whose metatable is this state's ref metatable, known
+ * by identity (ctx->ref_mt): checking one (every send) costs no string
+ * lookup, unlike luaL_testudata. */
+static inline lref *ref_test_ctx(lua_State *L, int idx, const lstate_ctx *ctx) {
+  lref *r = lua_touserdata(L, idx);
+  if (!r || !ctx || !lua_getmetatable(L, idx)) return NULL;
+  int same = lua_topointer(L, -1) == ctx->ref_mt;
+  lua_pop(L, 1);
+  return same ? r : NULL;
+}
+
+static inline lref *lref_check_ctx(lua_State *L, int idx, const lstate_ctx *ctx) {
+  lref *r = ref_test_ctx(L, idx, ctx);
+  if (!r) luaL_typeerror(L, idx, "isolate_ref");
+  return r;
+}
+
+/* Pushes the ref of iso (from the cache, or a new one). May raise. */
+void lref_push_ctx(lua_State *L, const lstate_ctx *ctx, ic_isolate *iso);
+
+/* The ref methods lstate_open installs (src/lref.c, src/lsend.c). */
+int l_ref_send(lua_State *L);
+int l_ref_kill(lua_State *L);
+int l_ref_property(lua_State *L);
+int l_ref_properties(lua_State *L);
+int l_ref_index(lua_State *L);
+int l_ref_eq(lua_State *L);
+int l_ref_tostring(lua_State *L);
+int l_ref_gc(lua_State *L);
+
+/* Pushes a userdata holding an empty buffer freed by its __gc
+ * (src/lsend.c). */
+codec_buf *private_buf_push(lua_State *L);
+
+/* ---- an isolate's state -------------------------------------------------- */
+
+/* The isolate whose state L (or a thread of it) is. */
+static inline ic_isolate *self_of(lua_State *L) { return *(ic_isolate **)lua_getextraspace(L); }
+
+static inline const char *interrupt_reason(ic_isolate *iso) {
+  switch (atomic_load(&iso->interrupt)) {
+  case INTERRUPT_KILL: return "killed";
+  case INTERRUPT_SHUTDOWN: return "shutdown";
+  default: return NULL;
+  }
+}
+
+/* The hook (src/lhook.c): lstate_boot sets it for good in IC_SYNC_HOOK
+ * builds. */
+void interrupt_hook(lua_State *L, lua_Debug *ar);
+/* Makes T the Lua thread iso runs now, under iso->hook_lock. */
+void set_running(ic_isolate *iso, lua_State *T);
+
+/* The functions of an isolate's core table (l_boot, src/lboot.c). */
+int l_core_self(lua_State *L);          /* src/lcore.c */
+int l_core_main(lua_State *L);
+int l_core_timer(lua_State *L);
+int l_core_cancel_timer(lua_State *L);
+int l_core_spawn(lua_State *L);
+int l_core_lookup(lua_State *L);
+int l_core_lookup_prefix(lua_State *L);
+int l_core_subscribe(lua_State *L);
+int l_core_events(lua_State *L);
+int l_core_monitor(lua_State *L);
+int l_core_demonitor(lua_State *L);
+int l_core_children(lua_State *L);
+int l_core_up(lua_State *L);
+int l_core_stop(lua_State *L);
+int l_core_shutdown_cluster(lua_State *L);
+int l_core_log(lua_State *L);
+int l_core_set_request(lua_State *L);
+int l_core_now(lua_State *L);
+int l_core_request(lua_State *L);       /* src/lsend.c */
+int l_core_reply(lua_State *L);
+int l_core_send_all(lua_State *L);
+int l_core_set_send_wait(lua_State *L);
+int l_core_post_pending(lua_State *L);
+int l_core_take(lua_State *L);
+int l_core_set_jobs(lua_State *L);      /* src/lhook.c */
+int l_core_running(lua_State *L);
+int l_core_check_seconds(lua_State *L); /* src/lcheck.c */
+
+#endif

@@ -1,0 +1,107 @@
+/*
+ * spawn — making an isolate from spawn_args (cluster_spawn: copies of its
+ * options, its registration) and starting it: on the run queue (a pool
+ * isolate) or on a thread of its own (a dedicated one).
+ *
+ * Threads: any; c->lock is taken to register and to record a dedicated
+ * thread.
+ */
+#include "cluster_int.h"
+#include "native.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <time.h>
+
+/* ---- spawning ------------------------------------------------------------ */
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *errbuf, size_t errlen) {
+  *out = NULL;
+  if (atomic_load(&c->state) != CLUSTER_RUNNING) {
+    if (a->native) native_free(a->native);
+    snprintf(errbuf, errlen, "spawn_isolate after shutdown");
+    return ECANCELED;
+  }
+  ic_isolate *iso = isolate_new(c, a->kind, a->mailbox ? a->mailbox : c->default_mailbox);
+  if (!iso) {
+    if (a->native) native_free(a->native);
+    goto oom;
+  }
+  iso->native = a->native;
+  iso->mem_limit = a->memory_limit;
+  iso->lean = a->lean;
+  iso->hidden = a->hidden;
+  if (a->props && !(iso->props = blob_new(a->props, a->props_len))) goto oom_iso;
+  if (!(iso->boot = blob_new(a->boot, a->boot_len))) goto oom_iso;
+  if ((a->lua_path && !(iso->lua_path = dup_or_null(a->lua_path))) ||
+      (a->lua_cpath && !(iso->lua_cpath = dup_or_null(a->lua_cpath))))
+    goto oom_iso;
+  /* Scheduled before anyone can see it: a message sent the moment its path
+   * is registered must not queue it a second time (cluster_start_isolate
+   * queues it). */
+  atomic_store(&iso->sched, SCHED_SCHEDULED);
+  iso->id = a->id;
+  int rc = cluster_register(c, iso, a->path, errbuf, errlen);
+  if (rc) {
+    isolate_release(iso);
+    return rc;
+  }
+  atomic_fetch_add(&c->spawned, 1);
+  /* Linked before it starts: the child tells its parent when it goes down
+   * (and may do so at once). */
+  if (a->creator && !a->detached && isolate_link_child(a->creator, iso))
+    cluster_log(c, "isolate_cluster: out of memory: isolate %llu is not linked to its parent",
+                (unsigned long long)iso->id);
+  rc = cluster_start_isolate(c, iso, a->creator ? a->creator->worker : NULL);
+  if (rc) {
+    snprintf(errbuf, errlen, "cannot start the isolate: %s", strerror(rc));
+    isolate_release(iso);
+    return rc;
+  }
+  *out = iso;
+  return 0;
+oom_iso:
+  isolate_release(iso);
+oom:
+  snprintf(errbuf, errlen, "out of memory");
+  return ENOMEM;
+}
+
+int cluster_start_isolate(ic_cluster *c, ic_isolate *iso, worker *from) {
+  /* iso->sched is SCHEDULED since before it was registered: this call owns
+   * the first turn. */
+  if (iso->kind == ISO_POOL) {
+    isolate_retain(iso); /* the run queue's hold */
+    sched_push(&c->sched, iso, from);
+    return 0;
+  }
+  plat_mutex_lock(&c->lock);
+  if (c->ndedicated == c->dedicated_cap) {
+    size_t cap = c->dedicated_cap ? c->dedicated_cap * 2 : 8;
+    ic_isolate **d = realloc(c->dedicated, cap * sizeof *d);
+    if (!d) {
+      plat_mutex_unlock(&c->lock);
+      isolate_abandon(iso, "error: out of memory starting a dedicated isolate");
+      return ENOMEM;
+    }
+    c->dedicated = d;
+    c->dedicated_cap = cap;
+  }
+  isolate_retain(iso); /* the thread's hold, released by whoever joins it */
+  int rc = isolate_start_thread(iso);
+  if (rc) {
+    plat_mutex_unlock(&c->lock);
+    isolate_release(iso);
+    isolate_abandon(iso, "error: cannot start a thread for a dedicated isolate");
+    return rc;
+  }
+  c->dedicated[c->ndedicated++] = iso;
+  plat_mutex_unlock(&c->lock);
+  return 0;
+}
