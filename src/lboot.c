@@ -71,13 +71,36 @@ static int l_core_traceback(lua_State *L) {
   return 1;
 }
 
-/* core.load_extras() -> chunk: the second part of the runtime. */
+static int l_core_load_extras(lua_State *L);
+
+/* The core table: what runtime.lua, which every isolate loads, calls (a
+ * table of its own, as each entry costs every isolate its slot), and what
+ * only the extras call (a full table made when they load). */
+static const luaL_Reg core_eager[] = {
+    {"self", l_core_self}, {"reply", l_core_reply}, {"up", l_core_up}, {"children", l_core_children},
+    {"stop", l_core_stop}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
+    {"running", l_core_running}, {"take", l_core_take}, {"traceback", l_core_traceback},
+    {"load_extras", l_core_load_extras}, {"set_send_wait", l_core_set_send_wait}, {NULL, NULL}};
+static const luaL_Reg core_rest[] = {
+    {"main", l_core_main}, {"request", l_core_request}, {"timer", l_core_timer},
+    {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn}, {"lookup", l_core_lookup},
+    {"lookup_prefix", l_core_lookup_prefix}, {"subscribe", l_core_subscribe}, {"events", l_core_events},
+    {"shutdown_cluster", l_core_shutdown_cluster}, {"log", l_core_log}, {"now", l_core_now},
+    {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
+    {"check_options", lstate_core_check_options}, {"monitor", l_core_monitor},
+    {"demonitor", l_core_demonitor}, {"post_pending", l_core_post_pending}, {NULL, NULL}};
+
+/* core.load_extras() -> chunk, core: the second part of the runtime, and
+ * the full core table it calls. */
 static int l_core_load_extras(lua_State *L) {
   ic_cluster *c = self_of(L)->cluster;
   if (luaL_loadbufferx(L, c->runtime_extras->data, c->runtime_extras->len, "=isolate_cluster.runtime_extras",
                        "b") != LUA_OK)
     return lua_error(L);
-  return 1;
+  lua_createtable(L, 0, (int)(sizeof core_eager / sizeof *core_eager + sizeof core_rest / sizeof *core_rest - 2));
+  luaL_setfuncs(L, core_eager, 0);
+  luaL_setfuncs(L, core_rest, 0);
+  return 2;
 }
 
 /*
@@ -152,6 +175,12 @@ static int lazy_global(lua_State *L) {
 }
 
 static void open_libs(lua_State *L, int lean) {
+  /* A global table sized for the base library and the eager ones: the
+   * fresh state's empty one would be rehashed six times as luaopen_base
+   * fills it. Nothing has been loaded yet, so no function holds the old
+   * one as its _ENV. */
+  lua_createtable(L, 0, 32);
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   for (const luaL_Reg *lib = eager_libs; lib->func; lib++) {
     if (lean && lib->func == luaopen_string) continue;
     luaL_requiref(L, lib->name, lib->func, 1);
@@ -186,11 +215,22 @@ static void open_libs(lua_State *L, int lean) {
 static int l_boot(lua_State *L) {
   ic_isolate *iso = lua_touserdata(L, 1);
   ic_cluster *c = iso->cluster;
+  /* No collection while the runtime builds the state: nearly all it makes
+   * stays (libraries, runtime, core), and the collector would walk the
+   * growing heap a few times for the little that does not (about a tenth
+   * of a spawn's instructions). Running out of memory still collects (Lua's
+   * emergency collection ignores the stop). The application's code (the
+   * state hook, the entry's module or chunk, the entry) runs with the
+   * collector on: it may make garbage for as long as it likes. */
+  lua_gc(L, LUA_GCSTOP);
   open_libs(L, iso->lean); /* package, opened on first use, takes iso's paths then */
   /* The application's own C functions, before anything of the isolate's
    * runs (a raise in it fails the boot like a bad entry). */
-  if (c->state_hook && c->state_hook(L, c->state_hook_ud) != 0)
-    return luaL_error(L, "the application's state hook failed");
+  if (c->state_hook) {
+    lua_gc(L, LUA_GCRESTART);
+    if (c->state_hook(L, c->state_hook_ud) != 0) return luaL_error(L, "the application's state hook failed");
+    lua_gc(L, LUA_GCSTOP);
+  }
   lstate_ctx *ctx = lstate_open(L);
   ctx->self = iso;
   iso->lctx = ctx;
@@ -198,25 +238,12 @@ static int l_boot(lua_State *L) {
    * values may need. */
   if (iso->mem_limit) ctx->lim.key_cache = 0;
 
-  static const luaL_Reg core[] = {
-      {"self", l_core_self}, {"main", l_core_main}, {"request", l_core_request},
-      {"reply", l_core_reply}, {"timer", l_core_timer}, {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn},
-      {"lookup", l_core_lookup}, {"lookup_prefix", l_core_lookup_prefix},
-      {"subscribe", l_core_subscribe}, {"events", l_core_events}, {"up", l_core_up},
-      {"children", l_core_children},
-      {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
-      {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
-      {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},
-      {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras},
-      {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
-      {"check_options", lstate_core_check_options}, {"monitor", l_core_monitor},
-      {"demonitor", l_core_demonitor}, {"set_send_wait", l_core_set_send_wait},
-      {"post_pending", l_core_post_pending}, {NULL, NULL}};
   if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, RUNTIME_SOURCE, "b") != LUA_OK)
     return lua_error(L);
-  luaL_newlib(L, core);
+  luaL_newlib(L, core_eager);
   lua_call(L, 1, 2); /* -> spawn_pump, adopt */
 
+  lua_gc(L, LUA_GCRESTART);
   /* The entry: a function, or a module name whose module returns one. */
   codec_hooks h = lstate_hooks(c);
   codec_decode(L, iso->boot->data, iso->boot->len, &h, &ctx->lim);
@@ -320,6 +347,7 @@ void lstate_boot(ic_isolate *iso) {
     isolate_set_ending(iso, "error: not enough memory to create the isolate's Lua state");
     return;
   }
+
   iso->L = L;
   *(ic_isolate **)lua_getextraspace(L) = iso;
 #ifdef IC_SYNC_HOOK

@@ -205,7 +205,8 @@ local eager = {
 
 local function extras()
   if not X then
-    X = core.load_extras()(S, core, handlers, jobs, self_ref, ctx_mt, eager, check_self, fail, on_error,
+    local chunk, full_core = core.load_extras()
+    X = chunk(S, full_core, handlers, jobs, self_ref, ctx_mt, eager, check_self, fail, on_error,
       fail_with, done_reply, new_pump, cocreate, coresume, coyield, corunning, coisyieldable)
   end
   return X
