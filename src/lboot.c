@@ -4,7 +4,8 @@
  * table, entry), the pump that every dispatch resumes, and lstate_close.
  *
  * Threads: the isolate's worker, which owns its lua_State; iso->hook_lock
- * is taken only to tell the hook which Lua thread runs (set_running).
+ * is taken only when the state closes (and by set_running when an arming
+ * is under way, src/lhook.c).
  */
 #include "lstate_int.h"
 
@@ -399,8 +400,8 @@ void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
 void lstate_close(ic_isolate *iso) {
   lua_State *L = iso->L;
   plat_mutex_lock(&iso->hook_lock);
-  iso->running_L = NULL;
-  iso->armed_L = NULL;
+  atomic_store(&iso->running_L, NULL);
+  atomic_store(&iso->armed_L, NULL);
   plat_mutex_unlock(&iso->hook_lock);
   iso->L = NULL;
   iso->pump = NULL;

@@ -5,7 +5,8 @@
  *
  * Threads: lstate_arm_hook runs on any thread with iso->hook_lock held;
  * the hook itself on the isolate's worker, inside its Lua code;
- * set_running and core.running on the worker, taking iso->hook_lock.
+ * set_running and core.running on the worker, without the lock but when
+ * an arming is under way or asked for.
  */
 #include "lstate_int.h"
 
@@ -79,7 +80,7 @@ static int in_runtime(lua_State *L, lua_Debug *ar) {
 static void hook_disarm(ic_isolate *iso, lua_State *L) {
   plat_mutex_lock(&iso->hook_lock);
   lua_sethook(L, NULL, 0, 0);
-  if (iso->armed_L == L) iso->armed_L = NULL;
+  if (atomic_load(&iso->armed_L) == L) atomic_store(&iso->armed_L, NULL);
   plat_mutex_unlock(&iso->hook_lock);
 }
 
@@ -129,46 +130,57 @@ void interrupt_hook(lua_State *L, lua_Debug *ar) {
 
 void lstate_arm_hook(ic_isolate *iso) {
 #ifndef IC_SYNC_HOOK
+  /* Raised before running_L is read (see set_running). */
+  atomic_store(&iso->arming, 1);
+  lua_State *T = atomic_load(&iso->running_L);
   /* Armed already (the monitor asks again at every tick of a long turn):
    * setting it again would walk the stack again for nothing. */
-  if (iso->running_L && iso->armed_L != iso->running_L) {
+  if (T && atomic_load(&iso->armed_L) != T) {
     /* An interrupt acts at the next instruction; a preemption may wait. */
     int count = atomic_load(&iso->interrupt) ? 1 : HOOK_LOOK_COUNT;
-    lua_sethook(iso->running_L, interrupt_hook, LUA_MASKCOUNT, count);
-    iso->armed_L = iso->running_L;
+    lua_sethook(T, interrupt_hook, LUA_MASKCOUNT, count);
+    atomic_store(&iso->armed_L, T);
   }
+  atomic_store(&iso->arming, 0);
 #else
   (void)iso;
 #endif
 }
 
-/* Makes T the Lua thread iso runs now. Caller holds iso->hook_lock. An
- * armed_L left from another thread is forgotten: that thread may be
- * collected and its address reused by a thread that has no hook. */
-static void track_running(ic_isolate *iso, lua_State *T) {
-  if (iso->running_L != T) iso->armed_L = NULL;
-  iso->running_L = T;
-  /* An interrupt or preemption asked for while another Lua thread ran (or
-   * nothing was tracked): aim at this one too. */
+/*
+ * Makes T the Lua thread iso runs now: on the owner's thread, twice per
+ * resume of the pump, so without the lock (which cost more than the rest
+ * of a message's hand-off). The store of running_L and the load of
+ * `arming` are sequentially consistent, as are lstate_arm_hook's store of
+ * `arming` and load of running_L: an arming either reads T, or began
+ * before the store and is waited for here (hook_lock taken once), so no
+ * hook is set on the old thread once it may be collected. armed_L is
+ * forgotten after that wait: the old thread's address may be reused by a
+ * thread that has no hook. An interrupt or a preemption asked for while
+ * another Lua thread ran (or nothing was tracked) is aimed at T too.
+ */
+void set_running(ic_isolate *iso, lua_State *T) {
+  lua_State *was = atomic_load_explicit(&iso->running_L, memory_order_relaxed);
+  if (was != T) {
+    atomic_store(&iso->running_L, T);
+    if (atomic_load(&iso->arming)) {
+      plat_mutex_lock(&iso->hook_lock);
+      plat_mutex_unlock(&iso->hook_lock);
+    }
+    atomic_store_explicit(&iso->armed_L, NULL, memory_order_relaxed);
+  }
   if (T && (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
-            atomic_load_explicit(&iso->preempt, memory_order_relaxed)))
+            atomic_load_explicit(&iso->preempt, memory_order_relaxed))) {
+    plat_mutex_lock(&iso->hook_lock);
     lstate_arm_hook(iso);
+    plat_mutex_unlock(&iso->hook_lock);
+  }
 }
 
 /* core.running([co]): the runtime says which Lua thread runs now: co, or
  * the caller itself. */
 int l_core_running(lua_State *L) {
-  ic_isolate *iso = self_of(L);
   lua_State *co = lua_tothread(L, 1);
-  plat_mutex_lock(&iso->hook_lock);
-  track_running(iso, co ? co : L);
-  plat_mutex_unlock(&iso->hook_lock);
+  set_running(self_of(L), co ? co : L);
   return 0;
-}
-
-/* Makes T the Lua thread iso runs now (the caller is its worker). */
-void set_running(ic_isolate *iso, lua_State *T) {
-  plat_mutex_lock(&iso->hook_lock);
-  track_running(iso, T);
-  plat_mutex_unlock(&iso->hook_lock);
 }

@@ -469,6 +469,12 @@ int l_core_request(lua_State *L) {
   lstate_ctx *ctx = self_of(L)->lctx;
   lref *r = lref_check_ctx(L, 1, ctx);
   lua_Integer corr = luaL_checkinteger(L, 3);
+  /* The runtime refuses its own ref (rawequal, before it checks that the
+   * caller may wait); another userdata for this isolate is refused here,
+   * by identity, without the cost of __eq on every request. */
+  const ic_isolate *self = ctx->self;
+  if (r->iso == self || (!r->remote && r->id == self->id && r->node == self->cluster->node_id))
+    return push_send_result(L, "an isolate cannot request itself (nothing answers while it waits)");
   return push_send_result(L, post_value(L, ctx, r, MSG_REQUEST, 2, (uint64_t)corr));
 }
 

@@ -124,7 +124,7 @@ static inline const char *interrupt_reason(ic_isolate *iso) {
 /* The hook (src/lhook.c): lstate_boot sets it for good in IC_SYNC_HOOK
  * builds. */
 void interrupt_hook(lua_State *L, lua_Debug *ar);
-/* Makes T the Lua thread iso runs now, under iso->hook_lock. */
+/* Makes T the Lua thread iso runs now (the owner only; see src/lhook.c). */
 void set_running(ic_isolate *iso, lua_State *T);
 
 /* The functions of an isolate's core table (l_boot, src/lboot.c). */
