@@ -80,8 +80,9 @@ static int l_core_load_extras(lua_State *L);
 static const luaL_Reg core_eager[] = {
     {"self", l_core_self}, {"reply", l_core_reply}, {"up", l_core_up}, {"children", l_core_children},
     {"stop", l_core_stop}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
-    {"running", l_core_running}, {"take", l_core_take}, {"traceback", l_core_traceback},
-    {"load_extras", l_core_load_extras}, {"set_send_wait", l_core_set_send_wait}, {NULL, NULL}};
+    {"take", l_core_take}, {"traceback", l_core_traceback},
+    {"load_extras", l_core_load_extras}, {"set_send_wait", l_core_set_send_wait},
+    {"cocreate", l_core_cocreate}, {"coyield", l_core_coyield}, {NULL, NULL}};
 static const luaL_Reg core_rest[] = {
     {"main", l_core_main}, {"request", l_core_request}, {"timer", l_core_timer},
     {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn}, {"lookup", l_core_lookup},
@@ -89,7 +90,9 @@ static const luaL_Reg core_rest[] = {
     {"shutdown_cluster", l_core_shutdown_cluster}, {"log", l_core_log}, {"now", l_core_now},
     {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
     {"check_options", lstate_core_check_options}, {"monitor", l_core_monitor},
-    {"demonitor", l_core_demonitor}, {"post_pending", l_core_post_pending}, {NULL, NULL}};
+    {"demonitor", l_core_demonitor}, {"post_pending", l_core_post_pending},
+    {"running", l_core_running}, {"coresume", l_core_coresume}, {"corunning", l_core_corunning},
+    {"coisyieldable", l_core_coisyieldable}, {NULL, NULL}};
 
 /* core.load_extras() -> chunk, core: the second part of the runtime, and
  * the full core table it calls. */
@@ -109,16 +112,18 @@ static int l_core_load_extras(lua_State *L) {
  * opened at once; the others are opened the first time a global of that name
  * is read (an __index on _G; `require` opens package) or they are required
  * (package.preload). They are about half of what a fresh Lua state costs, and
- * most isolates never touch package, table, io, os, math, utf8 or debug. The
- * difference shows only to code that inspects _G's metatable or uses rawget.
+ * most isolates never touch package, coroutine, table, io, os, math, utf8 or
+ * debug. The difference shows only to code that inspects _G's metatable or
+ * uses rawget.
  */
 static const luaL_Reg eager_libs[] = {
-    {LUA_GNAME, luaopen_base}, {LUA_COLIBNAME, luaopen_coroutine}, {LUA_STRLIBNAME, luaopen_string},
-    {NULL, NULL}};
+    {LUA_GNAME, luaopen_base}, {LUA_STRLIBNAME, luaopen_string}, {NULL, NULL}};
 static const luaL_Reg lazy_libs[] = {
-    {LUA_LOADLIBNAME, luaopen_package}, {LUA_TABLIBNAME, luaopen_table}, {LUA_IOLIBNAME, luaopen_io},
-    {LUA_OSLIBNAME, luaopen_os},        {LUA_MATHLIBNAME, luaopen_math}, {LUA_UTF8LIBNAME, luaopen_utf8},
-    {LUA_DBLIBNAME, luaopen_debug},     {NULL, NULL}};
+    {LUA_LOADLIBNAME, luaopen_package}, {LUA_COLIBNAME, lboot_open_coroutine},
+    {LUA_TABLIBNAME, luaopen_table},    {LUA_IOLIBNAME, luaopen_io},
+    {LUA_OSLIBNAME, luaopen_os},        {LUA_MATHLIBNAME, luaopen_math},
+    {LUA_UTF8LIBNAME, luaopen_utf8},    {LUA_DBLIBNAME, luaopen_debug},
+    {NULL, NULL}};
 
 /* package.path and cpath as the isolate was given them (see spawn). The
  * package library is on the top of the stack. */

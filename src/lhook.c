@@ -184,3 +184,131 @@ int l_core_running(lua_State *L) {
   set_running(self_of(L), co ? co : L);
   return 0;
 }
+
+/* ---- coroutines ------------------------------------------------------------------ */
+
+/*
+ * An isolate's runtime is built on coroutines (the pump, jobs), and the
+ * user's coroutine.resume, wrap and yield must tell the hook which Lua
+ * thread runs (so a kill reaches code inside the user's own coroutines) and
+ * refuse a yield that would reach the runtime. All of it is C: functions
+ * cost a state nothing, where the runtime's Lua closures for the same cost
+ * each isolate about 1.6 KB. So the runtime takes its coroutine functions
+ * from core (core.cocreate ...), and the coroutine library is opened on
+ * first use like the others (lboot_open_coroutine), with these three in it.
+ */
+
+int l_core_cocreate(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State *co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  return 1;
+}
+
+int l_core_coyield(lua_State *L) { return lua_yield(L, lua_gettop(L)); }
+
+int l_core_corunning(lua_State *L) {
+  int main = lua_pushthread(L);
+  lua_pushboolean(L, main);
+  return 2;
+}
+
+int l_core_coisyieldable(lua_State *L) {
+  lua_pushboolean(L, lua_isyieldable(L));
+  return 1;
+}
+
+/* Resumes co with the narg values on L's top. Returns the number of values
+ * it yielded or returned, now on L, or -1 with the error on L (as Lua's own
+ * coroutine.resume does). tracked: tell the hook co runs meanwhile. */
+static int resume_co(lua_State *L, lua_State *co, int narg, int tracked) {
+  if (!lua_checkstack(co, narg)) {
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  ic_isolate *iso = self_of(L);
+  int nres;
+  if (tracked) set_running(iso, co);
+  int status = lua_resume(co, L, narg, &nres);
+  if (tracked) set_running(iso, L);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushliteral(L, "too many results to resume");
+      return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);
+  return -1;
+}
+
+static int resume_result(lua_State *L, int r) {
+  if (r < 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(r + 1));
+  return r + 1;
+}
+
+static lua_State *check_co(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co, 1, "coroutine");
+  return co;
+}
+
+/* core.coresume: the runtime's own resume of a job (it tells the hook
+ * itself, core.running). */
+int l_core_coresume(lua_State *L) {
+  lua_State *co = check_co(L);
+  return resume_result(L, resume_co(L, co, lua_gettop(L) - 1, 0));
+}
+
+/* coroutine.resume in an isolate. */
+static int co_resume(lua_State *L) {
+  lua_State *co = check_co(L);
+  return resume_result(L, resume_co(L, co, lua_gettop(L) - 1, 1));
+}
+
+/* The function coroutine.wrap returns: an error inside the coroutine is
+ * raised again as it is. */
+static int co_wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int r = resume_co(L, co, lua_gettop(L), 1);
+  if (r < 0) return lua_error(L);
+  return r;
+}
+
+static int co_wrap(lua_State *L) {
+  l_core_cocreate(L);
+  lua_pushcclosure(L, co_wrapped, 1);
+  return 1;
+}
+
+/* coroutine.yield in an isolate: a handler's own yield would reach the
+ * runtime (the handler runs in one of its coroutines), which would take it
+ * for a wait: refused. */
+static int co_yield(lua_State *L) {
+  int n = lua_gettop(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &JOBS_KEY) == LUA_TTABLE) {
+    lua_pushthread(L);
+    if (lua_rawget(L, -2) != LUA_TNIL)
+      return luaL_error(L, "coroutine.yield cannot suspend a handler: use context:sleep, context:receive or "
+                           "ref:request");
+  }
+  lua_settop(L, n);
+  return lua_yield(L, n);
+}
+
+int lboot_open_coroutine(lua_State *L) {
+  luaopen_coroutine(L);
+  static const luaL_Reg own[] = {{"resume", co_resume}, {"wrap", co_wrap}, {"yield", co_yield}, {NULL, NULL}};
+  luaL_setfuncs(L, own, 0);
+  return 1;
+}

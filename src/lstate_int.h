@@ -18,9 +18,9 @@
  * when a hook stays set (TSan builds, or a handler not yet able to yield). */
 #define HOOK_COUNT 1000
 
-/* The chunk name the isolate runtime is loaded under (l_boot): its
- * coroutine.wrap, resume and yield copy as the standard functions they
- * stand for (SPEC §2, §4), not as closures over the runtime's state. */
+/* The chunk name the isolate runtime is loaded under (l_boot): a function
+ * of it at a standard library name would copy as the standard function it
+ * stands for (SPEC §2, §4), not as a closure over the runtime's state. */
 #define RUNTIME_SOURCE "=isolate_cluster.runtime"
 
 /* Registry key of the per-state data: its address (src/lstate.c). */
@@ -154,6 +154,15 @@ int l_core_post_pending(lua_State *L);
 int l_core_take(lua_State *L);
 int l_core_set_jobs(lua_State *L);      /* src/lhook.c */
 int l_core_running(lua_State *L);
+int l_core_cocreate(lua_State *L);
+int l_core_coresume(lua_State *L);
+int l_core_coyield(lua_State *L);
+int l_core_corunning(lua_State *L);
+int l_core_coisyieldable(lua_State *L);
+/* Opens an isolate's coroutine library: Lua's, with resume, wrap and yield
+ * that follow the running thread (src/lhook.c). A lua_CFunction, like
+ * luaopen_coroutine, for the libraries opened on first use. */
+int lboot_open_coroutine(lua_State *L);
 int l_core_check_seconds(lua_State *L); /* src/lcheck.c */
 
 #endif

@@ -18,10 +18,9 @@ local core = ...
 local K_USER, K_REQUEST, K_START = 1, 2, 13
 local WAIT_NONE, WAIT_BLOCKED = 0, 2
 
--- (the coroutine functions as Lua made them: the isolate's own are wrapped
--- below)
-local cocreate, coyield, coresume, corunning, coisyieldable = coroutine.create, coroutine.yield,
-  coroutine.resume, coroutine.running, coroutine.isyieldable
+-- (core's coroutine functions: the isolate's coroutine library, opened on
+-- first use, has its own resume, wrap and yield, src/lhook.c)
+local cocreate, coyield = core.cocreate, core.coyield
 local xpcall, pcall, tostring, type, error, setmetatable = xpcall, pcall, tostring, type, error, setmetatable
 local traceback, take, up, reply, children = core.traceback, core.take, core.up, core.reply, core.children
 
@@ -207,7 +206,7 @@ local function extras()
   if not X then
     local chunk, full_core = core.load_extras()
     X = chunk(S, full_core, handlers, jobs, self_ref, ctx_mt, eager, check_self, fail, on_error,
-      fail_with, done_reply, new_pump, cocreate, coresume, coyield, corunning, coisyieldable)
+      fail_with, done_reply, new_pump)
   end
   return X
 end
@@ -221,39 +220,6 @@ end
 
 ctx_mt.__index = function(_, k)
   return eager[k] or extras().methods[k]
-end
-
--- ---- coroutines the user makes ---------------------------------------------
--- A handler's own coroutine.yield would reach the runtime (the handler runs in
--- one of its coroutines), which would take it for a wait: refused. Resumes
--- are followed (core.running), so a kill or a shutdown reaches code that
--- runs inside the user's coroutines too.
-local running = core.running
-local function back(...)
-  running()
-  return ...
-end
-
-local function tracked_resume(co, ...)
-  if type(co) == "thread" then running(co) end
-  return back(coresume(co, ...))
-end
-
-local function unwrap(ok, ...)
-  if ok then return ... end
-  error((...), 0)
-end
-
-coroutine.resume = tracked_resume
-coroutine.wrap = function(f)
-  local co = cocreate(f)
-  return function(...) return unwrap(tracked_resume(co, ...)) end
-end
-coroutine.yield = function(...)
-  if jobs[corunning()] then
-    error("coroutine.yield cannot suspend a handler: use context:sleep, context:receive or ref:request", 2)
-  end
-  return coyield(...)
 end
 
 -- ref:request inside an isolate (a tail call keeps error levels right).

@@ -9,10 +9,11 @@
 -- queue, which the C side delivers even while the isolate is blocked.
 
 -- S: the state runtime.lua shares (current, failed, queued, entry_done);
--- the rest are its values and functions, and the coroutine functions as Lua
--- made them.
+-- the rest are its values and functions, and core the full core table.
 local S, core, handlers, jobs, self_ref, ctx_mt, eager, check_self, fail, on_error, fail_with,
-  done_reply, new_pump, cocreate, coresume, coyield, corunning, coisyieldable = ...
+  done_reply, new_pump = ...
+local cocreate, coresume, coyield, corunning, coisyieldable = core.cocreate, core.coresume, core.coyield,
+  core.corunning, core.coisyieldable
 local DONE = {} -- what a job's coroutine yields when its handler has finished
 local function noop() end
 
