@@ -80,7 +80,7 @@ static int l_core_load_extras(lua_State *L);
 static const luaL_Reg core_eager[] = {
     {"self", l_core_self}, {"reply", l_core_reply}, {"up", l_core_up}, {"children", l_core_children},
     {"stop", l_core_stop}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
-    {"take", l_core_take}, {"traceback", l_core_traceback},
+    {"take", l_core_take}, {"run", l_core_run}, {"traceback", l_core_traceback},
     {"load_extras", l_core_load_extras}, {"set_send_wait", l_core_set_send_wait},
     {"cocreate", l_core_cocreate}, {"coyield", l_core_coyield}, {NULL, NULL}};
 static const luaL_Reg core_rest[] = {

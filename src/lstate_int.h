@@ -152,6 +152,7 @@ int l_core_send_all(lua_State *L);
 int l_core_set_send_wait(lua_State *L);
 int l_core_post_pending(lua_State *L);
 int l_core_take(lua_State *L);
+int l_core_run(lua_State *L);
 int l_core_set_jobs(lua_State *L);      /* src/lhook.c */
 int l_core_running(lua_State *L);
 int l_core_cocreate(lua_State *L);

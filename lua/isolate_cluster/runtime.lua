@@ -22,7 +22,8 @@ local WAIT_NONE, WAIT_BLOCKED = 0, 2
 -- first use, has its own resume, wrap and yield, src/lhook.c)
 local cocreate, coyield = core.cocreate, core.coyield
 local xpcall, pcall, tostring, type, error, setmetatable = xpcall, pcall, tostring, type, error, setmetatable
-local traceback, take, up, reply, children = core.traceback, core.take, core.up, core.reply, core.children
+local traceback, take, run, up, reply, children = core.traceback, core.take, core.run, core.up, core.reply,
+  core.children
 
 -- Every table, closure and constant here is built in each isolate, so this
 -- part holds only what an isolate that boots and handles messages runs;
@@ -98,27 +99,30 @@ local function pump_body(m, kind)
   while true do
     if S.failed then
       -- going down: nothing more runs
-    elseif (kind == K_USER or kind == K_REQUEST) and not S.current then
+    elseif kind == K_USER and not S.current then
+      local h = handlers.message
+      if h then
+        pjob.active = true
+        local ok, r = run(h, on_error, m) -- xpcall(h, on_error, take(m)) in one call
+        pjob.active = false
+        if not ok then fail_with(r) end
+        if pjob.adopted then break end
+      else
+        take(m) -- dropped: without a handler a plain message is an emitter without listeners
+      end
+    elseif kind == K_REQUEST and not S.current then
       local value, sender, corr = take(m)
       local h = handlers.message
       if not h then
-        -- Without a handler a plain message is dropped (an emitter without
-        -- listeners); a request is answered with an error.
-        if kind == K_REQUEST then
-          reply(sender, corr, false, "isolate " .. tostring(self_ref) .. " has no message handler")
-        end
-      elseif kind == K_REQUEST then
+        -- Without a handler a request is answered with an error.
+        reply(sender, corr, false, "isolate " .. tostring(self_ref) .. " has no message handler")
+      else
         pjob.reply_to, pjob.corr, pjob.deferred = sender, corr, false
         pjob.active = true
         local ok, r = xpcall(h, on_error, value, sender)
         pjob.active = false
         done_reply(pjob, ok, r)
         pjob.reply_to, pjob.corr, pjob.deferred = false, false, false
-      else
-        pjob.active = true
-        local ok, r = xpcall(h, on_error, value, sender)
-        pjob.active = false
-        if not ok then fail_with(r) end
       end
       if pjob.adopted then break end
     elseif kind == K_START then
