@@ -82,7 +82,7 @@ static const luaL_Reg core_eager[] = {
     {"stop", l_core_stop}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
     {"take", l_core_take}, {"run", l_core_run}, {"traceback", l_core_traceback},
     {"load_extras", l_core_load_extras}, {"set_send_wait", l_core_set_send_wait},
-    {"cocreate", l_core_cocreate}, {"coyield", l_core_coyield}, {NULL, NULL}};
+    {"cocreate", l_core_cocreate}, {"coyield", l_core_coyield}, {"context", l_core_context}, {NULL, NULL}};
 static const luaL_Reg core_rest[] = {
     {"main", l_core_main}, {"request", l_core_request}, {"timer", l_core_timer},
     {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn}, {"lookup", l_core_lookup},

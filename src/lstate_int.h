@@ -146,6 +146,7 @@ int l_core_shutdown_cluster(lua_State *L);
 int l_core_log(lua_State *L);
 int l_core_set_request(lua_State *L);
 int l_core_now(lua_State *L);
+int l_core_context(lua_State *L);
 int l_core_request(lua_State *L);       /* src/lsend.c */
 int l_core_reply(lua_State *L);
 int l_core_send_all(lua_State *L);

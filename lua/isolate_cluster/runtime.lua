@@ -21,7 +21,7 @@ local WAIT_NONE, WAIT_BLOCKED = 0, 2
 -- (core's coroutine functions: the isolate's coroutine library, opened on
 -- first use, has its own resume, wrap and yield, src/lhook.c)
 local cocreate, coyield = core.cocreate, core.coyield
-local xpcall, pcall, tostring, type, error, setmetatable = xpcall, pcall, tostring, type, error, setmetatable
+local xpcall, pcall, tostring, type, setmetatable = xpcall, pcall, tostring, type, setmetatable
 local traceback, take, run, up, reply, children = core.traceback, core.take, core.run, core.up, core.reply,
   core.children
 
@@ -40,6 +40,7 @@ local jobs = setmetatable({}, { __mode = "k" }) -- coroutine -> job record
 core.set_jobs(jobs)
 local self_ref = core.self()
 local X -- the extras, once loaded
+local extras -- loads them
 local CONTEXT
 
 local function fail(reason)
@@ -175,42 +176,19 @@ local function new_pump()
   return co
 end
 
--- ---- the context: the part every isolate uses ------------------------------
--- on_message, property and properties; the first read of any other method
--- loads the extras, which then serve the context's methods from a table.
+-- ---- the context -------------------------------------------------------------
+-- C serves on_message, property and properties (core.context); the first
+-- read of any other method loads the extras, which then serve the context's
+-- methods from a table.
 
-local ctx_mt = {}
-CONTEXT = setmetatable({ isolate_ref = self_ref }, ctx_mt)
+local ctx_mt
+CONTEXT, ctx_mt = core.context(self_ref, handlers, function(k) return extras().methods[k] end)
 
-local function check_self(ctx, name)
-  if ctx ~= CONTEXT then error(("context:%s must be called with ':'"):format(name), 3) end
-end
-
--- A handler is removed with nil (an isolate left with no handler and
--- nothing else to run ends, see pump_body).
-local eager = {
-  on_message = function(ctx, fn)
-    check_self(ctx, "on_message")
-    if fn ~= nil and type(fn) ~= "function" then
-      error("on_message expects a function or nil, got " .. type(fn), 2)
-    end
-    handlers.message = fn
-  end,
-  property = function(ctx, key)
-    check_self(ctx, "property")
-    return self_ref:property(key)
-  end,
-  properties = function(ctx)
-    check_self(ctx, "properties")
-    return self_ref:properties()
-  end,
-}
-
-local function extras()
+extras = function()
   if not X then
     local chunk, full_core = core.load_extras()
-    X = chunk(S, full_core, handlers, jobs, self_ref, ctx_mt, eager, check_self, fail, on_error,
-      fail_with, done_reply, new_pump)
+    X = chunk(S, full_core, handlers, jobs, self_ref, CONTEXT, ctx_mt, fail, on_error, fail_with, done_reply,
+      new_pump)
   end
   return X
 end
@@ -220,10 +198,6 @@ end
 -- nothing). Returns the new pump and the wait mode.
 local function adopt(preempted)
   return extras().adopt(pump_job, preempted)
-end
-
-ctx_mt.__index = function(_, k)
-  return eager[k] or extras().methods[k]
 end
 
 -- ref:request inside an isolate (a tail call keeps error levels right).

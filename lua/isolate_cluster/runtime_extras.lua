@@ -10,8 +10,7 @@
 
 -- S: the state runtime.lua shares (current, failed, queued, entry_done);
 -- the rest are its values and functions, and core the full core table.
-local S, core, handlers, jobs, self_ref, ctx_mt, eager, check_self, fail, on_error, fail_with,
-  done_reply, new_pump = ...
+local S, core, handlers, jobs, self_ref, CONTEXT, ctx_mt, fail, on_error, fail_with, done_reply, new_pump = ...
 local cocreate, coresume, coyield, corunning, coisyieldable = core.cocreate, core.coresume, core.coyield,
   core.corunning, core.coisyieldable
 local DONE = {} -- what a job's coroutine yields when its handler has finished
@@ -29,9 +28,14 @@ local running, take, check_seconds = core.running, core.take, core.check_seconds
 
 -- The context's methods: the ones runtime.lua serves itself, and the rest
 -- below; from now on the context looks them up in this table.
-local methods = {}
-for k, v in next, eager do methods[k] = v end
+local methods = {
+  on_message = CONTEXT.on_message, property = CONTEXT.property, properties = CONTEXT.properties,
+}
 ctx_mt.__index = methods
+
+local function check_self(ctx, name)
+  if ctx ~= CONTEXT then error(("context:%s must be called with ':'"):format(name), 3) end
+end
 
 local WAIT, TIMEOUT = {}, {}
 local pool, npool, POOL_MAX = {}, 0, 16
