@@ -154,14 +154,17 @@ local function mpsc(n)
   return 2 * n / dt
 end
 
--- Spawn rate and memory per idle isolate (resident set growth).
-local function rss_kb()
-  local f = io.open("/proc/self/status")
+-- A "Name:   N kB" line of a /proc file (Linux), or nil.
+local function proc_kb(file, name)
+  local f = io.open(file)
   if not f then return nil end
   local s = f:read("a")
   f:close()
-  return tonumber(s:match("VmRSS:%s+(%d+)"))
+  return tonumber(s:match(name .. ":%s+(%d+)"))
 end
+
+-- Spawn rate and memory per idle isolate (resident set growth).
+local function rss_kb() return proc_kb("/proc/self/status", "VmRSS") end
 
 local function spawns(n, lean)
   local c = cluster()
@@ -184,13 +187,7 @@ end
 
 -- Many lean isolates alive at once, each answering one message. Spawns in
 -- batches and stops early when the resident set would pass the budget.
-local function mem_available_kb()
-  local f = io.open("/proc/meminfo")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match("MemAvailable:%s+(%d+)"))
-end
+local function mem_available_kb() return proc_kb("/proc/meminfo", "MemAvailable") end
 
 local function many(n)
   local c = cluster()
