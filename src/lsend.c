@@ -481,14 +481,14 @@ int l_core_request(lua_State *L) {
 /* core.reply(ref, corr, ok, value) -> true | false, why. The value is
  * encoded before anything is allocated, so an uncopyable reply raises. */
 int l_core_reply(lua_State *L) {
-  lref *r = lref_check(L, 1);
+  ic_isolate *self = self_of(L);
+  lref *r = lref_check_ctx(L, 1, self->lctx); /* the ctx from the isolate: no registry lookup */
   lua_Integer corr = luaL_checkinteger(L, 2);
   int ok = lua_toboolean(L, 3);
   if (!r->iso && !r->remote) return push_send_result(L, "isolate down");
-  ic_msg *m = lstate_encode_msg(L, 4, ok ? "reply" : "error", ok ? MSG_REPLY : MSG_REPLY_ERROR);
+  ic_msg *m = encode_msg_ctx(L, self->lctx, 4, ok ? "reply" : "error", ok ? MSG_REPLY : MSG_REPLY_ERROR);
   if (m && !r->iso) {
     /* to another node's requester: the net copies the bytes */
-    ic_isolate *self = self_of(L);
     const char *why = post_remote(self->lctx, r, m->kind, m->data, m->len, (uint64_t)corr);
     msg_free(m);
     isolate_close_remote_request(self, r->node, r->id, (uint64_t)corr);
@@ -496,7 +496,6 @@ int l_core_reply(lua_State *L) {
   }
   if (!m) return push_send_result(L, "out of memory");
   m->corr = (uint64_t)corr;
-  ic_isolate *self = self_of(L);
   ic_isolate *to = r->iso;
   const char *why = isolate_post_sys(to, m, self->worker);
   /* Answered (or its requester is gone): no longer refused at the end. */

@@ -162,8 +162,9 @@ local function waiting_job(what, level)
   return job
 end
 
-local function wait(kind, token, timeout, what)
-  local job = waiting_job(what, 3)
+-- (job: from waiting_job, when the caller has just asked it)
+local function wait(kind, token, timeout, what, job)
+  job = job or waiting_job(what, 3)
   job.kind, job.token, job.timer = kind, token, false
   if timeout then
     next_timer = next_timer + 1
@@ -499,12 +500,12 @@ local function request(ref, msg, timeout_s)
   end
   -- Before sending: a request that cannot wait must not leave its message
   -- behind to be answered to nobody.
-  waiting_job("request", 2)
+  local job = waiting_job("request", 2)
   next_corr = next_corr + 1
   local corr = next_corr
   local ok, why = core.request(ref, msg, corr)
   if not ok then error(fmt("request to %s failed: %s", tostring(ref), why), 2) end
-  local okr, value = wait("reply", corr, timeout_s, "request")
+  local okr, value = wait("reply", corr, timeout_s, "request", job)
   if okr == TIMEOUT then
     error(fmt("timeout: no reply from %s within %g s", tostring(ref), timeout_s), 2)
   end
