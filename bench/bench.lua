@@ -19,8 +19,8 @@
 -- --only many (not part of the default run) spawns --n lean isolates (default
 -- 1,000,000) that all stay alive at once, each answering one message, and
 -- reports resident memory per isolate; it stops spawning early, and says
--- so, when the process would grow past --budget-mb (default 8192) or past
--- half of the machine's available memory.
+-- so, when the process would grow past --budget-mb of resident memory
+-- (default 8192) or past half of the machine's available memory.
 --
 -- With LUA_PATH/LUA_CPATH pointing at a build (see README). Figures depend on
 -- the machine and its load; compare ratios between runs, not absolutes.
@@ -211,7 +211,7 @@ local function many(n)
     end
     refs[spawned]:request("ready", 600) -- booted in spawn order: all of this batch are up
     local per = (rss_kb() - r0) / spawned
-    if spawned < n and rss_kb() - r0 + per * math.min(batch, n - spawned) > budget then
+    if spawned < n and rss_kb() + per * math.min(batch, n - spawned) > budget then
       stopped_early = true
       break
     end
