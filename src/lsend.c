@@ -556,16 +556,26 @@ static int run_finish(lua_State *L, int status, lua_KContext k) {
   return 2;
 }
 
-/* core.run(h, msgh, m) -> ok, r: take(m), then h(value, sender) with msgh
- * as its message handler, as xpcall(h, msgh, take(m)) but in one call from
- * the pump. The handler may wait: its yields pass through (lua_pcallk),
- * and r is its first result or msgh's result for its error. */
+/* core.run(h, msgh, m [, job]) -> ok, r: take(m), then h(value, sender)
+ * with msgh as its message handler, as xpcall(h, msgh, take(m)) but in one
+ * call from the pump. For a request, job (the pump's record) gets its
+ * reply_to, corr and deferred = false first, as a reply needs them. The
+ * handler may wait: its yields pass through (lua_pcallk), and r is its
+ * first result or msgh's result for its error. */
 int l_core_run(lua_State *L) {
   const ic_msg *m = lua_touserdata(L, 3);
   if (!m) return luaL_error(L, "run: no message");
-  lua_settop(L, 3);
+  lua_settop(L, 4);
   lua_pushvalue(L, 1);
-  push_taken(L, m); /* [h, msgh, m, h, value, sender] */
+  push_taken(L, m); /* [h, msgh, m, job, h, value, sender] */
+  if (lua_type(L, 4) == LUA_TTABLE) {
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 4, "reply_to");
+    lua_pushinteger(L, (lua_Integer)m->corr);
+    lua_setfield(L, 4, "corr");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, 4, "deferred");
+  }
   return run_finish(L, lua_pcallk(L, 2, 1, 2, 0, run_finish), 0);
 }
 

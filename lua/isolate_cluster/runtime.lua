@@ -79,8 +79,9 @@ local function done_reply(job, ok, r)
       reply(sender, corr, false, "cannot send the reply: " .. tostring(called and why or sent))
     end
   else
-    -- r is on_error's record
-    local e = r.err
+    -- r is on_error's record (a table raised past it, if any, as it is)
+    local e = r
+    if r.trace then e = r.err end
     local called, sent = pcall(reply, sender, corr, false, e)
     if not (called and sent) then reply(sender, corr, false, tostring(e)) end
   end
@@ -112,15 +113,14 @@ local function pump_body(m, kind)
         take(m) -- dropped: without a handler a plain message is an emitter without listeners
       end
     elseif kind == K_REQUEST and not S.current then
-      local value, sender, corr = take(m)
       local h = handlers.message
       if not h then
         -- Without a handler a request is answered with an error.
+        local _, sender, corr = take(m)
         reply(sender, corr, false, "isolate " .. tostring(self_ref) .. " has no message handler")
       else
-        pjob.reply_to, pjob.corr, pjob.deferred = sender, corr, false
         pjob.active = true
-        local ok, r = xpcall(h, on_error, value, sender)
+        local ok, r = run(h, on_error, m, pjob) -- sets pjob.reply_to, corr and deferred first
         pjob.active = false
         done_reply(pjob, ok, r)
         pjob.reply_to, pjob.corr, pjob.deferred = false, false, false
