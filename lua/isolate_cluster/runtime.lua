@@ -168,9 +168,11 @@ end
 
 local function new_pump()
   local co = cocreate(pump_body)
+  -- (eight fields, the size of its hash part: the extras add what a job
+  -- that waits needs when they adopt it)
   pump_job = {
-    co = co, pump = true, adopted = false, active = false, done = false, reply_to = false,
-    corr = false, deferred = false, kind = false, token = false, timer = false, entry = false,
+    co = co, pump = true, adopted = false, active = false, reply_to = false, corr = false, deferred = false,
+    entry = false,
   }
   jobs[co] = pump_job
   return co
