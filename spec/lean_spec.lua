@@ -5,7 +5,7 @@
 -- and yield.
 local ic = require("isolate_cluster")
 
-local describe, it, before_each, after_each, assert = describe, it, before_each, after_each, assert
+local describe, it, before_each, after_each, assert, ipairs = describe, it, before_each, after_each, assert, ipairs
 local _ENV = _G
 
 describe("lean isolates", function()
@@ -72,6 +72,20 @@ describe("lean isolates", function()
         got.value)
     end)
   end
+
+  it("require a library not opened yet, before and after package itself opens", function()
+    for _, opts in ipairs({ { lean = true }, {} }) do
+      local got = probe(function()
+        local before = rawget(_G, "package") == nil and rawget(_G, "utf8") == nil
+        local u = require("utf8")
+        local m = require("math")
+        return { before = before, utf8 = u == utf8 and u.char(72) == "H", math = m == math and m.max(1, 2) == 2,
+          loaded = package.loaded.table == nil and require("table") == table }
+      end, opts)
+      assert.is_true(got.ok, tostring(got.value))
+      assert.same({ before = true, utf8 = true, math = true, loaded = true }, got.value)
+    end
+  end)
 
   it("refuse a handler's own coroutine.yield, and a resume of a non-coroutine", function()
     local got = probe(function()

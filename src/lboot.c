@@ -111,7 +111,7 @@ static int l_core_load_extras(lua_State *L) {
  * Standard libraries. Every isolate gets all of them, but only these are
  * opened at once; the others are opened the first time a global of that name
  * is read (an __index on _G; `require` opens package) or they are required
- * (package.preload). They are about half of what a fresh Lua state costs, and
+ * (package.preload, filled when package opens). They are about half of what a fresh Lua state costs, and
  * most isolates never touch package, coroutine, table, io, os, math, utf8 or
  * debug. The difference shows only to code that inspects _G's metatable or
  * uses rawget.
@@ -154,6 +154,22 @@ static int lazy_string_index(lua_State *L) {
   return 1;
 }
 
+/* package.preload gets the libraries opened on first use when package
+ * itself opens: only require reads it, and until then the table and its
+ * names would cost every isolate. */
+static void set_preloads(lua_State *L, int lean) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  if (lean) {
+    lua_pushcfunction(L, luaopen_string);
+    lua_setfield(L, -2, LUA_STRLIBNAME);
+  }
+  for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
+    lua_pushcfunction(L, lib->func);
+    lua_setfield(L, -2, lib->name);
+  }
+  lua_pop(L, 1);
+}
+
 static int lazy_global(lua_State *L) {
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k && strcmp(k, LUA_STRLIBNAME) == 0 && self_of(L)->lean) {
@@ -166,7 +182,10 @@ static int lazy_global(lua_State *L) {
     for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
       if (strcmp(k, lib->name) == 0 || (req && lib->func == luaopen_package)) {
         luaL_requiref(L, lib->name, lib->func, 1);
-        if (lib->func == luaopen_package) set_paths(L, self_of(L));
+        if (lib->func == luaopen_package) {
+          set_preloads(L, self_of(L)->lean);
+          set_paths(L, self_of(L));
+        }
         codec_forget_names(L); /* new standard functions to name */
         if (req) {
           lua_pop(L, 1);
@@ -200,16 +219,6 @@ static void open_libs(lua_State *L, int lean) {
     lua_setmetatable(L, -2);
     lua_pop(L, 1);
   }
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  if (lean) {
-    lua_pushcfunction(L, luaopen_string);
-    lua_setfield(L, -2, LUA_STRLIBNAME);
-  }
-  for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
-    lua_pushcfunction(L, lib->func);
-    lua_setfield(L, -2, lib->name);
-  }
-  lua_pop(L, 1);
   lua_pushglobaltable(L);
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, lazy_global);
