@@ -21,7 +21,7 @@ describe("memory per isolate", function()
   -- leave room for other Lua 5.4 releases; the runtime's own share is what
   -- they watch (it was 29.4 KB and 27.8 KB when coroutine and the runtime's
   -- context were loaded into every isolate).
-  for _, case in ipairs({ { opts = {}, kb = 26 }, { opts = { lean = true }, kb = 24.5 } }) do
+  for _, case in ipairs({ { opts = {}, kb = 24 }, { opts = { lean = true }, kb = 22.5 } }) do
     it((case.opts.lean and "a lean" or "an") .. " idle isolate holds less than " .. case.kb .. " KB of Lua heap",
       function()
         local c = ic.single_node({ workers = 1, logger = false })
