@@ -148,6 +148,26 @@ void lstate_arm_hook(ic_isolate *iso) {
 }
 
 /*
+ * lstate_arm_hook from the owner's thread, for T which it is about to run
+ * (iso->hook_lock held). A hook still set on T from an earlier arming (T
+ * ran before, and was left before the hook's count ran out), or inherited
+ * by a new coroutine from the thread that made it, keeps its countdown:
+ * setting it again would start the count over, and a handler that switches
+ * to its own coroutines more often than every HOOK_LOOK_COUNT of its
+ * instructions would never meet it. An interrupt needs a count of 1.
+ */
+static void arm_own(ic_isolate *iso, lua_State *T) {
+#ifndef IC_SYNC_HOOK
+  if (lua_gethook(T) == interrupt_hook && (lua_gethookmask(T) & LUA_MASKCOUNT) &&
+      (!atomic_load(&iso->interrupt) || lua_gethookcount(T) == 1)) {
+    atomic_store(&iso->armed_L, T);
+    return;
+  }
+#endif
+  lstate_arm_hook(iso);
+}
+
+/*
  * Makes T the Lua thread iso runs now: on the owner's thread, twice per
  * resume of the pump, so without the lock (which cost more than the rest
  * of a message's hand-off). The store of running_L and the load of
@@ -172,7 +192,7 @@ void set_running(ic_isolate *iso, lua_State *T) {
   if (T && (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
             atomic_load_explicit(&iso->preempt, memory_order_relaxed))) {
     plat_mutex_lock(&iso->hook_lock);
-    lstate_arm_hook(iso);
+    arm_own(iso, T);
     plat_mutex_unlock(&iso->hook_lock);
   }
 }
