@@ -227,6 +227,18 @@ static void open_libs(lua_State *L, int lean) {
   lua_pop(L, 1);
 }
 
+/* The collector on again after l_boot's stop. A restart alone would leave
+ * it owing nothing, so the next allocation would begin a cycle at once and
+ * walk the whole new heap (most of a spawn's collector work, for a heap
+ * that is all alive). It is credited instead with the heap's size, as the
+ * end of a cycle would (Lua's default pause of 200%): no cycle until the
+ * isolate has made as much again. A negative LUA_GCSTEP adds to what the
+ * collector is owed (Lua 5.4's lua_gc adds its KB to the debt). */
+static void restart_gc(lua_State *L) {
+  lua_gc(L, LUA_GCRESTART);
+  lua_gc(L, LUA_GCSTEP, -(lua_gc(L, LUA_GCCOUNT) + 1));
+}
+
 static int l_boot(lua_State *L) {
   ic_isolate *iso = lua_touserdata(L, 1);
   ic_cluster *c = iso->cluster;
@@ -242,7 +254,7 @@ static int l_boot(lua_State *L) {
   /* The application's own C functions, before anything of the isolate's
    * runs (a raise in it fails the boot like a bad entry). */
   if (c->state_hook) {
-    lua_gc(L, LUA_GCRESTART);
+    restart_gc(L);
     if (c->state_hook(L, c->state_hook_ud) != 0) return luaL_error(L, "the application's state hook failed");
     lua_gc(L, LUA_GCSTOP);
   }
@@ -258,7 +270,7 @@ static int l_boot(lua_State *L) {
   luaL_newlib(L, core_eager);
   lua_call(L, 1, 2); /* -> spawn_pump, adopt */
 
-  lua_gc(L, LUA_GCRESTART);
+  restart_gc(L);
   /* The entry: a function, or a module name whose module returns one. */
   codec_hooks h = lstate_hooks(c);
   codec_decode(L, iso->boot->data, iso->boot->len, &h, &ctx->lim);
