@@ -6,8 +6,8 @@
 -- stays small (see docs/design.md, "Memory per isolate").
 --
 -- Model: handlers run one at a time. The C scheduler resumes one coroutine,
--- the pump, with each message (a light userdata that core.take decodes) and
--- each event. A message for an idle isolate runs its handler right inside the
+-- the pump, with each message (a light userdata that core.run decodes as it
+-- calls the handler) and each event. A message for an idle isolate runs its handler right inside the
 -- pump: the fast path, with no bookkeeping. If that handler waits (request,
 -- receive, sleep...) or runs out of its time slice, the pump itself becomes
 -- the waiting "job": it yields to C, C asks `adopt` for a fresh pump, and the

@@ -282,7 +282,7 @@ local function settle()
   return mode()
 end
 
--- Nothing here is left to run (see nothing_left in runtime.lua).
+-- Nothing here is left to run (see the ending check in runtime.lua's pump).
 local function idle()
   return not S.current and qhead > qtail and not handlers.up and not handlers.down
     and not handlers.node_up and not handlers.node_down
