@@ -8,11 +8,16 @@
 #
 #   bash scripts/bootstrap.sh test
 #       The same packages plus the test tools, then every test in three builds:
-#         build/        -DIC_WERROR=ON                  ctest (C tests, busted, busted
-#                                                       with the GC stressed, quickstart)
+#         build/        -DIC_WERROR=ON                  ctest: the C tests, every spec
+#                                                       (spec/ and spec/multinode/), the
+#                                                       single-process specs again with
+#                                                       the GC stressed, the examples
 #         build-asan/   -DIC_SANITIZE=address,undefined the same ctest suite
-#         build-tsan/   -DIC_SANITIZE=thread            the same ctest suite
-#         build/ again  valgrind memcheck               the C tests and three busted
+#         build-tsan/   -DIC_SANITIZE=thread            the C tests, the single-process
+#                                                       specs, the multi-node specs where
+#                                                       threads meet most (see .ci/run),
+#                                                       the examples
+#         build/ again  valgrind memcheck               four C tests and three busted
 #                                                       specs, no leaks, no errors
 #       A failing step does not stop the others; a summary comes at the end,
 #       then a line "N passed, M failed" (ctest tests over all three builds
@@ -21,8 +26,11 @@
 #
 # Environment knobs (all optional):
 #   IC_JOBS=n              parallel compile jobs (default: nproc)
-#   IC_CTEST_JOBS=n        parallel tests within one build (default: 1, serial:
-#                          the tests time themselves and run many threads each)
+#   IC_CTEST_JOBS=n        parallel tests within one build (default: 2; the
+#                          spec entries mostly wait, and the two C tests that
+#                          only compute hold a ctest RESOURCE_LOCK: see the
+#                          test section of CMakeLists.txt); also the valgrind
+#                          runs at a time
 #   IC_SAN_BUILD_TYPE=t    CMAKE_BUILD_TYPE of the sanitizer builds
 #                          (default RelWithDebInfo: -O2 -g, fast enough for 2 cores)
 #   IC_SKIP_APT=1          never call apt-get (only report what is missing)
@@ -47,7 +55,7 @@ cd "$ROOT" || exit 1
 [ -f CMakeLists.txt ] || { echo "bootstrap: $ROOT has no CMakeLists.txt" >&2; exit 1; }
 
 JOBS=${IC_JOBS:-$(nproc 2>/dev/null || echo 2)}
-CTEST_JOBS=${IC_CTEST_JOBS:-1}
+CTEST_JOBS=${IC_CTEST_JOBS:-2}
 SAN_BUILD_TYPE=${IC_SAN_BUILD_TYPE:-RelWithDebInfo}
 export DEBIAN_FRONTEND=noninteractive
 
@@ -279,9 +287,10 @@ SAN_PREFIX=()
 
 # (d) valgrind memcheck over a representative subset, on the normal build:
 # the C tests and the message/value/cluster specs. Zero definite or indirect
-# leaks and zero errors, or the step fails. (The sanitizer builds run
+# leaks and zero errors, or the step fails. (The ASan build runs
 # everything; this catches what needs no instrumentation to see, in the
-# binaries as they ship.) IC_TEST_QUICK trims test_codec's random rounds.
+# binaries as they ship.) IC_TEST_QUICK trims the rounds that only repeat:
+# test_codec's random inputs and prefix cuts, test_alloc_fail's points.
 run_valgrind() {
   local t0 failed=0 total=0 log name
   t0=$(now)
@@ -296,15 +305,14 @@ run_valgrind() {
   local b="$ROOT/build"
   local lpath="$b/share/lua/5.4/?.lua;$b/share/lua/5.4/?/init.lua;$ROOT/spec/?.lua;;"
   local cpath="$b/lib/lua/5.4/?.so;;"
-  local runs=("c:test_api" "c:test_pool" "c:test_codec" "c:test_alloc_fail"
-    "lua:messaging_spec" "lua:values_spec" "lua:cluster_spec")
-  local r
-  for r in "${runs[@]}"; do
-    name=${r#*:}
-    log="$b/valgrind-$name.log"
-    total=$((total + 1))
-    local rc
-    if [ "${r%%:*}" = c ]; then
+  # The longest first; CTEST_JOBS of them at a time (each is one process
+  # doing little but computing, valgrind runs its threads one at a time).
+  local runs=("c:test_alloc_fail" "c:test_codec" "lua:values_spec" "lua:messaging_spec"
+    "lua:cluster_spec" "c:test_api" "c:test_pool")
+  vg_one() { # vg_one KIND NAME LOG: one run, its exit status and seconds in LOG.rc
+    local kind=$1 name=$2 log=$3 s rc
+    s=$(now)
+    if [ "$kind" = c ]; then
       (cd "$ROOT" && IC_TEST_QUICK=1 "${vg[@]}" "$b/$name") >"$log" 2>&1
       rc=$?
     else
@@ -312,11 +320,31 @@ run_valgrind() {
         "${vg[@]}" lua5.4 "$(command -v busted)" -o utfTerminal "spec/$name.lua") >"$log" 2>&1
       rc=$?
     fi
+    echo "$rc $(($(now) - s))" >"$log.rc"
+  }
+  local r running=0
+  for r in "${runs[@]}"; do
+    name=${r#*:}
+    rm -f "$b/valgrind-$name.log.rc"
+    if [ "$running" -ge "$CTEST_JOBS" ]; then
+      wait -n
+      running=$((running - 1))
+    fi
+    vg_one "${r%%:*}" "$name" "$b/valgrind-$name.log" &
+    running=$((running + 1))
+  done
+  wait
+  for r in "${runs[@]}"; do
+    name=${r#*:}
+    log="$b/valgrind-$name.log"
+    total=$((total + 1))
+    local rc=1 secs=0
+    [ -f "$log.rc" ] && read -r rc secs <"$log.rc"
     if [ "$rc" -eq 0 ]; then
-      echo "valgrind: $name ok"
+      echo "valgrind: $name ok (${secs}s)"
     else
       failed=$((failed + 1))
-      echo "valgrind: $name FAILED (exit $rc); the end of $log:"
+      echo "valgrind: $name FAILED (exit $rc, ${secs}s); the end of $log:"
       tail -n 40 "$log"
     fi
   done

@@ -1,17 +1,12 @@
 -- examples/two_nodes.lua as the README runs it: a NATS server and the two
 -- nodes as separate processes.
-local H = require("support.nats")
+local MN = require("support.multinode")
+local H = MN.H
 
 local describe, it, assert, after_each, pending = describe, it, assert, after_each, pending
 local _ENV = _G
 
--- See .ci/run: libnats is not instrumented for ThreadSanitizer.
-if (os.getenv("IC_SANITIZE") or ""):match("thread") and not os.getenv("IC_TSAN_NATS") then
-  describe("examples/two_nodes.lua", function()
-    pending("skipped under TSan (libnats is not instrumented); IC_TSAN_NATS=1 runs them")
-  end)
-  return
-end
+if MN.skip_under_tsan(describe, pending) then return end
 
 describe("examples/two_nodes.lua", function()
   after_each(H.cleanup)

@@ -4,21 +4,15 @@
 -- isolate by its path subject; hostile bytes on the cluster's subjects;
 -- authentication with users inside a named account (the safe configuration
 -- for nats-server 2.9.10, see docs/multinode.md); code from other nodes.
-local H = require("support.nats")
-local W = require("support.wait")
+local MN = require("support.multinode")
+local H = MN.H
 local ic = require("isolate_cluster")
 
 local describe, it, assert, setup, teardown, after_each, pending = describe, it, assert, setup, teardown,
   after_each, pending
 local _ENV = _G
 
--- See .ci/run: libnats is not instrumented for ThreadSanitizer.
-if (os.getenv("IC_SANITIZE") or ""):match("thread") and not os.getenv("IC_TSAN_NATS") then
-  describe("multi-node interop and trust", function()
-    pending("skipped under TSan (libnats is not instrumented); IC_TSAN_NATS=1 runs them")
-  end)
-  return
-end
+if MN.skip_under_tsan(describe, pending) then return end
 
 local function peer(...)
   local out, status = H.peer({ ... })
@@ -70,15 +64,11 @@ describe("a plain NATS client", function()
 end)
 
 describe("hostile bytes on the cluster's subjects", function()
-  after_each(H.cleanup)
+  after_each(function() MN.cleanup() end)
 
   it("neither crash, stall nor corrupt the nodes", function()
     local srv = H.start_server()
-    local name = H.unique_name("h")
-    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", workers = 2 })
-    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b" } })
-    H.wait_output(b, "^ready b$")
-    local echo = assert(c:lookup_isolate("/svc/echo", 10))
+    local c, b, echo, name = MN.basic_pair(srv, "h")
     assert.equal("b", echo:request("before", 10).node)
     -- live traffic to capture and mutate while the peer listens
     local hostile = H.start_peer({ srv.url, "hostile", name, "--count", "3000", "--seconds", "15", "--listen", "2",
@@ -91,19 +81,19 @@ describe("hostile bytes on the cluster's subjects", function()
     H.wait_output(hostile, "^hostile: published %d+")
     -- both nodes alive, membership intact, messages still in order
     assert.equal("b", echo:request("after", 10).node)
-    assert.same({ "a", "b" }, c:nodes())
+    assert.same({ "b", "spec" }, c:nodes())
     assert.is_true(b:alive())
   end)
 end)
 
 describe("authentication", function()
-  after_each(H.cleanup)
+  after_each(function() MN.cleanup() end)
 
   it("lets in a node with its account's credentials and keeps out wrong or missing ones", function()
     local srv = H.start_server({ config = H.auth_config({ { user = "node", password = "s3cret" } }) })
     local name = H.unique_name("u")
-    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", user = "node", password = "s3cret" })
-    assert.equal("a", c.node)
+    local c = MN.node(srv, name, "spec", { user = "node", password = "s3cret" })
+    assert.equal("spec", c.node)
     local ok, err = pcall(ic.node, { nats = srv.url, cluster = name, name = "x", user = "node", password = "wrong",
       connect_timeout = 2 })
     assert.is_false(ok)
@@ -112,24 +102,17 @@ describe("authentication", function()
     assert.is_false(ok)
     assert.matches("cannot create the node: cannot connect to NATS: Authorization Violation", err)
     -- a node with the credentials joins and talks
-    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b", user = "node",
-      password = "s3cret" } })
-    H.wait_output(b, "^ready b$")
+    MN.start(srv, name, "b", { user = "node", password = "s3cret" }, "peer_basic")
     local echo = assert(c:lookup_isolate("/svc/echo", 10))
     assert.equal("b", echo:request("hi", 10).node)
   end)
 end)
 
 describe("code from other nodes", function()
-  after_each(H.cleanup)
+  after_each(function() MN.cleanup() end)
 
   it("is refused without allow_code and a shared secret", function()
-    local srv = H.start_server()
-    local name = H.unique_name("k")
-    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", workers = 2 })
-    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b" } })
-    H.wait_output(b, "^ready b$")
-    local echo = assert(c:lookup_isolate("/svc/echo", 10))
+    local _, _, echo = MN.basic_pair(H.start_server(), "k")
     local ok, err = pcall(echo.request, echo, { f = function() return 1 end }, 10)
     assert.is_false(ok)
     assert.matches("malformed or untrusted message refused", tostring(err))
@@ -137,13 +120,8 @@ describe("code from other nodes", function()
   end)
 
   it("is accepted between nodes with allow_code and the same secret", function()
-    local srv = H.start_server()
-    local name = H.unique_name("k")
-    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", workers = 2, secret = "shh",
-      allow_code = true })
-    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b",
-      secret = "shh", allow_code = "true" } })
-    H.wait_output(b, "^ready b$")
+    local c = MN.basic_pair(H.start_server(), "k", { secret = "shh", allow_code = "true" },
+      { secret = "shh", allow_code = true })
     local w = c:spawn_isolate(function(context)
       context:on_message(function(f) return f(20) + 1 end)
     end, nil, { node = "b" })
@@ -153,10 +131,9 @@ describe("code from other nodes", function()
   it("a node without the secret cannot join the ones that have it", function()
     local srv = H.start_server()
     local name = H.unique_name("k")
-    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", workers = 2, secret = "shh" })
-    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b" } })
-    H.wait_output(b, "^ready b$")
+    local c = MN.node(srv, name, "spec", { secret = "shh" })
+    MN.start(srv, name, "b", nil, "peer_basic")
     assert.is_nil(c:lookup_isolate("/svc/echo", 2))
-    assert.same({ "a" }, c:nodes())
+    assert.same({ "spec" }, c:nodes())
   end)
 end)

@@ -1,21 +1,15 @@
 -- Multi-node clusters over NATS (SPEC §5): the busted process is one node
 -- (ic.node), spec/support/nodes/peer_basic.lua another, both on a real
 -- nats-server started on a free loopback port.
-local H = require("support.nats")
-local W = require("support.wait")
+local MN = require("support.multinode")
+local H, W = MN.H, MN.W
 local ic = require("isolate_cluster")
 
 local describe, it, assert, setup, teardown, before_each, after_each, pending = describe, it, assert, setup,
   teardown, before_each, after_each, pending
 local _ENV = _G
 
--- See .ci/run: libnats is not instrumented for ThreadSanitizer.
-if (os.getenv("IC_SANITIZE") or ""):match("thread") and not os.getenv("IC_TSAN_NATS") then
-  describe("multi-node clusters", function()
-    pending("skipped under TSan (libnats is not instrumented); IC_TSAN_NATS=1 runs them")
-  end)
-  return
-end
+if MN.skip_under_tsan(describe, pending) then return end
 
 local function join(srv, cluster_name, name, extra)
   local opts = { nats = srv.url, cluster = cluster_name, name = name, workers = 2 }
@@ -88,24 +82,15 @@ describe("ic.node", function()
 end)
 
 describe("across two nodes", function()
-  local srv, name, c, b
-  setup(function()
-    srv = H.start_server()
-    name = H.unique_name("m")
-    c = join(srv, name, "a")
-    b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b" } })
-    H.wait_output(b, "^ready b$")
-  end)
-  teardown(function()
-    if c then c:shutdown(5) end
-    H.cleanup()
-  end)
+  local c, b
+  setup(function() c, b = MN.basic_pair(H.start_server(), "m") end)
+  teardown(function() MN.cleanup() end)
 
   it("looks up a remote isolate by path, requests it, and it knows the sender's node", function()
     local echo = c:lookup_isolate("/svc/echo", 10)
     assert.is_truthy(echo)
     assert.equal("b", echo.node)
-    assert.same({ echo = "hi", node = "b", from = "a" }, echo:request("hi", 10))
+    assert.same({ echo = "hi", node = "b", from = "spec" }, echo:request("hi", 10))
   end)
 
   it("raises the remote handler's error at the requester", function()
@@ -165,9 +150,9 @@ describe("across two nodes", function()
     assert.matches("^/w/", w.path)
     assert.equal(w, c:lookup_isolate(w.path))
     -- this node's name in opts.node spawns here
-    local here = c:spawn_isolate("support.spawned_worker", nil, { node = "a" })
-    assert.equal("a", here.node)
-    assert.equal("a", here:request("who", 10).node)
+    local here = c:spawn_isolate("support.spawned_worker", nil, { node = "spec" })
+    assert.equal("spec", here.node)
+    assert.equal("spec", here:request("who", 10).node)
   end)
 
   it("refuses a function entry for another node without allow_code, and an unknown node", function()

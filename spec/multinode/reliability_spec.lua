@@ -2,19 +2,19 @@
 -- nats-server processes: a server restart in the middle of a stream, a
 -- fail-over between the two servers of a NATS cluster, and a node killed
 -- with SIGKILL or hung with SIGSTOP.
-local H = require("support.nats")
-local W = require("support.wait")
+local MN = require("support.multinode")
+local H = MN.H
 local ic = require("isolate_cluster")
 
 local describe, it, assert, teardown, after_each, pending = describe, it, assert, teardown, after_each, pending
 local _ENV = _G
 
--- See .ci/run: libnats is not instrumented for ThreadSanitizer.
-if (os.getenv("IC_SANITIZE") or ""):match("thread") and not os.getenv("IC_TSAN_NATS") then
-  describe("multi-node reliability", function()
-    pending("skipped under TSan (libnats is not instrumented); IC_TSAN_NATS=1 runs them")
-  end)
-  return
+if MN.skip_under_tsan(describe, pending) then return end
+
+-- This node ("spec") and node program peer_basic as "b" (MN.basic_pair);
+-- b_nats: b's server list when it is not the same as this node's.
+local function pair(servers, prefix, b_nats)
+  return MN.basic_pair(servers, prefix, b_nats and { nats = b_nats })
 end
 
 -- Sends {i = 1..n} to the collector, calling between(i) after each accepted
@@ -37,55 +37,45 @@ local function stream(c, echo, n, between)
 end
 
 describe("multi-node reliability", function()
-  after_each(H.cleanup)
-  teardown(H.cleanup)
+  after_each(function() MN.cleanup() end)
+  teardown(function() MN.cleanup() end)
 
   it("delivers every accepted message exactly once, in order, across a NATS server restart", function()
     local srv = H.start_server()
-    local name = H.unique_name("r")
-    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", workers = 2 })
-    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b" } })
-    H.wait_output(b, "^ready b$")
-    local echo = assert(c:lookup_isolate("/svc/echo", 10))
+    local c, _, echo = pair(srv, "r")
     local downs = c:spawn_isolate(function(context)
       local main = context:property("main")
       context:on_node_down(function(n, why) main:send({ "down", n, why }) end)
+      context:on_message(function() return "listening" end)
     end, { main = c.main })
     assert.is_truthy(downs)
     stream(c, echo, 3000, function(i)
       if i == 1000 then srv:restart() end
     end)
     -- neither node took the other for dead while both were cut off
-    assert.same({ "a", "b" }, c:nodes())
+    assert.same({ "b", "spec" }, c:nodes())
     assert.equal("b", echo:request("x", 10).node)
   end)
 
   it("fails over to the other server of a NATS cluster without losing anything", function()
     local sa, sb = H.start_cluster()
-    local name = H.unique_name("f")
-    local c <close> = ic.node({ nats = { sa.url, sb.url }, cluster = name, name = "a", workers = 2 })
-    local b = H.start_node({ script = "peer_basic", args = { nats = sb.url .. "," .. sa.url, cluster = name, name = "b" } })
-    H.wait_output(b, "^ready b$")
-    local echo = assert(c:lookup_isolate("/svc/echo", 10))
+    local c, _, echo = pair({ sa, sb }, "f", sb.url .. "," .. sa.url)
     stream(c, echo, 3000, function(i)
       if i == 1000 then sa:kill() end
     end)
-    assert.same({ "a", "b" }, c:nodes())
+    assert.same({ "b", "spec" }, c:nodes())
   end)
 
   it("reports a SIGKILLed node down within the documented bound, with its isolates", function()
     local srv = H.start_server()
-    local name = H.unique_name("k")
-    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", workers = 2 })
+    local c, b = pair(srv, "k")
     local watcher = c:spawn_isolate(function(context)
       local main = context:property("main")
       context:on_node_down(function(n, why) main:send({ "node_down", n, why, context:now() }) end)
       context:on_isolate_down(function(ref, why) main:send({ "iso_down", ref.path, why }) end)
+      context:on_message(function() return "listening" end)
     end, { main = c.main })
-    assert.is_truthy(watcher)
-    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b" } })
-    H.wait_output(b, "^ready b$")
-    assert.is_truthy(c:lookup_isolate("/svc/echo", 10))
+    assert.equal("listening", watcher:request("ready?", 10))
     local t0 = ic.now()
     b:kill()
     local isos, node_down = {}, nil
@@ -108,18 +98,14 @@ describe("multi-node reliability", function()
 
   it("declares a hung (SIGSTOP) node down; after SIGCONT it rejoins as a new incarnation", function()
     local srv = H.start_server()
-    local name = H.unique_name("s")
-    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", workers = 2 })
+    local c, b, old = pair(srv, "s")
     local watcher = c:spawn_isolate(function(context)
       local main = context:property("main")
       context:on_node_up(function(n) main:send({ "up", n }) end)
       context:on_node_down(function(n, why) main:send({ "down", n, why }) end)
+      context:on_message(function() return "listening" end)
     end, { main = c.main })
-    assert.is_truthy(watcher)
-    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b" } })
-    H.wait_output(b, "^ready b$")
-    assert.same({ "up", "b" }, c:receive(10))
-    local old = assert(c:lookup_isolate("/svc/echo", 10))
+    assert.equal("listening", watcher:request("ready?", 10))
     assert.equal("b", old:request("x", 10).node)
     b:signal("STOP")
     assert.same({ "down", "b", "unreachable" }, c:receive(15))
@@ -132,32 +118,24 @@ describe("multi-node reliability", function()
     local new = assert(c:lookup_isolate("/svc/echo", 10))
     assert.are_not.equal(old, new)
     assert.equal("b", new:request("again", 10).node)
-    assert.same({ "a", "b" }, c:nodes())
+    assert.same({ "b", "spec" }, c:nodes())
   end)
 
   it("refuses a message over the server's max_payload with a clear error; smaller ones still go", function()
     local srv = H.start_server({ max_payload = 4096 })
-    local name = H.unique_name("p")
-    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", workers = 2 })
-    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b" } })
-    H.wait_output(b, "^ready b$")
-    local echo = assert(c:lookup_isolate("/svc/echo", 10))
+    local _, _, echo = pair(srv, "p")
     local ok, why = echo:send(string.rep("x", 10000))
     assert.is_false(ok)
     assert.equal("message too large for the NATS server's max_payload", why)
     local ok2, err = pcall(echo.request, echo, string.rep("y", 5000), 10)
     assert.is_false(ok2)
     assert.matches("max_payload", tostring(err))
-    assert.same({ echo = "small", node = "b", from = "a" }, echo:request("small", 10))
+    assert.same({ echo = "small", node = "b", from = "spec" }, echo:request("small", 10))
   end)
 
   it("delivers what a node sent just before its clean shutdown", function()
     local srv = H.start_server()
-    local name = H.unique_name("d")
-    local c <close> = ic.node({ nats = srv.url, cluster = name, name = "a", workers = 2 })
-    local b = H.start_node({ script = "peer_basic", args = { nats = srv.url, cluster = name, name = "b" } })
-    H.wait_output(b, "^ready b$")
-    local echo = assert(c:lookup_isolate("/svc/echo", 10))
+    local c, _, echo, name = pair(srv, "d")
     local n = 30000
     assert.equal("collecting", echo:request({ collect = n, reply_to = c.main }, 20))
     -- a second node of this process sends them all, then shuts down at once

@@ -1,18 +1,14 @@
 -- SPEC §5 opts.tls: nodes that reach their NATS server over TLS, against a
 -- real nats-server with a certificate made here (openssl, a throwaway CA).
-local H = require("support.nats")
+local MN = require("support.multinode")
+local H = MN.H
 local ic = require("isolate_cluster")
 
 local describe, it, assert, setup, after_each, teardown, pending = describe, it, assert, setup, after_each, teardown,
   pending
 local _ENV = _G
 
-if (os.getenv("IC_SANITIZE") or ""):match("thread") and not os.getenv("IC_TSAN_NATS") then
-  describe("multi-node over TLS", function()
-    pending("skipped under TSan (libnats is not instrumented); IC_TSAN_NATS=1 runs them")
-  end)
-  return
-end
+if MN.skip_under_tsan(describe, pending) then return end
 
 local function sh(cmd)
   local ok = os.execute(cmd .. " >/dev/null 2>&1")

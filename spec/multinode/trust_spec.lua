@@ -133,12 +133,14 @@ describe("Lua functions from another node", function()
   teardown(function() MN.cleanup() end)
 
   -- Node b runs /echo with b_opts; this node joins with my_opts. Then asks b's
-  -- /echo to run a function sent in the message. Returns ok, result, b's process.
-  local function try(my_opts, b_opts)
+  -- /echo to run a function sent in the message. Returns ok, result, b's
+  -- process. wait: how long to look for b's /echo (default 10 s; a pair that
+  -- cannot meet waits it out, so such a test gives less).
+  local function try(my_opts, b_opts, wait)
     local name = H.unique_name("code")
     local c = MN.node(srv, name, "spec", my_opts)
     local b = MN.start(srv, name, "b", b_opts)
-    local echo = c:lookup_isolate("/echo", 10)
+    local echo = c:lookup_isolate("/echo", wait or 10)
     if not echo then return false, "not visible", b end
     local ok, res = pcall(echo.request, echo, { op = "run", fn = function() return 6 * 7 end }, 10)
     return ok, res, b, echo
@@ -182,7 +184,8 @@ describe("Lua functions from another node", function()
   end)
 
   it("are refused from a node with another secret, even when the receiver allows code", function()
-    local ok, res, b = try({ secret = "not-the-key", allow_code = true }, { secret = "the-key", allow_code = "true" })
+    -- b has printed "ready": had it joined, its /echo would be here well within 3 s
+    local ok, res, b = try({ secret = "not-the-key", allow_code = true }, { secret = "the-key", allow_code = "true" }, 3)
     assert.is_false(ok and res == 42, "the function ran")
     assert.is_nil(b:output():find("ran function", 1, true), "node b ran a function from an unauthenticated node")
   end)

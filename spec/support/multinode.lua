@@ -57,18 +57,29 @@ function M.start(servers, cluster_name, node_name, extra, script)
 end
 
 --- The usual start of a test: a fresh cluster name from `prefix`, this
---- process as node "spec" and node program `script` (default "echo") as
---- node "b" with b_extra arguments. Returns once this node knows b (its
---- /ctl/b is visible here; b printing "ready" does not mean that this node
---- has heard of it yet): the spec's cluster, b's process and the cluster name.
-function M.pair(servers, prefix, b_extra, script)
+--- process as node "spec" (with my_extra options) and node program `script`
+--- (default "echo") as node "b" with b_extra arguments. Returns once this
+--- node knows b (its /ctl/b is visible here; b printing "ready" does not
+--- mean that this node has heard of it yet): the spec's cluster, b's process
+--- and the cluster name.
+function M.pair(servers, prefix, b_extra, script, my_extra)
   local name = H.unique_name(prefix)
-  local c = M.node(servers, name, "spec")
+  local c = M.node(servers, name, "spec", my_extra)
   local b = M.start(servers, name, "b", b_extra, script)
   if not c:lookup_isolate("/ctl/b", 15) then
     error("node b is up but this node does not see it; b's output:\n" .. b:output(), 2)
   end
   return c, b, name
+end
+
+--- M.pair with node program peer_basic as b (spec/support/nodes/peer_basic.lua:
+--- /svc/echo, /svc/slow, /svc/props). Returns the spec's cluster, b's
+--- process, b's /svc/echo and the cluster name.
+function M.basic_pair(servers, prefix, b_extra, my_extra)
+  local c, b, name = M.pair(servers, prefix, b_extra, "peer_basic", my_extra)
+  local echo = c:lookup_isolate("/svc/echo", 15)
+  if not echo then error("node b is up but its /svc/echo is not visible here; b's output:\n" .. b:output(), 2) end
+  return c, b, echo, name
 end
 
 --- Shuts down every node this process made (bounded), then stops every
