@@ -198,6 +198,7 @@ local function many(n)
   local budget = opts.budget_mb * 1024
   local avail = mem_available_kb()
   if avail and avail // 2 < budget then budget = avail // 2 end
+  budget = budget * 0.95 -- the answers take some room after the spawns
   local refs, o, batch = {}, { lean = true }, 10000
   collectgarbage()
   local r0 = rss_kb()
