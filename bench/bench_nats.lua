@@ -10,9 +10,10 @@
 --   lua5.4 bench/bench_nats.lua [--quick] [--n N] [--rtt-n N] [--rounds R]
 --                               [--baseline path/to/nats_baseline]
 --
--- Each side is measured R times (default 3, 1 with --quick), alternating
--- raw and ours, and the best of each figure is printed: on a shared machine
--- single runs vary by a factor of 2 or more.
+-- Each side is measured R times (default 5, 1 with --quick), alternating
+-- raw and ours, and the median of each figure over the rounds is printed
+-- (with the best beside it): on a shared machine single runs vary by a
+-- factor of 2 or more, and interleaving exposes both sides to the same load.
 --
 -- Starts its own nats-server on a free loopback port and the other node
 -- (bench/nats_node.lua) through the spec harness (spec/support/nats.lua), and
@@ -46,7 +47,7 @@ if not opts.baseline then
 end
 local N = opts.n or (opts.quick and 2000 or 500000)
 local RTT_N = opts.rtt_n or (opts.quick and 200 or 10000)
-local ROUNDS = opts.rounds or (opts.quick and 1 or 3)
+local ROUNDS = opts.rounds or (opts.quick and 1 or 5)
 local MSG = string.rep("m", 62) -- 64 bytes of MessagePack: a str8 header (2 bytes) and 62 bytes
 
 local function percentile(sorted, p)
@@ -54,78 +55,136 @@ local function percentile(sorted, p)
   return sorted[i]
 end
 
-local function raw(url)
+-- One raw cnats figure: what = "pubsub" (N messages) or "rtt" (RTT_N round trips).
+local function raw(url, what)
   if not opts.baseline then return nil, "no nats_baseline (build it, or pass --baseline)" end
   local r = {}
-  for _, what in ipairs({ { "pubsub", N }, { "rtt", RTT_N } }) do
-    local p = io.popen(("%s %s %s %d 2>&1"):format(opts.baseline, url, what[1], what[2]))
-    local out = p:read("a")
-    p:close()
-    for k, v in out:gmatch("(%S+) (%S+)") do r[k] = tonumber(v) end
-    if not r[what[1] == "pubsub" and "pubsub_msgs_per_s" or "rtt_median_us"] then return nil, out end
-  end
+  local p = io.popen(("%s %s %s %d 2>&1"):format(opts.baseline, url, what, what == "pubsub" and N or RTT_N))
+  local out = p:read("a")
+  p:close()
+  for k, v in out:gmatch("(%S+) (%S+)") do r[k] = tonumber(v) end
+  if not r[what == "pubsub" and "pubsub_msgs_per_s" or "rtt_median_us"] then return nil, out end
   return r
 end
 
-local function ours(srv)
+-- Our two nodes, made once for every round: this process (bench-a) and
+-- bench/nats_node.lua (bench-b, serving /sink and /echo).
+local function ours_start(srv)
   local ok, ic = pcall(require, "isolate_cluster")
   if not ok then return nil, ic end
   local cname = H.unique_name("bench")
   local ok2, c = pcall(ic.node, { nats = srv.url, cluster = cname, name = "bench-a", logger = false })
   if not ok2 or not c then return nil, "ic.node: " .. tostring(c) end
   local node = H.start_node({ path = "bench/nats_node.lua",
-    args = { nats = srv.url, cluster = cname, name = "bench-b", lifetime = "600" } })
-  local result, err = pcall(function()
+    args = { nats = srv.url, cluster = cname, name = "bench-b", lifetime = "3600" } })
+  local ok3, err = pcall(function()
     H.wait_output(node, "^ready bench%-b$", 30)
     local sink = assert(c:lookup_isolate("/sink", 15), "no /sink")
     local echo = assert(c:lookup_isolate("/echo", 15), "no /echo")
-    local r = {}
-    -- throughput
+    for _ = 1, 20 do echo:request(MSG, 10) end -- warm up
+    return { sink = sink, echo = echo }
+  end)
+  if not ok3 then
+    c:shutdown(10)
+    return nil, err
+  end
+  err.ic, err.c, err.sent = ic, c, 0
+  return err
+end
+
+-- Throughput: N messages, from the first send until a request queued behind
+-- the last one is answered (the sink counts every message since the start).
+local function ours_msgs(o)
+  local ic = o.ic
+  local ok, r = pcall(function()
     local t0 = ic.now()
     for i = 1, N do
-      local sent, why = sink:send(MSG, 30)
+      local sent, why = o.sink:send(MSG, 30)
       if not sent then error("send " .. i .. " refused: " .. tostring(why)) end
     end
-    local got = sink:request("count", 120)
-    r.msgs_per_s = N / (ic.now() - t0)
-    assert(got == N, ("sink got %s of %d"):format(tostring(got), N))
-    -- round trips (a few to warm up first)
-    for _ = 1, 20 do echo:request(MSG, 10) end
+    o.sent = o.sent + N
+    local got = o.sink:request("count", 120)
+    local rate = N / (ic.now() - t0)
+    assert(got == o.sent, ("sink got %s of %d"):format(tostring(got), o.sent))
+    return { msgs_per_s = rate }
+  end)
+  if ok then return r end
+  return nil, r
+end
+
+local function ours_rtt(o)
+  collectgarbage() -- the throughput part's garbage is not this part's to collect
+  local ic = o.ic
+  local ok, r = pcall(function()
     local t = {}
     for i = 1, RTT_N do
       local s = ic.now()
-      echo:request(MSG, 10)
+      o.echo:request(MSG, 10)
       t[i] = (ic.now() - s) * 1e6
     end
     table.sort(t)
-    r.rtt_median_us, r.rtt_p99_us = percentile(t, 0.5), percentile(t, 0.99)
-    return r
+    return { rtt_median_us = percentile(t, 0.5), rtt_p99_us = percentile(t, 0.99) }
   end)
-  c:shutdown(10)
-  if result then return err end
-  return nil, err
+  if ok then return r end
+  return nil, r
+end
+
+-- Both tables' keys into one.
+local function merge(a, b)
+  if not a or not b then return nil end
+  for k, v in pairs(b) do a[k] = v end
+  return a
 end
 
 local srv = H.start_server()
 local ok, failure = pcall(function()
-  print(("nats-server %s, %d messages, %d round trips, best of %d rounds"):format(srv.url, N, RTT_N, ROUNDS))
-  -- The best of each figure over the rounds (highest rate, lowest times).
-  local function best(into, r)
+  print(("nats-server %s, %d messages, %d round trips, median of %d interleaved rounds"):format(srv.url, N, RTT_N,
+    ROUNDS))
+  -- Every round's figures, per key; then the median and the best of each.
+  local function collect(into, r)
     if not r then return into end
-    if not into then return r end
+    into = into or {}
     for k, v in pairs(r) do
-      local higher = k:find("per_s", 1, true)
-      if into[k] == nil or (higher and v > into[k]) or (not higher and v < into[k]) then into[k] = v end
+      into[k] = into[k] or {}
+      table.insert(into[k], v)
     end
     return into
   end
-  local base, berr, mine, merr
-  for _ = 1, ROUNDS do
-    local b, e1 = raw(srv.url)
-    local m, e2 = ours(srv)
-    base, mine = best(base, b), best(mine, m)
-    berr, merr = berr or e1, merr or e2
+  local function summary(all)
+    if not all then return nil, nil end
+    local med, best = {}, {}
+    for k, v in pairs(all) do
+      table.sort(v)
+      local n = #v
+      med[k] = n % 2 == 1 and v[(n + 1) // 2] or (v[n // 2] + v[n // 2 + 1]) / 2
+      best[k] = k:find("per_s", 1, true) and v[n] or v[1]
+    end
+    return med, best
   end
+  local base_all, mine_all, berr, merr
+  local o, oerr = ours_start(srv)
+  merr = oerr
+  for round = 1, ROUNDS do
+    -- Finely interleaved: each figure of ours right after the same raw one.
+    local bp, e1 = raw(srv.url, "pubsub")
+    local mp, e2 = nil, oerr
+    if o then mp, e2 = ours_msgs(o) end
+    local br, e3 = raw(srv.url, "rtt")
+    local mr, e4 = nil, oerr
+    if o then mr, e4 = ours_rtt(o) end
+    local b, m = merge(bp, br), merge(mp, mr)
+    e1, e2 = e1 or e3, e2 or e4
+    base_all, mine_all = collect(base_all, b), collect(mine_all, m)
+    berr, merr = berr or e1, merr or e2
+    print(("round %d: raw %s msg/s, %s us median rtt; ours %s msg/s, %s us median rtt"):format(round,
+      b and ("%.0f"):format(b.pubsub_msgs_per_s) or "-", b and ("%.1f"):format(b.rtt_median_us) or "-",
+      m and ("%.0f"):format(m.msgs_per_s) or "-", m and ("%.1f"):format(m.rtt_median_us) or "-"))
+    if not m then print("  ours failed: " .. tostring(e2)) end
+    if not b then print("  raw failed: " .. tostring(e1)) end
+  end
+  if o then o.c:shutdown(10) end
+  local base, base_best = summary(base_all)
+  local mine, mine_best = summary(mine_all)
   local function row(name, value, unit, ref, higher_better, goal)
     local line = ("%-30s %14s %-6s"):format(name, value and ("%.1f"):format(value) or "-", unit)
     if ref then
@@ -140,6 +199,10 @@ local ok, failure = pcall(function()
   row("cross-node messages/s", mine and mine.msgs_per_s, "msg/s", base and base.pubsub_msgs_per_s, true, 0.5)
   row("request round trip, median", mine and mine.rtt_median_us, "us", base and base.rtt_median_us, false, 1.5)
   row("request round trip, p99", mine and mine.rtt_p99_us, "us", base and base.rtt_p99_us, false, 1.5)
+  if mine and base then
+    print(("best of the rounds: ours %.0f msg/s, %.1f us median rtt; raw %.0f msg/s, %.1f us median rtt"):format(
+      mine_best.msgs_per_s, mine_best.rtt_median_us, base_best.pubsub_msgs_per_s, base_best.rtt_median_us))
+  end
   if not base then print("raw cnats: " .. tostring(berr)) end
   if not mine then print("isolate_cluster: " .. tostring(merr)) end
   return base ~= nil and mine ~= nil

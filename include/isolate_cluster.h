@@ -53,7 +53,7 @@ enum {
   IC_EREMOTE = -9,    /* the handler of a request raised an error */
   IC_ENET = -10,      /* multi-node: no NATS server could be reached (or it refused us) */
   IC_EUNREACHABLE = -11, /* multi-node: unknown node, or its retransmit window is full */
-  IC_ETOOBIG = -12,   /* multi-node: larger than the NATS server's max_payload */
+  IC_ETOOBIG = -12,   /* multi-node: too large to send (chunks over max_payload reach 32 MiB at most) */
 };
 
 /* Names an error code ("isolate down", ...). Never NULL. */
@@ -240,8 +240,10 @@ IC_EXTERN int ic_lookup_prefix(ic_cluster *c, const char *prefix, ic_ref **refs,
 
 /* Kills the isolate: it goes down with reason "killed" (at once if it runs
  * Lua code now, else at its next turn), its queued messages become dead
- * letters. Errors: IC_EINVAL (NULL, or the program's own ref), IC_EDOWN
- * (already down, or of another node). Does not block. */
+ * letters. Another node's isolate is killed there, through the link: IC_OK
+ * says the kill is on its way (its down event follows). Errors: IC_EINVAL
+ * (NULL, or the program's own ref), IC_EDOWN (already down, or of a node
+ * that is not live). Does not block. */
 IC_EXTERN int ic_kill(ic_cluster *c, ic_ref r);
 
 /* ---- isolate up/down events ---------------------------------------------- */

@@ -493,7 +493,11 @@ int ic_lookup_prefix(ic_cluster *c, const char *prefix, ic_ref **refs, size_t *n
 int ic_kill(ic_cluster *c, ic_ref r) {
   if (!c) return IC_EINVAL;
   if (r.node == c->node_id && r.id == c->main->id) return IC_EINVAL;
-  if (r.node != c->node_id) return IC_EDOWN;
+  if (r.node != c->node_id) {
+    /* Another node's isolate: killed there, through the link. */
+    if (!c->net || atomic_load(&c->state) == CLUSTER_DOWN) return IC_EDOWN;
+    return net_kill(c->net, r.node, r.id) ? IC_EDOWN : IC_OK;
+  }
   ic_isolate *iso = cluster_find_id(c, r.id);
   if (!iso) return IC_EDOWN;
   int rc = isolate_kill(iso) == 0 ? IC_OK : IC_EDOWN;

@@ -464,20 +464,23 @@ static int l_cluster_tostring(lua_State *L) {
 #define NODE_MAX_URLS 16
 
 /* A string field of table t, or NULL; the string stays referenced by t. */
+/* Leaves the field on the stack (see read_node_opts). */
 static const char *opt_str_field(lua_State *L, int t, const char *k, const char *where) {
   const char *v = NULL;
   int ty = lua_getfield(L, t, k);
   if (ty == LUA_TSTRING) v = lua_tostring(L, -1);
   else if (ty != LUA_TNIL) luaL_error(L, "%s.%s must be a string", where, k);
-  lua_pop(L, 1);
   return v;
 }
 
-/* The options of ic.node (SPEC §5) from table t. Raises on a wrong type;
- * every string stays referenced by t, which outlives the cluster's creation. */
+/* The options of ic.node (SPEC §5) from table t. Raises on a wrong type.
+ * Every value read stays on the stack until the caller returns (t need not
+ * hold it: an __index may have made it, and a later read may run the
+ * collector), so the strings in *no live while the node is created. */
 static void read_node_opts(lua_State *L, int t, net_opts *no, const char **urls) {
   memset(no, 0, sizeof *no);
   no->urls = urls;
+  luaL_checkstack(L, 20, "node options");
   int ty = lua_getfield(L, t, "nats");
   if (ty == LUA_TSTRING) {
     urls[no->nurls++] = lua_tostring(L, -1);
@@ -485,6 +488,7 @@ static void read_node_opts(lua_State *L, int t, net_opts *no, const char **urls)
     lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
     if (n < 1 || n > NODE_MAX_URLS) luaL_error(L, "opts.nats must list 1 to %d server URLs", NODE_MAX_URLS);
     for (lua_Integer i = 1; i <= n; i++) {
+      /* Raw: held by the list, which stays on the stack. */
       if (lua_rawgeti(L, -1, i) != LUA_TSTRING) luaL_error(L, "opts.nats[%d] must be a URL string", (int)i);
       urls[no->nurls++] = lua_tostring(L, -1);
       lua_pop(L, 1);
@@ -492,7 +496,6 @@ static void read_node_opts(lua_State *L, int t, net_opts *no, const char **urls)
   } else {
     luaL_error(L, "opts.nats must be a server URL or a list of them");
   }
-  lua_pop(L, 1);
   no->cluster = opt_str_field(L, t, "cluster", "opts");
   no->name = opt_str_field(L, t, "name", "opts");
   if (!no->cluster) luaL_error(L, "opts.cluster (the cluster's name) is required");
@@ -504,7 +507,6 @@ static void read_node_opts(lua_State *L, int t, net_opts *no, const char **urls)
     if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0) luaL_error(L, "opts.secret must be a non-empty string");
     no->secret = lua_tolstring(L, -1, &no->secret_len);
   }
-  lua_pop(L, 1);
   lua_getfield(L, t, "allow_code");
   no->allow_code = lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -520,11 +522,9 @@ static void read_node_opts(lua_State *L, int t, net_opts *no, const char **urls)
     no->tls_cert = opt_str_field(L, tt, "cert", "opts.tls");
     no->tls_key = opt_str_field(L, tt, "key", "opts.tls");
     if (!no->tls_ca && !no->tls_cert) luaL_error(L, "opts.tls needs ca, or cert and key");
-    /* The table stays referenced by opts; its strings by it. */
   } else if (ty != LUA_TNIL) {
     luaL_error(L, "opts.tls must be a table {ca =, cert =, key =}");
   }
-  lua_pop(L, 1);
 }
 
 static int l_new(lua_State *L) {

@@ -113,13 +113,15 @@ static ic_cluster *ref_cluster(lua_State *L, lref *r) {
 int l_ref_kill(lua_State *L) {
   lref *r = lref_check(L, 1);
   if (r->iso && r->iso->kind == ISO_MAIN) return luaL_error(L, "the main state's ref cannot be killed");
-  if (!r->iso || isolate_kill(r->iso) != 0) {
-    lua_pushboolean(L, 0);
-    lua_pushliteral(L, "isolate down");
-    return 2;
+  const char *why;
+  if (!r->iso && r->remote) {
+    /* Another node's isolate: killed there, through the link; its down
+     * event follows as for a local one. */
+    why = atomic_load(&r->remote->state) == CLUSTER_DOWN ? "isolate down" : net_kill(r->remote->net, r->node, r->id);
+  } else {
+    why = !r->iso || isolate_kill(r->iso) != 0 ? "isolate down" : NULL;
   }
-  lua_pushboolean(L, 1);
-  return 1;
+  return push_send_result(L, why);
 }
 
 /* Pushes the decoded property map of r, or nil. */

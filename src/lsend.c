@@ -179,7 +179,7 @@ int lstate_decode_msg(lua_State *L, ic_cluster *c, const ic_msg *m) {
   return lua_pcall(L, 2, 1, 0);
 }
 
-static int push_send_result(lua_State *L, const char *why) {
+int push_send_result(lua_State *L, const char *why) {
   if (why) {
     lua_pushboolean(L, 0);
     lua_pushstring(L, why);

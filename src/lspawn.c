@@ -20,6 +20,7 @@
 #include <lualib.h>
 
 #include "net/net.h"
+#include "sigint.h"
 
 /* Longest wait for the other nodes' answers to a path claim: beyond the
  * failure-detection bound (src/net/membership.h), so a node that cannot
@@ -103,7 +104,16 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
    * here on nothing raises before net_claim_done. */
   int claimed = 0;
   if (c->net && !hidden && path && *path && path[strlen(path) - 1] != '/') {
-    const char *why = net_claim(c->net, path, CLAIM_TIMEOUT);
+    /* The main state's wait is Ctrl-C's to interrupt (SPEC §3.10), as its
+     * other waits are; an isolate's blocks its worker for the round trip. */
+    int token = 0, in_main = creator == NULL;
+    if (in_main) token = sigint_begin(c->main);
+    const char *why = net_claim(c->net, path, CLAIM_TIMEOUT, in_main ? &c->main->sigint : NULL);
+    if (in_main && sigint_end(c->main, token) && !why) {
+      net_claim_done(c->net, path);
+      why = "interrupted";
+    }
+    if (why && strcmp(why, "interrupted") == 0) return luaL_error(L, "interrupted!");
     if (why && strcmp(why, "path in use") == 0) return luaL_error(L, "path \"%s\" is already in use", path);
     if (why) return luaL_error(L, "path \"%s\" could not be claimed: %s", path, why);
     claimed = 1;
@@ -113,12 +123,17 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
      * the ref is known at once: this node chose the new isolate's id. */
     uint32_t rnode;
     uint64_t rid;
-    const char *why = net_spawn(c->net, node, creator ? creator->id : c->main->id, buf->data + props_len,
+    /* An isolate's child there, as here (unless detached): shut down with
+     * its creator, and counted among the creator's live children until its
+     * down comes back (CONTROL_CHILD_DOWN, src/net/net.h). */
+    int linked = creator && !detached;
+    const char *why = net_spawn(c->net, node, creator ? creator->id : c->main->id, linked, buf->data + props_len,
                                 buf->len - props_len, has_props ? buf->data : NULL, props_len, path,
                                 (size_t)mbox, (size_t)memlimit, dedicated, &rnode, &rid);
     if (claimed) net_claim_done(c->net, path); /* the replica holds it as pending now */
     codec_buf_free(buf);
     if (why) return luaL_error(L, "spawn_isolate on node \"%s\" failed: %s", node, why);
+    if (linked) creator->live_children++; /* this is the creator's thread */
     lref_push_wire(L, c, rnode, rid);
     return 1;
   }

@@ -95,6 +95,8 @@ static inline lref *lref_check_ctx(lua_State *L, int idx, const lstate_ctx *ctx)
 void lref_push_ctx(lua_State *L, const lstate_ctx *ctx, ic_isolate *iso);
 
 /* The ref methods lstate_open installs (src/lref.c, src/lsend.c). */
+/* Pushes true, or false and why (src/lsend.c): what send and kill return. */
+int push_send_result(lua_State *L, const char *why);
 int l_ref_send(lua_State *L);
 int l_ref_kill(lua_State *L);
 int l_ref_property(lua_State *L);

@@ -188,9 +188,35 @@ int main(void) {
   CHECK(len == 3 && data && memcmp(data, hi, 3) == 0);
   CHECK(from.node == echo.node && from.id == echo.id);
   ic_free(data);
+  /* Over the server's max_payload (1 MiB): chunked, there and back. */
+  size_t big_len = (size_t)2 << 20;
+  char *big = malloc(big_len + 5);
+  if (big) {
+    big[0] = (char)0xdb; /* str32 */
+    big[1] = (char)(big_len >> 24);
+    big[2] = (char)(big_len >> 16);
+    big[3] = (char)(big_len >> 8);
+    big[4] = (char)big_len;
+    memset(big + 5, 'b', big_len);
+    CHECK(ic_send(a, echo, big, big_len + 5) == IC_OK);
+    CHECK(ic_receive(a, 30, &data, &len, &from) == IC_OK);
+    CHECK(len == big_len + 5 && data && memcmp(data, big, len) == 0);
+    ic_free(data);
+    free(big);
+  }
   /* A node that does not exist. */
   ic_ref nobody = {echo.node ^ 0x5a5a5a5au, 1};
   CHECK(ic_send(a, nobody, hi, 3) == IC_EUNREACHABLE);
+  CHECK(ic_kill(a, nobody) == IC_EDOWN);
+  /* Another node's isolate is killed there; its down comes back. */
+  CHECK(ic_kill(a, echo) == IC_OK);
+  int down = 0;
+  for (int i = 0; i < 400 && !down; i++) {
+    down = ic_send(a, echo, hi, 3) == IC_EDOWN;
+    if (!down) pause_ms(25);
+  }
+  CHECK(down);
+  CHECK(ic_kill(a, echo) == IC_EDOWN);
 
   ic_cluster_destroy(b);
   ic_cluster_destroy(a);

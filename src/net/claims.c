@@ -33,7 +33,11 @@ static void claim_unlink(struct net *n, claim *k) {
   free(k);
 }
 
-const char *net_claim(struct net *n, const char *path, double timeout_s) {
+/* How often a claim's wait looks at its interrupt flag (set by a signal
+ * handler, which cannot signal a condition variable). */
+#define CLAIM_POLL_NS 50000000ull
+
+const char *net_claim(struct net *n, const char *path, double timeout_s, atomic_int *interrupt) {
   size_t plen = strlen(path);
   char *payload = malloc(plen + 5);
   claim *k = calloc(1, sizeof *k);
@@ -74,12 +78,20 @@ const char *net_claim(struct net *n, const char *path, double timeout_s) {
     else free(frame); /* not asked: it cannot hold what it never heard of */
   }
   uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(timeout_s);
-  while (k->nwaiting && !k->denied && n->t && plat_now_ns() < deadline)
-    plat_cond_wait_until(&n->claims_cond, &n->lock, deadline);
+  int interrupted = 0;
+  while (k->nwaiting && !k->denied && n->t && plat_now_ns() < deadline) {
+    uint64_t until = deadline;
+    if (interrupt && plat_now_ns() + CLAIM_POLL_NS < until) until = plat_now_ns() + CLAIM_POLL_NS;
+    plat_cond_wait_until(&n->claims_cond, &n->lock, until);
+    if (interrupt && atomic_load(interrupt)) {
+      interrupted = 1;
+      break;
+    }
+  }
   /* No answer by the deadline (which is past the failure-detection bound,
    * so a node that went away has been declared down and forgotten by now):
    * refused rather than risk two owners. */
-  const char *why = k->denied ? "path in use" : k->nwaiting ? "no answer" : NULL;
+  const char *why = interrupted ? "interrupted" : k->denied ? "path in use" : k->nwaiting ? "no answer" : NULL;
   if (why) claim_unlink(n, k);
   else k->granted = 1;
   plat_mutex_unlock(&n->lock);

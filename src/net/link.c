@@ -8,7 +8,11 @@ void link_init(link *l, size_t max_frames, size_t max_bytes) {
   l->max_frames = max_frames;
   l->max_bytes = max_bytes;
   l->next_seq = 1;
-  l->expect = 1;
+}
+
+void link_rx_init(link_rx *r) {
+  r->expect = 1;
+  r->ack_due = 0;
 }
 
 size_t link_fini(link *l) {
@@ -71,11 +75,9 @@ link_frame *link_unacked(link *l, size_t i) {
   return &l->ring[(l->head + i) % l->cap];
 }
 
-int link_accept(link *l, uint64_t seq) {
-  l->ack_due = 1;
-  if (seq == l->expect) {
-    l->expect++;
-    return LINK_DELIVER;
-  }
-  return seq < l->expect ? LINK_DUPLICATE : LINK_GAP;
+int link_accept(link_rx *r, uint64_t seq) {
+  r->ack_due = 1;
+  int verdict = link_rx_peek(r, seq);
+  if (verdict == LINK_DELIVER) r->expect++;
+  return verdict;
 }

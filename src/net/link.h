@@ -35,10 +35,14 @@ typedef struct link {
   size_t bytes;
   size_t max_frames, max_bytes;
   uint64_t next_seq, acked;
-  /* Inbound: the next sequence number to deliver. */
-  uint64_t expect;
-  int ack_due; /* something arrived since the last ack went out */
 } link;
+
+/* The receiving half, kept apart (src/net/inbound.h shares it between
+ * threads under its own lock). */
+typedef struct link_rx {
+  uint64_t expect; /* the next sequence number to deliver */
+  int ack_due;     /* something arrived since the last ack went out */
+} link_rx;
 
 void link_init(link *l, size_t max_frames, size_t max_bytes);
 /* Frees every frame still unacked; returns how many there were. */
@@ -46,6 +50,11 @@ size_t link_fini(link *l);
 
 /* Sequence number the next link_push gets. */
 static inline uint64_t link_next_seq(const link *l) { return l->next_seq; }
+
+/* Is there room for frames more frames of bytes bytes in all? */
+static inline int link_room(const link *l, size_t frames, size_t bytes) {
+  return l->count + frames <= l->max_frames && (l->count == 0 || l->bytes + bytes <= l->max_bytes);
+}
 
 /* Appends a frame (ownership of data passes to the link on success only).
  * Its seq must be link_next_seq(l). Returns 0, or -1 when the window is full
@@ -60,12 +69,19 @@ size_t link_ack(link *l, uint64_t cum);
 /* The i-th unacked frame (0 = oldest), or NULL. */
 link_frame *link_unacked(link *l, size_t i);
 
+void link_rx_init(link_rx *r);
+
 enum { LINK_DELIVER = 0, LINK_DUPLICATE = 1, LINK_GAP = 2 };
-/* A data frame with seq arrived: LINK_DELIVER (it is the next one: deliver
- * it; expect advances), LINK_DUPLICATE (already delivered) or LINK_GAP (an
- * earlier one is missing; the sender resends). Sets ack_due. */
-int link_accept(link *l, uint64_t seq);
+/* What a data frame with seq is: LINK_DELIVER (the next one), LINK_DUPLICATE
+ * (already delivered) or LINK_GAP (an earlier one is missing; the sender
+ * resends). Changes nothing. */
+static inline int link_rx_peek(const link_rx *r, uint64_t seq) {
+  return seq == r->expect ? LINK_DELIVER : seq < r->expect ? LINK_DUPLICATE : LINK_GAP;
+}
+/* A data frame with seq arrived: as link_rx_peek, and on LINK_DELIVER
+ * (deliver it) expect advances. Sets ack_due. */
+int link_accept(link_rx *r, uint64_t seq);
 /* The cumulative ack to send: everything delivered so far. */
-static inline uint64_t link_delivered(const link *l) { return l->expect - 1; }
+static inline uint64_t link_delivered(const link_rx *r) { return r->expect - 1; }
 
 #endif

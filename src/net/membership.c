@@ -3,14 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PENDING_MAX 65536
-
 void membership_init(membership *ms) { memset(ms, 0, sizeof *ms); }
 
 static void member_free(member *m) {
   if (m->up) link_fini(&m->link);
   free(m->outbox);
-  free(m->pending);
   free(m);
 }
 
@@ -79,60 +76,6 @@ void membership_set_down(membership *ms, member *m, uint64_t now_ns, size_t *los
   m->up = 0;
   m->down_ns = now_ns;
   prune_down(ms);
-}
-
-void membership_add_pending(member *m, uint64_t from_id, uint64_t corr) {
-  if (m->pending_count == m->pending_cap) {
-    if (m->pending_cap >= PENDING_MAX) {
-      /* The oldest is almost surely timed out by now. */
-      m->pending_head = (m->pending_head + 1) % m->pending_cap;
-      m->pending_count--;
-    } else {
-      size_t cap = m->pending_cap ? m->pending_cap * 2 : 16;
-      pending_req *p = malloc(cap * sizeof *p);
-      if (!p) return;
-      for (size_t i = 0; i < m->pending_count; i++)
-        p[i] = m->pending[(m->pending_head + i) % m->pending_cap];
-      free(m->pending);
-      m->pending = p;
-      m->pending_cap = cap;
-      m->pending_head = 0;
-    }
-  }
-  m->pending[(m->pending_head + m->pending_count) % m->pending_cap] = (pending_req){from_id, corr};
-  m->pending_count++;
-}
-
-void membership_answered(member *m, uint64_t from_id, uint64_t corr) {
-  /* Replies mostly come in request order: look from the oldest. */
-  for (size_t i = 0; i < m->pending_count; i++) {
-    size_t k = (m->pending_head + i) % m->pending_cap;
-    if (m->pending[k].from_id != from_id || m->pending[k].corr != corr) continue;
-    if (i == 0) {
-      m->pending_head = (m->pending_head + 1) % m->pending_cap;
-    } else {
-      for (size_t j = i; j + 1 < m->pending_count; j++)
-        m->pending[(m->pending_head + j) % m->pending_cap] =
-            m->pending[(m->pending_head + j + 1) % m->pending_cap];
-    }
-    m->pending_count--;
-    return;
-  }
-}
-
-pending_req *membership_take_pending(member *m, size_t *n) {
-  *n = m->pending_count;
-  pending_req *out = NULL;
-  if (m->pending_count) {
-    out = malloc(m->pending_count * sizeof *out);
-    if (out)
-      for (size_t i = 0; i < m->pending_count; i++) out[i] = m->pending[(m->pending_head + i) % m->pending_cap];
-    else *n = 0;
-  }
-  free(m->pending);
-  m->pending = NULL;
-  m->pending_head = m->pending_count = m->pending_cap = 0;
-  return out;
 }
 
 void membership_reset(membership *ms, void (*each)(member *m, void *ud), void *ud) {

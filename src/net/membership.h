@@ -34,12 +34,6 @@
 /* Down incarnations remembered (for fencing and names) beyond the live ones. */
 #define MEMBERSHIP_DOWN_KEEP 1024
 
-/* A request sent to a peer and not yet answered: failed at once when the
- * peer goes down. */
-typedef struct pending_req {
-  uint64_t from_id, corr;
-} pending_req;
-
 typedef struct member {
   uint32_t inc;
   char name[ENVELOPE_NAME_MAX + 1];
@@ -48,11 +42,11 @@ typedef struct member {
   uint64_t down_ns;       /* when it went down */
   uint64_t probed_ns;     /* last "no responders" probe sent (see net.c) */
   uint64_t suspect_ns;    /* first "no responders" answer since last heard, or 0 */
-  link link;              /* only while up */
+  link link;              /* outbound, only while up (inbound: src/net/inbound.h) */
   unsigned char *outbox;  /* the batch of frames not yet published (net.c) */
   size_t out_len, out_cap, out_frames;
-  pending_req *pending;   /* ring of unanswered requests, bounded */
-  size_t pending_head, pending_count, pending_cap;
+  uint64_t rto_ns;        /* the link's retransmit wait now (net.c; 0: the base) */
+  uint64_t resent_ns;     /* its last resend */
 } member;
 
 typedef struct membership {
@@ -72,19 +66,11 @@ member *membership_add(membership *ms, uint32_t inc, const char *name, size_t le
                        size_t window_frames, size_t window_bytes);
 
 /* Marks m down: frees its link (returns the unacked frames in *lost) and
- * keeps the entry for fencing. Pending requests stay for the caller to fail
- * (membership_take_pending). */
+ * keeps the entry for fencing. */
 void membership_set_down(membership *ms, member *m, uint64_t now_ns, size_t *lost);
 
 /* Calls each(m, ud) for every member, then forgets them all (a node that
  * rejoins as a new incarnation starts afresh). */
 void membership_reset(membership *ms, void (*each)(member *m, void *ud), void *ud);
-
-/* Records an unanswered request; the oldest is forgotten past the bound. */
-void membership_add_pending(member *m, uint64_t from_id, uint64_t corr);
-/* Forgets the request (from_id, corr) if recorded. */
-void membership_answered(member *m, uint64_t from_id, uint64_t corr);
-/* Moves out every pending request (caller frees *out). */
-pending_req *membership_take_pending(member *m, size_t *n);
 
 #endif

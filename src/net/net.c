@@ -16,10 +16,14 @@
 #include "cluster.h"
 #include "codec.h"
 #include "envelope.h"
+#include "inbound.h"
 #include "isolate.h"
+#include "kin.h"
+#include "mailbox.h"
 #include "membership.h"
 #include "paths.h"
 #include "transport.h"
+#include "wirecheck.h"
 
 #include "node.h"
 
@@ -183,10 +187,13 @@ const char *net__send_locked(struct net *n, member *m, unsigned char *frame, int
   if (len) memcpy(frame + ENVELOPE_HEADER + ENVELOPE_DATA_BODY, data, len);
   if (envelope_seal(frame, ENVELOPE_HEADER + body, &n->key)) return "cannot authenticate the message";
   if (link_push(&m->link, frame, flen, kind, from_id, corr, plat_now_ns())) return "node unreachable";
-  if (kind == MSG_REQUEST) membership_add_pending(m, from_id, corr);
+  if (kind == MSG_REQUEST) inbound_add_pending(&n->in, m->inc, from_id, corr);
   /* Into the peer's batch, under the lock: frames leave in sequence order.
    * A frame that cannot be batched (no memory) or a publish that fails (no
-   * connection now) is resent by the net thread: the link still holds it. */
+   * connection now) is resent by the net thread: the link still holds it.
+   * A batch stays within max_payload: what is batched leaves first when
+   * this frame would take it over (a lone frame is published as itself). */
+  if (m->out_len && n->max_payload > 0 && m->out_len + 4 + flen > (size_t)n->max_payload) batch_flush(n, m);
   if (batch_append(m, frame, flen)) {
     char subject[SUBJECT_MAX];
     batch_flush(n, m);
@@ -215,8 +222,14 @@ const char *net_send(struct net *n, uint32_t node, uint64_t to_id, int kind, uin
   if (node == INTEROP_NODE) return net__interop_reply(n, to_id, kind, data, len);
   /* Known down (its down event came, or its node's): refused like a local one. */
   if (paths_state(&n->replica, node, to_id) < 0) return "isolate down";
-  const char *why = net__too_large(n, len);
-  if (why) return why;
+  const char *why;
+  if (net__chunked(n, len)) {
+    plat_mutex_lock(&n->lock);
+    member *m = membership_find(&n->ms, node);
+    why = !n->t ? "isolate down" : !m ? "node unreachable" : net__send_chunked(n, m, kind, to_id, corr, from_id, data, len);
+    plat_mutex_unlock(&n->lock);
+    return why;
+  }
   unsigned char *frame = malloc(envelope_size(ENVELOPE_DATA_BODY + len, &n->key));
   if (!frame) return "out of memory";
   plat_mutex_lock(&n->lock);
@@ -280,6 +293,9 @@ static void announce_up_to(struct net *n, uint32_t inc, ic_isolate *iso) {
 void net_announce_up(struct net *n, ic_isolate *iso) { announce_up_to(n, 0, iso); }
 
 void net_announce_down(struct net *n, ic_isolate *iso, const char *reason) {
+  plat_mutex_lock(&n->lock);
+  kin_remove_local(&n->kids_in, iso->id); /* a child of another node's isolate: no longer to shut down */
+  plat_mutex_unlock(&n->lock);
   char buf[512];
   size_t len = strlen(reason ? reason : "normal");
   if (len > sizeof buf - 5) len = sizeof buf - 5;
@@ -300,6 +316,35 @@ static void snapshot_one(ic_isolate *iso, void *ud) {
 static void send_snapshot(struct net *n, uint32_t inc) {
   snapshot_ctx s = {n, inc};
   cluster_each_up(n->c, snapshot_one, &s);
+}
+
+/* Posts control code to each local isolate of ids (freeing ids). */
+static void post_control(struct net *n, uint64_t *ids, size_t count, int code) {
+  for (size_t i = 0; i < count; i++) {
+    ic_isolate *iso = cluster_find_id(n->c, ids[i]);
+    if (!iso) continue;
+    ic_msg *m = msg_new(MSG_CONTROL, NULL, 0);
+    if (m) {
+      m->corr = (uint64_t)code;
+      isolate_post_sys(iso, m, NULL);
+    }
+    isolate_release(iso);
+  }
+  free(ids);
+}
+
+/* Isolate `remote` of node inc went down (all: every isolate of inc; inc
+ * 0: of every node): its creator here hears of its child's end, and its
+ * children here are shut down with it, as local children are
+ * (src/isolate.c). Net thread; net->lock not held. */
+static void kin_gone(struct net *n, uint32_t inc, uint64_t remote, int all) {
+  size_t nparents, nchildren;
+  plat_mutex_lock(&n->lock);
+  uint64_t *parents = kin_take(&n->kids_out, inc, remote, all, &nparents);
+  uint64_t *children = kin_take(&n->kids_in, inc, remote, all, &nchildren);
+  plat_mutex_unlock(&n->lock);
+  post_control(n, parents, nparents, CONTROL_CHILD_DOWN);
+  post_control(n, children, nchildren, CONTROL_SHUTDOWN);
 }
 
 /* A NET_ISO_UP / NET_ISO_DOWN from a peer (payload already checked). */
@@ -336,6 +381,7 @@ static void apply_replica(struct net *n, const envelope *e) {
    * locally. Already down (with its node): not twice. */
   if (paths_remove(&n->replica, e->from_inc, e->from_id) >= 0)
     cluster_remote_event(n->c, EVENT_DOWN, e->from_inc, e->from_id, reason);
+  kin_gone(n, e->from_inc, e->from_id, 0);
 }
 
 int net_code_ok(const struct net *n) { return n->code_ok; }
@@ -349,9 +395,9 @@ static uint64_t remote_spawn_id(void) {
   return (v & ~(1ull << 63)) | (1ull << 62);
 }
 
-const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, const char *boot, size_t boot_len,
-                      const char *props, size_t props_len, const char *path, size_t mailbox_cap, size_t memory_limit,
-                      int dedicated, uint32_t *node, uint64_t *id) {
+const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, int linked, const char *boot,
+                      size_t boot_len, const char *props, size_t props_len, const char *path, size_t mailbox_cap,
+                      size_t memory_limit, int dedicated, uint32_t *node, uint64_t *id) {
   /* A "/dir/" path gets its unique segment here (from this node's
    * incarnation and a counter, apart from the node's own "/dir/" segments),
    * so that the ref's path is known at once. */
@@ -362,12 +408,12 @@ const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, cons
              (unsigned long long)atomic_fetch_add(&n->spawn_seq, 1) + 1);
     path = full;
   }
-  /* [entry, props | nil, path | nil, mailbox, memory_limit, dedicated] */
+  /* [entry, props | nil, path | nil, mailbox, memory_limit, dedicated, linked] */
   size_t plen = path ? strlen(path) : 0;
-  size_t cap = 1 + boot_len + (props_len ? props_len : 1) + mp_sizeof_str((uint32_t)plen) + 9 + 9 + 1;
+  size_t cap = 1 + boot_len + (props_len ? props_len : 1) + mp_sizeof_str((uint32_t)plen) + 9 + 9 + 1 + 1;
   char *payload = malloc(cap);
   if (!payload) return "out of memory";
-  char *w = mp_encode_array(payload, 6);
+  char *w = mp_encode_array(payload, 7);
   memcpy(w, boot, boot_len);
   w += boot_len;
   if (props_len) {
@@ -380,6 +426,7 @@ const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, cons
   w = mp_encode_uint(w, mailbox_cap);
   w = mp_encode_uint(w, memory_limit);
   w = mp_encode_bool(w, dedicated != 0);
+  w = mp_encode_bool(w, linked != 0);
   size_t len = (size_t)(w - payload);
   const char *why = net__too_large(n, len);
   unsigned char *frame = why ? NULL : malloc(envelope_size(ENVELOPE_DATA_BODY + len, &n->key));
@@ -389,7 +436,15 @@ const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, cons
     plat_mutex_lock(&n->lock);
     member *m = membership_find_name(&n->ms, name, strlen(name));
     if (!m) why = "no such node";
-    else why = net__send_locked(n, m, frame, NET_SPAWN, new_id, 0, creator_id, payload, len);
+    if (!why && linked && kin_add(&n->kids_out, m->inc, new_id, creator_id)) {
+      /* Cannot be told of its end: the creator would wait for it for ever. */
+      why = "out of memory";
+    }
+    if (!why) why = net__send_locked(n, m, frame, NET_SPAWN, new_id, 0, creator_id, payload, len);
+    if (why && linked && m) {
+      size_t k;
+      free(kin_take(&n->kids_out, m->inc, new_id, 0, &k));
+    }
     if (!why) {
       *node = m->inc;
       *id = new_id;
@@ -416,7 +471,8 @@ static void spawn_failed(struct net *n, uint32_t inc, uint64_t id, const char *e
 /* A NET_SPAWN from a peer (payload already checked by the decoder). */
 static void apply_spawn(struct net *n, const envelope *e) {
   const char *p = e->payload, *end = e->payload + e->payload_len;
-  if (!e->payload_len || mp_typeof(*p) != MP_ARRAY || mp_decode_array(&p) != 6) return;
+  uint32_t fields;
+  if (!e->payload_len || mp_typeof(*p) != MP_ARRAY || ((fields = mp_decode_array(&p)) != 6 && fields != 7)) return;
   const char *boot = p;
   mp_next(&p);
   size_t boot_len = (size_t)(p - boot);
@@ -450,16 +506,57 @@ static void apply_spawn(struct net *n, const envelope *e) {
   if (p >= end || mp_typeof(*p) != MP_UINT) return;
   uint64_t memory_limit = mp_decode_uint(&p);
   if (p >= end || mp_typeof(*p) != MP_BOOL) return;
-  int dedicated = mp_decode_bool(&p);
+  int dedicated = mp_decode_bool(&p), linked = 0;
+  if (fields == 7) {
+    if (p >= end || mp_typeof(*p) != MP_BOOL) return;
+    linked = mp_decode_bool(&p);
+  }
   if (!(e->to_id & (1ull << 62))) return; /* not an id chosen for a remote spawn */
+  /* A child of its creator there: linked before it starts, so that its own
+   * end (net_announce_down) finds the link to undo. */
+  if (linked) {
+    plat_mutex_lock(&n->lock);
+    int failed = kin_add(&n->kids_in, e->from_inc, e->from_id, e->to_id);
+    plat_mutex_unlock(&n->lock);
+    if (failed) {
+      spawn_failed(n, e->from_inc, e->to_id, "out of memory");
+      return;
+    }
+  }
   spawn_args a = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mailbox_cap, (size_t)memory_limit, props, props_len,
                   boot, boot_len, n->lua_path, n->lua_cpath, has_path ? path : NULL, 0, NULL, 1, NULL, e->to_id, 0};
   ic_isolate *iso;
   char err[256];
   if (cluster_spawn(n->c, &a, &iso, err, sizeof err)) {
+    if (linked) {
+      plat_mutex_lock(&n->lock);
+      kin_remove_local(&n->kids_in, e->to_id);
+      plat_mutex_unlock(&n->lock);
+    }
     spawn_failed(n, e->from_inc, e->to_id, err);
     return;
   }
+  isolate_release(iso);
+}
+
+const char *net_kill(struct net *n, uint32_t node, uint64_t id) {
+  if (node == INTEROP_NODE || paths_state(&n->replica, node, id) < 0) return "isolate down";
+  unsigned char *frame = malloc(envelope_size(ENVELOPE_DATA_BODY, &n->key));
+  if (!frame) return "out of memory";
+  plat_mutex_lock(&n->lock);
+  member *m = membership_find(&n->ms, node);
+  const char *why = !n->t || !m || !m->up ? "isolate down" : net__send_locked(n, m, frame, NET_KILL, id, 0, 0, NULL, 0);
+  plat_mutex_unlock(&n->lock);
+  if (why) free(frame);
+  return why;
+}
+
+/* A NET_KILL from a peer: its isolate to_id here is killed, as ref:kill()
+ * does locally (not the main state's, nor the runtime's hidden ones). */
+static void apply_kill(struct net *n, const envelope *e) {
+  ic_isolate *iso = cluster_find_id(n->c, e->to_id);
+  if (!iso) return;
+  if (iso->kind != ISO_MAIN && !iso->hidden) isolate_kill(iso);
   isolate_release(iso);
 }
 
@@ -532,8 +629,8 @@ void net__reply_error_to_local(ic_cluster *c, uint64_t requester, uint64_t corr,
   isolate_release(iso);
 }
 
-static void reply_error_to_remote(struct net *n, uint32_t node, uint64_t requester, uint64_t corr,
-                                  uint64_t from_id, const char *why) {
+void net__reply_error_to_remote(struct net *n, uint32_t node, uint64_t requester, uint64_t corr, uint64_t from_id,
+                                const char *why) {
   char bytes[128];
   size_t len = strlen(why);
   if (len > sizeof bytes - 5) len = sizeof bytes - 5;
@@ -541,25 +638,33 @@ static void reply_error_to_remote(struct net *n, uint32_t node, uint64_t request
            codec_put_str(bytes, why, (uint32_t)len));
 }
 
-static void deliver(struct net *n, const envelope *e) {
+/* Posts a checked message, request or reply to its local receiver: NULL, or
+ * why not (nothing was posted). Takes c->lock and the receiver's mailbox
+ * lock briefly, never blocks: the data callback calls it too. */
+static const char *post_local(struct net *n, const envelope *e) {
+  int kind = e->kind;
+  ic_isolate *iso = cluster_find_id(n->c, e->to_id);
+  if (!iso) return "isolate down";
+  const char *why;
+  ic_msg *m = msg_new(kind, e->payload, e->payload_len);
+  if (!m) {
+    why = "out of memory";
+  } else {
+    m->corr = e->corr;
+    m->from_node = e->from_inc;
+    m->from_id = e->from_id;
+    why = kind == MSG_USER || kind == MSG_REQUEST ? isolate_post(iso, m, NULL) : isolate_post_sys(iso, m, NULL);
+  }
+  isolate_release(iso);
+  return why;
+}
+
+void net__deliver(struct net *n, const envelope *e) {
   ic_cluster *c = n->c;
   int kind = e->kind;
-  ic_isolate *iso = cluster_find_id(c, e->to_id);
-  const char *why = iso ? NULL : "isolate down";
-  if (iso) {
-    ic_msg *m = msg_new(kind, e->payload, e->payload_len);
-    if (!m) {
-      why = "out of memory";
-    } else {
-      m->corr = e->corr;
-      m->from_node = e->from_inc;
-      m->from_id = e->from_id;
-      why = kind == MSG_USER || kind == MSG_REQUEST ? isolate_post(iso, m, NULL) : isolate_post_sys(iso, m, NULL);
-    }
-    isolate_release(iso);
-  }
+  const char *why = post_local(n, e);
   if (!why) return;
-  if (kind == MSG_REQUEST) reply_error_to_remote(n, e->from_inc, e->from_id, e->corr, e->to_id, why);
+  if (kind == MSG_REQUEST) net__reply_error_to_remote(n, e->from_inc, e->from_id, e->corr, e->to_id, why);
   else if (kind == MSG_USER) atomic_fetch_add(&c->dead_letters, 1);
 }
 
@@ -570,8 +675,9 @@ static void member_down_unlock(struct net *n, member *m, const char *reason) {
   char name[ENVELOPE_NAME_MAX + 1];
   memcpy(name, m->name, sizeof name);
   uint32_t inc = m->inc;
-  pending_req *pend = membership_take_pending(m, &npend);
+  pending_req *pend = inbound_remove(&n->in, inc, &npend);
   net__claims_forget(n, inc);
+  net__chunks_forget(n, inc);
   membership_set_down(&n->ms, m, plat_now_ns(), &lost); /* m may be freed from here on */
   plat_mutex_unlock(&n->lock);
   if (lost) atomic_fetch_add(&n->c->dead_letters, lost);
@@ -584,6 +690,7 @@ static void member_down_unlock(struct net *n, member *m, const char *reason) {
   for (size_t i = 0; i < nrem; i++) cluster_remote_event(n->c, EVENT_DOWN, gone[i].node, gone[i].id, "node down");
   free(gone);
   cluster_remote_node_gone(n->c, inc); /* monitors of its isolates the replica did not list */
+  kin_gone(n, inc, 0, 1);
   cluster_node_event(n->c, EVENT_NODE_DOWN, name, reason);
 }
 
@@ -640,6 +747,11 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
     return;
   }
   m = membership_add(&n->ms, e->from_inc, e->name, e->name_len, now, WINDOW_FRAMES, WINDOW_BYTES);
+  if (m && inbound_add(&n->in, e->from_inc)) {
+    size_t lost;
+    membership_set_down(&n->ms, m, now, &lost); /* out of memory: met again by its next heartbeat */
+    m = NULL;
+  }
   plat_mutex_unlock(&n->lock);
   if (!m) return;
   /* Answer at once, so the newcomer need not wait a heartbeat period; and
@@ -704,6 +816,7 @@ typedef struct gone_member {
 typedef struct gone_list {
   gone_member *v;
   size_t n, cap;
+  inbound *in;
 } gone_list;
 
 static void collect_gone(member *m, void *ud) {
@@ -712,7 +825,7 @@ static void collect_gone(member *m, void *ud) {
   gone_member *x = &g->v[g->n++];
   x->inc = m->inc;
   memcpy(x->name, m->name, sizeof x->name);
-  x->pend = membership_take_pending(m, &x->npend);
+  x->pend = inbound_remove(g->in, m->inc, &x->npend);
   x->lost = m->link.count;
 }
 
@@ -722,7 +835,7 @@ static void collect_gone(member *m, void *ud) {
  * as a new node through its next heartbeat. Net thread. */
 static void rejoin(struct net *n, uint32_t by) {
   (void)by;
-  gone_list g = {NULL, 0, 0};
+  gone_list g = {NULL, 0, 0, &n->in};
   plat_mutex_lock(&n->lock);
   g.cap = n->ms.n;
   g.v = calloc(g.cap ? g.cap : 1, sizeof *g.v);
@@ -732,12 +845,14 @@ static void rejoin(struct net *n, uint32_t by) {
   plat_cond_broadcast(&n->claims_cond);
   uint32_t old = n->inc;
   n->inc = new_incarnation();
+  inbound_set_self(&n->in, n->inc);
   atomic_store(&n->c->node_id, n->inc);
   plat_mutex_unlock(&n->lock);
   cluster_log(n->c, "isolate_cluster: node %s (incarnation %08x) was declared down by the others; it rejoins as "
               "incarnation %08x (refs of the old one stay down)", n->name, (unsigned)old, (unsigned)n->inc);
   for (size_t i = 0; i < g.n; i++) {
     gone_member *x = &g.v[i];
+    net__chunks_forget(n, x->inc);
     if (x->lost) atomic_fetch_add(&n->c->dead_letters, x->lost);
     for (size_t k = 0; k < x->npend; k++)
       net__reply_error_to_local(n->c, x->pend[k].from_id, x->pend[k].corr, "isolate down: node down");
@@ -747,6 +862,7 @@ static void rejoin(struct net *n, uint32_t by) {
     for (size_t k = 0; k < nrem; k++) cluster_remote_event(n->c, EVENT_DOWN, gone[k].node, gone[k].id, "node down");
     free(gone);
     cluster_remote_node_gone(n->c, x->inc);
+    kin_gone(n, x->inc, 0, 1);
     cluster_node_event(n->c, EVENT_NODE_DOWN, x->name, "unreachable");
   }
   free(g.v);
@@ -754,10 +870,14 @@ static void rejoin(struct net *n, uint32_t by) {
 }
 
 static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, uint64_t now);
+static void handle_data(struct net *n, const envelope *ep, uint64_t now);
 
 /* Go-back-N: publishes again every frame m has not acked, oldest first
  * (stops at the first failed publish: no connection now). net->lock held. */
 static void resend_unacked(struct net *n, member *m, uint64_t now) {
+  uint64_t rto = m->rto_ns ? m->rto_ns : RETRANSMIT_NS;
+  m->rto_ns = rto * 2 < RETRANSMIT_MAX_NS ? rto * 2 : RETRANSMIT_MAX_NS;
+  m->resent_ns = now;
   char subject[SUBJECT_MAX];
   net__peer_subject(n, m->name, subject);
   link_frame *f;
@@ -804,6 +924,12 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
     handle_named(n, &e, now);
     return;
   }
+  if (e.type == ENV_DATA) {
+    /* Only from the data subject, handed over by its callback: while the
+     * net thread handles those, the callback delivers nothing. */
+    if (n->handing_over) handle_data(n, &e, now);
+    return;
+  }
   if (e.to_inc != n->inc) return;
   plat_mutex_lock(&n->lock);
   member *m = membership_find(&n->ms, e.from_inc);
@@ -822,55 +948,151 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
   }
   if (e.type == ENV_ACK) {
     link_frame *f;
-    if (link_ack(&m->link, e.seq) == 0 && e.seq == m->link.acked && (f = link_unacked(&m->link, 0)) != NULL &&
-        now - f->sent_ns > FAST_RETRANSMIT_NS) {
+    size_t freed = link_ack(&m->link, e.seq);
+    if (freed) m->rto_ns = 0; /* progress: back to the base wait */
+    if (freed == 0 && e.seq == m->link.acked && (f = link_unacked(&m->link, 0)) != NULL &&
+        now - f->sent_ns > FAST_RETRANSMIT_NS && now - m->resent_ns >= (m->rto_ns ? m->rto_ns : RETRANSMIT_NS) / 2) {
       resend_unacked(n, m, now);
     }
-    plat_mutex_unlock(&n->lock);
-    return;
-  }
-  /* ENV_DATA */
-  int k = e.kind;
-  if (k != MSG_USER && k != MSG_REQUEST && k != MSG_REPLY && k != MSG_REPLY_ERROR && k != NET_ISO_UP &&
-      k != NET_ISO_DOWN && k != NET_SPAWN && k != NET_CLAIM && k != NET_CLAIM_REPLY) {
-    plat_mutex_unlock(&n->lock);
-    return;
-  }
-  int verdict = link_accept(&m->link, e.seq);
-  if (verdict == LINK_DELIVER && (k == MSG_REPLY || k == MSG_REPLY_ERROR)) {
-    /* The peer answered request (to_id, corr) of ours. */
-    membership_answered(m, e.to_id, e.corr);
   }
   plat_mutex_unlock(&n->lock);
-  if (verdict != LINK_DELIVER) return;
+}
+
+static int plain_kind(int k) { return k == MSG_USER || k == MSG_REQUEST || k == MSG_REPLY || k == MSG_REPLY_ERROR; }
+
+static int is_reply(int k) { return k == MSG_REPLY || k == MSG_REPLY_ERROR; }
+
+/* A data frame the net thread handles: one the data callback handed it
+ * (TAG_DEFERRED). Net thread. */
+static void handle_data(struct net *n, const envelope *ep, uint64_t now) {
+  envelope e = *ep;
+  int k = e.kind;
+  if (!plain_kind(k) && k != NET_ISO_UP && k != NET_ISO_DOWN && k != NET_SPAWN && k != NET_CLAIM &&
+      k != NET_CLAIM_REPLY && k != NET_CHUNK && k != NET_KILL)
+    return;
+  if (inbound_peek(&n->in, e.to_inc, e.from_inc, e.seq, now) != LINK_DELIVER) return;
+  if (k == NET_CHUNK) {
+    /* Checked as a whole once complete (chunks.c). */
+    int whole = net__chunk_arrived(n, &e);
+    inbound_advance(&n->in, e.from_inc, e.seq, is_reply(whole), e.to_id, e.corr);
+    return;
+  }
   /* Sequence accepted: delivered or counted, never asked for again. */
   if (!net__payload_ok(n, e.payload, e.payload_len, n->code_ok)) {
     if (k == NET_SPAWN) spawn_failed(n, e.from_inc, e.to_id, "malformed or untrusted spawn refused");
-    if (k >= NET_ISO_UP) return;
-    cluster_log(n->c, "isolate_cluster: refused a malformed or untrusted message from node %08x",
-                (unsigned)e.from_inc);
-    if (k == MSG_REQUEST)
-      reply_error_to_remote(n, e.from_inc, e.from_id, e.corr, e.to_id, "malformed or untrusted message refused");
-    else atomic_fetch_add(&n->c->dead_letters, 1);
-    return;
-  }
-  if (k == NET_ISO_UP || k == NET_ISO_DOWN) apply_replica(n, &e);
+    if (k < NET_ISO_UP) {
+      cluster_log(n->c, "isolate_cluster: refused a malformed or untrusted message from node %08x",
+                  (unsigned)e.from_inc);
+      if (k == MSG_REQUEST)
+        net__reply_error_to_remote(n, e.from_inc, e.from_id, e.corr, e.to_id, "malformed or untrusted message refused");
+      else atomic_fetch_add(&n->c->dead_letters, 1);
+    }
+  } else if (k == NET_ISO_UP || k == NET_ISO_DOWN) apply_replica(n, &e);
   else if (k == NET_SPAWN) apply_spawn(n, &e);
+  else if (k == NET_KILL) apply_kill(n, &e);
   else if (k == NET_CLAIM) net__answer_claim(n, &e);
   else if (k == NET_CLAIM_REPLY) net__claim_answered(n, &e);
-  else deliver(n, &e);
+  else net__deliver(n, &e);
+  inbound_advance(&n->in, e.from_inc, e.seq, is_reply(k), e.to_id, e.corr);
+}
+
+/* ---- the data subscription's callback (a cnats thread) ------------------------ */
+
+/* One frame of a data subject message, delivered here if it can be: 1 when
+ * done with (delivered, or dropped as the net thread would drop it), 0 when
+ * the net thread must take it. *since: the most frames accepted from a
+ * peer since its last ack. */
+static int fast_frame(struct net *n, const unsigned char *data, size_t len, uint64_t now, size_t *since) {
+  envelope e;
+  if (envelope_parse(data, len, &n->key, &e)) return 1;
+  if (e.type != ENV_DATA || !plain_kind(e.kind) || wirecheck_plain(e.payload, e.payload_len) != WIRECHECK_OK)
+    return 0;
+  int verdict = inbound_peek(&n->in, e.to_inc, e.from_inc, e.seq, now);
+  if (verdict != LINK_DELIVER) return 1; /* a duplicate, a gap, or not ours: never delivered */
+  /* Not posted (no receiver, a full mailbox, no memory): the net thread
+   * tries again and refuses it as it must (dead letter, error reply). */
+  if (post_local(n, &e)) return 0;
+  size_t s = inbound_advance(&n->in, e.from_inc, e.seq, is_reply(e.kind), e.to_id, e.corr);
+  if (s > *since) *since = s;
+  return 1;
+}
+
+/* Every message on this node's data subject, on its subscription's cnats
+ * thread (one at a time). Never blocks and never touches a lua_State
+ * (transport.h): it takes the inbound lock and, to post, c->lock and a
+ * mailbox's lock, each for a moment. What it cannot finish goes to the net
+ * thread (see `deferred` in node.h); a single frame of another type (an
+ * ack, a fenced notice) goes there as any other subject's message does. */
+static void on_data(void *ud, transport *t, natsMsg *msg) {
+  struct net *n = ud;
+  const unsigned char *data = (const unsigned char *)natsMsg_GetData(msg);
+  int dlen = natsMsg_GetDataLength(msg);
+  const char *subject = natsMsg_GetSubject(msg);
+  if (subject && strcmp(subject, n->hb_subject) == 0) {
+    /* A heartbeat: the net thread handles it, and here the peer is marked
+     * heard at once (inbound_heard), so that a net thread slow to get to
+     * it (a loaded machine) does not take a live peer for a silent one. */
+    envelope e;
+    if (data && dlen > 0 && envelope_parse(data, (size_t)dlen, &n->key, &e) == NULL && e.type == ENV_HEARTBEAT)
+      inbound_heard(&n->in, e.from_inc, plat_now_ns());
+    if (transport_enqueue(t, msg, 0)) natsMsg_Destroy(msg);
+    return;
+  }
+  if (!data || dlen <= 0 || atomic_load(&n->rx_closed)) {
+    natsMsg_Destroy(msg); /* a probe (empty), or too late */
+    return;
+  }
+  size_t len = (size_t)dlen, since = 0;
+  int batch = len >= 2 && data[0] == BATCH_MAGIC0 && data[1] == BATCH_MAGIC1;
+  int done = 1;
+  if (!batch) {
+    envelope e;
+    if (envelope_parse(data, len, &n->key, &e) == NULL && e.type != ENV_DATA) {
+      if (transport_enqueue(t, msg, 0)) natsMsg_Destroy(msg);
+      return;
+    }
+  }
+  uint64_t now = plat_now_ns();
+  if (atomic_load_explicit(&n->deferred, memory_order_acquire) > 0) {
+    done = 0;
+  } else if (!batch) {
+    done = fast_frame(n, data, len, now, &since);
+  } else {
+    /* A batch: [u32 length][frame], ...; a length past the end ends it. */
+    size_t pos = 2;
+    while (done && len - pos >= 4) {
+      size_t flen = (size_t)data[pos] << 24 | (size_t)data[pos + 1] << 16 | (size_t)data[pos + 2] << 8 | data[pos + 3];
+      pos += 4;
+      if (flen > len - pos) break;
+      done = fast_frame(n, data + pos, flen, now, &since);
+      pos += flen;
+    }
+  }
+  if (since >= ACK_EVERY && !atomic_exchange(&n->ack_wanted, 1)) transport_wake(t);
+  if (done) {
+    natsMsg_Destroy(msg);
+    return;
+  }
+  /* The whole message goes: what was delivered of it is a duplicate there. */
+  atomic_fetch_add_explicit(&n->deferred, 1, memory_order_acq_rel);
+  if (transport_enqueue(t, msg, TAG_DEFERRED)) {
+    atomic_fetch_sub_explicit(&n->deferred, 1, memory_order_acq_rel);
+    natsMsg_Destroy(msg); /* the queue is full: the link resends */
+  }
 }
 
 /* ---- timers (net thread) -------------------------------------------------------- */
 
 static void send_acks(struct net *n) {
+  atomic_store(&n->ack_wanted, 0);
+  n->last_acks_ns = plat_now_ns();
   plat_mutex_lock(&n->lock);
   for (size_t i = 0; i < n->ms.n; i++) {
     member *m = n->ms.v[i];
-    if (!m->up || !m->link.ack_due) continue;
-    m->link.ack_due = 0;
+    uint64_t cum;
+    if (!m->up || !inbound_take_ack(&n->in, m->inc, &cum)) continue;
     unsigned char body[8];
-    envelope_put_u64(body, link_delivered(&m->link));
+    envelope_put_u64(body, cum);
     char subject[SUBJECT_MAX];
     net__peer_subject(n, m->name, subject);
     send_control(n, subject, ENV_ACK, m->inc, body, sizeof body);
@@ -886,7 +1108,7 @@ static void retransmit(struct net *n, uint64_t now, int all) {
     member *m = n->ms.v[i];
     if (!m->up) continue;
     link_frame *f = link_unacked(&m->link, 0);
-    if (!f || (!all && now - f->sent_ns < RETRANSMIT_NS)) continue;
+    if (!f || (!all && now - f->sent_ns < (m->rto_ns ? m->rto_ns : RETRANSMIT_NS))) continue;
     resend_unacked(n, m, now);
   }
   plat_mutex_unlock(&n->lock);
@@ -932,6 +1154,35 @@ static void track_connection(struct net *n, uint64_t now) {
   if (!up) n->connected_since = 0;
 }
 
+/* A peer the callbacks heard (data, heartbeats) counts as heard. now: the
+ * time the timers below compare with; a callback may have stamped a later
+ * one meanwhile, which counts as now (a time past it would make the
+ * silence `now - last_seen` wrap around to years). */
+static void sync_seen(struct net *n, uint64_t now) {
+  plat_mutex_lock(&n->lock);
+  for (size_t i = 0; i < n->ms.n; i++) {
+    member *m = n->ms.v[i];
+    if (!m->up) continue;
+    uint64_t seen = inbound_last_seen(&n->in, m->inc, now);
+    if (seen > m->last_seen_ns) {
+      m->last_seen_ns = seen;
+      m->suspect_ns = 0;
+    }
+  }
+  plat_mutex_unlock(&n->lock);
+}
+
+/* Handles one message from the transport's queue, and destroys it. */
+static void handle_queued(struct net *n, natsMsg *msg, int tag) {
+  n->handing_over = tag == TAG_DEFERRED;
+  handle_frame(n, msg, plat_now_ns());
+  n->handing_over = 0;
+  natsMsg_Destroy(msg);
+  /* Its frames are delivered: the data callback may deliver the next ones
+   * (the release orders them after these). */
+  if (tag == TAG_DEFERRED) atomic_fetch_sub_explicit(&n->deferred, 1, memory_order_acq_rel);
+}
+
 static void *net_main(void *arg) {
   struct net *n = arg;
   uint64_t next_hb = 0, last_tick = plat_now_ns();
@@ -940,16 +1191,17 @@ static void *net_main(void *arg) {
     uint64_t deadline = now + TICK_NS;
     if (next_hb && next_hb < deadline) deadline = next_hb;
     flush_batches(n);
-    natsMsg *msg = atomic_load(&n->flush_wanted) ? NULL : transport_next(n->t, deadline);
+    int tag = 0;
+    /* With batches or acks to send, only what is queued already: no wait. */
+    int busy = atomic_load(&n->flush_wanted) || atomic_load(&n->ack_wanted);
+    natsMsg *msg = transport_next(n->t, busy ? 0 : deadline, &tag);
     for (int i = 0; msg && i < BATCH; i++) {
-      handle_frame(n, msg, plat_now_ns());
-      natsMsg_Destroy(msg);
-      msg = i + 1 < BATCH ? transport_next(n->t, 0) : NULL;
+      handle_queued(n, msg, tag);
+      /* A long queue (large chunks, a backlog) does not hold the acks back. */
+      if (plat_now_ns() - n->last_acks_ns > ACK_INTERVAL_NS) send_acks(n);
+      msg = i + 1 < BATCH ? transport_next(n->t, 0, &tag) : NULL;
     }
-    if (msg) {
-      handle_frame(n, msg, plat_now_ns());
-      natsMsg_Destroy(msg);
-    }
+    if (msg) handle_queued(n, msg, tag);
     flush_batches(n);
     send_acks(n);
     now = plat_now_ns();
@@ -970,6 +1222,7 @@ static void *net_main(void *arg) {
       plat_mutex_unlock(&n->lock);
     }
     last_tick = now;
+    sync_seen(n, now);
     if (n->connected_since) {
       plat_mutex_lock(&n->lock);
       probe_silent(n, now);
@@ -985,7 +1238,14 @@ static void *net_main(void *arg) {
 void net_free(struct net *n) {
   if (!n) return;
   net_stop(n, plat_now_ns() + plat_seconds_to_ns(2.0)); /* normally stopped already */
+  /* cnats may still call on_data, which names n: n stays (a bounded leak of
+   * a connection that would not close). */
+  if (n->transport_leaked) return;
   membership_fini(&n->ms);
+  kin_fini(&n->kids_out);
+  kin_fini(&n->kids_in);
+  inbound_fini(&n->in);
+  reasm_fini(&n->reasm);
   paths_fini(&n->replica);
   if (n->vL) lua_close(n->vL);
   free(n->cluster_name);
@@ -1033,6 +1293,10 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   plat_mutex_init(&n->lock);
   plat_cond_init(&n->claims_cond);
   membership_init(&n->ms);
+  kin_init(&n->kids_out);
+  kin_init(&n->kids_in);
+  inbound_init(&n->in);
+  reasm_init(&n->reasm, CHUNKED_MAX, REASSEMBLY_MAX);
   paths_init(&n->replica);
   n->c = c;
   n->cluster_name = strdup(o->cluster);
@@ -1062,6 +1326,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   /* Functions in a trusted message may name standard functions. */
   if (n->code_ok) luaL_openlibs(n->vL);
   n->inc = new_incarnation();
+  inbound_set_self(&n->in, n->inc);
   snprintf(n->hb_subject, SUBJECT_MAX, "ic.%s.hb", n->cluster_name);
   net__peer_subject(n, n->name, n->data_subject);
   /* path_subject is the wildcard subscribed to; its first path_prefix_len
@@ -1074,7 +1339,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   const char *subjects[] = {n->hb_subject, n->data_subject, n->path_subject, n->probe_subject};
   transport_opts to = {o->urls, o->nurls, o->user, o->password, o->token, o->tls_ca, o->tls_cert, o->tls_key,
                        n->name, o->connect_timeout > 0 ? o->connect_timeout : DEFAULT_CONNECT_TIMEOUT,
-                       subjects, 4, 0};
+                       subjects, 4, 0, on_data, n, 1u << 0 | 1u << 1};
   n->t = transport_open(&to, err, errlen);
   if (!n->t) {
     net_free(n);
@@ -1106,7 +1371,8 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
     n->has_thread = 0;
     transport *t = n->t;
     n->t = NULL;
-    transport_close(t, 1.0);
+    atomic_store(&n->rx_closed, 1);
+    if (transport_close(t, 1.0)) n->transport_leaked = 1;
     net_free(n);
     return NULL;
   }
@@ -1138,6 +1404,7 @@ void net_stop(struct net *n, uint64_t until) {
   if (until < drain_by) drain_by = until;
   if (n->has_thread) {
     drain_links(n, drain_by);
+    atomic_store(&n->rx_closed, 1);
     atomic_store(&n->stop, 1);
     transport_wake(n->t);
     plat_thread_join(n->thread);
@@ -1157,7 +1424,8 @@ void net_stop(struct net *n, uint64_t until) {
   double flush_s = until > now ? (double)(until - now) / 1e9 : 0.0;
   if (flush_s > 2.0) flush_s = 2.0;
   if (flush_s < 0.05) flush_s = 0.05;
-  if (t) transport_close(t, flush_s);
+  atomic_store(&n->rx_closed, 1);
+  if (t && transport_close(t, flush_s)) n->transport_leaked = 1;
 }
 
 /* ---- names ------------------------------------------------------------------ */

@@ -18,6 +18,7 @@
 #ifndef IC_NET_NET_H
 #define IC_NET_NET_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -85,20 +86,33 @@ int net_prefix(struct net *n, const char *prefix, uint32_t **nodes, uint64_t **i
  * queued on the reliable link like a message. Returns NULL with the new
  * isolate's ref in *node, *id (this node chose the id, so the ref is usable
  * at once: messages sent to it queue behind the spawn), or why not. If the
- * spawn fails there, the isolate's down event says why. Any thread. */
-const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, const char *boot, size_t boot_len,
-                      const char *props, size_t props_len, const char *path, size_t mailbox_cap, size_t memory_limit,
-                      int dedicated, uint32_t *node, uint64_t *id);
+ * spawn fails there, the isolate's down event says why. Any thread.
+ *
+ * linked: the new isolate is a child of local isolate creator_id, as a
+ * local child is (src/isolate.h): that node shuts it down when the creator
+ * goes down or this node does, and its down reaches the creator as a
+ * CONTROL_CHILD_DOWN (the caller counts it among the creator's live
+ * children when this returns NULL). */
+const char *net_spawn(struct net *n, const char *name, uint64_t creator_id, int linked, const char *boot,
+                      size_t boot_len, const char *props, size_t props_len, const char *path, size_t mailbox_cap,
+                      size_t memory_limit, int dedicated, uint32_t *node, uint64_t *id);
+
+/* Kills isolate id of node incarnation `node` there (reason "killed"),
+ * through the link. NULL when the kill is on its way (the isolate's down
+ * event follows), or why not: "isolate down" (known down, or of a node that
+ * is not live). Any thread. */
+const char *net_kill(struct net *n, uint32_t node, uint64_t id);
 /* The claim round for an exact path "/name" (docs/multinode.md, "Claims"):
  * asks every live node and waits for their answers, or for the silent ones
  * to be declared down, at most timeout_s. Returns NULL when the path is
- * this node's to register, "path in use", or "no answer" (a node neither
- * answered nor was declared down in time). A granted claim
- * holds the path against other nodes' claims until net_claim_done, which the
- * caller must call once it has registered the isolate (or failed to).
- * Blocks the calling thread for one round trip. Any thread but the net
- * thread. */
-const char *net_claim(struct net *n, const char *path, double timeout_s);
+ * this node's to register, "path in use", "no answer" (a node neither
+ * answered nor was declared down in time), or "interrupted" (*interrupt,
+ * when not NULL, became set: the main state's Ctrl-C, looked at every
+ * 50 ms). A granted claim holds the path against other nodes' claims until
+ * net_claim_done, which the caller must call once it has registered the
+ * isolate (or failed to). Blocks the calling thread for one round trip.
+ * Any thread but the net thread. */
+const char *net_claim(struct net *n, const char *path, double timeout_s, atomic_int *interrupt);
 void net_claim_done(struct net *n, const char *path);
 
 /* Lua functions may cross between the nodes (allow_code and a secret). */

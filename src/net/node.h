@@ -20,19 +20,30 @@
 
 #include "cluster.h"
 #include "envelope.h"
+#include "inbound.h"
+#include "kin.h"
 #include "membership.h"
 #include "net.h"
 #include "paths.h"
+#include "reasm.h"
 #include "transport.h"
 
 /* Retransmit window per link: a send past it is refused ("node unreachable"). */
 #define WINDOW_FRAMES 65536
 #define WINDOW_BYTES (64u << 20)
-/* A frame unacked this long is sent again (with every later one). */
+/* A frame unacked this long is sent again (with every later one). Each
+ * resend without progress doubles the wait for that link, up to
+ * RETRANSMIT_MAX_NS; an ack that moves on brings it back: a receiver slow to
+ * catch up is not buried under copies of what it has not read yet. */
 #define RETRANSMIT_NS 300000000ull
+#define RETRANSMIT_MAX_NS 2400000000ull
+/* The net thread sends due acks at least this often while it works
+ * through its queue. */
+#define ACK_INTERVAL_NS 10000000ull
 /* A duplicate ack resends at once what is older than this (fast
  * retransmit: a peer that dropped frames, e.g. a joiner that got them before
- * it knew the sender, says so by acking what it has). */
+ * it knew the sender, says so by acking what it has), unless the link
+ * resent less than half its current wait ago. */
 #define FAST_RETRANSMIT_NS 20000000ull
 /* ic.node waits this long after its first heartbeat to meet the live nodes
  * (they answer at once) and receive their isolates before it returns, so a
@@ -45,6 +56,13 @@
 #define BATCH_MAGIC0 'I'
 #define BATCH_MAGIC1 'B'
 #define BATCH_MAX (60u << 10)
+/* The receiver asks the net thread for an ack at once after this many
+ * accepted frames (otherwise the ack goes with its next tick, at most
+ * TICK_NS later): the sender's window empties well before it fills. */
+#define ACK_EVERY 4096
+/* The tag of a data subject message the data subscription's callback hands
+ * to the net thread (transport_enqueue), see struct net's `deferred`. */
+#define TAG_DEFERRED 1
 /* The net thread's tick. */
 #define TICK_NS 50000000ull
 /* Inbound frames handled before the thread looks at its timers again. */
@@ -63,7 +81,15 @@
 #define INTEROP_MAX 65536
 
 /* Kinds of data frames between nets only (beyond the MSG_* kinds). */
-enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22, NET_CLAIM = 23, NET_CLAIM_REPLY = 24 };
+enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22, NET_CLAIM = 23, NET_CLAIM_REPLY = 24, NET_CHUNK = 25,
+       NET_KILL = 26 };
+
+/* Messages over the server's max_payload travel in chunks (chunks.c): at
+ * most this large, and the partial messages of all peers together hold at
+ * most REASSEMBLY_MAX bytes at a receiver. */
+#define CHUNKED_MAX (32u << 20)
+#define REASSEMBLY_MAX (128u << 20)
+
 
 /* A path claim of this node (see net_claim), guarded by net->lock. */
 typedef struct claim {
@@ -93,6 +119,23 @@ struct net {
   atomic_ullong spawn_seq;  /* "/dir/" segments of spawns on other nodes */
   atomic_int name_taken;    /* a live node of another incarnation has our name */
   atomic_int flush_wanted;  /* a batch waits for the net thread to publish it */
+  atomic_int ack_wanted;    /* the data callback asked for acks now */
+
+  /* Data frames are delivered by the data subscription's cnats callback
+   * (on_data in net.c) straight into the receivers' mailboxes: frame and
+   * sequence checks, duplicate suppression, a payload check in C
+   * (wirecheck.h). A frame it cannot finish there (another kind, a payload
+   * only the full decoder can judge, a full mailbox) goes with the rest of
+   * its NATS message to the net thread (TAG_DEFERRED), and so does every
+   * data message after it until the net thread has handled them all:
+   * `deferred` counts those queued, and while it is not 0 the callback
+   * delivers nothing itself, so one peer's frames are delivered in order
+   * by one thread at a time. */
+  inbound in;
+  atomic_int deferred;
+  reasm reasm;              /* chunked messages in progress (net thread only) */
+  atomic_int rx_closed;     /* stopping: the callback drops data */
+  int transport_leaked;     /* cnats kept callbacks past the close: n must stay */
 
   plat_mutex lock;
   membership ms;
@@ -102,6 +145,10 @@ struct net {
   char **interop;
   uint64_t interop_next;
   claim *claims;            /* this node's claims in progress or held (lock) */
+  /* Children across nodes (src/net/kin.h; lock): those this node's
+   * isolates spawned elsewhere (inc, child id -> creator id) and those
+   * other nodes' isolates spawned here (inc, creator id -> child id). */
+  kin kids_out, kids_in;
   uint64_t claim_seq;
   plat_cond claims_cond;    /* an answer came, or a node went down */
 
@@ -112,6 +159,8 @@ struct net {
   uint64_t connected_since; /* 0 while disconnected */
   uint64_t seen_reconnects;
   uint64_t last_name_reply_ns;
+  int handing_over;         /* handling a message the data callback handed over */
+  uint64_t last_acks_ns;    /* send_acks last ran */
   lua_State *vL;            /* the payload checker's state */
 };
 
@@ -126,8 +175,25 @@ const char *net__send_locked(struct net *n, member *m, unsigned char *frame, int
 void net__send_to_members(struct net *n, uint32_t inc, int kind, uint64_t id, const char *data, size_t len);
 /* The refusal of a message of len payload bytes over max_payload, or NULL. */
 const char *net__too_large(struct net *n, size_t len);
+/* Delivers a checked message, request or reply from a peer to its local
+ * receiver, or refuses it (dead letter, error reply). Net thread. */
+void net__deliver(struct net *n, const envelope *e);
+/* Sends an error reply (a MessagePack string) to requester of node `node`. */
+void net__reply_error_to_remote(struct net *n, uint32_t node, uint64_t requester, uint64_t corr, uint64_t from_id,
+                                const char *why);
 /* Posts an error reply (a MessagePack string) to local requester `requester`. */
 void net__reply_error_to_local(ic_cluster *c, uint64_t requester, uint64_t corr, const char *why);
+
+/* chunks.c: does a payload of len bytes need chunks? */
+int net__chunked(const struct net *n, size_t len);
+/* Sends it in chunks to m (net->lock held); NULL or why not (nothing sent). */
+const char *net__send_chunked(struct net *n, member *m, int kind, uint64_t to_id, uint64_t corr, uint64_t from_id,
+                              const char *data, size_t len);
+/* A NET_CHUNK frame arrived in sequence (net thread): returns the message's
+ * kind when it completed it (and delivered or refused it), else 0. */
+int net__chunk_arrived(struct net *n, const envelope *e);
+/* Peer inc went: its partial message is dropped. Net thread. */
+void net__chunks_forget(struct net *n, uint32_t inc);
 
 /* claims.c */
 void net__claims_forget(struct net *n, uint32_t inc);

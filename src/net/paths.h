@@ -33,13 +33,24 @@ typedef struct path_entry {
   int pending;     /* spawned from this node, not yet up there */
 } path_entry;
 
+/* Entries in the order they came up (lookup_isolates lists them so), with
+ * two hash indexes (open addressing; a slot holds an entry's index + 1, 0
+ * is empty, PATHS_TOMB a removed path): by (node, id), every entry; by
+ * path, the live ones with a path. Lookups and updates cost O(1) on
+ * average, so a replica of 100,000 remote isolates stays cheap; listing a
+ * prefix and a node's going down walk the array. Down entries are dropped
+ * in batches (a compaction, which rebuilds both indexes). */
 typedef struct paths {
   plat_mutex lock;
   path_entry *v;
   size_t n, cap;
-  size_t ndown;    /* entries down, at most PATHS_DOWN_KEEP */
+  size_t ndown;    /* entries down */
+  size_t *by_id, id_cap;
+  size_t *by_path, path_cap, path_used; /* path_used counts tombstones too */
 } paths;
 
+/* Down entries kept at least (so that refs print their path and read their
+ * properties); past twice as many the oldest go. */
 #define PATHS_DOWN_KEEP 4096
 
 typedef struct remote_id {

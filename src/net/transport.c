@@ -14,8 +14,13 @@ struct transport {
   int nsubs;
   plat_mutex lock; /* guards the inbound ring and the done counters */
   plat_cond cond;
-  natsMsg **ring;
+  struct inbound_item {
+    natsMsg *msg;
+    int tag;
+  } *ring;
   size_t cap, head, count;
+  void (*direct)(void *ud, transport *t, natsMsg *msg);
+  void *direct_ud;
   int woken;
   int subs_done;   /* subscriptions whose callbacks have ended for good */
   int closed;      /* the connection's closed callback ran */
@@ -26,22 +31,33 @@ struct transport {
 
 /* ---- cnats callbacks: enqueue or flip a flag, nothing else ------------------ */
 
+int transport_enqueue(transport *t, natsMsg *msg, int tag) {
+  int rc = -1;
+  plat_mutex_lock(&t->lock);
+  if (t->count < t->cap) {
+    t->ring[(t->head + t->count) % t->cap] = (struct inbound_item){msg, tag};
+    t->count++;
+    rc = 0;
+    plat_cond_signal(&t->cond);
+  }
+  plat_mutex_unlock(&t->lock);
+  if (rc) atomic_fetch_add(&t->dropped, 1);
+  return rc;
+}
+
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
   (void)nc;
   (void)sub;
   transport *t = closure;
-  plat_mutex_lock(&t->lock);
-  if (t->count < t->cap) {
-    t->ring[(t->head + t->count) % t->cap] = msg;
-    t->count++;
-    msg = NULL;
-    plat_cond_signal(&t->cond);
-  }
-  plat_mutex_unlock(&t->lock);
-  if (msg) {
-    atomic_fetch_add(&t->dropped, 1);
-    natsMsg_Destroy(msg);
-  }
+  if (transport_enqueue(t, msg, 0)) natsMsg_Destroy(msg);
+}
+
+/* The subscription with a direct handler (transport_opts.direct). */
+static void on_direct(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
+  (void)nc;
+  (void)sub;
+  transport *t = closure;
+  t->direct(t->direct_ud, t, msg);
 }
 
 static void on_sub_complete(void *closure) {
@@ -91,7 +107,7 @@ static void set_error(char *err, size_t errlen, const char *what, natsStatus s) 
 }
 
 static void free_ring(transport *t) {
-  for (size_t i = 0; i < t->count; i++) natsMsg_Destroy(t->ring[(t->head + i) % t->cap]);
+  for (size_t i = 0; i < t->count; i++) natsMsg_Destroy(t->ring[(t->head + i) % t->cap].msg);
   t->count = 0;
   free(t->ring);
   t->ring = NULL;
@@ -124,6 +140,8 @@ transport *transport_open(const transport_opts *o, char *err, size_t errlen) {
   plat_mutex_init(&t->lock);
   plat_cond_init(&t->cond);
   t->cap = o->inbound_max ? o->inbound_max : 65536;
+  t->direct = o->direct;
+  t->direct_ud = o->direct_ud;
   t->ring = malloc(t->cap * sizeof *t->ring);
   t->subs = calloc((size_t)(o->nsubjects > 0 ? o->nsubjects : 1), sizeof *t->subs);
   if (!t->ring || !t->subs) {
@@ -175,7 +193,8 @@ transport *transport_open(const transport_opts *o, char *err, size_t errlen) {
   }
   atomic_store(&t->connected, 1);
   for (int i = 0; i < o->nsubjects && s == NATS_OK; i++) {
-    s = natsConnection_Subscribe(&t->subs[i], t->nc, o->subjects[i], on_msg, t);
+    int direct = o->direct && i < 32 && (o->direct_mask >> i & 1u);
+    s = natsConnection_Subscribe(&t->subs[i], t->nc, o->subjects[i], direct ? on_direct : on_msg, t);
     if (s == NATS_OK) {
       t->nsubs++;
       s = natsSubscription_SetOnCompleteCB(t->subs[i], on_sub_complete, t);
@@ -199,14 +218,15 @@ int transport_publish_reply(transport *t, const char *subject, const char *reply
   return natsConnection_PublishRequest(t->nc, subject, reply, data, (int)len) == NATS_OK ? 0 : -1;
 }
 
-natsMsg *transport_next(transport *t, uint64_t deadline_ns) {
+natsMsg *transport_next(transport *t, uint64_t deadline_ns, int *tag) {
   natsMsg *m = NULL;
   plat_mutex_lock(&t->lock);
   while (!t->count && !t->woken && plat_now_ns() < deadline_ns)
     plat_cond_wait_until(&t->cond, &t->lock, deadline_ns);
   t->woken = 0;
   if (t->count) {
-    m = t->ring[t->head];
+    m = t->ring[t->head].msg;
+    *tag = t->ring[t->head].tag;
     t->head = (t->head + 1) % t->cap;
     t->count--;
   }
@@ -226,7 +246,7 @@ uint64_t transport_reconnects(transport *t) { return atomic_load(&t->reconnects)
 uint64_t transport_dropped(transport *t) { return atomic_load(&t->dropped); }
 int64_t transport_max_payload(transport *t) { return natsConnection_GetMaxPayload(t->nc); }
 
-void transport_close(transport *t, double timeout_s) {
+int transport_close(transport *t, double timeout_s) {
   uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(timeout_s);
   int64_t ms = (int64_t)(timeout_s * 1000.0);
   if (transport_connected(t)) natsConnection_FlushTimeout(t->nc, ms > 0 ? ms : 1);
@@ -234,9 +254,10 @@ void transport_close(transport *t, double timeout_s) {
   if (!wait_callbacks_done(t, t->nsubs, deadline + plat_seconds_to_ns(5.0))) {
     /* cnats still holds callbacks that name t: freeing it now could crash
      * the process later, so it is left to the process (a bounded leak). */
-    return;
+    return -1;
   }
   for (int i = 0; i < t->nsubs; i++) natsSubscription_Destroy(t->subs[i]);
   natsConnection_Destroy(t->nc);
   transport_free(t);
+  return 0;
 }

@@ -8,8 +8,12 @@
  * library-wide for connection events). Those callbacks never block and never
  * touch a lua_State: they put the message into the transport's bounded
  * inbound queue (dropping it when the queue is full: the reliable link
- * resends, heartbeats repeat) or flip an atomic flag. Exactly one thread,
- * the node's net thread, takes from the queue (transport_next).
+ * resends, heartbeats repeat) or flip an atomic flag; one subscription may
+ * instead have a direct handler (transport_opts.direct), which runs on that
+ * subscription's cnats thread under the same rules and may hand a message
+ * to the queue itself (transport_enqueue). cnats runs one subscription's
+ * callbacks one at a time. Exactly one thread, the node's net thread, takes
+ * from the queue (transport_next).
  * transport_publish may be called from any thread (cnats locks the
  * connection).
  *
@@ -37,6 +41,13 @@ typedef struct transport_opts {
   const char **subjects;  /* subscribed once, for the connection's life */
   int nsubjects;
   size_t inbound_max;     /* bounded inbound queue, in messages */
+  /* Or NULL: the handler of the messages of the subjects in direct_mask
+   * (bit i: subjects[i]), called on their subscriptions' cnats threads; it
+   * owns each message (destroys it, or passes it on with
+   * transport_enqueue). It must not block. */
+  void (*direct)(void *ud, transport *t, natsMsg *msg);
+  void *direct_ud;
+  unsigned direct_mask;
 } transport_opts;
 
 /* Connects and subscribes. NULL with a message in err on failure (no
@@ -50,10 +61,14 @@ int transport_publish(transport *t, const char *subject, const void *data, size_
 int transport_publish_reply(transport *t, const char *subject, const char *reply, const void *data,
                             size_t len);
 
-/* The next inbound message (the caller destroys it with natsMsg_Destroy),
- * or NULL at deadline (monotonic ns) or after transport_wake. Net thread
- * only. */
-natsMsg *transport_next(transport *t, uint64_t deadline_ns);
+/* Puts msg into the inbound queue with tag (0 for what the transport
+ * queues itself): 0, or -1 when the queue is full (msg stays the caller's;
+ * counted as dropped). Any thread; never blocks for long. */
+int transport_enqueue(transport *t, natsMsg *msg, int tag);
+/* The next inbound message and its tag (the caller destroys it with
+ * natsMsg_Destroy), or NULL at deadline (monotonic ns) or after
+ * transport_wake. Net thread only. */
+natsMsg *transport_next(transport *t, uint64_t deadline_ns, int *tag);
 /* Makes a transport_next waiting now return. Any thread. */
 void transport_wake(transport *t);
 
@@ -67,7 +82,10 @@ uint64_t transport_dropped(transport *t);
 int64_t transport_max_payload(transport *t);
 
 /* Flushes (bounded by timeout_s), closes, waits for cnats to be done with
- * every callback, frees. No other call may be running or follow. */
-void transport_close(transport *t, double timeout_s);
+ * every callback, frees. No other call may be running or follow. Returns 0,
+ * or -1 when cnats did not report every callback ended in time: t is then
+ * left allocated (callbacks may still come), and so must be whatever a
+ * direct handler's ud names. */
+int transport_close(transport *t, double timeout_s);
 
 #endif
