@@ -10,7 +10,8 @@
  *   copy      msgpuck encode + decode of a map of 10,000 string -> number
  *             entries (ms per copy)
  *   parallel  the same arithmetic loop of N steps run twice, on one thread
- *             and then on two threads at once (the speed-up, 1 -> 2)
+ *             and then on two threads at once (the speed-up, 1 -> 2; the
+ *             best of three rounds of each)
  *
  * Usage: bench_baseline pingpong|mpsc|copy|parallel N   (prints one number)
  */
@@ -169,18 +170,26 @@ static void *spin_main(void *arg) {
   return NULL;
 }
 
+/* Best of three interleaved rounds of each (one thread, two threads): the
+ * machine is shared, and the best round is the one least disturbed. */
 static double bench_parallel(long n) {
-  pthread_t t1, t2;
-  double t0 = now();
-  spin_main(&n);
-  spin_main(&n);
-  double one = now() - t0;
-  t0 = now();
-  pthread_create(&t1, NULL, spin_main, &n);
-  pthread_create(&t2, NULL, spin_main, &n);
-  pthread_join(t1, NULL);
-  pthread_join(t2, NULL);
-  return one / (now() - t0); /* speed-up of two threads over one */
+  double one = 1e30, two = 1e30;
+  for (int round = 0; round < 3; round++) {
+    pthread_t t1, t2;
+    double t0 = now();
+    spin_main(&n);
+    spin_main(&n);
+    double dt = now() - t0;
+    if (dt < one) one = dt;
+    t0 = now();
+    pthread_create(&t1, NULL, spin_main, &n);
+    pthread_create(&t2, NULL, spin_main, &n);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    dt = now() - t0;
+    if (dt < two) two = dt;
+  }
+  return one / two; /* speed-up of two threads over one */
 }
 
 int main(int argc, char **argv) {

@@ -216,6 +216,40 @@ describe("timer and monitor handles", function()
   end)
 end)
 
+describe("the context's own methods", function()
+  it("called with '.' or given a wrong handler say so at the caller's line", function()
+    with_cluster({ workers = 1 }, function(c)
+      local p = c:spawn_isolate(function(ctx)
+        ctx:on_message(function()
+          -- (each call from a Lua line of its own, not a tail call, so the
+          -- error has the position of that line)
+          local function try(f) return select(2, pcall(f)) end
+          local r = {
+            try(function() local _ = ctx.on_message(1) end), try(function() local _ = ctx.property("k") end),
+            try(function() local _ = ctx.properties() end), try(function() local _ = ctx:on_message(42) end),
+            try(function() local _ = ctx.sleep(0) end), try(function() local _ = ctx:on_message({}) end),
+          }
+          r.prop, r.props = ctx:property("k"), ctx:properties().k
+          r.missing = ctx.no_such_method == nil
+          r.same = ctx.on_message == ctx.on_message and type(ctx.after) == "function"
+          return r
+        end)
+      end, { k = "v" })
+      local r = p:request("go", W.TIMEOUT)
+      assert.matches("^%S+:%d+: context:on_message must be called with ':'$", r[1])
+      assert.matches("^%S+:%d+: context:property must be called with ':'$", r[2])
+      assert.matches("^%S+:%d+: context:properties must be called with ':'$", r[3])
+      assert.matches("^%S+:%d+: on_message expects a function or nil, got number$", r[4])
+      assert.matches("context:sleep must be called with ':'", r[5], 1, true)
+      assert.matches("on_message expects a function or nil, got table", r[6], 1, true)
+      assert.equal("v", r.prop)
+      assert.equal("v", r.props)
+      assert.is_true(r.missing)
+      assert.is_true(r.same)
+    end)
+  end)
+end)
+
 describe("waiting lookups of paths no isolate can hold", function()
   it("return nil at once, in the main state and in isolates", function()
     with_cluster({ workers = 1 }, function(c)

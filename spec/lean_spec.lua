@@ -1,9 +1,11 @@
--- Lean isolates (opts.lean = true): only the base and coroutine libraries
--- are opened at start; `string` is opened on first use, whichever way it is
--- first reached, and behaves as in any other isolate from then on.
+-- Lean isolates (opts.lean = true): only the base library is opened at
+-- start; `string` is opened on first use, whichever way it is first
+-- reached, and behaves as in any other isolate from then on. `coroutine` is
+-- opened on first use in every isolate, with the isolate's own resume, wrap
+-- and yield.
 local ic = require("isolate_cluster")
 
-local describe, it, before_each, after_each, assert = describe, it, before_each, after_each, assert
+local describe, it, before_each, after_each, assert, ipairs = describe, it, before_each, after_each, assert, ipairs
 local _ENV = _G
 
 describe("lean isolates", function()
@@ -50,6 +52,52 @@ describe("lean isolates", function()
     local got = probe(function() return 1 end, {})
     assert.is_true(got.before)
     assert.is_true(probe(function() return 1 end, { lean = false }).before)
+  end)
+
+  for _, opts in ipairs({ { lean = true }, {} }) do
+    it("open coroutine on first use, with the isolate's own resume, wrap and yield"
+      .. (opts.lean and " (lean)" or ""), function()
+      local got = probe(function()
+        local before = rawget(_G, "coroutine") == nil
+        local gen = coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end)
+        local co = coroutine.create(function(a) local b = coroutine.yield(a + 1) return b * 2 end)
+        local _, y = coroutine.resume(co, 1)
+        local _, r = coroutine.resume(co, 5)
+        return { before = before, gen = gen() + gen() + gen(), y = y, r = r,
+          same = require("coroutine") == coroutine and rawget(_G, "coroutine") == coroutine,
+          dead = select(2, coroutine.resume(co)) }
+      end, opts)
+      assert.is_true(got.ok, tostring(got.value))
+      assert.same({ before = true, gen = 6, y = 2, r = 10, same = true, dead = "cannot resume dead coroutine" },
+        got.value)
+    end)
+  end
+
+  it("require a library not opened yet, before and after package itself opens", function()
+    for _, opts in ipairs({ { lean = true }, {} }) do
+      local got = probe(function()
+        local before = rawget(_G, "package") == nil and rawget(_G, "utf8") == nil
+        local u = require("utf8")
+        local m = require("math")
+        return { before = before, utf8 = u == utf8 and u.char(72) == "H", math = m == math and m.max(1, 2) == 2,
+          loaded = package.loaded.table == nil and require("table") == table }
+      end, opts)
+      assert.is_true(got.ok, tostring(got.value))
+      assert.same({ before = true, utf8 = true, math = true, loaded = true }, got.value)
+    end
+  end)
+
+  it("refuse a handler's own coroutine.yield, and a resume of a non-coroutine", function()
+    local got = probe(function()
+      local ok1, e1 = pcall(coroutine.yield, 1)
+      local ok2, e2 = pcall(coroutine.resume, 42)
+      return { ok1, e1, ok2, e2 }
+    end)
+    assert.is_true(got.ok)
+    assert.is_false(got.value[1])
+    assert.matches("coroutine.yield cannot suspend a handler", got.value[2], 1, true)
+    assert.is_false(got.value[3])
+    assert.matches("coroutine expected", got.value[4], 1, true)
   end)
 
   it("copy standard string functions once string is open", function()

@@ -640,6 +640,31 @@ describe("lifecycle", function()
       assert.is_true(c:shutdown(5))
     end)
 
+    it("a handler switching between short-lived coroutines of its own is preempted and killed", function()
+      -- The hook is aimed at whichever coroutine runs, while the monitor
+      -- arms it from its own thread and the coroutines left behind are
+      -- collected: the sanitizer builds would catch a hook set on a freed one.
+      local c = ic.single_node({ workers = 1, logger = false, time_slice = 0.0005 })
+      local spinner = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(main)
+          main:send("spinning")
+          local n = 0
+          while true do
+            local co = coroutine.wrap(function(a) coroutine.yield(a + 1) return a end)
+            n = n + co(n) - n
+            if n % 64 == 0 then collectgarbage("step") end
+          end
+        end)
+      end)
+      assert.is_true(spinner:send(c.main))
+      assert.equal("spinning", W.receive(c))
+      local other = c:spawn_isolate(echo_entry)
+      for i = 1, 20 do assert.equal(i, other:request(i, W.TIMEOUT)) end -- it gets turns: the spinner is preempted
+      assert.is_true(spinner:kill())
+      assert.equal("isolate down", wait_down(spinner))
+      assert.is_true(c:shutdown(5))
+    end)
+
     it("coroutine.yield in a handler is refused; coroutines of its own work", function()
       with_cluster({ workers = 1 }, function(c)
         local r = c:spawn_isolate(function(ctx)

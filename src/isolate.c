@@ -56,6 +56,9 @@ ic_isolate *isolate_new(ic_cluster *c, int kind, size_t mailbox_capacity) {
   atomic_init(&iso->events_pending, 0);
   atomic_init(&iso->interrupt, 0);
   atomic_init(&iso->preempt, 0);
+  atomic_init(&iso->running_L, NULL);
+  atomic_init(&iso->armed_L, NULL);
+  atomic_init(&iso->arming, 0);
   iso->kind = kind;
   iso->cluster = c;
   /* The cluster owns its main isolate (c->main); a hold the other way round

@@ -57,13 +57,18 @@ typedef struct ic_isolate {
   atomic_int events_pending;    /* the cluster event log grew */
   atomic_int interrupt;         /* asks the running handler to stop (INTERRUPT_*) */
   atomic_int preempt;           /* asks the running handler to yield (slice over) */
-  /* hook_lock guards running_L: the Lua thread (coroutine or main) running
-   * now, or NULL. Another thread (the monitor, a killer) installs a one-shot
-   * hook on it, so the interpreter traces nothing while all is well. */
+  /* running_L: the Lua thread (coroutine or main) running now, or NULL.
+   * Another thread (the monitor, a killer) installs a one-shot hook on it,
+   * so the interpreter traces nothing while all is well. Written by the
+   * owner only; a thread that installs a hook holds hook_lock and raises
+   * `arming` while it reads running_L, and the owner, having stored a new
+   * running_L, waits for such an arming (takes the lock once) before the
+   * old thread could be collected (src/lhook.c, set_running). */
   plat_mutex hook_lock;
-  struct lua_State *running_L;
-  struct lua_State *armed_L;    /* running_L once a hook is set on it (so the
-                                   monitor's repeated asks set it only once) */
+  _Atomic(struct lua_State *) running_L;
+  _Atomic(struct lua_State *) armed_L; /* running_L once a hook is set on it (so the
+                                          monitor's repeated asks set it only once) */
+  atomic_int arming;
   uint64_t id;
   int kind;                     /* ISO_* */
   char *path;                   /* immutable after spawn */

@@ -4,7 +4,8 @@
  * table, entry), the pump that every dispatch resumes, and lstate_close.
  *
  * Threads: the isolate's worker, which owns its lua_State; iso->hook_lock
- * is taken only to tell the hook which Lua thread runs (set_running).
+ * is taken only when the state closes (and by set_running when an arming
+ * is under way, src/lhook.c).
  */
 #include "lstate_int.h"
 
@@ -71,30 +72,58 @@ static int l_core_traceback(lua_State *L) {
   return 1;
 }
 
-/* core.load_extras() -> chunk: the second part of the runtime. */
+static int l_core_load_extras(lua_State *L);
+
+/* The core table: what runtime.lua, which every isolate loads, calls (a
+ * table of its own, as each entry costs every isolate its slot), and what
+ * only the extras call (a full table made when they load). */
+static const luaL_Reg core_eager[] = {
+    {"self", l_core_self}, {"reply", l_core_reply}, {"up", l_core_up}, {"children", l_core_children},
+    {"stop", l_core_stop}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
+    {"take", l_core_take}, {"run", l_core_run}, {"traceback", l_core_traceback},
+    {"load_extras", l_core_load_extras}, {"set_send_wait", l_core_set_send_wait},
+    {"cocreate", l_core_cocreate}, {"coyield", l_core_coyield}, {"context", l_core_context}, {NULL, NULL}};
+static const luaL_Reg core_rest[] = {
+    {"main", l_core_main}, {"request", l_core_request}, {"timer", l_core_timer},
+    {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn}, {"lookup", l_core_lookup},
+    {"lookup_prefix", l_core_lookup_prefix}, {"subscribe", l_core_subscribe}, {"events", l_core_events},
+    {"shutdown_cluster", l_core_shutdown_cluster}, {"log", l_core_log}, {"now", l_core_now},
+    {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
+    {"check_options", lstate_core_check_options}, {"monitor", l_core_monitor},
+    {"demonitor", l_core_demonitor}, {"post_pending", l_core_post_pending},
+    {"running", l_core_running}, {"coresume", l_core_coresume}, {"corunning", l_core_corunning},
+    {"coisyieldable", l_core_coisyieldable}, {NULL, NULL}};
+
+/* core.load_extras() -> chunk, core: the second part of the runtime, and
+ * the full core table it calls. */
 static int l_core_load_extras(lua_State *L) {
   ic_cluster *c = self_of(L)->cluster;
   if (luaL_loadbufferx(L, c->runtime_extras->data, c->runtime_extras->len, "=isolate_cluster.runtime_extras",
                        "b") != LUA_OK)
     return lua_error(L);
-  return 1;
+  lua_createtable(L, 0, (int)(sizeof core_eager / sizeof *core_eager + sizeof core_rest / sizeof *core_rest - 2));
+  luaL_setfuncs(L, core_eager, 0);
+  luaL_setfuncs(L, core_rest, 0);
+  return 2;
 }
 
 /*
  * Standard libraries. Every isolate gets all of them, but only these are
  * opened at once; the others are opened the first time a global of that name
  * is read (an __index on _G; `require` opens package) or they are required
- * (package.preload). They are about half of what a fresh Lua state costs, and
- * most isolates never touch package, table, io, os, math, utf8 or debug. The
- * difference shows only to code that inspects _G's metatable or uses rawget.
+ * (package.preload, filled when package opens). They are about half of what a fresh Lua state costs, and
+ * most isolates never touch package, coroutine, table, io, os, math, utf8 or
+ * debug. The difference shows only to code that inspects _G's metatable or
+ * uses rawget.
  */
 static const luaL_Reg eager_libs[] = {
-    {LUA_GNAME, luaopen_base}, {LUA_COLIBNAME, luaopen_coroutine}, {LUA_STRLIBNAME, luaopen_string},
-    {NULL, NULL}};
+    {LUA_GNAME, luaopen_base}, {LUA_STRLIBNAME, luaopen_string}, {NULL, NULL}};
 static const luaL_Reg lazy_libs[] = {
-    {LUA_LOADLIBNAME, luaopen_package}, {LUA_TABLIBNAME, luaopen_table}, {LUA_IOLIBNAME, luaopen_io},
-    {LUA_OSLIBNAME, luaopen_os},        {LUA_MATHLIBNAME, luaopen_math}, {LUA_UTF8LIBNAME, luaopen_utf8},
-    {LUA_DBLIBNAME, luaopen_debug},     {NULL, NULL}};
+    {LUA_LOADLIBNAME, luaopen_package}, {LUA_COLIBNAME, lboot_open_coroutine},
+    {LUA_TABLIBNAME, luaopen_table},    {LUA_IOLIBNAME, luaopen_io},
+    {LUA_OSLIBNAME, luaopen_os},        {LUA_MATHLIBNAME, luaopen_math},
+    {LUA_UTF8LIBNAME, luaopen_utf8},    {LUA_DBLIBNAME, luaopen_debug},
+    {NULL, NULL}};
 
 /* package.path and cpath as the isolate was given them (see spawn). The
  * package library is on the top of the stack. */
@@ -125,6 +154,22 @@ static int lazy_string_index(lua_State *L) {
   return 1;
 }
 
+/* package.preload gets the libraries opened on first use when package
+ * itself opens: only require reads it, and until then the table and its
+ * names would cost every isolate. */
+static void set_preloads(lua_State *L, int lean) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  if (lean) {
+    lua_pushcfunction(L, luaopen_string);
+    lua_setfield(L, -2, LUA_STRLIBNAME);
+  }
+  for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
+    lua_pushcfunction(L, lib->func);
+    lua_setfield(L, -2, lib->name);
+  }
+  lua_pop(L, 1);
+}
+
 static int lazy_global(lua_State *L) {
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k && strcmp(k, LUA_STRLIBNAME) == 0 && self_of(L)->lean) {
@@ -137,7 +182,10 @@ static int lazy_global(lua_State *L) {
     for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
       if (strcmp(k, lib->name) == 0 || (req && lib->func == luaopen_package)) {
         luaL_requiref(L, lib->name, lib->func, 1);
-        if (lib->func == luaopen_package) set_paths(L, self_of(L));
+        if (lib->func == luaopen_package) {
+          set_preloads(L, self_of(L)->lean);
+          set_paths(L, self_of(L));
+        }
         codec_forget_names(L); /* new standard functions to name */
         if (req) {
           lua_pop(L, 1);
@@ -152,6 +200,12 @@ static int lazy_global(lua_State *L) {
 }
 
 static void open_libs(lua_State *L, int lean) {
+  /* A global table sized for the base library and the eager ones: the
+   * fresh state's empty one would be rehashed six times as luaopen_base
+   * fills it. Nothing has been loaded yet, so no function holds the old
+   * one as its _ENV. */
+  lua_createtable(L, 0, 32);
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   for (const luaL_Reg *lib = eager_libs; lib->func; lib++) {
     if (lean && lib->func == luaopen_string) continue;
     luaL_requiref(L, lib->name, lib->func, 1);
@@ -165,16 +219,6 @@ static void open_libs(lua_State *L, int lean) {
     lua_setmetatable(L, -2);
     lua_pop(L, 1);
   }
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  if (lean) {
-    lua_pushcfunction(L, luaopen_string);
-    lua_setfield(L, -2, LUA_STRLIBNAME);
-  }
-  for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
-    lua_pushcfunction(L, lib->func);
-    lua_setfield(L, -2, lib->name);
-  }
-  lua_pop(L, 1);
   lua_pushglobaltable(L);
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, lazy_global);
@@ -183,14 +227,37 @@ static void open_libs(lua_State *L, int lean) {
   lua_pop(L, 1);
 }
 
+/* The collector on again after l_boot's stop. A restart alone would leave
+ * it owing nothing, so the next allocation would begin a cycle at once and
+ * walk the whole new heap (most of a spawn's collector work, for a heap
+ * that is all alive). It is credited instead with the heap's size, as the
+ * end of a cycle would (Lua's default pause of 200%): no cycle until the
+ * isolate has made as much again. A negative LUA_GCSTEP adds to what the
+ * collector is owed (Lua 5.4's lua_gc adds its KB to the debt). */
+static void restart_gc(lua_State *L) {
+  lua_gc(L, LUA_GCRESTART);
+  lua_gc(L, LUA_GCSTEP, -(lua_gc(L, LUA_GCCOUNT) + 1));
+}
+
 static int l_boot(lua_State *L) {
   ic_isolate *iso = lua_touserdata(L, 1);
   ic_cluster *c = iso->cluster;
+  /* No collection while the runtime builds the state: nearly all it makes
+   * stays (libraries, runtime, core), and the collector would walk the
+   * growing heap a few times for the little that does not (about a tenth
+   * of a spawn's instructions). Running out of memory still collects (Lua's
+   * emergency collection ignores the stop). The application's code (the
+   * state hook, the entry's module or chunk, the entry) runs with the
+   * collector on: it may make garbage for as long as it likes. */
+  lua_gc(L, LUA_GCSTOP);
   open_libs(L, iso->lean); /* package, opened on first use, takes iso's paths then */
   /* The application's own C functions, before anything of the isolate's
    * runs (a raise in it fails the boot like a bad entry). */
-  if (c->state_hook && c->state_hook(L, c->state_hook_ud) != 0)
-    return luaL_error(L, "the application's state hook failed");
+  if (c->state_hook) {
+    restart_gc(L);
+    if (c->state_hook(L, c->state_hook_ud) != 0) return luaL_error(L, "the application's state hook failed");
+    lua_gc(L, LUA_GCSTOP);
+  }
   lstate_ctx *ctx = lstate_open(L);
   ctx->self = iso;
   iso->lctx = ctx;
@@ -198,25 +265,12 @@ static int l_boot(lua_State *L) {
    * values may need. */
   if (iso->mem_limit) ctx->lim.key_cache = 0;
 
-  static const luaL_Reg core[] = {
-      {"self", l_core_self}, {"main", l_core_main}, {"request", l_core_request},
-      {"reply", l_core_reply}, {"timer", l_core_timer}, {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn},
-      {"lookup", l_core_lookup}, {"lookup_prefix", l_core_lookup_prefix},
-      {"subscribe", l_core_subscribe}, {"events", l_core_events}, {"up", l_core_up},
-      {"children", l_core_children},
-      {"stop", l_core_stop}, {"shutdown_cluster", l_core_shutdown_cluster},
-      {"log", l_core_log}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
-      {"now", l_core_now}, {"running", l_core_running}, {"take", l_core_take},
-      {"traceback", l_core_traceback}, {"load_extras", l_core_load_extras},
-      {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
-      {"check_options", lstate_core_check_options}, {"monitor", l_core_monitor},
-      {"demonitor", l_core_demonitor}, {"set_send_wait", l_core_set_send_wait},
-      {"post_pending", l_core_post_pending}, {NULL, NULL}};
   if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, RUNTIME_SOURCE, "b") != LUA_OK)
     return lua_error(L);
-  luaL_newlib(L, core);
+  luaL_newlib(L, core_eager);
   lua_call(L, 1, 2); /* -> spawn_pump, adopt */
 
+  restart_gc(L);
   /* The entry: a function, or a module name whose module returns one. */
   codec_hooks h = lstate_hooks(c);
   codec_decode(L, iso->boot->data, iso->boot->len, &h, &ctx->lim);
@@ -320,6 +374,7 @@ void lstate_boot(ic_isolate *iso) {
     isolate_set_ending(iso, "error: not enough memory to create the isolate's Lua state");
     return;
   }
+
   iso->L = L;
   *(ic_isolate **)lua_getextraspace(L) = iso;
 #ifdef IC_SYNC_HOOK
@@ -373,8 +428,8 @@ void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
 void lstate_close(ic_isolate *iso) {
   lua_State *L = iso->L;
   plat_mutex_lock(&iso->hook_lock);
-  iso->running_L = NULL;
-  iso->armed_L = NULL;
+  atomic_store(&iso->running_L, NULL);
+  atomic_store(&iso->armed_L, NULL);
   plat_mutex_unlock(&iso->hook_lock);
   iso->L = NULL;
   iso->pump = NULL;

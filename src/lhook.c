@@ -5,7 +5,8 @@
  *
  * Threads: lstate_arm_hook runs on any thread with iso->hook_lock held;
  * the hook itself on the isolate's worker, inside its Lua code;
- * set_running and core.running on the worker, taking iso->hook_lock.
+ * set_running and core.running on the worker, without the lock but when
+ * an arming is under way or asked for.
  */
 #include "lstate_int.h"
 
@@ -79,7 +80,7 @@ static int in_runtime(lua_State *L, lua_Debug *ar) {
 static void hook_disarm(ic_isolate *iso, lua_State *L) {
   plat_mutex_lock(&iso->hook_lock);
   lua_sethook(L, NULL, 0, 0);
-  if (iso->armed_L == L) iso->armed_L = NULL;
+  if (atomic_load(&iso->armed_L) == L) atomic_store(&iso->armed_L, NULL);
   plat_mutex_unlock(&iso->hook_lock);
 }
 
@@ -129,46 +130,205 @@ void interrupt_hook(lua_State *L, lua_Debug *ar) {
 
 void lstate_arm_hook(ic_isolate *iso) {
 #ifndef IC_SYNC_HOOK
+  /* Raised before running_L is read (see set_running). */
+  atomic_store(&iso->arming, 1);
+  lua_State *T = atomic_load(&iso->running_L);
   /* Armed already (the monitor asks again at every tick of a long turn):
    * setting it again would walk the stack again for nothing. */
-  if (iso->running_L && iso->armed_L != iso->running_L) {
+  if (T && atomic_load(&iso->armed_L) != T) {
     /* An interrupt acts at the next instruction; a preemption may wait. */
     int count = atomic_load(&iso->interrupt) ? 1 : HOOK_LOOK_COUNT;
-    lua_sethook(iso->running_L, interrupt_hook, LUA_MASKCOUNT, count);
-    iso->armed_L = iso->running_L;
+    lua_sethook(T, interrupt_hook, LUA_MASKCOUNT, count);
+    atomic_store(&iso->armed_L, T);
   }
+  atomic_store(&iso->arming, 0);
 #else
   (void)iso;
 #endif
 }
 
-/* Makes T the Lua thread iso runs now. Caller holds iso->hook_lock. An
- * armed_L left from another thread is forgotten: that thread may be
- * collected and its address reused by a thread that has no hook. */
-static void track_running(ic_isolate *iso, lua_State *T) {
-  if (iso->running_L != T) iso->armed_L = NULL;
-  iso->running_L = T;
-  /* An interrupt or preemption asked for while another Lua thread ran (or
-   * nothing was tracked): aim at this one too. */
+/*
+ * lstate_arm_hook from the owner's thread, for T which it is about to run
+ * (iso->hook_lock held). A hook still set on T from an earlier arming (T
+ * ran before, and was left before the hook's count ran out), or inherited
+ * by a new coroutine from the thread that made it, keeps its countdown:
+ * setting it again would start the count over, and a handler that switches
+ * to its own coroutines more often than every HOOK_LOOK_COUNT of its
+ * instructions would never meet it. An interrupt needs a count of 1.
+ */
+static void arm_own(ic_isolate *iso, lua_State *T) {
+#ifndef IC_SYNC_HOOK
+  if (lua_gethook(T) == interrupt_hook && (lua_gethookmask(T) & LUA_MASKCOUNT) &&
+      (!atomic_load(&iso->interrupt) || lua_gethookcount(T) == 1)) {
+    atomic_store(&iso->armed_L, T);
+    return;
+  }
+#endif
+  lstate_arm_hook(iso);
+}
+
+/*
+ * Makes T the Lua thread iso runs now: on the owner's thread, twice per
+ * resume of the pump, so without the lock (which cost more than the rest
+ * of a message's hand-off). The store of running_L and the load of
+ * `arming` are sequentially consistent, as are lstate_arm_hook's store of
+ * `arming` and load of running_L: an arming either reads T, or began
+ * before the store and is waited for here (hook_lock taken once), so no
+ * hook is set on the old thread once it may be collected. armed_L is
+ * forgotten after that wait: the old thread's address may be reused by a
+ * thread that has no hook. An interrupt or a preemption asked for while
+ * another Lua thread ran (or nothing was tracked) is aimed at T too.
+ */
+void set_running(ic_isolate *iso, lua_State *T) {
+  lua_State *was = atomic_load_explicit(&iso->running_L, memory_order_relaxed);
+  if (was != T) {
+    atomic_store(&iso->running_L, T);
+    if (atomic_load(&iso->arming)) {
+      plat_mutex_lock(&iso->hook_lock);
+      plat_mutex_unlock(&iso->hook_lock);
+    }
+    atomic_store_explicit(&iso->armed_L, NULL, memory_order_relaxed);
+  }
   if (T && (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
-            atomic_load_explicit(&iso->preempt, memory_order_relaxed)))
-    lstate_arm_hook(iso);
+            atomic_load_explicit(&iso->preempt, memory_order_relaxed))) {
+    plat_mutex_lock(&iso->hook_lock);
+    arm_own(iso, T);
+    plat_mutex_unlock(&iso->hook_lock);
+  }
 }
 
 /* core.running([co]): the runtime says which Lua thread runs now: co, or
  * the caller itself. */
 int l_core_running(lua_State *L) {
-  ic_isolate *iso = self_of(L);
   lua_State *co = lua_tothread(L, 1);
-  plat_mutex_lock(&iso->hook_lock);
-  track_running(iso, co ? co : L);
-  plat_mutex_unlock(&iso->hook_lock);
+  set_running(self_of(L), co ? co : L);
   return 0;
 }
 
-/* Makes T the Lua thread iso runs now (the caller is its worker). */
-void set_running(ic_isolate *iso, lua_State *T) {
-  plat_mutex_lock(&iso->hook_lock);
-  track_running(iso, T);
-  plat_mutex_unlock(&iso->hook_lock);
+/* ---- coroutines ------------------------------------------------------------------ */
+
+/*
+ * An isolate's runtime is built on coroutines (the pump, jobs), and the
+ * user's coroutine.resume, wrap and yield must tell the hook which Lua
+ * thread runs (so a kill reaches code inside the user's own coroutines) and
+ * refuse a yield that would reach the runtime. All of it is C: functions
+ * cost a state nothing, where the runtime's Lua closures for the same cost
+ * each isolate about 1.6 KB. So the runtime takes its coroutine functions
+ * from core (core.cocreate ...), and the coroutine library is opened on
+ * first use like the others (lboot_open_coroutine), with these three in it.
+ */
+
+int l_core_cocreate(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State *co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  return 1;
+}
+
+int l_core_coyield(lua_State *L) { return lua_yield(L, lua_gettop(L)); }
+
+int l_core_corunning(lua_State *L) {
+  int main = lua_pushthread(L);
+  lua_pushboolean(L, main);
+  return 2;
+}
+
+int l_core_coisyieldable(lua_State *L) {
+  lua_pushboolean(L, lua_isyieldable(L));
+  return 1;
+}
+
+/* Resumes co with the narg values on L's top. Returns the number of values
+ * it yielded or returned, now on L, or -1 with the error on L (as Lua's own
+ * coroutine.resume does). tracked: tell the hook co runs meanwhile. */
+static int resume_co(lua_State *L, lua_State *co, int narg, int tracked) {
+  if (!lua_checkstack(co, narg)) {
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  ic_isolate *iso = self_of(L);
+  int nres;
+  if (tracked) set_running(iso, co);
+  int status = lua_resume(co, L, narg, &nres);
+  if (tracked) set_running(iso, L);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushliteral(L, "too many results to resume");
+      return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);
+  return -1;
+}
+
+static int resume_result(lua_State *L, int r) {
+  if (r < 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(r + 1));
+  return r + 1;
+}
+
+static lua_State *check_co(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co, 1, "coroutine");
+  return co;
+}
+
+/* core.coresume: the runtime's own resume of a job (it tells the hook
+ * itself, core.running). */
+int l_core_coresume(lua_State *L) {
+  lua_State *co = check_co(L);
+  return resume_result(L, resume_co(L, co, lua_gettop(L) - 1, 0));
+}
+
+/* coroutine.resume in an isolate. */
+static int co_resume(lua_State *L) {
+  lua_State *co = check_co(L);
+  return resume_result(L, resume_co(L, co, lua_gettop(L) - 1, 1));
+}
+
+/* The function coroutine.wrap returns: an error inside the coroutine is
+ * raised again as it is. */
+static int co_wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int r = resume_co(L, co, lua_gettop(L), 1);
+  if (r < 0) return lua_error(L);
+  return r;
+}
+
+static int co_wrap(lua_State *L) {
+  l_core_cocreate(L);
+  lua_pushcclosure(L, co_wrapped, 1);
+  return 1;
+}
+
+/* coroutine.yield in an isolate: a handler's own yield would reach the
+ * runtime (the handler runs in one of its coroutines), which would take it
+ * for a wait: refused. */
+static int co_yield(lua_State *L) {
+  int n = lua_gettop(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &JOBS_KEY) == LUA_TTABLE) {
+    lua_pushthread(L);
+    if (lua_rawget(L, -2) != LUA_TNIL)
+      return luaL_error(L, "coroutine.yield cannot suspend a handler: use context:sleep, context:receive or "
+                           "ref:request");
+  }
+  lua_settop(L, n);
+  return lua_yield(L, n);
+}
+
+int lboot_open_coroutine(lua_State *L) {
+  luaopen_coroutine(L);
+  static const luaL_Reg own[] = {{"resume", co_resume}, {"wrap", co_wrap}, {"yield", co_yield}, {NULL, NULL}};
+  luaL_setfuncs(L, own, 0);
+  return 1;
 }

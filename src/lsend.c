@@ -474,26 +474,31 @@ int l_core_request(lua_State *L) {
   lstate_ctx *ctx = self_of(L)->lctx;
   lref *r = lref_check_ctx(L, 1, ctx);
   lua_Integer corr = luaL_checkinteger(L, 3);
+  /* The runtime refuses its own ref (rawequal, before it checks that the
+   * caller may wait); another userdata for this isolate is refused here,
+   * by identity, without the cost of __eq on every request. */
+  const ic_isolate *self = ctx->self;
+  if (r->iso == self || (!r->remote && r->id == self->id && r->node == self->cluster->node_id))
+    return push_send_result(L, "an isolate cannot request itself (nothing answers while it waits)");
   return push_send_result(L, post_value(L, ctx, r, MSG_REQUEST, 2, (uint64_t)corr));
 }
 
 /* core.reply(ref, corr, ok, value) -> true | false, why. The value is
  * encoded before anything is allocated, so an uncopyable reply raises. */
 int l_core_reply(lua_State *L) {
-  lref *r = lref_check(L, 1);
+  ic_isolate *self = self_of(L);
+  lref *r = lref_check_ctx(L, 1, self->lctx); /* the ctx from the isolate: no registry lookup */
   lua_Integer corr = luaL_checkinteger(L, 2);
   int ok = lua_toboolean(L, 3);
   if (!r->iso && !r->remote) return push_send_result(L, "isolate down");
-  ic_msg *m = lstate_encode_msg(L, 4, ok ? "reply" : "error", ok ? MSG_REPLY : MSG_REPLY_ERROR);
+  ic_msg *m = encode_msg_ctx(L, self->lctx, 4, ok ? "reply" : "error", ok ? MSG_REPLY : MSG_REPLY_ERROR);
   if (m && !r->iso) {
     /* to another node's requester: the net copies the bytes */
-    ic_isolate *self = self_of(L);
     const char *why = post_remote(self->lctx, r, m->kind, m->data, m->len, (uint64_t)corr);
     msg_free(m);
     isolate_close_remote_request(self, r->node, r->id, (uint64_t)corr);
     return push_send_result(L, why);
   }
-  ic_isolate *self = self_of(L);
   ic_isolate *to = r->iso;
   if (!m) {
     /* No memory for the answer: the request's spare carries the failure, so
@@ -543,9 +548,50 @@ int l_core_post_pending(lua_State *L) {
 /* core.take(m) -> value, sender, corr: decodes a message handed to the pump
  * as a light userdata. Runs inside the pump: a malformed message (or no
  * memory for it) raises there and takes the isolate down. */
+static void push_taken(lua_State *L, const ic_msg *m);
+
 int l_core_take(lua_State *L) {
   const ic_msg *m = lua_touserdata(L, 1);
   if (!m) return luaL_error(L, "take: no message");
+  push_taken(L, m);
+  lua_pushinteger(L, (lua_Integer)m->corr);
+  return 3;
+}
+
+/* The end of core.run, also its continuation once the handler has waited
+ * (the coroutine yielded through the protected call, and was resumed). */
+static int run_finish(lua_State *L, int status, lua_KContext k) {
+  (void)k;
+  lua_pushboolean(L, status == LUA_OK || status == LUA_YIELD);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* core.run(h, msgh, m [, job]) -> ok, r: take(m), then h(value, sender)
+ * with msgh as its message handler, as xpcall(h, msgh, take(m)) but in one
+ * call from the pump. For a request, job (the pump's record) gets its
+ * reply_to, corr and deferred = false first, as a reply needs them. The
+ * handler may wait: its yields pass through (lua_pcallk), and r is its
+ * first result or msgh's result for its error. */
+int l_core_run(lua_State *L) {
+  const ic_msg *m = lua_touserdata(L, 3);
+  if (!m) return luaL_error(L, "run: no message");
+  lua_settop(L, 4);
+  lua_pushvalue(L, 1);
+  push_taken(L, m); /* [h, msgh, m, job, h, value, sender] */
+  if (lua_type(L, 4) == LUA_TTABLE) {
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 4, "reply_to");
+    lua_pushinteger(L, (lua_Integer)m->corr);
+    lua_setfield(L, 4, "corr");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, 4, "deferred");
+  }
+  return run_finish(L, lua_pcallk(L, 2, 1, 2, 0, run_finish), 0);
+}
+
+/* Pushes m's value and its sender's ref (nil for none). */
+static void push_taken(lua_State *L, const ic_msg *m) {
   ic_isolate *self = self_of(L);
   lstate_ctx *ctx = self->lctx;
   if (m->len) {
@@ -568,6 +614,4 @@ int l_core_take(lua_State *L) {
   } else {
     lua_pushnil(L);
   }
-  lua_pushinteger(L, (lua_Integer)m->corr);
-  return 3;
 }

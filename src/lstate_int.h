@@ -18,9 +18,9 @@
  * when a hook stays set (TSan builds, or a handler not yet able to yield). */
 #define HOOK_COUNT 1000
 
-/* The chunk name the isolate runtime is loaded under (l_boot): its
- * coroutine.wrap, resume and yield copy as the standard functions they
- * stand for (SPEC §2, §4), not as closures over the runtime's state. */
+/* The chunk name the isolate runtime is loaded under (l_boot): a function
+ * of it at a standard library name would copy as the standard function it
+ * stands for (SPEC §2, §4), not as a closure over the runtime's state. */
 #define RUNTIME_SOURCE "=isolate_cluster.runtime"
 
 /* Registry key of the per-state data: its address (src/lstate.c). */
@@ -126,7 +126,7 @@ static inline const char *interrupt_reason(ic_isolate *iso) {
 /* The hook (src/lhook.c): lstate_boot sets it for good in IC_SYNC_HOOK
  * builds. */
 void interrupt_hook(lua_State *L, lua_Debug *ar);
-/* Makes T the Lua thread iso runs now, under iso->hook_lock. */
+/* Makes T the Lua thread iso runs now (the owner only; see src/lhook.c). */
 void set_running(ic_isolate *iso, lua_State *T);
 
 /* The functions of an isolate's core table (l_boot, src/lboot.c). */
@@ -148,14 +148,25 @@ int l_core_shutdown_cluster(lua_State *L);
 int l_core_log(lua_State *L);
 int l_core_set_request(lua_State *L);
 int l_core_now(lua_State *L);
+int l_core_context(lua_State *L);
 int l_core_request(lua_State *L);       /* src/lsend.c */
 int l_core_reply(lua_State *L);
 int l_core_send_all(lua_State *L);
 int l_core_set_send_wait(lua_State *L);
 int l_core_post_pending(lua_State *L);
 int l_core_take(lua_State *L);
+int l_core_run(lua_State *L);
 int l_core_set_jobs(lua_State *L);      /* src/lhook.c */
 int l_core_running(lua_State *L);
+int l_core_cocreate(lua_State *L);
+int l_core_coresume(lua_State *L);
+int l_core_coyield(lua_State *L);
+int l_core_corunning(lua_State *L);
+int l_core_coisyieldable(lua_State *L);
+/* Opens an isolate's coroutine library: Lua's, with resume, wrap and yield
+ * that follow the running thread (src/lhook.c). A lua_CFunction, like
+ * luaopen_coroutine, for the libraries opened on first use. */
+int lboot_open_coroutine(lua_State *L);
 int l_core_check_seconds(lua_State *L); /* src/lcheck.c */
 
 #endif

@@ -24,19 +24,19 @@
 #define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
-/* A chunk: one header slot (the link, padded to keep blocks 16-aligned),
- * then blocks. 4 KiB in all, so an idle isolate wastes little of its last. */
+/* A chunk: one header slot (the link, padded to keep blocks aligned), then
+ * blocks. 4 KiB in all, so an idle isolate wastes little of its last. */
 #define CHUNK_BYTES 4096
 #define CHUNK_HEADER 16
 
-static size_t class_of(size_t n) { return (n - 1) / 16; }
+static size_t class_of(size_t n) { return (n - 1) / POOL_STEP; }
 
 void pool_init(pool *p) { memset(p, 0, sizeof *p); }
 
 int pool_same_class(size_t a, size_t b) { return class_of(a) == class_of(b); }
 
 void pool_resize(void *block, size_t n, size_t m) {
-  POISON(block, (class_of(n) + 1) * 16);
+  POISON(block, (class_of(n) + 1) * POOL_STEP);
   UNPOISON(block, m);
 }
 
@@ -46,11 +46,11 @@ void *pool_alloc(pool *p, size_t n) {
   if (block) {
     UNPOISON(block, sizeof(void *));
     memcpy(&p->free[c], block, sizeof(void *));
-    POISON(block, (c + 1) * 16);
+    POISON(block, (c + 1) * POOL_STEP);
     UNPOISON(block, n);
     return block;
   }
-  size_t size = (c + 1) * 16;
+  size_t size = (c + 1) * POOL_STEP;
   if ((size_t)(p->end - p->bump) < size) {
     /* The rest of the current chunk (less than one block) is left unused. */
     char *chunk = malloc(CHUNK_BYTES);
@@ -74,7 +74,7 @@ void pool_free(pool *p, void *block, size_t n) {
     fprintf(stderr, "pool: block %p of %zu bytes freed twice (or never handed out)\n", block, n);
     abort();
   }
-  POISON(block, (c + 1) * 16);
+  POISON(block, (c + 1) * POOL_STEP);
   UNPOISON(block, sizeof(void *));
 #endif
   memcpy(block, &p->free[c], sizeof(void *));

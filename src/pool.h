@@ -6,7 +6,7 @@
  * glibc's malloc spends more instructions on each of them than Lua spends
  * using it, adds a header to every block, and scatters one isolate's blocks
  * among everybody's. The pool carves blocks of up to POOL_MAX bytes, in
- * 16-byte classes, from 4 KiB chunks of its own, keeps a free list per
+ * 8-byte classes, from 4 KiB chunks of its own, keeps a free list per
  * class, and gives the chunks back all at once when the state is closed.
  *
  * Not thread-safe: like the state it serves, a pool is used by one thread at
@@ -19,7 +19,14 @@
 #include <stddef.h>
 
 #define POOL_MAX 256
-#define POOL_CLASSES (POOL_MAX / 16)
+/* Classes 8 bytes apart: the strictest alignment a Lua state's objects need
+ * (LUAI_MAXALIGN: a double, a pointer, a lua_Integer; a userdata's block
+ * is never more aligned than that anyway, its header being 40 bytes). Half
+ * the rounding of 16-byte classes: most of Lua's objects (a table's 56
+ * bytes, a closure's 40, a string's 24 + length + 1) are a multiple of 8
+ * and not of 16. */
+#define POOL_STEP 8
+#define POOL_CLASSES (POOL_MAX / POOL_STEP)
 
 typedef struct pool {
   void *free[POOL_CLASSES]; /* per class: freed blocks, linked through their first word */
@@ -29,7 +36,7 @@ typedef struct pool {
 
 /* An empty pool (all zero is one too). */
 void pool_init(pool *p);
-/* A block of n bytes, 1 <= n <= POOL_MAX, 16-byte aligned; NULL when no
+/* A block of n bytes, 1 <= n <= POOL_MAX, POOL_STEP-aligned; NULL when no
  * memory is left for a new chunk. */
 void *pool_alloc(pool *p, size_t n);
 /* Gives back a block that pool_alloc(p, n) returned. */

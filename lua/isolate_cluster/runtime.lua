@@ -6,8 +6,8 @@
 -- stays small (see docs/design.md, "Memory per isolate").
 --
 -- Model: handlers run one at a time. The C scheduler resumes one coroutine,
--- the pump, with each message (a light userdata that core.take decodes) and
--- each event. A message for an idle isolate runs its handler right inside the
+-- the pump, with each message (a light userdata that core.run decodes as it
+-- calls the handler) and each event. A message for an idle isolate runs its handler right inside the
 -- pump: the fast path, with no bookkeeping. If that handler waits (request,
 -- receive, sleep...) or runs out of its time slice, the pump itself becomes
 -- the waiting "job": it yields to C, C asks `adopt` for a fresh pump, and the
@@ -18,39 +18,32 @@ local core = ...
 local K_USER, K_REQUEST, K_START = 1, 2, 13
 local WAIT_NONE, WAIT_BLOCKED = 0, 2
 
-local cocreate, coyield, coresume, corunning = coroutine.create, coroutine.yield, coroutine.resume,
-  coroutine.running
-local xpcall, tostring, type, error, setmetatable, rawget = xpcall, tostring, type, error, setmetatable,
-  rawget
-local traceback, take, up, reply = core.traceback, core.take, core.up, core.reply
+-- (core's coroutine functions: the isolate's coroutine library, opened on
+-- first use, has its own resume, wrap and yield, src/lhook.c)
+local cocreate, coyield = core.cocreate, core.coyield
+local xpcall, pcall, tostring, type, setmetatable = xpcall, pcall, tostring, type, setmetatable
+local traceback, take, run, up, reply, children = core.traceback, core.take, core.run, core.up, core.reply,
+  core.children
 
-local DONE = {}
--- State shared with the extras.
+-- Every table, closure and constant here is built in each isolate, so this
+-- part holds only what an isolate that boots and handles messages runs;
+-- everything else waits in the extras, which get what they share with this
+-- part as arguments (see `extras` below) and the state that both change in S.
 local S = {
-  core = core,
-  DONE = DONE,
-  -- the coroutine functions as Lua made them (the isolate's own are wrapped
-  -- below)
-  cocreate = cocreate, coyield = coyield, coresume = coresume, corunning = corunning,
-  coisyieldable = coroutine.isyieldable,
-  handlers = {},   -- message, up, down, shutdown
-  current = false, -- the job that waits or was preempted (managed by the extras)
-  failed = false,  -- going down: nothing more runs
-  queued = false,  -- the extras hold handler runs queued behind a waiting job
-  jobs = setmetatable({}, { __mode = "k" }), -- coroutine -> job record
+  current = false,    -- the job that waits or was preempted (managed by the extras)
+  failed = false,     -- going down: nothing more runs
+  queued = false,     -- the extras hold handler runs queued behind a waiting job
+  entry_done = false, -- the entry function has returned
 }
-core.set_jobs(S.jobs)
-local handlers, jobs = S.handlers, S.jobs
+local handlers = {} -- message, up, down, shutdown...
+local jobs = setmetatable({}, { __mode = "k" }) -- coroutine -> job record
+core.set_jobs(jobs)
 local self_ref = core.self()
-S.self_ref = self_ref
-
 local X -- the extras, once loaded
-local function extras()
-  if not X then X = core.load_extras()(S) end
-  return X
-end
+local extras -- loads them
+local CONTEXT
 
-function S.fail(reason)
+local function fail(reason)
   if not S.failed then
     S.failed = true
     core.stop(reason)
@@ -72,12 +65,10 @@ local function on_error(e)
   -- traceback stops at a NUL byte: written \0, the reason keeps all of it
   return { err = e, trace = traceback((error_text(e):gsub("\0", "\\0")), 2) }
 end
-S.on_error = on_error
 
 local function fail_with(r)
-  S.fail("error: " .. (type(r) == "table" and r.trace or error_text(r)))
+  fail("error: " .. (type(r) == "table" and r.trace or error_text(r)))
 end
-S.fail_with = fail_with
 
 -- The end of a request handler: its first return value is the reply, its
 -- error is raised at the requester. With reply_later the answer comes from
@@ -102,18 +93,13 @@ local function done_reply(job, ok, r)
       reply(sender, corr, false, "cannot send the reply: " .. tostring(called and why or sent))
     end
   else
-    -- r is on_error's record, or for a memory error (Lua calls no message
-    -- handler then) the bare error value itself.
+    -- r is on_error's record (a table raised past it, if any, as it is)
     local e = r
-    if type(r) == "table" and r.trace then e = r.err end
+    if r.trace then e = r.err end
     local called, sent = pcall(reply, sender, corr, false, e)
     if not (called and sent) then reply(sender, corr, false, error_text(e)) end
   end
 end
-S.done_reply = done_reply
-
-local function noop() end
-S.noop = noop
 
 local pump_job -- the record of the current pump
 
@@ -124,43 +110,39 @@ local pump_job -- the record of the current pump
 -- spawns workers and returns stays while they work). Checked after every
 -- dispatch, so also when the last timer fires or is cancelled, a handler is
 -- removed, or the last child goes down (C dispatches a check then).
-local children = core.children
-local function nothing_left()
-  return S.entry_done and not S.failed and not handlers.message and (not X or X.idle())
-    and not children()
-end
-
 local function pump_body(m, kind)
   local pjob = pump_job
   while true do
     if S.failed then
       -- going down: nothing more runs
-    elseif (kind == K_USER or kind == K_REQUEST) and not S.current then
-      local value, sender, corr = take(m)
+    elseif kind == K_USER and not S.current then
+      local h = handlers.message
+      if h then
+        pjob.active = true
+        local ok, r = run(h, on_error, m) -- xpcall(h, on_error, take(m)) in one call
+        pjob.active = false
+        if not ok then fail_with(r) end
+        if pjob.adopted then break end
+      else
+        take(m) -- dropped: without a handler a plain message is an emitter without listeners
+      end
+    elseif kind == K_REQUEST and not S.current then
       local h = handlers.message
       if not h then
-        -- Without a handler a plain message is dropped (an emitter without
-        -- listeners); a request is answered with an error.
-        if kind == K_REQUEST then
-          reply(sender, corr, false, "isolate " .. tostring(self_ref) .. " has no message handler")
-        end
-      elseif kind == K_REQUEST then
-        pjob.reply_to, pjob.corr, pjob.deferred = sender, corr, false
+        -- Without a handler a request is answered with an error.
+        local _, sender, corr = take(m)
+        reply(sender, corr, false, "isolate " .. tostring(self_ref) .. " has no message handler")
+      else
         pjob.active = true
-        local ok, r = xpcall(h, on_error, value, sender)
+        local ok, r = run(h, on_error, m, pjob) -- sets pjob.reply_to, corr and deferred first
         pjob.active = false
         done_reply(pjob, ok, r)
         pjob.reply_to, pjob.corr, pjob.deferred = false, false, false
-      else
-        pjob.active = true
-        local ok, r = xpcall(h, on_error, value, sender)
-        pjob.active = false
-        if not ok then fail_with(r) end
       end
       if pjob.adopted then break end
     elseif kind == K_START then
       pjob.active, pjob.entry = true, true
-      local ok, r = xpcall(m, on_error, S.CONTEXT)
+      local ok, r = xpcall(m, on_error, CONTEXT)
       pjob.active = false
       S.entry_done = true
       if not ok then
@@ -185,106 +167,53 @@ local function pump_body(m, kind)
       mode = X.settle()
     end
     -- (an isolate with a message handler has something left: checked here
-    -- first, without the call, as after almost every message)
-    if mode == WAIT_NONE and not handlers.message and nothing_left() then
-      S.fail("normal")
+    -- first, as after almost every message)
+    if mode == WAIT_NONE and not handlers.message and S.entry_done and not S.failed
+      and (not X or X.idle()) and not children() then
+      fail("normal")
       mode = WAIT_BLOCKED
     end
     m, kind = coyield(mode)
   end
   -- Adopted: this coroutine waited as a job and has now finished; whoever
   -- resumed it sees DONE.
-  return DONE, true
+  return X.DONE, true
 end
 
 local function new_pump()
   local co = cocreate(pump_body)
+  -- (eight fields, the size of its hash part: the extras add what a job
+  -- that waits needs when they adopt it)
   pump_job = {
-    co = co, pump = true, adopted = false, active = false, done = noop, reply_to = false,
-    corr = false, deferred = false, kind = false, token = false, timer = false, entry = false,
+    co = co, pump = true, adopted = false, active = false, reply_to = false, corr = false, deferred = false,
+    entry = false,
   }
   jobs[co] = pump_job
   return co
 end
-S.new_pump = new_pump
+
+-- ---- the context -------------------------------------------------------------
+-- C serves on_message, property and properties (core.context); the first
+-- read of any other method loads the extras, which then serve the context's
+-- methods from a table.
+
+local ctx_mt
+CONTEXT, ctx_mt = core.context(self_ref, handlers, function(k) return extras().methods[k] end)
+
+extras = function()
+  if not X then
+    local chunk, full_core = core.load_extras()
+    X = chunk(S, full_core, handlers, jobs, self_ref, CONTEXT, ctx_mt, fail, on_error, fail_with, done_reply,
+      new_pump)
+  end
+  return X
+end
 
 -- Called by C when the pump yielded from inside a handler: to wait (the
 -- handler called a waiting function), or preempted (the hook yielded
 -- nothing). Returns the new pump and the wait mode.
 local function adopt(preempted)
   return extras().adopt(pump_job, preempted)
-end
-
--- ---- the context: the part every isolate uses ------------------------------
-
-local methods = {}
-local CONTEXT = setmetatable({ isolate_ref = self_ref }, { __index = methods })
-S.CONTEXT, S.methods = CONTEXT, methods
-
-local function check_self(ctx, name)
-  if ctx ~= CONTEXT then error(("context:%s must be called with ':'"):format(name), 3) end
-end
-S.check_self = check_self
-
-function methods:property(key)
-  check_self(self, "property")
-  return self_ref:property(key)
-end
-
-function methods:properties()
-  check_self(self, "properties")
-  return self_ref:properties()
-end
-
--- A handler is removed with nil (an isolate left with no handler and
--- nothing else to run ends, see nothing_left).
-function methods:on_message(fn)
-  check_self(self, "on_message")
-  if fn ~= nil and type(fn) ~= "function" then
-    error("on_message expects a function or nil, got " .. type(fn), 2)
-  end
-  handlers.message = fn
-end
-
--- Any other method loads the extras, which add themselves to `methods`.
-setmetatable(methods, {
-  __index = function(_, k)
-    extras()
-    return rawget(methods, k)
-  end,
-})
-
--- ---- coroutines the user makes ---------------------------------------------
--- A handler's own coroutine.yield would reach the runtime (the handler runs in
--- one of its coroutines), which would take it for a wait: refused. Resumes
--- are followed (core.running), so a kill or a shutdown reaches code that
--- runs inside the user's coroutines too.
-local running = core.running
-local function back(...)
-  running()
-  return ...
-end
-
-local function tracked_resume(co, ...)
-  if type(co) == "thread" then running(co) end
-  return back(coresume(co, ...))
-end
-
-local function unwrap(ok, ...)
-  if ok then return ... end
-  error((...), 0)
-end
-
-coroutine.resume = tracked_resume
-coroutine.wrap = function(f)
-  local co = cocreate(f)
-  return function(...) return unwrap(tracked_resume(co, ...)) end
-end
-coroutine.yield = function(...)
-  if jobs[corunning()] then
-    error("coroutine.yield cannot suspend a handler: use context:sleep, context:receive or ref:request", 2)
-  end
-  return coyield(...)
 end
 
 -- ref:request inside an isolate (a tail call keeps error levels right).

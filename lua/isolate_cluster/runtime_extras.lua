@@ -8,28 +8,40 @@
 -- Replies and timers reach a waiting handler through the isolate's system
 -- queue, which the C side delivers even while the isolate is blocked.
 
-local S = ...
-local core, handlers, jobs, DONE = S.core, S.handlers, S.jobs, S.DONE
-local self_ref, CONTEXT, methods, check_self = S.self_ref, S.CONTEXT, S.methods, S.check_self
-local on_error, fail_with, done_reply, noop = S.on_error, S.fail_with, S.done_reply, S.noop
+-- S: the state runtime.lua shares (current, failed, queued, entry_done);
+-- the rest are its values and functions, and core the full core table.
+local S, core, handlers, jobs, self_ref, CONTEXT, ctx_mt, fail, on_error, fail_with, done_reply, new_pump = ...
+local cocreate, coresume, coyield, corunning, coisyieldable = core.cocreate, core.coresume, core.coyield,
+  core.corunning, core.coisyieldable
+local DONE = {} -- what a job's coroutine yields when its handler has finished
+local function noop() end
 
 local K_USER, K_REQUEST, K_REPLY, K_REPLY_ERROR, K_TIMER, K_DOWN = 1, 2, 3, 4, 5, 7
 local K_EVENTS, K_RESUME, K_SHUTDOWN = 10, 11, 12
 local WAIT_NONE, WAIT_RECEIVE, WAIT_BLOCKED, WAIT_PREEMPTED = 0, 1, 2, 3
 local EVENT_UP, EVENT_NODE_UP, EVENT_NODE_DOWN = 1, 3, 4
 
-local cocreate, coresume, coyield, corunning = S.cocreate, S.coresume, S.coyield, S.corunning
 local type, tostring, error, xpcall, setmetatable, getmetatable, next = type, tostring, error, xpcall,
   setmetatable, getmetatable, next
 local fmt = string.format
 local running, take, check_seconds = core.running, core.take, core.check_seconds
+
+-- The context's methods: the ones runtime.lua serves itself, and the rest
+-- below; from now on the context looks them up in this table.
+local methods = {
+  on_message = CONTEXT.on_message, property = CONTEXT.property, properties = CONTEXT.properties,
+}
+ctx_mt.__index = methods
+
+local function check_self(ctx, name)
+  if ctx ~= CONTEXT then error(("context:%s must be called with ':'"):format(name), 3) end
+end
 
 local WAIT, TIMEOUT = {}, {}
 local pool, npool, POOL_MAX = {}, 0, 16
 local queue, qhead, qtail = {}, 1, 0 -- handler runs deferred while a job waits
 local timers = {}                    -- user timers: id -> { fn =, every =, handle = }
 local monitors = {}                  -- armed monitors: id -> { fn =, ref = }
-S.monitors = monitors                -- empty once every monitor fired or was cancelled
 local next_timer, next_corr, next_monitor = 0, 0, 0
 
 -- ---- jobs: handler runs in coroutines of their own -------------------------
@@ -131,7 +143,7 @@ local function waiting_job(what, level)
     error(fmt("%s can only wait in a handler or entry function of this isolate, "
       .. "not inside a coroutine of its own", what), level + 1)
   end
-  if not S.coisyieldable() then
+  if not coisyieldable() then
     -- A finalizer, or a callback of a C function (table.sort's comparator,
     -- string.gsub's replacement): Lua cannot suspend through those.
     error(fmt("%s cannot wait inside a finalizer (__gc) or a callback of a C function", what), level + 1)
@@ -150,8 +162,9 @@ local function waiting_job(what, level)
   return job
 end
 
-local function wait(kind, token, timeout, what)
-  local job = waiting_job(what, 3)
+-- (job: from waiting_job, when the caller has just asked it)
+local function wait(kind, token, timeout, what, job)
+  job = job or waiting_job(what, 3)
   job.kind, job.token, job.timer = kind, token, false
   if timeout then
     next_timer = next_timer + 1
@@ -272,7 +285,7 @@ local function settle()
   return mode()
 end
 
--- Nothing here is left to run (see nothing_left in runtime.lua).
+-- Nothing here is left to run (see the ending check in runtime.lua's pump).
 local function idle()
   return not S.current and qhead > qtail and not handlers.up and not handlers.down
     and not handlers.node_up and not handlers.node_down
@@ -288,7 +301,7 @@ local function adopt(pjob, preempted)
     pjob.entry = false
     core.up() -- "up" also means: the entry function waits
   end
-  return S.new_pump(), mode()
+  return new_pump(), mode()
 end
 
 -- ---- the rest of the context ---------------------------------------------------
@@ -456,7 +469,7 @@ end
 
 function methods:stop(reason)
   check_self(self, "stop")
-  S.fail(reason and tostring(reason) or "normal")
+  fail(reason and tostring(reason) or "normal")
 end
 
 function methods:shutdown_cluster(timeout_s)
@@ -481,19 +494,21 @@ end
 -- ref:request inside an isolate: suspends only this isolate's handler.
 local function request(ref, msg, timeout_s)
   if timeout_s == nil then timeout_s = 5 else check_seconds(timeout_s, "request", "timeout", true) end
-  if rawequal(ref, self_ref) or ref == self_ref then
+  if rawequal(ref, self_ref) then
     -- Its own handler waits for the reply, so nothing could ever answer.
+    -- (One ref per isolate in a state: another ref to this isolate is rare,
+    -- and core.request refuses it the same way.)
     error(fmt("request to %s failed: an isolate cannot request itself (nothing answers while it waits)",
       tostring(ref)), 2)
   end
   -- Before sending: a request that cannot wait must not leave its message
   -- behind to be answered to nobody.
-  waiting_job("request", 2)
+  local job = waiting_job("request", 2)
   next_corr = next_corr + 1
   local corr = next_corr
   local ok, why = core.request(ref, msg, corr)
   if not ok then error(fmt("request to %s failed: %s", tostring(ref), why), 2) end
-  local okr, value = wait("reply", corr, timeout_s, "request")
+  local okr, value = wait("reply", corr, timeout_s, "request", job)
   if okr == TIMEOUT then
     error(fmt("timeout: no reply from %s within %g s", tostring(ref), timeout_s), 2)
   end
@@ -524,4 +539,7 @@ local function send_wait(pending, ref, wait_s)
   end
 end
 
-return { dispatch = dispatch, settle = settle, adopt = adopt, request = request, send_wait = send_wait, idle = idle }
+return {
+  dispatch = dispatch, settle = settle, adopt = adopt, request = request, send_wait = send_wait, idle = idle,
+  methods = methods, DONE = DONE,
+}
