@@ -13,7 +13,11 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include <sched.h>
+
 #include "codec.h"
+#include "isolate.h"
+#include "platform.h"
 #include "net/envelope.h"
 #include "net/inbound.h"
 #include "net/link.h"
@@ -450,11 +454,99 @@ static void test_wirecheck(void) {
   lua_close(L);
 }
 
+/* The fence between the data callback's deliveries and a node going down:
+ * a thread that removes a peer and quiesces does not get past the quiesce
+ * (to send the down events) while a delivery claimed before the removal is
+ * still under way. */
+typedef struct fence_run {
+  inbound *in;
+  plat_mutex lock;
+  char log[8];  /* 'd': the claimed delivery posted; 'x': the down events */
+  size_t len;
+  int removed;
+} fence_run;
+
+static void fence_log(fence_run *f, char what) {
+  plat_mutex_lock(&f->lock);
+  if (f->len < sizeof f->log) f->log[f->len++] = what;
+  plat_mutex_unlock(&f->lock);
+}
+
+static void *fence_down(void *arg) {
+  fence_run *f = arg;
+  size_t n;
+  free(inbound_remove(f->in, 9, &n));
+  plat_mutex_lock(&f->lock);
+  f->removed = 1;
+  plat_mutex_unlock(&f->lock);
+  inbound_quiesce(f->in);
+  fence_log(f, 'x');
+  return NULL;
+}
+
+static void test_inbound_fence(void) {
+  inbound in;
+  inbound_init(&in);
+  inbound_set_self(&in, 7);
+  CHECK(inbound_add(&in, 9) == 0);
+  inbound_quiesce(&in); /* nothing claimed: returns at once */
+  CHECK(inbound_claim(&in, 7, 9, 2, 100) == LINK_GAP); /* not a delivery: no claim */
+  CHECK(inbound_claim(&in, 7, 8, 1, 100) == INBOUND_STRANGER);
+  inbound_quiesce(&in);
+  CHECK(inbound_claim(&in, 7, 9, 1, 100) == LINK_DELIVER);
+  fence_run f;
+  memset(&f, 0, sizeof f);
+  f.in = &in;
+  plat_mutex_init(&f.lock);
+  plat_thread t;
+  CHECK(plat_thread_start(&t, fence_down, &f, 0) == 0);
+  uint64_t until = plat_now_ns() + plat_seconds_to_ns(10.0);
+  for (;;) {
+    plat_mutex_lock(&f.lock);
+    int removed = f.removed;
+    plat_mutex_unlock(&f.lock);
+    if (removed || plat_now_ns() > until) break;
+    sched_yield();
+  }
+  CHECK(f.removed);
+  CHECK(inbound_claim(&in, 7, 9, 2, 101) == INBOUND_STRANGER); /* gone: no new claim */
+  /* Gives a down thread that did not wait the time to log first (a bounded
+   * wait: with the fence nothing comes, and the wait ends). */
+  until = plat_now_ns() + plat_seconds_to_ns(0.2);
+  while (plat_now_ns() < until) {
+    plat_mutex_lock(&f.lock);
+    size_t len = f.len;
+    plat_mutex_unlock(&f.lock);
+    if (len) break;
+    sched_yield();
+  }
+  fence_log(&f, 'd');
+  inbound_unclaim(&in);
+  plat_thread_join(t);
+  CHECK(f.len == 2 && f.log[0] == 'd' && f.log[1] == 'x');
+  plat_mutex_destroy(&f.lock);
+  inbound_fini(&in);
+}
+
+/* The data callback lets go of an isolate only when that is not the last
+ * reference (the last one is handed to the net thread). */
+static void test_release_unless_last(void) {
+  ic_isolate *iso = calloc(1, sizeof *iso);
+  atomic_store(&iso->refs, 2);
+  CHECK(isolate_release_unless_last(iso) == 1);
+  CHECK(atomic_load(&iso->refs) == 1);
+  CHECK(isolate_release_unless_last(iso) == 0);
+  CHECK(atomic_load(&iso->refs) == 1);
+  free(iso);
+}
+
 int main(void) {
   test_link_window();
   test_link_bytes_bound();
   test_link_accept();
   test_inbound();
+  test_inbound_fence();
+  test_release_unless_last();
   test_envelope();
   test_paths();
   test_reasm();

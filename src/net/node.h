@@ -133,6 +133,10 @@ struct net {
    * by one thread at a time. */
   inbound in;
   atomic_int deferred;
+  /* Isolates whose last reference the data callback held: the net thread
+   * lets go of them (release_from_callback in net.c). A stack through
+   * ic_isolate's late_next. */
+  _Atomic(struct ic_isolate *) late_release;
   reasm reasm;              /* chunked messages in progress (net thread only) */
   atomic_int rx_closed;     /* stopping: the callback drops data */
   int transport_leaked;     /* cnats kept callbacks past the close: n must stay */
