@@ -1281,7 +1281,6 @@ void net_free(struct net *n) {
   /* cnats may still call on_data, which names n: n stays (a bounded leak of
    * a connection that would not close). */
   if (n->transport_leaked) return;
-  release_late(n); /* the callback's, up to its end */
   membership_fini(&n->ms);
   kin_fini(&n->kids_out);
   kin_fini(&n->kids_in);
@@ -1468,6 +1467,9 @@ void net_stop(struct net *n, uint64_t until) {
   if (flush_s < 0.05) flush_s = 0.05;
   atomic_store(&n->rx_closed, 1);
   if (t && transport_close(t, flush_s)) n->transport_leaked = 1;
+  /* What the callback handed over up to its end (after a leaked transport,
+   * a callback that is still running may add more: left to the process). */
+  release_late(n);
 }
 
 /* ---- names ------------------------------------------------------------------ */
