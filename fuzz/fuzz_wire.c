@@ -13,7 +13,8 @@
  * fed to a table with small bounds. After every chunk: the bytes held equal
  * the sum of the partial buffers and stay within the bound for all; a part
  * holds no more than its total; and a whole message is exactly the bytes
- * sent for it, in order, of its declared total.
+ * sent for it, in order, of its declared total. Time is the input
+ * position: some chunks also expire the parts idle for a while.
  */
 #include "codec.h"
 #include "net/reasm.h"
@@ -107,7 +108,7 @@ static void fuzz_reasm(const uint8_t *data, size_t size) {
     reasm_key dropped;
     const char *why = NULL;
     sent *mine = &s[k.inc - 1];
-    int rc = reasm_add(&r, &k, off, bytes, len, &out, &out_len, &dropped, &why);
+    int rc = reasm_add(&r, &k, off, bytes, len, &out, &out_len, &dropped, &why, pos);
     if (rc == REASM_MORE || rc == REASM_WHOLE) {
       if (off == 0) mine->len = 0;
       if (mine->len + len > PER_MESSAGE) abort();
@@ -125,6 +126,11 @@ static void fuzz_reasm(const uint8_t *data, size_t size) {
       abort();
     }
     check_table(&r);
+    if (off == 254) {
+      reasm_key gone;
+      while (reasm_expire(&r, pos, 64, &gone)) s[gone.inc - 1].len = 0;
+      check_table(&r);
+    }
     if (off == 255) {
       reasm_key gone;
       reasm_forget(&r, k.inc, &gone);

@@ -258,59 +258,59 @@ static void test_reasm(void) {
   reasm_key k = {5, 1, 10, 11, 12, 30}, dropped;
   const char *why = NULL;
   /* In order: whole, and nothing held afterwards. */
-  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
   CHECK(r.bytes == 10);
-  CHECK(reasm_add(&r, &k, 10, "abcdefghij", 10, &out, &len, &dropped, &why) == REASM_MORE);
-  CHECK(reasm_add(&r, &k, 20, "ABCDEFGHIJ", 10, &out, &len, &dropped, &why) == REASM_WHOLE);
+  CHECK(reasm_add(&r, &k, 10, "abcdefghij", 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
+  CHECK(reasm_add(&r, &k, 20, "ABCDEFGHIJ", 10, &out, &len, &dropped, &why, 0) == REASM_WHOLE);
   CHECK(len == 30 && memcmp(out, "0123456789abcdefghijABCDEFGHIJ", 30) == 0);
   free(out);
   CHECK(r.bytes == 0 && r.n == 0);
   /* A lying total holds only what came. */
   reasm_key liar = {6, 1, 1, 2, 3, 1000};
-  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why, 0) == REASM_MORE);
   CHECK(r.bytes == 1);
   /* Out of place: refused, nothing kept, the rest ignored. */
-  CHECK(reasm_add(&r, &liar, 5, "y", 1, &out, &len, &dropped, &why) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &liar, 5, "y", 1, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
   CHECK(dropped.inc == 6 && dropped.corr == 3 && why && strstr(why, "out of place"));
   CHECK(r.bytes == 0 && r.n == 0);
-  CHECK(reasm_add(&r, &liar, 6, "z", 1, &out, &len, &dropped, &why) == REASM_IGNORED);
+  CHECK(reasm_add(&r, &liar, 6, "z", 1, &out, &len, &dropped, &why, 0) == REASM_IGNORED);
   /* Another message's chunk (other corr, other total) breaks it too. */
-  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why, 0) == REASM_MORE);
   reasm_key other = liar;
   other.corr = 4;
-  CHECK(reasm_add(&r, &other, 1, "x", 1, &out, &len, &dropped, &why) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &other, 1, "x", 1, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
   other = liar;
   other.total = 999;
-  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why) == REASM_MORE);
-  CHECK(reasm_add(&r, &other, 1, "x", 1, &out, &len, &dropped, &why) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why, 0) == REASM_MORE);
+  CHECK(reasm_add(&r, &other, 1, "x", 1, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
   /* Past its total, empty, too large, or in one chunk: refused. */
-  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
   char big[1100];
   memset(big, 'b', sizeof big);
-  CHECK(reasm_add(&r, &k, 10, big, 21, &out, &len, &dropped, &why) == REASM_REFUSED);
-  CHECK(reasm_add(&r, &k, 0, "", 0, &out, &len, &dropped, &why) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &k, 10, big, 21, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &k, 0, "", 0, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
   reasm_key huge = {7, 1, 1, 1, 1, 1001};
-  CHECK(reasm_add(&r, &huge, 0, "x", 1, &out, &len, &dropped, &why) == REASM_REFUSED && r.n == 0);
+  CHECK(reasm_add(&r, &huge, 0, "x", 1, &out, &len, &dropped, &why, 0) == REASM_REFUSED && r.n == 0);
   reasm_key one = {7, 1, 1, 1, 1, 5};
-  CHECK(reasm_add(&r, &one, 0, "12345", 5, &out, &len, &dropped, &why) == REASM_REFUSED && r.n == 0);
+  CHECK(reasm_add(&r, &one, 0, "12345", 5, &out, &len, &dropped, &why, 0) == REASM_REFUSED && r.n == 0);
   /* All peers together: at most 1500 bytes. */
   reasm_key a = {8, 1, 1, 1, 1, 1000}, b = {9, 1, 1, 1, 1, 1000};
-  CHECK(reasm_add(&r, &a, 0, big, 900, &out, &len, &dropped, &why) == REASM_MORE);
-  CHECK(reasm_add(&r, &b, 0, big, 500, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &a, 0, big, 900, &out, &len, &dropped, &why, 0) == REASM_MORE);
+  CHECK(reasm_add(&r, &b, 0, big, 500, &out, &len, &dropped, &why, 0) == REASM_MORE);
   CHECK(r.bytes == 1400);
-  CHECK(reasm_add(&r, &b, 500, big, 200, &out, &len, &dropped, &why) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &b, 500, big, 200, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
   CHECK(dropped.inc == 9 && strstr(why, "too many"));
   CHECK(r.bytes == 900 && r.n == 1);
-  CHECK(reasm_add(&r, &a, 900, big, 100, &out, &len, &dropped, &why) == REASM_WHOLE && len == 1000);
+  CHECK(reasm_add(&r, &a, 900, big, 100, &out, &len, &dropped, &why, 0) == REASM_WHOLE && len == 1000);
   free(out);
   CHECK(r.bytes == 0);
   /* A new message while one is in progress: refused until it is forgotten. */
-  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why) == REASM_MORE);
-  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why) == REASM_REFUSED && r.n == 0);
-  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
+  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why, 0) == REASM_REFUSED && r.n == 0);
+  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
   CHECK(reasm_forget(&r, 8, &dropped) == 1 && dropped.inc == 8 && r.bytes == 0);
   CHECK(reasm_forget(&r, 8, &dropped) == 0);
-  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
   reasm_fini(&r);
 }
 
@@ -370,6 +370,30 @@ static size_t encode_chunk(lua_State *L, const char *chunk, char *out, size_t ca
   codec_buf_free(&b);
   lua_settop(L, 0);
   return len;
+}
+
+/* A partial message whose chunks stopped coming is dropped after a while
+ * (its peer still live): its bytes are not held until its next message. */
+static void test_reasm_expire(void) {
+  reasm r;
+  reasm_init(&r, 1000, 1500);
+  char *out = NULL;
+  size_t len = 0;
+  reasm_key a = {5, 1, 10, 11, 12, 30}, b = {6, 1, 10, 11, 13, 30}, dropped;
+  const char *why = NULL;
+  CHECK(reasm_add(&r, &a, 0, "0123456789", 10, &out, &len, &dropped, &why, 100) == REASM_MORE);
+  CHECK(reasm_add(&r, &b, 0, "0123456789", 10, &out, &len, &dropped, &why, 150) == REASM_MORE);
+  CHECK(reasm_expire(&r, 150, 50, &dropped) == 0); /* not idle long enough */
+  CHECK(reasm_add(&r, &a, 10, "abcdefghij", 10, &out, &len, &dropped, &why, 160) == REASM_MORE);
+  CHECK(reasm_expire(&r, 201, 50, &dropped) == 1 && dropped.inc == 6 && dropped.corr == 13);
+  CHECK(reasm_expire(&r, 201, 50, &dropped) == 0); /* a's last chunk came at 160 */
+  CHECK(r.n == 1 && r.bytes == 20);
+  CHECK(reasm_expire(&r, 211, 50, &dropped) == 1 && dropped.inc == 5);
+  CHECK(r.n == 0 && r.bytes == 0);
+  /* A chunk of an expired message is ignored; its peer's next message starts afresh. */
+  CHECK(reasm_add(&r, &a, 20, "ABCDEFGHIJ", 10, &out, &len, &dropped, &why, 300) == REASM_IGNORED);
+  CHECK(reasm_add(&r, &a, 0, "0123456789", 10, &out, &len, &dropped, &why, 300) == REASM_MORE);
+  reasm_fini(&r);
 }
 
 static void test_wirecheck(void) {
@@ -550,6 +574,7 @@ int main(void) {
   test_envelope();
   test_paths();
   test_reasm();
+  test_reasm_expire();
   test_wirecheck();
   if (failures) {
     fprintf(stderr, "test_net: %d failures\n", failures);

@@ -1269,6 +1269,7 @@ static void *net_main(void *arg) {
       plat_mutex_unlock(&n->lock);
     }
     expire(n, now);
+    net__chunks_expire(n, now);
   }
   return NULL;
 }
