@@ -54,6 +54,8 @@ enum {
   IC_ENET = -10,      /* multi-node: no NATS server could be reached (or it refused us) */
   IC_EUNREACHABLE = -11, /* multi-node: unknown node, or its retransmit window is full */
   IC_ETOOBIG = -12,   /* multi-node: too large to send (chunks over max_payload reach 32 MiB at most) */
+  IC_EBUSY = -13,     /* another thread takes from the program's queues now
+                         (ic_receive, ic_receive_msg, ic_request, ic_next_event) */
 };
 
 /* Names an error code ("isolate down", ...). Never NULL. */
@@ -191,10 +193,12 @@ typedef struct ic_message {
  * says whether it is a request (an isolate's `ref:request(x)` on a ref of
  * the program, e.g. one it was sent). On success *msg is filled (release it with
  * ic_message_free); on failure *msg is zeroed. Errors: IC_ETIMEDOUT,
- * IC_ESHUTDOWN, IC_ENOMEM (the message is lost), IC_EINVAL. Blocks up to
- * timeout_s (negative: no limit). Threads: one at a time, and not while
- * another thread is in ic_receive or ic_request (they share the program's
- * queues). */
+ * IC_ESHUTDOWN, IC_ENOMEM (the message is lost), IC_EINVAL, IC_EBUSY. Blocks up to
+ * timeout_s (negative: no limit). Threads: any, but one at a time with
+ * ic_receive, ic_request and ic_next_event, which take from the same
+ * queues of the program: while one of them runs on a thread, a call of
+ * any of them from another thread returns IC_EBUSY at once (it neither
+ * waits for the first nor disturbs it). */
 IC_EXTERN int ic_receive_msg(ic_cluster *c, double timeout_s, ic_message *msg);
 
 /* Releases msg->data and zeroes *msg (a NULL msg is ignored). */
@@ -221,8 +225,9 @@ IC_EXTERN int ic_reply_error(ic_cluster *c, ic_message *msg, const char *text);
  * every other error *reply is NULL and *reply_len 0: IC_EINVAL (NULL
  * arguments, not one value, NaN timeout, the program's own ref), IC_EDOWN
  * (down or unknown when sent), IC_EFULL, IC_ETIMEDOUT, IC_ESHUTDOWN (the
- * cluster shut down meanwhile), IC_ENOMEM. Blocks the caller. Threads:
- * as ic_receive_msg; never from inside an isolate or a native handler. */
+ * cluster shut down meanwhile), IC_ENOMEM, IC_EBUSY. Blocks the caller.
+ * Threads: as ic_receive_msg; never from inside an isolate or a native
+ * handler. */
 IC_EXTERN int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double timeout_s,
                          char **reply, size_t *reply_len);
 
@@ -246,35 +251,46 @@ IC_EXTERN int ic_lookup_prefix(ic_cluster *c, const char *prefix, ic_ref **refs,
  * that is not live). Does not block. */
 IC_EXTERN int ic_kill(ic_cluster *c, ic_ref r);
 
-/* ---- isolate up/down events ---------------------------------------------- */
+/* ---- isolate and node up/down events -------------------------------------- */
 
-enum { IC_EVENT_UP = 1, IC_EVENT_DOWN = 2 };
+enum { IC_EVENT_UP = 1, IC_EVENT_DOWN = 2, IC_EVENT_NODE_UP = 3, IC_EVENT_NODE_DOWN = 4 };
 
-/* An isolate came up (its entry function returned) or went down. path and
- * reason are NUL-terminated texts or NULL, the caller's until
- * ic_event_free. reason (down events only): "normal", "killed",
- * "shutdown", "error: <message and traceback>" (a chunk that does not
- * compile, an entry or a handler that raised)... as in Lua. */
+/* An isolate came up (its entry function returned) or went down, on this
+ * node or (multi-node) on another; or (multi-node) another node joined the
+ * cluster or left it. path, reason and node are NUL-terminated texts or
+ * NULL, the caller's until ic_event_free.
+ * - IC_EVENT_UP / IC_EVENT_DOWN: ref is the isolate's; path its path (NULL
+ *   when it has none, and for another node's isolate once that node has
+ *   forgotten it, as for most of their down events); reason (down only):
+ *   "normal", "killed", "shutdown", "node down" (its node went down),
+ *   "error: <message and traceback>" (a chunk that does not compile, an
+ *   entry or a handler that raised)... as in Lua.
+ * - IC_EVENT_NODE_UP / IC_EVENT_NODE_DOWN: ref is zero, path NULL; reason
+ *   (down only): "left" (a clean shutdown), "unreachable" (no heartbeat
+ *   within the failure-detection bound), "killed"... as on_node_down's.
+ * node: the name of the node the event is about (for an isolate, the node
+ * it lives on; NULL in a single-node cluster, or when no longer known). */
 typedef struct ic_event {
-  int kind;      /* IC_EVENT_UP or IC_EVENT_DOWN */
+  int kind;      /* IC_EVENT_UP, IC_EVENT_DOWN, IC_EVENT_NODE_UP or IC_EVENT_NODE_DOWN */
   ic_ref ref;
   char *path;    /* the isolate's path, or NULL */
   char *reason;  /* down events only, else NULL */
+  char *node;    /* the node's name, or NULL */
 } ic_event;
 
-/* Starts recording events for the program: every isolate up and down event
- * from this call on, in the order they happened, for ic_next_event.
+/* Starts recording events for the program: every isolate and node up and
+ * down event from this call on, in the order they happened (an isolate's
+ * down before its node's), for ic_next_event.
  * Idempotent. Events are kept until they are taken (take them, or they use
  * memory). Errors: IC_EINVAL, IC_ESHUTDOWN, IC_ENOMEM. Does not block (one
- * short lock). Threads: as ic_receive_msg. */
+ * short lock). Any thread. */
 IC_EXTERN int ic_subscribe_events(ic_cluster *c);
 
 /* Takes the next event, waiting up to timeout_s (negative: no limit). On
  * success *ev is filled (release it with ic_event_free); on failure it is
  * zeroed. Errors: IC_EINVAL (NULL, NaN, not subscribed), IC_ETIMEDOUT,
- * IC_ESHUTDOWN (the cluster is down and every event was taken), IC_ENOMEM.
- * Blocks up to timeout_s. Threads: as ic_receive_msg (the program's
- * thread, one call at a time). */
+ * IC_ESHUTDOWN (the cluster is down and every event was taken), IC_ENOMEM,
+ * IC_EBUSY. Blocks up to timeout_s. Threads: as ic_receive_msg. */
 IC_EXTERN int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev);
 
 /* Releases ev's texts and zeroes *ev (NULL is ignored). */
@@ -351,6 +367,35 @@ IC_EXTERN int ic_native_request(ic_native *self, ic_ref to, const void *msgpack,
 /* The isolate goes down (reason "normal") once this callback returns; the
  * messages still queued become dead letters. Callbacks only. */
 IC_EXTERN void ic_native_stop(ic_native *self);
+
+/* ---- native isolates that Lua code spawns (and supervisors restart) --------
+ *
+ * A kind of native isolate registered by name: Lua code spawns one with
+ * the entry `{ native = name }`, as in
+ * `context:spawn_isolate({ native = "db" }, properties, opts)` (or the
+ * cluster's), and a supervisor child spec `{ native = name, path = ...,
+ * properties = ..., restart = ... }` starts one and starts a new one each
+ * time it is restarted, exactly as a Lua child. Each spawn calls the factory for that
+ * one isolate's callbacks and ud. */
+
+/* Makes one native isolate of a kind: fills *out (on_message required,
+ * on_down, ud) from props (the spawn's properties as a MessagePack map, or
+ * NULL with props_len 0; valid during the call) and returns 0. A non-zero
+ * return, or no on_message, refuses the spawn (the Lua call raises with
+ * the kind's name); nothing of *out is called then. When the spawn fails
+ * after the factory succeeded (a path in use...), out->on_down is called
+ * with reason "error: spawn failed" so that ud is freed. Called on the
+ * spawning thread (a worker running the spawning isolate, or the thread of
+ * a Lua main state; several at once: factory_ud must be thread-safe); it
+ * must return soon and must not call this library. */
+typedef int (*ic_native_factory)(void *factory_ud, const char *props, size_t props_len, ic_native_options *out);
+
+/* Registers the kind `name` (1-64 bytes, copied) with its factory; it stays
+ * registered until ic_cluster_destroy, which does not touch factory_ud.
+ * Errors: IC_EINVAL (NULL, empty or long name), IC_EEXIST (the name is
+ * registered already), IC_ESHUTDOWN, IC_ENOMEM. Any thread; does not
+ * block. Kinds are of this node: a spawn on another node cannot name one. */
+IC_EXTERN int ic_register_native(ic_cluster *c, const char *name, ic_native_factory factory, void *factory_ud);
 
 /* ---- the runtime's log ------------------------------------------------------ */
 

@@ -44,6 +44,7 @@ const char *ic_strerror(int err) {
   case IC_ENET: return "cannot join the cluster over NATS";
   case IC_EUNREACHABLE: return "node unreachable";
   case IC_ETOOBIG: return "message too large for the NATS server's max_payload";
+  case IC_EBUSY: return "another thread is taking from the program's queues";
   default: return "unknown error";
   }
 }
@@ -253,6 +254,11 @@ int api_send_from(ic_cluster *c, ic_isolate *from, uint64_t to_node, uint64_t to
   ic_isolate *iso = cluster_find_id(c, to_id);
   if (!iso) return IC_EDOWN;
   ic_msg *m = msg_new(kind, msgpack, len);
+  /* A request carries its own failure (mailbox.h): it can always be failed. */
+  if (m && kind == MSG_REQUEST && msg_add_spare(m)) {
+    msg_free(m);
+    m = NULL;
+  }
   if (!m) {
     isolate_release(iso);
     return IC_ENOMEM;
@@ -276,6 +282,20 @@ static uint64_t deadline_of(double timeout_s) {
   return timeout_s < 0 ? UINT64_MAX : plat_now_ns() + plat_seconds_to_ns(timeout_s);
 }
 
+/* The program's queues have one taker at a time: ic_receive_msg,
+ * ic_request and ic_next_event share the main isolate's wake-up (one
+ * semaphore, so a second waiter could take the first one's wake-up and
+ * leave it asleep until its deadline), its system queue (a request drops
+ * the replies that are not its own) and the fd's arming. A second thread
+ * is refused at once (IC_EBUSY) instead of racing: no wait behind a
+ * receive that may never return. */
+static int take_begin(ic_cluster *c) {
+  int idle = 0;
+  return atomic_compare_exchange_strong(&c->api_taking, &idle, 1) ? IC_OK : IC_EBUSY;
+}
+
+static void take_end(ic_cluster *c) { atomic_store(&c->api_taking, 0); }
+
 static char *copy_bytes(const char *data, size_t len) {
   char *copy = malloc(len + 1);
   if (!copy) return NULL;
@@ -287,8 +307,11 @@ static char *copy_bytes(const char *data, size_t len) {
 int ic_receive_msg(ic_cluster *c, double timeout_s, ic_message *msg) {
   if (msg) memset(msg, 0, sizeof *msg);
   if (!c || !msg || timeout_s != timeout_s) return IC_EINVAL;
+  if (take_begin(c)) return IC_EBUSY;
   ic_msg *m = NULL;
-  switch (mainq_receive(c, deadline_of(timeout_s), 0, &m)) {
+  int got = mainq_receive(c, deadline_of(timeout_s), 0, &m);
+  take_end(c);
+  switch (got) {
   case MAINQ_OK: break;
   case MAINQ_TIMEOUT: return IC_ETIMEDOUT;
   default: return IC_ESHUTDOWN;
@@ -406,12 +429,19 @@ int ic_request(ic_cluster *c, ic_ref to, const void *msgpack, size_t len, double
   ic_msg *x = NULL;
   const char *why = NULL;
   uint64_t timeout_ns = timeout_s < 0 ? UINT64_MAX / 2 : plat_seconds_to_ns(timeout_s);
+  if (take_begin(c)) {
+    msg_free(m);
+    if (iso) isolate_release(iso);
+    return IC_EBUSY;
+  }
   int rc = mainq_request(c, iso, to.node, to.id, m, timeout_ns, 0, &x, &why);
+  take_end(c);
   if (iso) isolate_release(iso);
   switch (rc) {
   case MAINQ_OK: break;
   case MAINQ_REFUSED:
     if (strcmp(why, "mailbox full") == 0) return IC_EFULL;
+    if (strcmp(why, "out of memory") == 0) return IC_ENOMEM;
     if (strcmp(why, "node unreachable") == 0) return IC_EUNREACHABLE;
     if (strstr(why, "max_payload")) return IC_ETOOBIG;
     return IC_EDOWN;
@@ -539,23 +569,69 @@ static int refill_events(ic_cluster *c) {
   return 0;
 }
 
+/* Fills *ev from e and lets go of what e holds (its texts are handed over),
+ * or, out of memory, leaves e as it was and returns IC_ENOMEM (the event
+ * stays first in line). Three kinds of entries: an isolate of this node
+ * (e->iso), an isolate of another node (e->rnode, e->rid: its path is read
+ * from the replica, which no longer has it once it is down), a node
+ * (e->node: its name). */
+static int hand_out_event(ic_cluster *c, cluster_event *e, ic_event *ev) {
+  char *path = NULL, *node = NULL;
+  if (e->kind == EVENT_NODE_UP || e->kind == EVENT_NODE_DOWN) {
+    node = e->node; /* handed over below */
+  } else {
+    uint32_t where = e->iso ? atomic_load(&c->node_id) : e->rnode;
+    if (e->iso && e->iso->path) {
+      if (!(path = strdup(e->iso->path))) return IC_ENOMEM;
+    } else if (!e->iso && c->net) {
+      path = net_path_of(c->net, e->rnode, e->rid); /* NULL: none, or gone */
+    }
+    char name[128];
+    if (c->net && net_node_name(c->net, where, name, sizeof name) == 0 && !(node = strdup(name))) {
+      free(path);
+      return IC_ENOMEM;
+    }
+  }
+  switch (e->kind) {
+  case EVENT_UP: ev->kind = IC_EVENT_UP; break;
+  case EVENT_DOWN: ev->kind = IC_EVENT_DOWN; break;
+  case EVENT_NODE_UP: ev->kind = IC_EVENT_NODE_UP; break;
+  default: ev->kind = IC_EVENT_NODE_DOWN; break;
+  }
+  if (e->iso) {
+    ev->ref.node = atomic_load(&c->node_id);
+    ev->ref.id = e->iso->id;
+    isolate_release(e->iso);
+  } else if (e->kind == EVENT_UP || e->kind == EVENT_DOWN) {
+    ev->ref.node = e->rnode;
+    ev->ref.id = e->rid;
+  }
+  ev->path = path;
+  ev->node = node;
+  ev->reason = e->reason; /* handed over */
+  if (node != e->node) free(e->node);
+  memset(e, 0, sizeof *e);
+  return IC_OK;
+}
+
+static int next_event(ic_cluster *c, uint64_t deadline, ic_event *ev);
+
 int ic_next_event(ic_cluster *c, double timeout_s, ic_event *ev) {
   if (ev) memset(ev, 0, sizeof *ev);
   if (!c || !ev || timeout_s != timeout_s || !atomic_load(&c->api_subscribed)) return IC_EINVAL;
-  uint64_t deadline = deadline_of(timeout_s);
+  if (take_begin(c)) return IC_EBUSY;
+  int rc = next_event(c, deadline_of(timeout_s), ev);
+  take_end(c);
+  return rc;
+}
+
+/* ic_next_event's loop: the caller is the queues' taker (take_begin). */
+static int next_event(ic_cluster *c, uint64_t deadline, ic_event *ev) {
   for (;;) {
     if (c->api_evpos < c->api_nev) {
-      cluster_event *e = &c->api_events[c->api_evpos];
-      char *path = e->iso->path ? strdup(e->iso->path) : NULL;
-      if (e->iso->path && !path) return IC_ENOMEM;
-      c->api_evpos++;
-      ev->kind = e->kind == EVENT_UP ? IC_EVENT_UP : IC_EVENT_DOWN;
-      ev->ref.node = c->node_id;
-      ev->ref.id = e->iso->id;
-      ev->path = path;
-      ev->reason = e->reason; /* handed over */
-      isolate_release(e->iso);
-      return IC_OK;
+      int rc = hand_out_event(c, &c->api_events[c->api_evpos], ev);
+      if (rc == IC_OK) c->api_evpos++;
+      return rc;
     }
     if (refill_events(c)) return IC_ENOMEM;
     if (c->api_evpos < c->api_nev) continue;
@@ -583,6 +659,7 @@ void ic_event_free(ic_event *ev) {
   if (!ev) return;
   free(ev->path);
   free(ev->reason);
+  free(ev->node);
   memset(ev, 0, sizeof *ev);
 }
 

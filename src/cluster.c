@@ -218,6 +218,7 @@ void cluster_release(ic_cluster *c) {
   blob_release(c->runtime_code);
   blob_release(c->runtime_extras);
   free(c->boot_error);
+  native_kinds_free(c);
   if (atomic_load(&c->main_fd) >= 0) close(atomic_load(&c->main_fd));
   plat_cond_destroy(&c->live_cond);
   plat_mutex_destroy(&c->rwatch_lock);
@@ -282,10 +283,9 @@ void cluster_close(ic_cluster *c) {
     msg_free(m);
   }
   while ((m = mailbox_pop(&c->main->sysq)) != NULL) msg_free(m);
-  for (size_t i = c->api_evpos; i < c->api_nev; i++) {
-    isolate_release(c->api_events[i].iso);
-    free(c->api_events[i].reason);
-  }
+  /* Not handed out: isolate, another node's isolate or node events (whose
+   * iso is NULL and which hold the node's name). */
+  for (size_t i = c->api_evpos; i < c->api_nev; i++) event_clear(&c->api_events[i]);
   free(c->api_events);
   c->api_events = NULL;
   c->api_nev = c->api_evpos = 0;

@@ -75,9 +75,12 @@ typedef struct ic_cluster {
   plat_mutex rwatch_lock;
   struct remote_watch *rwatch;
 
-  /* The event log: entries [log_base, log_base + log_len). */
+  /* The event log: entries [log_base, log_base + log_len). log_reserved:
+   * slots kept free for the events the registered isolates will surely
+   * have (an up until announced, a down), so that they are never lost for
+   * want of memory (src/eventlog.c). */
   cluster_event *log;
-  size_t log_len, log_cap;
+  size_t log_len, log_cap, log_reserved;
   uint64_t log_base;
   size_t log_trim_at;
   ic_isolate **subs;          /* isolates that read the log */
@@ -99,6 +102,10 @@ typedef struct ic_cluster {
   size_t api_nev, api_evpos;
   atomic_int api_subscribed;  /* ic_subscribe_events was called (main->subscribed
                                  is cleared when shutdown unregisters main) */
+  atomic_int api_taking;      /* a thread is in ic_receive_msg, ic_request or
+                                 ic_next_event: another gets IC_EBUSY (src/api.c) */
+  struct native_kind *native_kinds; /* ic_register_native's list (c->lock); freed
+                                       with the cluster (src/native.c) */
   /* What the program had not read of the log when shutdown dropped it:
    * written by shutdown before the cluster is DOWN, taken after (c->lock). */
   cluster_event *api_tail;

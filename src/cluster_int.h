@@ -25,9 +25,17 @@ static inline uint64_t mix64(uint64_t x) {
 /* Lets go of what an event holds (src/eventlog.c). */
 void event_clear(cluster_event *e);
 /* Appends an event to the log and wakes the subscribers; c->lock held.
- * Returns the new entry, or NULL when out of memory (the event is lost and
- * logged). */
+ * An event of an isolate of this node (iso) takes one of the slots
+ * log_reserve kept for it, so it cannot fail; another (a node's, another
+ * node's isolate's) needs room beyond those: NULL when out of memory (the
+ * event is lost and logged). */
 cluster_event *log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *reason);
+/* Keeps n more slots of the log free (growing it now); c->lock held. 0 or
+ * ENOMEM. */
+int log_reserve(ic_cluster *c, size_t n);
+/* Gives back a slot kept for an event that will not come (an isolate that
+ * goes down without having come up); c->lock held. */
+void log_unreserve(ic_cluster *c);
 /* qsort order of isolates by id (src/registry.c). */
 int by_id_order(const void *a, const void *b);
 /* Finishes every remote watch (src/remote_monitor.c): at shutdown. */

@@ -277,7 +277,7 @@ int cluster_shutdown(ic_cluster *c, double timeout) {
   cluster_event *log = c->log;
   size_t nlog = c->log_len;
   c->log = NULL;
-  c->log_len = c->log_cap = 0;
+  c->log_len = c->log_cap = c->log_reserved = 0;
   c->log_base += nlog;
   plat_mutex_unlock(&c->lock);
   for (size_t i = 0; i < nlog; i++) {

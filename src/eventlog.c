@@ -20,11 +20,38 @@
 
 /* ---- event log (c->lock held) ------------------------------------------ */
 
+/* A down event's reason when there was no memory to copy the real one:
+ * never NULL, which reads as "normal" (a supervisor would take a crash for a
+ * clean end). Not freed. Readers copy it as any other reason. */
+static char LOG_REASON_LOST[] = "error: not enough memory (to record why the isolate went down)";
+
 /* Lets go of what an event holds. */
 void event_clear(cluster_event *e) {
   if (e->iso) isolate_release(e->iso);
-  free(e->reason);
+  if (e->reason != LOG_REASON_LOST) free(e->reason);
   free(e->node);
+}
+
+/* Grows the log to at least `need` slots. 0 or ENOMEM. */
+static int log_grow(ic_cluster *c, size_t need) {
+  if (need <= c->log_cap) return 0;
+  size_t cap = c->log_cap ? c->log_cap * 2 : 64;
+  if (cap < need) cap = need;
+  cluster_event *l = realloc(c->log, cap * sizeof *l);
+  if (!l) return ENOMEM;
+  c->log = l;
+  c->log_cap = cap;
+  return 0;
+}
+
+int log_reserve(ic_cluster *c, size_t n) {
+  if (log_grow(c, c->log_len + c->log_reserved + n)) return ENOMEM;
+  c->log_reserved += n;
+  return 0;
+}
+
+void log_unreserve(ic_cluster *c) {
+  if (c->log_reserved) c->log_reserved--;
 }
 
 static void log_trim(ic_cluster *c) {
@@ -52,22 +79,23 @@ cluster_event *log_append(ic_cluster *c, int kind, ic_isolate *iso, const char *
     log_trim(c);
     c->log_trim_at = c->log_len * 2 > 1024 ? c->log_len * 2 : 1024;
   }
-  if (c->log_len == c->log_cap) {
-    size_t cap = c->log_cap ? c->log_cap * 2 : 64;
-    cluster_event *l = realloc(c->log, cap * sizeof *l);
-    if (!l) {
-      cluster_log(c, "isolate_cluster: out of memory: an isolate %s event was lost",
-                  kind == EVENT_UP ? "up" : "down");
-      return NULL;
-    }
-    c->log = l;
-    c->log_cap = cap;
+  /* This node's isolate: its slot was kept (log_reserve at its
+   * registration). Anything else must leave the kept slots free. */
+  size_t kept = c->log_reserved;
+  if (iso && kept) kept--;
+  if (log_grow(c, c->log_len + kept + 1)) {
+    cluster_log(c, "isolate_cluster: out of memory: %s %s event was lost",
+                kind == EVENT_NODE_UP || kind == EVENT_NODE_DOWN ? "a node" : "an isolate",
+                kind == EVENT_UP || kind == EVENT_NODE_UP ? "up" : "down");
+    return NULL;
   }
+  c->log_reserved = kept;
   cluster_event *e = &c->log[c->log_len++];
   e->kind = kind;
   e->iso = iso;
   if (iso) isolate_retain(iso);
   e->reason = reason ? strdup(reason) : NULL;
+  if (reason && !e->reason) e->reason = LOG_REASON_LOST;
   e->node = NULL;
   e->rnode = 0;
   e->rid = 0;

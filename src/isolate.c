@@ -98,9 +98,17 @@ static ic_msg *refusal(ic_isolate *iso, uint64_t corr) {
   return r;
 }
 
-/* Fails request corr of `to` at once. */
-static void refuse_corr(ic_isolate *iso, ic_isolate *to, uint64_t corr) {
+/* Fails request corr of `to` at once, with its spare (taken; may be NULL)
+ * when there is no memory for the refusal with the whole reason. */
+static void refuse_corr(ic_isolate *iso, ic_isolate *to, uint64_t corr, ic_msg *spare) {
   ic_msg *r = refusal(iso, corr);
+  if (!r && spare) {
+    char text[MSG_SPARE_TEXT + 1];
+    snprintf(text, sizeof text, "isolate down: %s", iso->reason ? iso->reason : "normal");
+    r = msg_fill_spare(spare, corr, text);
+    spare = NULL;
+  }
+  msg_free(spare);
   if (r) isolate_post_sys(to, r, iso->worker);
 }
 
@@ -121,7 +129,10 @@ static void refuse_remote(ic_isolate *iso, uint32_t node, uint64_t id, uint64_t 
 /* Answers a request that will never be handled, so the requester fails fast. */
 static void refuse_request(ic_isolate *iso, ic_msg *m) {
   if (m->kind != MSG_REQUEST) return;
-  if (m->sender) refuse_corr(iso, m->sender, m->corr);
+  if (m->sender) {
+    refuse_corr(iso, m->sender, m->corr, m->spare);
+    m->spare = NULL;
+  }
   else if (m->from_node) refuse_remote(iso, m->from_node, m->from_id, m->corr);
 }
 
@@ -156,6 +167,7 @@ void isolate_close_remote_request(ic_isolate *iso, uint32_t node, uint64_t id, u
 typedef struct open_request {
   ic_isolate *sender; /* strong reference; NULL = free slot */
   uint64_t corr;
+  ic_msg *spare;      /* the request's spare (owned), or NULL */
 } open_request;
 
 static size_t open_slot_of(const ic_isolate *sender, uint64_t corr, size_t mask) {
@@ -172,32 +184,44 @@ static void open_put(open_request *t, size_t mask, open_request e) {
   t[j] = e;
 }
 
-int isolate_open_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr) {
+int isolate_open_request(ic_isolate *iso, ic_msg *m) {
   if ((iso->open_len + 1) * 2 > iso->open_cap) {
     size_t cap = iso->open_cap ? iso->open_cap * 2 : 8;
     open_request *t = calloc(cap, sizeof *t);
-    if (!t) return ENOMEM;
+    if (!t) {
+      /* Not tracked, so not to be handled: failed now, with its spare. */
+      ic_msg *r = msg_take_spare(m, "not enough memory to take the request");
+      if (r) isolate_post_sys(m->sender, r, iso->worker);
+      return ENOMEM;
+    }
     for (size_t i = 0; i < iso->open_cap; i++)
       if (iso->open_reqs[i].sender) open_put(t, cap - 1, iso->open_reqs[i]);
     free(iso->open_reqs);
     iso->open_reqs = t;
     iso->open_cap = cap;
   }
-  isolate_retain(sender);
-  open_put(iso->open_reqs, iso->open_cap - 1, (open_request){sender, corr});
+  isolate_retain(m->sender);
+  open_put(iso->open_reqs, iso->open_cap - 1, (open_request){m->sender, m->corr, m->spare});
+  m->spare = NULL;
   iso->open_len++;
   return 0;
 }
 
 void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr) {
-  if (!iso->open_len) return;
+  msg_free(isolate_take_request(iso, sender, corr, NULL));
+}
+
+ic_msg *isolate_take_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr, const char *text) {
+  if (!iso->open_len || !sender) return NULL; /* (a free slot's sender is NULL) */
   open_request *t = iso->open_reqs;
   size_t mask = iso->open_cap - 1, j = open_slot_of(sender, corr, mask);
   while (t[j].sender != sender || t[j].corr != corr) {
-    if (!t[j].sender) return; /* not tracked (no memory then) */
+    if (!t[j].sender) return NULL; /* not tracked */
     j = (j + 1) & mask;
   }
+  ic_msg *spare = t[j].spare;
   t[j].sender = NULL;
+  t[j].spare = NULL;
   iso->open_len--;
   /* Backward-shift deletion: the entries after j in its run move up when
    * their home slot is not in (j, k], so no lookup ever stops early. */
@@ -207,9 +231,12 @@ void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr) {
     if (stays) continue;
     t[j] = t[k];
     t[k].sender = NULL;
+    t[k].spare = NULL;
     j = k;
   }
   isolate_release(sender); /* the caller's ref still holds it */
+  if (spare && text) return msg_fill_spare(spare, corr, text);
+  return spare;
 }
 
 /* Going down: every request taken and not answered fails at its requester
@@ -221,7 +248,7 @@ static void refuse_open_requests(ic_isolate *iso) {
   iso->open_len = iso->open_cap = 0;
   for (size_t i = 0; i < cap; i++) {
     if (!t[i].sender) continue;
-    refuse_corr(iso, t[i].sender, t[i].corr);
+    refuse_corr(iso, t[i].sender, t[i].corr, t[i].spare);
     isolate_release(t[i].sender);
   }
   free(t);

@@ -184,12 +184,20 @@ void isolate_abandon(ic_isolate *iso, const char *reason);
  * Parent's thread only. 0 or ENOMEM. */
 int isolate_link_child(ic_isolate *parent, ic_isolate *child);
 
-/* A request iso has taken: sender (retained until it is answered) and corr.
- * The owner thread only. 0, or ENOMEM (then it is not tracked: a requester
- * whose receiver dies before answering waits for its timeout). */
-int isolate_open_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr);
+/* A request iso has taken (m: a MSG_REQUEST with a local sender): its
+ * sender (retained until it is answered), corr and spare (taken) are kept,
+ * so that the requester is failed at once if iso goes down first. The
+ * owner thread only. 0, or ENOMEM: then the request has been failed at its
+ * requester ("not enough memory to take the request", with its spare) and
+ * must not be handled. */
+int isolate_open_request(ic_isolate *iso, ic_msg *m);
 /* The request is answered: forgets it. Owner thread only. */
 void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr);
+/* Forgets the request as isolate_close_request and returns its spare
+ * (filled with `text` as its error answer when text is not NULL), or NULL
+ * when it was not tracked or had none: for an answer that could not be
+ * allocated. The caller posts or frees it. */
+ic_msg *isolate_take_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr, const char *text);
 /* The same for a request from another node's isolate (node, id). */
 int isolate_open_remote_request(ic_isolate *iso, uint32_t node, uint64_t id, uint64_t corr);
 void isolate_close_remote_request(ic_isolate *iso, uint32_t node, uint64_t id, uint64_t corr);

@@ -349,9 +349,11 @@ void lstate_boot(ic_isolate *iso) {
 void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
   /* From here the request is this isolate's to answer; if it goes down
    * first, the requester hears so at once (isolate_finish). Without memory
-   * to track it, it can still be answered, or it times out. */
-  if (m && m->kind == MSG_REQUEST && m->sender) isolate_open_request(iso, m->sender, m->corr);
-  else if (m && m->kind == MSG_REQUEST && m->from_node)
+   * to track it, it has been failed at the requester (with its spare) and
+   * is not handled. */
+  if (m && m->kind == MSG_REQUEST && m->sender) {
+    if (isolate_open_request(iso, m)) return;
+  } else if (m && m->kind == MSG_REQUEST && m->from_node)
     isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
   lua_State *P = iso->pump;
   if (!P) {

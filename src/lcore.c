@@ -66,6 +66,9 @@ int l_core_subscribe(lua_State *L) {
   guard *g = existing ? guard_push(L, release_isolates) : NULL;
   size_t n;
   ic_isolate **up = cluster_subscribe(self->cluster, self, existing, &n);
+  /* Not subscribed (no room in the subscriber list): the handler being
+   * registered would never hear an event, so its registration fails. */
+  if (!self->subscribed) return luaL_error(L, "out of memory (subscribing to up/down events)");
   if (!existing) return 0;
   if (!up) return luaL_error(L, "out of memory");
   g->p = up;
@@ -114,8 +117,7 @@ int l_core_monitor(lua_State *L) {
   int rc = r->iso      ? monitor_add(&r->iso->monitors, self, id)
            : r->remote ? cluster_remote_monitor(r->remote, r->node, r->id, self, id)
                        : ESRCH;
-  if (rc == ENOMEM) return luaL_error(L, "monitor: out of memory");
-  if (rc) monitor_notify(self, id, "noproc");
+  if (rc == ENOMEM || (rc && monitor_notify(self, id, "noproc"))) return luaL_error(L, "monitor: out of memory");
   return 0;
 }
 

@@ -215,6 +215,11 @@ static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, 
   size_t len = codec_encode_scalar(L, idx, small);
   ic_msg *m = len && len <= ctx->lim.max_bytes ? msg_new(kind, small, len)
                                                : encode_msg_ctx(L, ctx, idx, "msg", kind);
+  /* A request carries its own failure (mailbox.h): it can always be failed. */
+  if (m && kind == MSG_REQUEST && msg_add_spare(m)) {
+    msg_free(m);
+    m = NULL;
+  }
   if (!m) return "out of memory";
   m->corr = corr;
   return post_from(ctx, r->iso, m);
@@ -488,10 +493,16 @@ int l_core_reply(lua_State *L) {
     isolate_close_remote_request(self, r->node, r->id, (uint64_t)corr);
     return push_send_result(L, why);
   }
-  if (!m) return push_send_result(L, "out of memory");
-  m->corr = (uint64_t)corr;
   ic_isolate *self = self_of(L);
   ic_isolate *to = r->iso;
+  if (!m) {
+    /* No memory for the answer: the request's spare carries the failure, so
+     * the requester does not wait for its timeout. */
+    ic_msg *spare = to ? isolate_take_request(self, to, (uint64_t)corr, "not enough memory for the reply") : NULL;
+    if (!spare) return push_send_result(L, "out of memory");
+    return push_send_result(L, isolate_post_sys(to, spare, self->worker));
+  }
+  m->corr = (uint64_t)corr;
   const char *why = isolate_post_sys(to, m, self->worker);
   /* Answered (or its requester is gone): no longer refused at the end. */
   isolate_close_request(self, to, (uint64_t)corr);

@@ -19,6 +19,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "native.h"
 #include "net/net.h"
 #include "sigint.h"
 
@@ -35,9 +36,18 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   int et = lua_type(L, arg);
   /* Named here, not by luaL_argerror: inside an isolate the C function
    * behind context:spawn_isolate is core.spawn, a name the user never wrote. */
-  if (et != LUA_TFUNCTION && et != LUA_TSTRING)
-    return luaL_error(L, "spawn_isolate: the entry must be a function or a module name, got %s",
+  /* { native = "kind" }: a native isolate of a kind the C program
+   * registered (ic_register_native). The name stays on the stack. */
+  const char *native = NULL;
+  if (et == LUA_TTABLE) {
+    lua_settop(L, arg + 2); /* properties and opts keep their slots below the name */
+    if (lua_getfield(L, arg, "native") != LUA_TSTRING)
+      return luaL_error(L, "spawn_isolate: a table entry must be { native = \"kind\" } (a native isolate kind's name)");
+    native = lua_tostring(L, -1);
+  } else if (et != LUA_TFUNCTION && et != LUA_TSTRING) {
+    return luaL_error(L, "spawn_isolate: the entry must be a function, a module name or { native = \"kind\" }, got %s",
                       luaL_typename(L, arg));
+  }
   int has_props = !lua_isnoneornil(L, arg + 1);
   if (has_props && lua_type(L, arg + 1) != LUA_TTABLE)
     return luaL_error(L, "spawn_isolate: properties must be a table, got %s", luaL_typename(L, arg + 1));
@@ -75,6 +85,9 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
       lua_pop(L, 1);
     }
   }
+  if (native && (memlimit || lean || node))
+    return luaL_error(L, "spawn_isolate: opts.%s does not apply to a native isolate (it runs on this node, with no "
+                      "Lua heap)", memlimit ? "memory_limit" : lean ? "lean" : "node");
   /* The caller's hold on the new isolate, while its ref is made; made
    * before the encodes, whose bytes no allocation may come between. */
   guard *g = guard_push(L, release_isolate);
@@ -97,7 +110,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
     codec_encode(L, arg + 1, "properties", &h, &ctx->lim, buf);
     props_len = buf->len;
   }
-  codec_encode(L, arg, "entry", &h, &ctx->lim, buf);
+  if (!native) codec_encode(L, arg, "entry", &h, &ctx->lim, buf);
   /* Multi-node: an exact path is claimed from the other nodes first (one
    * round trip); the claim is held until the isolate is registered. A
    * hidden runtime isolate (the logger) is this node's own business. From
@@ -151,7 +164,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
                   lua_path, lua_cpath, path, hidden, creator, detached, NULL, 0, lean};
   ic_isolate *iso;
   char err[256];
-  int failed = cluster_spawn(c, &a, &iso, err, sizeof err);
+  int failed = native ? native_spawn_kind(c, native, &a, &iso, err, sizeof err) : cluster_spawn(c, &a, &iso, err, sizeof err);
   if (claimed) net_claim_done(c->net, path);
   codec_buf_free(buf);
   if (failed) return luaL_error(L, "%s", err);

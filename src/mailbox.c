@@ -1,5 +1,8 @@
 #include "mailbox.h"
 
+#include <errno.h>
+#include <msgpuck.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +32,7 @@ ic_msg *msg_new(int kind, const char *data, size_t len) {
   m->from_id = 0;
   m->corr = 0;
   m->shared = NULL;
+  m->spare = NULL;
   m->kind = (uint8_t)kind;
   m->len = len;
   if (len && data) memcpy(m->inline_data, data, len); /* data NULL: room to fill */
@@ -44,6 +48,7 @@ ic_msg *msg_new_shared(int kind, ic_blob *b) {
   m->from_node = 0;
   m->from_id = 0;
   m->corr = 0;
+  m->spare = NULL;
   blob_retain(b);
   m->shared = b;
   m->kind = (uint8_t)kind;
@@ -56,7 +61,29 @@ void msg_free(ic_msg *m) {
   if (!m) return;
   if (m->shared) blob_release(m->shared);
   if (m->sender) isolate_release(m->sender);
+  if (m->spare) msg_free(m->spare);
   free(m);
+}
+
+int msg_add_spare(ic_msg *m) {
+  /* room for the MessagePack string header (str 8) and the text */
+  m->spare = msg_new(MSG_REPLY_ERROR, NULL, MSG_SPARE_TEXT + 2);
+  return m->spare ? 0 : ENOMEM;
+}
+
+ic_msg *msg_fill_spare(ic_msg *spare, uint64_t corr, const char *text) {
+  size_t n = strlen(text);
+  if (n > MSG_SPARE_TEXT) n = MSG_SPARE_TEXT;
+  char *w = mp_encode_str(spare->inline_data, text, (uint32_t)n);
+  spare->len = (size_t)(w - spare->inline_data);
+  spare->corr = corr;
+  return spare;
+}
+
+ic_msg *msg_take_spare(ic_msg *m, const char *text) {
+  ic_msg *spare = m->spare;
+  m->spare = NULL;
+  return spare ? msg_fill_spare(spare, m->corr, text) : NULL;
 }
 
 void mailbox_init(mailbox *q, size_t capacity) {

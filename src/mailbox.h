@@ -49,6 +49,9 @@ typedef struct ic_msg {
   uint64_t from_id;          /*   ref (node incarnation, id); sender is NULL */
   uint64_t corr;
   ic_blob *shared;           /* set when data points into a shared blob */
+  struct ic_msg *spare;      /* a local request's failure, made by the requester
+                                (msg_add_spare): whoever cannot answer the
+                                request otherwise sends this; else NULL */
   const char *data;          /* MessagePack bytes */
   size_t len;
   uint8_t kind;
@@ -60,8 +63,24 @@ typedef struct ic_msg {
 ic_msg *msg_new(int kind, const char *data, size_t len);
 /* A message pointing into b (retained). NULL when out of memory. */
 ic_msg *msg_new_shared(int kind, ic_blob *b);
-/* Frees the message, its bytes (or its hold on the blob) and its sender hold. */
+/* Frees the message, its bytes (or its hold on the blob), its sender hold
+ * and its spare. */
 void msg_free(ic_msg *m);
+
+/* Bytes of error text a spare holds ("isolate down: <reason>", cut). */
+#define MSG_SPARE_TEXT 120
+
+/* Gives request m its spare: a MSG_REPLY_ERROR with room for
+ * MSG_SPARE_TEXT bytes of text, so that the request can be failed at its
+ * requester with no allocation at all (the receiver went down, or ran out
+ * of memory for the reply). The requester's thread, before the post. 0 or
+ * ENOMEM (the request is not to be sent then). */
+int msg_add_spare(ic_msg *m);
+/* Takes m's spare (NULL if none), filled with `text` (cut to fit) as the
+ * error answer to m->corr. */
+ic_msg *msg_take_spare(ic_msg *m, const char *text);
+/* Fills spare (taken) as the error answer `text` to request corr. */
+ic_msg *msg_fill_spare(ic_msg *spare, uint64_t corr, const char *text);
 
 typedef struct mailbox {
   _Atomic(ic_msg *) head;   /* producers' end */

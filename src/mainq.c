@@ -79,6 +79,12 @@ int mainq_request(ic_cluster *c, ic_isolate *to, uint32_t to_node, uint64_t to_i
   /* Replies to earlier requests that timed out are of no use now. */
   drop_all(&main->sysq);
   if (to) {
+    /* A request carries its own failure (mailbox.h): it can always be failed. */
+    if (msg_add_spare(m)) {
+      msg_free(m);
+      *why = "out of memory";
+      return MAINQ_REFUSED;
+    }
     isolate_retain(main);
     m->sender = main;
     m->corr = corr;

@@ -54,7 +54,8 @@ int mainq_receive(ic_cluster *c, uint64_t deadline, int interruptible, ic_msg **
  * to timeout_ns (from after the post) for its reply. MAINQ_OK: *reply (the
  * caller's) is a MSG_REPLY, or a MSG_REPLY_ERROR whose value is the error
  * (the text "isolate down: <reason>" when `to` went down before
- * answering). MAINQ_REFUSED: *why is "isolate down" or "mailbox full". A
+ * answering). MAINQ_REFUSED: *why is "isolate down", "mailbox full" or
+ * "out of memory" (for the request's spare, msg_add_spare). A
  * reply that comes after the call returned is dropped later. */
 int mainq_request(ic_cluster *c, ic_isolate *to, uint32_t to_node, uint64_t to_id, ic_msg *m,
                   uint64_t timeout_ns, int interruptible, ic_msg **reply, const char **why);

@@ -13,8 +13,15 @@
  * The set is not tied to ic_isolate: a stand-in for an isolate of another
  * node can hold one, and the loss of that node fires it ("node down").
  *
- * Ownership: each entry holds its watcher (isolate_retain) until it fires,
- * is removed, or is pruned once the watcher is down.
+ * Each entry's notice is allocated when the monitor is made, so a down
+ * reaches every watcher even when memory has run out then: a reason that
+ * fits in the notice (MONITOR_NOTICE_ROOM bytes: "normal", "killed",
+ * "node down"... and short errors) needs no allocation at all; a longer one
+ * (a traceback) is copied into a new message, or, without memory for it,
+ * cut to fit the notice.
+ *
+ * Ownership: each entry holds its watcher (isolate_retain) and its notice
+ * until it fires, is removed, or is pruned once the watcher is down.
  * Threads: any; s->lock guards the set and is never held while posting or
  * while another lock is taken.
  */
@@ -28,9 +35,15 @@
 
 struct ic_isolate;
 
+/* Bytes of down reason a notice made in advance holds. */
+#define MONITOR_NOTICE_ROOM 160
+
+struct ic_msg;
+
 typedef struct monitor_link {
   struct ic_isolate *watcher; /* strong reference */
   uint64_t id;                /* the watcher's number for this monitor */
+  struct ic_msg *notice;      /* the MSG_DOWN to post, owned */
 } monitor_link;
 
 typedef struct monitor_set {
@@ -52,7 +65,8 @@ int monitor_add(monitor_set *s, struct ic_isolate *watcher, uint64_t id);
 void monitor_remove(monitor_set *s, struct ic_isolate *watcher, uint64_t id);
 /* Fires the set with reason (copied into each notice); idempotent. */
 void monitor_fire(monitor_set *s, const char *reason);
-/* Posts one down notice (MSG_DOWN, corr = id) to watcher. */
-void monitor_notify(struct ic_isolate *watcher, uint64_t id, const char *reason);
+/* Posts one down notice (MSG_DOWN, corr = id) to watcher. 0, or ENOMEM
+ * (nothing posted: the caller reports it). */
+int monitor_notify(struct ic_isolate *watcher, uint64_t id, const char *reason);
 
 #endif

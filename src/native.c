@@ -9,6 +9,7 @@
  * the request's callback exactly once.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,8 +87,10 @@ void native_dispatch(ic_isolate *iso, ic_msg *m) {
     ic_message msg = {(char *)m->data, m->len, {iso->cluster->node_id, m->sender ? m->sender->id : 0},
                       m->kind == MSG_REQUEST && m->sender, m->corr};
     /* Tracked while open: if the isolate goes down first, the requester is
-     * refused at once instead of waiting for its timeout. */
-    int tracked = msg.is_request && isolate_open_request(iso, m->sender, m->corr) == 0;
+     * refused at once instead of waiting for its timeout. Without memory to
+     * track it, it has been failed at the requester already. */
+    if (msg.is_request && isolate_open_request(iso, m) != 0) break;
+    int tracked = msg.is_request;
     n->on_message(n, &msg, n->ud);
     if (tracked && !msg.is_request) isolate_close_request(iso, m->sender, m->corr);
     break;
@@ -115,15 +118,38 @@ void native_finish(ic_isolate *iso) {
   if (n->on_down) n->on_down(n->ud, iso->reason ? iso->reason : "normal");
 }
 
-int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spawn_options *opts, ic_ref *out) {
-  if (!c || !nopts || !nopts->on_message) return IC_EINVAL;
+/* Spawns a native isolate with handlers nopts and the rest of *a (its
+ * native field is set here). 0 with *out retained, or an errno value
+ * (cluster_spawn's, with err) and no callback of nopts ever called. */
+static int spawn_with(ic_cluster *c, const ic_native_options *nopts, spawn_args *a, ic_isolate **out, char *err,
+                      size_t errlen) {
   ic_native *n = calloc(1, sizeof *n);
-  if (!n) return IC_ENOMEM;
+  if (!n) {
+    snprintf(err, errlen, "out of memory");
+    return ENOMEM;
+  }
   n->on_message = nopts->on_message;
   n->on_down = nopts->on_down;
   n->ud = nopts->ud;
+  a->native = n;
   /* boot: never read (a native isolate has no Lua state to boot) */
-  spawn_args a = {ISO_POOL, 0, 0, NULL, 0, "\xc0", 1, NULL, NULL, NULL, 0, NULL, 1, n, 0, 0};
+  a->boot = "\xc0";
+  a->boot_len = 1;
+  ic_isolate *iso;
+  int rc = cluster_spawn(c, a, &iso, err, errlen); /* takes n */
+  if (rc) return rc;
+  /* Down already (killed the moment it was registered): its end left
+   * on_down to this thread. iso's hold keeps n. */
+  if (atomic_exchange(&n->phase, PHASE_SPAWNED) == PHASE_ENDED && n->on_down)
+    n->on_down(n->ud, iso->reason ? iso->reason : "normal");
+  cluster_announce_up(c, iso);
+  *out = iso;
+  return 0;
+}
+
+int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spawn_options *opts, ic_ref *out) {
+  if (!c || !nopts || !nopts->on_message) return IC_EINVAL;
+  spawn_args a = {ISO_POOL, 0, 0, NULL, 0, NULL, 0, NULL, NULL, NULL, 0, NULL, 1, NULL, 0, 0};
   if (opts) {
     a.kind = opts->dedicated ? ISO_DEDICATED : ISO_POOL;
     a.mailbox = opts->mailbox;
@@ -131,7 +157,7 @@ int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spaw
   }
   ic_isolate *iso;
   char err[256];
-  int rc = cluster_spawn(c, &a, &iso, err, sizeof err); /* takes n */
+  int rc = spawn_with(c, nopts, &a, &iso, err, sizeof err);
   if (rc) {
     switch (rc) {
     case EINVAL: return IC_EINVAL;
@@ -141,17 +167,87 @@ int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spaw
     default: return IC_ESYSTEM;
     }
   }
-  /* Down already (killed the moment it was registered): its end left
-   * on_down to this thread. iso's hold keeps n. */
-  if (atomic_exchange(&n->phase, PHASE_SPAWNED) == PHASE_ENDED && n->on_down)
-    n->on_down(n->ud, iso->reason ? iso->reason : "normal");
-  cluster_announce_up(c, iso);
   if (out) {
     out->node = c->node_id;
     out->id = iso->id;
   }
   isolate_release(iso);
   return IC_OK;
+}
+
+/* ---- kinds: native isolates that Lua code spawns by name ------------------- */
+
+typedef struct native_kind {
+  struct native_kind *next;
+  ic_native_factory make;
+  void *ud;
+  char name[];
+} native_kind;
+
+#define NATIVE_KIND_NAME_MAX 64
+
+int ic_register_native(ic_cluster *c, const char *name, ic_native_factory make, void *ud) {
+  if (!c || !name || !make) return IC_EINVAL;
+  size_t len = strlen(name);
+  if (len == 0 || len > NATIVE_KIND_NAME_MAX) return IC_EINVAL;
+  native_kind *k = malloc(sizeof *k + len + 1);
+  if (!k) return IC_ENOMEM;
+  k->make = make;
+  k->ud = ud;
+  memcpy(k->name, name, len + 1);
+  int rc = IC_OK;
+  plat_mutex_lock(&c->lock);
+  if (atomic_load(&c->state) != CLUSTER_RUNNING) rc = IC_ESHUTDOWN;
+  for (native_kind *x = c->native_kinds; x && !rc; x = x->next)
+    if (strcmp(x->name, name) == 0) rc = IC_EEXIST;
+  if (!rc) {
+    k->next = c->native_kinds;
+    c->native_kinds = k;
+  }
+  plat_mutex_unlock(&c->lock);
+  if (rc) free(k);
+  return rc;
+}
+
+int native_spawn_kind(ic_cluster *c, const char *name, spawn_args *a, ic_isolate **out, char *err, size_t errlen) {
+  ic_native_factory make = NULL;
+  void *ud = NULL;
+  plat_mutex_lock(&c->lock);
+  for (native_kind *x = c->native_kinds; x; x = x->next) {
+    if (strcmp(x->name, name) != 0) continue;
+    make = x->make;
+    ud = x->ud;
+    break;
+  }
+  plat_mutex_unlock(&c->lock);
+  if (!make) {
+    snprintf(err, errlen, "spawn_native: no native isolate kind \"%s\" is registered (ic_register_native)", name);
+    return EINVAL;
+  }
+  /* The kind stays registered until the cluster is freed: make and ud are
+   * called without the lock. */
+  ic_native_options o = {NULL, NULL, NULL};
+  int made = make(ud, a->props, a->props ? a->props_len : 0, &o);
+  if (made || !o.on_message) {
+    /* A factory that failed may have filled o: its on_down is not called. */
+    snprintf(err, errlen, "spawn_native: the factory of \"%s\" refused (%d)%s", name, made,
+             made ? "" : ": no on_message");
+    return ECHILD;
+  }
+  int rc = spawn_with(c, &o, a, out, err, errlen);
+  /* Never spawned: ud is still the factory's to free, through on_down. */
+  if (rc && o.on_down) o.on_down(o.ud, "error: spawn failed");
+  return rc;
+}
+
+void native_kinds_free(ic_cluster *c) {
+  native_kind *k = c->native_kinds;
+  c->native_kinds = NULL;
+  while (k) {
+    native_kind *next = k->next;
+    free(k);
+    k = next;
+  }
 }
 
 ic_ref ic_native_ref(ic_native *self) {

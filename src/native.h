@@ -10,6 +10,7 @@
 #ifndef IC_NATIVE_H
 #define IC_NATIVE_H
 
+#include "cluster.h"
 #include "isolate.h"
 
 struct ic_native;
@@ -21,6 +22,16 @@ void native_dispatch(ic_isolate *iso, ic_msg *m);
 void native_finish(ic_isolate *iso);
 /* Frees the native state (iso's last holder). */
 void native_free(struct ic_native *n);
+
+/* Spawns a native isolate of the registered kind `name` (ic_register_native)
+ * with the rest of *a (props, path, mailbox, creator...): the kind's factory
+ * makes its handlers from a->props. Returns 0 with *out retained, or an
+ * errno value with a message in err: EINVAL (no such kind), ECHILD (the
+ * factory refused), or cluster_spawn's. Any thread (the spawner's). */
+int native_spawn_kind(struct ic_cluster *c, const char *name, spawn_args *a, ic_isolate **out, char *err,
+                      size_t errlen);
+/* Frees the registered kinds (the cluster's last holder). */
+void native_kinds_free(struct ic_cluster *c);
 
 /* Shared with src/api.c: exactly one well-formed MessagePack value of type
  * (enum mp_type, or -1 for any); the text of an error reply's value

@@ -161,6 +161,10 @@ int cluster_register(ic_cluster *c, ic_isolate *iso, const char *path, char *err
     snprintf(errbuf, errlen, "isolate id %llu is already in use", (unsigned long long)iso->id);
     return EEXIST;
   }
+  /* Its up and down events will surely come: their slots in the log are
+   * kept now, so that a spawn short of memory fails here instead of a
+   * subscriber missing the event later. */
+  if (iso->kind != ISO_MAIN && !iso->hidden && log_reserve(c, 2)) goto oom;
   if (!iso->id) iso->id = c->next_id++;
   iso->path = own;
   {
@@ -312,6 +316,8 @@ void cluster_unregister(ic_cluster *c, ic_isolate *iso, const char *reason) {
     iso->subscribed = 0;
   }
   if (iso->kind != ISO_MAIN) {
+    /* Never announced up: that kept slot is not needed. */
+    if (!iso->hidden && !iso->up) log_unreserve(c);
     /* Every isolate's end is published, also one that failed before it
      * came up: supervisors must hear of it. */
     if (!iso->hidden) log_append(c, EVENT_DOWN, iso, reason);

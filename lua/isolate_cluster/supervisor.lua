@@ -11,6 +11,11 @@
 --     },
 --   }, { path = "/sup" })
 --
+-- A child may also be a native isolate (a C handler) of a kind the C
+-- program registered with ic_register_native: { native = "kind", path =,
+-- properties =, restart = } instead of entry. Each start and restart calls
+-- that kind's factory for a new isolate, with the child's properties.
+--
 -- Restart policies (as in OTP):
 --   permanent  restarted whenever it goes down (except with reason "shutdown")
 --   transient  restarted only when it fails: reason "error: ..." or "killed"
@@ -39,7 +44,8 @@ local function supervisor_main(context)
     local opts = {}
     for k, v in pairs(child.spec.opts or {}) do opts[k] = v end
     opts.path = child.spec.path
-    child.ref = context:spawn_isolate(child.spec.entry, child.spec.properties, opts)
+    local entry = child.spec.entry or { native = child.spec.native }
+    child.ref = context:spawn_isolate(entry, child.spec.properties, opts)
   end
 
   local function should_restart(policy, reason)
@@ -103,7 +109,8 @@ local function check_keys(t, what, known)
 end
 
 local SPEC_KEYS = { intensity = true, period = true, children = true }
-local CHILD_KEYS = { path = true, entry = true, properties = true, restart = true, opts = true }
+local CHILD_KEYS = { path = true, entry = true, native = true, properties = true, restart = true, opts = true }
+local NATIVE_SPAWN_KEYS = { dedicated = true, detached = true, mailbox = true }
 local SPAWN_KEYS = { dedicated = true, detached = true, mailbox = true, memory_limit = true, node = true }
 
 --- Checks a supervisor spec; raises with a message naming the problem.
@@ -122,12 +129,22 @@ function M.check(spec)
     check_keys(c, ("supervisor spec: children[%d]"):format(i), CHILD_KEYS)
     if c.opts ~= nil then
       if type(c.opts) ~= "table" then error(("supervisor spec: children[%d].opts must be a table"):format(i), 3) end
-      -- the path is the child's own field
-      check_keys(c.opts, ("supervisor spec: children[%d].opts"):format(i), SPAWN_KEYS)
+      -- the path is the child's own field; a native child runs on this
+      -- node, with no Lua heap to limit
+      check_keys(c.opts, ("supervisor spec: children[%d].opts"):format(i), c.native and NATIVE_SPAWN_KEYS or SPAWN_KEYS)
     end
-    local et = type(c.entry)
-    if et ~= "function" and et ~= "string" then
-      error(("supervisor spec: children[%d].entry must be a function or a module name"):format(i), 3)
+    if c.native ~= nil then
+      if c.entry ~= nil then
+        error(("supervisor spec: children[%d] has both an entry and a native kind"):format(i), 3)
+      end
+      if type(c.native) ~= "string" or c.native == "" then
+        error(("supervisor spec: children[%d].native must be the name of a registered native kind"):format(i), 3)
+      end
+    else
+      local et = type(c.entry)
+      if et ~= "function" and et ~= "string" then
+        error(("supervisor spec: children[%d].entry must be a function or a module name"):format(i), 3)
+      end
     end
     if c.restart ~= nil and not POLICIES[c.restart] then
       error(("supervisor spec: children[%d].restart must be permanent, transient or temporary"):format(i), 3)

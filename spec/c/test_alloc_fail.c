@@ -15,10 +15,14 @@
  * must:
  *   - finish: the scenario completes, or raises an error that says memory
  *     ran out ("not enough memory" / "out of memory") or that the isolate
- *     concerned went down ("isolate down..."), or a request that timed out
- *     (a reply lost to the failure: counted and printed); a shutdown that
- *     missed its deadline, or any other error (a message that does not say
- *     what happened), fails the test (IC_ALLOC_FAIL_STRICT=0: only counted);
+ *     concerned went down ("isolate down..."); a request that times out (a
+ *     reply, an event or a monitor notice lost to the failure, so that a
+ *     waiter would wait out its timeout), a shutdown that missed its
+ *     deadline, or any other error (a message that does not say what
+ *     happened) fails the test (IC_ALLOC_FAIL_STRICT=0: only counted). The
+ *     requests' timeout R is long (IC_ALLOC_FAIL_REQUEST, default half the
+ *     alarm): no failure may leave a requester waiting that long, so a
+ *     loss shows as a timeout, not as a slow run;
  *   - not crash, and not hang (alarm: IC_ALLOC_FAIL_ALARM seconds);
  *   - leak nothing (LeakSanitizer in the ASan build fails the child).
  * The sweep of a scenario ends at the first N the scenario completes without
@@ -29,7 +33,8 @@
  * IC_TEST_QUICK, as under valgrind) points per scenario, spread evenly over its
  * allocations with a seeded offset (IC_ALLOC_FAIL_SEED), so that different
  * runs try different points. IC_ALLOC_FAIL_ONLY=name runs one scenario;
- * IC_ALLOC_FAIL_TRACE=1 prints a backtrace where each failure is injected.
+ * IC_ALLOC_FAIL_TRACE=1 prints a backtrace where each failure is injected;
+ * IC_ALLOC_FAIL_AT=N tries allocation N only.
  * Prints the points tried per scenario. Exit status 0 when all passed. */
 #define _GNU_SOURCE
 #include <execinfo.h>
@@ -110,10 +115,9 @@ static void *main_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 
 /* ---- scenarios ---------------------------------------------------------------
  * Each is the body of a function(ic) that must run to its end; it raises on
- * any failure. Requests have short timeouts: a timeout is a clean outcome but
- * should be rare (a lost reply). Every cluster is shut down by the scenario;
- * one left behind by an error is closed by lua_close. T is the time a
- * request or a shutdown gets (IC_ALLOC_FAIL_WAIT). */
+ * any failure. Every cluster is shut down by the scenario; one left behind
+ * by an error is closed by lua_close. T is the time a shutdown or a lookup
+ * gets (IC_ALLOC_FAIL_WAIT), R a request's (long: see above). */
 typedef struct scenario {
   const char *name;
   const char *src;
@@ -129,7 +133,7 @@ static const scenario SCENARIOS[] = {
      "local c = ic.single_node{workers = 1, logger = false}\n"
      "local a = c:spawn_isolate(" ECHO ", {p = {1, 2, 3}, s = 'x'}, {path = '/a'})\n"
      "local b = c:spawn_isolate(" ECHO ", nil, {path = '/pool/'})\n"
-     "assert(a:request('x', T) == 'x')\n"
+     "assert(a:request('x', R) == 'x')\n"
      "assert(c:lookup_isolate('/a', T) == a, 'lookup')\n"
      "assert(b:property('p') == nil and a:property('s') == 'x')\n"
      "assert(c:shutdown(T), 'shutdown in time')\n"},
@@ -139,7 +143,7 @@ static const scenario SCENARIOS[] = {
      "  ctx:on_message(function(m, s) if m ~= 'sync' then assert(s:send(m)) end return 'ok' end)\n"
      "end)\n"
      "for i = 1, 5 do local ok, why = f:send({i, 's' .. i, {n = i}}) assert(ok, why) end\n"
-     "assert(f:request('sync', T) == 'ok')\n"
+     "assert(f:request('sync', R) == 'ok')\n"
      "for i = 1, 5 do\n"
      "  local m = c:receive(0)\n"
      "  assert(m and m[1] == i and m[3].n == i, 'a message sent before the reply was lost')\n"
@@ -150,16 +154,16 @@ static const scenario SCENARIOS[] = {
      "local r = c:spawn_isolate(function(ctx)\n"
      "  ctx:on_message(function(m)\n"
      "    if m.op == 'err' then error('handler failed', 0) end\n"
-     "    if m.op == 'fwd' then return m.to:request({op = 'add', a = m.a, b = 1}) end\n"
+     "    if m.op == 'fwd' then return m.to:request({op = 'add', a = m.a, b = 1}, m.r) end\n"
      "    return m.a + m.b\n"
      "  end)\n"
      "end)\n"
      "local r2 = c:spawn_isolate(function(ctx) ctx:on_message(function(m) return m.a + m.b end) end)\n"
-     "assert(r:request({op = 'add', a = 1, b = 2}, T) == 3)\n"
-     "local ok, err = pcall(r.request, r, {op = 'err'}, T)\n"
+     "assert(r:request({op = 'add', a = 1, b = 2}, R) == 3)\n"
+     "local ok, err = pcall(r.request, r, {op = 'err'}, R)\n"
      "if not ok and not tostring(err):find('handler failed', 1, true) then error(err, 0) end\n"
      "assert(not ok, 'the handler error was raised')\n"
-     "assert(r:request({op = 'fwd', to = r2, a = 4}, T) == 5)\n"
+     "assert(r:request({op = 'fwd', to = r2, a = 4, r = R}, R) == 5)\n"
      "assert(c:shutdown(T), 'shutdown in time')\n"},
     {"codec",
      "local shared = {1, 2, 3}\n"
@@ -172,9 +176,9 @@ static const scenario SCENARIOS[] = {
      "assert(u.a == u.b and u.self == u and u.fn(2) == 2 and #u.list == 40)\n"
      "local c = ic.single_node{workers = 1, logger = false}\n"
      "local e = c:spawn_isolate(" ECHO ")\n"
-     "local back = e:request(t, T)\n"
+     "local back = e:request(t, R)\n"
      "assert(back.a == back.b and back.self == back and back.fn(3) == 3 and back.list[40][3].k == 40)\n"
-     "assert(e:request({ref = e}, T).ref == e)\n"
+     "assert(e:request({ref = e}, R).ref == e)\n"
      "assert(c:shutdown(T), 'shutdown in time')\n"},
     {"timers",
      "local c = ic.single_node{workers = 1, logger = false}\n"
@@ -190,8 +194,8 @@ static const scenario SCENARIOS[] = {
      "    end)\n"
      "  end)\n"
      "end)\n"
-     "assert(r:request('sleep', T) == 'slept')\n"
-     "assert(r:request('timers', T) == 3)\n"
+     "assert(r:request('sleep', R) == 'slept')\n"
+     "assert(r:request('timers', R) == 3)\n"
      "assert(c:shutdown(T), 'shutdown in time')\n"},
     {"events",
      "local c = ic.single_node{workers = 1, logger = false}\n"
@@ -209,11 +213,11 @@ static const scenario SCENARIOS[] = {
      "    waiting = ctx:reply_later() check()\n"
      "  end)\n"
      "end)\n"
-     "assert(w:request('ready', T))\n"
+     "assert(w:request('ready', R))\n"
      "local b = c:spawn_isolate(function(ctx) ctx:on_message(function() ctx:stop('done') end) end,\n"
      "  nil, {path = '/b'})\n"
      "assert(b:send('stop'))\n"
-     "local seen = w:request('wait', T)\n"
+     "local seen = w:request('wait', R)\n"
      "assert(seen.down == 'done' and (seen.mon == 'done' or seen.mon == 'noproc') or injected(),\n"
      "  'events: down ' .. tostring(seen.down) .. ', monitor ' .. tostring(seen.mon))\n"
      "assert(c:shutdown(T), 'shutdown in time')\n"},
@@ -225,7 +229,7 @@ static const scenario SCENARIOS[] = {
      "    ctx:on_shutdown(function() main:send({'bye', ctx:property('i')}) end)\n"
      "    ctx:on_message(function(m) return m end)\n"
      "  end, {i = i})\n"
-     "  assert(r:request('up', T) == 'up')\n"
+     "  assert(r:request('up', R) == 'up')\n"
      "end\n"
      "local d = c:spawn_isolate(function(ctx) ctx:on_message(function() end) end, nil, {dedicated = true})\n"
      "assert(d:send('x'))\n"
@@ -266,7 +270,7 @@ static int traceback(lua_State *L) {
 /* Runs scenario s in this (child) process, failing allocation `from` (0:
  * none) and the burst after it; returns an exit code; with allocs, reports
  * how many allocations the run made. */
-static int run_scenario(const scenario *s, long from, long burst, double wait_s, long *allocs) {
+static int run_scenario(const scenario *s, long from, long burst, double wait_s, double request_s, long *allocs) {
   lua_State *L = lua_newstate(main_alloc, NULL);
   if (!L) return R_SETUP;
   luaL_openlibs(L);
@@ -287,6 +291,8 @@ static int run_scenario(const scenario *s, long from, long burst, double wait_s,
   lua_setglobal(L, "injected");
   lua_pushnumber(L, wait_s);
   lua_setglobal(L, "T");
+  lua_pushnumber(L, request_s);
+  lua_setglobal(L, "R");
   lua_pushcfunction(L, traceback);
   if (luaL_loadbuffer(L, s->src, strlen(s->src), s->name) != LUA_OK) {
     fprintf(stderr, "%s: %s\n", s->name, lua_tostring(L, -1));
@@ -336,7 +342,7 @@ typedef struct tally {
 
 /* Forks a child that runs s with allocation `from` failing; returns the
  * child's code, or -1 after printing what went wrong (signal, hang, leak). */
-static int run_child(const scenario *s, long from, long burst, double wait_s, unsigned alarm_s,
+static int run_child(const scenario *s, long from, long burst, double wait_s, double request_s, unsigned alarm_s,
                      int count_fd) {
   fflush(stdout);
   fflush(stderr);
@@ -348,7 +354,7 @@ static int run_child(const scenario *s, long from, long burst, double wait_s, un
   if (pid == 0) {
     alarm(alarm_s); /* default action: the child dies of SIGALRM = a hang */
     long allocs = 0;
-    int rc = run_scenario(s, from, burst, wait_s, &allocs);
+    int rc = run_scenario(s, from, burst, wait_s, request_s, &allocs);
     if (count_fd >= 0) {
       ssize_t w = write(count_fd, &allocs, sizeof allocs);
       (void)w;
@@ -379,18 +385,19 @@ int main(void) {
   int slow = (getenv("IC_SANITIZE") && *getenv("IC_SANITIZE")) || quick;
   long points = env_long("IC_ALLOC_FAIL_POINTS", quick ? 8 : slow ? 25 : 40);
   long burst = env_long("IC_ALLOC_FAIL_BURST", 2);
-  /* T in the scenarios: request timeouts and shutdown deadlines. A request
-   * that times out after a failure costs this much; one that times out with
-   * no failure injected fails the test, so it must hold on a loaded machine. */
+  /* T in the scenarios: shutdown deadlines and lookups; it must hold on a
+   * loaded machine. R: request timeouts, long enough that a request that
+   * times out is one whose reply was lost, yet within the alarm. */
   double wait_s = (double)env_long("IC_ALLOC_FAIL_WAIT", slow ? 5 : 2);
   unsigned alarm_s = (unsigned)env_long("IC_ALLOC_FAIL_ALARM", slow ? 90 : 30);
+  double request_s = (double)env_long("IC_ALLOC_FAIL_REQUEST", (long)alarm_s / 2);
   unsigned seed = (unsigned)env_long("IC_ALLOC_FAIL_SEED", (long)time(NULL));
   const char *only = getenv("IC_ALLOC_FAIL_ONLY");
   int strict = env_long("IC_ALLOC_FAIL_STRICT", 1) != 0;
   trace_failures = env_long("IC_ALLOC_FAIL_TRACE", 0) != 0;
   srand(seed);
-  printf("allocation-failure sweep: %s, burst %ld, seed %u\n",
-         full ? "every point" : "sampled", burst, seed);
+  printf("allocation-failure sweep: %s, burst %ld, seed %u, requests wait up to %.0f s\n",
+         full ? "every point" : "sampled", burst, seed, request_s);
   long total_tried = 0, total_bad = 0, t_bad_points = 0;
   for (size_t i = 0; i < NSCENARIOS; i++) {
     const scenario *s = &SCENARIOS[i];
@@ -402,7 +409,7 @@ int main(void) {
       perror("pipe");
       return 1;
     }
-    int rc = run_child(s, 0, burst, wait_s, alarm_s, fds[1]);
+    int rc = run_child(s, 0, burst, wait_s, request_s, alarm_s, fds[1]);
     close(fds[1]);
     long allocs = 0;
     if (read(fds[0], &allocs, sizeof allocs) != (ssize_t)sizeof allocs) allocs = 0;
@@ -415,9 +422,10 @@ int main(void) {
     long stride = full || points <= 0 ? 1 : allocs / points;
     if (stride < 1) stride = 1;
     tally t = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    long at = env_long("IC_ALLOC_FAIL_AT", 0); /* one point only (to look into it) */
     /* Until a run completes without reaching its failing allocation. */
-    for (long n = 1 + rand() % stride;; n += stride) {
-      rc = run_child(s, n, burst, wait_s, alarm_s, -1);
+    for (long n = at > 0 ? at : 1 + rand() % stride;; n += stride) {
+      rc = run_child(s, n, burst, wait_s, request_s, alarm_s, -1);
       t.tried++;
       if (rc < 0) t.bad++;
       else if (rc == R_COMPLETE) t.complete++;
@@ -427,8 +435,8 @@ int main(void) {
       else if (rc == R_DOWN) t.down++;
       else if (rc == R_LATE) t.late++;
       else if (rc == R_UNCLEAR) t.unclear++;
-      if (strict && (rc == R_LATE || rc == R_UNCLEAR)) t.bad++;
-      if (rc == R_COMPLETE) break;
+      if (strict && (rc == R_LATE || rc == R_UNCLEAR || rc == R_TIMEOUT)) t.bad++;
+      if (rc == R_COMPLETE || at > 0) break;
       if (n > 4 * allocs + 1000) {
         fprintf(stderr, "%s: still reaching allocation %ld (clean run: %ld)\n", s->name, n, allocs);
         t.bad++;

@@ -4,28 +4,11 @@
  * loopback port and stopped by its pid. Exit status 77 (skipped) when
  * nats-server is not installed, or under ThreadSanitizer unless
  * IC_TSAN_NATS is set (see .ci/run). */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "isolate_cluster.h"
-
-#if defined(__SANITIZE_THREAD__)
-#define TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TEST_TSAN 1
-#endif
-#endif
+#include "nats_server.h"
 
 static int failures;
 #define CHECK(cond)                                                            \
@@ -36,96 +19,14 @@ static int failures;
     }                                                                          \
   } while (0)
 
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  int port = -1;
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
-
-static int accepts(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_port = htons((unsigned short)port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-  if (fd >= 0) close(fd);
-  return ok;
-}
-
-static void pause_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-/* Starts nats-server on port; its pid, or -1 (77 for "not installed"). */
-static pid_t start_server(int port) {
-  char p[16];
-  snprintf(p, sizeof p, "%d", port);
-  pid_t pid = fork();
-  if (pid == 0) {
-    int null = open("/dev/null", O_WRONLY);
-    if (null >= 0) {
-      dup2(null, 1);
-      dup2(null, 2);
-    }
-    execlp("nats-server", "nats-server", "-a", "127.0.0.1", "-p", p, (char *)NULL);
-    _exit(127);
-  }
-  for (int i = 0; i < 200 && pid > 0; i++) {
-    if (accepts(port)) return pid;
-    int st;
-    if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) && WEXITSTATUS(st) == 127 ? -77 : -1;
-    pause_ms(50);
-  }
-  if (pid > 0) {
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-  }
-  return -1;
-}
-
-static void stop_server(pid_t pid) {
-  kill(pid, SIGTERM);
-  for (int i = 0; i < 100; i++) {
-    if (waitpid(pid, NULL, WNOHANG) == pid) return;
-    pause_ms(50);
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, NULL, 0);
-}
-
 static const char ECHO[] =
     "return function(context) context:on_message(function(m, sender) sender:send(m) end) end";
 
 int main(void) {
-#ifdef TEST_TSAN
-  if (!getenv("IC_TSAN_NATS")) {
-    printf("test_node_api: skipped under ThreadSanitizer without IC_TSAN_NATS (see .ci/run)\n");
-    return 77;
-  }
-#endif
-  int port = free_port();
-  pid_t srv = port > 0 ? start_server(port) : -1;
-  if (srv == -77) {
-    printf("test_node_api: skipped: nats-server is not installed\n");
-    return 77;
-  }
-  if (srv < 0) {
-    fprintf(stderr, "test_node_api: cannot start nats-server\n");
-    return 1;
-  }
+  pid_t srv;
   char url[64];
-  snprintf(url, sizeof url, "nats://127.0.0.1:%d", port);
+  int skip = nats_test_start("test_node_api", &srv, url, sizeof url);
+  if (skip) return skip;
   const char *urls[] = {url};
   char cname[32];
   snprintf(cname, sizeof cname, "capi-%d", (int)getpid());

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "isolate_cluster.h"
 
@@ -212,6 +213,76 @@ static void test_reply_to_gone(ic_cluster *c) {
   ic_message_free(&msg);
 }
 
+/* A thread that takes the program's messages until "stop" comes. */
+typedef struct taker {
+  ic_cluster *c;
+  int stopped;
+} taker;
+
+static void *take_until_stop(void *arg) {
+  taker *t = arg;
+  for (;;) {
+    ic_message m;
+    int rc = ic_receive_msg(t->c, 30, &m);
+    if (rc == IC_EBUSY) continue; /* the other thread's call, for a moment */
+    if (rc != IC_OK) break;
+    int stop = m.len == 5 && memcmp(m.data, "\xa4stop", 5) == 0;
+    ic_message_free(&m);
+    if (stop) {
+      t->stopped = 1;
+      break;
+    }
+  }
+  return NULL;
+}
+
+/* One taker of the program's queues at a time: while a thread waits in
+ * ic_receive_msg, another thread's ic_request, ic_receive_msg, ic_receive
+ * and ic_next_event return IC_EBUSY at once, and work again after it. */
+static void test_one_taker(ic_cluster *c, ic_ref srv) {
+  static const char RELAY[] =
+      "return function(context) context:on_message(function(m, sender) sender:send(m) end) end";
+  ic_ref relay;
+  CHECK(ic_spawn_lua(c, RELAY, strlen(RELAY), "=relay", NULL, 0, NULL, &relay) == IC_OK);
+  CHECK(ic_subscribe_events(c) == IC_OK);
+  taker t = {c, 0};
+  pthread_t th;
+  CHECK(pthread_create(&th, NULL, take_until_stop, &t) == 0);
+  /* Until the taker is in its wait (a deadline, not a timing). */
+  char buf[16], *reply = NULL;
+  size_t rlen = 0;
+  int rc = IC_OK;
+  for (int i = 0; i < 20000 && rc != IC_EBUSY; i++) {
+    rc = ic_request(c, srv, buf, enc_int(buf, 1), 10, &reply, &rlen);
+    ic_free(reply);
+    reply = NULL;
+    if (rc != IC_EBUSY) {
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  CHECK(rc == IC_EBUSY);
+  CHECK(reply == NULL && rlen == 0);
+  ic_message m;
+  CHECK(ic_receive_msg(c, 5, &m) == IC_EBUSY);
+  CHECK(m.data == NULL && m.len == 0);
+  char *data = NULL;
+  size_t len = 0;
+  CHECK(ic_receive(c, 5, &data, &len, NULL) == IC_EBUSY);
+  ic_event ev;
+  CHECK(ic_next_event(c, 5, &ev) == IC_EBUSY);
+  CHECK(ev.kind == 0 && ev.reason == NULL);
+  CHECK(strcmp(ic_strerror(IC_EBUSY), "unknown error") != 0);
+  CHECK(ic_send(c, relay, "\xa4stop", 5) == IC_OK);
+  pthread_join(th, NULL);
+  CHECK(t.stopped);
+  CHECK(ic_request(c, srv, buf, enc_int(buf, 21), 10, &reply, &rlen) == IC_OK);
+  CHECK(reply && rlen == 1 && (unsigned char)reply[0] == 42);
+  ic_free(reply);
+  while (ic_next_event(c, 0, &ev) == IC_OK) ic_event_free(&ev);
+  CHECK(ic_kill(c, relay) == IC_OK);
+}
+
 int main(void) {
   ic_cluster *c = NULL;
   ic_cluster_options o = {.workers = 2};
@@ -222,6 +293,7 @@ int main(void) {
   test_down_while_open(c);
   test_answering(c);
   test_reply_to_gone(c);
+  test_one_taker(c, srv);
   CHECK(strcmp(ic_strerror(IC_EREMOTE), "unknown error") != 0);
   CHECK(ic_cluster_shutdown(c, 10) == 1);
   char buf[8], *reply = (char *)1;

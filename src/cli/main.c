@@ -111,6 +111,8 @@ typedef struct host {
   int stats_stop;
   pthread_t stats_thread;
   int has_stats_thread;
+  pthread_t sig_thread;  /* signal_main, started once the cluster exists */
+  int has_sig_thread;
 } host;
 
 #define STATS_TOP_ROWS 20
@@ -206,6 +208,16 @@ static void *signal_main(void *arg) {
   return NULL;
 }
 
+/* Ends the signal thread, if there is one: on every way out of run(),
+ * also when it raises (main() calls it then), and before lua_close frees
+ * the cluster that thread would ask to shut down. */
+static void stop_signals(host *h) {
+  if (!h->has_sig_thread) return;
+  h->has_sig_thread = 0;
+  pthread_kill(h->sig_thread, SIGUSR2);
+  pthread_join(h->sig_thread, NULL);
+}
+
 /* Runs in protected mode: everything that touches the Lua state. */
 static int run(lua_State *L) {
   host *h = lua_touserdata(L, 1);
@@ -263,8 +275,7 @@ static int run(lua_State *L) {
   lua_setglobal(L, "cluster");
   int cl = lua_gettop(L);
 
-  pthread_t sig_thread;
-  int has_sig_thread = pthread_create(&sig_thread, NULL, signal_main, h) == 0;
+  h->has_sig_thread = pthread_create(&h->sig_thread, NULL, signal_main, h) == 0;
   h->has_stats_thread = h->stats_seconds > 0 && pthread_create(&h->stats_thread, NULL, stats_main, h) == 0;
 
   lua_pushcfunction(L, traceback);
@@ -301,10 +312,7 @@ static int run(lua_State *L) {
   lua_getfield(L, cl, "close");
   lua_pushvalue(L, cl);
   lua_call(L, 1, 0);
-  if (has_sig_thread) {
-    pthread_kill(sig_thread, SIGUSR2);
-    pthread_join(sig_thread, NULL);
-  }
+  stop_signals(h);
   lua_pushinteger(L, status != LUA_OK ? EXIT_SCRIPT_ERROR : in_time ? 0 : EXIT_SHUTDOWN_LATE);
   return 1;
 }
@@ -419,7 +427,10 @@ int main(int argc, char **argv) {
   int code = EXIT_SCRIPT_ERROR;
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) fprintf(stderr, "isolate-cluster: %s\n", lua_tostring(L, -1));
   else code = (int)lua_tointeger(L, -1);
-  stop_stats(&h); /* before lua_close closes the cluster it reads */
+  /* A run() that raised left them running: before lua_close closes the
+   * cluster they use. */
+  stop_stats(&h);
+  stop_signals(&h);
   lua_close(L);
   return code;
 }

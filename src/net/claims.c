@@ -51,6 +51,21 @@ const char *net_claim(struct net *n, const char *path, double timeout_s, atomic_
   size_t len = (size_t)(mp_encode_str(payload, path, (uint32_t)plen) - payload);
   size_t flen = envelope_size(ENVELOPE_DATA_BODY + len, &n->key);
   plat_mutex_lock(&n->lock);
+  /* Right after this node joined: wait until the nodes that started with it
+   * are known (CLAIM_SETTLE_NS), so that they are asked too. */
+  uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(timeout_s);
+  while (n->t && plat_now_ns() < n->claims_from_ns && plat_now_ns() < deadline) {
+    uint64_t until = n->claims_from_ns;
+    if (interrupt && plat_now_ns() + CLAIM_POLL_NS < until) until = plat_now_ns() + CLAIM_POLL_NS;
+    plat_cond_wait_until(&n->claims_cond, &n->lock, until);
+    if (interrupt && atomic_load(interrupt)) {
+      plat_mutex_unlock(&n->lock);
+      free(payload);
+      free(k->path);
+      free(k);
+      return "interrupted";
+    }
+  }
   if (claim_find_path(n, path)) {
     /* This node claims it already (another spawn of it is under way). */
     plat_mutex_unlock(&n->lock);
@@ -77,7 +92,6 @@ const char *net_claim(struct net *n, const char *path, double timeout_s, atomic_
     if (frame && !net__send_locked(n, m, frame, NET_CLAIM, 0, k->id, 0, payload, len)) k->waiting[k->nwaiting++] = m->inc;
     else free(frame); /* not asked: it cannot hold what it never heard of */
   }
-  uint64_t deadline = plat_now_ns() + plat_seconds_to_ns(timeout_s);
   int interrupted = 0;
   while (k->nwaiting && !k->denied && n->t && plat_now_ns() < deadline) {
     uint64_t until = deadline;

@@ -1388,6 +1388,7 @@ struct net *net_start(ic_cluster *c, const net_opts *o, char *err, size_t errlen
   }
   n->max_payload = transport_max_payload(n->t);
   n->connected_since = plat_now_ns();
+  n->claims_from_ns = n->connected_since + CLAIM_SETTLE_NS;
   n->seen_reconnects = transport_reconnects(n->t);
   c->node_id = n->inc;
   if (plat_thread_start(&n->thread, net_main, n, 0) != 0) {

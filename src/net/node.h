@@ -49,6 +49,13 @@
  * (they answer at once) and receive their isolates before it returns, so a
  * path it claims right away is checked against theirs. */
 #define JOIN_WINDOW_NS 250000000ull
+/* A claim asks the nodes this node knows. Two nodes that start together can
+ * each miss the other's first heartbeat and would then not ask each other
+ * (each would be granted by the others and both would own the path). So no
+ * claim goes out before one heartbeat period after the join window, plus a
+ * margin: by then every node that started with this one has been heard from
+ * (its periodic heartbeat), and rival claims meet the name tie-break. */
+#define CLAIM_SETTLE_NS (JOIN_WINDOW_NS + MEMBERSHIP_HEARTBEAT_NS + 250000000ull)
 /* Data frames to one peer are gathered into one NATS message (a batch:
  * 'I' 'B' then [u32 length][frame]...), published by the net thread as soon
  * as it runs (a sender wakes it), or by the sender once a batch is this big:
@@ -159,6 +166,7 @@ struct net {
   kin kids_out, kids_in;
   uint64_t claim_seq;
   plat_cond claims_cond;    /* an answer came, or a node went down */
+  uint64_t claims_from_ns;  /* set once before the net thread starts: no claim asks before this */
 
   plat_thread thread;
   int has_thread;
