@@ -275,6 +275,14 @@ static size_t drain_dead_letters(ic_isolate *iso) {
   return n;
 }
 
+int isolate_release_unless_last(ic_isolate *iso) {
+  int r = atomic_load_explicit(&iso->refs, memory_order_relaxed);
+  while (r > 1)
+    if (atomic_compare_exchange_weak_explicit(&iso->refs, &r, r - 1, memory_order_acq_rel, memory_order_relaxed))
+      return 1;
+  return 0;
+}
+
 void isolate_release(ic_isolate *iso) {
   if (atomic_fetch_sub_explicit(&iso->refs, 1, memory_order_acq_rel) != 1) return;
   ic_cluster *c = iso->kind == ISO_MAIN ? NULL : iso->cluster;

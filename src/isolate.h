@@ -52,6 +52,7 @@ enum { RUN_IDLE = 0, RUN_AGAIN = 1, RUN_DONE = 2 };
 typedef struct ic_isolate {
   struct ic_cluster *cluster;   /* strong reference */
   atomic_int refs;
+  struct ic_isolate *late_next; /* on a net's late_release list (src/net/net.c) */
   atomic_int sched;
   atomic_int alive;             /* 1 until it goes down */
   atomic_int events_pending;    /* the cluster event log grew */
@@ -155,6 +156,9 @@ static inline void isolate_stat_add(atomic_ullong *x, uint64_t d) {
 ic_isolate *isolate_new(struct ic_cluster *c, int kind, size_t mailbox_capacity);
 void isolate_retain(ic_isolate *iso);
 void isolate_release(ic_isolate *iso);
+/* Lets go of a reference unless it is the last one: 1 when let go, 0 when
+ * the caller still holds it (to release it on another thread). */
+int isolate_release_unless_last(ic_isolate *iso);
 
 /* Schedules iso if it is idle. Any thread. `from` is the worker the caller
  * runs on (for the LIFO hand-off) or NULL. */

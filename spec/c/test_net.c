@@ -13,7 +13,11 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include <sched.h>
+
 #include "codec.h"
+#include "isolate.h"
+#include "platform.h"
 #include "net/envelope.h"
 #include "net/inbound.h"
 #include "net/link.h"
@@ -254,59 +258,59 @@ static void test_reasm(void) {
   reasm_key k = {5, 1, 10, 11, 12, 30}, dropped;
   const char *why = NULL;
   /* In order: whole, and nothing held afterwards. */
-  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
   CHECK(r.bytes == 10);
-  CHECK(reasm_add(&r, &k, 10, "abcdefghij", 10, &out, &len, &dropped, &why) == REASM_MORE);
-  CHECK(reasm_add(&r, &k, 20, "ABCDEFGHIJ", 10, &out, &len, &dropped, &why) == REASM_WHOLE);
+  CHECK(reasm_add(&r, &k, 10, "abcdefghij", 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
+  CHECK(reasm_add(&r, &k, 20, "ABCDEFGHIJ", 10, &out, &len, &dropped, &why, 0) == REASM_WHOLE);
   CHECK(len == 30 && memcmp(out, "0123456789abcdefghijABCDEFGHIJ", 30) == 0);
   free(out);
   CHECK(r.bytes == 0 && r.n == 0);
   /* A lying total holds only what came. */
   reasm_key liar = {6, 1, 1, 2, 3, 1000};
-  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why, 0) == REASM_MORE);
   CHECK(r.bytes == 1);
   /* Out of place: refused, nothing kept, the rest ignored. */
-  CHECK(reasm_add(&r, &liar, 5, "y", 1, &out, &len, &dropped, &why) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &liar, 5, "y", 1, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
   CHECK(dropped.inc == 6 && dropped.corr == 3 && why && strstr(why, "out of place"));
   CHECK(r.bytes == 0 && r.n == 0);
-  CHECK(reasm_add(&r, &liar, 6, "z", 1, &out, &len, &dropped, &why) == REASM_IGNORED);
+  CHECK(reasm_add(&r, &liar, 6, "z", 1, &out, &len, &dropped, &why, 0) == REASM_IGNORED);
   /* Another message's chunk (other corr, other total) breaks it too. */
-  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why, 0) == REASM_MORE);
   reasm_key other = liar;
   other.corr = 4;
-  CHECK(reasm_add(&r, &other, 1, "x", 1, &out, &len, &dropped, &why) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &other, 1, "x", 1, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
   other = liar;
   other.total = 999;
-  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why) == REASM_MORE);
-  CHECK(reasm_add(&r, &other, 1, "x", 1, &out, &len, &dropped, &why) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &liar, 0, "x", 1, &out, &len, &dropped, &why, 0) == REASM_MORE);
+  CHECK(reasm_add(&r, &other, 1, "x", 1, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
   /* Past its total, empty, too large, or in one chunk: refused. */
-  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
   char big[1100];
   memset(big, 'b', sizeof big);
-  CHECK(reasm_add(&r, &k, 10, big, 21, &out, &len, &dropped, &why) == REASM_REFUSED);
-  CHECK(reasm_add(&r, &k, 0, "", 0, &out, &len, &dropped, &why) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &k, 10, big, 21, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &k, 0, "", 0, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
   reasm_key huge = {7, 1, 1, 1, 1, 1001};
-  CHECK(reasm_add(&r, &huge, 0, "x", 1, &out, &len, &dropped, &why) == REASM_REFUSED && r.n == 0);
+  CHECK(reasm_add(&r, &huge, 0, "x", 1, &out, &len, &dropped, &why, 0) == REASM_REFUSED && r.n == 0);
   reasm_key one = {7, 1, 1, 1, 1, 5};
-  CHECK(reasm_add(&r, &one, 0, "12345", 5, &out, &len, &dropped, &why) == REASM_REFUSED && r.n == 0);
+  CHECK(reasm_add(&r, &one, 0, "12345", 5, &out, &len, &dropped, &why, 0) == REASM_REFUSED && r.n == 0);
   /* All peers together: at most 1500 bytes. */
   reasm_key a = {8, 1, 1, 1, 1, 1000}, b = {9, 1, 1, 1, 1, 1000};
-  CHECK(reasm_add(&r, &a, 0, big, 900, &out, &len, &dropped, &why) == REASM_MORE);
-  CHECK(reasm_add(&r, &b, 0, big, 500, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &a, 0, big, 900, &out, &len, &dropped, &why, 0) == REASM_MORE);
+  CHECK(reasm_add(&r, &b, 0, big, 500, &out, &len, &dropped, &why, 0) == REASM_MORE);
   CHECK(r.bytes == 1400);
-  CHECK(reasm_add(&r, &b, 500, big, 200, &out, &len, &dropped, &why) == REASM_REFUSED);
+  CHECK(reasm_add(&r, &b, 500, big, 200, &out, &len, &dropped, &why, 0) == REASM_REFUSED);
   CHECK(dropped.inc == 9 && strstr(why, "too many"));
   CHECK(r.bytes == 900 && r.n == 1);
-  CHECK(reasm_add(&r, &a, 900, big, 100, &out, &len, &dropped, &why) == REASM_WHOLE && len == 1000);
+  CHECK(reasm_add(&r, &a, 900, big, 100, &out, &len, &dropped, &why, 0) == REASM_WHOLE && len == 1000);
   free(out);
   CHECK(r.bytes == 0);
   /* A new message while one is in progress: refused until it is forgotten. */
-  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why) == REASM_MORE);
-  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why) == REASM_REFUSED && r.n == 0);
-  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
+  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why, 0) == REASM_REFUSED && r.n == 0);
+  CHECK(reasm_add(&r, &a, 0, big, 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
   CHECK(reasm_forget(&r, 8, &dropped) == 1 && dropped.inc == 8 && r.bytes == 0);
   CHECK(reasm_forget(&r, 8, &dropped) == 0);
-  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why) == REASM_MORE);
+  CHECK(reasm_add(&r, &k, 0, "0123456789", 10, &out, &len, &dropped, &why, 0) == REASM_MORE);
   reasm_fini(&r);
 }
 
@@ -366,6 +370,30 @@ static size_t encode_chunk(lua_State *L, const char *chunk, char *out, size_t ca
   codec_buf_free(&b);
   lua_settop(L, 0);
   return len;
+}
+
+/* A partial message whose chunks stopped coming is dropped after a while
+ * (its peer still live): its bytes are not held until its next message. */
+static void test_reasm_expire(void) {
+  reasm r;
+  reasm_init(&r, 1000, 1500);
+  char *out = NULL;
+  size_t len = 0;
+  reasm_key a = {5, 1, 10, 11, 12, 30}, b = {6, 1, 10, 11, 13, 30}, dropped;
+  const char *why = NULL;
+  CHECK(reasm_add(&r, &a, 0, "0123456789", 10, &out, &len, &dropped, &why, 100) == REASM_MORE);
+  CHECK(reasm_add(&r, &b, 0, "0123456789", 10, &out, &len, &dropped, &why, 150) == REASM_MORE);
+  CHECK(reasm_expire(&r, 150, 50, &dropped) == 0); /* not idle long enough */
+  CHECK(reasm_add(&r, &a, 10, "abcdefghij", 10, &out, &len, &dropped, &why, 160) == REASM_MORE);
+  CHECK(reasm_expire(&r, 201, 50, &dropped) == 1 && dropped.inc == 6 && dropped.corr == 13);
+  CHECK(reasm_expire(&r, 201, 50, &dropped) == 0); /* a's last chunk came at 160 */
+  CHECK(r.n == 1 && r.bytes == 20);
+  CHECK(reasm_expire(&r, 211, 50, &dropped) == 1 && dropped.inc == 5);
+  CHECK(r.n == 0 && r.bytes == 0);
+  /* A chunk of an expired message is ignored; its peer's next message starts afresh. */
+  CHECK(reasm_add(&r, &a, 20, "ABCDEFGHIJ", 10, &out, &len, &dropped, &why, 300) == REASM_IGNORED);
+  CHECK(reasm_add(&r, &a, 0, "0123456789", 10, &out, &len, &dropped, &why, 300) == REASM_MORE);
+  reasm_fini(&r);
 }
 
 static void test_wirecheck(void) {
@@ -450,14 +478,103 @@ static void test_wirecheck(void) {
   lua_close(L);
 }
 
+/* The fence between the data callback's deliveries and a node going down:
+ * a thread that removes a peer and quiesces does not get past the quiesce
+ * (to send the down events) while a delivery claimed before the removal is
+ * still under way. */
+typedef struct fence_run {
+  inbound *in;
+  plat_mutex lock;
+  char log[8];  /* 'd': the claimed delivery posted; 'x': the down events */
+  size_t len;
+  int removed;
+} fence_run;
+
+static void fence_log(fence_run *f, char what) {
+  plat_mutex_lock(&f->lock);
+  if (f->len < sizeof f->log) f->log[f->len++] = what;
+  plat_mutex_unlock(&f->lock);
+}
+
+static void *fence_down(void *arg) {
+  fence_run *f = arg;
+  size_t n;
+  free(inbound_remove(f->in, 9, &n));
+  plat_mutex_lock(&f->lock);
+  f->removed = 1;
+  plat_mutex_unlock(&f->lock);
+  inbound_quiesce(f->in);
+  fence_log(f, 'x');
+  return NULL;
+}
+
+static void test_inbound_fence(void) {
+  inbound in;
+  inbound_init(&in);
+  inbound_set_self(&in, 7);
+  CHECK(inbound_add(&in, 9) == 0);
+  inbound_quiesce(&in); /* nothing claimed: returns at once */
+  CHECK(inbound_claim(&in, 7, 9, 2, 100) == LINK_GAP); /* not a delivery: no claim */
+  CHECK(inbound_claim(&in, 7, 8, 1, 100) == INBOUND_STRANGER);
+  inbound_quiesce(&in);
+  CHECK(inbound_claim(&in, 7, 9, 1, 100) == LINK_DELIVER);
+  fence_run f;
+  memset(&f, 0, sizeof f);
+  f.in = &in;
+  plat_mutex_init(&f.lock);
+  plat_thread t;
+  CHECK(plat_thread_start(&t, fence_down, &f, 0) == 0);
+  uint64_t until = plat_now_ns() + plat_seconds_to_ns(10.0);
+  for (;;) {
+    plat_mutex_lock(&f.lock);
+    int removed = f.removed;
+    plat_mutex_unlock(&f.lock);
+    if (removed || plat_now_ns() > until) break;
+    sched_yield();
+  }
+  CHECK(f.removed);
+  CHECK(inbound_claim(&in, 7, 9, 2, 101) == INBOUND_STRANGER); /* gone: no new claim */
+  /* Gives a down thread that did not wait the time to log first (a bounded
+   * wait: with the fence nothing comes, and the wait ends). */
+  until = plat_now_ns() + plat_seconds_to_ns(0.2);
+  while (plat_now_ns() < until) {
+    plat_mutex_lock(&f.lock);
+    size_t len = f.len;
+    plat_mutex_unlock(&f.lock);
+    if (len) break;
+    sched_yield();
+  }
+  fence_log(&f, 'd');
+  inbound_unclaim(&in);
+  plat_thread_join(t);
+  CHECK(f.len == 2 && f.log[0] == 'd' && f.log[1] == 'x');
+  plat_mutex_destroy(&f.lock);
+  inbound_fini(&in);
+}
+
+/* The data callback lets go of an isolate only when that is not the last
+ * reference (the last one is handed to the net thread). */
+static void test_release_unless_last(void) {
+  ic_isolate *iso = calloc(1, sizeof *iso);
+  atomic_store(&iso->refs, 2);
+  CHECK(isolate_release_unless_last(iso) == 1);
+  CHECK(atomic_load(&iso->refs) == 1);
+  CHECK(isolate_release_unless_last(iso) == 0);
+  CHECK(atomic_load(&iso->refs) == 1);
+  free(iso);
+}
+
 int main(void) {
   test_link_window();
   test_link_bytes_bound();
   test_link_accept();
   test_inbound();
+  test_inbound_fence();
+  test_release_unless_last();
   test_envelope();
   test_paths();
   test_reasm();
+  test_reasm_expire();
   test_wirecheck();
   if (failures) {
     fprintf(stderr, "test_net: %d failures\n", failures);

@@ -65,6 +65,32 @@ describe("messages over max_payload", function()
     assert.equal("still", echo:request("still", 10))
   end)
 
+  it("refuses a spawn on another node whose properties are over max_payload, with a clear error", function()
+    local srv = H.start_server({ max_payload = 4096 })
+    local c = MN.pair(srv, "bigspawn")
+    local err = W.error_of(c.spawn_isolate, c, "support.nodes.remote_worker", { pad = string.rep("p", 10000) },
+      { node = "b" })
+    assert.matches("max_payload", err)
+    -- a small one still goes
+    local ref = c:spawn_isolate("support.nodes.remote_worker", { answer = 1 }, { node = "b" })
+    assert.equal("b", ref.node)
+    assert.equal("b", ref:request("info", 10).node)
+  end)
+
+  it("says so in the log when an isolate's properties are too large to announce to the other nodes", function()
+    local srv = H.start_server({ max_payload = 4096 })
+    local c = MN.pair(srv, "bigprops", nil, nil,
+      { logger = function(text, main) main:send({ log = text }) end })
+    local ref = c:spawn_isolate(function(context) context:on_message(function() return "here" end) end,
+      { pad = string.rep("p", 10000) }, { path = "/bigprops" })
+    local msg = W.receive_match(c, function(m)
+      return type(m) == "table" and type(m.log) == "string" and m.log:find("too large to announce", 1, true)
+    end)
+    assert.truthy(msg, "no log line for the properties that could not be announced")
+    assert.truthy(msg.log:find(tostring(ref.id), 1, true), msg.log)
+    assert.equal("here", ref:request("x", 10)) -- it runs here all the same
+  end)
+
   it("chunks from a node that lies are refused, within bounds, and the good messages around them arrive", function()
     local srv = H.start_server()
     local name = H.unique_name("liar")

@@ -91,6 +91,11 @@ static void refused(struct net *n, const reasm_key *k, const char *why) {
   else if (k->kind == MSG_USER) atomic_fetch_add(&n->c->dead_letters, 1);
 }
 
+void net__chunks_expire(struct net *n, uint64_t now) {
+  reasm_key k;
+  while (reasm_expire(&n->reasm, now, REASSEMBLY_IDLE_NS, &k)) refused(n, &k, "incomplete for too long");
+}
+
 void net__chunks_forget(struct net *n, uint32_t inc) {
   reasm_key k;
   if (reasm_forget(&n->reasm, inc, &k) && k.kind == MSG_USER) atomic_fetch_add(&n->c->dead_letters, 1);
@@ -119,7 +124,7 @@ int net__chunk_arrived(struct net *n, const envelope *e) {
   if (off == 0 && reasm_forget(&n->reasm, e->from_inc, &dropped))
     refused(n, &dropped, "a new message began before it was complete");
   int rc = reasm_add(&n->reasm, &k, off, e->payload + CHUNK_HEADER, e->payload_len - CHUNK_HEADER, &whole, &len,
-                     &dropped, &why);
+                     &dropped, &why, plat_now_ns());
   if (rc == REASM_REFUSED) refused(n, &dropped, why);
   if (rc != REASM_WHOLE) return 0;
   /* Whole: checked and delivered as if it had come in one frame. */

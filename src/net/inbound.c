@@ -6,11 +6,13 @@
 void inbound_init(inbound *in) {
   memset(in, 0, sizeof *in);
   plat_mutex_init(&in->lock);
+  plat_cond_init(&in->settled);
 }
 
 void inbound_fini(inbound *in) {
   for (size_t i = 0; i < in->n; i++) free(in->v[i].pending);
   free(in->v);
+  plat_cond_destroy(&in->settled);
   plat_mutex_destroy(&in->lock);
   memset(in, 0, sizeof *in);
 }
@@ -71,7 +73,7 @@ pending_req *inbound_remove(inbound *in, uint32_t inc, size_t *n) {
   return out;
 }
 
-int inbound_peek(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, uint64_t now_ns) {
+static int peek(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, uint64_t now_ns, int claim) {
   int verdict = INBOUND_STRANGER;
   plat_mutex_lock(&in->lock);
   inbound_peer *p = to_inc == in->self ? find(in, from_inc) : NULL;
@@ -79,9 +81,34 @@ int inbound_peek(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, 
     if (now_ns > p->last_seen_ns) p->last_seen_ns = now_ns;
     p->rx.ack_due = 1;
     verdict = link_rx_peek(&p->rx, seq);
+    if (claim && verdict == LINK_DELIVER) in->claimed++;
   }
   plat_mutex_unlock(&in->lock);
   return verdict;
+}
+
+int inbound_peek(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, uint64_t now_ns) {
+  return peek(in, to_inc, from_inc, seq, now_ns, 0);
+}
+
+int inbound_claim(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, uint64_t now_ns) {
+  return peek(in, to_inc, from_inc, seq, now_ns, 1);
+}
+
+void inbound_unclaim(inbound *in) {
+  plat_mutex_lock(&in->lock);
+  in->ended++;
+  plat_cond_broadcast(&in->settled);
+  plat_mutex_unlock(&in->lock);
+}
+
+void inbound_quiesce(inbound *in) {
+  plat_mutex_lock(&in->lock);
+  /* Claims made after this point are not waited for: they can only be for
+   * peers still live, so a steady stream never starves the caller. */
+  uint64_t target = in->claimed;
+  while (in->ended < target) plat_cond_wait(&in->settled, &in->lock);
+  plat_mutex_unlock(&in->lock);
 }
 
 /* Forgets the request (from_id, corr) if recorded; replies mostly come in

@@ -48,9 +48,11 @@ typedef struct inbound_peer {
 
 typedef struct inbound {
   plat_mutex lock;
+  plat_cond settled;      /* a delivery claimed by inbound_claim ended */
   inbound_peer *v;        /* the live peers */
   size_t n, cap;
   uint32_t self;          /* this node's incarnation: frames for another are dropped */
+  uint64_t claimed, ended; /* deliveries claimed and ended so far (inbound_quiesce) */
 } inbound;
 
 void inbound_init(inbound *in);
@@ -71,6 +73,19 @@ enum { INBOUND_STRANGER = -1 }; /* besides LINK_DELIVER, LINK_DUPLICATE, LINK_GA
  * unknown peer). Records the peer as heard and an ack as due. Advances
  * nothing: a frame to deliver is delivered, then inbound_advance'd. */
 int inbound_peek(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, uint64_t now_ns);
+/* inbound_peek that, on LINK_DELIVER, also claims the delivery: until its
+ * inbound_unclaim, an inbound_quiesce waits. For a deliverer on another
+ * thread than the one that takes peers down (the data callback), so that a
+ * frame it accepted from a peer about to go down reaches its isolate before
+ * that peer's down events: the net thread removes the peer (no new claim
+ * for it can then succeed), quiesces, then tells the cluster. */
+int inbound_claim(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, uint64_t now_ns);
+void inbound_unclaim(inbound *in);
+/* Waits until every delivery claimed before the call has ended. Takes no
+ * other lock: the caller must hold none that a claimed delivery may wait
+ * for (a claimed delivery takes c->lock and mailbox locks, never
+ * net->lock). */
+void inbound_quiesce(inbound *in);
 /* Frame seq of from_inc was delivered: the next one is expected. A reply
  * (is_reply) answers this node's pending request (to_id, corr). Returns how
  * many frames the peer has had accepted since its last ack was taken (0

@@ -59,13 +59,21 @@ static void publish_error_text(struct net *n, const char *reply, const char *tex
 const char *net__interop_reply(struct net *n, uint64_t slot, int kind, const char *data, size_t len) {
   char *reply = interop_take(n, slot);
   if (!reply) return "isolate down"; /* answered already, or forgotten */
+  /* A reply over the server's max_payload (which a publish would refuse,
+   * and the client would only see its timeout) is answered by an error
+   * that says why (an error map has 16 bytes more than its value). */
+  int too_large = n->max_payload > 0 && len + 16 > (size_t)n->max_payload;
   plat_mutex_lock(&n->lock);
   if (n->t) {
-    if (kind == MSG_REPLY_ERROR) publish_error_map(n, reply, data, len);
+    if (too_large) publish_error_text(n, reply, "reply too large for the NATS server's max_payload");
+    else if (kind == MSG_REPLY_ERROR) publish_error_map(n, reply, data, len);
     else if (kind == MSG_REPLY) transport_publish(n->t, reply, data, len);
   }
   plat_mutex_unlock(&n->lock);
   free(reply);
+  if (too_large)
+    cluster_log(n->c, "isolate_cluster: a reply to a NATS client (%zu bytes) is over the server's max_payload; the "
+                "client gets an error instead", len);
   return NULL;
 }
 

@@ -638,10 +638,38 @@ void net__reply_error_to_remote(struct net *n, uint32_t node, uint64_t requester
            codec_put_str(bytes, why, (uint32_t)len));
 }
 
+/* The data callback's release of an isolate it looked up: the last
+ * reference is never let go there (freeing an isolate refuses its open
+ * requests across nodes under net->lock, may close its state and let go of
+ * the cluster), but handed to the net thread, which lets go of it
+ * (release_late). An isolate on that list has no other holder, so its
+ * late_next is the callback's to set. */
+static void release_from_callback(struct net *n, transport *t, ic_isolate *iso) {
+  if (isolate_release_unless_last(iso)) return;
+  ic_isolate *head = atomic_load_explicit(&n->late_release, memory_order_relaxed);
+  do {
+    iso->late_next = head;
+  } while (!atomic_compare_exchange_weak_explicit(&n->late_release, &head, iso, memory_order_release,
+                                                  memory_order_relaxed));
+  transport_wake(t);
+}
+
+/* Lets go of the isolates the data callback handed over. Net thread, or
+ * after it and the callback have stopped. */
+static void release_late(struct net *n) {
+  ic_isolate *iso = atomic_exchange_explicit(&n->late_release, NULL, memory_order_acquire);
+  while (iso) {
+    ic_isolate *next = iso->late_next;
+    isolate_release(iso);
+    iso = next;
+  }
+}
+
 /* Posts a checked message, request or reply to its local receiver: NULL, or
  * why not (nothing was posted). Takes c->lock and the receiver's mailbox
- * lock briefly, never blocks: the data callback calls it too. */
-static const char *post_local(struct net *n, const envelope *e) {
+ * lock briefly, never blocks, and when called by the data callback (cb:
+ * its transport) never takes net->lock. */
+static const char *post_local(struct net *n, const envelope *e, transport *cb) {
   int kind = e->kind;
   ic_isolate *iso = cluster_find_id(n->c, e->to_id);
   if (!iso) return "isolate down";
@@ -655,14 +683,15 @@ static const char *post_local(struct net *n, const envelope *e) {
     m->from_id = e->from_id;
     why = kind == MSG_USER || kind == MSG_REQUEST ? isolate_post(iso, m, NULL) : isolate_post_sys(iso, m, NULL);
   }
-  isolate_release(iso);
+  if (cb) release_from_callback(n, cb, iso);
+  else isolate_release(iso);
   return why;
 }
 
 void net__deliver(struct net *n, const envelope *e) {
   ic_cluster *c = n->c;
   int kind = e->kind;
-  const char *why = post_local(n, e);
+  const char *why = post_local(n, e, NULL);
   if (!why) return;
   if (kind == MSG_REQUEST) net__reply_error_to_remote(n, e->from_inc, e->from_id, e->corr, e->to_id, why);
   else if (kind == MSG_USER) atomic_fetch_add(&c->dead_letters, 1);
@@ -680,6 +709,9 @@ static void member_down_unlock(struct net *n, member *m, const char *reason) {
   net__chunks_forget(n, inc);
   membership_set_down(&n->ms, m, plat_now_ns(), &lost); /* m may be freed from here on */
   plat_mutex_unlock(&n->lock);
+  /* A frame of the peer that the data callback accepted before the peer
+   * was removed reaches its receiver before the down events below. */
+  inbound_quiesce(&n->in);
   if (lost) atomic_fetch_add(&n->c->dead_letters, lost);
   for (size_t i = 0; i < npend; i++) net__reply_error_to_local(n->c, pend[i].from_id, pend[i].corr, "isolate down: node down");
   free(pend);
@@ -848,6 +880,7 @@ static void rejoin(struct net *n, uint32_t by) {
   inbound_set_self(&n->in, n->inc);
   atomic_store(&n->c->node_id, n->inc);
   plat_mutex_unlock(&n->lock);
+  inbound_quiesce(&n->in); /* as in member_down_unlock */
   cluster_log(n->c, "isolate_cluster: node %s (incarnation %08x) was declared down by the others; it rejoins as "
               "incarnation %08x (refs of the old one stay down)", n->name, (unsigned)old, (unsigned)n->inc);
   for (size_t i = 0; i < g.n; i++) {
@@ -1002,19 +1035,25 @@ static void handle_data(struct net *n, const envelope *ep, uint64_t now) {
  * done with (delivered, or dropped as the net thread would drop it), 0 when
  * the net thread must take it. *since: the most frames accepted from a
  * peer since its last ack. */
-static int fast_frame(struct net *n, const unsigned char *data, size_t len, uint64_t now, size_t *since) {
+static int fast_frame(struct net *n, transport *t, const unsigned char *data, size_t len, uint64_t now,
+                      size_t *since) {
   envelope e;
   if (envelope_parse(data, len, &n->key, &e)) return 1;
   if (e.type != ENV_DATA || !plain_kind(e.kind) || wirecheck_plain(e.payload, e.payload_len) != WIRECHECK_OK)
     return 0;
-  int verdict = inbound_peek(&n->in, e.to_inc, e.from_inc, e.seq, now);
+  /* Claimed: a net thread taking the peer down waits for this delivery
+   * before its down events (inbound_quiesce). */
+  int verdict = inbound_claim(&n->in, e.to_inc, e.from_inc, e.seq, now);
   if (verdict != LINK_DELIVER) return 1; /* a duplicate, a gap, or not ours: never delivered */
   /* Not posted (no receiver, a full mailbox, no memory): the net thread
    * tries again and refuses it as it must (dead letter, error reply). */
-  if (post_local(n, &e)) return 0;
-  size_t s = inbound_advance(&n->in, e.from_inc, e.seq, is_reply(e.kind), e.to_id, e.corr);
-  if (s > *since) *since = s;
-  return 1;
+  int posted = post_local(n, &e, t) == NULL;
+  if (posted) {
+    size_t s = inbound_advance(&n->in, e.from_inc, e.seq, is_reply(e.kind), e.to_id, e.corr);
+    if (s > *since) *since = s;
+  }
+  inbound_unclaim(&n->in);
+  return posted;
 }
 
 /* Every message on this node's data subject, on its subscription's cnats
@@ -1056,7 +1095,7 @@ static void on_data(void *ud, transport *t, natsMsg *msg) {
   if (atomic_load_explicit(&n->deferred, memory_order_acquire) > 0) {
     done = 0;
   } else if (!batch) {
-    done = fast_frame(n, data, len, now, &since);
+    done = fast_frame(n, t, data, len, now, &since);
   } else {
     /* A batch: [u32 length][frame], ...; a length past the end ends it. */
     size_t pos = 2;
@@ -1064,7 +1103,7 @@ static void on_data(void *ud, transport *t, natsMsg *msg) {
       size_t flen = (size_t)data[pos] << 24 | (size_t)data[pos + 1] << 16 | (size_t)data[pos + 2] << 8 | data[pos + 3];
       pos += 4;
       if (flen > len - pos) break;
-      done = fast_frame(n, data + pos, flen, now, &since);
+      done = fast_frame(n, t, data + pos, flen, now, &since);
       pos += flen;
     }
   }
@@ -1202,6 +1241,7 @@ static void *net_main(void *arg) {
       msg = i + 1 < BATCH ? transport_next(n->t, 0, &tag) : NULL;
     }
     if (msg) handle_queued(n, msg, tag);
+    release_late(n);
     flush_batches(n);
     send_acks(n);
     now = plat_now_ns();
@@ -1229,6 +1269,7 @@ static void *net_main(void *arg) {
       plat_mutex_unlock(&n->lock);
     }
     expire(n, now);
+    net__chunks_expire(n, now);
   }
   return NULL;
 }
@@ -1411,6 +1452,7 @@ void net_stop(struct net *n, uint64_t until) {
     plat_thread_join(n->thread);
     n->has_thread = 0;
   }
+  release_late(n);
   plat_mutex_lock(&n->lock);
   transport *t = n->t;
   for (size_t i = 0; t && i < n->ms.n; i++)
@@ -1427,6 +1469,9 @@ void net_stop(struct net *n, uint64_t until) {
   if (flush_s < 0.05) flush_s = 0.05;
   atomic_store(&n->rx_closed, 1);
   if (t && transport_close(t, flush_s)) n->transport_leaked = 1;
+  /* What the callback handed over up to its end (after a leaked transport,
+   * a callback that is still running may add more: left to the process). */
+  release_late(n);
 }
 
 /* ---- names ------------------------------------------------------------------ */

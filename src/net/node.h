@@ -96,6 +96,10 @@ enum { NET_ISO_UP = 20, NET_ISO_DOWN = 21, NET_SPAWN = 22, NET_CLAIM = 23, NET_C
  * most REASSEMBLY_MAX bytes at a receiver. */
 #define CHUNKED_MAX (32u << 20)
 #define REASSEMBLY_MAX (128u << 20)
+/* A partial message whose chunks stopped coming this long ago, while its
+ * peer stays live (a silent peer is down after MEMBERSHIP_DOWN_NS, and its
+ * partial message goes with it), is dropped. */
+#define REASSEMBLY_IDLE_NS (30ull * 1000000000ull)
 
 
 /* A path claim of this node (see net_claim), guarded by net->lock. */
@@ -140,6 +144,10 @@ struct net {
    * by one thread at a time. */
   inbound in;
   atomic_int deferred;
+  /* Isolates whose last reference the data callback held: the net thread
+   * lets go of them (release_from_callback in net.c). A stack through
+   * ic_isolate's late_next. */
+  _Atomic(struct ic_isolate *) late_release;
   reasm reasm;              /* chunked messages in progress (net thread only) */
   atomic_int rx_closed;     /* stopping: the callback drops data */
   int transport_leaked;     /* cnats kept callbacks past the close: n must stay */
@@ -202,6 +210,9 @@ const char *net__send_chunked(struct net *n, member *m, int kind, uint64_t to_id
 int net__chunk_arrived(struct net *n, const envelope *e);
 /* Peer inc went: its partial message is dropped. Net thread. */
 void net__chunks_forget(struct net *n, uint32_t inc);
+/* Drops (refused: a dead letter or an error reply) the partial messages
+ * whose chunks stopped coming REASSEMBLY_IDLE_NS ago. Net thread. */
+void net__chunks_expire(struct net *n, uint64_t now);
 
 /* claims.c */
 void net__claims_forget(struct net *n, uint32_t inc);

@@ -41,7 +41,7 @@ static int refuse(reasm *r, reasm_part *p, reasm_key *dropped, const char **why,
 }
 
 int reasm_add(reasm *r, const reasm_key *key, size_t off, const char *data, size_t len, char **out, size_t *out_len,
-              reasm_key *dropped, const char **why) {
+              reasm_key *dropped, const char **why, uint64_t now_ns) {
   reasm_part *p = find(r, key->inc);
   if (off == 0) {
     if (p) return refuse(r, p, dropped, why, "a new message began before it was complete");
@@ -79,12 +79,25 @@ int reasm_add(reasm *r, const reasm_key *key, size_t off, const char *data, size
   }
   memcpy(p->buf + p->have, data, len);
   p->have += len;
+  p->last_ns = now_ns;
   if (p->have < p->key.total) return REASM_MORE;
   *out = p->buf;
   *out_len = p->have;
   r->bytes -= p->cap;
   *p = r->v[--r->n];
   return REASM_WHOLE;
+}
+
+int reasm_expire(reasm *r, uint64_t now_ns, uint64_t idle_ns, reasm_key *dropped) {
+  for (size_t i = 0; i < r->n; i++) {
+    reasm_part *p = &r->v[i];
+    if (now_ns > p->last_ns && now_ns - p->last_ns > idle_ns) {
+      *dropped = p->key;
+      drop(r, p);
+      return 1;
+    }
+  }
+  return 0;
 }
 
 int reasm_forget(reasm *r, uint32_t inc, reasm_key *dropped) {

@@ -31,6 +31,7 @@ typedef struct reasm_key {
 
 typedef struct reasm_part {
   reasm_key key;
+  uint64_t last_ns;  /* when its last chunk came */
   size_t have, cap;
   char *buf;
 } reasm_part;
@@ -58,7 +59,14 @@ enum {
  * progress breaks it: a caller that takes it as a new message first
  * reasm_forget's the old one), or this new one. */
 int reasm_add(reasm *r, const reasm_key *key, size_t off, const char *data, size_t len, char **out, size_t *out_len,
-              reasm_key *dropped, const char **why);
+              reasm_key *dropped, const char **why, uint64_t now_ns);
+
+/* Drops one partial message whose last chunk came more than idle_ns before
+ * now_ns: 1 (and *dropped), or 0 when none is that old. A peer's chunks of
+ * one message leave together, so one that stops half way while its peer
+ * stays live is a sender that ran out of memory or lies: without this its
+ * bytes would stay held (within the bounds) until its next message. */
+int reasm_expire(reasm *r, uint64_t now_ns, uint64_t idle_ns, reasm_key *dropped);
 
 /* Forgets peer inc's partial message: 1 (and *dropped) if there was one. */
 int reasm_forget(reasm *r, uint32_t inc, reasm_key *dropped);

@@ -20,7 +20,7 @@
 --               crash           -> (sent, not requested) raises, so /echo
 --                                  goes down with "error: ... crash on purpose"
 --             a plain (not table) message or one without op is answered as is.
---   /counter  (path: counter_path=) counts streams { stream =, seq = } sent
+--   /counter  (path: counter_path=, mailbox capacity: counter_mailbox=) counts streams { stream =, seq = } sent
 --             to it; request { op = "stats", stream = S } -> { count =, last =,
 --             dups =, gaps = } (dups: seq <= last seen; gaps: seq > last + 1).
 -- Prints "ready <name>" once both are spawned. Arguments: see common.lua.
@@ -92,5 +92,6 @@ end
 
 cluster:spawn_isolate(echo_main, { kind = "echo", node = o.name, list = { 1, 2, 3 }, nested = { a = { b = "c" } } },
   { path = o.echo_path or "/echo" })
-cluster:spawn_isolate(counter_main, nil, { path = o.counter_path or "/counter" })
+cluster:spawn_isolate(counter_main, nil,
+  { path = o.counter_path or "/counter", mailbox = o.counter_mailbox and tonumber(o.counter_mailbox) or nil })
 common.serve(cluster, o)
