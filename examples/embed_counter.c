@@ -84,7 +84,7 @@ int main(int argc, char **argv) {
   char *w = mp_encode_map(props, 1);
   w = mp_encode_str(w, "start", 5);
   w = mp_encode_uint(w, 10);
-  ic_spawn_options so = {"/counter", 0, 0, 0};
+  ic_spawn_options so = {"/counter", 0, 0, 0, NULL};
   ic_ref counter;
   rc = ic_spawn_lua(c, src, srclen, "@counter.lua", props, (size_t)(w - props), &so, &counter);
   free(src);

@@ -80,8 +80,8 @@ int main(void) {
   ic_cluster *c;
   if (ic_cluster_create(NULL, &c) != IC_OK) return 1;
   proxy p = {{0, 0}, 0};
-  ic_spawn_options squarer_opts = {"/squarer", 0, 0, 0};
-  ic_spawn_options proxy_opts = {"/proxy", 0, 0, 0};
+  ic_spawn_options squarer_opts = {"/squarer", 0, 0, 0, NULL};
+  ic_spawn_options proxy_opts = {"/proxy", 0, 0, 0, NULL};
   ic_native_options native = {on_message, on_down, &p};
   int ok = ic_spawn_lua(c, SQUARER, strlen(SQUARER), "=squarer", NULL, 0, &squarer_opts, &p.squarer) == IC_OK &&
            ic_spawn_native(c, &native, &proxy_opts, NULL) == IC_OK;

@@ -94,6 +94,8 @@ typedef struct ic_spawn_options {
   int dedicated;        /* non-zero: the isolate gets an OS thread of its own */
   size_t mailbox;       /* 0 = the cluster's default */
   size_t memory_limit;  /* bytes of Lua heap; 0 = no limit */
+  const char *node;     /* multi-node: the name of the node that runs the
+                           isolate; NULL or this node's own name = here */
 } ic_spawn_options;
 
 /* Creates a cluster and starts its threads. opts may be NULL. On success
@@ -158,7 +160,23 @@ IC_EXTERN int ic_spawn_lua(ic_cluster *c, const char *source, size_t len, const 
                            ic_ref *out);
 
 /* The same with a module name: require(module) in the new isolate must
- * return the entry function. */
+ * return the entry function.
+ *
+ * Both, with opts->node naming another node of a multi-node cluster
+ * (docs/multinode.md): that node spawns the isolate (a module is found
+ * through its own lua_path/lua_cpath) and *out is its ref there, usable at
+ * once (messages sent to it queue behind the spawn). It is not linked to
+ * the program: it lives until it stops, is killed or its node shuts down.
+ * opts->node is only read during the call. The call does not wait for the
+ * isolate to start there: a spawn that fails there is the isolate's down
+ * event (ic_subscribe_events). It blocks only for an exact path "/name",
+ * which is claimed from the live nodes first (as it is for a spawn here):
+ * one round trip, at most 5 s. ic_spawn_lua sends Lua source, which needs
+ * nodes created with allow_code and a secret (else IC_EINVAL). Further
+ * errors: IC_EINVAL (opts->node on a single-node cluster), IC_EUNREACHABLE
+ * (no live node has that name, or it is going down, or a node did not
+ * answer the claim), IC_EEXIST (the path is held on any node),
+ * IC_ETOOBIG, IC_ENOMEM, IC_ESHUTDOWN. */
 IC_EXTERN int ic_spawn_module(ic_cluster *c, const char *module, const char *props, size_t props_len,
                               const ic_spawn_options *opts, ic_ref *out);
 
@@ -344,8 +362,8 @@ typedef struct ic_native_options {
 /* Spawns a native isolate. opts (path, dedicated, mailbox; memory_limit is
  * ignored) may be NULL. On success *out (if not NULL) is its ref and
  * on_down will be called once; on failure no callback is ever called (ud
- * is still the caller's). Errors: IC_EINVAL (no on_message, bad path),
- * IC_EEXIST, IC_ESHUTDOWN, IC_ENOMEM, IC_ESYSTEM. Any thread; does not
+ * is still the caller's). Errors: IC_EINVAL (no on_message, bad path,
+ * opts->node other than NULL or this node's name: it runs here), IC_EEXIST, IC_ESHUTDOWN, IC_ENOMEM, IC_ESYSTEM. Any thread; does not
  * block. */
 IC_EXTERN int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spawn_options *opts,
                               ic_ref *out);

@@ -200,19 +200,57 @@ int api_one_value(const char *data, size_t len, int type) {
   return type < 0 || mp_typeof(*data) == (enum mp_type)type;
 }
 
-static int spawn_boot(ic_cluster *c, const char *boot, size_t boot_len, const char *props, size_t props_len,
-                      const ic_spawn_options *opts, ic_ref *out) {
+/* A reason from the net layer (src/net/net.h) as an error code. */
+static int net_error(const char *why) {
+  if (strcmp(why, "node unreachable") == 0 || strcmp(why, "no such node") == 0 || strcmp(why, "no answer") == 0)
+    return IC_EUNREACHABLE;
+  if (strstr(why, "max_payload")) return IC_ETOOBIG;
+  if (strcmp(why, "out of memory") == 0) return IC_ENOMEM;
+  if (strcmp(why, "path in use") == 0) return IC_EEXIST;
+  if (strcmp(why, "path too long") == 0) return IC_EINVAL;
+  return IC_EDOWN;
+}
+
+/* code: the entry is Lua source, which another node runs only when the
+ * nodes allow code (as spawn_isolate with a function entry). */
+static int spawn_boot(ic_cluster *c, const char *boot, size_t boot_len, int code, const char *props,
+                      size_t props_len, const ic_spawn_options *opts, ic_ref *out) {
   if (props && !api_one_value(props, props_len, MP_MAP)) return IC_EINVAL;
   spawn_args a = {ISO_POOL, 0, 0, props, props_len, boot, boot_len, NULL, NULL, NULL, 0, NULL, 1, NULL, 0, 0};
+  const char *node = NULL;
   if (opts) {
     a.kind = opts->dedicated ? ISO_DEDICATED : ISO_POOL;
     a.mailbox = opts->mailbox;
     a.memory_limit = opts->memory_limit;
     a.path = opts->path;
+    node = opts->node;
+  }
+  if (node) {
+    if (!c->net) return IC_EINVAL;
+    if (strcmp(node, net_self_name(c->net)) == 0) node = NULL; /* this node */
+  }
+  if (node && code && !net_code_ok(c->net)) return IC_EINVAL;
+  if (node && atomic_load(&c->state) != CLUSTER_RUNNING) return IC_ESHUTDOWN;
+  /* Claimed across nodes first, as spawn_isolate does (src/lspawn.c). */
+  int claimed = 0;
+  const char *why = spawn_claim(c, a.path, node != NULL, NULL, &claimed);
+  if (why) return net_error(why);
+  if (node) {
+    uint32_t rnode;
+    uint64_t rid;
+    why = spawn_remote(c, node, &a, c->main->id, 0, claimed, &rnode, &rid);
+    if (why && strcmp(why, "isolate down") == 0) return IC_EUNREACHABLE; /* the node is going down */
+    if (why) return net_error(why);
+    if (out) {
+      out->node = rnode;
+      out->id = rid;
+    }
+    return IC_OK;
   }
   ic_isolate *iso;
   char err[256];
   int rc = cluster_spawn(c, &a, &iso, err, sizeof err);
+  if (claimed) net_claim_done(c->net, a.path);
   if (rc) return to_ic_error(rc);
   if (out) {
     out->node = c->node_id;
@@ -236,7 +274,7 @@ int ic_spawn_lua(ic_cluster *c, const char *source, size_t len, const char *chun
   w = mp_encode_str(w, source, (uint32_t)len);
   w = mp_encode_str(w, "name", 4);
   w = mp_encode_str(w, name, (uint32_t)nlen);
-  int rc = spawn_boot(c, boot, (size_t)(w - boot), props, props_len, opts, out);
+  int rc = spawn_boot(c, boot, (size_t)(w - boot), 1, props, props_len, opts, out);
   free(boot);
   return rc;
 }
@@ -248,7 +286,7 @@ int ic_spawn_module(ic_cluster *c, const char *module, const char *props, size_t
   char *boot = malloc(n + 8);
   if (!boot) return IC_ENOMEM;
   char *w = mp_encode_str(boot, module, (uint32_t)n);
-  int rc = spawn_boot(c, boot, (size_t)(w - boot), props, props_len, opts, out);
+  int rc = spawn_boot(c, boot, (size_t)(w - boot), 0, props, props_len, opts, out);
   free(boot);
   return rc;
 }
@@ -260,11 +298,7 @@ int api_send_from(ic_cluster *c, ic_isolate *from, uint64_t to_node, uint64_t to
     if (!c->net) return IC_EDOWN;
     const char *why = net_send(c->net, (uint32_t)to_node, to_id, kind, corr, from->id, msgpack, len);
     if (why_out) *why_out = why;
-    if (!why) return IC_OK;
-    if (strcmp(why, "node unreachable") == 0) return IC_EUNREACHABLE;
-    if (strstr(why, "max_payload")) return IC_ETOOBIG;
-    if (strcmp(why, "out of memory") == 0) return IC_ENOMEM;
-    return IC_EDOWN;
+    return why ? net_error(why) : IC_OK;
   }
   ic_isolate *iso = cluster_find_id(c, to_id);
   if (!iso) return IC_EDOWN;

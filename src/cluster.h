@@ -264,6 +264,34 @@ typedef struct spawn_args {
  * error. Any thread. */
 int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *errbuf, size_t errlen);
 
+/* Longest wait for the other nodes' answers to a path claim: beyond the
+ * failure-detection bound (src/net/membership.h), so a node that cannot
+ * answer has been declared down by then. */
+#define SPAWN_CLAIM_TIMEOUT 5.0
+
+/* The cross-node part of a spawn, shared by spawn_isolate (src/lspawn.c)
+ * and the C API (src/api.c).
+ *
+ * spawn_claim: in a multi-node cluster an exact path "/name" is claimed
+ * from the other nodes (net_claim: one round trip, at most
+ * SPAWN_CLAIM_TIMEOUT seconds); for a spawn on another node (remote) a path
+ * this node already knows held is refused first. Returns NULL, with
+ * *claimed 1 when a claim is held (the caller ends it with net_claim_done
+ * once the isolate is registered or failed to be; spawn_remote does it
+ * itself), or why not: "path in use", "no answer", "interrupted" (when
+ * *interrupt became set; NULL = never). Any thread but the net thread.
+ *
+ * spawn_remote: asks node `node` (by name, not this node) to spawn the
+ * isolate of a (kind, mailbox, memory_limit, props, boot, path are read)
+ * through net_spawn, and ends the claim. Returns NULL with the new ref in
+ * *rnode, *rid, or net_spawn's reason ("no such node", "out of memory",
+ * "node unreachable", a max_payload message, "path too long"). Queues the
+ * request and does not wait for the node's answer: a spawn that fails there
+ * is the new isolate's down event. */
+const char *spawn_claim(ic_cluster *c, const char *path, int remote, atomic_int *interrupt, int *claimed);
+const char *spawn_remote(ic_cluster *c, const char *node, const spawn_args *a, uint64_t creator_id, int linked,
+                         int claimed, uint32_t *rnode, uint64_t *rid);
+
 /* Blocks the thread of the main state until something is posted to it, the
  * cluster stops, or deadline (monotonic ns; UINT64_MAX = none). Returns 0 on
  * timeout. q is the queue the caller looks at. */

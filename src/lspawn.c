@@ -23,11 +23,6 @@
 #include "net/net.h"
 #include "sigint.h"
 
-/* Longest wait for the other nodes' answers to a path claim: beyond the
- * failure-detection bound (src/net/membership.h), so a node that cannot
- * answer has been declared down by then. */
-#define CLAIM_TIMEOUT 5.0
-
 /* ---- spawn and lookup ------------------------------------------------------ */
 
 
@@ -98,9 +93,6 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   if (node && et == LUA_TFUNCTION && !net_code_ok(c->net))
     return luaL_error(L, "a Lua function entry cannot be spawned on another node (node \"%s\") unless the "
                       "nodes have allow_code and a secret: give a module name", node);
-  if (node && path && *path && path[strlen(path) - 1] != '/' &&
-      (cluster_path_in_use(c, path) || net_path_taken(c->net, path)))
-    return luaL_error(L, "path \"%s\" is already in use", path);
   /* Encode everything first: the encodes may raise, and nothing is
    * allocated outside Lua until they have succeeded. The bytes go to a
    * buffer of the spawn's own: the reads below and the encodes themselves
@@ -125,15 +117,14 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
      * other waits are; an isolate's blocks its worker for the round trip. */
     int token = 0, in_main = creator == NULL;
     if (in_main) token = sigint_begin(c->main);
-    const char *why = net_claim(c->net, path, CLAIM_TIMEOUT, in_main ? &c->main->sigint : NULL);
+    const char *why = spawn_claim(c, path, node != NULL, in_main ? &c->main->sigint : NULL, &claimed);
     if (in_main && sigint_end(c->main, token) && !why) {
-      net_claim_done(c->net, path);
+      if (claimed) net_claim_done(c->net, path);
       why = "interrupted";
     }
     if (why && strcmp(why, "interrupted") == 0) return luaL_error(L, "interrupted!");
     if (why && strcmp(why, "path in use") == 0) return luaL_error(L, "path \"%s\" is already in use", path);
     if (why) return luaL_error(L, "path \"%s\" could not be claimed: %s", path, why);
-    claimed = 1;
   }
   if (node) {
     /* Another node spawns it (module name: with its own package.path) and
@@ -144,10 +135,10 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
      * its creator, and counted among the creator's live children until its
      * down comes back (CONTROL_CHILD_DOWN, src/net/net.h). */
     int linked = creator && !detached;
-    const char *why = net_spawn(c->net, node, creator ? creator->id : c->main->id, linked, buf->data + props_len,
-                                buf->len - props_len, has_props ? buf->data : NULL, props_len, path,
-                                (size_t)mbox, (size_t)memlimit, dedicated, &rnode, &rid);
-    if (claimed) net_claim_done(c->net, path); /* the replica holds it as pending now */
+    spawn_args ra = {dedicated ? ISO_DEDICATED : ISO_POOL, (size_t)mbox, (size_t)memlimit,
+                     has_props ? buf->data : NULL, props_len, buf->data + props_len, buf->len - props_len,
+                     NULL, NULL, path, 0, creator, detached, NULL, 0, lean};
+    const char *why = spawn_remote(c, node, &ra, creator ? creator->id : c->main->id, linked, claimed, &rnode, &rid);
     codec_buf_free(buf);
     if (why) return luaL_error(L, "spawn_isolate on node \"%s\" failed: %s", node, why);
     if (linked) creator->live_children++; /* this is the creator's thread */

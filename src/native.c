@@ -16,6 +16,7 @@
 #include "cluster.h"
 #include "isolate_cluster.h"
 #include "native.h"
+#include "net/net.h"
 
 typedef struct pending {
   uint64_t corr;
@@ -154,6 +155,9 @@ int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spaw
     a.kind = opts->dedicated ? ISO_DEDICATED : ISO_POOL;
     a.mailbox = opts->mailbox;
     a.path = opts->path;
+    /* It runs on this node: another node's name is refused, as by
+     * spawn_isolate. */
+    if (opts->node && (!c->net || strcmp(opts->node, net_self_name(c->net)) != 0)) return IC_EINVAL;
   }
   ic_isolate *iso;
   char err[256];

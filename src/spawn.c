@@ -8,6 +8,7 @@
  */
 #include "cluster_int.h"
 #include "native.h"
+#include "net/net.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -104,4 +105,27 @@ int cluster_start_isolate(ic_cluster *c, ic_isolate *iso, worker *from) {
   c->dedicated[c->ndedicated++] = iso;
   plat_mutex_unlock(&c->lock);
   return 0;
+}
+
+/* ---- across nodes (cluster.h: spawn_claim, spawn_remote) ------------------ */
+
+static int exact_path(const char *path) { return path && *path && path[strlen(path) - 1] != '/'; }
+
+const char *spawn_claim(ic_cluster *c, const char *path, int remote, atomic_int *interrupt, int *claimed) {
+  *claimed = 0;
+  if (!c->net || !exact_path(path)) return NULL;
+  /* The other node registers it: this node's own isolates and what it
+   * knows of the others are looked at here, before the round. */
+  if (remote && (cluster_path_in_use(c, path) || net_path_taken(c->net, path))) return "path in use";
+  const char *why = net_claim(c->net, path, SPAWN_CLAIM_TIMEOUT, interrupt);
+  if (!why) *claimed = 1;
+  return why;
+}
+
+const char *spawn_remote(ic_cluster *c, const char *node, const spawn_args *a, uint64_t creator_id, int linked,
+                         int claimed, uint32_t *rnode, uint64_t *rid) {
+  const char *why = net_spawn(c->net, node, creator_id, linked, a->boot, a->boot_len, a->props, a->props_len,
+                              a->path, a->mailbox, a->memory_limit, a->kind == ISO_DEDICATED, rnode, rid);
+  if (claimed) net_claim_done(c->net, a->path); /* the replica holds it as pending now */
+  return why;
 }

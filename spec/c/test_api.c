@@ -78,7 +78,7 @@ static const char IDLE[] =
     "return function(context) context:on_message(function() end) end\n";
 
 static void test_prefix_kill_stats(ic_cluster *c) {
-  ic_spawn_options so = {"/workers/", 0, 0, 0};
+  ic_spawn_options so = {"/workers/", 0, 0, 0, NULL};
   ic_ref w[3];
   for (int i = 0; i < 3; i++) CHECK(ic_spawn_lua(c, IDLE, strlen(IDLE), "=idle", NULL, 0, &so, &w[i]) == IC_OK);
   ic_ref *refs = NULL;
@@ -127,12 +127,12 @@ int main(void) {
   char *w = mp_encode_map(props, 1);
   w = mp_encode_str(w, "prefix", 6);
   w = mp_encode_str(w, "p", 1);
-  ic_spawn_options so = {"/echo", 0, 0, 0};
+  ic_spawn_options so = {"/echo", 0, 0, 0, NULL};
   ic_ref echo;
   CHECK(ic_spawn_lua(c, ECHO, strlen(ECHO), "=echo", props, (size_t)(w - props), &so, &echo) == IC_OK);
   CHECK(ic_spawn_lua(c, ECHO, strlen(ECHO), "=echo", NULL, 0, &so, NULL) == IC_EEXIST);
   CHECK(ic_spawn_lua(c, ECHO, strlen(ECHO), "=echo", "\x01", 1, NULL, NULL) == IC_EINVAL);
-  ic_spawn_options bad = {"no-slash", 0, 0, 0};
+  ic_spawn_options bad = {"no-slash", 0, 0, 0, NULL};
   CHECK(ic_spawn_lua(c, ECHO, strlen(ECHO), "=echo", NULL, 0, &bad, NULL) == IC_EINVAL);
 
   ic_ref found;

@@ -15,7 +15,7 @@ static const char RAISES[] = "return function(context) error('no entry today', 0
 static const char NOT_A_FUNCTION[] = "return 42";
 
 static int spawn(ic_cluster *c, const char *src, const char *path, ic_ref *out) {
-  ic_spawn_options o = {path, 0, 0, 0};
+  ic_spawn_options o = {path, 0, 0, 0, NULL};
   return ic_spawn_lua(c, src, strlen(src), "=test", NULL, 0, &o, out);
 }
 

@@ -154,7 +154,7 @@ int main(void) {
   CHECK(ic_spawn_lua(c, LUA, strlen(LUA), "=lua", NULL, 0, NULL, &s.lua) == IC_OK);
 
   ic_native_options no = {handler, on_down, &s};
-  ic_spawn_options so = {"/native/doubler", 0, 0, 0};
+  ic_spawn_options so = {"/native/doubler", 0, 0, 0, NULL};
   ic_ref nat;
   CHECK(ic_spawn_native(c, &no, &so, &nat) == IC_OK);
   ic_event ev = event_about(c, nat, IC_EVENT_UP);
@@ -264,9 +264,9 @@ int main(void) {
   CHECK(ic_spawn_native(c, NULL, NULL, NULL) == IC_EINVAL);
   ic_native_options none = {NULL, on_down, &s3};
   CHECK(ic_spawn_native(c, &none, NULL, NULL) == IC_EINVAL);
-  ic_spawn_options badpath = {"no-slash", 0, 0, 0};
+  ic_spawn_options badpath = {"no-slash", 0, 0, 0, NULL};
   CHECK(ic_spawn_native(c, &no, &badpath, NULL) == IC_EINVAL);
-  ic_spawn_options taken = {"/taken", 0, 0, 0};
+  ic_spawn_options taken = {"/taken", 0, 0, 0, NULL};
   state s4 = {0};
   s4.lua = s.lua;
   no.ud = &s4;

@@ -1,9 +1,11 @@
 /* The C interface to multi-node clusters (include/isolate_cluster.h):
- * ic_node_create, and ic_lookup / ic_send / ic_receive across two nodes of
- * one cluster in this process, on a real nats-server started here on a free
- * loopback port and stopped by its pid. Exit status 77 (skipped) when
+ * ic_node_create, and ic_lookup / ic_send / ic_receive / ic_spawn_module
+ * with opts.node across two nodes of one cluster in this process, on a
+ * real nats-server started here on a free loopback port and stopped by its
+ * pid. Exit status 77 (skipped) when
  * nats-server is not installed, or under ThreadSanitizer unless
  * IC_TSAN_NATS is set (see .ci/run). */
+#define _GNU_SOURCE /* memmem */
 #include <stdio.h>
 #include <string.h>
 
@@ -18,6 +20,21 @@ static int failures;
       failures++;                                                              \
     }                                                                          \
   } while (0)
+
+static void ignore(ic_native *self, ic_message *msg, void *ud) {
+  (void)self;
+  (void)msg;
+  (void)ud;
+}
+
+/* Whether ic_send to r comes to say it is down within about 10 s. */
+static int becomes_down(ic_cluster *c, ic_ref r) {
+  for (int i = 0; i < 400; i++) {
+    if (ic_send(c, r, "\xc0", 1) == IC_EDOWN) return 1;
+    pause_ms(25);
+  }
+  return 0;
+}
 
 static const char ECHO[] =
     "return function(context) context:on_message(function(m, sender) sender:send(m) end) end";
@@ -44,7 +61,7 @@ int main(void) {
   CHECK(strstr(err, "cannot connect to NATS") != NULL);
 
   /* Two nodes of one cluster. */
-  ic_node_options oa = {urls, 1, cname, "a", NULL, NULL, NULL, NULL, 0, 0, 0, NULL, NULL};
+  ic_node_options oa = {urls, 1, cname, "a", NULL, NULL, NULL, NULL, 0, 0, 0, "./spec/?.lua", NULL};
   ic_node_options ob = oa;
   ob.name = "b";
   ic_cluster *a = NULL, *b = NULL;
@@ -60,7 +77,7 @@ int main(void) {
   CHECK(ic_node_create(&co, &ob, &dup, err, sizeof err) == IC_ENET && dup == NULL);
   CHECK(strstr(err, "already in use") != NULL);
 
-  ic_spawn_options so = {"/echo", 0, 0, 0};
+  ic_spawn_options so = {"/echo", 0, 0, 0, NULL};
   ic_ref echo_b;
   CHECK(ic_spawn_lua(b, ECHO, strlen(ECHO), "=echo", NULL, 0, &so, &echo_b) == IC_OK);
   ic_ref echo;
@@ -68,7 +85,7 @@ int main(void) {
   CHECK(echo.node == echo_b.node && echo.id == echo_b.id);
   CHECK(echo.node != ic_cluster_main(a).node);
   /* Prefix lookups list the other nodes' isolates too, after this node's. */
-  ic_spawn_options sl = {"/echo-local", 0, 0, 0};
+  ic_spawn_options sl = {"/echo-local", 0, 0, 0, NULL};
   ic_ref local;
   CHECK(ic_spawn_lua(a, ECHO, strlen(ECHO), "=echo", NULL, 0, &sl, &local) == IC_OK);
   ic_ref *found = NULL;
@@ -105,6 +122,73 @@ int main(void) {
     ic_free(data);
     free(big);
   }
+  /* Spawned on the other node by module name (found through that node's
+   * lua_path): the ref is the other node's, and answers at once. */
+  static const char MOD[] = "support.nodes.remote_worker";
+  const char ping[] = "\xa4ping";
+  char *reply = NULL;
+  size_t reply_len = 0;
+  ic_spawn_options on_b = {"/cmod", 0, 0, 0, "b"};
+  ic_ref rw = {0, 0};
+  CHECK(ic_spawn_module(a, MOD, NULL, 0, &on_b, &rw) == IC_OK);
+  CHECK(rw.node == ic_cluster_main(b).node && rw.node != ic_cluster_main(a).node && rw.id != 0);
+  CHECK(ic_request(a, rw, ping, 5, 30, &reply, &reply_len) == IC_OK);
+  CHECK(reply_len == 5 && reply && memcmp(reply, ping, 5) == 0);
+  ic_free(reply);
+  ic_ref seen = {0, 0};
+  CHECK(ic_lookup(a, "/cmod", 10, &seen) == IC_OK && seen.node == rw.node && seen.id == rw.id);
+  CHECK(ic_lookup(b, "/cmod", 10, &seen) == IC_OK && seen.node == rw.node && seen.id == rw.id);
+  /* Its path is held on every node now. */
+  ic_ref again = {0, 0};
+  CHECK(ic_spawn_module(a, MOD, NULL, 0, &on_b, &again) == IC_EEXIST);
+  ic_spawn_options here_taken = {"/cmod", 0, 0, 0, NULL};
+  CHECK(ic_spawn_module(a, MOD, NULL, 0, &here_taken, &again) == IC_EEXIST);
+  /* Properties go along; a "/dir/" path gets its unique segment. */
+  ic_spawn_options dir_b = {"/cdir/", 0, 0, 0, "b"};
+  ic_ref d1 = {0, 0};
+  const char props[] = "\x81\xa6" "answer" "\x2a"; /* { answer = 42 } */
+  CHECK(ic_spawn_module(a, MOD, props, sizeof props - 1, &dir_b, &d1) == IC_OK);
+  CHECK(d1.node == rw.node);
+  CHECK(ic_request(a, d1, "\xa4info", 5, 30, &reply, &reply_len) == IC_OK);
+  CHECK(reply && memmem(reply, reply_len, "\xa6" "answer" "\x2a", 8) != NULL);
+  CHECK(reply && memmem(reply, reply_len, "/cdir/", 6) != NULL);
+  ic_free(reply);
+  /* This node's own name: here (Lua source too, which needs no
+   * allow_code here). */
+  ic_spawn_options on_a = {NULL, 0, 0, 0, "a"};
+  ic_ref ra = {0, 0};
+  CHECK(ic_spawn_lua(a, ECHO, strlen(ECHO), "=echo", NULL, 0, &on_a, &ra) == IC_OK);
+  CHECK(ra.node == ic_cluster_main(a).node);
+  CHECK(ic_send(a, ra, ping, 5) == IC_OK);
+  CHECK(ic_receive(a, 10, &data, &len, &from) == IC_OK);
+  CHECK(len == 5 && data && memcmp(data, ping, 5) == 0 && from.node == ra.node && from.id == ra.id);
+  ic_free(data);
+  /* No such node; Lua source needs nodes that allow code; a native
+   * isolate runs here. */
+  ic_spawn_options on_nope = {NULL, 0, 0, 0, "nope"};
+  CHECK(ic_spawn_module(a, MOD, NULL, 0, &on_nope, &again) == IC_EUNREACHABLE);
+  ic_spawn_options on_empty = {NULL, 0, 0, 0, ""};
+  CHECK(ic_spawn_module(a, MOD, NULL, 0, &on_empty, &again) == IC_EUNREACHABLE);
+  ic_spawn_options src_b = {NULL, 0, 0, 0, "b"};
+  CHECK(ic_spawn_lua(a, ECHO, strlen(ECHO), "=echo", NULL, 0, &src_b, &again) == IC_EINVAL);
+  ic_native_options nat = {ignore, NULL, NULL};
+  CHECK(ic_spawn_native(a, &nat, &src_b, &again) == IC_EINVAL);
+  /* Bad properties are refused before anything is sent. */
+  CHECK(ic_spawn_module(a, MOD, "\x91\x01", 2, &src_b, &again) == IC_EINVAL);
+  /* The remote isolate goes down there; its path is free again. */
+  CHECK(ic_kill(a, rw) == IC_OK);
+  CHECK(becomes_down(a, rw));
+  CHECK(ic_request(a, rw, ping, 5, 5, &reply, &reply_len) == IC_EDOWN);
+  ic_ref rw2 = {0, 0};
+  int respawned = IC_EEXIST;
+  for (int i = 0; i < 400 && respawned == IC_EEXIST; i++) {
+    respawned = ic_spawn_module(a, MOD, NULL, 0, &on_b, &rw2);
+    if (respawned == IC_EEXIST) pause_ms(25);
+  }
+  CHECK(respawned == IC_OK && rw2.node == rw.node && rw2.id != rw.id);
+  CHECK(ic_request(a, rw2, ping, 5, 30, &reply, &reply_len) == IC_OK);
+  ic_free(reply);
+
   /* A node that does not exist. */
   ic_ref nobody = {echo.node ^ 0x5a5a5a5au, 1};
   CHECK(ic_send(a, nobody, hi, 3) == IC_EUNREACHABLE);
@@ -119,9 +203,27 @@ int main(void) {
   CHECK(down);
   CHECK(ic_kill(a, echo) == IC_EDOWN);
 
+  /* Once node b is down, spawning there is refused: first it is known
+   * going down (IC_EUNREACHABLE at once), or spawns still queue for it. */
   ic_cluster_destroy(b);
+  int gone = IC_OK;
+  for (int i = 0; i < 400 && gone == IC_OK; i++) {
+    gone = ic_spawn_module(a, MOD, NULL, 0, &src_b, &again);
+    if (gone == IC_OK) pause_ms(25);
+  }
+  CHECK(gone == IC_EUNREACHABLE);
   ic_cluster_destroy(a);
   stop_server(srv);
+
+  /* A single-node cluster has no other node. */
+  ic_cluster *single = NULL;
+  CHECK(ic_cluster_create(&co, &single) == IC_OK);
+  if (single) {
+    CHECK(ic_spawn_module(single, MOD, NULL, 0, &src_b, &again) == IC_EINVAL);
+    CHECK(ic_spawn_module(single, MOD, NULL, 0, &on_empty, &again) == IC_EINVAL);
+    CHECK(ic_spawn_native(single, &nat, &src_b, &again) == IC_EINVAL);
+    ic_cluster_destroy(single);
+  }
   if (failures) {
     fprintf(stderr, "test_node_api: %d failures\n", failures);
     return 1;

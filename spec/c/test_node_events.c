@@ -32,7 +32,7 @@ static int next_of(ic_cluster *c, int kind, ic_ref who, ic_event *ev) {
 
 /* Spawns an idle Lua isolate at path (or none) on c; IC_OK or the error. */
 static int spawn_idle(ic_cluster *c, const char *path, ic_ref *out) {
-  ic_spawn_options so = {path, 0, 0, 0};
+  ic_spawn_options so = {path, 0, 0, 0, NULL};
   return ic_spawn_lua(c, IDLE, strlen(IDLE), "=idle", NULL, 0, &so, out);
 }
 

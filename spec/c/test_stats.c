@@ -24,7 +24,7 @@ int main(void) {
   CHECK(ic_cluster_isolate_stats(NULL, &rows, &n) == IC_EINVAL);
   CHECK(ic_cluster_isolate_stats(c, NULL, &n) == IC_EINVAL);
 
-  ic_spawn_options lo = {"/lua", 0, 0, 0}, no = {"/native", 0, 0, 0};
+  ic_spawn_options lo = {"/lua", 0, 0, 0, NULL}, no = {"/native", 0, 0, 0, NULL};
   ic_native_options nat = {echo_native, NULL, NULL};
   ic_ref lua, native;
   CHECK(ic_spawn_lua(c, ECHO, strlen(ECHO), "=echo", NULL, 0, &lo, &lua) == IC_OK);
