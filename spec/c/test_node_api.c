@@ -213,6 +213,45 @@ int main(void) {
   }
   CHECK(gone == IC_EUNREACHABLE);
   ic_cluster_destroy(a);
+
+  /* Lua source to another node: run where the nodes allow code, refused
+   * (a down event there, nothing run) where the receiving node does not. */
+  char cname2[40];
+  snprintf(cname2, sizeof cname2, "capi-code-%d", (int)getpid());
+  ic_node_options ox = {urls, 1, cname2, "x", NULL, NULL, NULL, "shh", 3, 1, 0, NULL, NULL};
+  ic_node_options oy = ox, oz = ox;
+  oy.name = "y";
+  oz.name = "z";
+  oz.allow_code = 0;
+  ic_cluster *x = NULL, *y = NULL, *z = NULL;
+  CHECK(ic_node_create(&co, &ox, &x, err, sizeof err) == IC_OK);
+  CHECK(ic_node_create(&co, &oy, &y, err, sizeof err) == IC_OK);
+  CHECK(ic_node_create(&co, &oz, &z, err, sizeof err) == IC_OK);
+  if (x && y && z) {
+    CHECK(ic_subscribe_events(x) == IC_OK);
+    ic_spawn_options on_y = {NULL, 0, 0, 0, "y"}, on_z = {NULL, 0, 0, 0, "z"};
+    ic_ref ey = {0, 0}, ez = {0, 0};
+    CHECK(ic_spawn_lua(x, ECHO, strlen(ECHO), "=echo", NULL, 0, &on_y, &ey) == IC_OK);
+    CHECK(ey.node == ic_cluster_main(y).node);
+    CHECK(ic_send(x, ey, ping, 5) == IC_OK);
+    CHECK(ic_receive(x, 30, &data, &len, &from) == IC_OK);
+    CHECK(len == 5 && data && memcmp(data, ping, 5) == 0 && from.node == ey.node && from.id == ey.id);
+    ic_free(data);
+    /* From z (no allow_code) it is refused here before anything is sent. */
+    CHECK(ic_spawn_lua(z, ECHO, strlen(ECHO), "=echo", NULL, 0, &on_y, &again) == IC_EINVAL);
+    CHECK(ic_spawn_lua(x, ECHO, strlen(ECHO), "=echo", NULL, 0, &on_z, &ez) == IC_OK);
+    int refused = 0;
+    ic_event ev;
+    while (!refused && ic_next_event(x, 30, &ev) == IC_OK) {
+      if (ev.kind == IC_EVENT_DOWN && ev.ref.node == ez.node && ev.ref.id == ez.id)
+        refused = ev.reason && strstr(ev.reason, "untrusted spawn refused") != NULL ? 1 : -1;
+      ic_event_free(&ev);
+    }
+    CHECK(refused == 1);
+  }
+  ic_cluster_destroy(z);
+  ic_cluster_destroy(y);
+  ic_cluster_destroy(x);
   stop_server(srv);
 
   /* A single-node cluster has no other node. */

@@ -512,6 +512,12 @@ static void apply_spawn(struct net *n, const envelope *e) {
     linked = mp_decode_bool(&p);
   }
   if (!(e->to_id & (1ull << 62))) return; /* not an id chosen for a remote spawn */
+  /* An entry other than a module name is code ({ source = ... } from
+   * ic_spawn_lua, as a function is): only where code is allowed. */
+  if (!n->code_ok && mp_typeof(*boot) != MP_STR) {
+    spawn_failed(n, e->from_inc, e->to_id, "malformed or untrusted spawn refused");
+    return;
+  }
   /* A child of its creator there: linked before it starts, so that its own
    * end (net_announce_down) finds the link to undo. */
   if (linked) {
