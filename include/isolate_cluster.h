@@ -363,8 +363,11 @@ typedef struct ic_native_options {
  * ignored) may be NULL. On success *out (if not NULL) is its ref and
  * on_down will be called once; on failure no callback is ever called (ud
  * is still the caller's). Errors: IC_EINVAL (no on_message, bad path,
- * opts->node other than NULL or this node's name: it runs here), IC_EEXIST, IC_ESHUTDOWN, IC_ENOMEM, IC_ESYSTEM. Any thread; does not
- * block. */
+ * opts->node other than NULL or this node's name: it runs here), IC_EEXIST
+ * (also held on another node), IC_ESHUTDOWN, IC_ENOMEM, IC_ESYSTEM,
+ * IC_EUNREACHABLE (a node did not answer the path claim). Any thread. Does
+ * not block, but in a multi-node cluster an exact path "/name" is first
+ * claimed from the live nodes: one round trip, at most 5 s. */
 IC_EXTERN int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spawn_options *opts,
                               ic_ref *out);
 

@@ -159,9 +159,15 @@ int ic_spawn_native(ic_cluster *c, const ic_native_options *nopts, const ic_spaw
      * spawn_isolate. */
     if (opts->node && (!c->net || strcmp(opts->node, net_self_name(c->net)) != 0)) return IC_EINVAL;
   }
+  /* An exact path is claimed from the other nodes first, as for any
+   * spawn on a multi-node cluster (cluster.h: spawn_claim). */
+  int claimed = 0;
+  const char *why = spawn_claim(c, a.path, 0, NULL, &claimed);
+  if (why) return strcmp(why, "path in use") == 0 ? IC_EEXIST : strcmp(why, "out of memory") == 0 ? IC_ENOMEM : IC_EUNREACHABLE;
   ic_isolate *iso;
   char err[256];
   int rc = spawn_with(c, nopts, &a, &iso, err, sizeof err);
+  if (claimed) net_claim_done(c->net, a.path);
   if (rc) {
     switch (rc) {
     case EINVAL: return IC_EINVAL;

@@ -143,6 +143,8 @@ int main(void) {
   CHECK(ic_spawn_module(a, MOD, NULL, 0, &on_b, &again) == IC_EEXIST);
   ic_spawn_options here_taken = {"/cmod", 0, 0, 0, NULL};
   CHECK(ic_spawn_module(a, MOD, NULL, 0, &here_taken, &again) == IC_EEXIST);
+  ic_native_options nat = {ignore, NULL, NULL};
+  CHECK(ic_spawn_native(a, &nat, &here_taken, &again) == IC_EEXIST);
   /* Properties go along; a "/dir/" path gets its unique segment. */
   ic_spawn_options dir_b = {"/cdir/", 0, 0, 0, "b"};
   ic_ref d1 = {0, 0};
@@ -171,7 +173,6 @@ int main(void) {
   CHECK(ic_spawn_module(a, MOD, NULL, 0, &on_empty, &again) == IC_EUNREACHABLE);
   ic_spawn_options src_b = {NULL, 0, 0, 0, "b"};
   CHECK(ic_spawn_lua(a, ECHO, strlen(ECHO), "=echo", NULL, 0, &src_b, &again) == IC_EINVAL);
-  ic_native_options nat = {ignore, NULL, NULL};
   CHECK(ic_spawn_native(a, &nat, &src_b, &again) == IC_EINVAL);
   /* Bad properties are refused before anything is sent. */
   CHECK(ic_spawn_module(a, MOD, "\x91\x01", 2, &src_b, &again) == IC_EINVAL);
