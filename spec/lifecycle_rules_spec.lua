@@ -181,13 +181,17 @@ describe("lifecycle rules", function()
           up[#up + 1] = ev.up
         end
         assert.is_true(target:kill())
-        local w = assert(io.open(fifo, "w")) -- releases the target's call
-        w:close()
+        -- Releases the target's call, and any open of it still to come: the
+        -- kill may take the target between its "in C" and its open. Opened
+        -- read-write (on Linux that never waits for a partner) and kept open
+        -- until the requesters have their answers.
+        local w = assert(io.open(fifo, "r+"))
         for _ = 1, #paths do
           local out = await_outcome(c, LONG / 3)
           assert.truthy(out, "a requester got nothing in time")
           assert.equal("isolate down: killed", out.err)
         end
+        w:close()
         os.remove(fifo)
       end)
     end)
