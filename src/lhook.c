@@ -74,15 +74,17 @@ static int in_runtime(lua_State *L, lua_Debug *ar) {
   return strncmp(ar->source, "=isolate_cluster.runtime", 24) == 0;
 }
 
+#ifndef IC_SYNC_HOOK
 /* Removes the hook from L (the thread running it), unless a newer arming
  * aimed at L since. O(1): lua_sethook walks the call stack only to set a
- * hook, never to clear one. */
+ * hook, never to clear one. (The TSan build's hook is permanent.) */
 static void hook_disarm(ic_isolate *iso, lua_State *L) {
   plat_mutex_lock(&iso->hook_lock);
   lua_sethook(L, NULL, 0, 0);
   if (atomic_load(&iso->armed_L) == L) atomic_store(&iso->armed_L, NULL);
   plat_mutex_unlock(&iso->hook_lock);
 }
+#endif
 
 /*
  * Setting a hook costs time proportional to the depth of the thread's call
@@ -163,6 +165,8 @@ static void arm_own(ic_isolate *iso, lua_State *T) {
     atomic_store(&iso->armed_L, T);
     return;
   }
+#else
+  (void)T; /* the TSan build's hook is permanent */
 #endif
   lstate_arm_hook(iso);
 }
