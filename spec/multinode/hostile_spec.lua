@@ -72,7 +72,10 @@ describe("hostile bytes on the cluster's subjects", function()
     local ctl_here = c:lookup_isolate("/ctl/b", 10)
     assert.equal("pong", ctl_here:request("ping", 10))
     -- and the link is not corrupted: a fresh stream arrives whole
-    for i = 1, 1000 do assert.is_true((counter:send({ stream = "after", seq = i }, 10))) end
+    for i = 1, 1000 do
+      local ok, why = counter:send({ stream = "after", seq = i }, 10)
+      assert(ok, ("send %d of the fresh stream refused: %s\nnode b:\n%s"):format(i, tostring(why), b:output()))
+    end
     assert.same(MN.in_order(1000), MN.stream_stats(counter, "after", 1000))
     -- the other direction too
     assert.equal(500, echo:request({ op = "blast", to = c.main, n = 500, stream = "back" }, 60))
