@@ -12,14 +12,7 @@
 #include "isolate_cluster.h"
 #include "nats_server.h"
 
-static int failures;
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      failures++;                                                              \
-    }                                                                          \
-  } while (0)
+#include "check.h"
 
 static void ignore(ic_native *self, ic_message *msg, void *ud) {
   (void)self;
@@ -264,10 +257,6 @@ int main(void) {
     CHECK(ic_spawn_native(single, &nat, &src_b, &again) == IC_EINVAL);
     ic_cluster_destroy(single);
   }
-  if (failures) {
-    fprintf(stderr, "test_node_api: %d failures\n", failures);
-    return 1;
-  }
-  printf("test_node_api: ok\n");
-  return 0;
+  printf("test_node_api: %d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
 }
