@@ -58,12 +58,14 @@ static void push_free(pool *p, void *block, size_t c) {
   POISON(block, sizeof(void *));
 }
 
-/* A new chunk to carve; 0, or -1 when malloc has no memory for it. */
-static int new_chunk(pool *p) {
+/* A block of class c carved from a new chunk, or NULL when malloc has no
+ * memory for one. Out of line (and cold): inlined, its registers would
+ * cost every pool_alloc a prologue and an epilogue. */
+__attribute__((noinline, cold)) static void *alloc_from_new_chunk(pool *p, size_t c, size_t n) {
   size_t want = p->bytes / 16;
   size_t size = want < CHUNK_MIN ? CHUNK_MIN : want > CHUNK_MAX ? CHUNK_MAX : (want | 15) - 7;
   char *chunk = malloc(size);
-  if (!chunk) return -1;
+  if (!chunk) return NULL;
   /* The rest of the chunk before it (less than the block that did not fit,
    * a multiple of 8 bytes) is a block of its class. */
   size_t rest = (size_t)(p->end - p->bump);
@@ -71,10 +73,11 @@ static int new_chunk(pool *p) {
   memcpy(chunk, &p->chunks, sizeof(void *));
   p->chunks = chunk;
   p->bytes += size;
-  p->bump = chunk + CHUNK_LINK;
+  p->bump = chunk + CHUNK_LINK + (c + 1) * POOL_STEP;
   p->end = chunk + size;
   POISON(p->bump, (size_t)(p->end - p->bump));
-  return 0;
+  UNPOISON(chunk + CHUNK_LINK, n);
+  return chunk + CHUNK_LINK;
 }
 
 void *pool_alloc(pool *p, size_t n) {
@@ -88,7 +91,7 @@ void *pool_alloc(pool *p, size_t n) {
     return block;
   }
   size_t size = (c + 1) * POOL_STEP;
-  if ((size_t)(p->end - p->bump) < size && new_chunk(p) != 0) return NULL;
+  if ((size_t)(p->end - p->bump) < size) return alloc_from_new_chunk(p, c, n);
   block = p->bump;
   p->bump += size;
   UNPOISON(block, n);
