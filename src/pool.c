@@ -16,7 +16,7 @@
 #endif
 #endif
 #ifdef POOL_ASAN
-#include <sanitizer/allocator_interface.h>
+#include <malloc.h> /* malloc_usable_size, which ASan provides */
 #include <sanitizer/asan_interface.h>
 #define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
 #define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
@@ -73,11 +73,12 @@ __attribute__((noinline, cold)) static void *alloc_from_new_chunk(pool *p, size_
   memcpy(chunk, &p->chunks, sizeof(void *));
   p->chunks = chunk;
   p->bytes += size;
-  p->bump = chunk + CHUNK_LINK + (c + 1) * POOL_STEP;
+  char *block = chunk + CHUNK_LINK;
+  p->bump = block + (c + 1) * POOL_STEP;
   p->end = chunk + size;
-  POISON(p->bump, (size_t)(p->end - p->bump));
-  UNPOISON(chunk + CHUNK_LINK, n);
-  return chunk + CHUNK_LINK;
+  POISON(block, size - CHUNK_LINK);
+  UNPOISON(block, n);
+  return block;
 }
 
 void *pool_alloc(pool *p, size_t n) {
@@ -116,7 +117,7 @@ void pool_release(pool *p) {
     void *next;
     memcpy(&next, chunk, sizeof next);
 #ifdef POOL_ASAN
-    UNPOISON(chunk, __sanitizer_get_allocated_size(chunk));
+    UNPOISON(chunk, malloc_usable_size(chunk));
 #endif
     free(chunk);
     chunk = next;
