@@ -162,8 +162,15 @@ ic_msg *lstate_encode_msg(lua_State *L, int idx, const char *root, int kind) {
 
 void lstate_encode_push(lua_State *L, int idx, const char *root) {
   lstate_ctx *ctx = ctx_of(L);
+  idx = lua_absindex(L, idx);
+  char small[CODEC_SMALL_MAX];
+  size_t len = lua_checkstack(L, 2) ? codec_encode_small(L, idx, small) : 0;
+  if (len && len <= ctx->lim.max_bytes) {
+    lua_pushlstring(L, small, len);
+    return;
+  }
   /* A private buffer: lua_pushlstring may raise (memory) before it copies. */
-  codec_buf *b = encode_begin(L, ctx, lua_absindex(L, idx), root, 1);
+  codec_buf *b = encode_begin(L, ctx, idx, root, 1);
   lua_pushlstring(L, b->data, b->len);
   encode_end(L, ctx, b, 1);
 }
@@ -258,9 +265,16 @@ int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
    * shared bytes exist. */
   lua_Integer room = n;
   const char **whys = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *whys, 0);
-  codec_buf *b = encode_begin(L, ctx, msg_idx, "msg", 0);
-  ic_blob *blob = blob_new(b->data, b->len);
-  encode_end(L, ctx, b, 0);
+  char small[CODEC_SMALL_MAX];
+  size_t len = codec_encode_small(L, msg_idx, small);
+  ic_blob *blob;
+  if (len && len <= ctx->lim.max_bytes) {
+    blob = blob_new(small, len);
+  } else {
+    codec_buf *b = encode_begin(L, ctx, msg_idx, "msg", 0);
+    blob = blob_new(b->data, b->len);
+    encode_end(L, ctx, b, 0);
+  }
   if (!blob) return luaL_error(L, "out of memory");
   /* The encode can run finalizers, and one may have changed the table:
    * checked again, and from here on no Lua code runs until the posts are
