@@ -10,7 +10,8 @@
  * refs through hooks, refusals with their paths, depth and size limits,
  * buffer and stack consistency after errors, decoder hardening (every
  * prefix of every encoding, random and mutated bytes, hostile lengths,
- * depth bombs, bad ext payloads), allocation failure and GC stress.
+ * depth bombs, bad ext payloads), the send path's small encoder against the
+ * general one, allocation failure and GC stress.
  * Prints a timing for a 10,000-entry table (informational, never fails).
  *
  * Exit status 0 when every check passed; the last line is "N passed, M failed".
