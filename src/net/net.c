@@ -1231,10 +1231,12 @@ static void handle_queued(struct net *n, natsMsg *msg, int tag) {
 static void *net_main(void *arg) {
   struct net *n = arg;
   uint64_t next_hb = 0, last_tick = plat_now_ns();
+  int acks_held = 0; /* acks may be due that the interval held back */
   while (!atomic_load(&n->stop)) {
     uint64_t now = plat_now_ns();
     uint64_t deadline = now + TICK_NS;
     if (next_hb && next_hb < deadline) deadline = next_hb;
+    if (acks_held && n->last_acks_ns + ACK_INTERVAL_NS < deadline) deadline = n->last_acks_ns + ACK_INTERVAL_NS;
     flush_batches(n);
     int tag = 0;
     /* With batches or acks to send, only what is queued already: no wait. */
@@ -1249,8 +1251,9 @@ static void *net_main(void *arg) {
     if (msg) handle_queued(n, msg, tag);
     release_late(n);
     flush_batches(n);
-    send_acks(n);
     now = plat_now_ns();
+    acks_held = !atomic_load(&n->ack_wanted) && now - n->last_acks_ns < ACK_INTERVAL_NS;
+    if (!acks_held) send_acks(n);
     track_connection(n, now);
     if (now >= next_hb) {
       send_named(n, ENV_HEARTBEAT);
