@@ -1115,7 +1115,7 @@ static void on_data(void *ud, transport *t, natsMsg *msg) {
   }
   if (since >= ACK_EVERY && !atomic_exchange(&n->ack_wanted, 1)) transport_wake(t);
   if (done) {
-    natsMsg_Destroy(msg);
+    transport_release(t, msg);
     return;
   }
   /* The whole message goes: what was delivered of it is a duplicate there. */
@@ -1217,12 +1217,12 @@ static void sync_seen(struct net *n, uint64_t now) {
   plat_mutex_unlock(&n->lock);
 }
 
-/* Handles one message from the transport's queue, and destroys it. */
+/* Handles one message from the transport's queue, and lets go of it. */
 static void handle_queued(struct net *n, natsMsg *msg, int tag) {
   n->handing_over = tag == TAG_DEFERRED;
   handle_frame(n, msg, plat_now_ns());
   n->handing_over = 0;
-  natsMsg_Destroy(msg);
+  transport_release(n->t, msg);
   /* Its frames are delivered: the data callback may deliver the next ones
    * (the release orders them after these). */
   if (tag == TAG_DEFERRED) atomic_fetch_sub_explicit(&n->deferred, 1, memory_order_acq_rel);
@@ -1250,6 +1250,7 @@ static void *net_main(void *arg) {
     }
     if (msg) handle_queued(n, msg, tag);
     release_late(n);
+    transport_release_flush(n->t);
     flush_batches(n);
     now = plat_now_ns();
     acks_held = !atomic_load(&n->ack_wanted) && now - n->last_acks_ns < ACK_INTERVAL_NS;
