@@ -14,6 +14,8 @@
 -- raw and ours, and the median of each figure over the rounds is printed
 -- (with the best beside it): on a shared machine single runs vary by a
 -- factor of 2 or more, and interleaving exposes both sides to the same load.
+-- Each round's own ratios (ours / raw, the same round) are printed too, with
+-- their spread and the number of rounds that met each goal.
 --
 -- Starts its own nats-server on a free loopback port and the other node
 -- (bench/nats_node.lua) through the spec harness (spec/support/nats.lua), and
@@ -162,6 +164,7 @@ local ok, failure = pcall(function()
     return med, best
   end
   local base_all, mine_all, berr, merr
+  local ratios = { msgs = {}, rtt = {} } -- each round's ours / raw, same round
   local o, oerr = ours_start(srv)
   merr = oerr
   for round = 1, ROUNDS do
@@ -176,9 +179,16 @@ local ok, failure = pcall(function()
     e1, e2 = e1 or e3, e2 or e4
     base_all, mine_all = collect(base_all, b), collect(mine_all, m)
     berr, merr = berr or e1, merr or e2
-    print(("round %d: raw %s msg/s, %s us median rtt; ours %s msg/s, %s us median rtt"):format(round,
+    local rm, rr
+    if b and m then
+      rm, rr = m.msgs_per_s / b.pubsub_msgs_per_s, m.rtt_median_us / b.rtt_median_us
+      table.insert(ratios.msgs, rm)
+      table.insert(ratios.rtt, rr)
+    end
+    print(("round %d: raw %s msg/s, %s us median rtt; ours %s msg/s, %s us median rtt (x%s, x%s)"):format(round,
       b and ("%.0f"):format(b.pubsub_msgs_per_s) or "-", b and ("%.1f"):format(b.rtt_median_us) or "-",
-      m and ("%.0f"):format(m.msgs_per_s) or "-", m and ("%.1f"):format(m.rtt_median_us) or "-"))
+      m and ("%.0f"):format(m.msgs_per_s) or "-", m and ("%.1f"):format(m.rtt_median_us) or "-",
+      rm and ("%.2f"):format(rm) or "-", rr and ("%.2f"):format(rr) or "-"))
     if not m then print("  ours failed: " .. tostring(e2)) end
     if not b then print("  raw failed: " .. tostring(e1)) end
   end
@@ -202,6 +212,22 @@ local ok, failure = pcall(function()
   if mine and base then
     print(("best of the rounds: ours %.0f msg/s, %.1f us median rtt; raw %.0f msg/s, %.1f us median rtt"):format(
       mine_best.msgs_per_s, mine_best.rtt_median_us, base_best.pubsub_msgs_per_s, base_best.rtt_median_us))
+  end
+  -- The spread of the rounds' own ratios, and in how many each goal held.
+  local function spread(v, goal, higher_better)
+    if #v == 0 then return "-" end
+    table.sort(v)
+    local met = 0
+    for _, x in ipairs(v) do
+      if (higher_better and x >= goal) or (not higher_better and x <= goal) then met = met + 1 end
+    end
+    local n = #v
+    local med = n % 2 == 1 and v[(n + 1) // 2] or (v[n // 2] + v[n // 2 + 1]) / 2
+    return ("median %.2f (%.2f - %.2f), goal met in %d of %d rounds"):format(med, v[1], v[n], met, n)
+  end
+  if #ratios.rtt > 0 then
+    print("per-round ratio, messages/s:       " .. spread(ratios.msgs, 0.5, true))
+    print("per-round ratio, round trip median: " .. spread(ratios.rtt, 1.5, false))
   end
   if not base then print("raw cnats: " .. tostring(berr)) end
   if not mine then print("isolate_cluster: " .. tostring(merr)) end

@@ -106,21 +106,38 @@ static void worker_unwatch(worker *w) {
 #define LIFO_WATCH_USELESS_TICKS 40
 #define LIFO_WATCH_REST 8
 
+/* Idle looks, a slice apart, before the monitor sleeps until a worker wakes
+ * it. A worker woken while the monitor sleeps wakes it first, which costs
+ * the way from a post to an idle isolate's turn a wake-up of one more
+ * thread: with work coming every few hundred microseconds (requests from
+ * another node) that was one per message. Lingering a few slices keeps
+ * that wake-up off the path while work keeps coming, at the cost of a few
+ * looks after the last. */
+#define MONITOR_LINGER_LOOKS 50
+
 static void *monitor_main(void *arg) {
   sched *s = arg;
   int useless = 0; /* fast looks in a row that moved nothing */
   int rest = 0;    /* slow ticks left before the watch may start again */
+  int idle = 0;    /* looks in a row that found every worker idle */
   plat_thread_precise_timers(); /* a LIFO_WAIT look, not twice that */
   plat_mutex_lock(&s->lock);
   while (!s->stopping) {
     if (atomic_load_explicit(&s->nidle, memory_order_relaxed) == s->nworkers && !s->head) {
       atomic_store(&s->lifo_watch, LIFO_WATCH_OFF);
       useless = rest = 0;
+      if (idle < MONITOR_LINGER_LOOKS) {
+        idle++;
+        plat_cond_wait_until(&s->monitor_cond, &s->lock, plat_now_ns() + s->slice_ns);
+        continue;
+      }
+      idle = 0;
       s->monitor_sleeping = 1;
       plat_cond_wait(&s->monitor_cond, &s->lock);
       s->monitor_sleeping = 0;
       continue;
     }
+    idle = 0;
     int watch = atomic_load(&s->lifo_watch);
     plat_mutex_unlock(&s->lock);
     uint64_t now = plat_now_ns();
@@ -188,8 +205,12 @@ static void queue_append(sched *s, ic_isolate *iso) {
     return;
   }
   queue_append_locked(s, iso);
-  if (atomic_load_explicit(&s->nidle, memory_order_relaxed) > 0) plat_cond_signal(&s->cond);
+  int wake = atomic_load_explicit(&s->nidle, memory_order_relaxed) > 0;
   plat_mutex_unlock(&s->lock);
+  /* After the unlock: a worker woken while the lock is held would at once
+   * wait for it, a second sleep and wake-up. Whoever queues holds the
+   * isolate, and so the cluster that owns s. */
+  if (wake) plat_cond_signal(&s->cond);
 }
 
 void sched_push(sched *s, ic_isolate *iso, worker *from) {

@@ -65,7 +65,8 @@ typedef struct sched {
   atomic_int halted;         /* stopping, for a worker left running by a shutdown
                                 (read without the lock on the LIFO path) */
   /* The monitor (like Go's sysmon) preempts a turn that has run longer
-   * than the time slice. It sleeps while every worker is idle. While an
+   * than the time slice. It sleeps once every worker has been idle for a
+   * few slices (MONITOR_LINGER_LOOKS in scheduler.c). While an
    * isolate waits in a LIFO slot and a worker is idle, it watches the slots
    * every LIFO_WAIT and moves an isolate that waited a whole look to the
    * shared queue, so a sender that computes on after its send does not hold

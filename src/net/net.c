@@ -1041,29 +1041,35 @@ static void handle_data(struct net *n, const envelope *ep, uint64_t now) {
 
 /* ---- the data subscription's callback (a cnats thread) ------------------------ */
 
-/* One frame of a data subject message, delivered here if it can be: 1 when
+/* One parsed frame of a data subject message, delivered here if it can be: 1 when
  * done with (delivered, or dropped as the net thread would drop it), 0 when
  * the net thread must take it. *since: the most frames accepted from a
  * peer since its last ack. */
-static int fast_frame(struct net *n, transport *t, const unsigned char *data, size_t len, uint64_t now,
-                      size_t *since) {
-  envelope e;
-  if (envelope_parse(data, len, &n->key, &e)) return 1;
-  if (e.type != ENV_DATA || !plain_kind(e.kind) || wirecheck_plain(e.payload, e.payload_len) != WIRECHECK_OK)
+static int fast_envelope(struct net *n, transport *t, const envelope *e, uint64_t now, size_t *since) {
+  if (e->type != ENV_DATA || !plain_kind(e->kind) || wirecheck_plain(e->payload, e->payload_len) != WIRECHECK_OK)
     return 0;
   /* Claimed: a net thread taking the peer down waits for this delivery
    * before its down events (inbound_quiesce). */
-  int verdict = inbound_claim(&n->in, e.to_inc, e.from_inc, e.seq, now);
+  int verdict = inbound_claim(&n->in, e->to_inc, e->from_inc, e->seq, now);
   if (verdict != LINK_DELIVER) return 1; /* a duplicate, a gap, or not ours: never delivered */
   /* Not posted (no receiver, a full mailbox, no memory): the net thread
    * tries again and refuses it as it must (dead letter, error reply). */
-  int posted = post_local(n, &e, t) == NULL;
+  int posted = post_local(n, e, t) == NULL;
   if (posted) {
-    size_t s = inbound_advance(&n->in, e.from_inc, e.seq, is_reply(e.kind), e.to_id, e.corr);
+    size_t s = inbound_advance(&n->in, e->from_inc, e->seq, is_reply(e->kind), e->to_id, e->corr);
     if (s > *since) *since = s;
   }
   inbound_unclaim(&n->in);
   return posted;
+}
+
+/* fast_envelope of the frame in data (a frame that does not parse is done
+ * with: dropped, as the net thread would drop it). */
+static int fast_frame(struct net *n, transport *t, const unsigned char *data, size_t len, uint64_t now,
+                      size_t *since) {
+  envelope e;
+  if (envelope_parse(data, len, &n->key, &e)) return 1;
+  return fast_envelope(n, t, &e, now, since);
 }
 
 /* Every message on this node's data subject, on its subscription's cnats
@@ -1094,9 +1100,11 @@ static void on_data(void *ud, transport *t, natsMsg *msg) {
   size_t len = (size_t)dlen, since = 0;
   int batch = len >= 2 && data[0] == BATCH_MAGIC0 && data[1] == BATCH_MAGIC1;
   int done = 1;
+  envelope lone; /* a lone frame, parsed once */
+  int lone_ok = 0;
   if (!batch) {
-    envelope e;
-    if (envelope_parse(data, len, &n->key, &e) == NULL && e.type != ENV_DATA) {
+    lone_ok = envelope_parse(data, len, &n->key, &lone) == NULL;
+    if (lone_ok && lone.type != ENV_DATA) {
       if (transport_enqueue(t, msg, 0)) natsMsg_Destroy(msg);
       return;
     }
@@ -1105,7 +1113,7 @@ static void on_data(void *ud, transport *t, natsMsg *msg) {
   if (atomic_load_explicit(&n->deferred, memory_order_acquire) > 0) {
     done = 0;
   } else if (!batch) {
-    done = fast_frame(n, t, data, len, now, &since);
+    done = lone_ok ? fast_envelope(n, t, &lone, now, &since) : 1;
   } else {
     /* A batch: [u32 length][frame], ...; a length past the end ends it. */
     size_t pos = 2;
@@ -1119,7 +1127,7 @@ static void on_data(void *ud, transport *t, natsMsg *msg) {
   }
   if (since >= ACK_EVERY && !atomic_exchange(&n->ack_wanted, 1)) transport_wake(t);
   if (done) {
-    natsMsg_Destroy(msg);
+    transport_release(t, msg);
     return;
   }
   /* The whole message goes: what was delivered of it is a duplicate there. */
@@ -1221,12 +1229,12 @@ static void sync_seen(struct net *n, uint64_t now) {
   plat_mutex_unlock(&n->lock);
 }
 
-/* Handles one message from the transport's queue, and destroys it. */
+/* Handles one message from the transport's queue, and lets go of it. */
 static void handle_queued(struct net *n, natsMsg *msg, int tag) {
   n->handing_over = tag == TAG_DEFERRED;
   handle_frame(n, msg, plat_now_ns());
   n->handing_over = 0;
-  natsMsg_Destroy(msg);
+  transport_release(n->t, msg);
   /* Its frames are delivered: the data callback may deliver the next ones
    * (the release orders them after these). */
   if (tag == TAG_DEFERRED) atomic_fetch_sub_explicit(&n->deferred, 1, memory_order_acq_rel);
@@ -1235,10 +1243,12 @@ static void handle_queued(struct net *n, natsMsg *msg, int tag) {
 static void *net_main(void *arg) {
   struct net *n = arg;
   uint64_t next_hb = 0, last_tick = plat_now_ns();
+  int acks_held = 0; /* acks may be due that the interval held back */
   while (!atomic_load(&n->stop)) {
     uint64_t now = plat_now_ns();
     uint64_t deadline = now + TICK_NS;
     if (next_hb && next_hb < deadline) deadline = next_hb;
+    if (acks_held && n->last_acks_ns + ACK_INTERVAL_NS < deadline) deadline = n->last_acks_ns + ACK_INTERVAL_NS;
     flush_batches(n);
     int tag = 0;
     /* With batches or acks to send, only what is queued already: no wait. */
@@ -1252,9 +1262,11 @@ static void *net_main(void *arg) {
     }
     if (msg) handle_queued(n, msg, tag);
     release_late(n);
+    transport_release_flush(n->t);
     flush_batches(n);
-    send_acks(n);
     now = plat_now_ns();
+    acks_held = !atomic_load(&n->ack_wanted) && now - n->last_acks_ns < ACK_INTERVAL_NS;
+    if (!acks_held) send_acks(n);
     track_connection(n, now);
     if (now >= next_hb) {
       send_named(n, ENV_HEARTBEAT);

@@ -37,8 +37,12 @@
  * catch up is not buried under copies of what it has not read yet. */
 #define RETRANSMIT_NS 300000000ull
 #define RETRANSMIT_MAX_NS 2400000000ull
-/* The net thread sends due acks at least this often while it works
- * through its queue. */
+/* The net thread sends due acks this often while it works through its
+ * queue, and at most this often otherwise (but at once when the data
+ * callback asks, after ACK_EVERY frames): an ack wakes the peer's net
+ * thread, and acks sent at each wake-up would bounce between two nodes as
+ * long as any traffic flows, each costing both nodes a wake-up of their
+ * net thread and a message. A held ack goes out this long after the last. */
 #define ACK_INTERVAL_NS 10000000ull
 /* A duplicate ack resends at once what is older than this (fast
  * retransmit: a peer that dropped frames, e.g. a joiner that got them before

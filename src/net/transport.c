@@ -22,12 +22,56 @@ struct transport {
   void (*direct)(void *ud, transport *t, natsMsg *msg);
   void *direct_ud;
   int woken;
+  /* Received messages let go of (transport_release), destroyed a batch at
+   * a time: under spent_lock. */
+  plat_mutex spent_lock;
+  natsMsg *spent[TRANSPORT_SPENT_MAX];
+  size_t nspent, spent_bytes;
   int subs_done;   /* subscriptions whose callbacks have ended for good */
   int closed;      /* the connection's closed callback ran */
   atomic_int connected;
   atomic_ullong reconnects;
   atomic_ullong dropped;
 };
+
+/* ---- received messages let go of ------------------------------------------ */
+
+/* Held messages stay below this many bytes of payload; a larger one is
+ * destroyed at once. */
+#define SPENT_BYTES (256u << 10)
+
+/* Takes every held message into out (room for TRANSPORT_SPENT_MAX). */
+static size_t take_spent(transport *t, natsMsg **out) {
+  size_t k = t->nspent;
+  memcpy(out, t->spent, k * sizeof *out);
+  t->nspent = 0;
+  t->spent_bytes = 0;
+  return k;
+}
+
+void transport_release(transport *t, natsMsg *msg) {
+  size_t bytes = (size_t)natsMsg_GetDataLength(msg);
+  if (bytes >= SPENT_BYTES) {
+    natsMsg_Destroy(msg);
+    return;
+  }
+  natsMsg *out[TRANSPORT_SPENT_MAX];
+  size_t k = 0;
+  plat_mutex_lock(&t->spent_lock);
+  t->spent[t->nspent++] = msg;
+  t->spent_bytes += bytes;
+  if (t->nspent == TRANSPORT_SPENT_MAX || t->spent_bytes >= SPENT_BYTES) k = take_spent(t, out);
+  plat_mutex_unlock(&t->spent_lock);
+  for (size_t i = 0; i < k; i++) natsMsg_Destroy(out[i]);
+}
+
+void transport_release_flush(transport *t) {
+  natsMsg *out[TRANSPORT_SPENT_MAX];
+  plat_mutex_lock(&t->spent_lock);
+  size_t k = take_spent(t, out);
+  plat_mutex_unlock(&t->spent_lock);
+  for (size_t i = 0; i < k; i++) natsMsg_Destroy(out[i]);
+}
 
 /* ---- cnats callbacks: enqueue or flip a flag, nothing else ------------------ */
 
@@ -115,6 +159,8 @@ static void free_ring(transport *t) {
 
 static void transport_free(transport *t) {
   free_ring(t);
+  transport_release_flush(t);
+  plat_mutex_destroy(&t->spent_lock);
   free(t->subs);
   plat_cond_destroy(&t->cond);
   plat_mutex_destroy(&t->lock);
@@ -139,6 +185,7 @@ transport *transport_open(const transport_opts *o, char *err, size_t errlen) {
   }
   plat_mutex_init(&t->lock);
   plat_cond_init(&t->cond);
+  plat_mutex_init(&t->spent_lock);
   t->cap = o->inbound_max ? o->inbound_max : 65536;
   t->direct = o->direct;
   t->direct_ud = o->direct_ud;

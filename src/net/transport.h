@@ -69,6 +69,18 @@ int transport_enqueue(transport *t, natsMsg *msg, int tag);
  * natsMsg_Destroy), or NULL at deadline (monotonic ns) or after
  * transport_wake. Net thread only. */
 natsMsg *transport_next(transport *t, uint64_t deadline_ns, int *tag);
+/* Lets go of a received message (in place of natsMsg_Destroy). cnats
+ * hands every destroyed message to its one collector thread and wakes that
+ * thread when it sleeps: once per message, another thread to run beside
+ * the one a message is for. Released messages are destroyed a batch at a
+ * time instead: when TRANSPORT_SPENT_MAX are held (or 256 KiB of payload;
+ * a larger message goes at once), or at transport_release_flush, which
+ * the owner calls regularly (the net thread, at least once per tick), and
+ * at transport_close. Any thread. */
+#define TRANSPORT_SPENT_MAX 64
+void transport_release(transport *t, natsMsg *msg);
+void transport_release_flush(transport *t);
+
 /* Makes a transport_next waiting now return. Any thread. */
 void transport_wake(transport *t);
 
