@@ -189,9 +189,12 @@ uint64_t inbound_last_seen(inbound *in, uint32_t inc, uint64_t not_after) {
   return t < not_after ? t : not_after;
 }
 
-void inbound_heard(inbound *in, uint32_t inc, uint64_t now_ns) {
+void inbound_heard(inbound *in, uint32_t inc, uint64_t counter, uint64_t now_ns) {
   plat_mutex_lock(&in->lock);
   inbound_peer *p = find(in, inc);
-  if (p && now_ns > p->last_seen_ns) p->last_seen_ns = now_ns;
+  if (p && counter > p->hb_counter) {
+    p->hb_counter = counter;
+    if (now_ns > p->last_seen_ns) p->last_seen_ns = now_ns;
+  }
   plat_mutex_unlock(&in->lock);
 }
