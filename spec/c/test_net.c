@@ -195,7 +195,8 @@ static void test_replay(void) {
     CHECK(inbound_peek(&in, 7, 9, s, 100) == LINK_DELIVER);
     inbound_advance(&in, 9, s, 0, 0, 0);
   }
-  for (uint64_t s = 1; s <= 5; s++) CHECK(inbound_peek(&in, 7, 9, s, 100) == LINK_DUPLICATE);
+  for (uint64_t s = 1; s <= 5; s++) CHECK(inbound_peek(&in, 7, 9, s, 900) == LINK_DUPLICATE);
+  CHECK(inbound_last_seen(&in, 9, UINT64_MAX) == 100); /* a copy is no sign of life */
   /* The receiver's link state starts afresh only with a new incarnation of
    * the receiver (a new process, or a rejoin): every frame addressed to the
    * old one is a stranger's, even the link's next number. */

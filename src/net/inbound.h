@@ -71,7 +71,8 @@ pending_req *inbound_remove(inbound *in, uint32_t inc, size_t *n);
 enum { INBOUND_STRANGER = -1 }; /* besides LINK_DELIVER, LINK_DUPLICATE, LINK_GAP */
 /* A data frame from from_inc for to_inc with seq arrived at now_ns: what
  * to do with it (INBOUND_STRANGER: not for this incarnation, or from an
- * unknown peer). Records the peer as heard and an ack as due. Advances
+ * unknown peer). Records an ack as due, and the peer as heard when the
+ * frame is the next one (a duplicate may be anyone's replay). Advances
  * nothing: a frame to deliver is delivered, then inbound_advance'd. */
 int inbound_peek(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, uint64_t now_ns);
 /* inbound_peek that, on LINK_DELIVER, also claims the delivery: until its

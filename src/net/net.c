@@ -1070,8 +1070,6 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
     plat_mutex_unlock(&n->lock);
     return; /* a stranger's or a fenced incarnation's frame */
   }
-  m->last_seen_ns = now;
-  m->suspect_ns = 0;
   if (e.type == ENV_FENCED) {
     /* A live peer declared this incarnation down (it was hung, or cut off
      * while the others were not). */
@@ -1082,7 +1080,13 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
   if (e.type == ENV_ACK) {
     link_frame *f;
     size_t freed = link_ack(&m->link, e.seq);
-    if (freed) m->rto_ns = 0; /* progress: back to the base wait */
+    if (freed) {
+      /* progress: back to the base wait. Only an ack of something new is a
+       * sign of life (an old one may be anyone's replay). */
+      m->rto_ns = 0;
+      m->last_seen_ns = now;
+      m->suspect_ns = 0;
+    }
     if (freed == 0 && e.seq == m->link.acked && (f = link_unacked(&m->link, 0)) != NULL &&
         now - f->sent_ns > FAST_RETRANSMIT_NS && now - m->resent_ns >= (m->rto_ns ? m->rto_ns : RETRANSMIT_NS) / 2) {
       resend_unacked(n, m, now);
