@@ -765,7 +765,7 @@ static candidate *challenge(struct net *n, uint32_t inc, const char *name, size_
   return k;
 }
 
-/* A heartbeat or bye (counter checked by the caller against the sender's). */
+/* A heartbeat or bye. Net thread. */
 static void handle_named(struct net *n, const envelope *e, uint64_t now) {
   plat_mutex_lock(&n->lock);
   member *m = membership_find(&n->ms, e->from_inc);
