@@ -230,6 +230,7 @@ void cluster_release(ic_cluster *c) {
   timer_fini(&c->timers);
   blob_release(c->runtime_code);
   blob_release(c->runtime_extras);
+  blob_release(c->spawn_paths);
   free(c->boot_error);
   native_kinds_free(c);
   if (atomic_load(&c->main_fd) >= 0) close(atomic_load(&c->main_fd));

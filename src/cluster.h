@@ -64,6 +64,7 @@ typedef struct ic_cluster {
   ic_isolate **by_path;
   size_t by_path_cap, by_path_len, by_path_tomb;
   uint64_t path_seq;          /* unique segments for "/dir/" paths */
+  ic_blob *spawn_paths;       /* the package paths of the last spawn (src/spawn.c) */
   size_t live;                /* isolates registered and not yet down */
   atomic_int main_path_waits; /* the main state waits for a path: register wakes it */
   plat_cond live_cond;        /* signalled when live drops, a path is taken,

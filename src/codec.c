@@ -1004,73 +1004,95 @@ static int enc_run(lua_State *L)
   return 0;
 }
 
-size_t codec_encode_scalar(lua_State *L, int idx, char out[CODEC_SCALAR_MAX])
+/* Writes the nil, boolean, number or string at idx (of type t) at w, as
+ * enc_value writes it, if it fits before end: returns the end of what it
+ * wrote, or NULL having written nothing that counts. Raw reads only. */
+static inline char *small_scalar(lua_State *L, int idx, int t, char *w, const char *end)
 {
-  switch (lua_type(L, idx)) {
+  size_t room = (size_t)(end - w);
+  switch (t) {
   case LUA_TNUMBER:
+    if (room < 9)
+      return NULL;
     if (lua_isinteger(L, idx)) {
-      lua_Integer v = lua_tointeger(L, idx);
-      char *w = v >= 0 ? mp_encode_uint(out, (uint64_t)v) : mp_encode_int(out, v);
-      return (size_t)(w - out);
+      lua_Integer v = lua_tointegerx(L, idx, NULL);
+      return v >= 0 ? mp_encode_uint(w, (uint64_t)v) : mp_encode_int(w, v);
     }
-    return (size_t)(mp_encode_double(out, (double)lua_tonumber(L, idx)) - out);
-  case LUA_TBOOLEAN:
-    return (size_t)(mp_encode_bool(out, lua_toboolean(L, idx)) - out);
+    return mp_encode_double(w, (double)lua_tonumberx(L, idx, NULL));
   case LUA_TSTRING: {
     size_t len;
-    const char *str = lua_tolstring(L, idx, &len); /* a string: no allocation */
-    if (len > 31 || !is_utf8((const unsigned char *)str, len))
-      return 0;
-    return (size_t)(mp_encode_str(out, str, (uint32_t)len) - out);
+    const char *s = lua_tolstring(L, idx, &len); /* a string: no allocation */
+    if (room < 5 || len > room - 5)
+      return NULL;
+    if (is_utf8((const unsigned char *)s, len))
+      return mp_encode_str(w, s, (uint32_t)len);
+    return mp_encode_bin(w, s, (uint32_t)len);
   }
+  case LUA_TBOOLEAN:
+    if (room < 1)
+      return NULL;
+    *w = lua_toboolean(L, idx) ? (char)0xc3 : (char)0xc2;
+    return w + 1;
+  case LUA_TNIL:
+    if (room < 1)
+      return NULL;
+    *w = (char)0xc0;
+    return w + 1;
   default:
-    return 0;
+    return NULL;
   }
 }
 
-/* A table whose keys are exactly 1..n (n <= 15), met in that order, with
- * only numbers, booleans and short UTF-8 strings as values (the commonest
- * small message, {i, "x"}): written without the protected call. The bytes
- * are what enc_table writes for it (a fixarray of the values, each as
- * codec_encode_scalar writes it; a table that is only values is never a
- * back-reference). Returns 0 having written nothing for anything else, or
- * when the bytes do not fit (the protected path then raises the error).
- * Raw reads only: runs no Lua code, raises nothing. Needs 2 free stack
- * slots. */
-static int enc_small_array(enc *e, int idx)
+/* The small table at idx: keys exactly 1..n met in that order (an array),
+ * or a first key that is not an integer (a map: not a sequence, so
+ * enc_table writes a map too, in the same lua_next order), at most 15
+ * entries, every key and value a scalar small_scalar writes. The bytes are
+ * enc_table's for it (a table of scalars holds no back-reference). Returns
+ * the end or NULL. */
+static char *small_table(lua_State *L, int idx, char *w, const char *end)
 {
-  lua_State *L = e->L;
-  lua_Unsigned n = lua_rawlen(L, idx);
-  if (n == 0 || n > 15)
-    return 0;
-  char tmp[1 + 15 * CODEC_SCALAR_MAX];
-  size_t len = 1;
-  tmp[0] = (char)(0x90 | n);
-  lua_Integer next = 1;
-  int top = lua_gettop(L);
+  char *hdr = w++;
+  int mode = 0; /* 0 = not yet known, 1 = array, 2 = map */
+  lua_Integer count = 0;
+  if (hdr >= end)
+    return NULL;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    size_t k = 0;
-    if (next > (lua_Integer)n || !lua_isinteger(L, -2) || lua_tointeger(L, -2) != next ||
-        (k = codec_encode_scalar(L, -1, tmp + len)) == 0) {
-      lua_settop(L, top);
-      return 0;
+    if (++count > 15)
+      goto fail;
+    if (mode != 2 && lua_isinteger(L, -2)) {
+      if (lua_tointegerx(L, -2, NULL) != count)
+        goto fail;
+      mode = 1;
+    } else {
+      if (mode == 1)
+        goto fail;
+      mode = 2;
+      int kt = lua_type(L, -2);
+      if (kt == LUA_TTABLE || (w = small_scalar(L, -2, kt, w, end)) == NULL)
+        goto fail;
     }
-    len += k;
-    next++;
-    lua_pop(L, 1);
+    if ((w = small_scalar(L, -1, lua_type(L, -1), w, end)) == NULL)
+      goto fail;
+    lua_settop(L, -2);
   }
-  if ((lua_Unsigned)(next - 1) != n)
-    return 0;
+  *hdr = (char)((mode == 1 ? 0x90 : 0x80) | (int)count);
   /* The globals table is written as a marker, whatever it holds. */
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  int globals = lua_rawequal(L, -1, idx);
-  lua_pop(L, 1);
-  if (globals || enc_grow(e, len) <= 0)
-    return 0;
-  memcpy(e->b->data + e->b->len, tmp, len);
-  e->b->len += len;
-  return 1;
+  const void *g = lua_topointer(L, -1);
+  lua_settop(L, -2);
+  return g == lua_topointer(L, idx) ? NULL : w;
+fail:
+  lua_settop(L, -3);
+  return NULL;
+}
+
+size_t codec_encode_small(lua_State *L, int idx, char out[CODEC_SMALL_MAX])
+{
+  int t = lua_type(L, idx);
+  char *w = t == LUA_TTABLE ? small_table(L, lua_absindex(L, idx), out, out + CODEC_SMALL_MAX)
+                            : small_scalar(L, idx, t, out, out + CODEC_SMALL_MAX);
+  return w ? (size_t)(w - out) : 0;
 }
 
 void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *hooks,
@@ -1115,8 +1137,15 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
     lua_pushfstring(L, "not enough memory to copy %s", e.root);
     raise_error(L);
   }
-  if (t == LUA_TTABLE && enc_small_array(&e, idx))
-    return;
+  if (t == LUA_TTABLE) {
+    char tmp[CODEC_SMALL_MAX];
+    size_t len = codec_encode_small(L, idx, tmp);
+    if (len && enc_grow(&e, len) > 0) {
+      memcpy(b->data + b->len, tmp, len);
+      b->len += len;
+      return;
+    }
+  }
   /* Any error inside, including a memory error from a Lua API call, comes
    * back here, so the buffer is cut back on every path. A light C function
    * and a light userdata cost no allocation. */
@@ -1789,7 +1818,7 @@ static void dec_value(dec *d)
  * as such (a fixint of either sign, a uint8/16/32, a float64, a boolean, a
  * fixstr) and returns 1, moving *p past it; returns 0, pushing nothing,
  * for anything else or a truncated one. */
-static int dec_small_scalar(lua_State *L, const char **pp, const char *end)
+static inline int dec_small_scalar(lua_State *L, const char **pp, const char *end)
 {
   const char *p = *pp;
   uint8_t c = (uint8_t)*p++;
@@ -1853,6 +1882,31 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
     codec_limits_default(&def);
     lim = &def;
   }
+  if (len > lim->max_bytes) {
+    lua_pushfstring(L, "malformed message: larger than %I bytes", (lua_Integer)lim->max_bytes);
+    lua_error(L);
+  }
+  if (!lua_checkstack(L, 2 + CODEC_STACK_PER_LEVEL)) {
+    lua_pushliteral(L, "not enough memory to decode a message");
+    lua_error(L);
+  }
+  /* The commonest small messages, a scalar or a short string alone or a
+   * small array of them, are pushed without the decoder's set-up (an
+   * allocation failure raises like any other). */
+  if (len >= 1) {
+    uint8_t c = (uint8_t)data[0];
+    if ((c & 0xf0) == 0x90) {
+      if (dec_small_array(L, data, len))
+        return;
+    } else {
+      const char *p = data;
+      if (dec_small_scalar(L, &p, data + len)) {
+        if (p == data + len)
+          return;
+        lua_pop(L, 1); /* trailing bytes: the general decoder says so */
+      }
+    }
+  }
   dec d;
   d.L = L;
   d.start = data;
@@ -1865,39 +1919,6 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
   d.nobjs = 0;
   d.keycache_used = !lim->key_cache;
   d.presize_budget = len;
-  if (len > lim->max_bytes) {
-    lua_pushfstring(L, "malformed message: larger than %I bytes", (lua_Integer)lim->max_bytes);
-    lua_error(L);
-  }
-  if (!lua_checkstack(L, 2 + CODEC_STACK_PER_LEVEL)) {
-    lua_pushliteral(L, "not enough memory to decode a message");
-    lua_error(L);
-  }
-  /* The commonest small messages, a small integer or a short string, are
-   * complete in their first byte's count: pushed without the decoder's
-   * set-up (an allocation failure raises like any other). */
-  if (len >= 1) {
-    uint8_t c = (uint8_t)data[0];
-    const char *p = data + 1;
-    if (len == 1 && (c <= 0x7f || c >= 0xe0)) {
-      lua_pushinteger(L, (lua_Integer)(int8_t)c); /* fixint, both signs */
-      return;
-    }
-    if ((c & 0xe0) == 0xa0 && (size_t)(c & 0x1f) == len - 1) {
-      lua_pushlstring(L, p, len - 1);
-      return;
-    }
-    if ((c == 0xcc && len == 2) || (c == 0xcd && len == 3) || (c == 0xce && len == 5)) {
-      lua_pushinteger(L, (lua_Integer)(c == 0xcc ? mp_load_u8(&p) : c == 0xcd ? mp_load_u16(&p) : mp_load_u32(&p)));
-      return;
-    }
-    if (c == 0xcb && len == 9) {
-      lua_pushnumber(L, (lua_Number)mp_load_double(&p));
-      return;
-    }
-    if ((c & 0xf0) == 0x90 && dec_small_array(L, data, len))
-      return;
-  }
   lua_pushnil(L);
   d.objs = lua_gettop(L);
   dec_value(&d);

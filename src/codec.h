@@ -80,12 +80,16 @@ typedef struct codec_limits {
  * composes itself (an error reply, say). */
 size_t codec_put_str(char *out, const char *s, uint32_t len);
 
-/* Encodes a number, boolean or string of at most 31 bytes of UTF-8 at idx
- * into out, exactly as codec_encode would, and returns the length; returns 0
- * for anything else (the caller then takes codec_encode). Runs no Lua code,
- * allocates nothing, cannot raise. For the hot send paths. */
-#define CODEC_SCALAR_MAX 32
-size_t codec_encode_scalar(lua_State *L, int idx, char out[CODEC_SCALAR_MAX]);
+/* Encodes a small value at idx into out, exactly as codec_encode would,
+ * and returns the length; returns 0 for anything else (the caller then
+ * takes codec_encode, which also reports what cannot be copied). Small: nil,
+ * a boolean, a number, a string that fits, or a table of at most 15 such
+ * entries (keys exactly 1..n in traversal order, or a first key that is
+ * not an integer; nested tables, refs and functions are not small). Runs no Lua code, allocates
+ * nothing, cannot raise; needs 2 free stack slots. For the hot send paths
+ * ({i, "x"} is 3 to 13 bytes). */
+#define CODEC_SMALL_MAX 128
+size_t codec_encode_small(lua_State *L, int idx, char out[CODEC_SMALL_MAX]);
 
 /* Defaults: depth 200, 256 MiB, functions allowed, key cache on. lim may be NULL in
  * codec_encode / codec_decode to mean these defaults. */

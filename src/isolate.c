@@ -300,8 +300,7 @@ void isolate_release(ic_isolate *iso) {
   if (iso->reason != REASON_LOST) free(iso->reason);
   blob_release(iso->props);
   blob_release(iso->boot);
-  free(iso->lua_path);
-  free(iso->lua_cpath);
+  blob_release(iso->paths);
   if (iso->kind == ISO_MAIN) plat_sem_destroy(&iso->wsem);
   plat_cond_destroy(&iso->wcond);
   plat_mutex_destroy(&iso->wlock);

@@ -51,8 +51,8 @@ enum { RUN_IDLE = 0, RUN_AGAIN = 1, RUN_DONE = 2 };
 
 typedef struct ic_isolate {
   struct ic_cluster *cluster;   /* strong reference */
-  atomic_int refs;
   struct ic_isolate *late_next; /* on a net's late_release list (src/net/net.c) */
+  atomic_int refs;
   atomic_int sched;
   atomic_int alive;             /* 1 until it goes down */
   atomic_int events_pending;    /* the cluster event log grew */
@@ -70,8 +70,8 @@ typedef struct ic_isolate {
   _Atomic(struct lua_State *) armed_L; /* running_L once a hook is set on it (so the
                                           monitor's repeated asks set it only once) */
   atomic_int arming;
-  uint64_t id;
   int kind;                     /* ISO_* */
+  uint64_t id;
   char *path;                   /* immutable after spawn */
   ic_blob *props;               /* MessagePack map, immutable; NULL = no properties */
   mailbox mbox;                 /* user messages and requests, bounded */
@@ -82,10 +82,11 @@ typedef struct ic_isolate {
   /* Owned by the thread running the isolate. */
   struct lua_State *L;
   struct lua_State *pump;       /* the coroutine messages are resumed into */
-  int pump_ref;                 /* keeps it alive (registry reference) */
   ic_blob *boot;                /* the encoded entry; consumed by the first run */
   struct lstate_ctx *lctx;      /* the Lua state's per-state data (owned by the state) */
-  char *lua_path, *lua_cpath;   /* the creator's package.path/cpath, or NULL */
+  const char *lua_path, *lua_cpath; /* the creator's package.path/cpath, or NULL:
+                                   in `paths`, shared with its siblings (src/spawn.c) */
+  ic_blob *paths;
   uint64_t next_corr;           /* request ids (main state) */
   int wait;                     /* WAIT_* */
   atomic_int wait_seen;         /* `wait` as of the end of the last turn, for
@@ -93,6 +94,7 @@ typedef struct ic_isolate {
   int ending;                   /* 1 once stop/kill/error decided; reason set */
   int shutdown_pending;         /* shutdown asked while a handler still computes */
   int shutdown_handled;         /* on_shutdown was started */
+  int pump_ref;                 /* keeps the pump alive (registry reference) */
   char *reason;                 /* down reason, malloc'ed */
   uint64_t event_cursor;        /* next cluster event to read */
   uint64_t spawn_cursor;        /* event log position at spawn */
@@ -121,6 +123,7 @@ typedef struct ic_isolate {
                                    they keep an isolate with nothing else to run up */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */
+  int lean;                     /* opts.lean: string opened on first use too */
   /* Statistics (src/stats.c): each has one writer, the thread running the
    * isolate (stat_out: the sending thread), and is read by anyone; relaxed
    * atomics, no read-modify-write, no lock. */
@@ -130,7 +133,6 @@ typedef struct ic_isolate {
   atomic_size_t stat_mem;       /* mem_used as of the end of its last turn */
   struct ic_native *native;     /* a native isolate's C handler (native.h), or NULL;
                                    set before it starts, freed with the isolate */
-  int lean;                     /* opts.lean: string opened on first use too */
   monitor_set monitors;         /* who watches this isolate go down (monitor.h) */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
 
@@ -141,8 +143,8 @@ typedef struct ic_isolate {
    * may post it (src/sigint.c), which a condition variable does not allow.
    * sigint: a SIGINT came while it waited. */
   plat_sem wsem;
-  atomic_int sigint;
   plat_thread thread;
+  atomic_int sigint;
   int has_thread;
   atomic_int thread_state;      /* THREAD_*, for a dedicated thread */
 } ic_isolate;

@@ -140,7 +140,14 @@ static void encode_end(lua_State *L, lstate_ctx *ctx, codec_buf *b, int above) {
   lua_remove(L, -1 - above);
 }
 
+/* The message of the value at idx (absolute), or NULL when out of memory;
+ * raises on an uncopyable value. A scalar, a short string or a small table
+ * of those (the commonest messages) is encoded on the C stack, without the
+ * encoder's set-up, straight into the message. Needs 2 free stack slots. */
 static inline ic_msg *encode_msg_ctx(lua_State *L, lstate_ctx *ctx, int idx, const char *root, int kind) {
+  char small[CODEC_SMALL_MAX];
+  size_t len = codec_encode_small(L, idx, small);
+  if (len && len <= ctx->lim.max_bytes) return msg_new(kind, small, len);
   codec_buf *b = encode_begin(L, ctx, idx, root, 0);
   ic_msg *m = msg_new(kind, b->data, b->len);
   encode_end(L, ctx, b, 0);
@@ -148,13 +155,22 @@ static inline ic_msg *encode_msg_ctx(lua_State *L, lstate_ctx *ctx, int idx, con
 }
 
 ic_msg *lstate_encode_msg(lua_State *L, int idx, const char *root, int kind) {
-  return encode_msg_ctx(L, ctx_of(L), lua_absindex(L, idx), root, kind);
+  idx = lua_absindex(L, idx);
+  if (!lua_checkstack(L, 2)) luaL_error(L, "not enough memory to copy %s", root);
+  return encode_msg_ctx(L, ctx_of(L), idx, root, kind);
 }
 
 void lstate_encode_push(lua_State *L, int idx, const char *root) {
   lstate_ctx *ctx = ctx_of(L);
+  idx = lua_absindex(L, idx);
+  char small[CODEC_SMALL_MAX];
+  size_t len = lua_checkstack(L, 2) ? codec_encode_small(L, idx, small) : 0;
+  if (len && len <= ctx->lim.max_bytes) {
+    lua_pushlstring(L, small, len);
+    return;
+  }
   /* A private buffer: lua_pushlstring may raise (memory) before it copies. */
-  codec_buf *b = encode_begin(L, ctx, lua_absindex(L, idx), root, 1);
+  codec_buf *b = encode_begin(L, ctx, idx, root, 1);
   lua_pushlstring(L, b->data, b->len);
   encode_end(L, ctx, b, 1);
 }
@@ -202,6 +218,9 @@ static const char *post_from(lstate_ctx *ctx, ic_isolate *to, ic_msg *m) {
 static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, int idx,
                               uint64_t corr) {
   if (!r->iso && r->remote) {
+    char small[CODEC_SMALL_MAX];
+    size_t len = codec_encode_small(L, idx, small);
+    if (len && len <= ctx->lim.max_bytes) return post_remote(ctx, r, kind, small, len, corr);
     codec_buf *b = encode_begin(L, ctx, idx, "msg", 0);
     const char *why = post_remote(ctx, r, kind, b->data, b->len, corr); /* runs no Lua code */
     encode_end(L, ctx, b, 0);
@@ -209,12 +228,7 @@ static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, 
   }
   if (!r->iso) return "isolate down";
   if (!atomic_load_explicit(&r->iso->alive, memory_order_acquire)) return "isolate down";
-  /* A number, boolean or short string: encoded on the stack, without the
-   * encoder's set-up. */
-  char small[CODEC_SCALAR_MAX];
-  size_t len = codec_encode_scalar(L, idx, small);
-  ic_msg *m = len && len <= ctx->lim.max_bytes ? msg_new(kind, small, len)
-                                               : encode_msg_ctx(L, ctx, idx, "msg", kind);
+  ic_msg *m = encode_msg_ctx(L, ctx, idx, "msg", kind);
   /* A request carries its own failure (mailbox.h): it can always be failed. */
   if (m && kind == MSG_REQUEST && msg_add_spare(m)) {
     msg_free(m);
@@ -251,9 +265,16 @@ int lstate_send_all(lua_State *L, int refs_idx, int msg_idx) {
    * shared bytes exist. */
   lua_Integer room = n;
   const char **whys = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *whys, 0);
-  codec_buf *b = encode_begin(L, ctx, msg_idx, "msg", 0);
-  ic_blob *blob = blob_new(b->data, b->len);
-  encode_end(L, ctx, b, 0);
+  char small[CODEC_SMALL_MAX];
+  size_t len = codec_encode_small(L, msg_idx, small);
+  ic_blob *blob;
+  if (len && len <= ctx->lim.max_bytes) {
+    blob = blob_new(small, len);
+  } else {
+    codec_buf *b = encode_begin(L, ctx, msg_idx, "msg", 0);
+    blob = blob_new(b->data, b->len);
+    encode_end(L, ctx, b, 0);
+  }
   if (!blob) return luaL_error(L, "out of memory");
   /* The encode can run finalizers, and one may have changed the table:
    * checked again, and from here on no Lua code runs until the posts are
@@ -462,8 +483,9 @@ static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
 int l_ref_send(lua_State *L) {
   lstate_ctx *ctx = lua_touserdata(L, lua_upvalueindex(1));
   lref *r = lref_check_ctx(L, 1, ctx);
-  luaL_checkany(L, 2);
-  if (lua_gettop(L) > 2 && !lua_isnil(L, 3)) return send_waiting(L, ctx, r, check_wait_s(L, 3));
+  int top = lua_gettop(L);
+  if (top < 2) luaL_checkany(L, 2); /* raises */
+  if (top > 2 && !lua_isnil(L, 3)) return send_waiting(L, ctx, r, check_wait_s(L, 3));
   return push_send_result(L, post_value(L, ctx, r, MSG_USER, 2, 0));
 }
 

@@ -94,10 +94,18 @@ lstate_ctx *lstate_open(lua_State *L) {
   lua_pushboolean(L, 0);
   ctx->last_sender_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
-  if (luaL_newmetatable(L, LREF_MT)) {
+  if (luaL_getmetatable(L, LREF_MT) == LUA_TNIL) {
+    /* Both tables made at their final sizes (luaL_newmetatable's would be
+     * rehashed twice, each time leaving the old part behind in the state):
+     * the metatable's seven fields, and the methods with `request`, which
+     * the state sets (core.set_request). */
     static const luaL_Reg methods[] = {
         {"kill", l_ref_kill}, {"property", l_ref_property}, {"properties", l_ref_properties}, {NULL, NULL}};
-    luaL_newlibtable(L, methods);
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 7);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LREF_MT);
+    lua_createtable(L, 0, 5);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &lstate_ctx_key);
     luaL_setfuncs(L, methods, 1);
     /* send: upvalues ctx and the runtime's extras loader (an isolate sets

@@ -13,7 +13,7 @@ ic_blob *blob_new(const char *data, size_t len) {
   if (!b) return NULL;
   atomic_init(&b->refs, 1);
   b->len = len;
-  if (len) memcpy(b->data, data, len);
+  if (len && data) memcpy(b->data, data, len); /* data NULL: room to fill */
   return b;
 }
 
@@ -26,7 +26,7 @@ void blob_release(ic_blob *b) {
 ic_msg *msg_new(int kind, const char *data, size_t len) {
   ic_msg *m = malloc(sizeof *m + len);
   if (!m) return NULL;
-  atomic_init(&m->next, NULL);
+  atomic_init(&m->link.next, NULL);
   m->sender = NULL;
   m->from_node = 0;
   m->from_id = 0;
@@ -43,7 +43,7 @@ ic_msg *msg_new(int kind, const char *data, size_t len) {
 ic_msg *msg_new_shared(int kind, ic_blob *b) {
   ic_msg *m = malloc(sizeof *m);
   if (!m) return NULL;
-  atomic_init(&m->next, NULL);
+  atomic_init(&m->link.next, NULL);
   m->sender = NULL;
   m->from_node = 0;
   m->from_id = 0;
@@ -105,17 +105,20 @@ int mailbox_reserve(mailbox *q) {
 
 void mailbox_unreserve(mailbox *q) { atomic_fetch_sub_explicit(&q->count, 1, memory_order_acq_rel); }
 
-static void mailbox_link(mailbox *q, ic_msg *m) {
+static void mailbox_link(mailbox *q, msg_link *m) {
   atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
-  ic_msg *prev = atomic_exchange_explicit(&q->head, m, memory_order_acq_rel);
+  msg_link *prev = atomic_exchange_explicit(&q->head, m, memory_order_acq_rel);
   atomic_store_explicit(&prev->next, m, memory_order_release);
 }
 
-void mailbox_push(mailbox *q, ic_msg *m) { mailbox_link(q, m); }
+void mailbox_push(mailbox *q, ic_msg *m) { mailbox_link(q, &m->link); }
+
+/* Every link but the stub is a message's first member. */
+static ic_msg *msg_of(msg_link *l) { return (ic_msg *)l; }
 
 ic_msg *mailbox_pop(mailbox *q) {
-  ic_msg *tail = q->tail;
-  ic_msg *next = atomic_load_explicit(&tail->next, memory_order_acquire);
+  msg_link *tail = q->tail;
+  msg_link *next = atomic_load_explicit(&tail->next, memory_order_acquire);
   if (tail == &q->stub) {
     if (!next) return NULL;
     q->tail = next;
@@ -125,7 +128,7 @@ ic_msg *mailbox_pop(mailbox *q) {
   if (next) {
     q->tail = next;
     atomic_fetch_sub_explicit(&q->count, 1, memory_order_acq_rel);
-    return tail;
+    return msg_of(tail);
   }
   /* tail is the last linked message; a producer may be mid-push behind it. */
   if (tail != atomic_load_explicit(&q->head, memory_order_acquire)) return NULL;
@@ -134,7 +137,7 @@ ic_msg *mailbox_pop(mailbox *q) {
   if (next) {
     q->tail = next;
     atomic_fetch_sub_explicit(&q->count, 1, memory_order_acq_rel);
-    return tail;
+    return msg_of(tail);
   }
   return NULL;
 }

@@ -26,7 +26,9 @@ typedef struct ic_blob {
   char data[];
 } ic_blob;
 
-ic_blob *blob_new(const char *data, size_t len); /* refs = 1; NULL when out of memory */
+/* A blob of a copy of data[0..len) (data NULL: room for len bytes to fill
+ * in), refs = 1; NULL when out of memory. */
+ic_blob *blob_new(const char *data, size_t len);
 void blob_retain(ic_blob *b);
 void blob_release(ic_blob *b);
 
@@ -42,8 +44,14 @@ enum {
 };
 enum { CONTROL_SHUTDOWN = 1, CONTROL_KILL, CONTROL_STOP, CONTROL_CHILD_DOWN };
 
+/* The link a mailbox threads its messages through: the first member of
+ * every message, so that a pointer to one is a pointer to the other. */
+typedef struct msg_link {
+  _Atomic(struct msg_link *) next;
+} msg_link;
+
 typedef struct ic_msg {
-  _Atomic(struct ic_msg *) next;
+  msg_link link;
   struct ic_isolate *sender; /* strong reference (isolate_retain) or NULL */
   uint32_t from_node;        /* a message from another node: its sender's */
   uint64_t from_id;          /*   ref (node incarnation, id); sender is NULL */
@@ -83,11 +91,11 @@ ic_msg *msg_take_spare(ic_msg *m, const char *text);
 ic_msg *msg_fill_spare(ic_msg *spare, uint64_t corr, const char *text);
 
 typedef struct mailbox {
-  _Atomic(ic_msg *) head;   /* producers' end */
-  ic_msg *tail;             /* consumer's end */
+  _Atomic(msg_link *) head; /* producers' end */
+  msg_link *tail;           /* consumer's end */
   atomic_size_t count;      /* reserved + queued messages */
   size_t capacity;          /* 0 = unbounded (system queues) */
-  ic_msg stub;
+  msg_link stub;            /* only a link: every isolate has two mailboxes */
 } mailbox;
 
 void mailbox_init(mailbox *q, size_t capacity);

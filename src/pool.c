@@ -16,6 +16,7 @@
 #endif
 #endif
 #ifdef POOL_ASAN
+#include <malloc.h> /* malloc_usable_size, which ASan provides */
 #include <sanitizer/asan_interface.h>
 #define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
 #define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
@@ -24,10 +25,18 @@
 #define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
-/* A chunk: one header slot (the link, padded to keep blocks aligned), then
- * blocks. 4 KiB in all, so an idle isolate wastes little of its last. */
-#define CHUNK_BYTES 4096
-#define CHUNK_HEADER 16
+/* A chunk: the link to the next chunk (8 bytes, so blocks stay 8-byte
+ * aligned), then blocks. A pool's chunks grow with it: a sixteenth of what it
+ * holds already, between CHUNK_MIN and CHUNK_MAX bytes. An isolate leaves
+ * the untouched rest of its newest chunk unused for as long as it lives,
+ * half a chunk on average, and each chunk costs a header and malloc's own:
+ * small chunks for a small heap (most isolates hold 10 to 30 KB) keep both
+ * low, larger ones for a larger heap keep the number of chunks down. Each
+ * size is a multiple of 16 less malloc's 8-byte header (glibc), so that
+ * malloc rounds nothing up. */
+#define CHUNK_LINK 8
+#define CHUNK_MIN (1024 - 8)
+#define CHUNK_MAX (65536 - 8)
 
 static size_t class_of(size_t n) { return (n - 1) / POOL_STEP; }
 
@@ -38,6 +47,38 @@ int pool_same_class(size_t a, size_t b) { return class_of(a) == class_of(b); }
 void pool_resize(void *block, size_t n, size_t m) {
   POISON(block, (class_of(n) + 1) * POOL_STEP);
   UNPOISON(block, m);
+}
+
+/* Puts a block of class c on its free list (it is poisoned but for the
+ * link while it lies there). */
+static void push_free(pool *p, void *block, size_t c) {
+  UNPOISON(block, sizeof(void *));
+  memcpy(block, &p->free[c], sizeof(void *));
+  p->free[c] = block;
+  POISON(block, sizeof(void *));
+}
+
+/* A block of class c carved from a new chunk, or NULL when malloc has no
+ * memory for one. Out of line (and cold): inlined, its registers would
+ * cost every pool_alloc a prologue and an epilogue. */
+__attribute__((noinline, cold)) static void *alloc_from_new_chunk(pool *p, size_t c, size_t n) {
+  size_t want = p->bytes / 16;
+  size_t size = want < CHUNK_MIN ? CHUNK_MIN : want > CHUNK_MAX ? CHUNK_MAX : (want | 15) - 7;
+  char *chunk = malloc(size);
+  if (!chunk) return NULL;
+  /* The rest of the chunk before it (less than the block that did not fit,
+   * a multiple of 8 bytes) is a block of its class. */
+  size_t rest = (size_t)(p->end - p->bump);
+  if (rest >= POOL_STEP) push_free(p, p->bump, class_of(rest));
+  memcpy(chunk, &p->chunks, sizeof(void *));
+  p->chunks = chunk;
+  p->bytes += size;
+  char *block = chunk + CHUNK_LINK;
+  p->bump = block + (c + 1) * POOL_STEP;
+  p->end = chunk + size;
+  POISON(block, size - CHUNK_LINK);
+  UNPOISON(block, n);
+  return block;
 }
 
 void *pool_alloc(pool *p, size_t n) {
@@ -51,16 +92,7 @@ void *pool_alloc(pool *p, size_t n) {
     return block;
   }
   size_t size = (c + 1) * POOL_STEP;
-  if ((size_t)(p->end - p->bump) < size) {
-    /* The rest of the current chunk (less than one block) is left unused. */
-    char *chunk = malloc(CHUNK_BYTES);
-    if (!chunk) return NULL;
-    memcpy(chunk, &p->chunks, sizeof(void *));
-    p->chunks = chunk;
-    p->bump = chunk + CHUNK_HEADER;
-    p->end = chunk + CHUNK_BYTES;
-    POISON(p->bump, (size_t)(p->end - p->bump));
-  }
+  if ((size_t)(p->end - p->bump) < size) return alloc_from_new_chunk(p, c, n);
   block = p->bump;
   p->bump += size;
   UNPOISON(block, n);
@@ -74,14 +106,9 @@ void pool_free(pool *p, void *block, size_t n) {
     fprintf(stderr, "pool: block %p of %zu bytes freed twice (or never handed out)\n", block, n);
     abort();
   }
+#endif
   POISON(block, (c + 1) * POOL_STEP);
-  UNPOISON(block, sizeof(void *));
-#endif
-  memcpy(block, &p->free[c], sizeof(void *));
-  p->free[c] = block;
-#ifdef POOL_ASAN
-  POISON(block, sizeof(void *));
-#endif
+  push_free(p, block, c);
 }
 
 void pool_release(pool *p) {
@@ -89,7 +116,9 @@ void pool_release(pool *p) {
   while (chunk) {
     void *next;
     memcpy(&next, chunk, sizeof next);
-    UNPOISON((char *)chunk + CHUNK_HEADER, CHUNK_BYTES - CHUNK_HEADER);
+#ifdef POOL_ASAN
+    UNPOISON(chunk, malloc_usable_size(chunk));
+#endif
     free(chunk);
     chunk = next;
   }

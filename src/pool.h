@@ -6,8 +6,9 @@
  * glibc's malloc spends more instructions on each of them than Lua spends
  * using it, adds a header to every block, and scatters one isolate's blocks
  * among everybody's. The pool carves blocks of up to POOL_MAX bytes, in
- * 8-byte classes, from 4 KiB chunks of its own, keeps a free list per
- * class, and gives the chunks back all at once when the state is closed.
+ * 8-byte classes, from chunks of its own (1 KiB to 64 KiB, growing with the
+ * pool), keeps a free list per class, and gives the chunks back all at once
+ * when the state is closed.
  *
  * Not thread-safe: like the state it serves, a pool is used by one thread at
  * a time. Blocks never move between classes; the caller says each block's
@@ -32,6 +33,7 @@ typedef struct pool {
   void *free[POOL_CLASSES]; /* per class: freed blocks, linked through their first word */
   char *bump, *end;         /* the untouched rest of the newest chunk */
   void *chunks;             /* every chunk, linked through its first word */
+  size_t bytes;             /* of all the chunks */
 } pool;
 
 /* An empty pool (all zero is one too). */

@@ -20,7 +20,44 @@
 
 /* ---- spawning ------------------------------------------------------------ */
 
-static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+/* An isolate's package.path and cpath: one blob, a byte that says which of
+ * the two are set and then both strings with their NULs, shared by the
+ * isolates spawned with the same ones (nearly all of a program's are: a
+ * copy each cost every isolate a few hundred bytes). c->spawn_paths is the
+ * last one made, guarded by c->lock. */
+static int paths_match(const ic_blob *b, const char *path, const char *cpath) {
+  if (b->data[0] != ((path ? 1 : 0) | (cpath ? 2 : 0))) return 0;
+  const char *p = b->data + 1;
+  if (strcmp(p, path ? path : "") != 0) return 0;
+  return strcmp(p + strlen(p) + 1, cpath ? cpath : "") == 0;
+}
+
+/* Sets iso's paths (NULL both: Lua's defaults): 0, or ENOMEM. */
+static int set_paths(ic_cluster *c, ic_isolate *iso, const char *path, const char *cpath) {
+  if (!path && !cpath) return 0;
+  plat_mutex_lock(&c->lock);
+  ic_blob *b = c->spawn_paths;
+  if (b && paths_match(b, path, cpath)) {
+    blob_retain(b);
+  } else {
+    size_t np = path ? strlen(path) : 0, nc = cpath ? strlen(cpath) : 0;
+    b = blob_new(NULL, 1 + np + 1 + nc + 1);
+    if (b) {
+      b->data[0] = (char)((path ? 1 : 0) | (cpath ? 2 : 0));
+      memcpy(b->data + 1, path ? path : "", np + 1);
+      memcpy(b->data + 2 + np, cpath ? cpath : "", nc + 1);
+      blob_release(c->spawn_paths);
+      blob_retain(b);
+      c->spawn_paths = b;
+    }
+  }
+  plat_mutex_unlock(&c->lock);
+  if (!b) return ENOMEM;
+  iso->paths = b;
+  iso->lua_path = path ? b->data + 1 : NULL;
+  iso->lua_cpath = cpath ? b->data + 1 + strlen(b->data + 1) + 1 : NULL;
+  return 0;
+}
 
 int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *errbuf, size_t errlen) {
   *out = NULL;
@@ -40,9 +77,7 @@ int cluster_spawn(ic_cluster *c, const spawn_args *a, ic_isolate **out, char *er
   iso->hidden = a->hidden;
   if (a->props && !(iso->props = blob_new(a->props, a->props_len))) goto oom_iso;
   if (!(iso->boot = blob_new(a->boot, a->boot_len))) goto oom_iso;
-  if ((a->lua_path && !(iso->lua_path = dup_or_null(a->lua_path))) ||
-      (a->lua_cpath && !(iso->lua_cpath = dup_or_null(a->lua_cpath))))
-    goto oom_iso;
+  if (set_paths(c, iso, a->lua_path, a->lua_cpath)) goto oom_iso;
   /* Scheduled before anyone can see it: a message sent the moment its path
    * is registered must not queue it a second time (cluster_start_isolate
    * queues it). */

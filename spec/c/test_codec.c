@@ -10,7 +10,8 @@
  * refs through hooks, refusals with their paths, depth and size limits,
  * buffer and stack consistency after errors, decoder hardening (every
  * prefix of every encoding, random and mutated bytes, hostile lengths,
- * depth bombs, bad ext payloads), allocation failure and GC stress.
+ * depth bombs, bad ext payloads), the send path's small encoder against the
+ * general one, allocation failure and GC stress.
  * Prints a timing for a 10,000-entry table (informational, never fails).
  *
  * Exit status 0 when every check passed; the last line is "N passed, M failed".
@@ -181,6 +182,20 @@ static int l_encode(lua_State *L)
   return 1;
 }
 
+/* encode_small(value) -> bytes | nil: codec_encode_small's answer. */
+static int l_encode_small(lua_State *L)
+{
+  lua_settop(L, 1);
+  char out[CODEC_SMALL_MAX];
+  size_t len = codec_encode_small(L, 1, out);
+  if (lua_gettop(L) != 1)
+    return luaL_error(L, "codec_encode_small changed the stack (1 -> %d)", lua_gettop(L));
+  if (len == 0)
+    return 0;
+  lua_pushlstring(L, out, len);
+  return 1;
+}
+
 static int l_buf_len(lua_State *L)
 {
   lua_pushinteger(L, (lua_Integer)state_buf(L)->len);
@@ -276,6 +291,7 @@ static void open_test_libs(lua_State *L)
   lua_register(L, "encode", l_encode);
   lua_register(L, "decode", l_decode);
   lua_register(L, "buf_len", l_buf_len);
+  lua_register(L, "encode_small", l_encode_small);
   lua_register(L, "my_c_func", l_my_c_func);
   lua_register(L, "lightud", l_lightud);
   if (luaL_dostring(L, lua_prelude) != LUA_OK) {
@@ -1138,6 +1154,104 @@ static uint64_t xorshift(uint64_t *s)
 /* Random bytes and random mutations of the kept encodings: decoding either
  * succeeds or raises "malformed message: ...". Functions are off here,
  * because mutated bytecode is exactly what lua_load must never be given. */
+/* The small encoder (the send path's) against the general one: random
+ * scalars and small tables of them, of every key form, each encoded by
+ * codec_encode_small and, inside {v, {}} (which only the general encoder
+ * takes), by the general encoder; the bytes of v must be the same, and
+ * they must decode (through the decoder's own fast paths) to an equal
+ * value. Tables the small encoder declines must be the ones it should. */
+static void test_small_encoder(void)
+{
+  const int quick = getenv("IC_TEST_QUICK") != NULL;
+  lua_pushinteger(A, quick ? 2000 : 40000);
+  lua_setglobal(A, "ROUNDS");
+  const char *code =
+    "local seed = 12345\n"
+    "local function rnd(n) seed = (seed * 6364136223846793005 + 1442695040888963407) "
+    "  return ((seed >> 33) % n) + 1 end\n"
+    "local strs = {'', 'x', 'abc', string.rep('s', 31), string.rep('t', 32), string.rep('u', 100), "
+    "  string.rep('v', 123), string.rep('w', 124), '\\xff', '\\u{e9}t\\u{e9}', 'a\\0b'}\n"
+    "local nums = {0, 1, -1, 127, 128, -32, -33, 255, 256, 65535, 65536, 2^31, 1 << 40, "
+    "  math.maxinteger, math.mininteger, 0.5, -0.0, 1.0, 1/0, -1/0, 0/0, 3.25e300}\n"
+    "local function scalar(no_nil)\n"
+    "  local k = rnd(no_nil and 4 or 5)\n"
+    "  if k == 1 then return nums[rnd(#nums)] elseif k == 2 then return strs[rnd(#strs)]\n"
+    "  elseif k == 3 then return rnd(2) == 1 elseif k == 4 then return rnd(1000) - 500 end\n"
+    "  return nil end\n"
+    "local function value()\n"
+    "  local k = rnd(7)\n"
+    "  if k == 1 then return scalar() end\n"
+    "  local t, n = {}, rnd(18) - 1\n"
+    "  if k == 2 then for i = 1, n do t[i] = scalar(true) end\n"
+    "  elseif k == 3 then for i = n, 1, -1 do t[i] = scalar(true) end\n"
+    "  elseif k == 4 then for i = 1, n do t['k' .. rnd(30)] = scalar(true) end\n"
+    "  elseif k == 5 then for i = 1, n do local key = scalar(true) if key == key then t[key] = scalar(true) end end\n"
+    "  elseif k == 6 then for i = 1, n do t[i] = scalar(true) end t[rnd(20)] = nil\n"
+    "  else for i = 1, n do t[i] = scalar(true) end t.x = rnd(3) == 1 and {} or 1 end\n"
+    "  return t end\n"
+    "local function same(a, b)\n"
+    "  if a ~= a then return b ~= b end\n"
+    "  if math.type(a) ~= math.type(b) then return false end\n"
+    "  if type(a) == 'number' and a == 0 and b == 0 then return 1/a == 1/b end\n"
+    "  if type(a) ~= 'table' then return a == b end\n"
+    "  if type(b) ~= 'table' then return false end\n"
+    "  for k, v in pairs(a) do if not same(v, b[k]) then return false end end\n"
+    "  for k in pairs(b) do if a[k] == nil then return false end end\n"
+    "  return true end\n"
+    "local small = 0\n"
+    "for r = 1, ROUNDS do\n"
+    "  local v = value()\n"
+    "  local s = encode_small(v)\n"
+    "  local g = v == nil and '\\xc0' or encode({v, {}}):sub(2, -2)\n"
+    "  if s then\n"
+    "    small = small + 1\n"
+    "    if s ~= g then return false, 'round ' .. r .. ': bytes differ' end\n"
+    "    if #s > 128 then return false, 'round ' .. r .. ': too long' end\n"
+    "    if encode(v) ~= s then return false, 'round ' .. r .. ': encode differs' end\n"
+    "    if not same(v, decode(s)) then return false, 'round ' .. r .. ': decodes differently' end\n"
+    "  elseif type(v) ~= 'table' and type(v) ~= 'string' then\n"
+    "    return false, 'round ' .. r .. ': a scalar was declined'\n"
+    "  elseif type(v) == 'table' then\n"
+    "    local n, simple = 0, true\n"
+    "    for k, x in pairs(v) do n = n + 1 if type(x) == 'table' then simple = false end end\n"
+    "    if simple and n <= 15 and #g <= 100 and next(v) ~= nil then\n"
+    "      local ints, others = 0, 0\n"
+    "      for k in pairs(v) do if math.type(k) == 'integer' then ints = ints + 1 else others = others + 1 end end\n"
+    "      if others > 0 and ints == 0 then return false, 'round ' .. r .. ': a small map was declined' end\n"
+    "    end\n"
+    "    if not same(v, decode(g)) then return false, 'round ' .. r .. ': general round trip' end\n"
+    "  end\n"
+    "end\n"
+    "if small < ROUNDS // 4 then return false, 'only ' .. small .. ' small' end\n"
+    "if encode_small(_G) or encode_small(setmetatable({}, {})) ~= '\\x80' then return false, 'globals or metatable' end\n"
+    "if encode_small({ref(1, 2)}) or encode_small({{}}) or encode_small(print) then return false, 'declines' end\n"
+    "return true, small\n";
+  int top = lua_gettop(A);
+  int st = luaL_loadstring(A, code);
+  if (st == LUA_OK)
+    st = lua_pcall(A, 0, 2, 0);
+  if (st != LUA_OK) {
+    ok_if(0, "small encoder", "%s", lua_tostring(A, -1));
+  } else {
+    ok_if(lua_toboolean(A, -2), "small encoder", "%s", lua_tostring(A, -1));
+    printf("small encoder: %s of the random values small\n", lua_tostring(A, -1));
+  }
+  lua_settop(A, top);
+  /* _G with only small scalars is still the globals marker. */
+  const char *g = "local G, pairs, enc, saved = _G, pairs, encode, {} "
+                  "for k, v in pairs(G) do saved[k] = v end "
+                  "for k in pairs(saved) do G[k] = nil end G[1] = 1 "
+                  "local s = enc(G) "
+                  "G[1] = nil for k, v in pairs(saved) do G[k] = v end "
+                  "return s == '\\xc7\\x00\\x05'";
+  st = luaL_loadstring(A, g);
+  if (st == LUA_OK)
+    st = lua_pcall(A, 0, 1, 0);
+  ok_if(st == LUA_OK && lua_toboolean(A, -1), "small globals table is the marker", "%s",
+        st == LUA_OK ? "wrong bytes" : lua_tostring(A, -1));
+  lua_settop(A, top);
+}
+
 static void test_random(void)
 {
   /* IC_TEST_QUICK (set for the valgrind run, ~50x slower) trims the rounds. */
@@ -1373,6 +1487,7 @@ int main(void)
   test_malformed();
   test_prefixes();
   test_random();
+  test_small_encoder();
 
   /* The same round trips with the garbage collector running all the time
    * in both states, then in generational mode. */

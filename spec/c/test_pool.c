@@ -121,6 +121,36 @@ int main(void)
   void *t1 = pool_alloc(&p, 56), *t2 = pool_alloc(&p, 56);
   check((char *)t2 - (char *)t1 == 56, "blocks rounded to 8 bytes, not 16");
 
+  /* The rest of a chunk that a block did not fit in serves its own class. */
+  {
+    pool q;
+    pool_init(&q);
+    void *first = pool_alloc(&q, POOL_MAX);
+    void *chunk = q.chunks;
+    char *rest = NULL;
+    size_t rest_n = 0;
+    while (q.chunks == chunk) {
+      rest = q.bump;
+      rest_n = (size_t)(q.end - q.bump);
+      pool_alloc(&q, POOL_MAX);
+    }
+    check(first && rest_n > 0 && rest_n < POOL_MAX, "a chunk ends with a rest smaller than a block");
+    check(rest_n % POOL_STEP != 0 || pool_alloc(&q, rest_n) == rest, "the rest of a chunk is a block of its class");
+    pool_release(&q);
+  }
+  /* Chunks grow with the pool: a few hundred for 4 MB of blocks, not
+   * thousands. */
+  {
+    pool q;
+    pool_init(&q);
+    int ok = 1;
+    for (int i = 0; i < 4 * 1024 * 1024 / 128; i++) ok &= pool_alloc(&q, 128) != NULL;
+    size_t chunks = 0;
+    for (void *ch = q.chunks; ch; ch = *(void **)ch) chunks++;
+    check(ok && chunks < 200 && q.bytes >= 4 * 1024 * 1024, "chunks grow with the pool");
+    pool_release(&q);
+  }
+
   /* Random traffic: no block ever overwrites another. */
   enum { SLOTS = 4096, STEPS = 400000 };
   live *slots = calloc(SLOTS, sizeof *slots);
