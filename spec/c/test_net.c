@@ -95,11 +95,11 @@ static void test_inbound(void) {
   CHECK(inbound_last_seen(&in, 9, UINT64_MAX) == 100);
   /* A stamp later than the asker's now counts as its now (no wrap-around
    * of now - last_seen: a live peer taken for one silent for years). */
-  inbound_heard(&in, 9, 500);
+  inbound_heard(&in, 9, 1, 500);
   CHECK(inbound_last_seen(&in, 9, 300) == 300);
-  inbound_heard(&in, 9, 400); /* never back in time */
+  inbound_heard(&in, 9, 2, 400); /* never back in time */
   CHECK(inbound_last_seen(&in, 9, UINT64_MAX) == 500);
-  inbound_heard(&in, 8, 600); /* not a peer */
+  inbound_heard(&in, 8, 1, 600); /* not a peer */
   CHECK(inbound_last_seen(&in, 8, UINT64_MAX) == 0);
   CHECK(inbound_advance(&in, 9, 1, 0, 0, 0) == 1);
   CHECK(inbound_advance(&in, 9, 1, 0, 0, 0) == 0); /* twice: no */
@@ -152,18 +152,17 @@ static void test_envelope(void) {
   f[20] ^= 1;
   CHECK(envelope_parse(f, len + ENVELOPE_MAC, &key, &e) != NULL);
   /* Names: printable, bounded. */
-  unsigned char hb[ENVELOPE_HEADER + 4 + ENVELOPE_SUM] = {0};
-  size_t hlen = ENVELOPE_HEADER + 4;
+  unsigned char hb[ENVELOPE_HEADER + 12 + ENVELOPE_SUM] = {0};
+  size_t hlen = ENVELOPE_HEADER + 12;
   envelope_put_header(hb, ENV_HEARTBEAT, 1, 0);
-  hb[12] = 3;
-  memcpy(hb + 13, "a b", 3);
+  envelope_put_named(hb + ENVELOPE_HEADER, 1, "a b", 3);
   envelope_seal(hb, hlen, &none);
   CHECK(envelope_parse(hb, sizeof hb, &none, &e) != NULL);
-  memcpy(hb + 13, "abc", 3);
+  memcpy(hb + ENVELOPE_HEADER + 9, "abc", 3);
   envelope_seal(hb, hlen, &none);
   CHECK(envelope_parse(hb, sizeof hb, &none, &e) == NULL);
-  CHECK(e.name_len == 3 && memcmp(e.name, "abc", 3) == 0);
-  hb[12] = 4;
+  CHECK(e.name_len == 3 && memcmp(e.name, "abc", 3) == 0 && e.counter == 1);
+  hb[ENVELOPE_HEADER + 8] = 4;
   envelope_seal(hb, hlen, &none);
   CHECK(envelope_parse(hb, sizeof hb, &none, &e) != NULL);
   /* Random bytes never crash and never pass. */
@@ -181,6 +180,100 @@ static void test_envelope(void) {
     if (!envelope_parse(junk, n, (i & 1) ? &key : &none, &e)) accepted++;
   }
   CHECK(accepted == 0);
+}
+
+/* ---- replays: what a copy of a node's old frames can still do ---- */
+
+static void test_replay(void) {
+  /* A data frame of the link, replayed after the window moved on: a
+   * duplicate, never delivered again. */
+  inbound in;
+  inbound_init(&in);
+  inbound_set_self(&in, 7);
+  CHECK(inbound_add(&in, 9) == 0);
+  for (uint64_t s = 1; s <= 5; s++) {
+    CHECK(inbound_peek(&in, 7, 9, s, 100) == LINK_DELIVER);
+    inbound_advance(&in, 9, s, 0, 0, 0);
+  }
+  for (uint64_t s = 1; s <= 5; s++) CHECK(inbound_peek(&in, 7, 9, s, 900) == LINK_DUPLICATE);
+  CHECK(inbound_last_seen(&in, 9, UINT64_MAX) == 100); /* a copy is no sign of life */
+  /* The receiver's link state starts afresh only with a new incarnation of
+   * the receiver (a new process, or a rejoin): every frame addressed to the
+   * old one is a stranger's, even the link's next number. */
+  inbound_set_self(&in, 17);
+  CHECK(inbound_peek(&in, 7, 9, 1, 100) == INBOUND_STRANGER);
+  CHECK(inbound_peek(&in, 7, 9, 6, 100) == INBOUND_STRANGER);
+  inbound_set_self(&in, 7);
+  /* A peer taken down and forgotten: its frames are a stranger's. */
+  size_t np;
+  free(inbound_remove(&in, 9, &np));
+  CHECK(inbound_peek(&in, 7, 9, 6, 100) == INBOUND_STRANGER);
+  /* Heartbeats: only a newer counter is a sign of life. */
+  CHECK(inbound_add(&in, 9) == 0);
+  inbound_heard(&in, 9, 5, 500);
+  CHECK(inbound_last_seen(&in, 9, UINT64_MAX) == 500);
+  inbound_heard(&in, 9, 5, 600); /* the same one again */
+  inbound_heard(&in, 9, 3, 700); /* an older one */
+  CHECK(inbound_last_seen(&in, 9, UINT64_MAX) == 500);
+  inbound_heard(&in, 9, 6, 800);
+  CHECK(inbound_last_seen(&in, 9, UINT64_MAX) == 800);
+  inbound_fini(&in);
+
+  /* The envelope carries the counter and the nonces under its check. */
+  unsigned char key_bytes[] = "secret";
+  envelope_key key = {key_bytes, 6};
+  unsigned char f[ENVELOPE_HEADER + 9 + ENVELOPE_NAME_MAX + ENVELOPE_MAC];
+  envelope e;
+  size_t len = ENVELOPE_HEADER + envelope_put_named(f + ENVELOPE_HEADER, 41, "nodeb", 5);
+  envelope_put_header(f, ENV_HEARTBEAT, 3, 0);
+  CHECK(envelope_seal(f, len, &key) == 0);
+  CHECK(envelope_parse(f, len + ENVELOPE_MAC, &key, &e) == NULL);
+  CHECK(e.type == ENV_HEARTBEAT && e.counter == 41 && e.name_len == 5 && memcmp(e.name, "nodeb", 5) == 0);
+  f[ENVELOPE_HEADER + 7] ^= 1; /* another counter: not the frame that was sealed */
+  CHECK(envelope_parse(f, len + ENVELOPE_MAC, &key, &e) != NULL);
+  len = ENVELOPE_HEADER + envelope_put_named(f + ENVELOPE_HEADER, 0, "nodeb", 5);
+  CHECK(envelope_seal(f, len, &key) == 0);
+  CHECK(envelope_parse(f, len + ENVELOPE_MAC, &key, &e) != NULL); /* no counter */
+  f[2] = 1; /* the version before counters */
+  len = ENVELOPE_HEADER + envelope_put_named(f + ENVELOPE_HEADER, 1, "nodeb", 5);
+  CHECK(envelope_seal(f, len, &key) == 0);
+  CHECK(envelope_parse(f, len + ENVELOPE_MAC, &key, &e) != NULL);
+  envelope_put_header(f, ENV_HELLO, 3, 4);
+  len = ENVELOPE_HEADER + envelope_put_named(f + ENVELOPE_HEADER, 0x1122334455667788ull, "nodeb", 5);
+  CHECK(envelope_seal(f, len, &key) == 0);
+  CHECK(envelope_parse(f, len + ENVELOPE_MAC, &key, &e) == NULL);
+  CHECK(e.type == ENV_HELLO && e.nonce == 0x1122334455667788ull && e.to_inc == 4 && e.name_len == 5);
+  envelope_put_header(f, ENV_HELLO, 3, 0); /* a hello challenges one incarnation */
+  CHECK(envelope_seal(f, len, &key) == 0);
+  CHECK(envelope_parse(f, len + ENVELOPE_MAC, &key, &e) != NULL);
+  envelope_put_header(f, ENV_WELCOME, 4, 3);
+  envelope_put_u64(f + ENVELOPE_HEADER, 0x1122334455667788ull);
+  envelope_put_u64(f + ENVELOPE_HEADER + 8, 12);
+  CHECK(envelope_seal(f, ENVELOPE_HEADER + 16, &key) == 0);
+  CHECK(envelope_parse(f, ENVELOPE_HEADER + 16 + ENVELOPE_MAC, &key, &e) == NULL);
+  CHECK(e.type == ENV_WELCOME && e.nonce == 0x1122334455667788ull && e.counter == 12);
+  CHECK(envelope_seal(f, ENVELOPE_HEADER + 8, &key) == 0);
+  CHECK(envelope_parse(f, ENVELOPE_HEADER + 8 + ENVELOPE_MAC, &key, &e) != NULL);
+
+  /* Candidates: bounded, forgotten when not heard again, cleared by a reset. */
+  membership ms;
+  membership_init(&ms);
+  CHECK(membership_add_candidate(&ms, 5, "five", 4, 99, 1000) != NULL);
+  candidate *k = membership_candidate(&ms, 5, 1000 + MEMBERSHIP_CANDIDATE_NS);
+  CHECK(k && k->nonce == 99 && strcmp(k->name, "five") == 0 && k->counter == 0);
+  CHECK(membership_candidate(&ms, 5, 1001 + MEMBERSHIP_CANDIDATE_NS) == NULL);
+  CHECK(membership_find(&ms, 5) == NULL); /* not a member */
+  for (uint32_t i = 0; i < 2 * MEMBERSHIP_CANDIDATES; i++)
+    CHECK(membership_add_candidate(&ms, 100 + i, "x", 1, 1 + i, 2000 + i) != NULL);
+  CHECK(ms.ncand == MEMBERSHIP_CANDIDATES);
+  CHECK(membership_candidate(&ms, 100, 3000) == NULL); /* the oldest made room */
+  CHECK(membership_candidate(&ms, 100 + 2 * MEMBERSHIP_CANDIDATES - 1, 3000) != NULL);
+  k = membership_add_candidate(&ms, 100 + 2 * MEMBERSHIP_CANDIDATES - 1, "y", 1, 7, 3000); /* anew */
+  CHECK(k && k->nonce == 7 && ms.ncand == MEMBERSHIP_CANDIDATES);
+  membership_drop_candidate(&ms, k);
+  CHECK(membership_candidate(&ms, 100 + 2 * MEMBERSHIP_CANDIDATES - 1, 3000) == NULL);
+  CHECK(membership_add_candidate(&ms, 1, "", 0, 1, 3000) == NULL);
+  membership_fini(&ms);
 }
 
 /* ---- the replica: indexed, right through growth, downs and trimming ---- */
@@ -565,6 +658,7 @@ int main(void) {
   test_inbound_fence();
   test_release_unless_last();
   test_envelope();
+  test_replay();
   test_paths();
   test_reasm();
   test_reasm_expire();

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """A node of an isolate_cluster cluster written from docs/multinode.md alone,
-for the hostile specs: it speaks the envelope (heartbeats, data frames with
-their sequence numbers, acks; FNV-1a digests, so only for clusters without a
-secret) on a plain NATS connection (nats_peer.Conn), joins as a node, and
+for the hostile specs: it speaks the envelope (heartbeats with their
+counter, the hello/welcome handshake, data frames with their sequence
+numbers, acks; FNV-1a digests, so only for clusters without a secret) on a plain NATS connection (nats_peer.Conn), joins as a node, and
 then sends frames no honest node would.
 
     fake_node.py URL CLUSTER NAME TARGET SCENARIO [PATH]
@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import msgpack  # noqa: E402
 from nats_peer import Conn  # noqa: E402
 
-HEARTBEAT, BYE, DATA, ACK, FENCED = 1, 2, 3, 4, 5
+VERSION = 2
+HEARTBEAT, BYE, DATA, ACK, FENCED, HELLO, WELCOME = 1, 2, 3, 4, 5, 6, 7
 MSG_USER, MSG_REQUEST, MSG_REPLY, MSG_REPLY_ERROR = 1, 2, 3, 4
 NET_ISO_UP, NET_CHUNK = 20, 25
 CHUNKED_MAX = 32 << 20
@@ -57,13 +58,13 @@ def fnv1a64(data):
 
 
 def frame(ftype, from_inc, to_inc, body):
-    head = b"ic" + bytes([1, ftype]) + struct.pack(">II", from_inc, to_inc) + body
+    head = b"ic" + bytes([VERSION, ftype]) + struct.pack(">II", from_inc, to_inc) + body
     return head + struct.pack(">Q", fnv1a64(head))
 
 
 def parse(data):
     """(type, from_inc, to_inc, body) of a frame with a good digest, else None."""
-    if len(data) < 20 or data[:3] != b"ic\x01":
+    if len(data) < 20 or data[:3] != b"ic" + bytes([VERSION]):
         return None
     if struct.unpack(">Q", data[-8:])[0] != fnv1a64(data[:-8]):
         return None
@@ -105,10 +106,12 @@ class Fake:
         self.acked = 0        # their cumulative ack of ours
         self.expect = 1       # their next data frame to us
         self.last_hb = 0.0
+        self.counter = 0      # of our heartbeats and bye
 
     def named(self, ftype):
         n = self.name.encode()
-        self.c.pub(self.hb, frame(ftype, self.inc, 0, bytes([len(n)]) + n))
+        self.counter += 1
+        self.c.pub(self.hb, frame(ftype, self.inc, 0, struct.pack(">QB", self.counter, len(n)) + n))
 
     def pump(self, seconds):
         deadline = time.monotonic() + seconds
@@ -134,11 +137,17 @@ class Fake:
     def handle(self, subject, payload):
         if subject == self.hb:
             f = parse(payload)
-            if f and f[0] == HEARTBEAT and f[3][1:].decode("latin-1") == self.target and self.target_inc is None:
+            if f and f[0] == HEARTBEAT and f[3][9:].decode("latin-1") == self.target and self.target_inc is None:
                 self.target_inc = f[1]
             return
         for raw in frames_of(payload):
             f = parse(raw)
+            if f and f[0] == HELLO and f[2] == self.inc and f[3][9:].decode("latin-1") == self.target:
+                # the target's challenge: echo its nonce (then it takes us for a node)
+                self.target_inc = f[1]
+                echo = f[3][:8] + struct.pack(">Q", self.counter)
+                self.c.pub(self.theirs, frame(WELCOME, self.inc, self.target_inc, echo))
+                continue
             if not f or f[1] != self.target_inc or f[2] != self.inc:
                 continue
             ftype, body = f[0], f[3]

@@ -8,6 +8,7 @@
 --   local c = MN.node(srv, cluster_name, "spec")     -- ic.node{...}, tracked
 --   local b = MN.start(srv, cluster_name, "b")       -- node program "echo", waits for "ready b"
 --   local ev = MN.watch(c)                           -- events forwarded to c.main
+--   local c, ev, b = MN.watched_pair(srv, "prefix")  -- both, and b seen up
 --   ev:wait(function(e) return e.ev == "node_down" and e.name == "b" end, 15)
 --
 -- Everything here runs in the main state of the spec only.
@@ -70,6 +71,22 @@ function M.pair(servers, prefix, b_extra, script, my_extra)
     error("node b is up but this node does not see it; b's output:\n" .. b:output(), 2)
   end
   return c, b, name
+end
+
+--- The start of a test that watches node events: a fresh cluster name from
+--- `prefix`, this process as node "spec" (my_extra options) with a watcher
+--- (M.watch), and node program `script` (default "echo") as node "b" (b_extra
+--- arguments). Returns once the watcher has seen b come up: the spec's
+--- cluster, the watcher's inbox, b's process and the cluster name.
+function M.watched_pair(servers, prefix, b_extra, script, my_extra)
+  local name = H.unique_name(prefix)
+  local c = M.node(servers, name, "spec", my_extra)
+  local ev = M.watch(c)
+  local b = M.start(servers, name, "b", b_extra, script)
+  if not ev:wait(M.node_up("b"), 15) then
+    error("no node_up for b; got:\n" .. ev:dump() .. "\nb's output:\n" .. b:output(), 2)
+  end
+  return c, ev, b, name
 end
 
 --- M.pair with node program peer_basic as b (spec/support/nodes/peer_basic.lua:

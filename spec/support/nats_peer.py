@@ -37,6 +37,14 @@ Commands (one line of output per event, flushed; exit status 0 on success,
                               subjects and to made-up ones under ic.CLUSTER;
                               prints "hostile: published N to M subjects
                               (K captured)"
+    replay CLUSTER --go FILE [--seconds S] [--every S] [--stop FILE]
+                              subscribes to ic.CLUSTER.> and prints "capturing";
+                              captures every message (up to 5000) until FILE
+                              exists, prints "captured N", then publishes them
+                              all again, in their order and with their reply
+                              subjects, every --every seconds (default 0.05)
+                              for S seconds (default 10) or until the --stop
+                              file exists; prints "replayed N rounds"
 
     blackhole                 not a client: listens on URL's host and port (port 0:
                               a free one), prints "listening PORT", accepts every
@@ -377,6 +385,36 @@ def cmd_hostile(c, a):
     return 0
 
 
+def cmd_replay(c, a):
+    sid = c.sub("ic.%s.>" % a.cluster)
+    c.ping()
+    out("capturing")
+    captured = []  # (subject, reply, payload)
+    deadline = time.monotonic() + 120  # bounded: a spec that never says go
+    while not os.path.exists(a.go):
+        if time.monotonic() > deadline:
+            out("never told to replay")
+            return 1
+        op = c.read_op(0.05)
+        if op and op[0] == "MSG" and op[2] == sid and len(captured) < 5000:
+            captured.append((op[1], op[3], op[5]))
+    out("captured %d" % len(captured))
+    rounds = 0
+    stop_at = time.monotonic() + a.seconds
+    while time.monotonic() < stop_at and not (a.stop and os.path.exists(a.stop)):
+        for subject, reply, payload in captured:
+            c.pub(subject, payload, reply)
+        c.ping()
+        rounds += 1
+        # Keep reading (what the nodes publish meanwhile), so the server
+        # never counts us as a slow consumer; this also paces the rounds.
+        until = time.monotonic() + a.every
+        while time.monotonic() < until:
+            c.read_op(max(0.0, until - time.monotonic()))
+    out("replayed %d rounds" % rounds)
+    return 0
+
+
 def blackhole(url):
     u = urllib.parse.urlparse(url)
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -415,6 +453,12 @@ def main():
     p.add_argument("subject")
     p.add_argument("json")
     p.add_argument("--timeout", type=float, default=5)
+    p = cmds.add_parser("replay")
+    p.add_argument("cluster")
+    p.add_argument("--go", required=True)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--every", type=float, default=0.05)
+    p.add_argument("--stop")
     p = cmds.add_parser("hostile")
     p.add_argument("cluster")
     p.add_argument("--count", type=int, default=3000)
@@ -434,7 +478,7 @@ def main():
         return 2
     try:
         return {"info": cmd_info, "pub": cmd_pub, "sub": cmd_sub,
-                "request": cmd_request, "hostile": cmd_hostile}[a.command](c, a)
+                "request": cmd_request, "hostile": cmd_hostile, "replay": cmd_replay}[a.command](c, a)
     except ServerError as e:
         out("error: %s" % e)
         return 2

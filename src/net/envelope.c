@@ -46,6 +46,13 @@ void envelope_put_header(unsigned char *out, int type, uint32_t from_inc, uint32
   put_u32(out + 8, to_inc);
 }
 
+size_t envelope_put_named(unsigned char *out, uint64_t v, const char *name, size_t len) {
+  envelope_put_u64(out, v);
+  out[8] = (unsigned char)len;
+  memcpy(out + 9, name, len);
+  return 9 + len;
+}
+
 void envelope_put_data(unsigned char *out, uint64_t seq, int kind, uint64_t to_id, uint64_t from_id,
                        uint64_t corr) {
   envelope_put_u64(out, seq);
@@ -94,13 +101,22 @@ const char *envelope_parse(const unsigned char *data, size_t len, const envelope
   switch (e->type) {
   case ENV_HEARTBEAT:
   case ENV_BYE:
-    if (blen < 1 || b[0] == 0 || b[0] > ENVELOPE_NAME_MAX || blen != (size_t)1 + b[0])
-      return "bad node name";
-    e->name = (const char *)b + 1;
-    e->name_len = b[0];
+  case ENV_HELLO:
+    if (blen < 9 || b[8] == 0 || b[8] > ENVELOPE_NAME_MAX || blen != (size_t)9 + b[8]) return "bad node name";
+    if (e->type == ENV_HELLO) e->nonce = get_u64(b);
+    else e->counter = get_u64(b);
+    e->name = (const char *)b + 9;
+    e->name_len = b[8];
     for (size_t i = 0; i < e->name_len; i++)
       if ((unsigned char)e->name[i] <= ' ' || (unsigned char)e->name[i] >= 0x7f) return "bad node name";
+    if (e->type != ENV_HELLO && e->counter == 0) return "heartbeat without a counter";
+    if (e->type == ENV_HELLO && (e->nonce == 0 || e->to_inc == 0)) return "bad hello";
     return NULL;
+  case ENV_WELCOME:
+    if (blen != 16) return "bad welcome frame";
+    e->nonce = get_u64(b);
+    e->counter = get_u64(b + 8);
+    return e->nonce && e->to_inc ? NULL : "bad welcome frame";
   case ENV_DATA:
     if (blen < ENVELOPE_DATA_BODY) return "data frame too short";
     e->seq = get_u64(b);

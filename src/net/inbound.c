@@ -78,9 +78,11 @@ static int peek(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, u
   plat_mutex_lock(&in->lock);
   inbound_peer *p = to_inc == in->self ? find(in, from_inc) : NULL;
   if (p) {
-    if (now_ns > p->last_seen_ns) p->last_seen_ns = now_ns;
     p->rx.ack_due = 1;
     verdict = link_rx_peek(&p->rx, seq);
+    /* Only the next frame is a sign of life: a duplicate may be a copy
+     * published by anyone (a replay), and a live peer heartbeats anyway. */
+    if (verdict == LINK_DELIVER && now_ns > p->last_seen_ns) p->last_seen_ns = now_ns;
     if (claim && verdict == LINK_DELIVER) in->claimed++;
   }
   plat_mutex_unlock(&in->lock);
@@ -189,9 +191,12 @@ uint64_t inbound_last_seen(inbound *in, uint32_t inc, uint64_t not_after) {
   return t < not_after ? t : not_after;
 }
 
-void inbound_heard(inbound *in, uint32_t inc, uint64_t now_ns) {
+void inbound_heard(inbound *in, uint32_t inc, uint64_t counter, uint64_t now_ns) {
   plat_mutex_lock(&in->lock);
   inbound_peer *p = find(in, inc);
-  if (p && now_ns > p->last_seen_ns) p->last_seen_ns = now_ns;
+  if (p && counter > p->hb_counter) {
+    p->hb_counter = counter;
+    if (now_ns > p->last_seen_ns) p->last_seen_ns = now_ns;
+  }
   plat_mutex_unlock(&in->lock);
 }

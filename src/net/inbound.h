@@ -41,6 +41,7 @@ typedef struct inbound_peer {
   uint32_t inc;
   link_rx rx;
   uint64_t last_seen_ns;  /* a data frame or heartbeat came (0: none since it joined) */
+  uint64_t hb_counter;    /* of the newest heartbeat taken (inbound_heard) */
   size_t since_ack;       /* frames accepted since the last ack was taken */
   pending_req *pending;   /* ring of unanswered requests */
   size_t pending_head, pending_count, pending_cap;
@@ -70,7 +71,8 @@ pending_req *inbound_remove(inbound *in, uint32_t inc, size_t *n);
 enum { INBOUND_STRANGER = -1 }; /* besides LINK_DELIVER, LINK_DUPLICATE, LINK_GAP */
 /* A data frame from from_inc for to_inc with seq arrived at now_ns: what
  * to do with it (INBOUND_STRANGER: not for this incarnation, or from an
- * unknown peer). Records the peer as heard and an ack as due. Advances
+ * unknown peer). Records an ack as due, and the peer as heard when the
+ * frame is the next one (a duplicate may be anyone's replay). Advances
  * nothing: a frame to deliver is delivered, then inbound_advance'd. */
 int inbound_peek(inbound *in, uint32_t to_inc, uint32_t from_inc, uint64_t seq, uint64_t now_ns);
 /* inbound_peek that, on LINK_DELIVER, also claims the delivery: until its
@@ -103,7 +105,9 @@ int inbound_take_ack(inbound *in, uint32_t inc, uint64_t *cum);
  * stamp may be later than the time a caller took just before asking: it
  * counts as that time (the caller's `now - last_seen` must not wrap). */
 uint64_t inbound_last_seen(inbound *in, uint32_t inc, uint64_t not_after);
-/* Peer inc (if a live peer) was heard at now_ns. */
-void inbound_heard(inbound *in, uint32_t inc, uint64_t now_ns);
+/* Peer inc (if a live peer) was heard at now_ns: its heartbeat with that
+ * counter came. Only a counter newer than the last one taken counts (a
+ * replayed heartbeat is not a sign of life). */
+void inbound_heard(inbound *in, uint32_t inc, uint64_t counter, uint64_t now_ns);
 
 #endif

@@ -78,10 +78,44 @@ void membership_set_down(membership *ms, member *m, uint64_t now_ns, size_t *los
   prune_down(ms);
 }
 
+static int forgotten(const candidate *c, uint64_t now_ns) { return now_ns - c->heard_ns > MEMBERSHIP_CANDIDATE_NS; }
+
+candidate *membership_candidate(membership *ms, uint32_t inc, uint64_t now_ns) {
+  for (size_t i = 0; i < ms->ncand; i++)
+    if (ms->cand[i].inc == inc) return forgotten(&ms->cand[i], now_ns) ? NULL : &ms->cand[i];
+  return NULL;
+}
+
+void membership_drop_candidate(membership *ms, candidate *c) {
+  *c = ms->cand[--ms->ncand];
+}
+
+candidate *membership_add_candidate(membership *ms, uint32_t inc, const char *name, size_t len, uint64_t nonce,
+                                    uint64_t now_ns) {
+  if (len == 0 || len > ENVELOPE_NAME_MAX) return NULL;
+  /* Those forgotten go first (one of them may be inc itself), then the oldest if still full. */
+  for (size_t i = ms->ncand; i-- > 0;)
+    if (ms->cand[i].inc == inc || forgotten(&ms->cand[i], now_ns)) membership_drop_candidate(ms, &ms->cand[i]);
+  if (ms->ncand == MEMBERSHIP_CANDIDATES) {
+    size_t oldest = 0;
+    for (size_t i = 1; i < ms->ncand; i++)
+      if (ms->cand[i].heard_ns < ms->cand[oldest].heard_ns) oldest = i;
+    membership_drop_candidate(ms, &ms->cand[oldest]);
+  }
+  candidate *c = &ms->cand[ms->ncand++];
+  memset(c, 0, sizeof *c);
+  c->inc = inc;
+  memcpy(c->name, name, len);
+  c->nonce = nonce;
+  c->heard_ns = now_ns;
+  return c;
+}
+
 void membership_reset(membership *ms, void (*each)(member *m, void *ud), void *ud) {
   for (size_t i = 0; i < ms->n; i++) {
     each(ms->v[i], ud);
     member_free(ms->v[i]);
   }
   ms->n = 0;
+  ms->ncand = 0;
 }

@@ -107,7 +107,7 @@ int net__payload_ok(struct net *n, const char *data, size_t len, int code_ok) {
 
 /* ---- sending -------------------------------------------------------------- */
 
-/* Publishes a small control frame (heartbeat, bye, ack). */
+/* Publishes a small control frame (heartbeat, bye, ack, fenced, hello, welcome). */
 static void send_control(struct net *n, const char *subject, int type, uint32_t to_inc, const void *body,
                          size_t blen) {
   unsigned char frame[ENVELOPE_HEADER + 8 + ENVELOPE_NAME_MAX + 1 + ENVELOPE_MAC + ENVELOPE_SUM];
@@ -118,12 +118,11 @@ static void send_control(struct net *n, const char *subject, int type, uint32_t 
   transport_publish(n->t, subject, frame, envelope_size(blen, &n->key));
 }
 
+/* A heartbeat or bye, with the next counter (see envelope.h, replays). */
 static void send_named(struct net *n, int type) {
-  unsigned char body[1 + ENVELOPE_NAME_MAX];
-  size_t len = strlen(n->name);
-  body[0] = (unsigned char)len;
-  memcpy(body + 1, n->name, len);
-  send_control(n, n->hb_subject, type, 0, body, 1 + len);
+  unsigned char body[9 + ENVELOPE_NAME_MAX];
+  uint64_t counter = atomic_fetch_add(&n->counter, 1) + 1;
+  send_control(n, n->hb_subject, type, 0, body, envelope_put_named(body, counter, n->name, strlen(n->name)));
 }
 
 /* Appends a frame to m's batch; 0, or -1 when out of memory. net->lock held. */
@@ -736,63 +735,117 @@ static void member_down_unlock(struct net *n, member *m, const char *reason) {
   cluster_node_event(n->c, EVENT_NODE_DOWN, name, reason);
 }
 
+/* A random nonce for a hello (never 0). */
+static uint64_t new_nonce(void) {
+  uint64_t v = 0;
+  while (v == 0)
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) v = plat_now_ns() * 0x9E3779B97F4A7C15ull;
+  return v;
+}
+
+/* Challenges candidate k: a hello with its nonce to its data subject.
+ * net->lock held. */
+static void send_hello(struct net *n, candidate *k, uint64_t now) {
+  unsigned char body[9 + ENVELOPE_NAME_MAX];
+  char subject[SUBJECT_MAX];
+  k->asked_ns = now;
+  net__peer_subject(n, k->name, subject);
+  send_control(n, subject, ENV_HELLO, k->inc, body, envelope_put_named(body, k->nonce, n->name, strlen(n->name)));
+}
+
+/* inc (named name) was heard of and is neither a member nor a candidate:
+ * it becomes a candidate and is challenged, unless a live member has its
+ * name (a restarted process is met once the old incarnation has gone
+ * silent: a forged heartbeat must not take a live node down). NULL when it
+ * was not. net->lock held. */
+static candidate *challenge(struct net *n, uint32_t inc, const char *name, size_t len, uint64_t now) {
+  if (!valid_token_len(name, len) || membership_find_name(&n->ms, name, len)) return NULL;
+  candidate *k = membership_add_candidate(&n->ms, inc, name, len, new_nonce(), now);
+  if (k) send_hello(n, k, now);
+  return k;
+}
+
+/* A heartbeat or bye. Net thread. */
 static void handle_named(struct net *n, const envelope *e, uint64_t now) {
-  char name[ENVELOPE_NAME_MAX + 1];
-  memcpy(name, e->name, e->name_len);
-  name[e->name_len] = 0;
   plat_mutex_lock(&n->lock);
   member *m = membership_find(&n->ms, e->from_inc);
-  if (e->type == ENV_BYE) {
-    if (m && m->up) member_down_unlock(n, m, "left");
-    else plat_mutex_unlock(&n->lock);
-    return;
-  }
   if (m) {
+    /* Not newer than the last taken from it: a replay (or a copy NATS
+     * delivered twice), which neither keeps it alive nor takes it down. */
+    if (e->counter <= m->counter) {
+      plat_mutex_unlock(&n->lock);
+      return;
+    }
+    m->counter = e->counter;
+    if (e->type == ENV_BYE) {
+      if (m->up) member_down_unlock(n, m, "left");
+      else plat_mutex_unlock(&n->lock);
+      return;
+    }
     /* A live one is refreshed. A down incarnation stays down (fencing),
-     * and is told so: it rejoins as a new incarnation. */
+     * and is told so, on the subject of the name it was known by: it
+     * rejoins as a new incarnation. */
+    char subject[SUBJECT_MAX];
     int fenced = !m->up;
     if (m->up) {
       m->last_seen_ns = now;
       m->suspect_ns = 0;
+    } else {
+      net__peer_subject(n, m->name, subject);
     }
     plat_mutex_unlock(&n->lock);
-    if (fenced) {
-      char subject[SUBJECT_MAX];
-      net__peer_subject(n, name, subject);
-      send_control(n, subject, ENV_FENCED, e->from_inc, NULL, 0);
-    }
+    if (fenced) send_control(n, subject, ENV_FENCED, e->from_inc, NULL, 0);
     return;
   }
-  if (!valid_token_len(e->name, e->name_len)) {
+  if (e->type == ENV_BYE) {
+    /* A candidate's (or a stranger's) bye: nothing to take down. */
+    candidate *k = membership_candidate(&n->ms, e->from_inc, now);
+    if (k && e->counter > k->counter) membership_drop_candidate(&n->ms, k);
     plat_mutex_unlock(&n->lock);
     return;
   }
+  /* Heard of, not met: a candidate until it answers a hello (its own name
+   * too: another process may hold this node's name). */
+  candidate *k = membership_candidate(&n->ms, e->from_inc, now);
+  if (k) {
+    if (e->counter > k->counter) {
+      k->counter = e->counter;
+      k->heard_ns = now;
+      if (now - k->asked_ns >= MEMBERSHIP_HELLO_RETRY_NS) send_hello(n, k, now);
+    }
+  } else if ((k = challenge(n, e->from_inc, e->name, e->name_len, now)) != NULL) {
+    k->counter = e->counter;
+  }
+  plat_mutex_unlock(&n->lock);
+}
+
+/* Candidate k echoed its nonce: it is live now (net->lock held on entry,
+ * released on return). It becomes a member, unless it holds this node's
+ * own name (then this one's ic.node fails while joining; later it is
+ * ignored, and the others ignore the newcomer as well) or a live member's. */
+static void admit_unlock(struct net *n, candidate *k, uint64_t now) {
+  char name[ENVELOPE_NAME_MAX + 1];
+  uint32_t inc = k->inc;
+  uint64_t counter = k->counter;
+  memcpy(name, k->name, sizeof name);
   if (strcmp(name, n->name) == 0) {
+    /* Kept as a candidate: its next heartbeats are challenged again at most
+     * every MEMBERSHIP_HELLO_RETRY_NS, not at every one. */
     plat_mutex_unlock(&n->lock);
-    /* Another process has this node's name: while joining, ic.node fails;
-     * later it is ignored (the others ignore the newcomer as well). */
     atomic_store(&n->name_taken, 1);
-    /* And tell it at once, so that a joining one sees this name taken
-     * within its join window (at most every 100 ms: two holders of one
-     * name must not echo each other for ever). */
-    if (now - n->last_name_reply_ns > 100000000ull) {
-      n->last_name_reply_ns = now;
-      send_named(n, ENV_HEARTBEAT);
+    return;
+  }
+  membership_drop_candidate(&n->ms, k);
+  member *m = NULL;
+  if (!membership_find(&n->ms, inc) && !membership_find_name(&n->ms, name, strlen(name)) && !inbound_add(&n->in, inc)) {
+    m = membership_add(&n->ms, inc, name, strlen(name), now, WINDOW_FRAMES, WINDOW_BYTES);
+    if (m) {
+      m->counter = counter;
+      inbound_heard(&n->in, inc, counter, now);
+    } else {
+      size_t npend;
+      free(inbound_remove(&n->in, inc, &npend)); /* out of memory: challenged again by its next heartbeat */
     }
-    return;
-  }
-  if (membership_find_name(&n->ms, e->name, e->name_len)) {
-    /* The name of a live incarnation: a restarted process is admitted once
-     * the old one has gone silent (a forged heartbeat must not take a live
-     * node down). */
-    plat_mutex_unlock(&n->lock);
-    return;
-  }
-  m = membership_add(&n->ms, e->from_inc, e->name, e->name_len, now, WINDOW_FRAMES, WINDOW_BYTES);
-  if (m && inbound_add(&n->in, e->from_inc)) {
-    size_t lost;
-    membership_set_down(&n->ms, m, now, &lost); /* out of memory: met again by its next heartbeat */
-    m = NULL;
   }
   plat_mutex_unlock(&n->lock);
   if (!m) return;
@@ -804,10 +857,43 @@ static void handle_named(struct net *n, const envelope *e, uint64_t now) {
     char subject[SUBJECT_MAX];
     envelope_put_u64(body, 0);
     net__peer_subject(n, name, subject);
-    send_control(n, subject, ENV_ACK, e->from_inc, body, sizeof body);
+    send_control(n, subject, ENV_ACK, inc, body, sizeof body);
   }
-  send_snapshot(n, e->from_inc);
+  send_snapshot(n, inc);
   cluster_node_event(n->c, EVENT_NODE_UP, name, NULL);
+}
+
+/* A hello or welcome for this incarnation (to_inc checked). Net thread. */
+static void handle_handshake(struct net *n, const envelope *e, uint64_t now) {
+  plat_mutex_lock(&n->lock);
+  member *m = membership_find(&n->ms, e->from_inc);
+  candidate *k = m ? NULL : membership_candidate(&n->ms, e->from_inc, now);
+  if (e->type == ENV_WELCOME) {
+    if (k && e->nonce == k->nonce) {
+      /* Its heartbeats up to the one it sent last are old news. */
+      if (e->counter > k->counter) k->counter = e->counter;
+      admit_unlock(n, k, now);
+    } else plat_mutex_unlock(&n->lock); /* not the nonce we asked for: a replay */
+    return;
+  }
+  /* A hello: echo its nonce. A down incarnation gets its fenced notice
+   * from its heartbeats instead. One that is not known yet is challenged
+   * first (its hello proves nothing: it may be a copy), so that its own
+   * hello's answer is on its way before the welcome that lets it send. */
+  if (m && !m->up) {
+    plat_mutex_unlock(&n->lock);
+    return;
+  }
+  if (!m && !k) k = challenge(n, e->from_inc, e->name, e->name_len, now);
+  char subject[SUBJECT_MAX];
+  if (m) net__peer_subject(n, m->name, subject);
+  else if (k) net__peer_subject(n, k->name, subject);
+  plat_mutex_unlock(&n->lock);
+  if (!m && !k) return;
+  unsigned char body[16];
+  envelope_put_u64(body, e->nonce);
+  envelope_put_u64(body + 8, atomic_load(&n->counter));
+  send_control(n, subject, ENV_WELCOME, e->from_inc, body, sizeof body);
 }
 
 /* ---- the faster path for a killed peer -------------------------------------- */
@@ -974,14 +1060,16 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
     return;
   }
   if (e.to_inc != n->inc) return;
+  if (e.type == ENV_HELLO || e.type == ENV_WELCOME) {
+    handle_handshake(n, &e, now);
+    return;
+  }
   plat_mutex_lock(&n->lock);
   member *m = membership_find(&n->ms, e.from_inc);
   if (!m || !m->up) {
     plat_mutex_unlock(&n->lock);
     return; /* a stranger's or a fenced incarnation's frame */
   }
-  m->last_seen_ns = now;
-  m->suspect_ns = 0;
   if (e.type == ENV_FENCED) {
     /* A live peer declared this incarnation down (it was hung, or cut off
      * while the others were not). */
@@ -992,7 +1080,13 @@ static void handle_bytes(struct net *n, const unsigned char *data, size_t dlen, 
   if (e.type == ENV_ACK) {
     link_frame *f;
     size_t freed = link_ack(&m->link, e.seq);
-    if (freed) m->rto_ns = 0; /* progress: back to the base wait */
+    if (freed) {
+      /* progress: back to the base wait. Only an ack of something new is a
+       * sign of life (an old one may be anyone's replay). */
+      m->rto_ns = 0;
+      m->last_seen_ns = now;
+      m->suspect_ns = 0;
+    }
     if (freed == 0 && e.seq == m->link.acked && (f = link_unacked(&m->link, 0)) != NULL &&
         now - f->sent_ns > FAST_RETRANSMIT_NS && now - m->resent_ns >= (m->rto_ns ? m->rto_ns : RETRANSMIT_NS) / 2) {
       resend_unacked(n, m, now);
@@ -1089,7 +1183,7 @@ static void on_data(void *ud, transport *t, natsMsg *msg) {
      * it (a loaded machine) does not take a live peer for a silent one. */
     envelope e;
     if (data && dlen > 0 && envelope_parse(data, (size_t)dlen, &n->key, &e) == NULL && e.type == ENV_HEARTBEAT)
-      inbound_heard(&n->in, e.from_inc, plat_now_ns());
+      inbound_heard(&n->in, e.from_inc, e.counter, plat_now_ns());
     if (transport_enqueue(t, msg, 0)) natsMsg_Destroy(msg);
     return;
   }

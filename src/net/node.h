@@ -132,6 +132,7 @@ struct net {
   uint32_t inc;
   int64_t max_payload;
   atomic_ullong spawn_seq;  /* "/dir/" segments of spawns on other nodes */
+  atomic_ullong counter;    /* of this node's heartbeats and byes (envelope.h) */
   atomic_int name_taken;    /* a live node of another incarnation has our name */
   atomic_int flush_wanted;  /* a batch waits for the net thread to publish it */
   atomic_int ack_wanted;    /* the data callback asked for acks now */
@@ -178,7 +179,6 @@ struct net {
   /* Net thread only: */
   uint64_t connected_since; /* 0 while disconnected */
   uint64_t seen_reconnects;
-  uint64_t last_name_reply_ns;
   int handing_over;         /* handling a message the data callback handed over */
   uint64_t last_acks_ns;    /* send_acks last ran */
   lua_State *vL;            /* the payload checker's state */
