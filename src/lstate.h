@@ -57,6 +57,7 @@ typedef struct lstate_ctx {
    * a cache lookup. NULL until a message whose ref retains its sender. */
   const ic_isolate *last_sender;
   int last_sender_ref;
+  struct lpump *pump; /* an isolate's pump (src/lpump.c), or NULL */
 } lstate_ctx;
 
 /* Sets up refs and the per-state data in L (idempotent). May raise. */
