@@ -283,12 +283,13 @@ static void set_pump(ic_isolate *iso, lua_State *L) {
   iso->pump = P;
 }
 
-/* Resumes the pump with nargs values already pushed on it (a new pump
- * also has its body and the pump's state below them). */
-static void pump_resume(ic_isolate *iso, int nargs) {
+/* Resumes the pump for what its struct says to dispatch. A new pump gets
+ * what is on its stack above its body as arguments (its userdata, and at
+ * boot the entry function); a suspended one gets nothing. */
+static void pump_resume(ic_isolate *iso) {
   lua_State *L = iso->L, *P = iso->pump;
   int nres = 0;
-  if (lua_status(P) == LUA_OK) nargs = lua_gettop(P) - 1;
+  int nargs = lua_status(P) == LUA_OK ? lua_gettop(P) - 1 : 0;
   set_running(iso, P);
   int st = lua_resume(P, L, nargs, &nres);
   set_running(iso, L);
@@ -345,8 +346,8 @@ void lstate_boot(ic_isolate *iso) {
   /* [pump, entry] */
   lua_xmove(L, lua_tothread(L, 1), 1);
   set_pump(iso, L);
-  lua_pushinteger(iso->pump, LSTATE_START);
-  pump_resume(iso, 2);
+  iso->lctx->pump->kind = LSTATE_START;
+  pump_resume(iso);
 }
 
 void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
@@ -358,19 +359,15 @@ void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
     if (isolate_open_request(iso, m)) return;
   } else if (m && m->kind == MSG_REQUEST && m->from_node)
     isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
-  lua_State *P = iso->pump;
-  if (!P) {
+  if (!iso->pump) {
     isolate_set_ending(iso, "error: isolate state unavailable");
     return;
   }
-  if (!lua_checkstack(P, 2)) {
-    isolate_set_ending(iso, "error: not enough memory");
-    return;
-  }
-  if (m) lua_pushlightuserdata(P, m);
-  else lua_pushnil(P);
-  lua_pushinteger(P, kind);
-  pump_resume(iso, 2);
+  lpump *p = iso->lctx->pump;
+  p->kind = kind;
+  p->m = m;
+  pump_resume(iso);
+  p->m = NULL; /* freed by the caller */
 }
 
 void lstate_close(ic_isolate *iso) {

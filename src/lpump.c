@@ -59,14 +59,11 @@ enum {
   UV_COUNT = UV_REPLY_TO
 };
 
-/* Stack of a pump's body: [1] the pump's userdata, then (m, kind) as
- * resumed. A handler's run adds [4] the message handler, [5] the handler,
- * then its arguments; its result lands at [5]. */
+/* Stack of a pump's body: [1] the pump's userdata; on its first resume
+ * [2] the entry function too. What it dispatches (m, kind) is in the
+ * struct (lstate_dispatch): a resume passes no values. */
 #define PUMP_UD 1
-#define PUMP_M 2
-#define PUMP_KIND 3
-#define RUN_MSGH 4
-#define RUN_RESULT 5
+#define PUMP_ENTRY 2
 
 static inline lpump *pump_of(lua_State *L) { return self_of(L)->lctx->pump; }
 
@@ -463,7 +460,7 @@ static int pump_settle(lua_State *L, lpump *p) {
   /* (an isolate with a message handler has something left: looked at
    * first, as it answers after almost every message) */
   if (mode == WAIT_NONE && !p->failed && p->entry_done &&
-      lua_getiuservalue(L, PUMP_UD, UV_HANDLER) == LUA_TNIL && !self_of(L)->live_children) {
+      !p->handler && !self_of(L)->live_children) {
     int idle = 1;
     if (p->extras) {
       call_extras(L, "idle", 0, 1);
@@ -555,12 +552,13 @@ static int run_done(lua_State *L, int status, lua_KContext k) {
 }
 
 /* A message or request for an isolate where no handler waits: its handler
- * runs here. [2] m, [3] kind. */
+ * runs here. */
 static int run_message(lua_State *L, lpump *p, int kind) {
-  const ic_msg *m = lua_touserdata(L, PUMP_M);
+  const ic_msg *m = p->m;
   if (!m) return luaL_error(L, "the pump got no message");
-  lua_pushcfunction(L, pump_on_error); /* RUN_MSGH */
-  int handled = lua_getiuservalue(L, PUMP_UD, UV_HANDLER) != LUA_TNIL;
+  int msgh = lua_gettop(L) + 1;
+  lua_pushcfunction(L, pump_on_error);
+  int handled = p->handler && lua_getiuservalue(L, PUMP_UD, UV_HANDLER) != LUA_TNIL;
   lstate_push_taken(L, m); /* value, sender */
   if (!handled) {
     /* Without a handler a plain message is dropped (as an emitter without
@@ -580,35 +578,41 @@ static int run_message(lua_State *L, lpump *p, int kind) {
     lua_setiuservalue(L, PUMP_UD, UV_REPLY_TO);
   }
   p->active = 1;
-  return run_done(L, lua_pcallk(L, 2, 1, RUN_MSGH, kind, run_done), kind);
+  return run_done(L, lua_pcallk(L, 2, 1, msgh, kind, run_done), kind);
 }
 
-/* The pump's body, resumed with [2] m, [3] kind: one dispatch, then
+/* Pushes what the extras' dispatch gets: kind, m (or nil). */
+static void push_dispatched(lua_State *L, lpump *p) {
+  lua_pushinteger(L, p->kind);
+  if (p->m) lua_pushlightuserdata(L, p->m);
+  else lua_pushnil(L);
+}
+
+/* The pump's body, resumed for each dispatch (p->m, p->kind); then
  * pump_settle yields until the next. */
 static int pump_dispatch(lua_State *L) {
   lpump *p = lua_touserdata(L, PUMP_UD);
-  int kind = (int)lua_tointeger(L, PUMP_KIND);
+  int kind = p->kind;
   if (p->failed) {
     /* going down: nothing more runs */
   } else if (kind == MSG_USER || kind == MSG_REQUEST) {
     int current = 0, queued = 0;
     if (p->extras) extras_busy(L, &current, &queued);
     if (!current) return run_message(L, p, kind);
-    lua_pushinteger(L, kind);
-    lua_pushvalue(L, PUMP_M);
+    push_dispatched(L, p);
     call_extras(L, "dispatch", 2, 0);
   } else if (kind == LSTATE_START) {
     p->active = p->entry = 1;
-    lua_pushcfunction(L, pump_on_error); /* RUN_MSGH */
-    lua_pushvalue(L, PUMP_M);            /* the entry function */
+    int msgh = lua_gettop(L) + 1;
+    lua_pushcfunction(L, pump_on_error);
+    lua_pushvalue(L, PUMP_ENTRY);
     lua_getiuservalue(L, PUMP_UD, UV_CONTEXT);
-    return run_done(L, lua_pcallk(L, 1, 1, RUN_MSGH, kind, run_done), kind);
+    return run_done(L, lua_pcallk(L, 1, 1, msgh, kind, run_done), kind);
   } else if (p->extras) {
     /* Replies, timers, events, a preempted handler to resume, shutdown:
      * each comes only after the extras were loaded; without them a
      * shutdown has no handler to run. */
-    lua_pushinteger(L, kind);
-    lua_pushvalue(L, PUMP_M);
+    push_dispatched(L, p);
     call_extras(L, "dispatch", 2, 0);
   }
   return pump_settle(L, p);
@@ -675,6 +679,7 @@ static int ctx_on_message(lua_State *L) {
   if (t != LUA_TNONE && t != LUA_TNIL && t != LUA_TFUNCTION)
     return luaL_error(L, "on_message expects a function or nil, got %s", lua_typename(L, t));
   lua_settop(L, 2);
+  pump_of(L)->handler = t == LUA_TFUNCTION;
   set_uv(L, UV_HANDLER);
   return 0;
 }

@@ -117,6 +117,10 @@ typedef struct lpump {
   int failed;      /* going down: nothing more runs */
   int entry_done;  /* the entry function has returned */
   int extras;      /* runtime_extras.lua is loaded */
+  int handler;     /* a message handler is set */
+  /* What the pump is resumed to dispatch (lstate_dispatch): */
+  int kind;        /* MSG_* or LSTATE_* */
+  void *m;         /* the message (or NULL), owned by the caller */
   /* The handler the current pump runs, if any: */
   int active;      /* one runs */
   int entry;       /* it is the entry function, not yet "up" */
