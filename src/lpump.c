@@ -54,7 +54,6 @@ enum {
   UV_HANDLER = 1, /* the message handler, or nil */
   UV_CONTEXT,     /* the context the entry function got */
   UV_EXTRAS,      /* the extras' table, once loaded */
-  UV_STATE,       /* their state: current (a job waits or was preempted), queued */
   UV_REPLY_TO,    /* the requester of the request the current pump's handler answers */
   UV_COUNT = UV_REPLY_TO
 };
@@ -283,6 +282,9 @@ static int l_core_done_reply(lua_State *L) {
 
 /* ---- the extras ------------------------------------------------------------------- */
 
+static int l_core_set_current(lua_State *L);
+static int l_core_set_queued(lua_State *L);
+
 static const luaL_Reg extras_core[] = {
     {"self", l_core_self}, {"reply", l_core_reply}, {"up", l_core_up}, {"children", l_core_children},
     {"stop", l_core_stop}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
@@ -297,7 +299,8 @@ static const luaL_Reg extras_core[] = {
     {"running", l_core_running}, {"coresume", l_core_coresume}, {"corunning", l_core_corunning},
     {"coisyieldable", l_core_coisyieldable}, {"on_error", pump_on_error}, {"error_text", l_core_error_text},
     {"fail", l_core_fail}, {"fail_with", l_core_fail_with}, {"failed", l_core_failed},
-    {"done_reply", l_core_done_reply}, {NULL, NULL}};
+    {"done_reply", l_core_done_reply}, {"set_current", l_core_set_current}, {"set_queued", l_core_set_queued},
+    {NULL, NULL}};
 
 static int l_core_pump_job(lua_State *L);
 static int l_core_message_handler(lua_State *L);
@@ -321,8 +324,6 @@ static void push_extras(lua_State *L) {
   push_uv(L, UV_CONTEXT);
   lua_getmetatable(L, -1);
   lua_call(L, 4, 1);
-  lua_getfield(L, -1, "S");
-  set_uv(L, UV_STATE);
   lua_pushvalue(L, -1);
   set_uv(L, UV_EXTRAS);
   pump_of(L)->extras = 1;
@@ -334,15 +335,16 @@ static int l_core_extras(lua_State *L) {
   return 1;
 }
 
-/* With the extras loaded: does a job wait (or was one preempted), or are
- * handler runs queued behind one? */
-static void extras_busy(lua_State *L, int *current, int *queued) {
-  push_uv(L, UV_STATE);
-  lua_getfield(L, -1, "current");
-  *current = lua_toboolean(L, -1);
-  lua_getfield(L, -2, "queued");
-  *queued = lua_toboolean(L, -1);
-  lua_pop(L, 3);
+/* core.set_current(b), core.set_queued(b): the extras say whether a job
+ * waits (or was preempted), and whether handler runs are queued behind one. */
+static int l_core_set_current(lua_State *L) {
+  pump_of(L)->current = lua_toboolean(L, 1);
+  return 0;
+}
+
+static int l_core_set_queued(lua_State *L) {
+  pump_of(L)->queued = lua_toboolean(L, 1);
+  return 0;
 }
 
 /* Calls the extras' function name with nargs arguments on the top; nres results. */
@@ -449,10 +451,8 @@ static int pump_dispatch_k(lua_State *L, int status, lua_KContext k);
  * and yield the wait mode; resumed with the next (m, kind). */
 static int pump_settle(lua_State *L, lpump *p) {
   int mode = WAIT_NONE;
-  int current = 0, queued = 0;
-  if (p->extras) extras_busy(L, &current, &queued);
   if (p->failed) mode = WAIT_BLOCKED;
-  else if (current || queued) {
+  else if (p->current || p->queued) {
     call_extras(L, "settle", 0, 1);
     mode = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
@@ -596,9 +596,7 @@ static int pump_dispatch(lua_State *L) {
   if (p->failed) {
     /* going down: nothing more runs */
   } else if (kind == MSG_USER || kind == MSG_REQUEST) {
-    int current = 0, queued = 0;
-    if (p->extras) extras_busy(L, &current, &queued);
-    if (!current) return run_message(L, p, kind);
+    if (!p->current) return run_message(L, p, kind);
     push_dispatched(L, p);
     call_extras(L, "dispatch", 2, 0);
   } else if (kind == LSTATE_START) {

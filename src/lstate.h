@@ -5,9 +5,9 @@
  * The code is split by concept: src/lstate.c (per-state data, guards,
  * lstate_open), lref.c (refs), lsend.c (encode, decode, posting, send),
  * lcheck.c (argument checks), lspawn.c (spawn, lookup, stats), lcore.c
- * (the core functions), lhook.c (interrupts, preemption), lboot.c
- * (allocator, libraries, boot, pump, close); src/lstate_int.h is what
- * they share.
+ * (the core functions), lhook.c (interrupts, preemption), lpump.c (the
+ * pump, a handler's run, the context), lboot.c (allocator, libraries,
+ * boot, resuming the pump, close); src/lstate_int.h is what they share.
  *
  * Threads: each function runs on the thread that owns the lua_State it is
  * given (an isolate's worker, or the thread of the main state).

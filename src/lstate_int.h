@@ -118,6 +118,8 @@ typedef struct lpump {
   int entry_done;  /* the entry function has returned */
   int extras;      /* runtime_extras.lua is loaded */
   int handler;     /* a message handler is set */
+  int current;     /* the extras have a job that waits or was preempted */
+  int queued;      /* ... and handler runs queued behind it */
   /* What the pump is resumed to dispatch (lstate_dispatch): */
   int kind;        /* MSG_* or LSTATE_* */
   void *m;         /* the message (or NULL), owned by the caller */

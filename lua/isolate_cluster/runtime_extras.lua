@@ -32,9 +32,19 @@ local fail, failed, on_error, fail_with, done_reply = core.fail, core.failed, co
   core.done_reply
 local message_handler, pump_job = core.message_handler, core.pump_job
 
--- What the pump reads after each dispatch: a job waits or was preempted
--- (current), handler runs are queued behind it (queued).
+-- A job waits or was preempted (current), handler runs are queued behind
+-- it (queued). The pump reads both from its C struct: set_current and
+-- set_queued tell it.
 local S = { current = false, queued = false }
+local pump_current, pump_queued = core.set_current, core.set_queued
+local function set_current(job)
+  S.current = job
+  pump_current(job ~= false)
+end
+local function set_queued(q)
+  S.queued = q
+  pump_queued(q)
+end
 local handlers = {} -- up, down, node_up, node_down, shutdown (the message handler is the pump's)
 -- coroutine -> job record (the C pump's run appears here once it is asked
 -- for, core.pump_job)
@@ -88,7 +98,7 @@ step = function(job, resumed, tag, ok, r)
     error(tag, 0)
   end
   if tag == DONE then
-    if S.current == job then S.current = false end
+    if S.current == job then set_current(false) end
     job.done(job, ok, r)
     -- false, not nil: the fields keep their slots, reuse allocates nothing
     job.done, job.reply_to, job.corr, job.deferred = false, false, false, false
@@ -97,7 +107,7 @@ step = function(job, resumed, tag, ok, r)
       pool[npool] = job
     end
   elseif tag == WAIT then
-    S.current = job
+    set_current(job)
     if job.entry then
       job.entry = false
       core.up()
@@ -105,7 +115,7 @@ step = function(job, resumed, tag, ok, r)
   else
     -- A yield with no values comes from the hook: out of time slice.
     job.kind = "preempted"
-    S.current = job
+    set_current(job)
   end
 end
 
@@ -141,7 +151,7 @@ end
 local function enqueue(fn, a, b, c)
   qtail = qtail + 1
   queue[qtail] = { fn, a, b, c }
-  S.queued = true
+  if not S.queued then set_queued(true) end
 end
 
 local function drain()
@@ -151,7 +161,10 @@ local function drain()
     qhead = qhead + 1
     start(item[1], done_plain, item[2], item[3], item[4])
   end
-  if qhead > qtail then qhead, qtail, S.queued = 1, 0, false end
+  if qhead > qtail then
+    qhead, qtail = 1, 0
+    if S.queued then set_queued(false) end
+  end
 end
 
 -- A job waits: records what for, arms the timeout, yields (to step, or to C
@@ -197,7 +210,7 @@ end
 -- The wait is over: its timeout, if it has one still armed, goes too (an
 -- armed timer holds a drain back, and its isolate).
 local function wake(job, ...)
-  S.current = false
+  set_current(false)
   if job.timer then core.cancel_timer(job.timer) end
   job.kind, job.token, job.timer = false, false, false
   return resume(job, ...)
@@ -319,7 +332,7 @@ local function adopt(pjob, preempted)
   pjob.adopted = true
   pjob.done = noop
   if preempted then pjob.kind = "preempted" end
-  S.current = pjob
+  set_current(pjob)
   if pjob.entry then
     pjob.entry = false
     core.up() -- "up" also means: the entry function waits
@@ -569,5 +582,5 @@ end
 
 return {
   dispatch = dispatch, settle = settle, adopt = adopt, request_first = make_request(1), send_wait = send_wait,
-  idle = idle, methods = methods, DONE = DONE, S = S,
+  idle = idle, methods = methods, DONE = DONE,
 }
