@@ -294,9 +294,11 @@ static void pump_resume(ic_isolate *iso) {
   int st = lua_resume(P, L, nargs, &nres);
   set_running(iso, L);
   if (st == LUA_YIELD) {
-    if (nres == 1 && lua_isinteger(P, -1)) {
-      iso->wait = (int)lua_tointeger(P, -1);
-      lua_pop(P, 1);
+    lpump *p = iso->lctx->pump;
+    if (p->settled) {
+      /* the pump's own yield, after a dispatch: its wait mode */
+      p->settled = 0;
+      iso->wait = p->mode;
       return;
     }
     /* A handler running in the pump waits (it yielded a marker) or was

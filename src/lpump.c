@@ -3,9 +3,11 @@
  * resumed into, and the context its entry function gets, in C.
  *
  * Contract. The pump is a Lua thread whose body is a C function
- * (pump_main). C resumes it with (m, kind): m a message (light userdata,
- * decoded here) or, for LSTATE_START, the entry function; the pump
- * dispatches it and yields one integer, the isolate's wait mode (WAIT_*).
+ * (pump_dispatch). C resumes it (src/lboot.c) with what to dispatch in the
+ * pump's struct: kind, and m, a message decoded here (or NULL); the entry
+ * function, for LSTATE_START, is the first resume's argument. The pump
+ * dispatches it and yields, leaving the isolate's wait mode (WAIT_*) in
+ * the struct (settled).
  * The fast path needs no Lua code of the runtime at all: a message or
  * request for an isolate with no waiting or queued handler is decoded and
  * its handler called from here, in a protected call with continuation
@@ -17,7 +19,7 @@
  * over, finishes its handler (the reply of a request, "up" after the entry
  * function) and ends, returning the extras' DONE marker. Everything else
  * (replies, timers, events, a preempted handler to resume, shutdown, and
- * any message while a handler waits or runs are queued) is the extras'
+ * any message while a handler waits or was preempted) is the extras'
  * dispatch, which exists only once they are loaded.
  *
  * The run of a handler in the current pump is described by the lpump
@@ -60,7 +62,8 @@ enum {
 
 /* Stack of a pump's body: [1] the pump's userdata; on its first resume
  * [2] the entry function too. What it dispatches (m, kind) is in the
- * struct (lstate_dispatch): a resume passes no values. */
+ * struct (lstate_dispatch): a resume passes no values, and the pump's own
+ * yield none either. */
 #define PUMP_UD 1
 #define PUMP_ENTRY 2
 
@@ -473,8 +476,9 @@ static int pump_settle(lua_State *L, lpump *p) {
     }
   }
   lua_settop(L, PUMP_UD);
-  lua_pushinteger(L, mode);
-  return lua_yieldk(L, 1, 0, pump_dispatch_k);
+  p->mode = mode;
+  p->settled = 1;
+  return lua_yieldk(L, 0, 0, pump_dispatch_k);
 }
 
 /* The end of a handler's run, also the continuation of its protected call

@@ -123,6 +123,8 @@ typedef struct lpump {
   /* What the pump is resumed to dispatch (lstate_dispatch): */
   int kind;        /* MSG_* or LSTATE_* */
   void *m;         /* the message (or NULL), owned by the caller */
+  int settled;     /* the pump yielded after its dispatch ... */
+  int mode;        /* ... leaving this wait mode (WAIT_*) */
   /* The handler the current pump runs, if any: */
   int active;      /* one runs */
   int entry;       /* it is the entry function, not yet "up" */
