@@ -115,8 +115,10 @@ typedef struct ic_node_options {
   size_t secret_len;
   int allow_code;           /* accept Lua functions from other nodes (needs secret) */
   double connect_timeout;   /* seconds; 0 = 2 */
-  const char *lua_path, *lua_cpath; /* package.path/cpath of isolates other nodes
-                                       spawn here by module name; NULL = Lua's defaults */
+  const char *lua_path, *lua_cpath; /* package.path/cpath of the Lua isolates the
+                                       program spawns here (ic_spawn_lua,
+                                       ic_spawn_module) and of those other nodes
+                                       spawn here; NULL = Lua's defaults */
 } ic_node_options;
 
 /* Creates this process's node of a multi-node cluster: connects, joins and

@@ -247,6 +247,12 @@ static int spawn_boot(ic_cluster *c, const char *boot, size_t boot_len, int code
     }
     return IC_OK;
   }
+  /* The program has no package.path of its own: a node's isolates find
+   * modules as those other nodes spawn here do (ic_node_options.lua_path). */
+  if (c->net) {
+    a.lua_path = net_lua_path(c->net);
+    a.lua_cpath = net_lua_cpath(c->net);
+  }
   ic_isolate *iso;
   char err[256];
   int rc = cluster_spawn(c, &a, &iso, err, sizeof err);

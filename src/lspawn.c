@@ -34,11 +34,12 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
   /* { native = "kind" }: a native isolate of a kind the C program
    * registered (ic_register_native). The name stays on the stack. */
   const char *native = NULL;
+  size_t native_len = 0;
   if (et == LUA_TTABLE) {
     lua_settop(L, arg + 2); /* properties and opts keep their slots below the name */
     if (lua_getfield(L, arg, "native") != LUA_TSTRING)
       return luaL_error(L, "spawn_isolate: a table entry must be { native = \"kind\" } (a native isolate kind's name)");
-    native = lua_tostring(L, -1);
+    native = lua_tolstring(L, -1, &native_len);
   } else if (et != LUA_TFUNCTION && et != LUA_TSTRING) {
     return luaL_error(L, "spawn_isolate: the entry must be a function, a module name or { native = \"kind\" }, got %s",
                       luaL_typename(L, arg));
@@ -159,7 +160,7 @@ int lstate_spawn(lua_State *L, ic_cluster *c, int arg, ic_isolate *creator, int 
                   lua_path, lua_cpath, path, hidden, creator, detached, NULL, 0, lean};
   ic_isolate *iso;
   char err[256];
-  int failed = native ? native_spawn_kind(c, native, &a, &iso, err, sizeof err) : cluster_spawn(c, &a, &iso, err, sizeof err);
+  int failed = native ? native_spawn_kind(c, native, native_len, &a, &iso, err, sizeof err) : cluster_spawn(c, &a, &iso, err, sizeof err);
   if (claimed) net_claim_done(c->net, path);
   codec_buf_free(buf);
   if (failed) return luaL_error(L, "%s", err);

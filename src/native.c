@@ -219,7 +219,15 @@ int ic_register_native(ic_cluster *c, const char *name, ic_native_factory make, 
   return rc;
 }
 
-int native_spawn_kind(ic_cluster *c, const char *name, spawn_args *a, ic_isolate **out, char *err, size_t errlen) {
+int native_spawn_kind(ic_cluster *c, const char *name, size_t len, spawn_args *a, ic_isolate **out, char *err,
+                      size_t errlen) {
+  /* A name from Lua is any string: one with a NUL byte would match the
+   * kind named by its part before the NUL. Registered names have none. */
+  if (memchr(name, 0, len)) {
+    snprintf(err, errlen, "spawn_native: a native isolate kind's name cannot contain a NUL byte (got \"%s\\0...\")",
+             name);
+    return EINVAL;
+  }
   ic_native_factory make = NULL;
   void *ud = NULL;
   plat_mutex_lock(&c->lock);

@@ -23,13 +23,14 @@ void native_finish(ic_isolate *iso);
 /* Frees the native state (iso's last holder). */
 void native_free(struct ic_native *n);
 
-/* Spawns a native isolate of the registered kind `name` (ic_register_native)
- * with the rest of *a (props, path, mailbox, creator...): the kind's factory
- * makes its handlers from a->props. Returns 0 with *out retained, or an
- * errno value with a message in err: EINVAL (no such kind), ECHILD (the
- * factory refused), or cluster_spawn's. Any thread (the spawner's). */
-int native_spawn_kind(struct ic_cluster *c, const char *name, spawn_args *a, ic_isolate **out, char *err,
-                      size_t errlen);
+/* Spawns a native isolate of the registered kind `name` (len bytes,
+ * NUL-terminated) with the rest of *a (props, path, mailbox, creator...):
+ * the kind's factory makes its handlers from a->props. Returns 0 with *out
+ * retained, or an errno value with a message in err: EINVAL (no such kind,
+ * or a name with a NUL byte), ECHILD (the factory refused), or
+ * cluster_spawn's. Any thread (the spawner's). */
+int native_spawn_kind(struct ic_cluster *c, const char *name, size_t len, spawn_args *a, ic_isolate **out,
+                      char *err, size_t errlen);
 /* Frees the registered kinds (the cluster's last holder). */
 void native_kinds_free(struct ic_cluster *c);
 

@@ -109,10 +109,10 @@ static int64_t ask_start(ic_cluster *c, ic_ref r) {
 }
 
 /* The launcher's answer for kind (a string), the caller's; or NULL. */
-static char *try_kind(ic_cluster *c, ic_ref launcher, const char *kind) {
+static char *try_kind_len(ic_cluster *c, ic_ref launcher, const char *kind, size_t len) {
   char q[80], *reply = NULL;
   size_t rlen = 0;
-  char *w = mp_encode_str(q, kind, (uint32_t)strlen(kind));
+  char *w = mp_encode_str(q, kind, (uint32_t)len);
   if (ic_request(c, launcher, q, (size_t)(w - q), 10, &reply, &rlen) != IC_OK) return NULL;
   const char *p = reply;
   uint32_t n = 0;
@@ -120,6 +120,10 @@ static char *try_kind(ic_cluster *c, ic_ref launcher, const char *kind) {
   char *out = s ? strndup(s, n) : NULL;
   ic_free(reply);
   return out;
+}
+
+static char *try_kind(ic_cluster *c, ic_ref launcher, const char *kind) {
+  return try_kind_len(c, launcher, kind, strlen(kind));
 }
 
 int main(void) {
@@ -165,6 +169,11 @@ int main(void) {
   free(ans);
   ans = try_kind(c, launcher, "refuser");
   CHECK(ans && strstr(ans, "\"refuser\" refused") != NULL);
+  free(ans);
+  /* A name is the whole string: "counter" and a NUL byte after it is not
+   * "counter" (nothing is made). */
+  ans = try_kind_len(c, launcher, "counter\0x", 9);
+  CHECK(ans && strstr(ans, "cannot contain a NUL byte") != NULL);
   free(ans);
 
   CHECK(ic_cluster_shutdown(c, 10) == 1);

@@ -54,7 +54,7 @@ int main(void) {
   CHECK(strstr(err, "cannot connect to NATS") != NULL);
 
   /* Two nodes of one cluster. */
-  ic_node_options oa = {urls, 1, cname, "a", NULL, NULL, NULL, NULL, 0, 0, 0, "./spec/?.lua", NULL};
+  ic_node_options oa = {urls, 1, cname, "a", NULL, NULL, NULL, NULL, 0, 0, 0, "./spec/?.lua", "./spec/c/?.so"};
   ic_node_options ob = oa;
   ob.name = "b";
   ic_cluster *a = NULL, *b = NULL;
@@ -158,6 +158,22 @@ int main(void) {
   CHECK(ic_receive(a, 10, &data, &len, &from) == IC_OK);
   CHECK(len == 5 && data && memcmp(data, ping, 5) == 0 && from.node == ra.node && from.id == ra.id);
   ic_free(data);
+  /* Spawned here by the program, a Lua isolate has the node's lua_path and
+   * lua_cpath, as those other nodes spawn here have, and finds a module
+   * through them. */
+  static const char PATHS[] =
+      "return function(context) context:on_message(function() return package.path .. ' ' .. package.cpath end) end";
+  static const char WANT[] = "\xba./spec/?.lua ./spec/c/?.so"; /* fixstr of 26 bytes */
+  ic_ref rp = {0, 0};
+  CHECK(ic_spawn_lua(a, PATHS, strlen(PATHS), "=paths", NULL, 0, NULL, &rp) == IC_OK);
+  CHECK(ic_request(a, rp, "\xc0", 1, 30, &reply, &reply_len) == IC_OK);
+  CHECK(reply && reply_len == sizeof WANT - 1 && memcmp(reply, WANT, reply_len) == 0);
+  ic_free(reply);
+  ic_ref rm = {0, 0};
+  CHECK(ic_spawn_module(a, MOD, NULL, 0, NULL, &rm) == IC_OK && rm.node == ic_cluster_main(a).node);
+  CHECK(ic_request(a, rm, ping, 5, 30, &reply, &reply_len) == IC_OK);
+  CHECK(reply_len == 5 && reply && memcmp(reply, ping, 5) == 0);
+  ic_free(reply);
   /* No such node; Lua source needs nodes that allow code; a native
    * isolate runs here. */
   ic_spawn_options on_nope = {NULL, 0, 0, 0, "nope"};

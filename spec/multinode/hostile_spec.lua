@@ -93,6 +93,57 @@ describe("hostile bytes on the cluster's subjects", function()
     run(2)
   end)
 
+  -- A plain client's reply subject is where the node publishes the answer,
+  -- with the node's own NATS permissions. The peer above replays subjects it
+  -- saw as reply subjects, its own path subjects among them: a reply subject
+  -- inside the cluster's subjects would deliver the answer (or the error for
+  -- a path nobody holds) to another isolate, as a message of nobody, or put
+  -- it on the nodes' own subjects. Such a request is neither delivered nor
+  -- answered.
+  it("a request whose reply subject is one of the cluster's is neither delivered nor answered", function()
+    local name = H.unique_name("reflect")
+    local c = MN.node(srv, name, "spec")
+    local paths = "ic." .. name .. ".path."
+    local function forwarder(at, answer)
+      c:spawn_isolate(function(context)
+        local main, here, answers = context:property("main"), context:property("at"), context:property("answer")
+        context:on_message(function(m)
+          main:send({ at = here, got = m })
+          if answers then return m end
+        end)
+      end, { main = c.main, at = at, answer = answer }, { path = at })
+    end
+    forwarder("/here", true)
+    forwarder("/sink", false)
+    local dead = c:stats({ rows = false }).dead_letters
+    for _, to in ipairs({ "here", "nobody", "here" }) do
+      local out, code = H.peer({ srv.url, "pub", paths .. to, '"reflected"', "--reply", paths .. "sink" })
+      assert.equal(0, code, out)
+    end
+    local out, code = H.peer({ srv.url, "pub", paths .. "here", '"reflected"', "--reply", "ic." .. name .. ".hb" })
+    assert.equal(0, code, out)
+    -- Answered only once everything before it was handled (one subscription
+    -- takes every path subject, in order; /here answers in mailbox order), so
+    -- an answer published to /sink before it is there before "last".
+    out = H.peer({ srv.url, "request", paths .. "here", '"sync"', "--timeout", "10" })
+    assert.matches('reply "sync"', out)
+    out, code = H.peer({ srv.url, "pub", paths .. "sink", '"last"' })
+    assert.equal(0, code, out)
+    local got, seen = {}, {}
+    W.wait_until(function()
+      local m = c:receive(0.1)
+      if m then
+        got[#got + 1] = m
+        seen[m.at .. " " .. tostring(m.got)] = true
+      end
+      return seen["/here sync"] and seen["/sink last"]
+    end, 15)
+    table.sort(got, function(x, y) return x.at < y.at end)
+    assert.same({ { at = "/here", got = "sync" }, { at = "/sink", got = "last" } }, got)
+    -- the three requests to /here, refused, are dead letters
+    assert.equal(dead + 3, c:stats({ rows = false }).dead_letters)
+  end)
+
   it("with a secret and allow_code: nothing forged runs, and no replay runs a function twice", function()
     local echo, b, sent = run(3, { secret = "hostile-key", allow_code = true },
       { secret = "hostile-key", allow_code = "true" }, true)

@@ -17,10 +17,11 @@ Commands (one line of output per event, flushed; exit status 0 on success,
 1 when the expected thing did not happen, 2 when the server refused us):
 
     info                      prints "info <server INFO as JSON>", then "ok"
-    pub SUBJECT JSON [--count N] [--seq KEY]
-                              publishes the JSON value as MessagePack N times;
-                              with --seq, JSON must be an object and KEY is set
-                              to 1..N in the copies; prints "published N"
+    pub SUBJECT JSON [--count N] [--seq KEY] [--reply SUBJECT]
+                              publishes the JSON value as MessagePack N times
+                              (with --reply, with that reply subject); with
+                              --seq, JSON must be an object and KEY is set to
+                              1..N in the copies; prints "published N"
     sub SUBJECT [--count N] [--timeout S]
                               prints "subscribed", then "msg SUBJECT REPLY JSON"
                               for each message (REPLY "-" when none), and
@@ -235,7 +236,7 @@ def cmd_pub(c, a):
     for i in range(1, a.count + 1):
         if a.seq:
             value[a.seq] = i
-        c.pub(a.subject, msgpack.packb(value, use_bin_type=True))
+        c.pub(a.subject, msgpack.packb(value, use_bin_type=True), a.reply)
     c.ping()
     out("published %d" % a.count)
     return 0
@@ -405,6 +406,7 @@ def main():
     p.add_argument("json")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--seq")
+    p.add_argument("--reply")
     p = cmds.add_parser("sub")
     p.add_argument("subject")
     p.add_argument("--count", type=int, default=1)

@@ -69,7 +69,8 @@ static void usage(FILE *f) {
           "  --allow-code           accept Lua functions from other nodes (needs the secret)\n"
           "  --version              print the version and exit\n"
           "  --help                 print this text and exit\n"
-          "Exit status: 0; 1 the script raised; 2 bad usage; 3 the shutdown timed out.\n");
+          "Exit status: 0; 1 the script raised (or does not compile); 2 bad usage (also a\n"
+          "script that cannot be read); 3 the shutdown timed out.\n");
 }
 
 static int load_embedded(lua_State *L, const char *src, size_t len, const char *name) {
@@ -273,6 +274,18 @@ static int run(lua_State *L) {
   }
   lua_setglobal(L, "arg");
 
+  /* The script first: one that cannot be read is bad usage, and then, as
+   * for one that does not compile, no cluster starts (nor joins). */
+  lua_pushcfunction(L, traceback);
+  int tb = lua_gettop(L);
+  int status = luaL_loadfile(L, h->argv[h->script]);
+  if (status != LUA_OK) {
+    fprintf(stderr, "isolate-cluster: %s\n", lua_tostring(L, -1));
+    lua_pushinteger(L, status == LUA_ERRFILE ? EXIT_USAGE : EXIT_SCRIPT_ERROR);
+    return 1;
+  }
+  int chunk = lua_gettop(L);
+
   /* cluster = require("isolate_cluster").single_node{ workers = N }, or
    * .node{ nats = ..., cluster = ..., name = ..., workers = N, ... } */
   lua_getglobal(L, "require");
@@ -312,15 +325,11 @@ static int run(lua_State *L) {
   h->has_sig_thread = pthread_create(&h->sig_thread, NULL, signal_main, h) == 0;
   h->has_stats_thread = h->stats_seconds > 0 && pthread_create(&h->stats_thread, NULL, stats_main, h) == 0;
 
-  lua_pushcfunction(L, traceback);
-  int tb = lua_gettop(L);
-  int status = luaL_loadfile(L, h->argv[h->script]);
-  if (status == LUA_OK) {
-    int nargs = h->argc - h->script - 1;
-    luaL_checkstack(L, nargs, "too many arguments");
-    for (int i = h->script + 1; i < h->argc; i++) lua_pushstring(L, h->argv[i]);
-    status = lua_pcall(L, nargs, 0, tb);
-  }
+  int nargs = h->argc - h->script - 1;
+  luaL_checkstack(L, nargs + 1, "too many arguments");
+  lua_pushvalue(L, chunk);
+  for (int i = h->script + 1; i < h->argc; i++) lua_pushstring(L, h->argv[i]);
+  status = lua_pcall(L, nargs, 0, tb);
   if (status != LUA_OK) {
     fprintf(stderr, "isolate-cluster: %s\n", lua_tostring(L, -1));
     lua_settop(L, cl);

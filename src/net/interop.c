@@ -88,6 +88,16 @@ static int answers_for_nobody(struct net *n) {
   return first;
 }
 
+/* The subjects of this library's clusters, this one's and any other's on
+ * the account ("ic.>": paths, node data, heartbeats, probes). A plain
+ * client's reply subject there would make the node publish the answer into
+ * them on the client's behalf, with the node's own NATS permissions: a
+ * client allowed to reach only some paths would reach any other (the
+ * answer, a plain message, arrives at the isolate whose path the reply
+ * subject names), and answers would land on the nodes' own subjects. Such a
+ * request is refused. */
+#define CLUSTER_SUBJECTS "ic."
+
 /* A message on ic.<cluster>.path.a.b: for the isolate at /a/b, if it lives
  * here. The payload is plain MessagePack (functions refused); with a reply
  * subject it is a request and the handler's first return value goes back. */
@@ -96,6 +106,7 @@ void net__handle_interop(struct net *n, natsMsg *msg, const char *subject) {
   size_t tlen = strlen(tokens);
   const char *reply = natsMsg_GetReply(msg);
   if (reply && !*reply) reply = NULL;
+  int reply_refused = reply && strncmp(reply, CLUSTER_SUBJECTS, strlen(CLUSTER_SUBJECTS)) == 0;
   char path[512];
   if (tlen == 0 || tlen + 2 > sizeof path) return;
   path[0] = '/';
@@ -106,11 +117,17 @@ void net__handle_interop(struct net *n, natsMsg *msg, const char *subject) {
   ic_isolate *iso = cluster_find_path(n->c, path);
   if (!iso) {
     remote_id r;
-    if (reply && !paths_find(&n->replica, path, &r) && answers_for_nobody(n)) {
+    if (reply && !reply_refused && !paths_find(&n->replica, path, &r) && answers_for_nobody(n)) {
       char text[600];
       snprintf(text, sizeof text, "no isolate at path %s", path);
       publish_error_text(n, reply, text);
     }
+    return;
+  }
+  if (reply_refused) {
+    /* Neither delivered nor answered: the answer is what must not go there. */
+    isolate_release(iso);
+    atomic_fetch_add(&n->c->dead_letters, 1);
     return;
   }
   const char *why = NULL;

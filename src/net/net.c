@@ -386,6 +386,10 @@ static void apply_replica(struct net *n, const envelope *e) {
 
 int net_code_ok(const struct net *n) { return n->code_ok; }
 
+const char *net_lua_path(const struct net *n) { return n->lua_path; }
+
+const char *net_lua_cpath(const struct net *n) { return n->lua_cpath; }
+
 /* Ids chosen for isolates spawned on another node: random, with bit 62 set
  * (and 63 clear, so they stay positive Lua integers), which keeps them out
  * of the range of the counter every node numbers its own isolates with. */

@@ -117,6 +117,10 @@ void net_claim_done(struct net *n, const char *path);
 
 /* Lua functions may cross between the nodes (allow_code and a secret). */
 int net_code_ok(const struct net *n);
+/* The node's package.path and package.cpath for the isolates it spawns
+ * that no Lua state spawns (NULL: Lua's defaults). Any thread. */
+const char *net_lua_path(const struct net *n);
+const char *net_lua_cpath(const struct net *n);
 
 /* Copies the name of node incarnation `node` into buf (this node included);
  * 0, or -1 when unknown. Any thread. */

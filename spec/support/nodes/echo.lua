@@ -22,7 +22,8 @@
 --             a plain (not table) message or one without op is answered as is.
 --   /counter  (path: counter_path=, mailbox capacity: counter_mailbox=) counts streams { stream =, seq = } sent
 --             to it; request { op = "stats", stream = S } -> { count =, last =,
---             dups =, gaps = } (dups: seq <= last seen; gaps: seq > last + 1).
+--             dups =, gaps = } (dups: seq <= last seen; gaps: seq > last + 1);
+--             other messages are ignored.
 -- Prints "ready <name>" once both are spawned. Arguments: see common.lua.
 local common = require("support.nodes.common")
 local o = common.parse(arg)
@@ -75,6 +76,9 @@ local function counter_main(context)
     if msg.op == "stats" then
       return streams[msg.stream] or { count = 0, last = 0, dups = 0, gaps = 0 }
     end
+    -- Anything else that is not a stream's message (its path subject takes
+    -- plain messages from any NATS client) is not counted.
+    if msg.stream == nil or math.type(msg.seq) ~= "integer" then return nil end
     local s = streams[msg.stream]
     if not s then
       s = { count = 0, last = 0, dups = 0, gaps = 0 }
