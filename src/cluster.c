@@ -143,11 +143,9 @@ ic_cluster *cluster_new(const cluster_opts *o, const char **err) {
   c->log_trim_at = 1024;
   atomic_init(&c->main_fd, -1);
   if (!c->by_id || !c->by_path) goto oom;
-  c->runtime_code = runtime_compile(ic_runtime_lua, ic_runtime_lua_len, "=isolate_cluster.runtime", &c->boot_error);
-  if (c->runtime_code)
-    c->runtime_extras = runtime_compile(ic_runtime_extras_lua, ic_runtime_extras_lua_len,
-                                        "=isolate_cluster.runtime_extras", &c->boot_error);
-  if (!c->runtime_code || !c->runtime_extras) {
+  c->runtime_extras = runtime_compile(ic_runtime_extras_lua, ic_runtime_extras_lua_len,
+                                      "=isolate_cluster.runtime_extras", &c->boot_error);
+  if (!c->runtime_extras) {
     /* runtime_compile leaves boot_error NULL only when memory ran out. */
     *err = c->boot_error ? c->boot_error : "cannot compile the isolate runtime: not enough memory";
     goto fail;
@@ -180,7 +178,6 @@ fail_all:
 oom:
   *err = "out of memory";
 fail:
-  blob_release(c->runtime_code);
   blob_release(c->runtime_extras);
   free(c->by_id);
   free(c->by_path);
@@ -228,7 +225,6 @@ void cluster_release(ic_cluster *c) {
   free(c->by_path);
   sched_fini(&c->sched);
   timer_fini(&c->timers);
-  blob_release(c->runtime_code);
   blob_release(c->runtime_extras);
   blob_release(c->spawn_paths);
   free(c->boot_error);

@@ -127,8 +127,8 @@ typedef struct ic_cluster {
   atomic_ullong sent;
   atomic_ullong spawned;
 
-  /* Bytecode of the isolate runtime, compiled once. */
-  ic_blob *runtime_code;
+  /* Bytecode of the isolate runtime's Lua part (loaded by an isolate on
+   * first use, src/lpump.c), compiled once. */
   ic_blob *runtime_extras;
   char *boot_error;
 } ic_cluster;

@@ -1,7 +1,8 @@
 /*
  * lboot — an isolate's lua_State from birth to close: its allocator, the
- * standard libraries (most opened on first use), l_boot (runtime, core
- * table, entry), the pump that every dispatch resumes, and lstate_close.
+ * standard libraries (most opened on first use), l_boot (the pump's state
+ * and the context, the entry), resuming the pump (src/lpump.c) with every
+ * dispatch, and lstate_close.
  *
  * Threads: the isolate's worker, which owns its lua_State; iso->hook_lock
  * is taken only when the state closes (and by set_running when an arming
@@ -61,50 +62,6 @@ static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (!p) return NULL;
   iso->mem_used = iso->mem_used - old + nsize;
   return p;
-}
-
-/* core.traceback(msg, level): debug.traceback without loading the debug
- * library into every isolate. */
-static int l_core_traceback(lua_State *L) {
-  const char *msg = luaL_optstring(L, 1, NULL);
-  int level = (int)luaL_optinteger(L, 2, 1);
-  luaL_traceback(L, L, msg, level);
-  return 1;
-}
-
-static int l_core_load_extras(lua_State *L);
-
-/* The core table: what runtime.lua, which every isolate loads, calls (a
- * table of its own, as each entry costs every isolate its slot), and what
- * only the extras call (a full table made when they load). */
-static const luaL_Reg core_eager[] = {
-    {"self", l_core_self}, {"reply", l_core_reply}, {"up", l_core_up}, {"children", l_core_children},
-    {"stop", l_core_stop}, {"set_jobs", l_core_set_jobs}, {"set_request", l_core_set_request},
-    {"take", l_core_take}, {"run", l_core_run}, {"traceback", l_core_traceback},
-    {"load_extras", l_core_load_extras}, {"set_send_wait", l_core_set_send_wait},
-    {"cocreate", l_core_cocreate}, {"coyield", l_core_coyield}, {"context", l_core_context}, {NULL, NULL}};
-static const luaL_Reg core_rest[] = {
-    {"main", l_core_main}, {"request", l_core_request}, {"timer", l_core_timer},
-    {"cancel_timer", l_core_cancel_timer}, {"spawn", l_core_spawn}, {"lookup", l_core_lookup},
-    {"lookup_prefix", l_core_lookup_prefix}, {"subscribe", l_core_subscribe}, {"events", l_core_events},
-    {"shutdown_cluster", l_core_shutdown_cluster}, {"log", l_core_log}, {"now", l_core_now},
-    {"send_all", l_core_send_all}, {"check_seconds", l_core_check_seconds},
-    {"check_options", lstate_core_check_options}, {"monitor", l_core_monitor},
-    {"demonitor", l_core_demonitor}, {"post_pending", l_core_post_pending},
-    {"running", l_core_running}, {"coresume", l_core_coresume}, {"corunning", l_core_corunning},
-    {"coisyieldable", l_core_coisyieldable}, {NULL, NULL}};
-
-/* core.load_extras() -> chunk, core: the second part of the runtime, and
- * the full core table it calls. */
-static int l_core_load_extras(lua_State *L) {
-  ic_cluster *c = self_of(L)->cluster;
-  if (luaL_loadbufferx(L, c->runtime_extras->data, c->runtime_extras->len, "=isolate_cluster.runtime_extras",
-                       "b") != LUA_OK)
-    return lua_error(L);
-  lua_createtable(L, 0, (int)(sizeof core_eager / sizeof *core_eager + sizeof core_rest / sizeof *core_rest - 2));
-  luaL_setfuncs(L, core_eager, 0);
-  luaL_setfuncs(L, core_rest, 0);
-  return 2;
 }
 
 /*
@@ -265,10 +222,9 @@ static int l_boot(lua_State *L) {
    * values may need. */
   if (iso->mem_limit) ctx->lim.key_cache = 0;
 
-  if (luaL_loadbufferx(L, c->runtime_code->data, c->runtime_code->len, RUNTIME_SOURCE, "b") != LUA_OK)
-    return lua_error(L);
-  luaL_newlib(L, core_eager);
-  lua_call(L, 1, 2); /* -> spawn_pump, adopt */
+  /* The pump and the context: C, no runtime code (src/lpump.c). */
+  lpump_open(L);
+  lpump_push_new(L);
 
   restart_gc(L);
   /* The entry: a function, or a module name whose module returns one. */
@@ -302,7 +258,7 @@ static int l_boot(lua_State *L) {
   if (lua_type(L, -1) != LUA_TFUNCTION) return luaL_error(L, "the entry is not a function");
   blob_release(iso->boot);
   iso->boot = NULL;
-  return 3; /* spawn_pump, adopt, entry */
+  return 2; /* the pump, the entry */
 }
 
 static void fail_from_status(ic_isolate *iso, lua_State *L) {
@@ -319,10 +275,6 @@ static void fail_from_status(ic_isolate *iso, lua_State *L) {
   free(r);
 }
 
-/* Stack of the isolate's main thread: [1] spawn_pump, [2] adopt. */
-#define SPAWN_PUMP_IDX 1
-#define ADOPT_IDX 2
-
 /* Pops a new pump coroutine from L's top and makes it the isolate's pump. */
 static void set_pump(ic_isolate *iso, lua_State *L) {
   lua_State *P = lua_tothread(L, -1);
@@ -331,28 +283,33 @@ static void set_pump(ic_isolate *iso, lua_State *L) {
   iso->pump = P;
 }
 
-/* Resumes the pump with nargs values already pushed on it. */
-static void pump_resume(ic_isolate *iso, int nargs) {
+/* Resumes the pump for what its struct says to dispatch. A new pump gets
+ * what is on its stack above its body as arguments (its userdata, and at
+ * boot the entry function); a suspended one gets nothing. */
+static void pump_resume(ic_isolate *iso) {
   lua_State *L = iso->L, *P = iso->pump;
   int nres = 0;
+  int nargs = lua_status(P) == LUA_OK ? lua_gettop(P) - 1 : 0;
   set_running(iso, P);
   int st = lua_resume(P, L, nargs, &nres);
   set_running(iso, L);
   if (st == LUA_YIELD) {
-    if (nres == 1 && lua_isinteger(P, -1)) {
-      iso->wait = (int)lua_tointeger(P, -1);
-      lua_pop(P, 1);
+    lpump *p = iso->lctx->pump;
+    if (p->settled) {
+      /* the pump's own yield, after a dispatch: its wait mode */
+      p->settled = 0;
+      iso->wait = p->mode;
       return;
     }
     /* A handler running in the pump waits (it yielded a marker) or was
-     * preempted (the hook yielded nothing): the pump becomes a job and the
-     * runtime hands over a new pump. */
+     * preempted (the hook yielded nothing): the pump becomes a job and a
+     * new pump takes its place. */
     lua_pop(P, nres);
-    lua_pushvalue(L, ADOPT_IDX);
+    lua_pushcfunction(L, lpump_adopt);
     lua_pushboolean(L, nres == 0);
     if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
       fail_from_status(iso, L);
-      lua_settop(L, ADOPT_IDX);
+      lua_settop(L, 0);
       return;
     }
     iso->wait = (int)lua_tointeger(L, -1);
@@ -383,22 +340,16 @@ void lstate_boot(ic_isolate *iso) {
   set_running(iso, L);
   lua_pushcfunction(L, l_boot);
   lua_pushlightuserdata(L, iso);
-  if (lua_pcall(L, 1, 3, 0) != LUA_OK) {
+  if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
     fail_from_status(iso, L);
     lua_settop(L, 0);
     return;
   }
-  /* [spawn_pump, adopt, entry] */
-  lua_pushvalue(L, SPAWN_PUMP_IDX);
-  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-    fail_from_status(iso, L);
-    lua_settop(L, 0);
-    return;
-  }
+  /* [pump, entry] */
+  lua_xmove(L, lua_tothread(L, 1), 1);
   set_pump(iso, L);
-  lua_xmove(L, iso->pump, 1); /* the entry */
-  lua_pushinteger(iso->pump, LSTATE_START);
-  pump_resume(iso, 2);
+  iso->lctx->pump->kind = LSTATE_START;
+  pump_resume(iso);
 }
 
 void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
@@ -410,19 +361,15 @@ void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
     if (isolate_open_request(iso, m)) return;
   } else if (m && m->kind == MSG_REQUEST && m->from_node)
     isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
-  lua_State *P = iso->pump;
-  if (!P) {
+  if (!iso->pump) {
     isolate_set_ending(iso, "error: isolate state unavailable");
     return;
   }
-  if (!lua_checkstack(P, 2)) {
-    isolate_set_ending(iso, "error: not enough memory");
-    return;
-  }
-  if (m) lua_pushlightuserdata(P, m);
-  else lua_pushnil(P);
-  lua_pushinteger(P, kind);
-  pump_resume(iso, 2);
+  lpump *p = iso->lctx->pump;
+  p->kind = kind;
+  p->m = m;
+  pump_resume(iso);
+  p->m = NULL; /* freed by the caller */
 }
 
 void lstate_close(ic_isolate *iso) {

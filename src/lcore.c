@@ -2,8 +2,8 @@
  * lcore — the `core` functions an isolate's runtime calls (self, main,
  * timers, spawn and lookup, events and subscriptions, monitors, stop,
  * shutdown_cluster, log, now, request's hook). The ones on the message path
- * are in src/lsend.c, the ones of preemption in src/lhook.c; l_boot
- * (src/lboot.c) puts them all in the core table.
+ * are in src/lsend.c, the ones of preemption in src/lhook.c, the pump's in
+ * src/lpump.c, which puts them all in the core table of the extras.
  *
  * Threads: the isolate's worker, which owns its lua_State. No lock here;
  * the cluster_* and isolate_* calls take theirs.
@@ -180,88 +180,4 @@ int l_core_set_request(lua_State *L) {
 int l_core_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)plat_now_ns() / 1e9);
   return 1;
-}
-
-/* ---- the context ------------------------------------------------------------ */
-
-/*
- * The context an isolate's entry function gets: a table with isolate_ref
- * and a metatable whose __index serves on_message, property and properties
- * (C closures over the context, the runtime's handlers table and the
- * isolate's ref) and asks the runtime's fallback for any other method (it
- * loads the extras, which then put a table of all methods in __index). In
- * C because each of the runtime's Lua closures costs every isolate its
- * prototype, constants and strings.
- */
-#define CTX_SELF lua_upvalueindex(1)
-#define CTX_HANDLERS lua_upvalueindex(2)
-#define CTX_REF lua_upvalueindex(3)
-
-static void ctx_check(lua_State *L, const char *name) {
-  if (!lua_rawequal(L, 1, CTX_SELF)) luaL_error(L, "context:%s must be called with ':'", name);
-}
-
-/* A handler is removed with nil (an isolate left with no handler and
- * nothing else to run ends, see runtime.lua). */
-static int ctx_on_message(lua_State *L) {
-  ctx_check(L, "on_message");
-  int t = lua_type(L, 2);
-  if (t != LUA_TNONE && t != LUA_TNIL && t != LUA_TFUNCTION)
-    return luaL_error(L, "on_message expects a function or nil, got %s", lua_typename(L, t));
-  lua_settop(L, 2);
-  lua_setfield(L, CTX_HANDLERS, "message");
-  return 0;
-}
-
-static int ctx_property(lua_State *L) {
-  ctx_check(L, "property");
-  lua_settop(L, 2);
-  lua_pushvalue(L, CTX_REF);
-  lua_replace(L, 1);
-  return l_ref_property(L);
-}
-
-static int ctx_properties(lua_State *L) {
-  ctx_check(L, "properties");
-  lua_settop(L, 0);
-  lua_pushvalue(L, CTX_REF);
-  return l_ref_properties(L);
-}
-
-/* __index: upvalues on_message, property, properties, fallback. */
-static int ctx_index(lua_State *L) {
-  if (lua_type(L, 2) == LUA_TSTRING) {
-    const char *k = lua_tostring(L, 2);
-    int up = strcmp(k, "on_message") == 0 ? 1 : strcmp(k, "property") == 0 ? 2 : strcmp(k, "properties") == 0 ? 3 : 0;
-    if (up) {
-      lua_pushvalue(L, lua_upvalueindex(up));
-      return 1;
-    }
-  }
-  lua_pushvalue(L, lua_upvalueindex(4));
-  lua_pushvalue(L, 2);
-  lua_call(L, 1, 1);
-  return 1;
-}
-
-/* core.context(self_ref, handlers, fallback) -> context, its metatable */
-int l_core_context(lua_State *L) {
-  lua_settop(L, 3);
-  lua_createtable(L, 0, 1); /* 4: the context */
-  lua_pushvalue(L, 1);
-  lua_setfield(L, 4, "isolate_ref");
-  lua_createtable(L, 0, 1); /* 5: its metatable */
-  static const lua_CFunction methods[] = {ctx_on_message, ctx_property, ctx_properties};
-  for (int i = 0; i < 3; i++) {
-    lua_pushvalue(L, 4);
-    lua_pushvalue(L, 2);
-    lua_pushvalue(L, 1);
-    lua_pushcclosure(L, methods[i], 3);
-  }
-  lua_pushvalue(L, 3);
-  lua_pushcclosure(L, ctx_index, 4);
-  lua_setfield(L, 5, "__index");
-  lua_pushvalue(L, 5);
-  lua_setmetatable(L, 4);
-  return 2;
 }

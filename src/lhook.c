@@ -36,6 +36,8 @@ int l_core_set_jobs(lua_State *L) {
   return 0;
 }
 
+int lstate_push_jobs(lua_State *L) { return lua_rawgetp(L, LUA_REGISTRYINDEX, &JOBS_KEY); }
+
 /*
  * Lua traces every instruction while any hook is set on a thread, which
  * roughly halves the speed of the interpreter. So no hook is set while all
@@ -50,6 +52,8 @@ int l_core_set_jobs(lua_State *L) {
  */
 /* Is L a coroutine running a handler (a job, or the pump inside a handler)? */
 static int running_job(lua_State *L) {
+  ic_isolate *iso = self_of(L);
+  if (L == iso->pump) return lpump_running(iso, L);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &JOBS_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     return 0;
@@ -320,12 +324,14 @@ static int co_wrap(lua_State *L) {
  * for a wait: refused. */
 static int co_yield(lua_State *L) {
   int n = lua_gettop(L);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &JOBS_KEY) == LUA_TTABLE) {
+  int handler = L == self_of(L)->pump;
+  if (!handler && lua_rawgetp(L, LUA_REGISTRYINDEX, &JOBS_KEY) == LUA_TTABLE) {
     lua_pushthread(L);
-    if (lua_rawget(L, -2) != LUA_TNIL)
-      return luaL_error(L, "coroutine.yield cannot suspend a handler: use context:sleep, context:receive or "
-                           "ref:request");
+    handler = lua_rawget(L, -2) != LUA_TNIL;
   }
+  if (handler)
+    return luaL_error(L, "coroutine.yield cannot suspend a handler: use context:sleep, context:receive or "
+                         "ref:request");
   lua_settop(L, n);
   return lua_yield(L, n);
 }

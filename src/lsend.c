@@ -570,50 +570,15 @@ int l_core_post_pending(lua_State *L) {
 /* core.take(m) -> value, sender, corr: decodes a message handed to the pump
  * as a light userdata. Runs inside the pump: a malformed message (or no
  * memory for it) raises there and takes the isolate down. */
-static void push_taken(lua_State *L, const ic_msg *m);
-
 int l_core_take(lua_State *L) {
   const ic_msg *m = lua_touserdata(L, 1);
   if (!m) return luaL_error(L, "take: no message");
-  push_taken(L, m);
+  lstate_push_taken(L, m);
   lua_pushinteger(L, (lua_Integer)m->corr);
   return 3;
 }
 
-/* The end of core.run, also its continuation once the handler has waited
- * (the coroutine yielded through the protected call, and was resumed). */
-static int run_finish(lua_State *L, int status, lua_KContext k) {
-  (void)k;
-  lua_pushboolean(L, status == LUA_OK || status == LUA_YIELD);
-  lua_insert(L, -2);
-  return 2;
-}
-
-/* core.run(h, msgh, m [, job]) -> ok, r: take(m), then h(value, sender)
- * with msgh as its message handler, as xpcall(h, msgh, take(m)) but in one
- * call from the pump. For a request, job (the pump's record) gets its
- * reply_to, corr and deferred = false first, as a reply needs them. The
- * handler may wait: its yields pass through (lua_pcallk), and r is its
- * first result or msgh's result for its error. */
-int l_core_run(lua_State *L) {
-  const ic_msg *m = lua_touserdata(L, 3);
-  if (!m) return luaL_error(L, "run: no message");
-  lua_settop(L, 4);
-  lua_pushvalue(L, 1);
-  push_taken(L, m); /* [h, msgh, m, job, h, value, sender] */
-  if (lua_type(L, 4) == LUA_TTABLE) {
-    lua_pushvalue(L, -1);
-    lua_setfield(L, 4, "reply_to");
-    lua_pushinteger(L, (lua_Integer)m->corr);
-    lua_setfield(L, 4, "corr");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, 4, "deferred");
-  }
-  return run_finish(L, lua_pcallk(L, 2, 1, 2, 0, run_finish), 0);
-}
-
-/* Pushes m's value and its sender's ref (nil for none). */
-static void push_taken(lua_State *L, const ic_msg *m) {
+void lstate_push_taken(lua_State *L, const ic_msg *m) {
   ic_isolate *self = self_of(L);
   lstate_ctx *ctx = self->lctx;
   if (m->len) {

@@ -5,9 +5,9 @@
  * The code is split by concept: src/lstate.c (per-state data, guards,
  * lstate_open), lref.c (refs), lsend.c (encode, decode, posting, send),
  * lcheck.c (argument checks), lspawn.c (spawn, lookup, stats), lcore.c
- * (the core functions), lhook.c (interrupts, preemption), lboot.c
- * (allocator, libraries, boot, pump, close); src/lstate_int.h is what
- * they share.
+ * (the core functions), lhook.c (interrupts, preemption), lpump.c (the
+ * pump, a handler's run, the context), lboot.c (allocator, libraries,
+ * boot, resuming the pump, close); src/lstate_int.h is what they share.
  *
  * Threads: each function runs on the thread that owns the lua_State it is
  * given (an isolate's worker, or the thread of the main state).
@@ -57,6 +57,7 @@ typedef struct lstate_ctx {
    * a cache lookup. NULL until a message whose ref retains its sender. */
   const ic_isolate *last_sender;
   int last_sender_ref;
+  struct lpump *pump; /* an isolate's pump (src/lpump.c), or NULL */
 } lstate_ctx;
 
 /* Sets up refs and the per-state data in L (idempotent). May raise. */

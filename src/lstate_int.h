@@ -1,6 +1,6 @@
 /*
  * lstate_int.h — what the files of the lstate core (src/lstate.c, lref.c,
- * lsend.c, lcheck.c, lspawn.c, lcore.c, lhook.c, lboot.c) share among
+ * lsend.c, lcheck.c, lspawn.c, lcore.c, lhook.c, lboot.c, lpump.c) share among
  * themselves and nothing else includes: guards, the hot ref checks (inline,
  * as they are on every send), and the functions l_boot puts in an isolate's
  * core table.
@@ -112,6 +112,44 @@ codec_buf *private_buf_push(lua_State *L);
 
 /* ---- an isolate's state -------------------------------------------------- */
 
+/* The pump's state (src/lpump.c): what the current pump runs. */
+typedef struct lpump {
+  int failed;      /* going down: nothing more runs */
+  int entry_done;  /* the entry function has returned */
+  int extras;      /* runtime_extras.lua is loaded */
+  int handler;     /* a message handler is set */
+  int current;     /* the extras have a job that waits or was preempted */
+  int queued;      /* ... and handler runs queued behind it */
+  /* What the pump is resumed to dispatch (lstate_dispatch): */
+  int kind;        /* MSG_* or LSTATE_* */
+  void *m;         /* the message (or NULL), owned by the caller */
+  int settled;     /* the pump yielded after its dispatch ... */
+  int mode;        /* ... leaving this wait mode (WAIT_*) */
+  /* The handler the current pump runs, if any: */
+  int active;      /* one runs */
+  int entry;       /* it is the entry function, not yet "up" */
+  int request;     /* it answers the request corr */
+  int has_record;  /* the extras hold a record of it (core.pump_job) */
+  lua_Integer corr;
+} lpump;
+
+/* Sets up the pump's state and the context in an isolate's state L
+ * (l_boot, after lstate_open). May raise. */
+void lpump_open(lua_State *L);
+/* Pushes a new pump coroutine, ready for its first (m, kind). May raise. */
+void lpump_push_new(lua_State *L);
+/* The current pump yielded from inside a handler: to wait, or preempted
+ * ([1] true). Hands that pump to the extras as a waiting job and returns
+ * the new pump and the wait mode. A lua_CFunction, called protected. */
+int lpump_adopt(lua_State *L);
+/* Is L the current pump of iso, running a handler? */
+int lpump_running(ic_isolate *iso, lua_State *L);
+/* Pushes the runtime's jobs table (coroutine -> job record) and returns
+ * its type: LUA_TNIL before the extras were loaded (src/lhook.c). */
+int lstate_push_jobs(lua_State *L);
+/* Pushes m's value and its sender's ref (nil for none) (src/lsend.c). */
+void lstate_push_taken(lua_State *L, const ic_msg *m);
+
 /* The isolate whose state L (or a thread of it) is. */
 static inline ic_isolate *self_of(lua_State *L) { return *(ic_isolate **)lua_getextraspace(L); }
 
@@ -148,14 +186,12 @@ int l_core_shutdown_cluster(lua_State *L);
 int l_core_log(lua_State *L);
 int l_core_set_request(lua_State *L);
 int l_core_now(lua_State *L);
-int l_core_context(lua_State *L);
 int l_core_request(lua_State *L);       /* src/lsend.c */
 int l_core_reply(lua_State *L);
 int l_core_send_all(lua_State *L);
 int l_core_set_send_wait(lua_State *L);
 int l_core_post_pending(lua_State *L);
 int l_core_take(lua_State *L);
-int l_core_run(lua_State *L);
 int l_core_set_jobs(lua_State *L);      /* src/lhook.c */
 int l_core_running(lua_State *L);
 int l_core_cocreate(lua_State *L);

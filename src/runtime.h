@@ -1,7 +1,8 @@
 /*
- * runtime — the Lua code every isolate runs (lua/isolate_cluster/runtime.lua
- * and runtime_extras.lua, compiled into the library): the pump, handlers,
- * waits, timers, events.
+ * runtime — the Lua part of the isolate runtime
+ * (lua/isolate_cluster/runtime_extras.lua, compiled into the library):
+ * waits, timers, events, the rest of the context, loaded by an isolate on
+ * first use; the pump and the fast path are C (src/lpump.c).
  */
 #ifndef IC_RUNTIME_H
 #define IC_RUNTIME_H
@@ -10,8 +11,6 @@
 
 #include "mailbox.h"
 
-extern const char ic_runtime_lua[];
-extern const size_t ic_runtime_lua_len;
 extern const char ic_runtime_extras_lua[];
 extern const size_t ic_runtime_extras_lua_len;
 

@@ -1,6 +1,9 @@
--- The runtime every isolate runs, part two: waiting, timers, up/down events
--- and the rest of the context. Loaded by runtime.lua the first time an
--- isolate needs any of it; gets the state runtime.lua shares (S).
+-- The Lua part of the runtime every isolate runs: waiting, timers, up/down
+-- events and the rest of the context. The pump, the fast path of messages
+-- and requests, the context's on_message, property and properties and the
+-- end of a handler are C (src/lpump.c); this chunk is loaded the first time
+-- an isolate needs any of the rest, and never by one that only handles
+-- messages.
 --
 -- While a handler waits, no other handler starts: ordinary messages stay in
 -- the mailbox (receive takes the next one), and timer callbacks and up/down
@@ -8,9 +11,9 @@
 -- Replies and timers reach a waiting handler through the isolate's system
 -- queue, which the C side delivers even while the isolate is blocked.
 
--- S: the state runtime.lua shares (current, failed, queued, entry_done);
--- the rest are its values and functions, and core the full core table.
-local S, core, handlers, jobs, self_ref, CONTEXT, ctx_mt, fail, on_error, fail_with, done_reply, new_pump = ...
+-- core: the full core table; the isolate's ref, its context and the
+-- context's metatable.
+local core, self_ref, CONTEXT, ctx_mt = ...
 local cocreate, coresume, coyield, corunning, coisyieldable = core.cocreate, core.coresume, core.coyield,
   core.corunning, core.coisyieldable
 local DONE = {} -- what a job's coroutine yields when its handler has finished
@@ -25,8 +28,35 @@ local type, tostring, error, xpcall, setmetatable, getmetatable, next = type, to
   setmetatable, getmetatable, next
 local fmt = string.format
 local running, take, check_seconds = core.running, core.take, core.check_seconds
+local fail, failed, on_error, fail_with, done_reply = core.fail, core.failed, core.on_error, core.fail_with,
+  core.done_reply
+local message_handler, pump_job = core.message_handler, core.pump_job
 
--- The context's methods: the ones runtime.lua serves itself, and the rest
+-- A job waits or was preempted (current), handler runs are queued behind
+-- it (queued). The pump reads both from its C struct: set_current and
+-- set_queued tell it.
+local S = { current = false, queued = false }
+local pump_current, pump_queued = core.set_current, core.set_queued
+local function set_current(job)
+  S.current = job
+  pump_current(job ~= false)
+end
+local function set_queued(q)
+  S.queued = q
+  pump_queued(q)
+end
+local handlers = {} -- up, down, node_up, node_down, shutdown (the message handler is the pump's)
+-- coroutine -> job record (the C pump's run appears here once it is asked
+-- for, core.pump_job)
+local jobs = setmetatable({}, { __mode = "k" })
+core.set_jobs(jobs)
+
+-- The record of the job that runs in co, if any.
+local function job_of(co)
+  return jobs[co] or pump_job(co)
+end
+
+-- The context's methods: the ones C serves itself, and the rest
 -- below; from now on the context looks them up in this table.
 local methods = {
   on_message = CONTEXT.on_message, property = CONTEXT.property, properties = CONTEXT.properties,
@@ -68,7 +98,7 @@ step = function(job, resumed, tag, ok, r)
     error(tag, 0)
   end
   if tag == DONE then
-    if S.current == job then S.current = false end
+    if S.current == job then set_current(false) end
     job.done(job, ok, r)
     -- false, not nil: the fields keep their slots, reuse allocates nothing
     job.done, job.reply_to, job.corr, job.deferred = false, false, false, false
@@ -77,7 +107,7 @@ step = function(job, resumed, tag, ok, r)
       pool[npool] = job
     end
   elseif tag == WAIT then
-    S.current = job
+    set_current(job)
     if job.entry then
       job.entry = false
       core.up()
@@ -85,7 +115,7 @@ step = function(job, resumed, tag, ok, r)
   else
     -- A yield with no values comes from the hook: out of time slice.
     job.kind = "preempted"
-    S.current = job
+    set_current(job)
   end
 end
 
@@ -111,7 +141,7 @@ end
 local function done_shutdown(_, ok, r)
   if not ok then
     core.log("isolate_cluster: on_shutdown handler of " .. tostring(self_ref) .. " failed: "
-      .. (type(r) == "table" and r.trace or S.error_text(r)))
+      .. (type(r) == "table" and r.trace or core.error_text(r)))
   end
 end
 
@@ -121,24 +151,27 @@ end
 local function enqueue(fn, a, b, c)
   qtail = qtail + 1
   queue[qtail] = { fn, a, b, c }
-  S.queued = true
+  if not S.queued then set_queued(true) end
 end
 
 local function drain()
-  while not S.current and not S.failed and qhead <= qtail do
+  while not S.current and not failed() and qhead <= qtail do
     local item = queue[qhead]
     queue[qhead] = nil
     qhead = qhead + 1
     start(item[1], done_plain, item[2], item[3], item[4])
   end
-  if qhead > qtail then qhead, qtail, S.queued = 1, 0, false end
+  if qhead > qtail then
+    qhead, qtail = 1, 0
+    if S.queued then set_queued(false) end
+  end
 end
 
 -- A job waits: records what for, arms the timeout, yields (to step, or to C
 -- when the job is a pump).
 -- The job that may wait here, or an error (at `level`) saying why not.
 local function waiting_job(what, level)
-  local job = jobs[corunning()]
+  local job = job_of(corunning())
   if not job or (job.pump and not job.active) then
     error(fmt("%s can only wait in a handler or entry function of this isolate, "
       .. "not inside a coroutine of its own", what), level + 1)
@@ -148,7 +181,7 @@ local function waiting_job(what, level)
     -- string.gsub's replacement): Lua cannot suspend through those.
     error(fmt("%s cannot wait inside a finalizer (__gc) or a callback of a C function", what), level + 1)
   end
-  if S.failed then
+  if failed() then
     -- context:stop was called: the isolate goes down when this handler
     -- returns, so a wait could never be woken.
     error(fmt("%s cannot wait: this isolate is stopping (context:stop was called)", what), level + 1)
@@ -177,7 +210,7 @@ end
 -- The wait is over: its timeout, if it has one still armed, goes too (an
 -- armed timer holds a drain back, and its isolate).
 local function wake(job, ...)
-  S.current = false
+  set_current(false)
   if job.timer then core.cancel_timer(job.timer) end
   job.kind, job.token, job.timer = false, false, false
   return resume(job, ...)
@@ -234,11 +267,11 @@ local function dispatch(kind, m)
     local c = kind == K_REQUEST and corr or nil
     if cur and cur.kind == "receive" then
       wake(cur, value, sender, c and reply_function(sender, c) or nil)
-    elseif handlers.message then
+    elseif message_handler() then
       if c then
-        start(handlers.message, done_reply, value, sender, nil, nil, sender, c)
+        start(message_handler(), done_reply, value, sender, nil, nil, sender, c)
       else
-        start(handlers.message, done_plain, value, sender)
+        start(message_handler(), done_plain, value, sender)
       end
     elseif c then
       core.reply(sender, c, false, "isolate " .. tostring(self_ref) .. " has no message handler")
@@ -279,29 +312,32 @@ end
 
 -- After each dispatch: run what was deferred, if nothing waits now.
 local function settle()
-  if qhead <= qtail and not S.failed then drain() end
+  if qhead <= qtail and not failed() then drain() end
   local cur = S.current
   if not cur then return WAIT_NONE end
   return mode()
 end
 
--- Nothing here is left to run (see the ending check in runtime.lua's pump).
+-- Nothing here is left to run (see the ending check of the pump, src/lpump.c).
 local function idle()
   return not S.current and qhead > qtail and not handlers.up and not handlers.down
     and not handlers.node_up and not handlers.node_down
     and not handlers.shutdown and next(timers) == nil and next(monitors) == nil
 end
 
+-- C hands over the pump whose handler waits or was preempted (pjob, its
+-- record): it is the current job now, and C makes a new pump. Returns the
+-- wait mode.
 local function adopt(pjob, preempted)
   pjob.adopted = true
   pjob.done = noop
   if preempted then pjob.kind = "preempted" end
-  S.current = pjob
+  set_current(pjob)
   if pjob.entry then
     pjob.entry = false
     core.up() -- "up" also means: the entry function waits
   end
-  return new_pump(), mode()
+  return mode()
 end
 
 -- ---- the rest of the context ---------------------------------------------------
@@ -482,7 +518,7 @@ end
 -- return value is then ignored.
 function methods:reply_later()
   check_self(self, "reply_later")
-  local job = jobs[corunning()]
+  local job = job_of(corunning())
   if not job or not job.corr then
     error("reply_later can only be called in a handler of a request", 2)
   end
@@ -492,30 +528,35 @@ function methods:reply_later()
 end
 
 -- ref:request inside an isolate: suspends only this isolate's handler.
-local function request(ref, msg, timeout_s)
-  if timeout_s == nil then timeout_s = 5 else check_seconds(timeout_s, "request", "timeout", true) end
-  if rawequal(ref, self_ref) then
-    -- Its own handler waits for the reply, so nothing could ever answer.
-    -- (One ref per isolate in a state: another ref to this isolate is rare,
-    -- and core.request refuses it the same way.)
-    error(fmt("request to %s failed: an isolate cannot request itself (nothing answers while it waits)",
-      tostring(ref)), 2)
+-- up: the levels between request and its caller (1 when it is called
+-- through the C function that loaded the extras, src/lpump.c), so that
+-- its errors name the caller's line either way.
+local function make_request(up)
+  return function(ref, msg, timeout_s)
+    if timeout_s == nil then timeout_s = 5 else check_seconds(timeout_s, "request", "timeout", true) end
+    if rawequal(ref, self_ref) then
+      -- Its own handler waits for the reply, so nothing could ever answer.
+      -- (One ref per isolate in a state: another ref to this isolate is rare,
+      -- and core.request refuses it the same way.)
+      error(fmt("request to %s failed: an isolate cannot request itself (nothing answers while it waits)",
+        tostring(ref)), 2 + up)
+    end
+    -- Before sending: a request that cannot wait must not leave its message
+    -- behind to be answered to nobody.
+    local job = waiting_job("request", 2 + up)
+    next_corr = next_corr + 1
+    local corr = next_corr
+    local ok, why = core.request(ref, msg, corr)
+    if not ok then error(fmt("request to %s failed: %s", tostring(ref), why), 2 + up) end
+    local okr, value = wait("reply", corr, timeout_s, "request", job)
+    if okr == TIMEOUT then
+      error(fmt("timeout: no reply from %s within %g s", tostring(ref), timeout_s), 2 + up)
+    end
+    if okr then return value end
+    error(value, 0)
   end
-  -- Before sending: a request that cannot wait must not leave its message
-  -- behind to be answered to nobody.
-  local job = waiting_job("request", 2)
-  next_corr = next_corr + 1
-  local corr = next_corr
-  local ok, why = core.request(ref, msg, corr)
-  if not ok then error(fmt("request to %s failed: %s", tostring(ref), why), 2) end
-  local okr, value = wait("reply", corr, timeout_s, "request", job)
-  if okr == TIMEOUT then
-    error(fmt("timeout: no reply from %s within %g s", tostring(ref), timeout_s), 2)
-  end
-  if okr then return value end
-  error(value, 0)
 end
-
+core.set_request(make_request(0))
 
 -- ref:send(msg, wait_s) inside an isolate whose first try found the
 -- mailbox full (src/lsend.c, send_waiting): the C side holds the encoded
@@ -540,6 +581,6 @@ local function send_wait(pending, ref, wait_s)
 end
 
 return {
-  dispatch = dispatch, settle = settle, adopt = adopt, request = request, send_wait = send_wait, idle = idle,
-  methods = methods, DONE = DONE,
+  dispatch = dispatch, settle = settle, adopt = adopt, request_first = make_request(1), send_wait = send_wait,
+  idle = idle, methods = methods, DONE = DONE,
 }
