@@ -116,21 +116,11 @@ static int l_core_error_text(lua_State *L) {
  * stops at a NUL byte: written \0, the reason keeps all of it. */
 static int pump_on_error(lua_State *L) {
   lua_settop(L, 1);
-  size_t n;
   push_error_text(L, 1);
-  const char *s = lua_tolstring(L, 2, &n);
-  if (memchr(s, '\0', n)) {
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (size_t i = 0; i < n; i++) {
-      if (s[i]) luaL_addchar(&b, s[i]);
-      else luaL_addstring(&b, "\\0");
-    }
-    luaL_pushresult(&b);
-    lua_replace(L, 2);
-    s = lua_tostring(L, 2);
-  }
+  const char *s = lstate_tocstring(L, 2); /* pushes an escaped copy if it has a NUL */
   luaL_traceback(L, L, s, 1);
+  lua_replace(L, 2);
+  lua_settop(L, 2);
   lua_createtable(L, 0, 2);
   lua_pushvalue(L, 1);
   lua_setfield(L, -2, "err");

@@ -113,7 +113,8 @@ static void mailbox_link(mailbox *q, msg_link *m) {
 
 void mailbox_push(mailbox *q, ic_msg *m) { mailbox_link(q, &m->link); }
 
-/* Every link but the stub is a message's first member. */
+/* Every link but the stub (the node that keeps the list never empty) is a
+ * message's first member, so a link converts back to its message. */
 static ic_msg *msg_of(msg_link *l) { return (ic_msg *)l; }
 
 ic_msg *mailbox_pop(mailbox *q) {

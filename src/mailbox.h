@@ -95,7 +95,8 @@ typedef struct mailbox {
   msg_link *tail;           /* consumer's end */
   atomic_size_t count;      /* reserved + queued messages */
   size_t capacity;          /* 0 = unbounded (system queues) */
-  msg_link stub;            /* only a link: every isolate has two mailboxes */
+  msg_link stub;            /* the node that keeps the list never empty: a bare
+                               link, not a message (every isolate has two queues) */
 } mailbox;
 
 void mailbox_init(mailbox *q, size_t capacity);
