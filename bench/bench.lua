@@ -48,12 +48,13 @@ do
     elseif a == "--callgrind" then opts.callgrind = true
     elseif a == "--budget-mb" then i = i + 1; opts.budget_mb = tonumber(arg[i])
     elseif a == "--peers" then opts.peers = true
-    elseif a == "--peers-schedulers" then i = i + 1; opts.peers_schedulers = tonumber(arg[i])
+    elseif a == "--peers-schedulers" then i = i + 1; opts.peers_schedulers = math.tointeger(tonumber(arg[i]))
     -- (internal: the directory where the parent run compiled the Erlang module)
     elseif a == "--peers-ebin" then i = i + 1; opts.peers = true; opts.peers_ebin = arg[i]
     else error("unknown argument " .. a) end
     i = i + 1
   end
+  if not opts.peers_schedulers or opts.peers_schedulers < 1 then error("--peers-schedulers takes a count") end
 end
 if not opts.baseline then
   for _, p in ipairs({ "build/bench_baseline", "build-rel/bench_baseline" }) do
@@ -84,11 +85,11 @@ local function report(name, value, unit, base, higher_is_better)
   print(line)
 end
 
--- The Erlang peer's figures for one workload ({ name = number }), or nil
--- and why; label is what its line below ours is called.
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local peer_label = "Erlang"
 
+-- The Erlang peer's figures for one workload ({ name = number }, one fresh
+-- VM), or nil and what it printed.
+local peer_label = "Erlang"
 local function peer(workload, n)
   if not opts.peers_ebin then return nil end
   local p = io.popen(string.format("erl +S %d -noshell -pa %s -run bench_erlang main %s %d 2>&1",
@@ -113,7 +114,8 @@ local function peer_report(label, value, unit, ours, higher_is_better)
   print(line)
 end
 
--- Runs workload in the peer and prints its figure key beside ours.
+-- Runs workload in the peer and prints its figure key below ours, the line
+-- called label (default "Erlang").
 local function peer_row(workload, n, key, unit, ours, higher_is_better, label)
   if not opts.peers_ebin then return end
   local figures, err = peer(workload, n)
