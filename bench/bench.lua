@@ -4,6 +4,7 @@
 --   lua5.4 bench/bench.lua [--quick] [--workers N] [--baseline path/to/bench_baseline]
 --                          [--only pingpong|reqrep|mpsc|spawns|spawns_lean|copy|parallel|many]
 --                          [--n COUNT] [--callgrind] [--budget-mb MB]
+--                          [--peers] [--peers-schedulers N]
 --
 -- Each benchmark runs in a fresh process (the script runs itself with --only).
 --
@@ -22,12 +23,19 @@
 -- so, when the process would grow past --budget-mb of resident memory
 -- (default 8192) or past half of the machine's available memory.
 --
+-- --peers runs the same workloads with the same counts in Erlang/OTP
+-- (bench/peers/bench_erlang.erl, compiled into a temporary directory, one
+-- fresh `erl +S 2 -noshell` VM per workload; --peers-schedulers sets +S)
+-- and prints each Erlang figure on a line below ours, its ratio in the
+-- same column as the C baseline's (above 1: ours is better). Without erl
+-- on PATH it says so once and runs the rest.
+--
 -- With LUA_PATH/LUA_CPATH pointing at a build (see README). Figures depend on
 -- the machine and its load; compare ratios between runs, not absolutes.
 local ic = require("isolate_cluster")
 
 local opts = { quick = false, workers = nil, baseline = nil, only = nil, n = nil, callgrind = false,
-  budget_mb = 8192 }
+  budget_mb = 8192, peers = false, peers_schedulers = 2, peers_ebin = nil }
 do
   local i = 1
   while arg[i] do
@@ -39,9 +47,14 @@ do
     elseif a == "--n" then i = i + 1; opts.n = tonumber(arg[i])
     elseif a == "--callgrind" then opts.callgrind = true
     elseif a == "--budget-mb" then i = i + 1; opts.budget_mb = tonumber(arg[i])
+    elseif a == "--peers" then opts.peers = true
+    elseif a == "--peers-schedulers" then i = i + 1; opts.peers_schedulers = math.tointeger(tonumber(arg[i]))
+    -- (internal: the directory where the parent run compiled the Erlang module)
+    elseif a == "--peers-ebin" then i = i + 1; opts.peers = true; opts.peers_ebin = arg[i]
     else error("unknown argument " .. a) end
     i = i + 1
   end
+  if not opts.peers_schedulers or opts.peers_schedulers < 1 then error("--peers-schedulers takes a count") end
 end
 if not opts.baseline then
   for _, p in ipairs({ "build/bench_baseline", "build-rel/bench_baseline" }) do
@@ -70,6 +83,48 @@ local function report(name, value, unit, base, higher_is_better)
       base, ratio)
   end
   print(line)
+end
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- The Erlang peer's figures for one workload ({ name = number }, one fresh
+-- VM), or nil and what it printed.
+local peer_label = "Erlang"
+local function peer(workload, n)
+  if not opts.peers_ebin then return nil end
+  local p = io.popen(string.format("erl +S %d -noshell -pa %s -run bench_erlang main %s %d 2>&1",
+    opts.peers_schedulers, q(opts.peers_ebin), workload, n))
+  local out = p:read("a")
+  local ok = p:close()
+  local figures = {}
+  for k, v in out:gmatch("(%S+) (%S+)\n") do figures[k] = tonumber(v) end
+  if not ok then return nil, (out:gsub("%s+$", "")) end
+  return figures
+end
+
+-- A line below one of ours: the peer's figure, and ours over it (above 1:
+-- ours is better) in the column of the C baseline's ratio.
+local function peer_report(label, value, unit, ours, higher_is_better)
+  if not value then return end
+  local fmt = value < 100 and "%14.2f" or "%14.1f"
+  local line = string.format("  %-32s " .. fmt .. " %-14s", label, value, unit)
+  if ours and value > 0 and ours > 0 then
+    line = line .. string.format(" %-10s %12s  ratio %.2fx", "", "", higher_is_better and ours / value or value / ours)
+  end
+  print(line)
+end
+
+-- Runs workload in the peer and prints its figure key below ours, the line
+-- called label (default "Erlang").
+local function peer_row(workload, n, key, unit, ours, higher_is_better, label)
+  if not opts.peers_ebin then return end
+  local figures, err = peer(workload, n)
+  if not figures or not figures[key] then
+    print(string.format("  %-32s failed: %s", label or peer_label, err or "no figure"))
+    return
+  end
+  peer_report(label or peer_label, figures[key], unit, ours, higher_is_better)
+  return figures
 end
 
 local function cluster(workers)
@@ -299,8 +354,42 @@ end
 print(string.format("isolate_cluster %s benchmarks, %s workers%s", ic._VERSION,
   opts.workers or "default", opts.quick and " (quick: tiny counts, figures meaningless)" or ""))
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 local lua = arg[-1] or "lua5.4"
+
+-- --peers: find erl, compile the Erlang module once (the run without --only
+-- passes the directory on to each benchmark's process) and name the peer.
+local function sh_ok(cmd)
+  local ok = os.execute(cmd)
+  return ok == true or ok == 0
+end
+local peers_owned = false
+if opts.peers and opts.callgrind then
+  print("peers: --peers has no effect with --callgrind")
+elseif opts.peers and not opts.peers_ebin then
+  if not sh_ok("command -v erl >/dev/null 2>&1 && command -v erlc >/dev/null 2>&1") then
+    print("peers: erl not found on PATH; the Erlang figures are left out")
+  else
+    local src = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/peers/bench_erlang.erl"
+    local p = io.popen('mktemp -d "${TMPDIR:-/tmp}/ic-bench-erl.XXXXXX"')
+    local dir = p:read("l")
+    p:close()
+    if dir and sh_ok("erlc -o " .. q(dir) .. " " .. q(src)) then
+      opts.peers_ebin, peers_owned = dir, true
+      p = io.popen("erl -noshell -eval 'io:put_chars(erlang:system_info(otp_release)), halt().' 2>&1")
+      local release = p:read("a")
+      p:close()
+      print(string.format("peers: Erlang/OTP %s, erl +S %d, a fresh VM per workload, the same counts; each figure",
+        release:match("^%d+") or "?", opts.peers_schedulers))
+      print("       on a line below ours, its ratio ours over Erlang's (above 1: ours is better)")
+    else
+      if dir then os.execute("rm -rf " .. q(dir)) end
+      print("peers: erlc could not compile " .. src .. "; the Erlang figures are left out")
+    end
+  end
+end
+local function peers_done()
+  if peers_owned then os.execute("rm -rf " .. q(opts.peers_ebin)) end
+end
 
 -- Instructions of one run of benchmark name with count n (valgrind's total).
 local function instructions(name, n, workers)
@@ -343,14 +432,20 @@ end
 if opts.only == nil then
   local common = (opts.quick and " --quick" or "") ..
     (opts.workers and " --workers " .. opts.workers or "") ..
-    (opts.baseline and " --baseline " .. q(opts.baseline) or "")
+    (opts.baseline and " --baseline " .. q(opts.baseline) or "") ..
+    (opts.peers_ebin and " --peers-ebin " .. q(opts.peers_ebin) .. " --peers-schedulers " .. opts.peers_schedulers
+      or "")
   for _, name in ipairs({ "pingpong", "reqrep", "mpsc", "spawns", "spawns_lean", "copy", "parallel" }) do
     local p = io.popen(q(lua) .. " " .. q(arg[0]) .. " --only " .. name .. common)
     local out = p:read("a")
     local ok = p:close()
     io.write((out:gsub("^[^\n]*\n", ""))) -- each child's title line
-    if not ok then error("benchmark " .. name .. " failed") end
+    if not ok then
+      peers_done()
+      error("benchmark " .. name .. " failed")
+    end
   end
+  peers_done()
   return
 end
 
@@ -359,29 +454,55 @@ local function wanted(name) return opts.only == name end
 local n
 if wanted("pingpong") then
   n = count(300000)
-  report("ping-pong round trips/s", pingpong(n), "rt/s", baseline("pingpong", n), true)
+  local v = pingpong(n)
+  report("ping-pong round trips/s", v, "rt/s", baseline("pingpong", n), true)
+  peer_row("pingpong", n, "rate", "rt/s", v, true)
 end
 if wanted("reqrep") then
   n = count(200000)
-  report("request/reply round trips/s", reqrep(n), "rt/s", baseline("pingpong", n), true)
+  local v = reqrep(n)
+  report("request/reply round trips/s", v, "rt/s", baseline("pingpong", n), true)
+  peer_row("reqrep", n, "rate", "rt/s", v, true, peer_label .. " gen_server:call")
+  peer_row("reqrep_ref", n, "rate", "rt/s", v, true, peer_label .. " send + receive on a ref")
 end
 if wanted("mpsc") then
   n = count(1000000)
-  report("2 producers -> 1 consumer {i,\"x\"}", mpsc(n), "msg/s", baseline("mpsc", n), true)
+  local v = mpsc(n)
+  report("2 producers -> 1 consumer {i,\"x\"}", v, "msg/s", baseline("mpsc", n), true)
+  peer_row("mpsc", n, "rate", "msg/s", v, true)
 end
 for _, lean in ipairs({ false, true }) do
   if wanted(lean and "spawns_lean" or "spawns") then
     n = count(20000)
     local rate, per, down, shutdown_s = spawns(n, lean)
     local kind = lean and "lean " or ""
+    -- (Erlang's processes are compared with the standard isolates)
+    local erl, err
+    if not lean and opts.peers_ebin then erl, err = peer("spawns", n) end
+    local function erl_line(key, unit, ours, higher_is_better, label)
+      if erl and erl[key] then
+        peer_report(label or peer_label, erl[key], unit, ours, higher_is_better)
+      elseif err then
+        print(string.format("  %-32s failed: %s", label or peer_label, err))
+        err = nil
+      end
+    end
     report(kind .. "spawns/s (up and answering)", rate, "spawns/s")
-    if per then report("resident memory per idle " .. kind .. "isolate", per, "KB") end
+    erl_line("rate", "spawns/s", rate, true)
+    if per then
+      report("resident memory per idle " .. kind .. "isolate", per, "KB")
+      erl_line("rss_kb", "KB", per, false)
+    end
+    erl_line("process_kb", "KB", nil, false, peer_label .. " erlang:memory(processes)")
     report(string.format("shutdown of %d idle %sisolates", n, kind), shutdown_s * 1000, down and "ms" or "ms (late!)")
+    erl_line("shutdown_ms", "ms", shutdown_s * 1000, false)
   end
 end
 if wanted("copy") then
   n = count(300)
-  report("copy 10,000-entry table", copy(n), "ms/message", baseline("copy", n), false)
+  local v = copy(n)
+  report("copy 10,000-entry table", v, "ms/message", baseline("copy", n), false)
+  peer_row("copy", n, "ms", "ms/message", v, false, peer_label .. " (a map, binary keys)")
 end
 if wanted("many") then
   n = opts.n or (opts.quick and 10000 or 1000000)
@@ -395,5 +516,8 @@ if wanted("many") then
 end
 if wanted("parallel") then
   n = count(20000000)
-  report("2 isolates computing, 2 workers/1", parallel(n), "x speed-up", baseline("parallel", n), true)
+  local v = parallel(n)
+  report("2 isolates computing, 2 workers/1", v, "x speed-up", baseline("parallel", n), true)
+  peer_row("parallel", n, "speedup", "x speed-up", v, true, peer_label .. " 2 schedulers online/1")
 end
+peers_done()

@@ -6,6 +6,12 @@
 #       Installs the Debian packages that are missing, builds into build/
 #       (RelWithDebInfo) and runs examples/quickstart.lua from the build tree.
 #
+#   bash scripts/bootstrap.sh bench
+#       The same packages plus erlang-base (the Erlang peer of the benchmark),
+#       a Release build into build-rel/, then bench/bench.lua with its C
+#       baseline and --peers (every figure beside Erlang/OTP's, measured in
+#       the same run). Not part of the test mode: the tests never need Erlang.
+#
 #   bash scripts/bootstrap.sh test
 #       The same packages plus the test tools, then every test in three builds:
 #         build/        -DIC_WERROR=ON                  ctest: the C tests, every spec
@@ -43,12 +49,12 @@
 set -uo pipefail
 
 usage() {
-  echo "usage: bash scripts/bootstrap.sh quickstart|test" >&2
+  echo "usage: bash scripts/bootstrap.sh quickstart|bench|test" >&2
   exit 2
 }
 [ $# -eq 1 ] || usage
 MODE=$1
-case "$MODE" in quickstart | test) ;; *) usage ;; esac
+case "$MODE" in quickstart | bench | test) ;; *) usage ;; esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -76,6 +82,8 @@ BASE_PKGS=(cmake gcc libc6-dev make pkg-config liblua5.4-dev lua5.4 lua-busted l
 # nats-server: the multi-node specs start real servers on loopback ports;
 # openssl: the TLS spec makes a throwaway certificate authority; lua-luv: the
 # event-loop example.
+# erlang-base: the bench mode's peer (erl, erlc; Erlang/OTP 25 on Debian 12).
+BENCH_PKGS=(erlang-base)
 TEST_PKGS=(libasan8 libubsan1 libtsan2 python3 python3-msgpack valgrind luarocks lua-luv nats-server openssl)
 
 is_installed() {
@@ -135,6 +143,18 @@ if [ "$MODE" = quickstart ]; then
   say "running examples/quickstart.lua"
   lua_env build
   exec lua5.4 examples/quickstart.lua
+fi
+
+if [ "$MODE" = bench ]; then
+  install_packages "${BASE_PKGS[@]}" "${BENCH_PKGS[@]}" || exit 1
+  say "building into build-rel/ (Release)"
+  configure_and_build build-rel -DCMAKE_BUILD_TYPE=Release -DIC_WERROR=OFF -DIC_SANITIZE= || {
+    echo "bootstrap: the build failed" >&2
+    exit 1
+  }
+  say "running bench/bench.lua --baseline build-rel/bench_baseline --peers"
+  lua_env build-rel
+  exec lua5.4 bench/bench.lua --baseline build-rel/bench_baseline --peers
 fi
 
 # ---- test mode ------------------------------------------------------------------
