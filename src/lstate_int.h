@@ -125,6 +125,7 @@ typedef struct lpump {
   void *m;         /* the message (or NULL), owned by the caller */
   int settled;     /* the pump yielded after its dispatch ... */
   int mode;        /* ... leaving this wait mode (WAIT_*) */
+  int nargs;       /* arguments of the pump's next resume: a new pump's, else 0 */
   /* The handler the current pump runs, if any: */
   int active;      /* one runs */
   int entry;       /* it is the entry function, not yet "up" */
