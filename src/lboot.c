@@ -292,7 +292,9 @@ static void set_pump(ic_isolate *iso, lua_State *L) {
  * running_L stays on the pump once it has settled: the next Lua code of
  * the isolate to run is the pump's, at its next dispatch, and a hook armed
  * between turns meets it there (set_running is then two loads). */
-static void pump_resume(ic_isolate *iso) {
+static void pump_after(ic_isolate *iso, int st, int nres);
+
+static inline void pump_resume(ic_isolate *iso) {
   lua_State *L = iso->L, *P = iso->pump;
   lpump *p = iso->lctx->pump;
   int nres = 0, nargs = p->nargs;
@@ -305,6 +307,13 @@ static void pump_resume(ic_isolate *iso) {
     iso->wait = p->mode;
     return;
   }
+  pump_after(iso, st, nres);
+}
+
+/* The pump did not settle: a handler in it waits or was preempted, or it
+ * failed. */
+static void pump_after(ic_isolate *iso, int st, int nres) {
+  lua_State *L = iso->L, *P = iso->pump;
   set_running(iso, L);
   if (st == LUA_YIELD) {
     /* A handler running in the pump waits (it yielded a marker) or was
