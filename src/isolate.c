@@ -577,13 +577,24 @@ int isolate_run(ic_isolate *iso, worker *w) {
   if (!iso->ending && iso->wait == WAIT_PREEMPTED && resume_preempted)
     lstate_dispatch(iso, LSTATE_RESUME, NULL);
   if (!iso->ending && iso->shutdown_pending && iso->wait != WAIT_PREEMPTED) handle_control(iso, CONTROL_SHUTDOWN);
-  for (int n = 0; n < TURN_BATCH && !iso->ending && !iso->shutdown_pending; n++) {
+  iso->turn_msgs = 0;
+  while (iso->turn_msgs < TURN_BATCH && !iso->ending && !iso->shutdown_pending) {
     if (iso->wait == WAIT_BLOCKED || iso->wait == WAIT_PREEMPTED) break;
-    if ((n & 15) == 15 && plat_now_ns() > iso->slice_deadline) break;
+    if ((iso->turn_msgs & 15) == 15 && plat_now_ns() > iso->slice_deadline) break;
     if (mailbox_count(&iso->mbox) == 0 || (m = mailbox_pop(&iso->mbox)) == NULL) break;
+    iso->turn_msgs++;
     isolate_stat_add(&iso->stat_in, 1);
+    /* The pump may go on with the next messages in the same resume: one
+     * coroutine switch for a batch, not one per message. */
+    iso->batching = 1;
     dispatch(iso, m->kind, m);
+    iso->batching = 0;
     msg_free(m);
+    while (iso->batch) {
+      m = iso->batch;
+      iso->batch = (ic_msg *)atomic_load_explicit(&m->link.next, memory_order_relaxed);
+      msg_free(m);
+    }
   }
 end_turn:;
   uint64_t end = plat_now_ns();
@@ -607,6 +618,32 @@ end_turn:;
     if (atomic_compare_exchange_strong(&iso->sched, &expected, SCHED_SCHEDULED)) return RUN_AGAIN;
   }
   return RUN_IDLE;
+}
+
+ic_msg *isolate_next_message(ic_isolate *iso) {
+  for (;;) {
+    /* (The same tests as the loop of isolate_run, and what would end the
+     * turn early: a kill, a shutdown, the monitor's preemption.) */
+    if (!iso->batching || iso->turn_msgs >= TURN_BATCH || iso->ending || iso->shutdown_pending) return NULL;
+    if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
+        atomic_load_explicit(&iso->preempt, memory_order_relaxed))
+      return NULL;
+    if ((iso->turn_msgs & 15) == 15 && plat_now_ns() > iso->slice_deadline) return NULL;
+    ic_msg *m;
+    if (mailbox_count(&iso->mbox) == 0 || (m = mailbox_pop(&iso->mbox)) == NULL) return NULL;
+    iso->turn_msgs++;
+    isolate_stat_add(&iso->stat_in, 1);
+    atomic_store_explicit(&m->link.next, (msg_link *)iso->batch, memory_order_relaxed);
+    iso->batch = m;
+    /* As lstate_dispatch: a request is this isolate's to answer from here;
+     * one that could not be tracked was failed at its requester. */
+    if (m->kind == MSG_REQUEST && m->sender) {
+      if (isolate_open_request(iso, m)) continue;
+    } else if (m->kind == MSG_REQUEST && m->from_node) {
+      isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
+    }
+    return m;
+  }
 }
 
 static void *dedicated_main(void *arg) {
