@@ -92,6 +92,53 @@ describe("cluster:stats() rows", function()
     c:shutdown(5)
   end)
 
+  it("counts in run_time the turns only, not the time a worker waited for work", function()
+    -- One worker: every turn runs on it, so the run times of all isolates
+    -- add up to no more than the time that passed, and a worker that waits
+    -- between two turns does not count the wait to the next one.
+    local c = ic.single_node({ workers = 1 })
+    local t0 = ic.now()
+    local echo = c:spawn_isolate(function(context)
+      context:on_message(function(m) return m end)
+    end, nil, { path = "/stats/turns" })
+    local pong = c:spawn_isolate(function(context)
+      context:on_message(function(m, sender) sender:send(m) end)
+    end)
+    local ping = c:spawn_isolate(function(context)
+      context:on_message(function(n, sender)
+        local left, report = n, sender
+        context:on_message(function()
+          left = left - 1
+          if left == 0 then report:send("done") else pong:send(0) end
+        end)
+        pong:send(0)
+      end)
+    end)
+    ping:send(200)
+    assert.are.equal("done", c:receive(wait.TIMEOUT))
+    assert.are.equal(1, echo:request(1))
+    local function run_time()
+      for _, r in ipairs(c:stats().rows) do
+        if r.path == "/stats/turns" then return r.run_time end
+      end
+    end
+    local before = run_time()
+    -- the worker has nothing to run for a while
+    assert.is_nil(c:receive(0.3))
+    local idle_end = ic.now()
+    assert.are.equal(2, echo:request(2))
+    local after = assert(wait.wait_until(function()
+      local t = run_time()
+      return t and t > before and t
+    end, wait.TIMEOUT))
+    assert.is_true(after - before < 0.3, "the wait was counted: " .. (after - before))
+    local total = 0
+    for _, r in ipairs(c:stats().rows) do total = total + r.run_time end
+    assert.is_true(total <= ic.now() - t0, "more run time than time passed")
+    assert.is_true(idle_end - t0 >= 0.3)
+    c:shutdown(5)
+  end)
+
   it("lists every isolate, also thousands of them", function()
     local c = ic.single_node({ workers = 2 })
     for _ = 1, 2000 do

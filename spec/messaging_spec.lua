@@ -202,6 +202,54 @@ describe("messaging", function()
     end)
   end)
 
+  describe("a queued run of messages", function()
+    it("goes on past a request whose handler raises, and counts every message taken", function()
+      local r = c:spawn_isolate(function(ctx)
+        -- computes first, so that what is sent queues and is handled as one run
+        local t0 = os.clock()
+        while os.clock() - t0 < 0.2 do end
+        local log = {}
+        ctx:on_message(function(m)
+          if m == "log" then return log end
+          if m == "boom" then error("boom", 0) end
+          log[#log + 1] = m
+          return m
+        end)
+      end, nil, { path = "/run/raising" })
+      for i = 1, 50 do assert.is_true(r:send(i)) end
+      local ok, err = pcall(r.request, r, "boom", 30)
+      for i = 51, 100 do assert.is_true(r:send(i)) end
+      assert.is_false(ok)
+      assert.matches("boom", tostring(err))
+      local log = r:request("log", 30)
+      local want = {}
+      for i = 1, 100 do want[i] = i end
+      assert.same(want, log)
+      local row
+      for _, x in ipairs(c:stats().rows) do
+        if x.path == "/run/raising" then row = x end
+      end
+      assert.equal(102, row.messages_in)
+    end)
+
+    it("ends at a handler that raises: the isolate goes down, the rest are dead letters", function()
+      local r = c:spawn_isolate(function(ctx)
+        local t0 = os.clock()
+        while os.clock() - t0 < 0.2 do end
+        local seen = 0
+        ctx:on_message(function(m)
+          seen = seen + 1
+          if m == 10 then error("at ten", 0) end
+          if seen > 10 then ctx:property("main"):send("went on") end
+        end)
+      end, { main = c.main })
+      local dead0 = c:stats().dead_letters
+      for i = 1, 30 do assert.is_true(r:send(i)) end
+      assert.is_truthy(W.wait_until(function() return c:stats().dead_letters - dead0 == 20 end, 20))
+      assert.is_nil(c:receive(0))
+    end)
+  end)
+
   describe("values", function()
     it("keeps nil holes, booleans, all integers, floats, -0.0, inf, NaN, binary strings", function()
       local r = c:spawn_isolate(function(ctx)

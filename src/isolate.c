@@ -310,17 +310,18 @@ void isolate_release(ic_isolate *iso) {
   if (c) cluster_release(c);
 }
 
-void isolate_wake(ic_isolate *iso, worker *from) {
+/* Returns 1 when iso went into from's LIFO slot (sched_push). */
+static int wake(ic_isolate *iso, worker *from) {
   int expected = SCHED_IDLE;
   /* The program watches a file descriptor (mainq.h): whatever its sched. */
   if (iso->kind == ISO_MAIN && iso->cluster) mainq_notify(iso->cluster);
   /* seq_cst: pairs with the owner's store of IDLE followed by its look at
    * the queues (isolate_run), so one of the two always sees the other. */
-  if (atomic_load(&iso->sched) != SCHED_IDLE) return;
-  if (!atomic_compare_exchange_strong(&iso->sched, &expected, SCHED_SCHEDULED)) return;
+  if (atomic_load(&iso->sched) != SCHED_IDLE) return 0;
+  if (!atomic_compare_exchange_strong(&iso->sched, &expected, SCHED_SCHEDULED)) return 0;
   if (iso->kind == ISO_POOL) {
     isolate_retain(iso); /* the run queue's hold */
-    sched_push(&iso->cluster->sched, iso, from);
+    return sched_push(&iso->cluster->sched, iso, from);
   } else if (iso->kind == ISO_MAIN) {
     plat_sem_post(&iso->wsem);
   } else {
@@ -328,14 +329,18 @@ void isolate_wake(ic_isolate *iso, worker *from) {
     plat_cond_signal(&iso->wcond);
     plat_mutex_unlock(&iso->wlock);
   }
+  return 0;
 }
 
-/* The rest of a post once a slot is reserved: never fails. */
+void isolate_wake(ic_isolate *iso, worker *from) { wake(iso, from); }
+
+/* The rest of a post once a slot is reserved: never fails. A send that has
+ * just filled the sender's LIFO slot need not look at it (the hand-off
+ * started its watch, sched_push). */
 static inline void post_reserved(ic_isolate *to, ic_msg *m, worker *from) {
   if (m->sender) isolate_stat_add(&m->sender->stat_out, 1); /* before m is the receiver's */
   mailbox_push(&to->mbox, m);
-  isolate_wake(to, from);
-  if (from) sched_check_lifo(from);
+  if (!wake(to, from) && from) sched_check_lifo(from);
 }
 
 const char *isolate_post(ic_isolate *to, ic_msg *m, worker *from) {
@@ -539,12 +544,14 @@ static void handle_control(ic_isolate *iso, int code) {
 
 int isolate_run(ic_isolate *iso, worker *w) {
   ic_cluster *c = iso->cluster;
-  uint64_t now = plat_now_ns();
+  /* A worker going straight on from its last turn starts this one when
+   * that one ended: one clock read per turn (worker_clock). */
+  uint64_t now = w ? worker_clock(w) : plat_now_ns();
   /* Only a handler preempted in an earlier turn is resumed in this one; one
    * preempted during this turn waits for the next (after the others). */
   int resume_preempted = iso->wait == WAIT_PREEMPTED;
   iso->worker = w;
-  iso->slice_deadline = now + plat_seconds_to_ns(c->slice_seconds);
+  iso->slice_deadline = now + c->sched.slice_ns;
   atomic_store_explicit(&iso->preempt, 0, memory_order_relaxed);
   if (w) worker_begin_turn(w, iso, now);
   if (!iso->L && !iso->native && !iso->ending) lstate_boot(iso);
@@ -554,7 +561,9 @@ int isolate_run(ic_isolate *iso, worker *w) {
   }
 
   ic_msg *m;
-  while (!iso->ending && (m = mailbox_pop(&iso->sysq)) != NULL) {
+  /* (The counts are looked at before each pop: most turns find the system
+   * queue empty, and the mailbox empty after its one message.) */
+  while (!iso->ending && mailbox_count(&iso->sysq) > 0 && (m = mailbox_pop(&iso->sysq)) != NULL) {
     int was_preempted = iso->wait == WAIT_PREEMPTED;
     if (m->kind == MSG_CONTROL) handle_control(iso, (int)m->corr);
     else dispatch(iso, m->kind, m);
@@ -562,26 +571,40 @@ int isolate_run(ic_isolate *iso, worker *w) {
     if (!was_preempted && iso->wait == WAIT_PREEMPTED) resume_preempted = 0; /* out of time */
   }
   if (!resume_preempted && iso->wait == WAIT_PREEMPTED) goto end_turn;
-  if (!iso->ending && atomic_exchange(&iso->events_pending, 0))
+  if (!iso->ending && atomic_load_explicit(&iso->events_pending, memory_order_relaxed) &&
+      atomic_exchange(&iso->events_pending, 0))
     lstate_dispatch(iso, LSTATE_EVENTS, NULL);
   if (!iso->ending && iso->wait == WAIT_PREEMPTED && resume_preempted)
     lstate_dispatch(iso, LSTATE_RESUME, NULL);
   if (!iso->ending && iso->shutdown_pending && iso->wait != WAIT_PREEMPTED) handle_control(iso, CONTROL_SHUTDOWN);
-  for (int n = 0; n < TURN_BATCH && !iso->ending && !iso->shutdown_pending; n++) {
+  iso->turn_msgs = 0;
+  while (iso->turn_msgs < TURN_BATCH && !iso->ending && !iso->shutdown_pending) {
     if (iso->wait == WAIT_BLOCKED || iso->wait == WAIT_PREEMPTED) break;
-    if ((n & 15) == 15 && plat_now_ns() > iso->slice_deadline) break;
-    if ((m = mailbox_pop(&iso->mbox)) == NULL) break;
+    if ((iso->turn_msgs & 15) == 15 && plat_now_ns() > iso->slice_deadline) break;
+    if (mailbox_count(&iso->mbox) == 0 || (m = mailbox_pop(&iso->mbox)) == NULL) break;
+    iso->turn_msgs++;
     isolate_stat_add(&iso->stat_in, 1);
+    /* The pump may go on with the next messages in the same resume: one
+     * coroutine switch for a batch, not one per message. */
+    iso->batching = 1;
     dispatch(iso, m->kind, m);
+    iso->batching = 0;
     msg_free(m);
+    while (iso->batch) {
+      m = iso->batch;
+      iso->batch = (ic_msg *)atomic_load_explicit(&m->link.next, memory_order_relaxed);
+      msg_free(m);
+    }
   }
-end_turn:
-  isolate_stat_add(&iso->stat_run_ns, plat_now_ns() - now);
+end_turn:;
+  uint64_t end = plat_now_ns();
+  isolate_stat_add(&iso->stat_run_ns, end - now);
   atomic_store_explicit(&iso->stat_mem, iso->mem_used, memory_order_relaxed);
-  if (w) worker_end_turn(w);
+  if (w) worker_end_turn(w, end);
   iso->worker = NULL;
   if (iso->ending) {
     isolate_finish(iso);
+    if (w) worker_clock_stale(w); /* the finish took time of its own */
     return RUN_DONE;
   }
   /* After the store below another worker may own the isolate: read what
@@ -595,6 +618,32 @@ end_turn:
     if (atomic_compare_exchange_strong(&iso->sched, &expected, SCHED_SCHEDULED)) return RUN_AGAIN;
   }
   return RUN_IDLE;
+}
+
+ic_msg *isolate_next_message(ic_isolate *iso) {
+  for (;;) {
+    /* (The same tests as the loop of isolate_run, and what would end the
+     * turn early: a kill, a shutdown, the monitor's preemption.) */
+    if (!iso->batching || iso->turn_msgs >= TURN_BATCH || iso->ending || iso->shutdown_pending) return NULL;
+    if (atomic_load_explicit(&iso->interrupt, memory_order_relaxed) ||
+        atomic_load_explicit(&iso->preempt, memory_order_relaxed))
+      return NULL;
+    if ((iso->turn_msgs & 15) == 15 && plat_now_ns() > iso->slice_deadline) return NULL;
+    ic_msg *m;
+    if (mailbox_count(&iso->mbox) == 0 || (m = mailbox_pop(&iso->mbox)) == NULL) return NULL;
+    iso->turn_msgs++;
+    isolate_stat_add(&iso->stat_in, 1);
+    atomic_store_explicit(&m->link.next, (msg_link *)iso->batch, memory_order_relaxed);
+    iso->batch = m;
+    /* As lstate_dispatch: a request is this isolate's to answer from here;
+     * one that could not be tracked was failed at its requester. */
+    if (m->kind == MSG_REQUEST && m->sender) {
+      if (isolate_open_request(iso, m)) continue;
+    } else if (m->kind == MSG_REQUEST && m->from_node) {
+      isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
+    }
+    return m;
+  }
 }
 
 static void *dedicated_main(void *arg) {

@@ -135,6 +135,11 @@ typedef struct ic_isolate {
                                    set before it starts, freed with the isolate */
   monitor_set monitors;         /* who watches this isolate go down (monitor.h) */
   uint64_t slice_deadline;      /* preemption: the current turn's end */
+  /* The mailbox's messages the current turn has taken (TURN_BATCH); while
+   * `batching`, the pump takes the next ones itself (isolate_next_message),
+   * kept in `batch` (linked) until the dispatch returns. Owner only. */
+  int turn_msgs, batching;
+  ic_msg *batch;
 
   /* Dedicated isolates wait on these. */
   plat_mutex wlock;
@@ -169,6 +174,14 @@ void isolate_wake(ic_isolate *iso, struct worker *from);
 /* Runs one turn on the calling thread, which must own iso (sched ==
  * SCHEDULED). Returns RUN_IDLE, RUN_AGAIN or RUN_DONE. */
 int isolate_run(ic_isolate *iso, struct worker *w);
+
+/* The pump, after a dispatch of a message from the mailbox that left the
+ * isolate idle (WAIT_NONE): the next message for it to run in the same
+ * resume, or NULL when the turn's batch is over (nothing queued, TURN_BATCH,
+ * the slice, an interrupt, a preemption, an ending). The message stays the
+ * isolate's (freed when the dispatch returns to isolate_run); a request is
+ * already tracked (isolate_open_request). Owner thread only. */
+ic_msg *isolate_next_message(ic_isolate *iso);
 
 /* Sends a message: reserves, pushes, wakes. Takes ownership of m on success
  * and on failure. Returns 0, or an error text ("isolate down", "mailbox full"). */

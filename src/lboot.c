@@ -281,26 +281,41 @@ static void set_pump(ic_isolate *iso, lua_State *L) {
   if (iso->pump_ref) luaL_unref(L, LUA_REGISTRYINDEX, iso->pump_ref);
   iso->pump_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   iso->pump = P;
+  iso->lctx->pump->nargs = lua_gettop(P) - 1; /* what is above its body */
 }
 
 /* Resumes the pump for what its struct says to dispatch. A new pump gets
  * what is on its stack above its body as arguments (its userdata, and at
- * boot the entry function); a suspended one gets nothing. */
-static void pump_resume(ic_isolate *iso) {
+ * boot the entry function: p->nargs, set_pump); a suspended one gets
+ * nothing.
+ *
+ * running_L stays on the pump once it has settled: the next Lua code of
+ * the isolate to run is the pump's, at its next dispatch, and a hook armed
+ * between turns meets it there (set_running is then two loads). */
+static void pump_after(ic_isolate *iso, int st, int nres);
+
+static inline void pump_resume(ic_isolate *iso) {
   lua_State *L = iso->L, *P = iso->pump;
-  int nres = 0;
-  int nargs = lua_status(P) == LUA_OK ? lua_gettop(P) - 1 : 0;
+  lpump *p = iso->lctx->pump;
+  int nres = 0, nargs = p->nargs;
+  p->nargs = 0;
   set_running(iso, P);
   int st = lua_resume(P, L, nargs, &nres);
+  if (st == LUA_YIELD && p->settled) {
+    /* the pump's own yield, after a dispatch: its wait mode */
+    p->settled = 0;
+    iso->wait = p->mode;
+    return;
+  }
+  pump_after(iso, st, nres);
+}
+
+/* The pump did not settle: a handler in it waits or was preempted, or it
+ * failed. */
+static void pump_after(ic_isolate *iso, int st, int nres) {
+  lua_State *L = iso->L, *P = iso->pump;
   set_running(iso, L);
   if (st == LUA_YIELD) {
-    lpump *p = iso->lctx->pump;
-    if (p->settled) {
-      /* the pump's own yield, after a dispatch: its wait mode */
-      p->settled = 0;
-      iso->wait = p->mode;
-      return;
-    }
     /* A handler running in the pump waits (it yielded a marker) or was
      * preempted (the hook yielded nothing): the pump becomes a job and a
      * new pump takes its place. */

@@ -176,9 +176,10 @@ static void arm_own(ic_isolate *iso, lua_State *T) {
 }
 
 /*
- * Makes T the Lua thread iso runs now: on the owner's thread, twice per
- * resume of the pump, so without the lock (which cost more than the rest
- * of a message's hand-off). The store of running_L and the load of
+ * Makes T the Lua thread iso runs now: on the owner's thread, around
+ * every resume of a coroutine, so without the lock (which cost more than
+ * the rest of a message's hand-off); set_running (lstate_int.h) comes here
+ * only when T is not running_L already or something was asked. The store of running_L and the load of
  * `arming` are sequentially consistent, as are lstate_arm_hook's store of
  * `arming` and load of running_L: an arming either reads T, or began
  * before the store and is waited for here (hook_lock taken once), so no
@@ -187,7 +188,7 @@ static void arm_own(ic_isolate *iso, lua_State *T) {
  * thread that has no hook. An interrupt or a preemption asked for while
  * another Lua thread ran (or nothing was tracked) is aimed at T too.
  */
-void set_running(ic_isolate *iso, lua_State *T) {
+void set_running_slow(ic_isolate *iso, lua_State *T) {
   lua_State *was = atomic_load_explicit(&iso->running_L, memory_order_relaxed);
   if (was != T) {
     atomic_store(&iso->running_L, T);

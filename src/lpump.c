@@ -439,6 +439,7 @@ static void end_run(lua_State *L, lpump *p) {
 /* ---- the pump ------------------------------------------------------------------- */
 
 static int pump_dispatch_k(lua_State *L, int status, lua_KContext k);
+static int pump_dispatch(lua_State *L);
 
 /* After each dispatch: run what the extras deferred, check the ending,
  * and yield the wait mode; resumed with the next (m, kind). */
@@ -466,6 +467,21 @@ static int pump_settle(lua_State *L, lpump *p) {
     }
   }
   lua_settop(L, PUMP_UD);
+  ic_isolate *iso = self_of(L);
+  if (iso->batching && mode == WAIT_NONE && mailbox_count(&iso->mbox) > 0) {
+    /* A message from the mailbox left the isolate idle: the next one of
+     * the turn runs in this resume (isolate_next_message says whether
+     * there is one and the turn may take it). A direct call, so a batch
+     * nests that many C frames (TURN_BATCH at most) and no Lua call
+     * levels; a handler's wait or error leaves them all (longjmp), and the
+     * continuation that then runs starts from the resume again. */
+    ic_msg *next = isolate_next_message(iso);
+    if (next) {
+      p->kind = next->kind;
+      p->m = next;
+      return pump_dispatch(L);
+    }
+  }
   p->mode = mode;
   p->settled = 1;
   return lua_yieldk(L, 0, 0, pump_dispatch_k);

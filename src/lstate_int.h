@@ -125,6 +125,7 @@ typedef struct lpump {
   void *m;         /* the message (or NULL), owned by the caller */
   int settled;     /* the pump yielded after its dispatch ... */
   int mode;        /* ... leaving this wait mode (WAIT_*) */
+  int nargs;       /* arguments of the pump's next resume: a new pump's, else 0 */
   /* The handler the current pump runs, if any: */
   int active;      /* one runs */
   int entry;       /* it is the entry function, not yet "up" */
@@ -164,8 +165,17 @@ static inline const char *interrupt_reason(ic_isolate *iso) {
 /* The hook (src/lhook.c): lstate_boot sets it for good in IC_SYNC_HOOK
  * builds. */
 void interrupt_hook(lua_State *L, lua_Debug *ar);
-/* Makes T the Lua thread iso runs now (the owner only; see src/lhook.c). */
-void set_running(ic_isolate *iso, lua_State *T);
+/* Makes T the Lua thread iso runs now (the owner only; see src/lhook.c).
+ * Mostly T runs already and nothing is asked: two loads (the owner is the
+ * only writer of running_L). */
+void set_running_slow(ic_isolate *iso, lua_State *T);
+static inline void set_running(ic_isolate *iso, lua_State *T) {
+  if (atomic_load_explicit(&iso->running_L, memory_order_relaxed) == T &&
+      !atomic_load_explicit(&iso->interrupt, memory_order_relaxed) &&
+      !atomic_load_explicit(&iso->preempt, memory_order_relaxed))
+    return;
+  set_running_slow(iso, T);
+}
 
 /* The functions of an isolate's core table (l_boot, src/lboot.c). */
 int l_core_self(lua_State *L);          /* src/lcore.c */

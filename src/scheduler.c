@@ -70,22 +70,6 @@ void sched_check_lifo(worker *w) {
   }
 }
 
-/* The hand-off path takes no lock: a turn begins and ends with two atomic
- * stores, and an end waits only while a reader is looking (see worker in
- * scheduler.h). */
-void worker_begin_turn(worker *w, ic_isolate *iso, uint64_t now) {
-  atomic_store_explicit(&w->turn_start, now, memory_order_relaxed);
-  atomic_store_explicit(&w->current, iso, memory_order_release);
-}
-
-void worker_end_turn(worker *w) {
-  atomic_store(&w->current, NULL);
-  if (atomic_load(&w->watched)) {
-    plat_mutex_lock(&w->cur_lock);
-    plat_mutex_unlock(&w->cur_lock);
-  }
-}
-
 /* Returns what w runs now, which cannot end its turn until worker_unwatch. */
 static ic_isolate *worker_watch(worker *w) {
   plat_mutex_lock(&w->cur_lock);
@@ -213,14 +197,18 @@ static void queue_append(sched *s, ic_isolate *iso) {
   if (wake) plat_cond_signal(&s->cond);
 }
 
-void sched_push(sched *s, ic_isolate *iso, worker *from) {
+int sched_push(sched *s, ic_isolate *iso, worker *from) {
   if (from && from->sched == s) {
     /* Hand-off: run it next on this thread. The previous occupant goes to
      * the shared queue, where an idle worker can pick it up. */
     ic_isolate *prev = atomic_exchange(&from->lifo, iso);
-    atomic_store_explicit(&from->lifo_pushes,
-                          atomic_load_explicit(&from->lifo_pushes, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+    uint64_t pushes = atomic_load_explicit(&from->lifo_pushes, memory_order_relaxed) + 1;
+    atomic_store_explicit(&from->lifo_pushes, pushes, memory_order_relaxed);
+    /* What sched_check_lifo does for a send that finds a new occupant
+     * (the caller is from's owner), so that the send which filled the
+     * slot need not call it. */
+    from->lifo_mark = pushes;
+    from->lifo_since = 0;
     if (prev) queue_append(s, prev);
     /* Someone idle could run it if this turn goes on: make sure the
      * monitor watches the slot (a flag test on the fast path). */
@@ -232,9 +220,10 @@ void sched_push(sched *s, ic_isolate *iso, worker *from) {
       plat_cond_signal(&s->monitor_cond);
       plat_mutex_unlock(&s->lock);
     }
-    return;
+    return 1;
   }
   queue_append(s, iso);
+  return 0;
 }
 
 /* Next isolate for w, blocking while there is none; NULL when stopping. */
@@ -274,6 +263,7 @@ static ic_isolate *sched_next(sched *s, worker *w) {
       return NULL;
     }
     atomic_fetch_add_explicit(&s->nidle, 1, memory_order_relaxed);
+    worker_clock_stale(w);
     plat_cond_wait(&s->cond, &s->lock);
     atomic_fetch_sub_explicit(&s->nidle, 1, memory_order_relaxed);
     /* Busy again: the monitor watches while anyone works. */

@@ -49,6 +49,11 @@ typedef struct worker {
   _Atomic(struct ic_isolate *) current;
   _Atomic uint64_t turn_start;
   atomic_int watched;
+  /* When the last turn ended, while the worker goes straight on to the
+   * next one (a hand-off, or the queue's next without a wait): that turn
+   * starts then, without a clock read of its own. 0 = read the clock
+   * (owner only). */
+  uint64_t clock;
 } worker;
 
 enum { LIFO_WATCH_OFF, LIFO_WATCH_ON, LIFO_WATCH_RESTING };
@@ -86,14 +91,34 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
  * idle worker can take it. Owner thread only. */
 void sched_check_lifo(worker *w);
 
-/* Called by a worker around each turn of an isolate. */
-void worker_begin_turn(worker *w, struct ic_isolate *iso, uint64_t now);
-void worker_end_turn(worker *w);
+/* Called by a worker around each turn of an isolate: the turn's start
+ * (worker_clock), and at its end the clock then. The hand-off path takes
+ * no lock: a turn begins and ends with two atomic stores, and an end waits
+ * only while a reader is looking (see worker above). */
+static inline void worker_begin_turn(worker *w, struct ic_isolate *iso, uint64_t now) {
+  atomic_store_explicit(&w->turn_start, now, memory_order_relaxed);
+  atomic_store_explicit(&w->current, iso, memory_order_release);
+}
+
+static inline void worker_end_turn(worker *w, uint64_t now) {
+  w->clock = now;
+  atomic_store(&w->current, NULL);
+  if (atomic_load(&w->watched)) {
+    plat_mutex_lock(&w->cur_lock);
+    plat_mutex_unlock(&w->cur_lock);
+  }
+}
+/* The time the next turn of w starts: when its last one ended, or now. */
+static inline uint64_t worker_clock(worker *w) { return w->clock ? w->clock : plat_now_ns(); }
+/* The worker did something slow since its last turn ended (waited, or
+ * closed an isolate): the next turn reads the clock. */
+static inline void worker_clock_stale(worker *w) { w->clock = 0; }
 /* Starts the worker threads. 0 or errno. */
 int sched_start(sched *s);
 /* Queues iso (already marked SCHEDULED, with a run-queue hold). `from` is the
- * caller's worker or NULL. Any thread. */
-void sched_push(sched *s, struct ic_isolate *iso, worker *from);
+ * caller's worker or NULL. Any thread. Returns 1 when iso went into from's
+ * LIFO slot (a hand-off), else 0. */
+int sched_push(sched *s, struct ic_isolate *iso, worker *from);
 /* Stops and joins the workers; isolates still queued are released. A
  * worker still in a turn at deadline (monotonic ns; an isolate stuck in a
  * blocking C call) is left running: detached, holding the cluster until it
