@@ -1,9 +1,11 @@
--- Lean isolates (opts.lean = true): only the base library is opened at
--- start; `string` is opened on first use, whichever way it is first
--- reached, and behaves as in any other isolate from then on. `coroutine` is
+-- Lean isolates (opts.lean = true): no library is opened at start; the
+-- base library is opened by the first read of a global that _G does not
+-- hold, `string` on first use, whichever way it is first reached, and both
+-- behave as in any other isolate from then on. `coroutine` is
 -- opened on first use in every isolate, with the isolate's own resume, wrap
 -- and yield.
 local ic = require("isolate_cluster")
+local wait = require("support.wait")
 
 local describe, it, before_each, after_each, assert, ipairs = describe, it, before_each, after_each, assert, ipairs
 local _ENV = _G
@@ -40,6 +42,53 @@ describe("lean isolates", function()
   it("open string through require, the same table as the global", function()
     local got = probe(function() return require("string") == string and #("xyz") end)
     assert.same({ before = false, ok = true, value = 3, after = true }, got)
+  end)
+
+  it("open the base library on the first read of a global it does not hold", function()
+    local r = c:spawn_isolate(function(ctx)
+      ctx:on_message(function(m)
+        if m == "idle" then return true end
+        local seen = {}
+        for k in pairs(_G) do seen[k] = true end
+        return { _VERSION, require("_G") == _G, seen.print and seen.pairs and seen.tostring and seen._G,
+          select("#", 1, 2), tostring(nil), ("x"):rep(2) }
+      end)
+    end, nil, { lean = true })
+    -- Its Lua heap (stats' memory, as of the end of its last turn) grows by
+    -- the base library once a handler reads a global.
+    local function heap()
+      for _, row in ipairs(c:stats({ refs = true }).rows) do
+        if row.ref == r and row.memory > 0 then return row.memory end
+      end
+    end
+    assert.is_true(r:request("idle", 30))
+    local before = wait.wait_until(heap, 10)
+    assert.same({ _VERSION, true, true, 2, "nil", "xx" }, r:request("use", 30))
+    local grown = wait.wait_until(function() return heap() - before > 1000 end, 10)
+    assert.is_true(grown, ("%d bytes more"):format(heap() - before))
+  end)
+
+  it("keep the globals they set before the base library opened", function()
+    local r = c:spawn_isolate(function(ctx)
+      tostring = function() return "mine" end -- luaopen_base would replace it
+      x = 5
+      ctx:on_message(function()
+        return { tostring(1), x, type(print), rawget(_G, "tostring") ~= rawget(_G, "print") }
+      end)
+    end, nil, { lean = true })
+    assert.same({ "mine", 5, "function", true }, r:request("go", 30))
+  end)
+
+  it("copy base functions to and from them before the base library opened", function()
+    local r = c:spawn_isolate(function(ctx)
+      ctx:on_message(function(m) return m end)
+    end, nil, { lean = true })
+    assert.equal(print, r:request(print, 30))
+    local r2 = c:spawn_isolate(function(ctx)
+      local keep = { pairs, ("").rep }
+      ctx:on_message(function() return keep end)
+    end, nil, { lean = true })
+    assert.same({ pairs, string.rep }, r2:request("go", 30))
   end)
 
   it("have the other libraries on first use as every isolate", function()

@@ -123,7 +123,8 @@ typedef struct ic_isolate {
                                    they keep an isolate with nothing else to run up */
   size_t nchildren, children_cap;
   int hidden;                   /* a runtime isolate (logger): never announced */
-  int lean;                     /* opts.lean: string opened on first use too */
+  int lean;                     /* opts.lean: base and string opened on first use too */
+  int base_pending;             /* a lean isolate's base library not opened yet (src/lboot.c) */
   /* Statistics (src/stats.c): each has one writer, the thread running the
    * isolate (stat_out: the sending thread), and is read by anyone; relaxed
    * atomics, no read-modify-write, no lock. */

@@ -95,6 +95,44 @@ static void set_paths(lua_State *L, const ic_isolate *iso) {
   }
 }
 
+/* A lean isolate (opts.lean) opens the base library on first use too: the
+ * first read of any global that _G does not hold (a name of the base
+ * library or not) opens it, before anything else is looked up, so every
+ * other library and require find it open. Globals the isolate set before
+ * keep their values: luaopen_base would overwrite a `print` or `tostring`
+ * of the application's, so what _G holds then is put back. */
+static void open_base(lua_State *L) {
+  ic_isolate *iso = self_of(L);
+  lua_pushglobaltable(L);
+  int g = lua_gettop(L);
+  lua_pushnil(L);
+  int saved = 0;
+  if (lua_next(L, g)) {
+    lua_pop(L, 2);
+    lua_newtable(L);
+    saved = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, g)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, saved);
+    }
+  }
+  luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+  lua_pop(L, 1);
+  if (saved) {
+    lua_pushnil(L);
+    while (lua_next(L, saved)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, g);
+    }
+  }
+  lua_settop(L, g - 1);
+  iso->base_pending = 0; /* once it is all there: a failure (memory) tries again */
+  codec_forget_names(L); /* new standard functions to name */
+}
+
 /* A lean isolate (opts.lean) opens the string library on first use too:
  * on a read of the global `string`, on require("string"), or on the first
  * string method call (through this __index of the strings' metatable,
@@ -128,6 +166,13 @@ static void set_preloads(lua_State *L, int lean) {
 }
 
 static int lazy_global(lua_State *L) {
+  if (self_of(L)->base_pending) {
+    open_base(L);
+    lua_settop(L, 2);
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, 1) != LUA_TNIL) return 1;
+    lua_pop(L, 1);
+  }
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k && strcmp(k, LUA_STRLIBNAME) == 0 && self_of(L)->lean) {
     open_string(L);
@@ -157,18 +202,24 @@ static int lazy_global(lua_State *L) {
 }
 
 static void open_libs(lua_State *L, int lean) {
-  /* A global table sized for the base library and the eager ones: the
-   * fresh state's empty one would be rehashed six times as luaopen_base
-   * fills it. Nothing has been loaded yet, so no function holds the old
-   * one as its _ENV. */
-  lua_createtable(L, 0, 32);
-  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  for (const luaL_Reg *lib = eager_libs; lib->func; lib++) {
-    if (lean && lib->func == luaopen_string) continue;
-    luaL_requiref(L, lib->name, lib->func, 1);
+  if (!lean) {
+    /* A global table sized for the base library and the eager ones: the
+     * fresh state's empty one would be rehashed six times as luaopen_base
+     * fills it. Nothing has been loaded yet, so no function holds the old
+     * one as its _ENV. (A lean isolate keeps the empty one: it may never
+     * need more.) */
+    lua_createtable(L, 0, 32);
+    lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+    for (const luaL_Reg *lib = eager_libs; lib->func; lib++) {
+      luaL_requiref(L, lib->name, lib->func, 1);
+      lua_pop(L, 1);
+    }
+  } else {
+    self_of(L)->base_pending = 1;
+    /* package.loaded, which the decoder reads to resolve a standard
+     * function (a function named there opens its library). */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_pop(L, 1);
-  }
-  if (lean) {
     lua_pushliteral(L, "");
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, lazy_string_index);
