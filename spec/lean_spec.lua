@@ -1,9 +1,9 @@
--- Lean isolates (opts.lean = true): no library is opened at start; the
--- base library is opened by the first read of a global that _G does not
--- hold, `string` on first use, whichever way it is first reached, and both
--- behave as in any other isolate from then on. `coroutine` is
--- opened on first use in every isolate, with the isolate's own resume, wrap
--- and yield.
+-- Libraries on first use. Every isolate opens `string` on first use,
+-- whichever way it is first reached, as it does `coroutine` (with the
+-- isolate's own resume, wrap and yield) and the rest; a lean isolate
+-- (opts.lean = true) opens no library at start: its base library is opened
+-- by the first read of a global that _G does not hold or the first write of
+-- one. Each behaves as if it had been open from the start.
 local ic = require("isolate_cluster")
 local wait = require("support.wait")
 
@@ -29,20 +29,62 @@ describe("lean isolates", function()
     return r:request("go", 30)
   end
 
-  it("open string on the first read of the global", function()
-    local got = probe(function() return string.upper("abc") end)
-    assert.same({ before = false, ok = true, value = "ABC", after = true }, got)
-  end)
+  for _, opts in ipairs({ { lean = true }, {} }) do
+    local kind = opts.lean and " (lean)" or ""
+    it("open string on the first read of the global" .. kind, function()
+      local got = probe(function() return string.upper("abc") end, opts)
+      assert.same({ before = false, ok = true, value = "ABC", after = true }, got)
+    end)
 
-  it("open string on the first string method call", function()
-    local got = probe(function() return ("ab"):rep(3) .. ("%d"):format(7) end)
-    assert.same({ before = false, ok = true, value = "ababab7", after = true }, got)
-  end)
+    it("open string on the first string method call" .. kind, function()
+      local got = probe(function() return ("ab"):rep(3) .. ("%d"):format(7) end, opts)
+      assert.same({ before = false, ok = true, value = "ababab7", after = true }, got)
+    end)
 
-  it("open string through require, the same table as the global", function()
-    local got = probe(function() return require("string") == string and #("xyz") end)
-    assert.same({ before = false, ok = true, value = 3, after = true }, got)
-  end)
+    it("open string through require, the same table as the global" .. kind, function()
+      local got = probe(function() return require("string") == string and #("xyz") end, opts)
+      assert.same({ before = false, ok = true, value = 3, after = true }, got)
+    end)
+
+    it("open string on the first arithmetic on a string, with its coercions" .. kind, function()
+      -- Each operator first thing in an isolate of its own (each has its
+      -- own stand-in metamethod until string opens).
+      local ops = {
+        { function() return "7" + 1 end, 8 }, { function() return "7" - "2" end, 5 },
+        { function() return 2 * "7" end, 14 }, { function() return "7" % "2" end, 1 },
+        { function() return "2" ^ 2 end, 4.0 }, { function() return "7" / "2" end, 3.5 },
+        { function() return "7" // "2" end, 3 }, { function() local a = "7" return -a end, -7 },
+        { function() return "0x10" + 0 end, 16 },
+      }
+      for i, op in ipairs(ops) do
+        local got = probe(op[1], opts)
+        assert.same({ before = false, ok = true, value = op[2], after = true }, got, "operator " .. i)
+        assert.equal(math.type(op[2]), math.type(got.value), "operator " .. i)
+      end
+      -- the library's own error, at the caller's line, as when it was open
+      local open = probe(function() return ("x"):rep(1) + 1 end, opts)
+      local first = probe(function() return "x" + 1 end, opts)
+      local other = probe(function() return 1 + setmetatable({}, { __add = function(a) return a end }) end, opts)
+      assert.is_false(first.ok)
+      assert.is_false(open.ok)
+      assert.matches("lean_spec.lua:%d+: attempt to add a 'string' with a 'number'$", first.value)
+      assert.equal(first.value:gsub(":%d+:", ""), open.value:gsub(":%d+:", ""))
+      assert.same({ before = false, ok = true, value = 1, after = false }, other)
+      local mt = probe(function() return "3" + setmetatable({}, { __add = function(a) return a .. "!" end }) end, opts)
+      assert.same({ before = false, ok = true, value = "3!", after = true }, mt)
+    end)
+
+    it("keep a base function set to nil first thing, and a string method replaced" .. kind, function()
+      local r = c:spawn_isolate(function(ctx)
+        print = nil -- the first write of a global: it stays nil when the base library opens
+        ctx:on_message(function()
+          string.upper = function() return "mine" end
+          return { print == nil, type(pairs), ("x"):upper(), string.upper("y") }
+        end)
+      end, nil, opts)
+      assert.same({ true, "function", "mine", "mine" }, r:request("go", 30))
+    end)
+  end
 
   it("open the base library on the first read of a global it does not hold", function()
     local r = c:spawn_isolate(function(ctx)
@@ -97,10 +139,23 @@ describe("lean isolates", function()
     assert.equal(7, got.value)
   end)
 
-  it("are not what an isolate without the option is", function()
-    local got = probe(function() return 1 end, {})
-    assert.is_true(got.before)
-    assert.is_true(probe(function() return 1 end, { lean = false }).before)
+  it("are not what an isolate without the option is: it has its base library from the start", function()
+    -- Lua heap bytes (stats' memory, as of the end of the last turn) of an
+    -- idle isolate whose handler reads no global.
+    local function idle_heap(opts)
+      local r = c:spawn_isolate(function(ctx)
+        ctx:on_message(function() return true end)
+      end, nil, opts)
+      assert.is_true(r:request("go", 30))
+      return wait.wait_until(function()
+        for _, row in ipairs(c:stats({ refs = true }).rows) do
+          if row.ref == r and row.memory > 0 then return row.memory end
+        end
+      end, 10)
+    end
+    local lean = idle_heap({ lean = true })
+    assert.is_true(idle_heap({}) - lean > 1000)
+    assert.is_true(idle_heap({ lean = false }) - lean > 1000)
   end)
 
   for _, opts in ipairs({ { lean = true }, {} }) do
