@@ -36,8 +36,12 @@ static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   ic_isolate *iso = ud;
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
-    if (ptr && IN_POOL(osize)) pool_free(&iso->pool, ptr, osize);
-    else free(ptr);
+    /* While the state closes, its small blocks stay where they are:
+     * pool_release gives back their chunks right after (lstate_close). */
+    if (ptr && IN_POOL(osize)) {
+      if (!iso->closing) pool_free(&iso->pool, ptr, osize);
+    } else
+      free(ptr);
     iso->mem_used -= old;
     return NULL;
   }
@@ -494,6 +498,7 @@ void lstate_close(ic_isolate *iso) {
   iso->L = NULL;
   iso->pump = NULL;
   iso->lctx = NULL;
+  iso->closing = 1;
   if (L) lua_close(L);
   pool_release(&iso->pool); /* after lua_close: its last frees go to the pool */
 }
