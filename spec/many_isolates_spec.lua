@@ -12,7 +12,7 @@ local _ENV = _G
 -- Fewer under the sanitizers, valgrind and the GC stress run, which multiply
 -- each isolate's memory and time. IC_MANY_ISOLATES sets the count instead:
 -- the ctest entry many_isolates (the normal build only) runs this file with
--- CMake's IC_MANY_ISOLATES (see CMakeLists.txt), up to a million.
+-- CMake's IC_MANY_ISOLATES (see CMakeLists.txt), a million by default.
 local slow = (os.getenv("IC_SANITIZE") or "") ~= "" or os.getenv("IC_VALGRIND") ~= nil
   or (os.getenv("IC_GC_STRESS") or "") ~= ""
 local N = math.tointeger(tonumber(os.getenv("IC_MANY_ISOLATES") or "")) or (slow and 2000 or 20000)
