@@ -121,6 +121,11 @@ describe("lean isolates", function()
     assert.same({ "mine", 5, "function", true }, r:request("go", 30))
   end)
 
+  it("boot from a module name (require opens the base library, then package)", function()
+    local r = c:spawn_isolate("support.echo_isolate", { prefix = "lean: " }, { lean = true })
+    assert.equal("lean: 7", r:request(7, 30))
+  end)
+
   it("copy base functions to and from them before the base library opened", function()
     local r = c:spawn_isolate(function(ctx)
       ctx:on_message(function(m) return m end)
