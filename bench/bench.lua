@@ -21,7 +21,9 @@
 -- 1,000,000) that all stay alive at once, each answering one message, and
 -- reports resident memory per isolate; it stops spawning early, and says
 -- so, when the process would grow past --budget-mb of resident memory
--- (default 8192) or past half of the machine's available memory.
+-- (default 16384: a million lean isolates take about 12 GiB) or past what
+-- the machine can spare (what is available less a quarter of its memory,
+-- at least 2 GiB, for everything else; the many_isolates test's rule).
 --
 -- --peers runs the same workloads with the same counts in Erlang/OTP
 -- (bench/peers/bench_erlang.erl, compiled into a temporary directory, one
@@ -35,7 +37,7 @@
 local ic = require("isolate_cluster")
 
 local opts = { quick = false, workers = nil, baseline = nil, only = nil, n = nil, callgrind = false,
-  budget_mb = 8192, peers = false, peers_schedulers = 2, peers_ebin = nil }
+  budget_mb = 16384, peers = false, peers_schedulers = 2, peers_ebin = nil }
 do
   local i = 1
   while arg[i] do
@@ -251,8 +253,11 @@ local function many(n)
     ctx:on_message(function(i, sender) if i ~= "ready" then sender:send(i) end end)
   end
   local budget = opts.budget_mb * 1024
-  local avail = mem_available_kb()
-  if avail and avail // 2 < budget then budget = avail // 2 end
+  local avail, total = mem_available_kb(), proc_kb("/proc/meminfo", "MemTotal")
+  if avail and total then
+    local spare = avail - math.max(2 * 1024 * 1024, total // 4)
+    if spare < budget then budget = spare end
+  end
   budget = budget * 0.95 -- the answers take some room after the spawns
   local refs, o, batch = {}, { lean = true }, 10000
   collectgarbage()

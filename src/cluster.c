@@ -248,7 +248,7 @@ int cluster_main_wait(ic_cluster *c, mailbox *q, uint64_t deadline) {
   atomic_store(&m->sched, SCHED_IDLE);
   while (atomic_load(&m->sched) == SCHED_IDLE && (!q || mailbox_count(q) == 0) &&
          atomic_load(&c->state) == CLUSTER_RUNNING && !atomic_load(&m->sigint)) {
-    if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) return 0;
+    if (plat_sem_wait_until(&m->th->wsem, deadline) == ETIMEDOUT) return 0;
   }
   return 1;
 }
@@ -264,7 +264,7 @@ ic_isolate *cluster_main_wait_path(ic_cluster *c, const char *path, uint64_t dea
      * the caller looks there. */
     if (c->net && net_path_taken(c->net, path)) break;
     if (atomic_load(&c->state) != CLUSTER_RUNNING || atomic_load(&m->sigint)) break;
-    if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) {
+    if (plat_sem_wait_until(&m->th->wsem, deadline) == ETIMEDOUT) {
       iso = cluster_find_path(c, path);
       break;
     }

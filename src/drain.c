@@ -151,16 +151,16 @@ static void join_dedicated(ic_cluster *c, uint64_t deadline) {
   plat_mutex_unlock(&c->lock);
   for (size_t i = 0; i < n; i++) {
     ic_isolate *iso = d[i];
-    if (plat_thread_join_until(iso->thread, deadline) == ETIMEDOUT &&
-        atomic_exchange(&iso->thread_state, THREAD_LEFT) != THREAD_EXITED) {
+    if (plat_thread_join_until(iso->th->thread, deadline) == ETIMEDOUT &&
+        atomic_exchange(&iso->th->thread_state, THREAD_LEFT) != THREAD_EXITED) {
       /* Its hold stays with the thread, which lets go when its call
        * returns (dedicated_main); the struct outlives it. */
-      plat_thread_detach(iso->thread);
+      plat_thread_detach(iso->th->thread);
       plat_pin_code();
       cluster_leave_isolate(c, iso);
       continue;
     }
-    plat_thread_join(iso->thread); /* at once: it has ended or is ending */
+    plat_thread_join(iso->th->thread); /* at once: it has ended or is ending */
     isolate_release(iso);
   }
   free(d);
@@ -214,7 +214,7 @@ void cluster_detach_stopper(ic_cluster *c) {
  * change). Any thread. */
 static void wake_main(ic_cluster *c) {
   atomic_store(&c->main->sched, SCHED_SCHEDULED);
-  plat_sem_post(&c->main->wsem);
+  plat_sem_post(&c->main->th->wsem);
 }
 
 int cluster_wait_down(ic_cluster *c, uint64_t deadline) {

@@ -49,6 +49,19 @@ enum { THREAD_RUNNING = 0, THREAD_EXITED = 1, THREAD_LEFT = 2 };
 /* Results of isolate_run. */
 enum { RUN_IDLE = 0, RUN_AGAIN = 1, RUN_DONE = 2 };
 
+/* The part of an isolate that only one running on a thread of its own
+ * has: most isolates run on the pool and would carry it unused. */
+typedef struct iso_thread {
+  /* Dedicated isolates wait on these. */
+  plat_mutex wlock;
+  plat_cond wcond;
+  /* The main state waits on this instead (ISO_MAIN only): a SIGINT handler
+   * may post it (src/sigint.c), which a condition variable does not allow. */
+  plat_sem wsem;
+  plat_thread thread;
+  atomic_int thread_state;      /* THREAD_*, for a dedicated thread */
+} iso_thread;
+
 typedef struct ic_isolate {
   struct ic_cluster *cluster;   /* strong reference */
   struct ic_isolate *late_next; /* on a net's late_release list (src/net/net.c) */
@@ -122,8 +135,11 @@ typedef struct ic_isolate {
   size_t live_children;         /* linked children not yet down (owner thread):
                                    they keep an isolate with nothing else to run up */
   size_t nchildren, children_cap;
-  int hidden;                   /* a runtime isolate (logger): never announced */
-  int lean;                     /* opts.lean: string opened on first use too */
+  unsigned char hidden;         /* a runtime isolate (logger): never announced */
+  unsigned char lean;           /* opts.lean: base and string opened on first use too */
+  unsigned char base_pending;   /* a lean isolate's base library not opened yet (src/lboot.c) */
+  unsigned char closing;        /* its Lua state is being closed (src/lboot.c) */
+  atomic_int sigint;            /* the main state: a SIGINT came while it waited */
   /* Statistics (src/stats.c): each has one writer, the thread running the
    * isolate (stat_out: the sending thread), and is read by anyone; relaxed
    * atomics, no read-modify-write, no lock. */
@@ -141,17 +157,10 @@ typedef struct ic_isolate {
   int turn_msgs, batching;
   ic_msg *batch;
 
-  /* Dedicated isolates wait on these. */
-  plat_mutex wlock;
-  plat_cond wcond;
-  /* The main state waits on this instead (ISO_MAIN only): a SIGINT handler
-   * may post it (src/sigint.c), which a condition variable does not allow.
-   * sigint: a SIGINT came while it waited. */
-  plat_sem wsem;
-  plat_thread thread;
-  atomic_int sigint;
-  int has_thread;
-  atomic_int thread_state;      /* THREAD_*, for a dedicated thread */
+  /* What only an isolate with a thread of its own needs (a dedicated one,
+   * and the main state's): NULL for a pool isolate, else just after the
+   * struct in the same block (isolate_new). */
+  struct iso_thread *th;
 } ic_isolate;
 
 /* One more for a statistic with a single writer (see stat_in). */

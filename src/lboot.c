@@ -36,8 +36,12 @@ static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   ic_isolate *iso = ud;
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
-    if (ptr && IN_POOL(osize)) pool_free(&iso->pool, ptr, osize);
-    else free(ptr);
+    /* While the state closes, its small blocks stay where they are:
+     * pool_release gives back their chunks right after (lstate_close). */
+    if (ptr && IN_POOL(osize)) {
+      if (!iso->closing) pool_free(&iso->pool, ptr, osize);
+    } else
+      free(ptr);
     iso->mem_used -= old;
     return NULL;
   }
@@ -65,22 +69,22 @@ static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 /*
- * Standard libraries. Every isolate gets all of them, but only these are
- * opened at once; the others are opened the first time a global of that name
- * is read (an __index on _G; `require` opens package) or they are required
- * (package.preload, filled when package opens). They are about half of what a fresh Lua state costs, and
- * most isolates never touch package, coroutine, table, io, os, math, utf8 or
- * debug. The difference shows only to code that inspects _G's metatable or
- * uses rawget.
+ * Standard libraries. Every isolate gets all of them, but only the base
+ * library is opened at once (in a lean isolate not even that); the others
+ * are opened the first time a global of that name is read (an __index on
+ * _G; `require` opens package), they are required (package.preload, filled
+ * when package opens) or, for string, a string's method is first looked up
+ * (a stand-in metatable for strings). They are about half of what a fresh
+ * Lua state costs, and most isolates never touch most of them. The
+ * difference shows only to code that inspects _G's metatable, the strings'
+ * metatable or uses rawget.
  */
-static const luaL_Reg eager_libs[] = {
-    {LUA_GNAME, luaopen_base}, {LUA_STRLIBNAME, luaopen_string}, {NULL, NULL}};
 static const luaL_Reg lazy_libs[] = {
-    {LUA_LOADLIBNAME, luaopen_package}, {LUA_COLIBNAME, lboot_open_coroutine},
-    {LUA_TABLIBNAME, luaopen_table},    {LUA_IOLIBNAME, luaopen_io},
-    {LUA_OSLIBNAME, luaopen_os},        {LUA_MATHLIBNAME, luaopen_math},
-    {LUA_UTF8LIBNAME, luaopen_utf8},    {LUA_DBLIBNAME, luaopen_debug},
-    {NULL, NULL}};
+    {LUA_STRLIBNAME, luaopen_string},   {LUA_LOADLIBNAME, luaopen_package},
+    {LUA_COLIBNAME, lboot_open_coroutine}, {LUA_TABLIBNAME, luaopen_table},
+    {LUA_IOLIBNAME, luaopen_io},        {LUA_OSLIBNAME, luaopen_os},
+    {LUA_MATHLIBNAME, luaopen_math},    {LUA_UTF8LIBNAME, luaopen_utf8},
+    {LUA_DBLIBNAME, luaopen_debug},     {NULL, NULL}};
 
 /* package.path and cpath as the isolate was given them (see spawn). The
  * package library is on the top of the stack. */
@@ -95,31 +99,125 @@ static void set_paths(lua_State *L, const ic_isolate *iso) {
   }
 }
 
-/* A lean isolate (opts.lean) opens the string library on first use too:
- * on a read of the global `string`, on require("string"), or on the first
- * string method call (through this __index of the strings' metatable,
- * which luaopen_string replaces with its own). */
+/* A lean isolate (opts.lean) opens the base library on first use too: the
+ * first read of a global that _G does not hold (a name of the base library
+ * or not), or the first write of one, opens it, before anything else is
+ * looked up or set, so that the isolate's code sees what it would have
+ * seen with the library open from the start (every other library and
+ * require find it open; a global the code sets, even to nil, is not
+ * undone by the library opening later). Globals that C code set raw before
+ * (a state hook) keep their values: luaopen_base would overwrite a `print`
+ * or `tostring` of the application's, so what _G holds then is put back.
+ * _G's __newindex, there for this alone, goes as the library opens. */
+static void open_base(lua_State *L) {
+  ic_isolate *iso = self_of(L);
+  lua_pushglobaltable(L);
+  int g = lua_gettop(L);
+  /* First: luaopen_base's own writes would come back here. */
+  if (lua_getmetatable(L, g)) {
+    lua_pushnil(L);
+    lua_setfield(L, -2, "__newindex");
+    lua_pop(L, 1);
+  }
+  lua_pushnil(L);
+  int saved = 0;
+  if (lua_next(L, g)) {
+    lua_pop(L, 2);
+    lua_newtable(L);
+    saved = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, g)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, saved);
+    }
+  }
+  luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+  lua_pop(L, 1);
+  if (saved) {
+    lua_pushnil(L);
+    while (lua_next(L, saved)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, g);
+    }
+  }
+  lua_settop(L, g - 1);
+  iso->base_pending = 0; /* once it is all there: a failure (memory) tries again */
+  codec_forget_names(L); /* new standard functions to name */
+}
+
+/* string is opened on first use: on a read of the global `string`, on
+ * require("string"), on the first string method call or the first
+ * arithmetic on a string ("10" + 1: Lua 5.4 coerces through the string
+ * library's metamethods). The strings' metatable is a stand-in until then,
+ * with the events of luaopen_string's own (which replaces it): each opens
+ * the library and does what the library's would. */
 static void open_string(lua_State *L) {
   luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+  lua_pop(L, 1);
   codec_forget_names(L); /* new standard functions to name */
 }
 
 static int lazy_string_index(lua_State *L) {
   open_string(L);
-  lua_pushvalue(L, 2);
-  lua_gettable(L, -2);
+  lua_settop(L, 2);
+  lua_gettable(L, 1); /* through the library's metatable now */
   return 1;
 }
+
+/* What the string library's arithmetic metamethods do (lstrlib.c: arith,
+ * tonum, trymt), the library opened first: the same result, or the same
+ * error from the same level (the caller's line). [1], [2]: the operands
+ * (the operand twice for __unm). */
+static int str_tonum(lua_State *L, int arg) {
+  if (lua_type(L, arg) == LUA_TNUMBER) {
+    lua_pushvalue(L, arg);
+    return 1;
+  }
+  size_t len;
+  const char *s = lua_tolstring(L, arg, &len);
+  return s != NULL && lua_stringtonumber(L, s) == len + 1;
+}
+
+static int lazy_string_arith(lua_State *L, int op, const char *event) {
+  open_string(L);
+  lua_settop(L, 2);
+  if (str_tonum(L, 1) && str_tonum(L, 2)) {
+    lua_arith(L, op);
+    return 1;
+  }
+  lua_settop(L, 2);
+  if (lua_type(L, 2) == LUA_TSTRING || !luaL_getmetafield(L, 2, event))
+    return luaL_error(L, "attempt to %s a '%s' with a '%s'", event + 2, luaL_typename(L, -2),
+                      luaL_typename(L, -1));
+  lua_insert(L, -3);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
+#define LAZY_ARITH(name, op) \
+  static int lazy_string_##name(lua_State *L) { return lazy_string_arith(L, op, "__" #name); }
+LAZY_ARITH(add, LUA_OPADD)
+LAZY_ARITH(sub, LUA_OPSUB)
+LAZY_ARITH(mul, LUA_OPMUL)
+LAZY_ARITH(mod, LUA_OPMOD)
+LAZY_ARITH(pow, LUA_OPPOW)
+LAZY_ARITH(div, LUA_OPDIV)
+LAZY_ARITH(idiv, LUA_OPIDIV)
+LAZY_ARITH(unm, LUA_OPUNM)
+
+static const luaL_Reg lazy_string_mt[] = {
+    {"__add", lazy_string_add},   {"__sub", lazy_string_sub},   {"__mul", lazy_string_mul},
+    {"__mod", lazy_string_mod},   {"__pow", lazy_string_pow},   {"__div", lazy_string_div},
+    {"__idiv", lazy_string_idiv}, {"__unm", lazy_string_unm},   {"__index", lazy_string_index},
+    {NULL, NULL}};
 
 /* package.preload gets the libraries opened on first use when package
  * itself opens: only require reads it, and until then the table and its
  * names would cost every isolate. */
-static void set_preloads(lua_State *L, int lean) {
+static void set_preloads(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  if (lean) {
-    lua_pushcfunction(L, luaopen_string);
-    lua_setfield(L, -2, LUA_STRLIBNAME);
-  }
   for (const luaL_Reg *lib = lazy_libs; lib->func; lib++) {
     lua_pushcfunction(L, lib->func);
     lua_setfield(L, -2, lib->name);
@@ -127,12 +225,16 @@ static void set_preloads(lua_State *L, int lean) {
   lua_pop(L, 1);
 }
 
+/* _G's __index: [1] = _G, [2] = the key. */
 static int lazy_global(lua_State *L) {
-  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
-  if (k && strcmp(k, LUA_STRLIBNAME) == 0 && self_of(L)->lean) {
-    open_string(L);
-    return 1;
+  if (self_of(L)->base_pending) {
+    open_base(L);
+    lua_settop(L, 2);
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, 1) != LUA_TNIL) return 1;
+    lua_pop(L, 1);
   }
+  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k) {
     /* require is the package library's only global function. */
     int req = strcmp(k, "require") == 0;
@@ -140,7 +242,7 @@ static int lazy_global(lua_State *L) {
       if (strcmp(k, lib->name) == 0 || (req && lib->func == luaopen_package)) {
         luaL_requiref(L, lib->name, lib->func, 1);
         if (lib->func == luaopen_package) {
-          set_preloads(L, self_of(L)->lean);
+          set_preloads(L);
           set_paths(L, self_of(L));
         }
         codec_forget_names(L); /* new standard functions to name */
@@ -156,30 +258,45 @@ static int lazy_global(lua_State *L) {
   return 0;
 }
 
+/* _G's __newindex while a lean isolate's base library is not open:
+ * [1] = _G, [2] = the key, [3] = the value. */
+static int lazy_global_set(lua_State *L) {
+  if (self_of(L)->base_pending) open_base(L);
+  lua_settop(L, 3);
+  lua_rawset(L, 1);
+  return 0;
+}
+
 static void open_libs(lua_State *L, int lean) {
-  /* A global table sized for the base library and the eager ones: the
-   * fresh state's empty one would be rehashed six times as luaopen_base
-   * fills it. Nothing has been loaded yet, so no function holds the old
-   * one as its _ENV. */
-  lua_createtable(L, 0, 32);
-  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  for (const luaL_Reg *lib = eager_libs; lib->func; lib++) {
-    if (lean && lib->func == luaopen_string) continue;
-    luaL_requiref(L, lib->name, lib->func, 1);
+  if (!lean) {
+    /* A global table sized for the base library: the fresh state's empty
+     * one would be rehashed five times as luaopen_base fills it. Nothing
+     * has been loaded yet, so no function holds the old one as its _ENV.
+     * (A lean isolate keeps the empty one: it may never need more.) */
+    lua_createtable(L, 0, 32);
+    lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+    luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+    lua_pop(L, 1);
+  } else {
+    self_of(L)->base_pending = 1;
+    /* package.loaded, which the decoder reads to resolve a standard
+     * function (a function named there opens its library). */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_pop(L, 1);
   }
-  if (lean) {
-    lua_pushliteral(L, "");
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, lazy_string_index);
-    lua_setfield(L, -2, "__index");
-    lua_setmetatable(L, -2);
-    lua_pop(L, 1);
-  }
+  lua_pushliteral(L, "");
+  lua_createtable(L, 0, (int)(sizeof lazy_string_mt / sizeof *lazy_string_mt) - 1);
+  luaL_setfuncs(L, lazy_string_mt, 0);
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
   lua_pushglobaltable(L);
-  lua_createtable(L, 0, 1);
+  lua_createtable(L, 0, lean ? 2 : 1);
   lua_pushcfunction(L, lazy_global);
   lua_setfield(L, -2, "__index");
+  if (lean) {
+    lua_pushcfunction(L, lazy_global_set);
+    lua_setfield(L, -2, "__newindex");
+  }
   lua_setmetatable(L, -2);
   lua_pop(L, 1);
 }
@@ -396,6 +513,7 @@ void lstate_close(ic_isolate *iso) {
   iso->L = NULL;
   iso->pump = NULL;
   iso->lctx = NULL;
+  iso->closing = 1;
   if (L) lua_close(L);
   pool_release(&iso->pool); /* after lua_close: its last frees go to the pool */
 }

@@ -67,7 +67,7 @@ static int wait_reply(ic_cluster *c, uint64_t deadline) {
   atomic_store(&m->sched, SCHED_IDLE);
   while (atomic_load(&m->sched) == SCHED_IDLE && mailbox_count(&m->sysq) == 0 &&
          atomic_load(&c->state) != CLUSTER_DOWN && !atomic_load(&m->sigint)) {
-    if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) return 0;
+    if (plat_sem_wait_until(&m->th->wsem, deadline) == ETIMEDOUT) return 0;
   }
   return 1;
 }
@@ -139,7 +139,7 @@ int mainq_wait_events(ic_cluster *c, uint64_t deadline) {
     /* IDLE before the look: an event appended after it wakes this wait. */
     atomic_store(&m->sched, SCHED_IDLE);
     if (atomic_load(&m->events_pending) || atomic_load(&c->state) != CLUSTER_RUNNING) return 1;
-    if (plat_sem_wait_until(&m->wsem, deadline) == ETIMEDOUT) return atomic_load(&m->events_pending);
+    if (plat_sem_wait_until(&m->th->wsem, deadline) == ETIMEDOUT) return atomic_load(&m->events_pending);
   }
 }
 

@@ -26,16 +26,19 @@
 #endif
 
 /* A chunk: the link to the next chunk (8 bytes, so blocks stay 8-byte
- * aligned), then blocks. A pool's chunks grow with it: a sixteenth of what it
- * holds already, between CHUNK_MIN and CHUNK_MAX bytes. An isolate leaves
- * the untouched rest of its newest chunk unused for as long as it lives,
- * half a chunk on average, and each chunk costs a header and malloc's own:
- * small chunks for a small heap (most isolates hold 10 to 30 KB) keep both
- * low, larger ones for a larger heap keep the number of chunks down. Each
- * size is a multiple of 16 less malloc's 8-byte header (glibc), so that
- * malloc rounds nothing up. */
+ * aligned), then blocks. A pool's first chunk (CHUNK_FIRST) holds about
+ * half of what every isolate's boot takes in small blocks (5 KB for a lean
+ * one, 6 KB with the base library); the next ones grow with the pool: a
+ * sixteenth of what it holds already, between CHUNK_MIN and CHUNK_MAX
+ * bytes. An isolate leaves the untouched rest of its newest chunk unused
+ * for as long as it lives, half a chunk on average, and each chunk costs a
+ * header and malloc's own: small chunks for a small heap (an idle isolate
+ * holds 9 to 12 KB) keep both low, larger ones for a larger heap keep the
+ * number of chunks down. Each size is a multiple of 16 less malloc's 8-byte
+ * header (glibc), so that malloc rounds nothing up. */
 #define CHUNK_LINK 8
-#define CHUNK_MIN (1024 - 8)
+#define CHUNK_FIRST (3072 - 8)
+#define CHUNK_MIN (512 - 8)
 #define CHUNK_MAX (65536 - 8)
 
 static size_t class_of(size_t n) { return (n - 1) / POOL_STEP; }
@@ -63,7 +66,8 @@ static void push_free(pool *p, void *block, size_t c) {
  * cost every pool_alloc a prologue and an epilogue. */
 __attribute__((noinline, cold)) static void *alloc_from_new_chunk(pool *p, size_t c, size_t n) {
   size_t want = p->bytes / 16;
-  size_t size = want < CHUNK_MIN ? CHUNK_MIN : want > CHUNK_MAX ? CHUNK_MAX : (want | 15) - 7;
+  size_t size = !p->bytes ? CHUNK_FIRST
+                : want < CHUNK_MIN ? CHUNK_MIN : want > CHUNK_MAX ? CHUNK_MAX : (want | 15) - 7;
   char *chunk = malloc(size);
   if (!chunk) return NULL;
   /* The rest of the chunk before it (less than the block that did not fit,

@@ -37,7 +37,7 @@ static void on_sigint(int sig) {
     ic_isolate *m = atomic_load(&waiting[i]);
     if (!m) continue;
     atomic_store(&m->sigint, 1);
-    plat_sem_post(&m->wsem);
+    plat_sem_post(&m->th->wsem);
   }
   atomic_fetch_sub(&in_handler, 1);
   errno = saved_errno;
