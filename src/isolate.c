@@ -340,11 +340,11 @@ static inline void post_reserved(ic_isolate *to, ic_msg *m, worker *from) {
 
 const char *isolate_post(ic_isolate *to, ic_msg *m, worker *from) {
   if (!atomic_load_explicit(&to->alive, memory_order_acquire)) {
-    msg_free(m);
+    msg_free_in(from ? &from->mcache : NULL, m);
     return "isolate down";
   }
   if (!mailbox_reserve(&to->mbox)) {
-    msg_free(m);
+    msg_free_in(from ? &from->mcache : NULL, m);
     return "mailbox full";
   }
   post_reserved(to, m, from);
@@ -558,7 +558,7 @@ int isolate_run(ic_isolate *iso, worker *w) {
     int was_preempted = iso->wait == WAIT_PREEMPTED;
     if (m->kind == MSG_CONTROL) handle_control(iso, (int)m->corr);
     else dispatch(iso, m->kind, m);
-    msg_free(m);
+    msg_free_in(w ? &w->mcache : NULL, m);
     if (!was_preempted && iso->wait == WAIT_PREEMPTED) resume_preempted = 0; /* out of time */
   }
   if (!resume_preempted && iso->wait == WAIT_PREEMPTED) goto end_turn;
@@ -573,7 +573,7 @@ int isolate_run(ic_isolate *iso, worker *w) {
     if ((m = mailbox_pop(&iso->mbox)) == NULL) break;
     isolate_stat_add(&iso->stat_in, 1);
     dispatch(iso, m->kind, m);
-    msg_free(m);
+    msg_free_in(w ? &w->mcache : NULL, m);
   }
 end_turn:
   isolate_stat_add(&iso->stat_run_ns, plat_now_ns() - now);

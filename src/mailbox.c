@@ -23,9 +23,18 @@ void blob_release(ic_blob *b) {
   if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) free(b);
 }
 
-ic_msg *msg_new(int kind, const char *data, size_t len) {
-  ic_msg *m = malloc(sizeof *m + len);
-  if (!m) return NULL;
+ic_msg *msg_new_in(msg_cache *c, int kind, const char *data, size_t len) {
+  ic_msg *m;
+  int block = sizeof *m + len <= MSG_BLOCK;
+  if (block && c && c->free) {
+    m = c->free;
+    c->free = m->spare;
+    c->n--;
+  } else {
+    m = malloc(block ? MSG_BLOCK : sizeof *m + len);
+    if (!m) return NULL;
+  }
+  m->block = (uint8_t)block;
   atomic_init(&m->link.next, NULL);
   m->sender = NULL;
   m->from_node = 0;
@@ -40,6 +49,8 @@ ic_msg *msg_new(int kind, const char *data, size_t len) {
   return m;
 }
 
+ic_msg *msg_new(int kind, const char *data, size_t len) { return msg_new_in(NULL, kind, data, len); }
+
 ic_msg *msg_new_shared(int kind, ic_blob *b) {
   ic_msg *m = malloc(sizeof *m);
   if (!m) return NULL;
@@ -49,6 +60,7 @@ ic_msg *msg_new_shared(int kind, ic_blob *b) {
   m->from_id = 0;
   m->corr = 0;
   m->spare = NULL;
+  m->block = 0;
   blob_retain(b);
   m->shared = b;
   m->kind = (uint8_t)kind;
@@ -57,12 +69,29 @@ ic_msg *msg_new_shared(int kind, ic_blob *b) {
   return m;
 }
 
-void msg_free(ic_msg *m) {
+void msg_free_in(msg_cache *c, ic_msg *m) {
   if (!m) return;
   if (m->shared) blob_release(m->shared);
   if (m->sender) isolate_release(m->sender);
-  if (m->spare) msg_free(m->spare);
+  if (m->spare) msg_free_in(c, m->spare);
+  if (m->block && c && c->n < MSG_CACHE_MAX) {
+    m->spare = c->free;
+    c->free = m;
+    c->n++;
+    return;
+  }
   free(m);
+}
+
+void msg_free(ic_msg *m) { msg_free_in(NULL, m); }
+
+void msg_cache_trim(msg_cache *c) {
+  while (c->free) {
+    ic_msg *m = c->free;
+    c->free = m->spare;
+    free(m);
+  }
+  c->n = 0;
 }
 
 int msg_add_spare(ic_msg *m) {

@@ -63,8 +63,34 @@ typedef struct ic_msg {
   const char *data;          /* MessagePack bytes */
   size_t len;
   uint8_t kind;
+  uint8_t block;             /* allocated as a MSG_BLOCK-byte block (msg_cache) */
   char inline_data[];
 } ic_msg;
+
+/*
+ * A thread's spare message blocks. Most messages are small ({i, "x"} is a
+ * few bytes), so a message whose bytes fit is allocated as a block of
+ * MSG_BLOCK bytes, and a thread that frees one keeps it for its next
+ * message instead of handing it back to malloc: a sender reuses what its
+ * thread received (a ping-pong pair, an isolate answering on the worker it
+ * runs on). A cache belongs to one thread (a pool worker: its own and its
+ * isolates' messages while they run there); it holds at most MSG_CACHE_MAX
+ * blocks, and its owner empties it when it has nothing to do
+ * (msg_cache_trim), so idle memory does not grow. A block may be freed
+ * into any thread's cache, or with no cache at all (then to malloc).
+ */
+#define MSG_BLOCK 120 /* malloc keeps chunks this small on its fast lists */
+#define MSG_CACHE_MAX 64
+typedef struct msg_cache {
+  ic_msg *free; /* linked through their spare field */
+  unsigned n;
+} msg_cache;
+
+/* msg_new and msg_free with the calling thread's cache (NULL: none). */
+ic_msg *msg_new_in(msg_cache *c, int kind, const char *data, size_t len);
+void msg_free_in(msg_cache *c, ic_msg *m);
+/* Gives every block back to malloc. The owner thread only. */
+void msg_cache_trim(msg_cache *c);
 
 /* A message owning a private copy of data[0..len) (or, with data NULL, room
  * for len bytes to fill in). NULL when out of memory. */

@@ -274,6 +274,7 @@ static ic_isolate *sched_next(sched *s, worker *w) {
       return NULL;
     }
     atomic_fetch_add_explicit(&s->nidle, 1, memory_order_relaxed);
+    msg_cache_trim(&w->mcache); /* nothing to do: no spare blocks kept idle */
     plat_cond_wait(&s->cond, &s->lock);
     atomic_fetch_sub_explicit(&s->nidle, 1, memory_order_relaxed);
     /* Busy again: the monitor watches while anyone works. */
@@ -295,6 +296,7 @@ static void *worker_main(void *arg) {
       isolate_release(iso);
     }
   }
+  msg_cache_trim(&w->mcache);
   /* Left running by a shutdown: the hold it took on the cluster (which
    * owns this worker's struct) ends with the thread, as the last thing. */
   if (atomic_exchange(&w->exit_state, THREAD_EXITED) == THREAD_LEFT) cluster_release(s->cluster);

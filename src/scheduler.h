@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "mailbox.h"
 #include "platform.h"
 
 struct ic_isolate;
@@ -49,6 +50,7 @@ typedef struct worker {
   _Atomic(struct ic_isolate *) current;
   _Atomic uint64_t turn_start;
   atomic_int watched;
+  msg_cache mcache;          /* spare message blocks (mailbox.h): this thread's */
 } worker;
 
 enum { LIFO_WATCH_OFF, LIFO_WATCH_ON, LIFO_WATCH_RESTING };
