@@ -283,8 +283,10 @@ int isolate_release_unless_last(ic_isolate *iso) {
   return 0;
 }
 
-void isolate_release(ic_isolate *iso) {
-  if (atomic_fetch_sub_explicit(&iso->refs, 1, memory_order_acq_rel) != 1) return;
+void isolate_release(ic_isolate *iso) { isolate_release_n(iso, 1); }
+
+void isolate_release_n(ic_isolate *iso, int n) {
+  if (atomic_fetch_sub_explicit(&iso->refs, n, memory_order_acq_rel) != n) return;
   ic_cluster *c = iso->kind == ISO_MAIN ? NULL : iso->cluster;
   /* Messages that raced in after the isolate went down. (The main isolate
    * may outlive its cluster: it counts nothing there.) */
@@ -576,6 +578,7 @@ int isolate_run(ic_isolate *iso, worker *w) {
     msg_free_in(w ? &w->mcache : NULL, m);
   }
 end_turn:
+  if (w) msg_cache_flush(&w->mcache);
   isolate_stat_add(&iso->stat_run_ns, plat_now_ns() - now);
   atomic_store_explicit(&iso->stat_mem, iso->mem_used, memory_order_relaxed);
   if (w) worker_end_turn(w);

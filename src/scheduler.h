@@ -76,6 +76,7 @@ typedef struct sched {
    * wakes the monitor under lock; see monitor_main for RESTING). */
   plat_thread monitor;
   plat_cond monitor_cond;
+  msg_depot depot;           /* the workers' caches trade message blocks here */
   int monitor_started, monitor_sleeping;
   atomic_int lifo_watch;
   uint64_t slice_ns;
