@@ -494,7 +494,8 @@ int l_ref_send(lua_State *L) {
     /* Most sends go to the ref of the send before (or to the last
      * sender): that one is then known without its metatable. */
     lua_pushvalue(L, 1);
-    lua_rawseti(L, LUA_REGISTRYINDEX, ctx->hot_ref_ref);
+    if (ctx->hot_ref_ref) lua_rawseti(L, LUA_REGISTRYINDEX, ctx->hot_ref_ref);
+    else ctx->hot_ref_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the state's first send */
     ctx->hot_ud = r;
   }
   int top = lua_gettop(L);

@@ -93,8 +93,6 @@ lstate_ctx *lstate_open(lua_State *L) {
   ctx->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushboolean(L, 0);
   ctx->last_sender_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_pushboolean(L, 0);
-  ctx->hot_ref_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   if (luaL_getmetatable(L, LREF_MT) == LUA_TNIL) {
     /* Both tables made at their final sizes (luaL_newmetatable's would be

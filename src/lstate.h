@@ -59,8 +59,8 @@ typedef struct lstate_ctx {
   int last_sender_ref;
   /* Ref userdata known to be refs without a metatable check (ref_test_ctx):
    * the last sender's (above), and the last receiver of a ref:send, held
-   * strongly at registry index hot_ref_ref so neither address can be
-   * reused while it is here. */
+   * strongly at registry index hot_ref_ref (0 until the first send) so
+   * neither address can be reused while it is here. */
   const void *sender_ud, *hot_ud;
   int hot_ref_ref;
   struct lpump *pump; /* an isolate's pump (src/lpump.c), or NULL */
