@@ -99,7 +99,6 @@ void msg_cache_flush(msg_cache *c) {
 }
 
 void msg_cache_trim(msg_cache *c) {
-  msg_cache_flush(c);
   free_chain(c->free);
   c->free = NULL;
   c->n = 0;

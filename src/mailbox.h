@@ -123,7 +123,8 @@ void msg_free_in(msg_cache *c, ic_msg *m);
 /* Lets go of the sender holds msg_free_in put off. The owner thread, at
  * the latest at the end of each turn. */
 void msg_cache_flush(msg_cache *c);
-/* Flushes, and gives every block back to malloc. The owner thread only. */
+/* Gives every block back to malloc (only that: it may run under a lock
+ * that letting go of an isolate could take). The owner thread only. */
 void msg_cache_trim(msg_cache *c);
 
 /* A message owning a private copy of data[0..len) (or, with data NULL, room

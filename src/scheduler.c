@@ -306,6 +306,7 @@ static void *worker_main(void *arg) {
       isolate_release(iso);
     }
   }
+  msg_cache_flush(&w->mcache); /* (each turn flushes; this is for good measure) */
   msg_cache_trim(&w->mcache);
   /* Left running by a shutdown: the hold it took on the cluster (which
    * owns this worker's struct) ends with the thread, as the last thing. */
