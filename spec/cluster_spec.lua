@@ -118,6 +118,33 @@ describe("single-node cluster", function()
       assert.matches("isolate_ref expected", probe:request(r, 10), 1, true)
     end)
 
+    it("the refs a state just sent to or heard from are known as refs, and nothing else passes for one", function()
+      local r = c:spawn_isolate(echo_entry)
+      assert.is_true(r:send(1))
+      assert.is_true(r:send(2)) -- r is now the ref of the send before
+      for _, bad in ipairs({ {}, 1, "x", io.stdout, r.send }) do
+        local ok, err = pcall(r.send, bad, 1)
+        assert.is_false(ok)
+        assert.matches("isolate_ref expected", err, 1, true)
+      end
+      assert.is_true(r:send(3))
+      local probe = c:spawn_isolate(function(ctx)
+        ctx:on_message(function(target, sender)
+          local sent = target:send("x") and target:send("y") -- target: the ref of the send before
+          local bad = {}
+          for _, v in ipairs({ io.stdout, {}, ctx }) do
+            local ok1 = pcall(target.send, v, 1)
+            local ok2 = pcall(sender.send, v, 1) -- sender: the ref of the last message's sender
+            bad[#bad + 1] = (ok1 or ok2) and "accepted" or "refused"
+          end
+          return { sent = sent, bad = table.concat(bad, ","), back = sender:send("back") }
+        end)
+      end)
+      local got = probe:request(r, 10)
+      assert.same({ sent = true, bad = "refused,refused,refused", back = true }, got)
+      assert.equal("back", W.receive_match(c, function(m) return m == "back" end, 10))
+    end)
+
     it("tostring(ref) mentions the path, and node and id as unsigned numbers", function()
       local r = c:spawn_isolate(echo_entry, nil, { path = "/printable" })
       assert.matches("^isolate_ref%(/printable, %d+:%d+%)$", tostring(r))

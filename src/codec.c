@@ -1814,66 +1814,6 @@ static void dec_value(dec *d)
   }
 }
 
-/* Pushes the scalar at *p (before end) if it is one dec_value would push
- * as such (a fixint of either sign, a uint8/16/32, a float64, a boolean, a
- * fixstr) and returns 1, moving *p past it; returns 0, pushing nothing,
- * for anything else or a truncated one. */
-static inline int dec_small_scalar(lua_State *L, const char **pp, const char *end)
-{
-  const char *p = *pp;
-  uint8_t c = (uint8_t)*p++;
-  size_t left = (size_t)(end - p);
-  if (c <= 0x7f || c >= 0xe0) {
-    lua_pushinteger(L, (lua_Integer)(int8_t)c);
-  } else if ((c & 0xe0) == 0xa0) {
-    size_t n = c & 0x1f;
-    if (n > left)
-      return 0;
-    lua_pushlstring(L, p, n);
-    p += n;
-  } else if (c == 0xc2 || c == 0xc3) {
-    lua_pushboolean(L, c == 0xc3);
-  } else if (c == 0xcc && left >= 1) {
-    lua_pushinteger(L, (lua_Integer)mp_load_u8(&p));
-  } else if (c == 0xcd && left >= 2) {
-    lua_pushinteger(L, (lua_Integer)mp_load_u16(&p));
-  } else if (c == 0xce && left >= 4) {
-    lua_pushinteger(L, (lua_Integer)mp_load_u32(&p));
-  } else if (c == 0xcb && left >= 8) {
-    lua_pushnumber(L, (lua_Number)mp_load_double(&p));
-  } else {
-    return 0;
-  }
-  *pp = p;
-  return 1;
-}
-
-/* A message that is a fixarray of such scalars and nothing else (the
- * commonest small message, {i, "x"}): pushed as the table dec_array makes,
- * without the decoder's set-up. Returns 0 with the stack as it was for
- * anything else (the general decoder then takes it, and reports what is
- * wrong with it). Needs 2 free stack slots; a memory error raises. */
-static int dec_small_array(lua_State *L, const char *data, size_t len)
-{
-  int n = (uint8_t)data[0] & 0x0f;
-  const char *p = data + 1, *end = data + len;
-  if (n == 0)
-    return 0;
-  lua_createtable(L, n, 0);
-  for (int i = 1; i <= n; i++) {
-    if (p >= end || !dec_small_scalar(L, &p, end)) {
-      lua_pop(L, 1);
-      return 0;
-    }
-    lua_rawseti(L, -2, i);
-  }
-  if (p != end) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  return 1;
-}
-
 void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks *hooks,
                   const codec_limits *lim)
 {
@@ -1893,20 +1833,8 @@ void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks 
   /* The commonest small messages, a scalar or a short string alone or a
    * small array of them, are pushed without the decoder's set-up (an
    * allocation failure raises like any other). */
-  if (len >= 1) {
-    uint8_t c = (uint8_t)data[0];
-    if ((c & 0xf0) == 0x90) {
-      if (dec_small_array(L, data, len))
-        return;
-    } else {
-      const char *p = data;
-      if (dec_small_scalar(L, &p, data + len)) {
-        if (p == data + len)
-          return;
-        lua_pop(L, 1); /* trailing bytes: the general decoder says so */
-      }
-    }
-  }
+  if (codec_decode_small(L, data, len))
+    return;
   dec d;
   d.L = L;
   d.start = data;

@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <lua.h>
 
@@ -122,6 +123,89 @@ void codec_encode(lua_State *L, int idx, const char *root, const codec_hooks *ho
  */
 void codec_decode(lua_State *L, const char *data, size_t len, const codec_hooks *hooks,
                   const codec_limits *lim);
+
+/* Pushes the scalar at *p (before end) if it is one codec_decode would
+ * push as such (a fixint of either sign, a uint8/16/32, a float64, a
+ * boolean, a fixstr) and returns 1, moving *p past it; returns 0, pushing
+ * nothing, for anything else or a truncated one. */
+static inline int codec_small_scalar(lua_State *L, const char **pp, const char *end)
+{
+  const unsigned char *p = (const unsigned char *)*pp;
+  unsigned c = *p++;
+  size_t left = (size_t)((const unsigned char *)end - p);
+  if (c <= 0x7f || c >= 0xe0) {
+    lua_pushinteger(L, (lua_Integer)(int8_t)c);
+  } else if ((c & 0xe0) == 0xa0) {
+    size_t n = c & 0x1f;
+    if (n > left)
+      return 0;
+    lua_pushlstring(L, (const char *)p, n);
+    p += n;
+  } else if (c == 0xc2 || c == 0xc3) {
+    lua_pushboolean(L, c == 0xc3);
+  } else if (c == 0xcc && left >= 1) {
+    lua_pushinteger(L, (lua_Integer)p[0]);
+    p += 1;
+  } else if (c == 0xcd && left >= 2) {
+    lua_pushinteger(L, (lua_Integer)((uint32_t)p[0] << 8 | p[1]));
+    p += 2;
+  } else if (c == 0xce && left >= 4) {
+    lua_pushinteger(L, (lua_Integer)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]));
+    p += 4;
+  } else if (c == 0xcb && left >= 8) {
+    uint64_t u = 0;
+    for (int i = 0; i < 8; i++)
+      u = u << 8 | p[i];
+    double d;
+    memcpy(&d, &u, sizeof d);
+    lua_pushnumber(L, (lua_Number)d);
+    p += 8;
+  } else {
+    return 0;
+  }
+  *pp = (const char *)p;
+  return 1;
+}
+
+/* The commonest small messages, pushed as codec_decode pushes them but
+ * without its set-up: a scalar codec_small_scalar takes, or a fixarray of
+ * such scalars and nothing else ({i, "x"}). Returns 1 having pushed the
+ * value, or 0 with the stack as it was for anything else (codec_decode
+ * then takes it, and reports what is wrong with it). Needs 2 free stack
+ * slots; a memory error raises. Checks no limits: for messages of at most
+ * CODEC_SMALL_MAX bytes within the caller's max_bytes. */
+static inline int codec_decode_small(lua_State *L, const char *data, size_t len)
+{
+  if (len == 0)
+    return 0;
+  const char *p = data, *end = data + len;
+  unsigned c = (unsigned char)data[0];
+  if ((c & 0xf0) != 0x90) {
+    if (!codec_small_scalar(L, &p, end))
+      return 0;
+    if (p == end)
+      return 1;
+    lua_pop(L, 1); /* trailing bytes: the general decoder says so */
+    return 0;
+  }
+  int n = (int)(c & 0x0f);
+  p++;
+  if (n == 0)
+    return 0;
+  lua_createtable(L, n, 0);
+  for (int i = 1; i <= n; i++) {
+    if (p >= end || !codec_small_scalar(L, &p, end)) {
+      lua_pop(L, 1);
+      return 0;
+    }
+    lua_rawseti(L, -2, i);
+  }
+  if (p != end) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
 
 /* Drops the state's cached names of standard library C functions. Optional:
  * an encode that meets a C function it has no name for rebuilds them once

@@ -283,8 +283,10 @@ int isolate_release_unless_last(ic_isolate *iso) {
   return 0;
 }
 
-void isolate_release(ic_isolate *iso) {
-  if (atomic_fetch_sub_explicit(&iso->refs, 1, memory_order_acq_rel) != 1) return;
+void isolate_release(ic_isolate *iso) { isolate_release_n(iso, 1); }
+
+void isolate_release_n(ic_isolate *iso, int n) {
+  if (atomic_fetch_sub_explicit(&iso->refs, n, memory_order_acq_rel) != n) return;
   ic_cluster *c = iso->kind == ISO_MAIN ? NULL : iso->cluster;
   /* Messages that raced in after the isolate went down. (The main isolate
    * may outlive its cluster: it counts nothing there.) */
@@ -347,11 +349,11 @@ static inline void post_reserved(ic_isolate *to, ic_msg *m, worker *from) {
 
 const char *isolate_post(ic_isolate *to, ic_msg *m, worker *from) {
   if (!atomic_load_explicit(&to->alive, memory_order_acquire)) {
-    msg_free(m);
+    msg_free_in(from ? &from->mcache : NULL, m);
     return "isolate down";
   }
   if (!mailbox_reserve(&to->mbox)) {
-    msg_free(m);
+    msg_free_in(from ? &from->mcache : NULL, m);
     return "mailbox full";
   }
   post_reserved(to, m, from);
@@ -569,7 +571,7 @@ int isolate_run(ic_isolate *iso, worker *w) {
     int was_preempted = iso->wait == WAIT_PREEMPTED;
     if (m->kind == MSG_CONTROL) handle_control(iso, (int)m->corr);
     else dispatch(iso, m->kind, m);
-    msg_free(m);
+    msg_free_in(w ? &w->mcache : NULL, m);
     if (!was_preempted && iso->wait == WAIT_PREEMPTED) resume_preempted = 0; /* out of time */
   }
   if (!resume_preempted && iso->wait == WAIT_PREEMPTED) goto end_turn;
@@ -591,14 +593,15 @@ int isolate_run(ic_isolate *iso, worker *w) {
     iso->batching = 1;
     dispatch(iso, m->kind, m);
     iso->batching = 0;
-    msg_free(m);
+    msg_free_in(w ? &w->mcache : NULL, m);
     while (iso->batch) {
       m = iso->batch;
       iso->batch = (ic_msg *)atomic_load_explicit(&m->link.next, memory_order_relaxed);
-      msg_free(m);
+      msg_free_in(w ? &w->mcache : NULL, m);
     }
   }
 end_turn:;
+  if (w) msg_cache_flush(&w->mcache);
   uint64_t end = plat_now_ns();
   isolate_stat_add(&iso->stat_run_ns, end - now);
   atomic_store_explicit(&iso->stat_mem, iso->mem_used, memory_order_relaxed);

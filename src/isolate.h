@@ -172,6 +172,8 @@ static inline void isolate_stat_add(atomic_ullong *x, uint64_t d) {
 ic_isolate *isolate_new(struct ic_cluster *c, int kind, size_t mailbox_capacity);
 void isolate_retain(ic_isolate *iso);
 void isolate_release(ic_isolate *iso);
+/* Lets go of n holds at once (n >= 1). */
+void isolate_release_n(ic_isolate *iso, int n);
 /* Lets go of a reference unless it is the last one: 1 when let go, 0 when
  * the caller still holds it (to release it on another thread). */
 int isolate_release_unless_last(ic_isolate *iso);

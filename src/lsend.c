@@ -72,6 +72,13 @@ static ic_isolate *state_sender(lstate_ctx *ctx, ic_isolate *to) {
 
 static worker *state_worker(lstate_ctx *ctx) { return ctx->self ? ctx->self->worker : NULL; }
 
+/* The message blocks of the thread this state runs on (mailbox.h): a pool
+ * worker's while an isolate runs there, else none. */
+static inline msg_cache *state_cache(lstate_ctx *ctx) {
+  worker *w = state_worker(ctx);
+  return w ? &w->mcache : NULL;
+}
+
 /*
  * Encode buffers. Every encode in a state writes into the state's scratch
  * buffer (ctx->buf), which keeps its memory from one message to the next, so
@@ -147,9 +154,9 @@ static void encode_end(lua_State *L, lstate_ctx *ctx, codec_buf *b, int above) {
 static inline ic_msg *encode_msg_ctx(lua_State *L, lstate_ctx *ctx, int idx, const char *root, int kind) {
   char small[CODEC_SMALL_MAX];
   size_t len = codec_encode_small(L, idx, small);
-  if (len && len <= ctx->lim.max_bytes) return msg_new(kind, small, len);
+  if (len && len <= ctx->lim.max_bytes) return msg_new_in(state_cache(ctx), kind, small, len);
   codec_buf *b = encode_begin(L, ctx, idx, root, 0);
-  ic_msg *m = msg_new(kind, b->data, b->len);
+  ic_msg *m = msg_new_in(state_cache(ctx), kind, b->data, b->len);
   encode_end(L, ctx, b, 0);
   return m;
 }
@@ -231,7 +238,7 @@ static const char *post_value(lua_State *L, lstate_ctx *ctx, lref *r, int kind, 
   ic_msg *m = encode_msg_ctx(L, ctx, idx, "msg", kind);
   /* A request carries its own failure (mailbox.h): it can always be failed. */
   if (m && kind == MSG_REQUEST && msg_add_spare(m)) {
-    msg_free(m);
+    msg_free_in(state_cache(ctx), m);
     m = NULL;
   }
   if (!m) return "out of memory";
@@ -483,6 +490,14 @@ static int send_waiting(lua_State *L, lstate_ctx *ctx, lref *r, double wait_s) {
 int l_ref_send(lua_State *L) {
   lstate_ctx *ctx = lua_touserdata(L, lua_upvalueindex(1));
   lref *r = lref_check_ctx(L, 1, ctx);
+  if (r != ctx->sender_ud && r != ctx->hot_ud) {
+    /* Most sends go to the ref of the send before (or to the last
+     * sender): that one is then known without its metatable. */
+    lua_pushvalue(L, 1);
+    if (ctx->hot_ref_ref) lua_rawseti(L, LUA_REGISTRYINDEX, ctx->hot_ref_ref);
+    else ctx->hot_ref_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the state's first send */
+    ctx->hot_ud = r;
+  }
   int top = lua_gettop(L);
   if (top < 2) luaL_checkany(L, 2); /* raises */
   if (top > 2 && !lua_isnil(L, 3)) return send_waiting(L, ctx, r, check_wait_s(L, 3));
@@ -581,7 +596,10 @@ int l_core_take(lua_State *L) {
 void lstate_push_taken(lua_State *L, const ic_msg *m) {
   ic_isolate *self = self_of(L);
   lstate_ctx *ctx = self->lctx;
-  if (m->len) {
+  /* (a small message needs no more than the stack a C function starts with) */
+  if (m->len <= CODEC_SMALL_MAX && m->len <= ctx->lim.max_bytes && codec_decode_small(L, m->data, m->len)) {
+    /* pushed */
+  } else if (m->len) {
     codec_hooks h = lstate_hooks(self->cluster);
     codec_decode(L, m->data, m->len, &h, &ctx->lim);
   } else {
@@ -591,10 +609,12 @@ void lstate_push_taken(lua_State *L, const ic_msg *m) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->last_sender_ref);
   } else if (m->sender) {
     lref_push_ctx(L, ctx, m->sender);
-    if (((lref *)lua_touserdata(L, -1))->iso == m->sender) {
+    lref *r = lua_touserdata(L, -1);
+    if (r->iso == m->sender) {
       lua_pushvalue(L, -1);
       lua_rawseti(L, LUA_REGISTRYINDEX, ctx->last_sender_ref);
       ctx->last_sender = m->sender;
+      ctx->sender_ud = r;
     }
   } else if (m->from_node) {
     lref_push_wire(L, self->cluster, m->from_node, m->from_id);

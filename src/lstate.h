@@ -57,6 +57,12 @@ typedef struct lstate_ctx {
    * a cache lookup. NULL until a message whose ref retains its sender. */
   const ic_isolate *last_sender;
   int last_sender_ref;
+  /* Ref userdata known to be refs without a metatable check (ref_test_ctx):
+   * the last sender's (above), and the last receiver of a ref:send, held
+   * strongly at registry index hot_ref_ref (0 until the first send) so
+   * neither address can be reused while it is here. */
+  const void *sender_ud, *hot_ud;
+  int hot_ref_ref;
   struct lpump *pump; /* an isolate's pump (src/lpump.c), or NULL */
 } lstate_ctx;
 

@@ -79,7 +79,12 @@ void push_remote_refs(lua_State *L, ic_cluster *c, const char *prefix, int idx, 
  * lookup, unlike luaL_testudata. */
 static inline lref *ref_test_ctx(lua_State *L, int idx, const lstate_ctx *ctx) {
   lref *r = lua_touserdata(L, idx);
-  if (!r || !ctx || !lua_getmetatable(L, idx)) return NULL;
+  if (!r || !ctx) return NULL;
+  /* A ref this state holds on to (see lstate_ctx): its memory is a live
+   * ref's, whatever the value at idx (only C could pass its address as a
+   * light userdata). */
+  if (r == ctx->sender_ud || r == ctx->hot_ud) return r;
+  if (!lua_getmetatable(L, idx)) return NULL;
   int same = lua_topointer(L, -1) == ctx->ref_mt;
   lua_pop(L, 1);
   return same ? r : NULL;

@@ -23,9 +23,100 @@ void blob_release(ic_blob *b) {
   if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) free(b);
 }
 
-ic_msg *msg_new(int kind, const char *data, size_t len) {
-  ic_msg *m = malloc(sizeof *m + len);
-  if (!m) return NULL;
+/* ---- message blocks ---------------------------------------------------- */
+
+int msg_depot_init(msg_depot *d) {
+  atomic_init(&d->n, 0);
+  for (int i = 0; i < MSG_DEPOT_MAX; i++) d->mags[i] = NULL;
+  return plat_mutex_init(&d->lock);
+}
+
+static void free_chain(ic_msg *m) {
+  while (m) {
+    ic_msg *next = m->spare;
+    free(m);
+    m = next;
+  }
+}
+
+void msg_depot_trim(msg_depot *d) {
+  if (atomic_load_explicit(&d->n, memory_order_relaxed) == 0) return;
+  ic_msg *mags[MSG_DEPOT_MAX];
+  plat_mutex_lock(&d->lock);
+  int n = atomic_load_explicit(&d->n, memory_order_relaxed);
+  for (int i = 0; i < n; i++) mags[i] = d->mags[i];
+  atomic_store_explicit(&d->n, 0, memory_order_relaxed);
+  plat_mutex_unlock(&d->lock);
+  for (int i = 0; i < n; i++) free_chain(mags[i]);
+}
+
+void msg_depot_fini(msg_depot *d) {
+  msg_depot_trim(d);
+  plat_mutex_destroy(&d->lock);
+}
+
+/* An empty cache takes a magazine from its depot, if there is one. */
+static void cache_refill(msg_cache *c) {
+  msg_depot *d = c->depot;
+  if (!d || atomic_load_explicit(&d->n, memory_order_relaxed) == 0) return;
+  plat_mutex_lock(&d->lock);
+  int n = atomic_load_explicit(&d->n, memory_order_relaxed);
+  if (n > 0) {
+    c->free = d->mags[n - 1];
+    c->n = MSG_MAGAZINE;
+    atomic_store_explicit(&d->n, n - 1, memory_order_relaxed);
+  }
+  plat_mutex_unlock(&d->lock);
+}
+
+/* A full cache hands its newest MSG_MAGAZINE blocks to its depot, or back
+ * to malloc when the depot is full (or there is none). */
+static void cache_spill(msg_cache *c) {
+  ic_msg *mag = c->free, *last = mag;
+  for (int i = 1; i < MSG_MAGAZINE; i++) last = last->spare;
+  c->free = last->spare;
+  c->n -= MSG_MAGAZINE;
+  last->spare = NULL;
+  msg_depot *d = c->depot;
+  if (d) {
+    plat_mutex_lock(&d->lock);
+    int n = atomic_load_explicit(&d->n, memory_order_relaxed);
+    if (n < MSG_DEPOT_MAX) {
+      d->mags[n] = mag;
+      atomic_store_explicit(&d->n, n + 1, memory_order_relaxed);
+      mag = NULL;
+    }
+    plat_mutex_unlock(&d->lock);
+  }
+  free_chain(mag);
+}
+
+void msg_cache_flush(msg_cache *c) {
+  if (!c->rel) return;
+  struct ic_isolate *iso = c->rel;
+  c->rel = NULL;
+  isolate_release_n(iso, c->rel_n);
+}
+
+void msg_cache_trim(msg_cache *c) {
+  free_chain(c->free);
+  c->free = NULL;
+  c->n = 0;
+}
+
+ic_msg *msg_new_in(msg_cache *c, int kind, const char *data, size_t len) {
+  ic_msg *m;
+  int block = sizeof *m + len <= MSG_BLOCK;
+  if (block && c && !c->free) cache_refill(c);
+  if (block && c && c->free) {
+    m = c->free;
+    c->free = m->spare;
+    c->n--;
+  } else {
+    m = malloc(block ? MSG_BLOCK : sizeof *m + len);
+    if (!m) return NULL;
+  }
+  m->block = (uint8_t)block;
   atomic_init(&m->link.next, NULL);
   m->sender = NULL;
   m->from_node = 0;
@@ -40,6 +131,8 @@ ic_msg *msg_new(int kind, const char *data, size_t len) {
   return m;
 }
 
+ic_msg *msg_new(int kind, const char *data, size_t len) { return msg_new_in(NULL, kind, data, len); }
+
 ic_msg *msg_new_shared(int kind, ic_blob *b) {
   ic_msg *m = malloc(sizeof *m);
   if (!m) return NULL;
@@ -49,6 +142,7 @@ ic_msg *msg_new_shared(int kind, ic_blob *b) {
   m->from_id = 0;
   m->corr = 0;
   m->spare = NULL;
+  m->block = 0;
   blob_retain(b);
   m->shared = b;
   m->kind = (uint8_t)kind;
@@ -57,13 +151,34 @@ ic_msg *msg_new_shared(int kind, ic_blob *b) {
   return m;
 }
 
-void msg_free(ic_msg *m) {
+void msg_free_in(msg_cache *c, ic_msg *m) {
   if (!m) return;
   if (m->shared) blob_release(m->shared);
-  if (m->sender) isolate_release(m->sender);
-  if (m->spare) msg_free(m->spare);
+  if (m->sender) {
+    if (!c) {
+      isolate_release(m->sender);
+    } else if (c->rel == m->sender && c->rel_n < INT32_MAX) {
+      c->rel_n++;
+    } else {
+      msg_cache_flush(c);
+      c->rel = m->sender;
+      c->rel_n = 1;
+    }
+  }
+  if (m->spare) msg_free_in(c, m->spare);
+  if (m->block && c) {
+    if (c->n == MSG_CACHE_MAX) cache_spill(c);
+    m->spare = c->free;
+    c->free = m;
+    c->n++;
+    return;
+  }
   free(m);
 }
+
+void msg_free(ic_msg *m) { msg_free_in(NULL, m); }
+
+
 
 int msg_add_spare(ic_msg *m) {
   /* room for the MessagePack string header (str 8) and the text */

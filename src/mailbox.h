@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "platform.h"
+
 struct ic_isolate;
 
 /* Bytes shared by several messages (one encode, many receivers). */
@@ -63,8 +65,67 @@ typedef struct ic_msg {
   const char *data;          /* MessagePack bytes */
   size_t len;
   uint8_t kind;
+  uint8_t block;             /* allocated as a MSG_BLOCK-byte block (msg_cache) */
   char inline_data[];
 } ic_msg;
+
+/*
+ * A thread's spare message blocks. Most messages are small ({i, "x"} is a
+ * few bytes), so a message whose bytes fit is allocated as a block of
+ * MSG_BLOCK bytes, and a thread that frees one keeps it for its next
+ * message instead of handing it back to malloc: a sender reuses what its
+ * thread received (a ping-pong pair, an isolate answering on the worker it
+ * runs on). A cache belongs to one thread (a pool worker: its own and its
+ * isolates' messages while they run there); it holds at most MSG_CACHE_MAX
+ * blocks, and its owner empties it when it has nothing to do
+ * (msg_cache_trim), so idle memory does not grow. A block may be freed
+ * into any thread's cache, or with no cache at all (then to malloc).
+ */
+#define MSG_BLOCK 120 /* malloc keeps chunks this small on its fast lists */
+#define MSG_CACHE_MAX 64
+#define MSG_MAGAZINE (MSG_CACHE_MAX / 2) /* blocks moved to or from a depot at once */
+#define MSG_DEPOT_MAX 16                 /* magazines a depot keeps */
+
+/*
+ * Where the caches of one pool's threads trade blocks, a magazine (a chain
+ * of MSG_MAGAZINE blocks) at a time: in a fan-in the receiver's thread
+ * frees what the senders' threads allocate, and without this the blocks
+ * would pile up on one side while the other side allocates. One lock per
+ * magazine, not per message; at most MSG_DEPOT_MAX magazines, emptied when
+ * the pool has nothing to do.
+ */
+typedef struct msg_depot {
+  plat_mutex lock;
+  ic_msg *mags[MSG_DEPOT_MAX]; /* each linked through the blocks' spare field */
+  atomic_int n;                /* written under lock; read without it as a hint */
+} msg_depot;
+
+int msg_depot_init(msg_depot *d);
+/* Frees every block it holds. Any thread. */
+void msg_depot_trim(msg_depot *d);
+void msg_depot_fini(msg_depot *d);
+
+typedef struct msg_cache {
+  ic_msg *free;       /* linked through their spare field */
+  unsigned n;
+  msg_depot *depot;   /* shared with the other threads of the pool, or NULL */
+  /* Holds on senders let go of together (msg_free_in): the messages a
+   * thread frees mostly come in runs from one sender, and one atomic
+   * subtraction per run touches the sender's count once instead of once a
+   * message. */
+  struct ic_isolate *rel;
+  int rel_n;
+} msg_cache;
+
+/* msg_new and msg_free with the calling thread's cache (NULL: none). */
+ic_msg *msg_new_in(msg_cache *c, int kind, const char *data, size_t len);
+void msg_free_in(msg_cache *c, ic_msg *m);
+/* Lets go of the sender holds msg_free_in put off. The owner thread, at
+ * the latest at the end of each turn. */
+void msg_cache_flush(msg_cache *c);
+/* Gives every block back to malloc (only that: it may run under a lock
+ * that letting go of an isolate could take). The owner thread only. */
+void msg_cache_trim(msg_cache *c);
 
 /* A message owning a private copy of data[0..len) (or, with data NULL, room
  * for len bytes to fill in). NULL when out of memory. */

@@ -32,6 +32,13 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
     free(s->workers);
     return ENOMEM;
   }
+  if (msg_depot_init(&s->depot)) {
+    plat_cond_destroy(&s->monitor_cond);
+    plat_cond_destroy(&s->cond);
+    plat_mutex_destroy(&s->lock);
+    free(s->workers);
+    return ENOMEM;
+  }
   for (int i = 0; i < nworkers; i++) {
     s->workers[i].sched = s;
     s->workers[i].index = i;
@@ -42,6 +49,7 @@ int sched_init(sched *s, struct ic_cluster *c, int nworkers, double slice_second
     atomic_init(&s->workers[i].turn_start, 0);
     atomic_init(&s->workers[i].watched, 0);
     plat_mutex_init(&s->workers[i].cur_lock);
+    s->workers[i].mcache.depot = &s->depot;
   }
   return 0;
 }
@@ -262,7 +270,10 @@ static ic_isolate *sched_next(sched *s, worker *w) {
       plat_mutex_unlock(&s->lock);
       return NULL;
     }
-    atomic_fetch_add_explicit(&s->nidle, 1, memory_order_relaxed);
+    /* Nothing to do: no spare message blocks kept idle (the depot's go
+     * with the last worker to rest). */
+    msg_cache_trim(&w->mcache);
+    if (atomic_fetch_add_explicit(&s->nidle, 1, memory_order_relaxed) + 1 == s->nworkers) msg_depot_trim(&s->depot);
     worker_clock_stale(w);
     plat_cond_wait(&s->cond, &s->lock);
     atomic_fetch_sub_explicit(&s->nidle, 1, memory_order_relaxed);
@@ -285,6 +296,8 @@ static void *worker_main(void *arg) {
       isolate_release(iso);
     }
   }
+  msg_cache_flush(&w->mcache); /* (each turn flushes; this is for good measure) */
+  msg_cache_trim(&w->mcache);
   /* Left running by a shutdown: the hold it took on the cluster (which
    * owns this worker's struct) ends with the thread, as the last thing. */
   if (atomic_exchange(&w->exit_state, THREAD_EXITED) == THREAD_LEFT) cluster_release(s->cluster);
@@ -361,6 +374,7 @@ void sched_stop(sched *s, uint64_t deadline) {
 
 void sched_fini(sched *s) {
   for (int i = 0; i < s->nworkers; i++) plat_mutex_destroy(&s->workers[i].cur_lock);
+  msg_depot_fini(&s->depot);
   plat_cond_destroy(&s->monitor_cond);
   plat_cond_destroy(&s->cond);
   plat_mutex_destroy(&s->lock);

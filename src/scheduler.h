@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "mailbox.h"
 #include "platform.h"
 
 struct ic_isolate;
@@ -54,6 +55,7 @@ typedef struct worker {
    * starts then, without a clock read of its own. 0 = read the clock
    * (owner only). */
   uint64_t clock;
+  msg_cache mcache; /* spare message blocks (mailbox.h): this thread's */
 } worker;
 
 enum { LIFO_WATCH_OFF, LIFO_WATCH_ON, LIFO_WATCH_RESTING };
@@ -79,6 +81,7 @@ typedef struct sched {
    * wakes the monitor under lock; see monitor_main for RESTING). */
   plat_thread monitor;
   plat_cond monitor_cond;
+  msg_depot depot;           /* the workers' caches trade message blocks here */
   int monitor_started, monitor_sleeping;
   atomic_int lifo_watch;
   uint64_t slice_ns;
