@@ -478,6 +478,25 @@ describe("lifecycle rules", function()
       end)
     end)
 
+    it("a handler replaced inside a handler runs from the next message on, also in a batch", function()
+      with_cluster({ workers = 2 }, function(c)
+        local r = c:spawn_isolate(function(ctx)
+          local main = ctx:property("main")
+          local function second(m) main:send("second " .. m) end
+          ctx:on_message(function(m)
+            main:send("first " .. m)
+            ctx:on_message(second)
+          end)
+        end, { main = c.main })
+        -- sent together: the later ones may run in the same resume as the first
+        for i = 1, 3 do assert.is_true(r:send(i)) end
+        assert.equal("first 1", (W.receive(c)))
+        assert.equal("second 2", (W.receive(c)))
+        assert.equal("second 3", (W.receive(c)))
+        r:kill()
+      end)
+    end)
+
     it("an on_shutdown handler keeps it up; a waiting entry too, until its wait ends", function()
       with_cluster({ workers = 2 }, function(c)
         spawn_watcher(c)

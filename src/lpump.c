@@ -61,11 +61,17 @@ enum {
 };
 
 /* Stack of a pump's body: [1] the pump's userdata; on its first resume
- * [2] the entry function too. What it dispatches (m, kind) is in the
+ * [2] the entry function too, later perhaps the message handler's cache
+ * (PUMP_MSGH). What it dispatches (m, kind) is in the
  * struct (lstate_dispatch): a resume passes no values, and the pump's own
  * yield none either. */
 #define PUMP_UD 1
 #define PUMP_ENTRY 2
+/* Between dispatches of messages, a pump that has run the message handler
+ * keeps [2] pump_on_error and [3] the handler (p->cached): a message then
+ * costs no look-up of either. */
+#define PUMP_MSGH 2
+#define PUMP_HANDLER 3
 
 static inline lpump *pump_of(lua_State *L) { return self_of(L)->lctx->pump; }
 
@@ -466,7 +472,7 @@ static int pump_settle(lua_State *L, lpump *p) {
       mode = WAIT_BLOCKED;
     }
   }
-  lua_settop(L, PUMP_UD);
+  lua_settop(L, p->cached == L ? PUMP_HANDLER : PUMP_UD);
   ic_isolate *iso = self_of(L);
   if (iso->batching && mode == WAIT_NONE && mailbox_count(&iso->mbox) > 0) {
     /* A message from the mailbox left the isolate idle: the next one of
@@ -566,13 +572,17 @@ static int run_done(lua_State *L, int status, lua_KContext k) {
 static int run_message(lua_State *L, lpump *p, int kind) {
   const ic_msg *m = p->m;
   if (!m) return luaL_error(L, "the pump got no message");
-  int msgh = lua_gettop(L) + 1;
-  lua_pushcfunction(L, pump_on_error);
-  int handled = p->handler && lua_getiuservalue(L, PUMP_UD, UV_HANDLER) != LUA_TNIL;
-  lstate_push_taken(L, m); /* value, sender */
-  if (!handled) {
+  if (p->cached != L && p->handler) {
+    /* (the stack is [1] here: pump_settle leaves no more without a cache) */
+    lua_settop(L, PUMP_UD);
+    lua_pushcfunction(L, pump_on_error);
+    if (lua_getiuservalue(L, PUMP_UD, UV_HANDLER) == LUA_TFUNCTION) p->cached = L;
+    else lua_settop(L, PUMP_UD);
+  }
+  if (p->cached != L) {
     /* Without a handler a plain message is dropped (as an emitter without
      * listeners drops it), and a request answered with an error. */
+    lstate_push_taken(L, m); /* value, sender */
     if (kind == MSG_REQUEST) {
       int sender = lua_gettop(L);
       l_core_self(L);
@@ -581,6 +591,8 @@ static int run_message(lua_State *L, lpump *p, int kind) {
     }
     return pump_settle(L, p);
   }
+  lua_pushvalue(L, PUMP_HANDLER);
+  lstate_push_taken(L, m); /* value, sender */
   if (kind == MSG_REQUEST) {
     p->request = 1;
     p->corr = (lua_Integer)m->corr;
@@ -588,7 +600,7 @@ static int run_message(lua_State *L, lpump *p, int kind) {
     lua_setiuservalue(L, PUMP_UD, UV_REPLY_TO);
   }
   p->active = 1;
-  return run_done(L, lua_pcallk(L, 2, 1, msgh, kind, run_done), kind);
+  return run_done(L, lua_pcallk(L, 2, 1, PUMP_MSGH, kind, run_done), kind);
 }
 
 /* Pushes what the extras' dispatch gets: kind, m (or nil). */
@@ -649,6 +661,7 @@ int lpump_adopt(lua_State *L) {
   int mode = (int)lua_tointeger(L, -1);
   /* The old pump's run belongs to its record now. */
   p->active = p->entry = p->request = p->has_record = 0;
+  p->cached = NULL; /* the new pump has none */
   lua_pushnil(L);
   set_uv(L, UV_REPLY_TO);
   lpump_push_new(L);
@@ -687,7 +700,9 @@ static int ctx_on_message(lua_State *L) {
   if (t != LUA_TNONE && t != LUA_TNIL && t != LUA_TFUNCTION)
     return luaL_error(L, "on_message expects a function or nil, got %s", lua_typename(L, t));
   lua_settop(L, 2);
-  pump_of(L)->handler = t == LUA_TFUNCTION;
+  lpump *p = pump_of(L);
+  p->handler = t == LUA_TFUNCTION;
+  p->cached = NULL; /* the pump's copy is stale */
   set_uv(L, UV_HANDLER);
   return 0;
 }

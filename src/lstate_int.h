@@ -137,6 +137,10 @@ typedef struct lpump {
   int request;     /* it answers the request corr */
   int has_record;  /* the extras hold a record of it (core.pump_job) */
   lua_Integer corr;
+  /* The pump coroutine whose stack keeps [2] the message handler's error
+   * handler and [3] the message handler between dispatches, or NULL: let
+   * go when the handler changes or the pump is adopted. */
+  lua_State *cached;
 } lpump;
 
 /* Sets up the pump's state and the context in an isolate's state L
