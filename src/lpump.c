@@ -613,7 +613,7 @@ static void push_dispatched(lua_State *L, lpump *p) {
 /* The pump's body, resumed for each dispatch (p->m, p->kind); then
  * pump_settle yields until the next. */
 static int pump_dispatch(lua_State *L) {
-  lpump *p = lua_touserdata(L, PUMP_UD);
+  lpump *p = pump_of(L); /* (the struct of the userdata at PUMP_UD, without an API call) */
   int kind = p->kind;
   if (p->failed) {
     /* going down: nothing more runs */
