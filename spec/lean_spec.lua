@@ -74,6 +74,28 @@ describe("lean isolates", function()
       assert.same({ before = false, ok = true, value = "3!", after = true }, mt)
     end)
 
+    it("see the string library as if open from the start, whatever is done to it first" .. kind, function()
+      local checks = {
+        { function() return getmetatable("").__index == string end, true },
+        { function() getmetatable("").__index.trim = function(s) return s .. "." end; return ("x"):trim() end, "x." },
+        { function()
+            getmetatable("").__call = function(s) return s .. "!" end
+            local _ = ("a"):upper()
+            return ("a")()
+          end, "a!" },
+        { function() string = { mine = true }; local _ = ("a"):upper(); return string.mine end, true },
+        { function() package.loaded.string = {}; return ("x"):upper() end, "X" },
+        { function() local t = setmetatable({}, getmetatable("")); return t.upper == string.upper end, true },
+        { function() local n = 0; for _ in pairs(string) do n = n + 1 end; return n end, 17 },
+        -- (package.loaded names it once it is open, as every library opened on first use)
+        { function() return require("string") == string and package.loaded.string == string end, true },
+      }
+      for i, check in ipairs(checks) do
+        local got = probe(check[1], opts)
+        assert.same({ ok = true, value = check[2] }, { ok = got.ok, value = got.value }, "check " .. i)
+      end
+    end)
+
     it("keep a base function set to nil first thing, and a string method replaced" .. kind, function()
       local r = c:spawn_isolate(function(ctx)
         print = nil -- the first write of a global: it stays nil when the base library opens

@@ -139,6 +139,7 @@ typedef struct ic_isolate {
   unsigned char lean;           /* opts.lean: base and string opened on first use too */
   unsigned char base_pending;   /* a lean isolate's base library not opened yet (src/lboot.c) */
   unsigned char closing;        /* its Lua state is being closed (src/lboot.c) */
+  unsigned char string_pending; /* the string library not opened yet (src/lboot.c) */
   atomic_int sigint;            /* the main state: a SIGINT came while it waited */
   /* Statistics (src/stats.c): each has one writer, the thread running the
    * isolate (stat_out: the sending thread), and is read by anyone; relaxed

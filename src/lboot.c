@@ -79,8 +79,10 @@ static void *isolate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
  * difference shows only to code that inspects _G's metatable, the strings'
  * metatable or uses rawget.
  */
+static int open_lazy_string(lua_State *L);
+
 static const luaL_Reg lazy_libs[] = {
-    {LUA_STRLIBNAME, luaopen_string},   {LUA_LOADLIBNAME, luaopen_package},
+    {LUA_STRLIBNAME, open_lazy_string}, {LUA_LOADLIBNAME, luaopen_package},
     {LUA_COLIBNAME, lboot_open_coroutine}, {LUA_TABLIBNAME, luaopen_table},
     {LUA_IOLIBNAME, luaopen_io},        {LUA_OSLIBNAME, luaopen_os},
     {LUA_MATHLIBNAME, luaopen_math},    {LUA_UTF8LIBNAME, luaopen_utf8},
@@ -150,19 +152,33 @@ static void open_base(lua_State *L) {
 /* string is opened on first use: on a read of the global `string`, on
  * require("string"), on the first string method call or the first
  * arithmetic on a string ("10" + 1: Lua 5.4 coerces through the string
- * library's metamethods). The strings' metatable is a stand-in until then,
- * with the events of luaopen_string's own (which replaces it): each opens
- * the library and does what the library's would. */
-static void open_string(lua_State *L) {
-  luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
-  lua_pop(L, 1);
-  codec_forget_names(L); /* new standard functions to name */
+ * library's metamethods). Until then the strings' metatable is a stand-in
+ * whose __index is the library's table to be, S (empty, with a metatable
+ * whose __index opens the library into it), and whose arithmetic events
+ * open it and do what the library's would. So code sees what it would
+ * have seen with the library open from the start: getmetatable("").__index
+ * is `string`; what it adds to S or to the metatable stays; a global
+ * `string` or package.loaded.string of its own is not overwritten. The
+ * library's functions go into S (where the code put nothing of the same
+ * name), the stand-in stays the strings' metatable (luaopen_string makes
+ * one of its own: it is put back), its events become the library's. */
+static const char STRING_KEY = 's'; /* the registry's key of S */
+
+static void open_string(lua_State *L);
+
+/* The opener require, package.preload and a read of the global `string`
+ * use: S, filled. */
+static int open_lazy_string(lua_State *L) {
+  open_string(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &STRING_KEY);
+  return 1;
 }
 
-static int lazy_string_index(lua_State *L) {
+/* S's __index until the library is in it: [1] = S, [2] = the key. */
+static int lazy_string_fill(lua_State *L) {
   open_string(L);
   lua_settop(L, 2);
-  lua_gettable(L, 1); /* through the library's metatable now */
+  lua_rawget(L, 1);
   return 1;
 }
 
@@ -210,8 +226,64 @@ LAZY_ARITH(unm, LUA_OPUNM)
 static const luaL_Reg lazy_string_mt[] = {
     {"__add", lazy_string_add},   {"__sub", lazy_string_sub},   {"__mul", lazy_string_mul},
     {"__mod", lazy_string_mod},   {"__pow", lazy_string_pow},   {"__div", lazy_string_div},
-    {"__idiv", lazy_string_idiv}, {"__unm", lazy_string_unm},   {"__index", lazy_string_index},
-    {NULL, NULL}};
+    {"__idiv", lazy_string_idiv}, {"__unm", lazy_string_unm},   {NULL, NULL}};
+
+static void open_string(lua_State *L) {
+  ic_isolate *iso = self_of(L);
+  if (!iso->string_pending) return;
+  int top = lua_gettop(L);
+  luaL_checkstack(L, 8, NULL);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &STRING_KEY);
+  int s = top + 1;
+  lua_pushliteral(L, "");
+  int str = top + 2;
+  if (!lua_getmetatable(L, str)) lua_pushnil(L); /* (debug.setmetatable may have taken it) */
+  int m = top + 3;
+  lua_pushcfunction(L, luaopen_string);
+  lua_call(L, 0, 1);
+  int t = top + 4;
+  lua_getmetatable(L, str); /* the library's own */
+  int n = top + 5;
+  lua_pushvalue(L, m);
+  lua_setmetatable(L, str); /* the stand-in back, as the code left it */
+  if (lua_istable(L, m)) {
+    for (const luaL_Reg *ev = lazy_string_mt; ev->name; ev++) {
+      if (lua_getfield(L, m, ev->name) == LUA_TFUNCTION && lua_tocfunction(L, -1) == ev->func &&
+          lua_getfield(L, n, ev->name) != LUA_TNIL)
+        lua_setfield(L, m, ev->name);
+      lua_settop(L, n);
+    }
+  }
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_pushvalue(L, -2);
+    if (lua_rawget(L, s) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, s);
+    } else {
+      lua_pop(L, 2);
+    }
+  }
+  lua_pushnil(L);
+  lua_setmetatable(L, s);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, LUA_STRLIBNAME) == LUA_TNIL) {
+    lua_pushvalue(L, s);
+    lua_setfield(L, -3, LUA_STRLIBNAME);
+  }
+  lua_pushglobaltable(L);
+  lua_pushliteral(L, LUA_STRLIBNAME);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pushliteral(L, LUA_STRLIBNAME);
+    lua_pushvalue(L, s);
+    lua_rawset(L, -4);
+  }
+  lua_settop(L, top);
+  iso->string_pending = 0; /* once it is all there: a failure (memory) tries again */
+  codec_forget_names(L);   /* new standard functions to name */
+}
 
 /* package.preload gets the libraries opened on first use when package
  * itself opens: only require reads it, and until then the table and its
@@ -285,10 +357,19 @@ static void open_libs(lua_State *L, int lean) {
     lua_pop(L, 1);
   }
   lua_pushliteral(L, "");
-  lua_createtable(L, 0, (int)(sizeof lazy_string_mt / sizeof *lazy_string_mt) - 1);
+  lua_createtable(L, 0, (int)(sizeof lazy_string_mt / sizeof *lazy_string_mt));
   luaL_setfuncs(L, lazy_string_mt, 0);
+  lua_newtable(L); /* S */
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, lazy_string_fill);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &STRING_KEY);
+  lua_setfield(L, -2, "__index");
   lua_setmetatable(L, -2);
   lua_pop(L, 1);
+  self_of(L)->string_pending = 1;
   lua_pushglobaltable(L);
   lua_createtable(L, 0, lean ? 2 : 1);
   lua_pushcfunction(L, lazy_global);
