@@ -162,16 +162,20 @@ static void open_base(lua_State *L) {
  * library's functions go into S (where the code put nothing of the same
  * name), the stand-in stays the strings' metatable (luaopen_string makes
  * one of its own: it is put back), its events become the library's. */
-static const char STRING_KEY = 's'; /* the registry's key of S */
-
 static void open_string(lua_State *L);
+static int lazy_string_fill(lua_State *L);
 
 /* The opener require, package.preload and a read of the global `string`
  * use: S, filled. */
 static int open_lazy_string(lua_State *L) {
   open_string(L);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &STRING_KEY);
-  return 1;
+  lua_pushliteral(L, "");
+  if (lua_getmetatable(L, -1) && lua_getfield(L, -1, "__index") == LUA_TTABLE) return 1;
+  /* Another __index put there by the code: the library in a table of its
+   * own (a library opened again, as require would after
+   * package.loaded.string = nil). */
+  lua_settop(L, 0);
+  return luaopen_string(L);
 }
 
 /* S's __index until the library is in it: [1] = S, [2] = the key. */
@@ -228,17 +232,33 @@ static const luaL_Reg lazy_string_mt[] = {
     {"__mod", lazy_string_mod},   {"__pow", lazy_string_pow},   {"__div", lazy_string_div},
     {"__idiv", lazy_string_idiv}, {"__unm", lazy_string_unm},   {NULL, NULL}};
 
+/* S, found as the __index of the strings' metatable m (a stack index)
+ * while it still has the metatable that opens it, or a new table when the
+ * code has put another there (the library then goes into a table of its
+ * own, as the first one it would have had). */
+static void push_lazy_table(lua_State *L, int m) {
+  if (lua_istable(L, m) && lua_getfield(L, m, "__index") == LUA_TTABLE && lua_getmetatable(L, -1)) {
+    int fill = lua_getfield(L, -1, "__index") == LUA_TFUNCTION && lua_tocfunction(L, -1) == lazy_string_fill;
+    lua_pop(L, 2);
+    if (fill) return;
+  }
+  lua_pop(L, lua_istable(L, m) ? 1 : 0);
+  lua_newtable(L);
+}
+
 static void open_string(lua_State *L) {
   ic_isolate *iso = self_of(L);
   if (!iso->string_pending) return;
   int top = lua_gettop(L);
   luaL_checkstack(L, 8, NULL);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &STRING_KEY);
+  lua_pushnil(L); /* S, found below */
   int s = top + 1;
   lua_pushliteral(L, "");
   int str = top + 2;
   if (!lua_getmetatable(L, str)) lua_pushnil(L); /* (debug.setmetatable may have taken it) */
   int m = top + 3;
+  push_lazy_table(L, m);
+  lua_replace(L, s);
   lua_pushcfunction(L, luaopen_string);
   lua_call(L, 0, 1);
   int t = top + 4;
@@ -364,8 +384,6 @@ static void open_libs(lua_State *L, int lean) {
   lua_pushcfunction(L, lazy_string_fill);
   lua_setfield(L, -2, "__index");
   lua_setmetatable(L, -2);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &STRING_KEY);
   lua_setfield(L, -2, "__index");
   lua_setmetatable(L, -2);
   lua_pop(L, 1);
