@@ -210,6 +210,13 @@ int isolate_open_request(ic_isolate *iso, ic_msg *m) {
   return 0;
 }
 
+int isolate_take_up(ic_isolate *iso, ic_msg *m) {
+  if (m->kind != MSG_REQUEST) return 0;
+  if (m->sender) return isolate_open_request(iso, m);
+  if (m->from_node) isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
+  return 0;
+}
+
 void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr) {
   msg_free(isolate_take_request(iso, sender, corr, NULL));
 }
@@ -546,6 +553,17 @@ static void handle_control(ic_isolate *iso, int code) {
   }
 }
 
+/* The mailbox's next message for this turn, counted, or NULL. (The count
+ * is looked at first: most turns find the mailbox empty after their one
+ * message.) */
+static inline ic_msg *take_message(ic_isolate *iso) {
+  ic_msg *m;
+  if (mailbox_count(&iso->mbox) == 0 || (m = mailbox_pop(&iso->mbox)) == NULL) return NULL;
+  iso->turn_msgs++;
+  isolate_stat_add(&iso->stat_in, 1);
+  return m;
+}
+
 int isolate_run(ic_isolate *iso, worker *w) {
   ic_cluster *c = iso->cluster;
   /* A worker going straight on from its last turn starts this one when
@@ -585,9 +603,7 @@ int isolate_run(ic_isolate *iso, worker *w) {
   while (iso->turn_msgs < TURN_BATCH && !iso->ending && !iso->shutdown_pending) {
     if (iso->wait == WAIT_BLOCKED || iso->wait == WAIT_PREEMPTED) break;
     if ((iso->turn_msgs & 15) == 15 && plat_now_ns() > iso->slice_deadline) break;
-    if (mailbox_count(&iso->mbox) == 0 || (m = mailbox_pop(&iso->mbox)) == NULL) break;
-    iso->turn_msgs++;
-    isolate_stat_add(&iso->stat_in, 1);
+    if ((m = take_message(iso)) == NULL) break;
     /* The pump may go on with the next messages in the same resume: one
      * coroutine switch for a batch, not one per message. */
     iso->batching = 1;
@@ -634,20 +650,11 @@ ic_msg *isolate_next_message(ic_isolate *iso) {
         atomic_load_explicit(&iso->preempt, memory_order_relaxed))
       return NULL;
     if ((iso->turn_msgs & 15) == 15 && plat_now_ns() > iso->slice_deadline) return NULL;
-    ic_msg *m;
-    if (mailbox_count(&iso->mbox) == 0 || (m = mailbox_pop(&iso->mbox)) == NULL) return NULL;
-    iso->turn_msgs++;
-    isolate_stat_add(&iso->stat_in, 1);
+    ic_msg *m = take_message(iso);
+    if (!m) return NULL;
     atomic_store_explicit(&m->link.next, (msg_link *)iso->batch, memory_order_relaxed);
     iso->batch = m;
-    /* As lstate_dispatch: a request is this isolate's to answer from here;
-     * one that could not be tracked was failed at its requester. */
-    if (m->kind == MSG_REQUEST && m->sender) {
-      if (isolate_open_request(iso, m)) continue;
-    } else if (m->kind == MSG_REQUEST && m->from_node) {
-      isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
-    }
-    return m;
+    if (!isolate_take_up(iso, m)) return m;
   }
 }
 

@@ -187,6 +187,13 @@ void isolate_wake(ic_isolate *iso, struct worker *from);
  * SCHEDULED). Returns RUN_IDLE, RUN_AGAIN or RUN_DONE. */
 int isolate_run(ic_isolate *iso, struct worker *w);
 
+/* A message about to be handled: from here a request is this isolate's
+ * to answer (if it goes down first, the requester hears so at once,
+ * isolate_finish). Returns 0, or nonzero when a local request could not be
+ * tracked for want of memory: it has been failed at the requester (with
+ * its spare) and is not to be handled. Owner thread only. */
+int isolate_take_up(ic_isolate *iso, ic_msg *m);
+
 /* The pump, after a dispatch of a message from the mailbox that left the
  * isolate idle (WAIT_NONE): the next message for it to run in the same
  * resume, or NULL when the turn's batch is over (nothing queued, TURN_BATCH,

@@ -584,14 +584,7 @@ void lstate_boot(ic_isolate *iso) {
 }
 
 void lstate_dispatch(ic_isolate *iso, int kind, ic_msg *m) {
-  /* From here the request is this isolate's to answer; if it goes down
-   * first, the requester hears so at once (isolate_finish). Without memory
-   * to track it, it has been failed at the requester (with its spare) and
-   * is not handled. */
-  if (m && m->kind == MSG_REQUEST && m->sender) {
-    if (isolate_open_request(iso, m)) return;
-  } else if (m && m->kind == MSG_REQUEST && m->from_node)
-    isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
+  if (m && isolate_take_up(iso, m)) return;
   if (!iso->pump) {
     isolate_set_ending(iso, "error: isolate state unavailable");
     return;

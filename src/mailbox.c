@@ -178,8 +178,6 @@ void msg_free_in(msg_cache *c, ic_msg *m) {
 
 void msg_free(ic_msg *m) { msg_free_in(NULL, m); }
 
-
-
 int msg_add_spare(ic_msg *m) {
   /* room for the MessagePack string header (str 8) and the text */
   m->spare = msg_new(MSG_REPLY_ERROR, NULL, MSG_SPARE_TEXT + 2);
