@@ -210,13 +210,6 @@ int isolate_open_request(ic_isolate *iso, ic_msg *m) {
   return 0;
 }
 
-int isolate_take_up(ic_isolate *iso, ic_msg *m) {
-  if (m->kind != MSG_REQUEST) return 0;
-  if (m->sender) return isolate_open_request(iso, m);
-  if (m->from_node) isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
-  return 0;
-}
-
 void isolate_close_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr) {
   msg_free(isolate_take_request(iso, sender, corr, NULL));
 }

@@ -187,13 +187,6 @@ void isolate_wake(ic_isolate *iso, struct worker *from);
  * SCHEDULED). Returns RUN_IDLE, RUN_AGAIN or RUN_DONE. */
 int isolate_run(ic_isolate *iso, struct worker *w);
 
-/* A message about to be handled: from here a request is this isolate's
- * to answer (if it goes down first, the requester hears so at once,
- * isolate_finish). Returns 0, or nonzero when a local request could not be
- * tracked for want of memory: it has been failed at the requester (with
- * its spare) and is not to be handled. Owner thread only. */
-int isolate_take_up(ic_isolate *iso, ic_msg *m);
-
 /* The pump, after a dispatch of a message from the mailbox that left the
  * isolate idle (WAIT_NONE): the next message for it to run in the same
  * resume, or NULL when the turn's batch is over (nothing queued, TURN_BATCH,
@@ -240,6 +233,18 @@ ic_msg *isolate_take_request(ic_isolate *iso, ic_isolate *sender, uint64_t corr,
 /* The same for a request from another node's isolate (node, id). */
 int isolate_open_remote_request(ic_isolate *iso, uint32_t node, uint64_t id, uint64_t corr);
 void isolate_close_remote_request(ic_isolate *iso, uint32_t node, uint64_t id, uint64_t corr);
+
+/* A message about to be handled: from here a request is this isolate's
+ * to answer (if it goes down first, the requester hears so at once,
+ * isolate_finish). Returns 0, or nonzero when a local request could not be
+ * tracked for want of memory: it has been failed at the requester (with
+ * its spare) and is not to be handled. Owner thread only. */
+static inline int isolate_take_up(ic_isolate *iso, ic_msg *m) {
+  if (m->kind != MSG_REQUEST) return 0;
+  if (m->sender) return isolate_open_request(iso, m);
+  if (m->from_node) isolate_open_remote_request(iso, m->from_node, m->from_id, m->corr);
+  return 0;
+}
 
 /* interrupt codes */
 enum { INTERRUPT_KILL = 1, INTERRUPT_SHUTDOWN = 2 };
