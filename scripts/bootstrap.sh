@@ -32,11 +32,12 @@
 #
 # Environment knobs (all optional):
 #   IC_JOBS=n              parallel compile jobs (default: nproc)
-#   IC_CTEST_JOBS=n        parallel tests within one build (default: 2; the
-#                          spec entries mostly wait, and the two C tests that
-#                          only compute hold a ctest RESOURCE_LOCK: see the
-#                          test section of CMakeLists.txt); also the valgrind
-#                          runs at a time
+#   IC_CTEST_JOBS=n        parallel tests within one build (default: 4 on
+#                          2 cores: the spec entries mostly wait, and those
+#                          that compute most hold a ctest RESOURCE_LOCK: see
+#                          the test section of CMakeLists.txt)
+#   IC_VALGRIND_JOBS=n     valgrind runs at a time (default: nproc; each
+#                          only computes)
 #   IC_SAN_BUILD_TYPE=t    CMAKE_BUILD_TYPE of the sanitizer builds
 #                          (default RelWithDebInfo: -O2 -g, fast enough for 2 cores)
 #   IC_SKIP_APT=1          never call apt-get (only report what is missing)
@@ -61,7 +62,8 @@ cd "$ROOT" || exit 1
 [ -f CMakeLists.txt ] || { echo "bootstrap: $ROOT has no CMakeLists.txt" >&2; exit 1; }
 
 JOBS=${IC_JOBS:-$(nproc 2>/dev/null || echo 2)}
-CTEST_JOBS=${IC_CTEST_JOBS:-2}
+CTEST_JOBS=${IC_CTEST_JOBS:-4}
+VALGRIND_JOBS=${IC_VALGRIND_JOBS:-$(nproc 2>/dev/null || echo 2)}
 SAN_BUILD_TYPE=${IC_SAN_BUILD_TYPE:-RelWithDebInfo}
 export DEBIAN_FRONTEND=noninteractive
 
@@ -325,7 +327,7 @@ run_valgrind() {
   local b="$ROOT/build"
   local lpath="$b/share/lua/5.4/?.lua;$b/share/lua/5.4/?/init.lua;$ROOT/spec/?.lua;;"
   local cpath="$b/lib/lua/5.4/?.so;;"
-  # The longest first; CTEST_JOBS of them at a time (each is one process
+  # The longest first; VALGRIND_JOBS of them at a time (each is one process
   # doing little but computing, valgrind runs its threads one at a time).
   local runs=("c:test_alloc_fail" "c:test_codec" "lua:values_spec" "lua:messaging_spec"
     "lua:cluster_spec" "c:test_api" "c:test_pool")
@@ -346,7 +348,7 @@ run_valgrind() {
   for r in "${runs[@]}"; do
     name=${r#*:}
     rm -f "$b/valgrind-$name.log.rc"
-    if [ "$running" -ge "$CTEST_JOBS" ]; then
+    if [ "$running" -ge "$VALGRIND_JOBS" ]; then
       wait -n
       running=$((running - 1))
     fi
